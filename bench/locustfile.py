@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import locust.stats
 from locust import User, events, task
 
 # RFC 9112 §2.2 sets no limit on a head; 16 KiB is twice what nginx and tomcat accept from a
@@ -40,6 +41,10 @@ MAX_RESPONSE_HEAD_BYTES = 16 * 1024
 # connect() time per destination, so spreading over many 127.0.0.x addresses does not cost a
 # bind-time port each. Missing from the socket module before Python 3.12.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+# bench.loadtest reads locust's stats history for its progress line; locust flushes that file
+# every 5 s by default, which would show a run up to 5 s late.
+locust.stats.CSV_STATS_FLUSH_INTERVAL_SEC = 1
 
 # The sequence number at the head of each message, so a replayed or reordered echo mismatches.
 SEQUENCE_BYTES = 8
