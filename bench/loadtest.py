@@ -65,9 +65,7 @@ def parse_duration(text: str) -> int:
         return int(text)
     match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
     if not text or match is None:
-        raise argparse.ArgumentTypeError(
-            f"expected a duration like 60s or 1m30s, got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"expected a duration like 60s or 1m30s, got {text!r}")
     hours, minutes, seconds = (int(part or 0) for part in match.groups())
     return hours * 3600 + minutes * 60 + seconds
 
@@ -192,8 +190,7 @@ def check_descriptor_budget(users: int, processes: int, limit: int) -> list[str]
     per_locust = math.ceil(users / processes) + FD_OVERHEAD
     if per_locust > limit:
         warnings.append(
-            f"each locust process needs ~{per_locust} descriptors but the limit is {limit}: "
-            "add --locust-workers"
+            f"each locust process needs ~{per_locust} descriptors but the limit is {limit}: add --locust-workers"
         )
     if 2 * users + FD_OVERHEAD > limit:
         warnings.append(
@@ -234,9 +231,7 @@ def spawn(stack: ExitStack, name: str, command: list[str], results: Path) -> Chi
     """Start ``command`` with output to ``results/<name>.log``; it is stopped when ``stack`` closes."""
     log_path = results / f"{name}.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     child = Child(name, process, log_path)
     stack.callback(child.stop)
     return child
@@ -270,13 +265,9 @@ def start_target(stack: ExitStack, results: Path) -> tuple[Child, tuple[str, int
     return child, wait_until_listening(child)
 
 
-def start_gconnect(
-    stack: ExitStack, results: Path, extra: list[str]
-) -> tuple[Child, tuple[str, int]]:
+def start_gconnect(stack: ExitStack, results: Path, extra: list[str]) -> tuple[Child, tuple[str, int]]:
     if importlib.util.find_spec("gconnect") is None:
-        raise SetupError(
-            "gconnect is not installed: pip install -e . or pass --proxy HOST:PORT"
-        )
+        raise SetupError("gconnect is not installed: pip install -e . or pass --proxy HOST:PORT")
     command = [
         sys.executable, "-m", "gconnect", "serve",
         "--listen", "127.0.0.1:0",
@@ -376,9 +367,7 @@ class Run:
         return found
 
 
-def locust_commands(
-    args: argparse.Namespace, run: Run, results: Path
-) -> list[list[str]]:
+def locust_commands(args: argparse.Namespace, run: Run, results: Path) -> list[list[str]]:
     """The locust command line(s): one process, or a master followed by its workers."""
     tunnel_options = [
         f"--tunnel-proxy={run.proxy}",
@@ -433,9 +422,7 @@ def last_history_row(results: Path) -> dict[str, str] | None:
     return rows[0] if rows else None
 
 
-def progress_line(
-    elapsed: float, run: Run, history: dict[str, str] | None, proxy: Any
-) -> str:
+def progress_line(elapsed: float, run: Run, history: dict[str, str] | None, proxy: Any) -> str:
     parts = [f"[{elapsed:4.0f}s]"]
     if history:
         users = int(history["User Count"])
@@ -455,9 +442,7 @@ def progress_line(
     return "  ".join(parts)
 
 
-def watch(
-    children: list[Child], run: Run, results: Path, samplers: dict[str, ProcessStats]
-) -> None:
+def watch(children: list[Child], run: Run, results: Path, samplers: dict[str, ProcessStats]) -> None:
     """Sample and report until locust (the first child) exits or overruns its time."""
     started = time.monotonic()
     deadline = started + run.run_time_seconds + LOCUST_GRACE_SECONDS
@@ -474,9 +459,7 @@ def watch(
         if history:
             run.peak_users = max(run.peak_users, int(history["User Count"]))
         if time.monotonic() >= next_progress:
-            line = progress_line(
-                time.monotonic() - started, run, history, samplers.get("proxy")
-            )
+            line = progress_line(time.monotonic() - started, run, history, samplers.get("proxy"))
             print(f"\r{line}" if tty else line, end="" if tty else "\n", flush=True)
             next_progress += PROGRESS_INTERVAL_SECONDS
         time.sleep(SAMPLE_INTERVAL_SECONDS)
@@ -565,13 +548,9 @@ def format_summary(run: Run) -> str:
             if latency
             else "no latency recorded"
         )
-        lines.append(
-            f"{kind:8} {entry['requests']:>9} requests {entry['failures']:>6} failures  {timing}"
-        )
+        lines.append(f"{kind:8} {entry['requests']:>9} requests {entry['failures']:>6} failures  {timing}")
     for failure in run.failures:
-        lines.append(
-            f"  failure {failure['type']} {failure['reason']!r}: {failure['count']}"
-        )
+        lines.append(f"  failure {failure['type']} {failure['reason']!r}: {failure['count']}")
     proxy = run.proxy_process
     if proxy:
         lines.append(
@@ -621,9 +600,7 @@ def run_load_test(args: argparse.Namespace, results: Path) -> Run:
             source_addresses=plan_source_addresses(args.users, args.source_addresses),
             fd_limit=fd_limit,
         )
-        run.warnings = check_descriptor_budget(
-            args.users, max(1, args.locust_workers), fd_limit
-        )
+        run.warnings = check_descriptor_budget(args.users, max(1, args.locust_workers), fd_limit)
         for warning in run.warnings:
             print(f"warning: {warning}", flush=True)
         samplers: dict[str, ProcessStats] = {}
@@ -642,11 +619,7 @@ def run_load_test(args: argparse.Namespace, results: Path) -> Run:
             stats.sample()
         if "proxy" in samplers:
             run.proxy_process = proxy_report(samplers["proxy"], run.peak_users)
-        run.locust_cpu_seconds = sum(
-            stats.cpu_last_seconds
-            for name, stats in samplers.items()
-            if name != "proxy"
-        )
+        run.locust_cpu_seconds = sum(stats.cpu_last_seconds for name, stats in samplers.items() if name != "proxy")
         # Leaving the stack stops locust (if it overran), then gconnect, then the target.
     run.requests = read_request_stats(results)
     run.failures = read_failures(results)

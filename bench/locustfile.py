@@ -134,9 +134,7 @@ class TunnelSettings:
 
 @events.init_command_line_parser.add_listener
 def add_tunnel_arguments(parser: Any) -> None:
-    group = parser.add_argument_group(
-        "tunnel", "TunnelUser options (bench/locustfile.py)"
-    )
+    group = parser.add_argument_group("tunnel", "TunnelUser options (bench/locustfile.py)")
     group.add_argument("--tunnel-proxy", default="127.0.0.1:8080", metavar="HOST:PORT")
     group.add_argument(
         "--tunnel-target",
@@ -267,9 +265,7 @@ class TunnelUser(User):
 
     def wait_time(self) -> float:
         # Pacing, not think time after the fact: a slow echo does not lower the send rate.
-        return max(
-            0.0, self.settings.think_time - (time.monotonic() - self.iteration_started)
-        )
+        return max(0.0, self.settings.think_time - (time.monotonic() - self.iteration_started))
 
     @task
     def echo_once(self) -> None:
@@ -285,10 +281,7 @@ class TunnelUser(User):
         held = time.monotonic() - self.opened_at
         if self.settings.hold_time > 0 and held >= self.settings.hold_time:
             return True
-        return (
-            self.settings.reopen_ratio > 0
-            and random.random() < self.settings.reopen_ratio
-        )
+        return self.settings.reopen_ratio > 0 and random.random() < self.settings.reopen_ratio
 
     def on_stop(self) -> None:
         self.close_tunnel()
@@ -317,7 +310,7 @@ class TunnelUser(User):
             if early:
                 # Nothing was sent through the tunnel yet, so nothing may come back.
                 raise TunnelFailure("mismatch")
-        except Exception as exc:  # noqa: BLE001 -- every failure is reported, by reason
+        except Exception as exc:  # every failure is reported, by reason
             sock.close()
             self._fire("CONNECT", started, len(head), classify(exc, "connect"))
             return False
@@ -343,7 +336,7 @@ class TunnelUser(User):
             received = recv_exactly(self.tunnel, len(message))
             if received != message:
                 raise TunnelFailure("mismatch")
-        except Exception as exc:  # noqa: BLE001 -- every failure is reported, by reason
+        except Exception as exc:  # every failure is reported, by reason
             self.close_tunnel()
             self._fire("ECHO", started, 0, classify(exc, "echo"))
             return False
@@ -362,9 +355,7 @@ class TunnelUser(User):
             HISTOGRAM.record(request_type, elapsed)
         self.environment.events.request.fire(
             request_type=request_type,
-            name=self.settings.target
-            if request_type == "CONNECT"
-            else f"{len(self.payload)} B",
+            name=self.settings.target if request_type == "CONNECT" else f"{len(self.payload)} B",
             response_time=elapsed * 1000.0,
             response_length=length,
             exception=failure,

@@ -81,12 +81,8 @@ def make_server(listen: tuple[str, int], mode: str) -> StreamServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.target", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--listen", type=parse_address, default=("127.0.0.1", 0), metavar="HOST:PORT"
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench.target", description=__doc__.split("\n")[0])
+    parser.add_argument("--listen", type=parse_address, default=("127.0.0.1", 0), metavar="HOST:PORT")
     parser.add_argument("--mode", choices=sorted(HANDLERS), default="echo")
     args = parser.parse_args(argv)
 
