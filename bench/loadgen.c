@@ -1149,11 +1149,13 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
     signal(SIGALRM, on_alarm);
-    signal(SIGTERM, on_term);
-    signal(SIGINT, on_term);
     alarm(max_seconds);
-    if (!strcmp(cmd, "serve"))
+    if (!strcmp(cmd, "serve")) {
+        /* Only the server stops gracefully; a client just dies on SIGTERM. */
+        signal(SIGTERM, on_term);
+        signal(SIGINT, on_term);
         return cmd_serve(host);
+    }
     if (!target || !proxy || o.conns < 1)
         usage();
     parse_addr(target, &o.target);

@@ -1,0 +1,105 @@
+"""python -m bench.harness [--quick] [--targets a,b,...] [--reps N] [--out DIR] ...
+
+Runs the CONNECT benchmark of issue 4 and writes DIR/latest.json, DIR/latest.md and DIR/latest-*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.harness.report import render_markdown, write_json
+from bench.harness.targets import ALL_TARGETS, Environment
+from bench.harness.workloads import Settings
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+
+# Full run: about 12 minutes for all eight targets; quick: about 5.
+FULL = {"reps": 3, "seconds": 3.0, "hold_sizes": "1000,5000,9000", "rtt_rounds": 2000}
+QUICK = {"reps": 2, "seconds": 1.5, "hold_sizes": "1000,5000", "rtt_rounds": 1000}
+
+
+def _cpus(text: str) -> frozenset[int]:
+    return frozenset(int(c) for c in text.split(","))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.harness", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions (a few minutes)")
+    parser.add_argument(
+        "--targets", default=",".join(ALL_TARGETS), help="comma-separated, from: " + ", ".join(ALL_TARGETS)
+    )
+    parser.add_argument("--reps", type=int, help="repetitions per measurement (full 3, quick 2)")
+    parser.add_argument("--seconds", type=float, help="seconds per timed measurement (full 3, quick 1.5)")
+    parser.add_argument("--hold-sizes", help="idle tunnels to hold, comma-separated (full 1000,5000,9000)")
+    parser.add_argument("--rtt-rounds", type=int, help="echo round trips per repetition while tunnels are held")
+    parser.add_argument("--integrity-mib", type=int, default=256, help="MiB sent both ways for the sha256 check")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory (default bench/results)")
+    parser.add_argument("--build-dir", type=Path, default=Path("/tmp/gconnect-bench-build"))
+    parser.add_argument(
+        "--venv",
+        type=Path,
+        default=Path("/tmp/gconnect-bench-venv"),
+        help="venv for proxy.py and pproxy, created if missing",
+    )
+    parser.add_argument("--proxy-cpus", type=_cpus, default=frozenset({0}), help="CPUs for the proxy (default 0)")
+    parser.add_argument(
+        "--load-cpus",
+        type=_cpus,
+        default=frozenset({1}),
+        help="CPUs for the load generator and echo server (default 1)",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=5.0,
+        help="seconds to wait, at most, before each measurement for other processes to go quiet",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="let the scheduler place everything")
+    return parser.parse_args(argv)
+
+
+def options_from(args: argparse.Namespace):
+    from bench.harness.run import Options
+
+    defaults = QUICK if args.quick else FULL
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    unknown = [t for t in targets if t not in ALL_TARGETS]
+    if unknown:
+        raise SystemExit(f"unknown targets: {', '.join(unknown)} (known: {', '.join(ALL_TARGETS)})")
+    hold_sizes = tuple(int(n) for n in (args.hold_sizes or defaults["hold_sizes"]).split(","))
+    settings = Settings(
+        seconds=args.seconds or defaults["seconds"],
+        reps=args.reps or defaults["reps"],
+        hold_sizes=hold_sizes,
+        rtt_rounds=args.rtt_rounds or defaults["rtt_rounds"],
+        integrity_bytes=args.integrity_mib << 20,
+        load_cpus=None if args.no_pin else args.load_cpus,
+        quiet_wait_s=args.quiet_wait,
+    )
+    env = Environment(venv=args.venv, proxy_cpus=None if args.no_pin else args.proxy_cpus)
+    return Options(targets=targets, settings=settings, env=env, build_dir=args.build_dir, quick=args.quick)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from bench.harness.plots import write_plots
+    from bench.harness.run import log, run_benchmark
+
+    options = options_from(args)
+    results = run_benchmark(options)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(results, args.out / "latest.json")
+    markdown = render_markdown(results)
+    written = write_plots(results, args.out, "latest")
+    if not written:
+        markdown += "\nPlots skipped: matplotlib is not installed (pip install matplotlib).\n"
+    (args.out / "latest.md").write_text(markdown)
+    print(markdown)
+    log(f"wrote {args.out / 'latest.json'}, latest.md and {len(written)} plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""What the harness reads from /proc: process trees, their CPU time and RSS, per-core busy time.
+
+Everything here reads; nothing signals or changes a process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # The command name sits in parentheses and may hold spaces; fields start after the last ')'.
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def process_tree(root: int) -> list[int]:
+    """The root and all of its live descendants (workers, helpers)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = _stat_fields(int(name))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User plus system CPU seconds of every live process in the tree, threads included."""
+    total = 0
+    for pid in process_tree(root):
+        fields = _stat_fields(pid)
+        if fields is not None:
+            # Fields 14 and 15 of /proc/PID/stat (utime, stime), 0-based 11 and 12 after the name.
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS_PER_S
+
+
+def tree_rss_kib(root: int) -> int:
+    """Resident set of the tree in KiB (VmRSS summed; shared pages count once per process)."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
+
+
+@dataclass(frozen=True)
+class CoreTimes:
+    """Cumulative busy and total jiffies per CPU, from /proc/stat."""
+
+    busy: dict[int, int]
+    total: dict[int, int]
+
+
+def core_times() -> CoreTimes:
+    busy, total = {}, {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *values = line.split()
+            if not name.startswith("cpu") or name == "cpu":
+                continue
+            numbers = [int(v) for v in values[:8]]
+            cpu = int(name[3:])
+            # idle and iowait are the not-busy columns (proc(5)).
+            busy[cpu] = sum(numbers) - numbers[3] - numbers[4]
+            total[cpu] = sum(numbers)
+    return CoreTimes(busy, total)
+
+
+def busy_percent(before: CoreTimes, after: CoreTimes) -> dict[str, float]:
+    """Per-core busy share between two snapshots, in percent, keyed by CPU number as text (for JSON)."""
+    result = {}
+    for cpu, total in after.total.items():
+        elapsed = total - before.total.get(cpu, 0)
+        busy = after.busy[cpu] - before.busy.get(cpu, 0)
+        result[str(cpu)] = round(100.0 * busy / elapsed, 1) if elapsed > 0 else 0.0
+    return result
+
+
+def command_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def cpu_seconds_by_pid() -> dict[int, float]:
+    """CPU seconds of every user-space process now alive (kernel threads left out: they serve us)."""
+    seconds = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = _stat_fields(int(name))
+        # Kernel threads are children of kthreadd (PID 2); ksoftirqd does our own loopback work.
+        if fields is None or int(fields[1]) in (0, 2) or name == "2":
+            continue
+        seconds[int(name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+    return seconds
+
+
+def other_cpu_seconds(before: dict[int, float], after: dict[int, float], ours: set[int]) -> float:
+    """CPU seconds that processes other than ours used between two cpu_seconds_by_pid snapshots.
+
+    The machine may be shared (other sessions, CI): a figure measured while something else ran is
+    flagged rather than silently published.
+    """
+    return sum(other_cpu_by_pid(before, after, ours).values())
+
+
+def other_cpu_by_pid(before: dict[int, float], after: dict[int, float], ours: set[int]) -> dict[int, float]:
+    """Per-PID CPU seconds between two snapshots, for the processes that are not ours and did use CPU."""
+    deltas = {pid: after[pid] - before[pid] for pid in after.keys() & before.keys() if pid not in ours}
+    return {pid: delta for pid, delta in deltas.items() if delta > 0}

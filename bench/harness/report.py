@@ -1,0 +1,238 @@
+"""Writing a run's results: JSON (everything), Markdown (the table), PNG plots (matplotlib)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+# direct should beat every proxy by at least this much, or the load generator may be what limits them.
+DIRECT_MARGIN = 1.5
+
+
+def write_json(results: dict, path: Path) -> None:
+    path.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+
+
+def _ok_targets(results: dict) -> list[str]:
+    return [name for name, entry in results["targets"].items() if entry.get("status") == "ok"]
+
+
+def _case(entry: dict, workload: str, match: Callable[[dict], bool]) -> dict | None:
+    cases = entry.get(workload)
+    if not isinstance(cases, list):
+        return None
+    return next((c for c in cases if isinstance(c, dict) and match(c)), None)
+
+
+def _stat(summary: dict | None, key: str) -> dict | None:
+    return summary.get(key) if summary else None
+
+
+def _fmt(value: float, digits: int) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def _marks(summary: dict | None) -> str:
+    """† a repetition saturated the load CPU; ‡ other processes took CPU during a repetition."""
+    if not summary:
+        return ""
+    return ("†" if summary.get("load_bound") else "") + ("‡" if summary.get("disturbed") else "")
+
+
+def _cell(stat: dict | None, digits: int = 0, marks: str = "") -> str:
+    """median (min–max), followed by the marks of the summary it came from."""
+    if not stat:
+        return "—"
+    text = _fmt(stat["median"], digits)
+    if stat["min"] != stat["max"]:
+        text += f" ({_fmt(stat['min'], digits)}–{_fmt(stat['max'], digits)})"
+    return f"{text} {marks}" if marks else text
+
+
+def _bulk_cell(entry: dict, direction: str, conns: int, key: str, digits: int) -> str:
+    case = _case(entry, "bulk", lambda c: c["dir"] == direction and c["conns"] == conns)
+    if case is None:
+        return "—"
+    return _cell(_stat(case["summary"], key), digits, _marks(case["summary"]))
+
+
+def _rate_cell(entry: dict, conns: int, key: str, digits: int = 0) -> str:
+    case = _case(entry, "rate", lambda c: c["conns"] == conns)
+    if case is None:
+        return "—"
+    return _cell(_stat(case["summary"], key), digits, _marks(case["summary"]))
+
+
+def _hold_entry(entry: dict, count: int) -> dict | None:
+    return next((h for h in entry.get("hold", []) if h.get("requested") == count), None)
+
+
+def _hold_cell(entry: dict, count: int, key: str) -> str:
+    held = _hold_entry(entry, count)
+    if held is None or "error" in held:
+        return "error" if held else "—"
+    if key == "held":
+        alive = held.get("alive_after")
+        text = f"{held['held']:,}/{count:,}"
+        return text if alive in (None, held["held"]) else f"{text} ({alive:,} still open)"
+    if key == "rss_per_tunnel_kib":
+        value = held.get(key)
+        return "—" if value is None else _fmt(value, 1)
+    rtt = held.get("rtt") or {}
+    return _cell(_stat(rtt, key), 0, "‡" if rtt.get("disturbed") else "")
+
+
+def _integrity_cell(entry: dict) -> str:
+    check = entry.get("integrity")
+    if not isinstance(check, dict) or "error" in check:
+        return "error"
+    return f"ok ({check['seconds']:.1f} s)" if check.get("match") else "**MISMATCH**"
+
+
+def table_rows(results: dict, names: list[str]) -> list[tuple[str, list[str]]]:
+    """The Markdown table's rows: a label and one cell per target."""
+    targets = results["targets"]
+    rows: list[tuple[str, Callable[[dict], str]]] = []
+    for conns in (1, 8):
+        for direction in ("up", "down"):
+            label = f"bulk MB/s, {conns} tunnel{'s' if conns > 1 else ''}, {direction}load"
+            rows.append((label, lambda e, d=direction, c=conns: _bulk_cell(e, d, c, "mb_per_s", 0)))
+    for direction in ("up", "down"):
+        label = f"proxy CPU s per GiB, 1 tunnel, {direction}load"
+        rows.append((label, lambda e, d=direction: _bulk_cell(e, d, 1, "proxy_cpu_s_per_gib", 2)))
+    for conns in (1, 64):
+        rows.append((f"new tunnels/s, {conns} concurrent", lambda e, c=conns: _rate_cell(e, c, "tunnels_per_s")))
+        rows.append((f"set-up p50 µs, {conns} concurrent", lambda e, c=conns: _rate_cell(e, c, "setup_p50_us")))
+        rows.append((f"set-up p99 µs, {conns} concurrent", lambda e, c=conns: _rate_cell(e, c, "setup_p99_us")))
+    rows.append(("proxy CPU ms per tunnel, 64 concurrent", lambda e: _rate_cell(e, 64, "proxy_cpu_ms_per_tunnel", 3)))
+    for count in results["conditions"]["hold_sizes"]:
+        rows.append((f"tunnels held of {count:,}", lambda e, n=count: _hold_cell(e, n, "held")))
+        rows.append(
+            (f"proxy RSS KiB per tunnel, {count:,} held", lambda e, n=count: _hold_cell(e, n, "rss_per_tunnel_kib"))
+        )
+        rows.append((f"echo RTT p50 µs, {count:,} held", lambda e, n=count: _hold_cell(e, n, "rtt_p50_us")))
+        rows.append((f"echo RTT p99 µs, {count:,} held", lambda e, n=count: _hold_cell(e, n, "rtt_p99_us")))
+    size_mib = results["conditions"]["integrity_bytes"] >> 20
+    rows.append((f"{size_mib} MiB both ways, sha256", _integrity_cell))
+    return [(label, [cell(targets[name]) for name in names]) for label, cell in rows]
+
+
+def direct_margins(results: dict) -> list[str]:
+    """Lines saying how far direct is ahead of the fastest proxy (the load generator's headroom)."""
+    targets = results["targets"]
+    direct = targets.get("direct")
+    if not direct or direct.get("status") != "ok":
+        return ["direct was not measured: the load generator's headroom is unknown."]
+    lines = []
+    checks = [
+        ("bulk, 1 tunnel, upload", "bulk", lambda c: c["dir"] == "up" and c["conns"] == 1, "mb_per_s"),
+        ("bulk, 1 tunnel, download", "bulk", lambda c: c["dir"] == "down" and c["conns"] == 1, "mb_per_s"),
+        ("new tunnels/s, 64 concurrent", "rate", lambda c: c["conns"] == 64, "tunnels_per_s"),
+    ]
+    for label, workload, match, key in checks:
+        base = _stat((_case(direct, workload, match) or {}).get("summary"), key)
+        best = (
+            max(
+                ((_stat((_case(e, workload, match) or {}).get("summary"), key) or {}).get("median", 0), n)
+                for n, e in targets.items()
+                if n != "direct" and e.get("status") == "ok"
+            )
+            if len(targets) > 1
+            else None
+        )
+        if not base or not best or not best[0]:
+            continue
+        ratio = base["median"] / best[0]
+        warn = "" if ratio >= DIRECT_MARGIN else " — **less than 1.5×: the fastest proxy may be load-bound**"
+        lines.append(f"- {label}: direct {base['median']:,.0f} is {ratio:.1f}× the fastest proxy ({best[1]}){warn}")
+    return lines
+
+
+def render_markdown(results: dict) -> str:
+    """The results as a Markdown document: conditions, the table, skipped targets, notes."""
+    names = _ok_targets(results)
+    machine, conditions, git = results["machine"], results["conditions"], results["git"]
+    out = [f"# gconnect CONNECT benchmark ({conditions['mode']} run)", ""]
+    out.append(
+        f"{results['started']}, git {git['revision'][:12]}{' (dirty)' if git['dirty'] else ''}; "
+        f"{machine['cpu_model']}, {machine['cpus']} CPUs, Linux {machine['kernel']}; "
+        f"proxy on CPU {conditions['proxy_cpus']}, load generator and echo/sink/source server on CPU "
+        f"{conditions['load_cpus']}; medians of {conditions['repetitions']} repetitions of "
+        f"{conditions['seconds_per_measurement']} s, (min–max); load average "
+        f"{' '.join(machine['loadavg_at_start'])} at start."
+    )
+    out.append("")
+    versions = ", ".join(f"{n}: {results['targets'][n]['version']}" for n in names)
+    out += [f"Versions: {versions}.", ""]
+    out.append("| | " + " | ".join(names) + " |")
+    out.append("|---|" + "---|" * len(names))
+    for label, cells in table_rows(results, names):
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        f"† the load CPU was ≥ {conditions['load_bound_percent']:.0f}% busy in a repetition: the figure may be "
+        "the load generator's limit, not the proxy's (expected for direct, which has no proxy).  ",
+        f"‡ processes outside the benchmark used ≥ {conditions['disturbed_percent']:.0f}% of a core during a "
+        "repetition: the machine was shared, and the figure is likely low.",
+        "",
+        *interference_lines(results),
+    ]
+    out += ["## Load generator headroom", "", *direct_margins(results), ""]
+    skipped = [(n, e) for n, e in results["targets"].items() if e.get("status") != "ok"]
+    if skipped:
+        out += ["## Skipped", ""]
+        out += [f"- **{n}**: {e.get('reason', 'unknown')}" for n, e in skipped]
+        out.append("")
+    notes = [(n, note) for n in names for note in results["targets"][n].get("notes", [])]
+    errors = [(n, w, e) for n in names for w, e in _workload_errors(results["targets"][n])]
+    if notes or errors:
+        out += ["## Notes", ""]
+        out += [f"- {n}: {note}" for n, note in notes]
+        out += [f"- {n}: {w} failed: {e}" for n, w, e in errors]
+        out.append("")
+    return "\n".join(out)
+
+
+def _workload_errors(entry: dict) -> list[tuple[str, str]]:
+    found = []
+    for workload in ("bulk", "rate", "integrity"):
+        value = entry.get(workload)
+        if isinstance(value, dict) and "error" in value:
+            found.append((workload, value["error"]))
+    for held in entry.get("hold", []):
+        if "error" in held:
+            found.append((f"hold {held.get('requested')}", held["error"]))
+        elif held.get("first_error"):
+            found.append((f"hold {held['requested']} (partly)", held["first_error"]))
+    return found
+
+
+def _all_reps(entry: dict) -> list[dict]:
+    reps = []
+    for workload in ("bulk", "rate"):
+        cases = entry.get(workload)
+        if isinstance(cases, list):
+            reps += [r for case in cases for r in case["reps"]]
+    for held in entry.get("hold", []):
+        reps += held.get("rtt_reps", [])
+    return reps
+
+
+def interference_lines(results: dict) -> list[str]:
+    """How much CPU the rest of the machine took while we measured, and who took it."""
+    reps = [r for e in results["targets"].values() for r in _all_reps(e) if "other_cpu_percent" in r]
+    if not reps:
+        return []
+    mean = sum(r["other_cpu_percent"] for r in reps) / len(reps)
+    disturbed = sum(1 for r in reps if r.get("disturbed"))
+    takers: dict[str, float] = {}
+    for rep in reps:
+        for name, seconds in rep.get("other_top", []):
+            takers[name] = takers.get(name, 0.0) + seconds
+    top = ", ".join(f"{n} {s:.1f} s" for n, s in sorted(takers.items(), key=lambda t: -t[1])[:4])
+    return [
+        f"Other processes took {mean:.0f}% of a core on average during measurements; {disturbed} of "
+        f"{len(reps)} measurements were disturbed (‡)" + (f"; the largest takers: {top}." if top else "."),
+        "",
+    ]

@@ -1,0 +1,182 @@
+"""One benchmark run: build the load generator, measure each target in turn, collect the results.
+
+Targets run one after another, never side by side, each with a fresh echo/sink/source server; every
+process started here is stopped in a ``finally`` by its PID.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.harness import workloads
+from bench.harness.build import build_loadgen, gcc_version
+from bench.harness.loadgen import LoadGen, LoadGenError, ServerPorts
+from bench.harness.targets import (
+    REPO_DIR,
+    Environment,
+    RunningProxy,
+    TargetUnavailable,
+    launch_plan,
+    prepare,
+)
+from bench.harness.workloads import Settings, Subject
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything the command line decides."""
+
+    targets: tuple[str, ...]
+    settings: Settings
+    env: Environment
+    build_dir: Path
+    quick: bool
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def machine_info() -> dict:
+    """The conditions a reader needs to compare two result files."""
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    with open("/proc/loadavg") as f:
+        loadavg = f.read().split()[:3]
+    return {
+        "kernel": platform.release(),
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "mem_total_kib": mem_kib,
+        "nofile_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+        "python": platform.python_version(),
+        "gcc": gcc_version(),
+        "loadavg_at_start": loadavg,
+    }
+
+
+def git_info() -> dict:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=30)
+        return done.stdout.strip()
+
+    return {"revision": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain"))}
+
+
+@contextmanager
+def started(name: str, options: Options, ports: ServerPorts, workdir: Path, entry: dict) -> Iterator[Subject]:
+    """The target running and tunnelling for the block (direct: nothing to start)."""
+    if name == "direct":
+        yield Subject("none", None)
+        return
+    rundir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+    plan = launch_plan(name, rundir, options.env)
+    entry.setdefault("command", plan.argv)
+    entry.setdefault("proxy_cpus", sorted(plan.cpus) if plan.cpus is not None else "all")
+    entry.setdefault("notes", plan.notes)
+    with RunningProxy(name, plan, rundir) as proxy:
+        address = proxy.start(ports.target("echo"))
+        yield Subject(address, proxy.pid, alive=proxy.check_alive)
+
+
+def guarded(label: str, subject: Subject, action: Callable[[], object]) -> object:
+    """Run one workload; a failure becomes an error entry, and the run goes on."""
+    started_at = time.monotonic()
+    try:
+        subject.check()
+        result = action()
+        subject.check()
+    except (LoadGenError, TargetUnavailable) as exc:
+        log(f"  {label}: failed: {exc}")
+        return {"error": str(exc)}
+    log(f"  {label}: done in {time.monotonic() - started_at:.1f} s")
+    return result
+
+
+def measure_target(name: str, options: Options, lg: LoadGen, workdir: Path) -> dict:
+    """Every workload on one target; raises TargetUnavailable if it cannot be started at all."""
+    settings = options.settings
+    entry: dict = {"name": name, "status": "ok", "version": prepare(name, options.env)}
+    log(f"{name}: {entry['version']}")
+    with lg.server() as ports:
+        with started(name, options, ports, workdir, entry) as subject:
+            entry["bulk"] = guarded("bulk", subject, lambda: workloads.bulk(lg, subject, ports, settings))
+            entry["rate"] = guarded("rate", subject, lambda: workloads.rate(lg, subject, ports, settings))
+            entry["integrity"] = guarded(
+                "integrity", subject, lambda: workloads.integrity(lg, subject, ports, settings)
+            )
+        entry["hold"] = [hold_one(name, options, lg, ports, workdir, entry, count) for count in settings.hold_sizes]
+    return entry
+
+
+def hold_one(
+    name: str, options: Options, lg: LoadGen, ports: ServerPorts, workdir: Path, entry: dict, count: int
+) -> object:
+    """A fresh target instance per size, so memory freed by an earlier size is not reused and hidden."""
+    try:
+        with started(name, options, ports, workdir, entry) as subject:
+            return guarded(
+                f"hold {count}", subject, lambda: workloads.hold(lg, subject, ports, options.settings, count)
+            )
+    except TargetUnavailable as exc:
+        return {"requested": count, "error": str(exc)}
+
+
+def run_benchmark(options: Options) -> dict:
+    """Measure every selected target and return the whole result document."""
+    started_at = datetime.datetime.now(datetime.timezone.utc)
+    binary = build_loadgen(options.build_dir)
+    lg = LoadGen(binary, options.settings.load_cpus)
+    settings = options.settings
+    results: dict = {
+        "schema": 1,
+        "started": started_at.isoformat(timespec="seconds"),
+        "command": [sys.executable, "-m", "bench.harness", *sys.argv[1:]],
+        "machine": machine_info(),
+        "git": git_info(),
+        "conditions": {
+            "mode": "quick" if options.quick else "full",
+            "repetitions": settings.reps,
+            "seconds_per_measurement": settings.seconds,
+            "hold_sizes": list(settings.hold_sizes),
+            "rtt_rounds": settings.rtt_rounds,
+            "integrity_bytes": settings.integrity_bytes,
+            "proxy_cpus": sorted(options.env.proxy_cpus) if options.env.proxy_cpus is not None else "all",
+            "load_cpus": sorted(settings.load_cpus) if settings.load_cpus is not None else "all",
+            "load_bound_percent": settings.load_bound_percent,
+            "load_receive": "recv(MSG_TRUNC), no copy to user space",
+        },
+        "targets": {},
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="gconnect-bench-"))
+    try:
+        for name in options.targets:
+            try:
+                results["targets"][name] = measure_target(name, options, lg, workdir)
+            except TargetUnavailable as exc:
+                log(f"{name}: skipped: {exc}")
+                results["targets"][name] = {"name": name, "status": "skipped", "reason": str(exc)}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    with open("/proc/loadavg") as f:
+        results["machine"]["loadavg_at_end"] = f.read().split()[:3]
+    results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return results
