@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.harness.report import render_markdown, write_json
+from bench.harness.report import render_markdown, update_readme, write_json
 from bench.harness.targets import ALL_TARGETS, Environment
 from bench.harness.workloads import Settings
 
@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     if not written:
         markdown += "\nPlots skipped: matplotlib is not installed (pip install matplotlib).\n"
     (args.out / "latest.md").write_text(markdown)
+    if args.out.resolve() == RESULTS_DIR:
+        # Only a run that publishes into bench/results also refreshes the table in bench/README.rst.
+        update_readme(RESULTS_DIR.parent / "README.rst", results)
     print(markdown)
     log(f"wrote {args.out / 'latest.json'}, latest.md and {len(written)} plots")
     return 0

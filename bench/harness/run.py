@@ -162,6 +162,8 @@ def run_benchmark(options: Options) -> dict:
             "proxy_cpus": sorted(options.env.proxy_cpus) if options.env.proxy_cpus is not None else "all",
             "load_cpus": sorted(settings.load_cpus) if settings.load_cpus is not None else "all",
             "load_bound_percent": settings.load_bound_percent,
+            "disturbed_percent": settings.disturbed_percent,
+            "quiet_wait_s": settings.quiet_wait_s,
             "load_receive": "recv(MSG_TRUNC), no copy to user space",
         },
         "targets": {},

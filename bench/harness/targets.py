@@ -245,7 +245,9 @@ class RunningProxy:
         if code is None:
             return
         if code == CLICK_USAGE_ERROR and self.name in GCONNECT_TARGETS:
-            raise TargetUnavailable(f"option rejected (exit 2): {self._log_tail()}")
+            # click's last line names the rejected option ("Error: No such option '--workers'.").
+            lines = [line for line in self._log_tail().splitlines() if line.strip()]
+            raise TargetUnavailable(f"option rejected (exit 2): {lines[-1] if lines else 'no output'}")
         raise TargetUnavailable(f"exited with {code}: {self._log_tail()}")
 
     def _wait_for_printed_port(self) -> int:

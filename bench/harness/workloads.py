@@ -88,10 +88,13 @@ def wait_for_quiet(settings: Settings, ours: set[int]) -> float:
     return round(time.monotonic() - started, 2)
 
 
-def _measured(lg: LoadGen, subject: Subject, settings: Settings, action: Callable[[], dict]) -> dict:
+def _measured(
+    lg: LoadGen, subject: Subject, settings: Settings, action: Callable[[], dict], helper: int | None = None
+) -> dict:
     """Run action, adding over exactly that span: the proxy's CPU seconds, per-core busy percent,
-    whether the load CPU was saturated, and how much CPU other processes on the machine took."""
-    ours = {os.getpid()}
+    whether the load CPU was saturated, and how much CPU other processes on the machine took.
+    helper is a load generator process that runs across the span (loadgen hold)."""
+    ours = {os.getpid()} | ({helper} if helper else set())
     if lg.server_pid:
         ours.add(lg.server_pid)
     if subject.pid:
@@ -211,7 +214,13 @@ def hold(lg: LoadGen, subject: Subject, ports: ServerPorts, settings: Settings, 
         if opened["held"]:
             command = f"rtt {settings.rtt_rounds}"
             rtts = [
-                _measured(lg, subject, settings, lambda: hold_command(process, command, HOLD_COMMAND_TIMEOUT_S))
+                _measured(
+                    lg,
+                    subject,
+                    settings,
+                    lambda: hold_command(process, command, HOLD_COMMAND_TIMEOUT_S),
+                    helper=process.pid,
+                )
                 for _ in range(settings.reps)
             ]
             result["rtt_reps"] = rtts
