@@ -5,7 +5,7 @@ open, and sends one message every ``--tunnel-think-time`` seconds, checking each
 byte. Locust's statistics see two request types: ``CONNECT`` (connect to the proxy until its 200
 head has arrived) and ``ECHO`` (one message's round trip). A failure is reported under a short,
 precise reason: the proxy's status (``407``, ``403``, ``502`` ...), ``connect timeout``,
-``echo timeout``, ``refused``, ``reset``, ``short read``, ``mismatch``, ``fd limit``.
+``response timeout``, ``echo timeout``, ``refused``, ``reset``, ``short read``, ``mismatch``, ``fd limit``.
 
 Normally run by ``python -m bench.loadtest``; by hand::
 
@@ -292,16 +292,19 @@ class TunnelUser(User):
             self.tunnel = None
 
     def open_tunnel(self) -> bool:
-        """Connect to the proxy and send CONNECT; fire a ``CONNECT`` event either way."""
+        """Connect to the proxy and send CONNECT; fire a ``CONNECT`` event either way.
+
+        A timeout is ``connect timeout`` while the TCP handshake is pending and ``response
+        timeout`` once it is done: the second is a proxy whose accept queue took the connection
+        but which never served it (a full ``--max-clients`` pool, a stalled loop).
+        """
         started = time.perf_counter()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         head = b""
+        step = "connect"
+        sock: socket.socket | None = None
         try:
-            sock.settimeout(self.settings.connect_timeout)
-            if self.source is not None:
-                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind((self.source, 0))
-            sock.connect(self.settings.proxy)
+            sock = self.dial_proxy()
+            step = "response"
             sock.sendall(self.settings.connect_request())
             head, early = read_response_head(sock)
             status = response_status(head)
@@ -311,14 +314,29 @@ class TunnelUser(User):
                 # Nothing was sent through the tunnel yet, so nothing may come back.
                 raise TunnelFailure("mismatch")
         except Exception as exc:  # every failure is reported, by reason
-            sock.close()
-            self._fire("CONNECT", started, len(head), classify(exc, "connect"))
+            if sock is not None:
+                sock.close()
+            self._fire("CONNECT", started, len(head), classify(exc, step))
             return False
         sock.settimeout(self.settings.io_timeout)
         self.tunnel = sock
         self.opened_at = time.monotonic()
         self._fire("CONNECT", started, len(head), None)
         return True
+
+    def dial_proxy(self) -> socket.socket:
+        """A TCP connection to the proxy, from this user's source address if it has one."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.settings.connect_timeout)
+            if self.source is not None:
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((self.source, 0))
+            sock.connect(self.settings.proxy)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def next_message(self) -> bytes:
         self.sequence += 1
