@@ -342,6 +342,7 @@ class Run:
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
     latency_us: dict[str, dict[str, int]] = field(default_factory=dict)
+    successes_per_process: dict[str, dict[str, int]] = field(default_factory=dict)
     proxy_process: dict[str, Any] | None = None
     locust_cpu_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -511,13 +512,23 @@ def percentile(counts: Counter[int], fraction: float) -> int:
     return 0
 
 
-def read_latency(results: Path) -> dict[str, dict[str, int]]:
-    """Merge the locust processes' microsecond histograms into percentiles."""
+def read_histograms(results: Path) -> dict[str, dict[str, Counter[int]]]:
+    """Each locust process's microsecond histograms, by the file it wrote them to."""
+    histograms = {}
+    for path in sorted(glob.glob(str(results / "latency" / "latency-*.json"))):
+        raw = json.loads(Path(path).read_text())
+        histograms[Path(path).stem.replace("latency-", "locust pid ")] = {
+            kind: Counter({int(value): n for value, n in counts.items()}) for kind, counts in raw.items()
+        }
+    return histograms
+
+
+def merge_latency(histograms: dict[str, dict[str, Counter[int]]]) -> dict[str, dict[str, int]]:
+    """Percentiles over all locust processes together."""
     merged: dict[str, Counter[int]] = {}
-    for path in glob.glob(str(results / "latency" / "latency-*.json")):
-        for kind, counts in json.loads(Path(path).read_text()).items():
-            bucket = merged.setdefault(kind, Counter())
-            bucket.update({int(value): n for value, n in counts.items()})
+    for per_kind in histograms.values():
+        for kind, counts in per_kind.items():
+            merged.setdefault(kind, Counter()).update(counts)
     return {
         kind: {
             "p50": percentile(counts, 0.50),
@@ -528,6 +539,13 @@ def read_latency(results: Path) -> dict[str, dict[str, int]]:
         }
         for kind, counts in merged.items()
         if counts
+    }
+
+
+def successes_per_process(histograms: dict[str, dict[str, Counter[int]]]) -> dict[str, dict[str, int]]:
+    """Successful requests per locust process: in distributed mode, proof every worker worked."""
+    return {
+        name: {kind: sum(counts.values()) for kind, counts in per_kind.items()} for name, per_kind in histograms.items()
     }
 
 
@@ -549,6 +567,9 @@ def format_summary(run: Run) -> str:
             else "no latency recorded"
         )
         lines.append(f"{kind:8} {entry['requests']:>9} requests {entry['failures']:>6} failures  {timing}")
+    if len(run.successes_per_process) > 1:
+        for name, counts in run.successes_per_process.items():
+            lines.append(f"  {name}: " + ", ".join(f"{n} {kind} ok" for kind, n in sorted(counts.items())))
     for failure in run.failures:
         lines.append(f"  failure {failure['type']} {failure['reason']!r}: {failure['count']}")
     proxy = run.proxy_process
@@ -623,7 +644,9 @@ def run_load_test(args: argparse.Namespace, results: Path) -> Run:
         # Leaving the stack stops locust (if it overran), then gconnect, then the target.
     run.requests = read_request_stats(results)
     run.failures = read_failures(results)
-    run.latency_us = read_latency(results)
+    histograms = read_histograms(results)
+    run.latency_us = merge_latency(histograms)
+    run.successes_per_process = successes_per_process(histograms)
     return run
 
 
