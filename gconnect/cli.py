@@ -1,0 +1,210 @@
+"""The command line. Builds the one Config, sets up logging and signals, runs.
+
+Option names equal Config field names (a test checks the parity) and every
+option can also come from a ``GCONNECT_<NAME>`` environment variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import signal
+import sys
+from logging.handlers import WatchedFileHandler
+from typing import Any, Optional
+
+import click
+import gevent
+
+from . import __version__
+from . import config as cfg
+
+log = logging.getLogger("gconnect")
+
+EXAMPLES = """\b
+Examples:
+  gconnect serve                                  # 127.0.0.1:3128, port 443 only
+  gconnect serve --listen 0.0.0.0:3128 --allow-port 443 --allow-port 8443
+  gconnect serve --allow-port 1-65535 --allow-dest 127.0.0.0/8 --dns-server 127.0.0.1:5353
+  curl -x http://127.0.0.1:3128 https://example.com/
+"""
+
+
+def parse_hostport(text: str, *, default_port: Optional[int] = None, what: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` / ``[V6]:PORT`` (or a bare host when *default_port* is set)."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise click.BadParameter(f"{text!r}: missing ']'")
+        host, rest = text[1:close], text[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise click.BadParameter(f"{text!r}: expected [V6]:PORT")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text and default_port is None:
+        raise click.BadParameter(f"{text!r}: write IPv6 addresses as [V6]:PORT")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: {host!r} is not an IP address") from None
+    if not port_text:
+        if default_port is None:
+            raise click.BadParameter(f"{text!r}: the port is required (HOST:PORT)")
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise click.BadParameter(f"{text!r}: bad port {port_text!r}")
+    return host, int(port_text)
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``443`` or ``8000-8999``."""
+    low_text, _, high_text = text.partition("-")
+    high_text = high_text or low_text
+    if not (low_text.isdigit() and high_text.isdigit()):
+        raise click.BadParameter(f"{text!r}: expected PORT or LOW-HIGH")
+    low, high = int(low_text), int(high_text)
+    if not (1 <= low <= high <= 65535):
+        raise click.BadParameter(f"{text!r}: ports are 1-65535, low <= high")
+    return low, high
+
+
+def parse_network(text: str) -> cfg.IPNetwork:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r}: {exc}") from None
+
+
+def _env(name: str) -> str:
+    return "GCONNECT_" + name.upper()
+
+
+def _opt(name: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+    flag = "--" + name.replace("_", "-")
+    return click.option(flag, name, envvar=_env(name), show_envvar=True, **kwargs)
+
+
+def _seconds(name: str, default: float, help_text: str):  # type: ignore[no-untyped-def]
+    return _opt(name, type=click.FloatRange(min=0), default=default, show_default=True, help=help_text)
+
+
+def build_config(**options: Any) -> cfg.Config:
+    """Turn the serve command's options into the Config (click has parsed them)."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cfg.Config):
+        if field.name not in options:
+            continue
+        value = options[field.name]
+        if field.name == "listen":
+            value = tuple(parse_hostport(v, what="listen address") for v in value) or (cfg.DEFAULT_LISTEN,)
+        elif field.name == "allow_port":
+            value = tuple(parse_port_range(v) for v in value) or cfg.DEFAULT_ALLOW_PORTS
+        elif field.name in ("allow_dest", "deny_dest"):
+            value = tuple(parse_network(v) for v in value)
+        elif field.name == "dns_server":
+            value = tuple(parse_hostport(v, default_port=53) for v in value)
+        values[field.name] = value
+    try:
+        return cfg.Config(**values)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def setup_logging(config: cfg.Config) -> None:
+    level = getattr(logging, config.log_level.upper())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+    access = logging.getLogger("gconnect.access")
+    access.propagate = False
+    if not config.access_log:
+        access.handlers[:] = []
+        access.setLevel(logging.CRITICAL + 1)
+        return
+    if config.access_log == "-":
+        access_handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    else:
+        # WatchedFileHandler reopens the file when logrotate moves it away.
+        access_handler = WatchedFileHandler(config.access_log)
+    access_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    access.handlers[:] = [access_handler]
+    access.setLevel(logging.INFO)
+
+
+@click.group(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gconnect")
+def main() -> None:
+    """gconnect: a high-concurrency HTTP CONNECT tunnelling proxy."""
+
+
+@main.command(epilog=EXAMPLES)
+@_opt("listen", multiple=True, metavar="HOST:PORT",
+      help="Address to listen on, repeatable; IPv6 as [::1]:3128.  [default: 127.0.0.1:3128]")
+@_opt("allow_port", multiple=True, metavar="SPEC",
+      help="Destination port or range (8000-8999) to allow, repeatable.  [default: 443]")
+@_opt("allow_dest", multiple=True, metavar="CIDR",
+      help="Allow destinations in this network even if private or loopback, repeatable.")
+@_opt("deny_dest", multiple=True, metavar="CIDR",
+      help="Deny destinations in this network (wins over --allow-dest), repeatable.")
+@_seconds("header_timeout", cfg.DEFAULT_HEADER_TIMEOUT, "Deadline for the whole request head.")
+@_seconds("dns_timeout", cfg.DEFAULT_DNS_TIMEOUT, "Deadline for resolving the target's name.")
+@_seconds("connect_timeout", cfg.DEFAULT_CONNECT_TIMEOUT, "Deadline for connecting to the target.")
+@_seconds("idle_timeout", cfg.DEFAULT_IDLE_TIMEOUT, "Close a tunnel with no bytes either way for this long (0: never).")
+@_seconds("half_close_timeout", cfg.DEFAULT_HALF_CLOSE_TIMEOUT,
+          "Idle limit once one side has closed its sending half (0: only --idle-timeout).")
+@_seconds("drain_timeout", cfg.DEFAULT_DRAIN_TIMEOUT, "On SIGTERM/SIGINT, wait this long for open tunnels.")
+@_opt("dns_server", multiple=True, metavar="HOST[:PORT]",
+      help="DNS server to ask, repeatable.  [default: from /etc/resolv.conf]")
+@_opt("hosts_file", default="/etc/hosts", show_default=True, metavar="PATH",
+      help="hosts(5) file consulted before DNS; empty to skip.")
+@_seconds("dns_min_ttl", cfg.DEFAULT_DNS_MIN_TTL, "Shortest time an answer is cached.")
+@_seconds("dns_max_ttl", cfg.DEFAULT_DNS_MAX_TTL, "Longest time an answer is cached.")
+@_seconds("dns_negative_ttl", cfg.DEFAULT_DNS_NEGATIVE_TTL, "How long a failed lookup is cached.")
+@_seconds("attempt_delay", cfg.DEFAULT_ATTEMPT_DELAY, "Happy Eyeballs delay between connection attempts.")
+@_opt("max_header_bytes", type=click.IntRange(min=256), default=cfg.DEFAULT_MAX_HEADER_BYTES,
+      show_default=True, help="Largest request head accepted (431 beyond).")
+@_opt("max_clients", type=click.IntRange(min=1), default=cfg.DEFAULT_MAX_CLIENTS, show_default=True,
+      help="Most clients served at once; past it the proxy stops accepting until one ends.")
+@_opt("relay", type=click.Choice(["auto", "splice", "copy"]), default="auto", show_default=True,
+      help="How bytes are moved: splice(2) zero-copy, or a copy loop.")
+@_opt("chunk_bytes", type=click.IntRange(min=4096), default=cfg.DEFAULT_CHUNK_BYTES, show_default=True,
+      help="Most bytes moved per read (and splice pipe size).")
+@_opt("pipe_pool_size", type=click.IntRange(min=0), default=cfg.DEFAULT_PIPE_POOL_SIZE, show_default=True,
+      help="Spare splice pipes kept for reuse.")
+@_opt("access_log", default="-", show_default=True, metavar="PATH|-",
+      help="Access log file, '-' for stderr, '' for none.")
+@_opt("log_level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True,
+      help="Level of the diagnostic log (stderr).")
+def serve(**options: Any) -> None:
+    """Run the proxy until SIGTERM or SIGINT."""
+    config = build_config(**options)
+    setup_logging(config)
+    from .server import Proxy  # imports dnspython: after the CLI has parsed
+
+    try:
+        proxy = Proxy(config)
+        bound = proxy.start()
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(f"cannot start: {exc}") from None
+
+    def request_stop(signum: int) -> None:
+        log.info("signal %d: stopping", signum)
+        gevent.spawn(proxy.stop)
+
+    gevent.signal_handler(signal.SIGTERM, request_stop, signal.SIGTERM)
+    gevent.signal_handler(signal.SIGINT, request_stop, signal.SIGINT)
+    for host, port in bound:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        # Scripts and tests read this line for the real port when listening on port 0.
+        click.echo(f"gconnect listening on {shown}", err=True)
+    log.info("relay=%s max_clients=%d", proxy.relay_mode, config.max_clients)
+    proxy.stopped.wait()
+    log.info("stopped")

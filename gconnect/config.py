@@ -1,0 +1,99 @@
+"""Every tunable in one frozen object, built once (by the CLI or a test) and
+passed down explicitly. No module reads the environment.
+
+Each default names its precedent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from typing import Union
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+#: Squid's default http_port, the port proxy clients expect.
+DEFAULT_LISTEN = ("127.0.0.1", 3128)
+#: Squid's SSL_ports ACL: CONNECT is for TLS unless the operator says otherwise.
+DEFAULT_ALLOW_PORTS = ((443, 443),)
+#: Apache mod_reqtimeout allows 20-40 s for the head, nginx client_header_timeout
+#: 60 s; a CONNECT head is one small packet, so the low end.
+DEFAULT_HEADER_TIMEOUT = 20.0
+#: glibc resolv.conf "timeout:5".
+DEFAULT_DNS_TIMEOUT = 5.0
+#: Squid connect_timeout is 60 s; browsers give up near 30 s (Chromium's TCP
+#: connect job), and Happy Eyeballs has long tried every address by then.
+DEFAULT_CONNECT_TIMEOUT = 30.0
+#: Squid read_timeout: 15 minutes. Short idle defaults break WebSockets and long polls.
+DEFAULT_IDLE_TIMEOUT = 900.0
+#: Idle limit once one side has half-closed; HAProxy's "timeout client-fin" is the
+#: precedent for a separate, shorter limit in that state.
+DEFAULT_HALF_CLOSE_TIMEOUT = 60.0
+#: How long SIGTERM waits for open tunnels; systemd's DefaultTimeoutStopSec is 90 s.
+DEFAULT_DRAIN_TIMEOUT = 30.0
+#: h11's max_incomplete_event_size is 16 KiB; tomcat 8 KiB, node.js 16 KiB (since
+#: 14). A CONNECT head with a Proxy-Authorization header is well under 1 KiB.
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+#: The open-file limit here is 20,000 and a tunnel holds two descriptors.
+DEFAULT_MAX_CLIENTS = 9_900
+#: Linux pipe capacity (16 pages); a recv buffer for the copy relay of the same size.
+DEFAULT_CHUNK_BYTES = 64 * 1024
+#: RFC 8305 §5: "A recommended value for the Connection Attempt Delay is 250 ms".
+DEFAULT_ATTEMPT_DELAY = 0.25
+#: Clamp DNS TTLs: Chromium's host cache caps at 1 min for its own resolver; unbound
+#: cache-max-ttl is 1 day. We keep a day's ceiling and let zero-TTL answers live 1 s
+#: so a burst of tunnels to one name shares a lookup.
+DEFAULT_DNS_MIN_TTL = 1.0
+DEFAULT_DNS_MAX_TTL = 86_400.0
+#: Failed lookups are remembered briefly (RFC 2308 negative caching; unbound's
+#: cache-min-negative-ttl style), so a flood to a dead name costs one query.
+DEFAULT_DNS_NEGATIVE_TTL = 5.0
+#: Pipes kept for the splice relay: a pipe is held only while bytes are in flight.
+DEFAULT_PIPE_POOL_SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The proxy's whole configuration. Field names equal the CLI option names."""
+
+    listen: tuple[tuple[str, int], ...] = (DEFAULT_LISTEN,)
+    allow_port: tuple[tuple[int, int], ...] = DEFAULT_ALLOW_PORTS
+    allow_dest: tuple[IPNetwork, ...] = ()
+    deny_dest: tuple[IPNetwork, ...] = ()
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    dns_timeout: float = DEFAULT_DNS_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    half_close_timeout: float = DEFAULT_HALF_CLOSE_TIMEOUT
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: (host, port) of DNS servers; empty means the system's resolv.conf.
+    dns_server: tuple[tuple[str, int], ...] = ()
+    hosts_file: str = "/etc/hosts"
+    dns_min_ttl: float = DEFAULT_DNS_MIN_TTL
+    dns_max_ttl: float = DEFAULT_DNS_MAX_TTL
+    dns_negative_ttl: float = DEFAULT_DNS_NEGATIVE_TTL
+    attempt_delay: float = DEFAULT_ATTEMPT_DELAY
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_clients: int = DEFAULT_MAX_CLIENTS
+    relay: str = "auto"
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    pipe_pool_size: int = DEFAULT_PIPE_POOL_SIZE
+    #: "-" is stderr; "" turns the access log off.
+    access_log: str = "-"
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        for name in ("header_timeout", "dns_timeout", "connect_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        for name in ("idle_timeout", "half_close_timeout", "drain_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 turns it off)")
+        if self.relay not in ("auto", "splice", "copy"):
+            raise ValueError("relay must be auto, splice or copy")
+        if self.max_header_bytes < 256:
+            raise ValueError("max_header_bytes must be >= 256")
+        if self.max_clients < 1:
+            raise ValueError("max_clients must be >= 1")
+        if not self.listen:
+            raise ValueError("at least one listen address is needed")

@@ -1,0 +1,118 @@
+"""The exception tree. Data only: each class names one failure and the HTTP
+status it becomes while the client has not yet been told 200.
+
+OS and dnspython exceptions are translated once, where they happen, with
+``raise ... from exc``; none of these subclass ``OSError``.
+"""
+
+from __future__ import annotations
+
+
+class GConnectError(Exception):
+    """Base of every failure gconnect knows how to report."""
+
+    status: int = 500
+    reason: str = "Internal Server Error"
+    #: Short machine-readable cause, used as the access log's ``reason=``.
+    code: str = "error"
+    #: Extra response headers, e.g. ``Allow`` for 405.
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class ClientError(GConnectError):
+    """The client sent something we will not act on (4xx)."""
+
+    status = 400
+    reason = "Bad Request"
+    code = "bad_request"
+
+
+class MalformedRequestError(ClientError):
+    status = 400
+    reason = "Bad Request"
+    code = "bad_request"
+
+
+class PolicyDeniedError(ClientError):
+    status = 403
+    reason = "Forbidden"
+    code = "denied"
+
+
+class MethodNotAllowedError(ClientError):
+    status = 405
+    reason = "Method Not Allowed"
+    code = "bad_method"
+    headers = (("Allow", "CONNECT"),)
+
+
+class ProxyAuthRequiredError(ClientError):
+    status = 407
+    reason = "Proxy Authentication Required"
+    code = "auth_required"
+
+    def __init__(self, message: str, realm: str = "gconnect") -> None:
+        super().__init__(message)
+        self.headers = (("Proxy-Authenticate", f'Basic realm="{realm}"'),)
+
+
+class HeadTimeoutError(ClientError):
+    status = 408
+    reason = "Request Timeout"
+    code = "head_timeout"
+
+
+class HeadTooLargeError(ClientError):
+    status = 431
+    reason = "Request Header Fields Too Large"
+    code = "head_too_large"
+
+
+class VersionNotSupportedError(ClientError):
+    # 505 is a 5xx by number, but it is the client's request that is at fault.
+    status = 505
+    reason = "HTTP Version Not Supported"
+    code = "bad_version"
+
+
+class UpstreamError(GConnectError):
+    """We could not reach the destination (5xx)."""
+
+    status = 502
+    reason = "Bad Gateway"
+    code = "upstream_error"
+
+
+class ResolveError(UpstreamError):
+    status = 502
+    code = "dns_error"
+
+
+class ResolveTimeoutError(UpstreamError):
+    status = 504
+    reason = "Gateway Timeout"
+    code = "dns_timeout"
+
+
+class UpstreamConnectError(UpstreamError):
+    status = 502
+    code = "connect_error"
+
+
+class UpstreamConnectTimeoutError(UpstreamError):
+    status = 504
+    reason = "Gateway Timeout"
+    code = "connect_timeout"
+
+
+class TunnelError(GConnectError):
+    """After the 200 there is nobody to tell: these only close the tunnel."""
+
+    code = "tunnel_error"
+
+
+class ClientClosedError(ClientError):
+    """The client closed before its request head was complete."""
+
+    status = 400
+    code = "client_closed"

@@ -1,0 +1,43 @@
+from setuptools import find_packages, setup
+
+with open("gconnect/__init__.py", encoding="utf-8") as f:
+    version = next(line.split('"')[1] for line in f if line.startswith("__version__"))
+
+setup(
+    name="gconnect",
+    version=version,
+    description="A high-concurrency HTTP CONNECT tunnelling proxy built on gevent",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    packages=find_packages(include=["gconnect", "gconnect.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "gevent>=23.9",
+        "dnspython>=2.4",
+        "click>=8.1",
+        # llhttp's strict HTTP/1.1 tokenizer: ~10x faster than h11 on a CONNECT head.
+        "httptools>=0.6",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7.4",
+            "pytest-timeout>=2.2",
+            "trustme>=1.1",
+            "h11>=0.14",
+            "hypothesis>=6.80",
+            "urllib3>=2.0",
+            "httpx>=0.25",
+            "locust>=2.20",
+            "ruff>=0.4",
+            "mypy>=1.8",
+        ],
+        "bench": ["matplotlib>=3.7", "locust>=2.20", "psutil>=5.9"],
+    },
+    entry_points={"console_scripts": ["gconnect=gconnect.__main__:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Internet :: Proxy Servers",
+    ],
+)
