@@ -345,6 +345,7 @@ class Run:
     successes_per_process: dict[str, dict[str, int]] = field(default_factory=dict)
     proxy_process: dict[str, Any] | None = None
     locust_cpu_seconds: float = 0.0
+    target_cpu_seconds: float | None = None
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -579,7 +580,9 @@ def format_summary(run: Run) -> str:
             f"(start {proxy['rss_start_mib']:.1f} MiB, {proxy['rss_per_tunnel_kib']:.1f} KiB "
             f"per tunnel), cpu {proxy['cpu_seconds']:.1f} s, peak fds {proxy['fds_peak']}"
         )
-    lines.append(f"locust   cpu {run.locust_cpu_seconds:.1f} s")
+    # The proxy shares the machine with locust and the target: their CPU shows whose it was.
+    target_cpu = "" if run.target_cpu_seconds is None else f", target cpu {run.target_cpu_seconds:.1f} s"
+    lines.append(f"locust   cpu {run.locust_cpu_seconds:.1f} s{target_cpu}")
     lines += [f"warning: {warning}" for warning in run.warnings]
     problems = run.problems()
     lines.append("FAIL: " + "; ".join(problems) if problems else "PASS")
@@ -604,8 +607,10 @@ def run_load_test(args: argparse.Namespace, results: Path) -> Run:
         os.unlink(stale)
     with ExitStack() as stack:
         target = args.target
+        target_pid = None
         if target is None:
-            _child, target = start_target(stack, results)
+            target_child, target = start_target(stack, results)
+            target_pid = target_child.process.pid
         proxy, proxy_pid = args.proxy, args.proxy_pid
         if proxy is None:
             gconnect, proxy = start_gconnect(stack, results, args.proxy_arg)
@@ -628,6 +633,8 @@ def run_load_test(args: argparse.Namespace, results: Path) -> Run:
         if proxy_pid:
             samplers["proxy"] = ProcessStats(proxy_pid)
             samplers["proxy"].sample()
+        if target_pid:
+            samplers["target"] = ProcessStats(target_pid)
         children = [
             spawn(stack, "locust" if i == 0 else f"locust-worker-{i}", command, results)
             for i, command in enumerate(locust_commands(args, run, results))
@@ -640,7 +647,11 @@ def run_load_test(args: argparse.Namespace, results: Path) -> Run:
             stats.sample()
         if "proxy" in samplers:
             run.proxy_process = proxy_report(samplers["proxy"], run.peak_users)
-        run.locust_cpu_seconds = sum(stats.cpu_last_seconds for name, stats in samplers.items() if name != "proxy")
+        run.locust_cpu_seconds = sum(
+            stats.cpu_last_seconds for name, stats in samplers.items() if name.startswith("locust")
+        )
+        if "target" in samplers:
+            run.target_cpu_seconds = samplers["target"].cpu_seconds
         # Leaving the stack stops locust (if it overran), then gconnect, then the target.
     run.requests = read_request_stats(results)
     run.failures = read_failures(results)
