@@ -10,7 +10,7 @@
  *   loadgen rate                      new tunnels per second (CONNECT,
  *                                     64-byte echo, close) at concurrency C
  *   loadgen hold                      hold N idle tunnels, then answer
- *                                     "rtt R", "alive" and "quit" on stdin
+ *                                     "rtt R [S]", "alive" and "quit" on stdin
  *   loadgen integrity --bytes B       B bytes both ways through one tunnel,
  *                                     sha256 of what was sent and received
  *
@@ -615,7 +615,13 @@ static int c_setup(const struct opts *o, int i, uint32_t ev)
         return 0;
     }
     if (strncmp(c->resp, "HTTP/1.", 7) != 0 || strncmp(c->resp + 8, " 200", 4) != 0) {
-        note_error("CONNECT answered with a status other than 200");
+        /* Keep the first refusal's status line: it says which limit the proxy hit. */
+        static char status[96];
+        if (!first_error) {
+            size_t n = strcspn(c->resp, "\r\n\"\\");
+            snprintf(status, sizeof status, "CONNECT answered: %.*s", (int)(n < 60 ? n : 60), c->resp);
+            note_error(status);
+        }
         return -1;
     }
     c->trailing = c->resp_len - (size_t)(end + 4 - c->resp);
@@ -935,13 +941,15 @@ static void hold_open(const struct opts *o, int *held, int *failed, double *secs
     *secs = (double)(now_ns() - t0) / 1e9;
 }
 
-/* Sequential 64-byte round trips through one held tunnel. */
-static void hold_rtt(int idx, int rounds)
+/* Sequential 64-byte round trips through one held tunnel: rounds of them,
+ * or as many as fit in max_s seconds (a slow proxy must not stall the run). */
+static void hold_rtt(int idx, int rounds, double max_s)
 {
     struct lat l = {0};
     int errors = 0;
     int fd = cc[idx].fd;
-    for (int r = 0; r < rounds && errors == 0; r++) {
+    uint64_t deadline = now_ns() + (uint64_t)(max_s * 1e9);
+    for (int r = 0; r < rounds && errors == 0 && now_ns() < deadline; r++) {
         uint64_t t = now_ns();
         if (write(fd, cbuf, ECHO_BYTES) != ECHO_BYTES) {
             errors++;
@@ -1010,8 +1018,9 @@ static int cmd_hold(const struct opts *o)
     char line[128];
     while (fgets(line, sizeof line, stdin)) {
         int rounds;
-        if (sscanf(line, "rtt %d", &rounds) == 1 && probe >= 0)
-            hold_rtt(probe, rounds);
+        double max_s = 10;
+        if (sscanf(line, "rtt %d %lf", &rounds, &max_s) >= 1 && probe >= 0)
+            hold_rtt(probe, rounds, max_s);
         else if (strncmp(line, "alive", 5) == 0)
             hold_alive();
         else if (strncmp(line, "quit", 4) == 0)

@@ -13,6 +13,7 @@ from bench.harness.report import render_markdown, update_readme, write_json
 from bench.harness.targets import ALL_TARGETS, Environment
 from bench.harness.workloads import Settings
 
+WORKLOADS = ("bulk", "rate", "hold", "integrity")
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 
 # Full run: about 12 minutes for all eight targets; quick: about 5.
@@ -29,6 +30,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions (a few minutes)")
     parser.add_argument(
         "--targets", default=",".join(ALL_TARGETS), help="comma-separated, from: " + ", ".join(ALL_TARGETS)
+    )
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help="comma-separated, from: " + ", ".join(WORKLOADS)
     )
     parser.add_argument("--reps", type=int, help="repetitions per measurement (full 3, quick 2)")
     parser.add_argument("--seconds", type=float, help="seconds per timed measurement (full 3, quick 1.5)")
@@ -68,6 +72,9 @@ def options_from(args: argparse.Namespace):
     unknown = [t for t in targets if t not in ALL_TARGETS]
     if unknown:
         raise SystemExit(f"unknown targets: {', '.join(unknown)} (known: {', '.join(ALL_TARGETS)})")
+    workloads = tuple(w.strip() for w in args.workloads.split(",") if w.strip())
+    if set(workloads) - set(WORKLOADS):
+        raise SystemExit(f"unknown workloads: {', '.join(sorted(set(workloads) - set(WORKLOADS)))}")
     hold_sizes = tuple(int(n) for n in (args.hold_sizes or defaults["hold_sizes"]).split(","))
     settings = Settings(
         seconds=args.seconds or defaults["seconds"],
@@ -79,7 +86,9 @@ def options_from(args: argparse.Namespace):
         quiet_wait_s=args.quiet_wait,
     )
     env = Environment(venv=args.venv, proxy_cpus=None if args.no_pin else args.proxy_cpus)
-    return Options(targets=targets, settings=settings, env=env, build_dir=args.build_dir, quick=args.quick)
+    return Options(
+        targets=targets, workloads=workloads, settings=settings, env=env, build_dir=args.build_dir, quick=args.quick
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,6 +75,8 @@ def _hold_cell(entry: dict, count: int, key: str) -> str:
     if key == "held":
         alive = held.get("alive_after")
         text = f"{held['held']:,}/{count:,}"
+        if held["held"] + held.get("failed", 0) < count:
+            text += " (opening timed out)"
         return text if alive in (None, held["held"]) else f"{text} ({alive:,} still open)"
     if key == "rss_per_tunnel_kib":
         value = held.get(key)
@@ -85,6 +87,8 @@ def _hold_cell(entry: dict, count: int, key: str) -> str:
 
 def _integrity_cell(entry: dict) -> str:
     check = entry.get("integrity")
+    if check is None:
+        return "—"
     if not isinstance(check, dict) or "error" in check:
         return "error"
     return f"ok ({check['seconds']:.1f} s)" if check.get("match") else "**MISMATCH**"

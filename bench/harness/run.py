@@ -39,6 +39,7 @@ class Options:
     """Everything the command line decides."""
 
     targets: tuple[str, ...]
+    workloads: tuple[str, ...]
     settings: Settings
     env: Environment
     build_dir: Path
@@ -112,18 +113,24 @@ def guarded(label: str, subject: Subject, action: Callable[[], object]) -> objec
 
 
 def measure_target(name: str, options: Options, lg: LoadGen, workdir: Path) -> dict:
-    """Every workload on one target; raises TargetUnavailable if it cannot be started at all."""
+    """The selected workloads on one target; raises TargetUnavailable if it cannot be started at all."""
     settings = options.settings
     entry: dict = {"name": name, "status": "ok", "version": prepare(name, options.env)}
     log(f"{name}: {entry['version']}")
+    steps = {
+        "bulk": workloads.bulk,
+        "rate": workloads.rate,
+        "integrity": workloads.integrity,
+    }
+    chosen = [w for w in steps if w in options.workloads]
     with lg.server() as ports:
-        with started(name, options, ports, workdir, entry) as subject:
-            entry["bulk"] = guarded("bulk", subject, lambda: workloads.bulk(lg, subject, ports, settings))
-            entry["rate"] = guarded("rate", subject, lambda: workloads.rate(lg, subject, ports, settings))
-            entry["integrity"] = guarded(
-                "integrity", subject, lambda: workloads.integrity(lg, subject, ports, settings)
-            )
-        entry["hold"] = [hold_one(name, options, lg, ports, workdir, entry, count) for count in settings.hold_sizes]
+        if chosen:
+            with started(name, options, ports, workdir, entry) as subject:
+                for workload in chosen:
+                    step = steps[workload]
+                    entry[workload] = guarded(workload, subject, lambda step=step: step(lg, subject, ports, settings))
+        if "hold" in options.workloads:
+            entry["hold"] = [hold_one(name, options, lg, ports, workdir, entry, count) for count in settings.hold_sizes]
     return entry
 
 
@@ -133,9 +140,11 @@ def hold_one(
     """A fresh target instance per size, so memory freed by an earlier size is not reused and hidden."""
     try:
         with started(name, options, ports, workdir, entry) as subject:
-            return guarded(
+            result = guarded(
                 f"hold {count}", subject, lambda: workloads.hold(lg, subject, ports, options.settings, count)
             )
+            assert isinstance(result, dict)
+            return {"requested": count, **result}
     except TargetUnavailable as exc:
         return {"requested": count, "error": str(exc)}
 
@@ -154,6 +163,7 @@ def run_benchmark(options: Options) -> dict:
         "git": git_info(),
         "conditions": {
             "mode": "quick" if options.quick else "full",
+            "workloads": list(options.workloads),
             "repetitions": settings.reps,
             "seconds_per_measurement": settings.seconds,
             "hold_sizes": list(settings.hold_sizes),

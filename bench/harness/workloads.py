@@ -27,6 +27,8 @@ HOLD_OPEN_TIMEOUT_S = 90.0
 HOLD_SETTLE_S = 1.0
 HOLD_COMMAND_TIMEOUT_S = 60.0
 QUIET_SAMPLE_S = 0.3
+# One repetition of round trips stops after this long even if rounds remain (proxy.py takes ~10 ms each).
+RTT_MAX_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ def hold(lg: LoadGen, subject: Subject, ports: ServerPorts, settings: Settings, 
             if opened["held"]:
                 result["rss_per_tunnel_kib"] = round((rss_after - rss_before) / opened["held"], 2)
         if opened["held"]:
-            command = f"rtt {settings.rtt_rounds}"
+            command = f"rtt {settings.rtt_rounds} {RTT_MAX_S}"
             rtts = [
                 _measured(
                     lg,
