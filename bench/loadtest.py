@@ -323,6 +323,23 @@ class ProcessStats:
         return True
 
 
+def machine_cpu_ticks() -> list[int]:
+    """/proc/stat's aggregate "cpu" line: user nice system idle iowait irq softirq steal ..."""
+    return [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
+def machine_cpu_busy(before: list[int], after: list[int]) -> dict[str, float]:
+    """Percent of all cores busy between two readings, and the softirq part of it.
+
+    Loopback TCP is processed in softirq context, often by ksoftirqd rather than by the process
+    that sent: that work is in no process's CPU seconds, so it is reported here.
+    """
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(delta[:8]) or 1
+    idle = delta[3] + delta[4]
+    return {"busy_percent": round(100 * (total - idle) / total, 1), "softirq_percent": round(100 * delta[6] / total, 1)}
+
+
 @dataclass
 class Run:
     """Everything a load test produced, as written to summary.json."""
@@ -346,6 +363,7 @@ class Run:
     proxy_process: dict[str, Any] | None = None
     locust_cpu_seconds: float = 0.0
     target_cpu_seconds: float | None = None
+    machine_cpu: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -583,6 +601,11 @@ def format_summary(run: Run) -> str:
     # The proxy shares the machine with locust and the target: their CPU shows whose it was.
     target_cpu = "" if run.target_cpu_seconds is None else f", target cpu {run.target_cpu_seconds:.1f} s"
     lines.append(f"locust   cpu {run.locust_cpu_seconds:.1f} s{target_cpu}")
+    if run.machine_cpu:
+        lines.append(
+            f"machine  {os.cpu_count()} cores {run.machine_cpu['busy_percent']:.0f}% busy "
+            f"({run.machine_cpu['softirq_percent']:.0f}% softirq) while locust ran"
+        )
     lines += [f"warning: {warning}" for warning in run.warnings]
     problems = run.problems()
     lines.append("FAIL: " + "; ".join(problems) if problems else "PASS")
@@ -641,7 +664,9 @@ def run_load_test(args: argparse.Namespace, results: Path) -> Run:
         ]
         for index, child in enumerate(children):
             samplers[f"locust-{index}"] = ProcessStats(child.process.pid)
+        ticks_before = machine_cpu_ticks()
         watch(children, run, results, samplers)
+        run.machine_cpu = machine_cpu_busy(ticks_before, machine_cpu_ticks())
         # Sample once more before anything is stopped: CPU time is read at its final value.
         for stats in samplers.values():
             stats.sample()
