@@ -555,6 +555,7 @@ def merge_latency(histograms: dict[str, dict[str, Counter[int]]]) -> dict[str, d
             "p99": percentile(counts, 0.99),
             "p99.9": percentile(counts, 0.999),
             "max": max(counts),
+            "samples": sum(counts.values()),
         }
         for kind, counts in merged.items()
         if counts
@@ -564,8 +565,15 @@ def merge_latency(histograms: dict[str, dict[str, Counter[int]]]) -> dict[str, d
 def successes_per_process(histograms: dict[str, dict[str, Counter[int]]]) -> dict[str, dict[str, int]]:
     """Successful requests per locust process: in distributed mode, proof every worker worked."""
     return {
-        name: {kind: sum(counts.values()) for kind, counts in per_kind.items()} for name, per_kind in histograms.items()
+        name: {kind: sum(per_kind[kind].values()) for kind in REQUEST_TYPES if kind in per_kind}
+        for name, per_kind in histograms.items()
     }
+
+
+def format_latency(latency: dict[str, int] | None) -> str:
+    if not latency:
+        return "no latency recorded"
+    return f"p50 {latency['p50'] / 1000:.2f} ms  p99 {latency['p99'] / 1000:.2f} ms  max {latency['max'] / 1000:.1f} ms"
 
 
 def format_summary(run: Run) -> str:
@@ -578,14 +586,13 @@ def format_summary(run: Run) -> str:
     ]
     for kind in REQUEST_TYPES:
         entry = run.requests.get(kind, {"requests": 0, "failures": 0})
-        latency = run.latency_us.get(kind)
-        timing = (
-            f"p50 {latency['p50'] / 1000:.2f} ms  p99 {latency['p99'] / 1000:.2f} ms  "
-            f"max {latency['max'] / 1000:.1f} ms"
-            if latency
-            else "no latency recorded"
+        lines.append(
+            f"{kind:8} {entry['requests']:>9} requests {entry['failures']:>6} failures  "
+            + format_latency(run.latency_us.get(kind))
         )
-        lines.append(f"{kind:8} {entry['requests']:>9} requests {entry['failures']:>6} failures  {timing}")
+        steady = run.latency_us.get(f"{kind} steady")
+        if steady:
+            lines.append(f"  once all users ran: {steady['samples']} ok  " + format_latency(steady))
     if len(run.successes_per_process) > 1:
         for name, counts in run.successes_per_process.items():
             lines.append(f"  {name}: " + ", ".join(f"{n} {kind} ok" for kind, n in sorted(counts.items())))

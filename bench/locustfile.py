@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
 import locust.stats
 from locust import User, events, task
 
@@ -214,12 +215,18 @@ class LatencyHistogram:
 
     def __init__(self) -> None:
         self.counts: dict[str, Counter[int]] = {}
+        # Once every user runs, samples are also kept under "<type> steady": the ramp-up's
+        # burst of connects would otherwise hide what a held tunnel costs.
+        self.steady = False
 
     def record(self, request_type: str, seconds: float) -> None:
         micros = max(1, round(seconds * 1e6))
         # Keep two significant digits: 123456 µs -> 120000 µs.
         scale = 10 ** max(0, len(str(micros)) - 2)
-        self.counts.setdefault(request_type, Counter())[micros // scale * scale] += 1
+        rounded = micros // scale * scale
+        self.counts.setdefault(request_type, Counter())[rounded] += 1
+        if self.steady:
+            self.counts.setdefault(f"{request_type} steady", Counter())[rounded] += 1
 
     def dump(self, directory: str) -> None:
         if not any(self.counts.values()):
@@ -234,6 +241,30 @@ HISTOGRAM = LatencyHistogram()
 
 # Hands out source addresses round-robin across the users of this process.
 _user_numbers = itertools.count()
+
+
+_csv_written_by_locust = False
+
+
+@events.init.add_listener
+def remember_csv_option(environment: Any, **_kwargs: Any) -> None:
+    global _csv_written_by_locust
+    _csv_written_by_locust = bool(getattr(environment.parsed_options, "csv_prefix", None))
+
+
+@events.quit.add_listener
+def let_locust_write_final_csv(**_kwargs: Any) -> None:
+    # Locust rewrites its CSV files once a second from a greenlet and not again at shutdown, so
+    # the last second of requests, and any failure in it, would be missing from _stats.csv.
+    # This runs after the users have stopped and before locust closes the files: one more turn
+    # of that greenlet writes the final figures.
+    if _csv_written_by_locust:
+        gevent.sleep(locust.stats.CSV_STATS_INTERVAL_SEC + 0.2)
+
+
+@events.spawning_complete.add_listener
+def mark_steady(**_kwargs: Any) -> None:
+    HISTOGRAM.steady = True
 
 
 @events.quitting.add_listener
