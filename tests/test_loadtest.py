@@ -52,7 +52,7 @@ def wait_for_listening(process: subprocess.Popen[bytes], log_path: Path) -> str:
         if match:
             return match.group(1)
         time.sleep(0.05)
-    pytest.fail(f"{process.args} did not start listening:\n{log_path.read_text(errors='replace')}")
+    pytest.fail(f"{process.args!r} did not start listening:\n{log_path.read_text(errors='replace')}")
 
 
 @pytest.fixture
@@ -73,7 +73,10 @@ def gconnect_command(tmp_path: Path, allow_port: str) -> list[str]:
     ]  # fmt: skip
 
 
-def run_loadtest(results: Path, proxy: str, proxy_pid: int, target: str, users: int, seconds: int):
+def run_loadtest(
+    results: Path, proxy: str, proxy_pid: int, target: str, users: int, seconds: int
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m bench.loadtest`` against a running proxy and target, as an operator would."""
     command = [
         sys.executable, "-m", "bench.loadtest",
         "--users", str(users),
