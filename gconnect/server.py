@@ -81,8 +81,9 @@ class Proxy:
         # One scratch buffer for every copy relay: greenlets never yield while using it.
         self.scratch = bytearray(config.chunk_bytes) if mode == "copy" else None
         self.servers: list[TunnelServer] = []
-        #: Local addresses of our own upstream sockets: a client arriving from one is a loop.
-        self.upstream_locals: set[tuple] = set()
+        #: Our upstream sockets, local -> remote address: a client arriving from
+        #: one of them at that very address is this proxy talking to itself.
+        self.upstream_locals: dict[tuple, tuple] = {}
         self.stopped = Event()
         self.access_enabled = access_log.isEnabledFor(logging.INFO)
 
@@ -144,7 +145,8 @@ class TunnelServer(StreamServer):
         local: Optional[tuple] = None
         try:
             tune_socket(client)
-            if address in proxy.upstream_locals:
+            looped = proxy.upstream_locals.get(address[:2])
+            if looped is not None and looped == client.getsockname()[:2]:
                 raise PolicyDeniedError("tunnel loops back into this proxy")
             request = self._read_head(client)
             target = request.target
@@ -162,7 +164,7 @@ class TunnelServer(StreamServer):
             )
             dialled = f"[{ip}]:{request.port}" if ip.version == 6 else f"{ip}:{request.port}"
             local = upstream.getsockname()[:2]
-            proxy.upstream_locals.add(local)
+            proxy.upstream_locals[local] = (str(ip), request.port)
             client.sendall(protocol.RESPONSE_200)
             status = 200
             relay = Relay(
@@ -200,7 +202,7 @@ class TunnelServer(StreamServer):
                 self._refuse(client, GConnectError("internal error, see the proxy's log"))
         finally:
             if local is not None:
-                proxy.upstream_locals.discard(local)
+                proxy.upstream_locals.pop(local, None)
             if upstream is not None:
                 upstream.close()
             client.close()

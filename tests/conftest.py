@@ -1,0 +1,354 @@
+"""Fixtures: the real CLI in a subprocess, real servers on loopback port 0.
+
+Nothing here is mocked: upstreams are threads serving real sockets, DNS is a
+real (small) server on a loopback port, and the proxy is started exactly the way
+a user starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from .dnsserver import DNSServer
+
+LISTENING = re.compile(r"gconnect listening on (\S+):(\d+)$")
+HAVE_IPV6 = socket.has_ipv6
+try:
+    _s = socket.socket(socket.AF_INET6)
+    _s.bind(("::1", 0))
+    _s.close()
+except OSError:
+    HAVE_IPV6 = False
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> object:
+    """Poll *predicate* until it is truthy; fail the test after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+class ProxyProcess:
+    """``python -m gconnect serve`` in a subprocess, its stderr collected."""
+
+    def __init__(self, args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> None:
+        self.access_log = tmp_path / f"access-{os.urandom(3).hex()}.log"
+        cmd = [sys.executable, "-m", "gconnect", "serve", "--access-log", str(self.access_log), *args]
+        self.cmd = cmd
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self.addresses: list[tuple[str, int]] = []
+        self._ready = threading.Event()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        if not self._ready.wait(15):
+            self.stop()
+            raise AssertionError("proxy did not start:\n" + self.stderr)
+        if not self.addresses:
+            raise AssertionError("proxy exited:\n" + self.stderr)
+        self.host, self.port = self.addresses[0]
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            match = LISTENING.search(line.rstrip("\n"))
+            if match:
+                host = match.group(1).strip("[]")
+                self.addresses.append((host, int(match.group(2))))
+                self._ready.set()
+        self._ready.set()
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def access_lines(self) -> list[str]:
+        try:
+            return self.access_log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def wait_access(self, needle: str, timeout: float = 10.0) -> str:
+        """The first access-log line containing *needle*, waiting for it."""
+        def find() -> str | None:
+            return next((line for line in self.access_lines() if needle in line), None)
+        return wait_until(find, timeout)  # type: ignore[return-value]
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection((self.host, self.port), timeout=10)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[DNSServer]:
+    server = DNSServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def hosts_file(tmp_path: Path) -> Path:
+    path = tmp_path / "hosts"
+    path.write_text("127.0.0.1 localhost tls.test web.test echo.test\n::1 localhost ip6-localhost\n")
+    return path
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path, dns_server: DNSServer, hosts_file: Path) -> Iterator[Callable[..., ProxyProcess]]:
+    """Start proxies with test-friendly policy (loopback allowed, any port),
+    our DNS server and hosts file. Each is checked for a clean exit and no
+    traceback at the end of the test."""
+    started: list[ProxyProcess] = []
+
+    def start(*extra: str, defaults: bool = True, env: dict[str, str] | None = None) -> ProxyProcess:
+        args = ["--log-level", "debug"]
+        if defaults:
+            args += [
+                "--listen", "127.0.0.1:0",
+                "--allow-port", "1-65535",
+                "--allow-dest", "127.0.0.0/8",
+                "--allow-dest", "::1/128",
+                "--dns-server", dns_server.address,
+                "--hosts-file", str(hosts_file),
+                "--header-timeout", "5",
+                "--connect-timeout", "5",
+                "--dns-timeout", "2",
+                "--drain-timeout", "2",
+            ]
+        proxy = ProxyProcess([*args, *extra], tmp_path, env)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        code = proxy.stop()
+        assert "Traceback" not in proxy.stderr, proxy.stderr
+        assert code == 0, f"proxy exited {code}:\n{proxy.stderr}"
+
+
+@pytest.fixture
+def proxy(start_proxy: Callable[..., ProxyProcess]) -> ProxyProcess:
+    return start_proxy()
+
+
+class Upstream:
+    """A threaded TCP server on loopback running *handler(conn)* per connection."""
+
+    def __init__(self, handler: Callable[[socket.socket], None], host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(512)
+        self.host = host
+        self.port = self.sock.getsockname()[1]
+        self.handler = handler
+        self.accepted = 0
+        self.errors: list[BaseException] = []
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def target(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                self.handler(conn)
+        except OSError:
+            pass
+        except BaseException as exc:  # surfaced by the test through .errors
+            self.errors.append(exc)
+
+    def close(self) -> None:
+        self._closed = True
+        self.sock.close()
+
+
+def echo_handler(conn: socket.socket) -> None:
+    """Echo until EOF, then half-close back."""
+    while True:
+        data = conn.recv(262144)
+        if not data:
+            break
+        conn.sendall(data)
+    conn.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def upstream_factory() -> Iterator[Callable[..., Upstream]]:
+    servers: list[Upstream] = []
+
+    def make(handler: Callable[[socket.socket], None] = echo_handler, host: str = "127.0.0.1") -> Upstream:
+        server = Upstream(handler, host)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()
+        assert not server.errors, server.errors
+
+
+@pytest.fixture
+def echo(upstream_factory: Callable[..., Upstream]) -> Upstream:
+    return upstream_factory(echo_handler)
+
+
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """Read up to the end of a response head; return (head, bytes after it)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def open_tunnel(proxy: ProxyProcess, target: str, extra: bytes = b"", headers: bytes | None = None) -> socket.socket:
+    """CONNECT through *proxy*; return the socket once the 200 arrived."""
+    sock = proxy.connect()
+    if headers is None:
+        headers = b"Host: " + target.encode() + b"\r\n"
+    sock.sendall(b"CONNECT " + target.encode() + b" HTTP/1.1\r\n" + headers + b"\r\n" + extra)
+    # Byte by byte, so tunnel data that follows the 200 stays in the socket.
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        assert byte, head
+        head += byte
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return sock
+
+
+def exchange(proxy: ProxyProcess, raw: bytes, shut: bool = False) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes; read the whole response until the proxy closes."""
+    with proxy.connect() as sock:
+        sock.sendall(raw)
+        if shut:
+            sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 "), data
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(min(n - len(data), 1 << 20))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    data = bytearray()
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_server(ca: trustme.CA, upstream_factory: Callable[..., Upstream]) -> Upstream:
+    """An HTTPS server for tls.test answering every request with 'hello over tls'."""
+    cert = ca.issue_cert("tls.test", "localhost")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+
+    def handler(conn: socket.socket) -> None:
+        with context.wrap_socket(conn, server_side=True) as tls:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = tls.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            body = b"hello over tls\n"
+            tls.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+            )
+
+    return upstream_factory(handler)
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
