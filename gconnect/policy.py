@@ -83,10 +83,14 @@ class Policy:
 
     def denial(self, ip: IPAddress, port: int) -> Optional[str]:
         """Why dialling ``ip:port`` is refused, or None if it is allowed."""
-        if (ip, port) in self._listening or (
-            port in self._wildcard_ports and (ip.is_loopback or ip.is_unspecified)
-        ):
-            return "is this proxy itself"
+        # On a dual-stack socket ::ffff:a.b.c.d reaches the IPv4 listener a.b.c.d.
+        mapped = ip.ipv4_mapped if ip.version == 6 else None  # type: ignore[union-attr]
+        for own in (ip, mapped):
+            if own is not None and (
+                (own, port) in self._listening
+                or (port in self._wildcard_ports and (own.is_loopback or own.is_unspecified))
+            ):
+                return "is this proxy itself"
         candidates: list[IPAddress] = [ip]
         if ip.version == 6:
             candidates.extend(embedded_ipv4(ip))  # type: ignore[arg-type]

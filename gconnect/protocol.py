@@ -179,7 +179,7 @@ class RequestParser:
     ``status`` is the response to send. One parser serves one request.
     """
 
-    __slots__ = ("_parser", "_max", "_size", "_url", "_headers", "_complete")
+    __slots__ = ("_complete", "_headers", "_line_start", "_max", "_method_refused", "_parser", "_size", "_url")
 
     def __init__(self, max_header_bytes: int) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -188,19 +188,30 @@ class RequestParser:
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._complete = False
+        # The request line up to its first space. llhttp may refuse an unknown
+        # method at its first byte; whether it was a token (405) or garbage (400)
+        # is only known once the token ends, whichever way the bytes were split.
+        self._line_start = b""
+        self._method_refused = False
 
     # httptools callbacks
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        # RFC 9110 §5.5: OWS around a value is not part of it; llhttp strips only the leading side.
+        self._headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         self._complete = True
 
     def feed(self, data: bytes) -> Optional[ConnectRequest]:
         """Consume *data*; return the request once its head is complete."""
+        if self._method_refused:
+            self._judge_method(data)
+            return None
+        if b" " not in self._line_start:
+            self._line_start += data
         trailing = b""
         try:
             self._parser.feed_data(data)
@@ -210,10 +221,19 @@ class RequestParser:
             trailing = data[offset:]
             self._size += offset
         except httptools.HttpParserInvalidMethodError:
-            raise self._bad_method(data) from None
+            self._method_refused = True
+            self._judge_method(b"")
+            return None
         except httptools.HttpParserError as exc:
+            method = self._parser.get_method()
+            if method != b"CONNECT":
+                # The method is known by now, and any method but CONNECT is a 405,
+                # whatever else is wrong (GET host:443 is not authority-form for GET).
+                raise MethodNotAllowedError(f"method {_show(method)} not allowed: only CONNECT") from None
             message = str(exc) or "malformed request head"
-            if "version" in message.lower():
+            # llhttp says "Invalid HTTP version" for a well-formed but unknown
+            # version; "Expected CRLF after version" and the like are syntax (400).
+            if message.startswith("Invalid HTTP version"):
                 raise VersionNotSupportedError(f"{message}: only HTTP/1.1 and HTTP/1.0") from None
             raise MalformedRequestError(message) from None
         else:
@@ -224,13 +244,19 @@ class RequestParser:
             return None
         return self._finish(trailing)
 
-    def _bad_method(self, data: bytes) -> ClientError:
+    def _judge_method(self, data: bytes) -> None:
         # llhttp refuses methods it does not know. A well-formed token is still a
         # method, only not ours (RFC 9110 §15.5.6); anything else is garbage.
-        method = data.split(b" ", 1)[0]
-        if len(data.split(b" ", 1)) == 2 and _TOKEN.match(method):
-            return MethodNotAllowedError(f"method {_show(method)} not allowed: only CONNECT")
-        return MalformedRequestError("malformed request line")
+        self._line_start += data
+        method, space, _ = self._line_start.lstrip(b"\r\n").partition(b" ")
+        if method and not _TOKEN.fullmatch(method):
+            raise MalformedRequestError("malformed request line")
+        if space:
+            if not method:
+                raise MalformedRequestError("malformed request line")
+            raise MethodNotAllowedError(f"method {_show(method)} not allowed: only CONNECT")
+        if len(self._line_start) > self._max:
+            raise HeadTooLargeError(f"request head exceeds {self._max} bytes")
 
     def _finish(self, trailing: bytes) -> ConnectRequest:
         parser = self._parser
