@@ -64,8 +64,9 @@ def parse_hostport(text: str, *, default_port: Optional[int] = None, what: str =
 
 def parse_port_range(text: str) -> tuple[int, int]:
     """``443`` or ``8000-8999``."""
-    low_text, _, high_text = text.partition("-")
-    high_text = high_text or low_text
+    low_text, dash, high_text = text.partition("-")
+    if not dash:
+        high_text = low_text
     if not (low_text.isdigit() and high_text.isdigit()):
         raise click.BadParameter(f"{text!r}: expected PORT or LOW-HIGH")
     low, high = int(low_text), int(high_text)

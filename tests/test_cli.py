@@ -1,0 +1,140 @@
+"""The command line: option/config parity, parsing, environment variables, and
+the process lifecycle (start, SIGTERM drain, exit code)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import signal
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from gconnect import __version__
+from gconnect.cli import build_config, main, parse_hostport, parse_port_range, serve
+from gconnect.config import Config
+
+from .conftest import open_tunnel, recv_exactly, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_every_config_field_has_an_option_of_the_same_name():
+    options = {p.name for p in serve.params if isinstance(p, click.Option)}
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert options == fields
+
+
+def test_every_option_has_a_gconnect_envvar():
+    for param in serve.params:
+        assert param.envvar == "GCONNECT_" + param.name.upper()
+
+
+def test_defaults_are_safe():
+    config = build_config(**serve.make_context("serve", []).params)
+    assert config.listen == (("127.0.0.1", 3128),)
+    assert config.allow_port == ((443, 443),)
+    assert config.allow_dest == ()
+    assert config.idle_timeout == 900.0
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("127.0.0.1:3128", ("127.0.0.1", 3128)), ("[::1]:8080", ("::1", 8080)), ("localhost:1", ("127.0.0.1", 1))],
+)
+def test_parse_hostport(text, expected):
+    assert parse_hostport(text) == expected
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", "::1:80", "[::1", "host.test:80", "127.0.0.1:70000", "1.2.3.4:x"])
+def test_parse_hostport_rejects(text):
+    with pytest.raises(click.BadParameter):
+        parse_hostport(text)
+
+
+def test_dns_server_port_defaults_to_53():
+    assert parse_hostport("127.0.0.1", default_port=53) == ("127.0.0.1", 53)
+    assert parse_hostport("::1", default_port=53) == ("::1", 53)
+
+
+@pytest.mark.parametrize("text,expected", [("443", (443, 443)), ("8000-8999", (8000, 8999))])
+def test_parse_port_range(text, expected):
+    assert parse_port_range(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "70000", "9-8", "a", "1-", "-5"])
+def test_parse_port_range_rejects(text):
+    with pytest.raises(click.BadParameter):
+        parse_port_range(text)
+
+
+def test_version_and_help():
+    runner = CliRunner()
+    assert __version__ in runner.invoke(main, ["--version"]).output
+    result = runner.invoke(main, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "Examples:" in result.output and "--allow-port" in result.output
+
+
+def test_bad_option_value_is_a_usage_error():
+    result = CliRunner().invoke(main, ["serve", "--allow-port", "0"])
+    assert result.exit_code == 2
+    assert "ports are 1-65535" in result.output
+
+
+def test_environment_variables_configure_serve(start_proxy, echo):
+    # No --allow-port / --allow-dest flags: they come from the environment.
+    proxy = start_proxy(
+        "--listen", "127.0.0.1:0", "--hosts-file", "", "--dns-server", "127.0.0.1:9", defaults=False,
+        env={"GCONNECT_ALLOW_PORT": f"{echo.port}", "GCONNECT_ALLOW_DEST": "127.0.0.0/8 ::1/128"},
+    )
+    with open_tunnel(proxy, echo.target) as sock:
+        sock.sendall(b"env")
+        assert recv_exactly(sock, 3) == b"env"
+
+
+def test_build_config_parses_networks():
+    params = serve.make_context("serve", ["--allow-dest", "10.0.0.0/8", "--deny-dest", "10.1.0.0/16"]).params
+    config = build_config(**params)
+    assert config.allow_dest == (ipaddress.ip_network("10.0.0.0/8"),)
+
+
+def test_cannot_bind_is_a_clear_error(proxy):
+    result = subprocess.run(
+        [sys.executable, "-m", "gconnect", "serve", "--listen", f"127.0.0.1:{proxy.port}"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigterm_drains_open_tunnels_then_exits_0(start_proxy, echo):
+    proxy = start_proxy("--drain-timeout", "20")
+    sock = open_tunnel(proxy, echo.target)
+    proxy.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: any("draining 1 open tunnels" in line for line in proxy.lines))
+    # No new clients once stopping ...
+    with pytest.raises(OSError):
+        proxy.connect().sendall(b"x" * 10)
+        raise AssertionError("listener still accepting")
+    # ... but the open tunnel still carries bytes, and its end lets the proxy exit.
+    sock.sendall(b"still open")
+    assert recv_exactly(sock, 10) == b"still open"
+    sock.close()
+    assert proxy.proc.wait(10) == 0
+
+
+def test_drain_timeout_closes_leftover_tunnels(start_proxy, echo):
+    proxy = start_proxy("--drain-timeout", "0.2")
+    sock = open_tunnel(proxy, echo.target)
+    proxy.proc.send_signal(signal.SIGINT)
+    assert proxy.proc.wait(10) == 0
+    sock.settimeout(5)
+    try:
+        assert sock.recv(10) == b""
+    except ConnectionResetError:
+        pass
+    assert "reason=shutdown" in proxy.wait_access(f"target={echo.target}")
