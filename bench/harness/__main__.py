@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.harness.report import render_markdown, update_readme, write_json
 from bench.harness.targets import ALL_TARGETS, Environment
-from bench.harness.workloads import Settings
+from bench.harness.workloads import QuietGate, Settings
 
 WORKLOADS = ("bulk", "rate", "hold", "integrity")
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
@@ -60,6 +60,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=5.0,
         help="seconds to wait, at most, before each measurement for other processes to go quiet",
     )
+    parser.add_argument(
+        "--quiet-budget", type=float, default=120.0, help="seconds the whole run may spend waiting for a quiet machine"
+    )
     parser.add_argument("--no-pin", action="store_true", help="let the scheduler place everything")
     return parser.parse_args(argv)
 
@@ -83,7 +86,7 @@ def options_from(args: argparse.Namespace):
         rtt_rounds=args.rtt_rounds or defaults["rtt_rounds"],
         integrity_bytes=args.integrity_mib << 20,
         load_cpus=None if args.no_pin else args.load_cpus,
-        quiet_wait_s=args.quiet_wait,
+        quiet=QuietGate(args.quiet_wait, args.quiet_budget),
     )
     env = Environment(venv=args.venv, proxy_cpus=None if args.no_pin else args.proxy_cpus)
     return Options(

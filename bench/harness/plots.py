@@ -24,10 +24,13 @@ def _bars(ax, names: list[str], series: list[tuple[str, list[dict | None]]], yla
         medians = [s["median"] if s else 0 for s in stats]
         low = [s["median"] - s["min"] if s else 0 for s in stats]
         high = [s["max"] - s["median"] if s else 0 for s in stats]
-        ax.bar(xs, medians, width, label=label, yerr=[low, high], capsize=2)
+        bars = ax.bar(xs, medians, width, label=label, yerr=[low, high], capsize=2)
+        # The numbers on the bars keep slow targets readable next to direct.
+        ax.bar_label(bars, labels=[f"{m:,.0f}" if m else "" for m in medians], fontsize=6, rotation=90, padding=2)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
+    ax.margins(y=0.12)
     ax.legend(fontsize="small")
 
 
@@ -90,6 +93,8 @@ def plot_rss(results: dict, path: Path) -> None:
             xs = [p[0] for p in sorted(points)]
             ys = [p[1] for p in sorted(points)]
             ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("idle tunnels held")
     ax.set_ylabel("proxy RSS growth, MiB")
     ax.set_title("Proxy memory against tunnels held")

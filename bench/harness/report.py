@@ -175,7 +175,8 @@ def render_markdown(results: dict) -> str:
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     out += [
         "",
-        f"† the load CPU was ≥ {conditions['load_bound_percent']:.0f}% busy in a repetition: the figure may be "
+        f"† the load generator used ≥ {conditions['load_bound_percent']:.0f}% of its CPU in a repetition: the "
+        "figure may be "
         "the load generator's limit, not the proxy's (expected for direct, which has no proxy).  ",
         f"‡ processes outside the benchmark used ≥ {conditions['disturbed_percent']:.0f}% of a core during a "
         "repetition: the machine was shared, and the figure is likely low.",

@@ -95,7 +95,7 @@ def started(name: str, options: Options, ports: ServerPorts, workdir: Path, entr
     entry.setdefault("notes", plan.notes)
     with RunningProxy(name, plan, rundir) as proxy:
         address = proxy.start(ports.target("echo"))
-        yield Subject(address, proxy.pid, alive=proxy.check_alive)
+        yield Subject(address, proxy.pid, alive=proxy.check_alive, cpus=plan.cpus)
 
 
 def guarded(label: str, subject: Subject, action: Callable[[], object]) -> object:
@@ -173,7 +173,8 @@ def run_benchmark(options: Options) -> dict:
             "load_cpus": sorted(settings.load_cpus) if settings.load_cpus is not None else "all",
             "load_bound_percent": settings.load_bound_percent,
             "disturbed_percent": settings.disturbed_percent,
-            "quiet_wait_s": settings.quiet_wait_s,
+            "quiet_wait_s": settings.quiet.per_wait_s,
+            "quiet_budget_s": settings.quiet.remaining_s,
             "load_receive": "recv(MSG_TRUNC), no copy to user space",
         },
         "targets": {},
