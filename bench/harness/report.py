@@ -97,7 +97,7 @@ def _integrity_cell(entry: dict) -> str:
 def table_rows(results: dict, names: list[str]) -> list[tuple[str, list[str]]]:
     """The Markdown table's rows: a label and one cell per target."""
     targets = results["targets"]
-    rows: list[tuple[str, Callable[[dict], str]]] = []
+    rows: list[tuple[str, Callable[..., str]]] = []
     for conns in (1, 8):
         for direction in ("up", "down"):
             label = f"bulk MB/s, {conns} tunnel{'s' if conns > 1 else ''}, {direction}load"

@@ -15,9 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from bench.harness import workloads
@@ -127,8 +129,7 @@ def measure_target(name: str, options: Options, lg: LoadGen, workdir: Path) -> d
         if chosen:
             with started(name, options, ports, workdir, entry) as subject:
                 for workload in chosen:
-                    step = steps[workload]
-                    entry[workload] = guarded(workload, subject, lambda step=step: step(lg, subject, ports, settings))
+                    entry[workload] = guarded(workload, subject, partial(steps[workload], lg, subject, ports, settings))
         if "hold" in options.workloads:
             entry["hold"] = [hold_one(name, options, lg, ports, workdir, entry, count) for count in settings.hold_sizes]
     return entry
@@ -187,6 +188,10 @@ def run_benchmark(options: Options) -> dict:
             except TargetUnavailable as exc:
                 log(f"{name}: skipped: {exc}")
                 results["targets"][name] = {"name": name, "status": "skipped", "reason": str(exc)}
+            except Exception as exc:
+                # A bug in the harness costs one target's figures, not the whole run's.
+                log(f"{name}: harness error:\n{traceback.format_exc()}")
+                results["targets"][name] = {"name": name, "status": "skipped", "reason": f"harness error: {exc!r}"}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     with open("/proc/loadavg") as f:

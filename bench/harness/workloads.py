@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench.harness import procfs
 from bench.harness.loadgen import LoadGen, LoadGenError, ServerPorts, hold_command, read_line, stop_process
@@ -93,7 +94,7 @@ class Subject:
 
 def summarise(reps: list[dict], keys: tuple[str, ...]) -> dict:
     """Median, min and max of each key over the repetitions that produced a number."""
-    summary = {}
+    summary: dict[str, Any] = {}
     for key in keys:
         values = [r[key] for r in reps if isinstance(r.get(key), (int, float)) and r[key] >= 0]
         if values:
