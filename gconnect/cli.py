@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 from logging.handlers import WatchedFileHandler
-from typing import Any, Optional
+from typing import Any
 
 import click
 import gevent
@@ -31,7 +31,7 @@ Examples:
 """
 
 
-def parse_hostport(text: str, *, default_port: Optional[int] = None, what: str = "address") -> tuple[str, int]:
+def parse_hostport(text: str, *, default_port: int | None = None, what: str = "address") -> tuple[str, int]:
     """``HOST:PORT`` / ``[V6]:PORT`` (or a bare host when *default_port* is set)."""
     host, port_text = text, ""
     if text.startswith("["):
@@ -147,43 +147,102 @@ def main() -> None:
 
 
 @main.command(epilog=EXAMPLES)
-@_opt("listen", multiple=True, metavar="HOST:PORT",
-      help="Address to listen on, repeatable; IPv6 as [::1]:3128.  [default: 127.0.0.1:3128]")
-@_opt("allow_port", multiple=True, metavar="SPEC",
-      help="Destination port or range (8000-8999) to allow, repeatable.  [default: 443]")
-@_opt("allow_dest", multiple=True, metavar="CIDR",
-      help="Allow destinations in this network even if private or loopback, repeatable.")
-@_opt("deny_dest", multiple=True, metavar="CIDR",
-      help="Deny destinations in this network (wins over --allow-dest), repeatable.")
+@_opt(
+    "listen",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Address to listen on, repeatable; IPv6 as [::1]:3128.  [default: 127.0.0.1:3128]",
+)
+@_opt(
+    "allow_port",
+    multiple=True,
+    metavar="SPEC",
+    help="Destination port or range (8000-8999) to allow, repeatable.  [default: 443]",
+)
+@_opt(
+    "allow_dest",
+    multiple=True,
+    metavar="CIDR",
+    help="Allow destinations in this network even if private or loopback, repeatable.",
+)
+@_opt(
+    "deny_dest",
+    multiple=True,
+    metavar="CIDR",
+    help="Deny destinations in this network (wins over --allow-dest), repeatable.",
+)
 @_seconds("header_timeout", cfg.DEFAULT_HEADER_TIMEOUT, "Deadline for the whole request head.")
 @_seconds("dns_timeout", cfg.DEFAULT_DNS_TIMEOUT, "Deadline for resolving the target's name.")
 @_seconds("connect_timeout", cfg.DEFAULT_CONNECT_TIMEOUT, "Deadline for connecting to the target.")
 @_seconds("idle_timeout", cfg.DEFAULT_IDLE_TIMEOUT, "Close a tunnel with no bytes either way for this long (0: never).")
-@_seconds("half_close_timeout", cfg.DEFAULT_HALF_CLOSE_TIMEOUT,
-          "Idle limit once one side has closed its sending half (0: only --idle-timeout).")
+@_seconds(
+    "half_close_timeout",
+    cfg.DEFAULT_HALF_CLOSE_TIMEOUT,
+    "Idle limit once one side has closed its sending half (0: only --idle-timeout).",
+)
 @_seconds("drain_timeout", cfg.DEFAULT_DRAIN_TIMEOUT, "On SIGTERM/SIGINT, wait this long for open tunnels.")
-@_opt("dns_server", multiple=True, metavar="HOST[:PORT]",
-      help="DNS server to ask, repeatable.  [default: from /etc/resolv.conf]")
-@_opt("hosts_file", default="/etc/hosts", show_default=True, metavar="PATH",
-      help="hosts(5) file consulted before DNS; empty to skip.")
+@_opt(
+    "dns_server",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="DNS server to ask, repeatable.  [default: from /etc/resolv.conf]",
+)
+@_opt(
+    "hosts_file",
+    default="/etc/hosts",
+    show_default=True,
+    metavar="PATH",
+    help="hosts(5) file consulted before DNS; empty to skip.",
+)
 @_seconds("dns_min_ttl", cfg.DEFAULT_DNS_MIN_TTL, "Shortest time an answer is cached.")
 @_seconds("dns_max_ttl", cfg.DEFAULT_DNS_MAX_TTL, "Longest time an answer is cached.")
 @_seconds("dns_negative_ttl", cfg.DEFAULT_DNS_NEGATIVE_TTL, "How long a failed lookup is cached.")
 @_seconds("attempt_delay", cfg.DEFAULT_ATTEMPT_DELAY, "Happy Eyeballs delay between connection attempts.")
-@_opt("max_header_bytes", type=click.IntRange(min=256), default=cfg.DEFAULT_MAX_HEADER_BYTES,
-      show_default=True, help="Largest request head accepted (431 beyond).")
-@_opt("max_clients", type=click.IntRange(min=1), default=cfg.DEFAULT_MAX_CLIENTS, show_default=True,
-      help="Most clients served at once; past it the proxy stops accepting until one ends.")
-@_opt("relay", type=click.Choice(["auto", "splice", "copy"]), default="auto", show_default=True,
-      help="How bytes are moved: splice(2) zero-copy, or a copy loop.")
-@_opt("chunk_bytes", type=click.IntRange(min=4096), default=cfg.DEFAULT_CHUNK_BYTES, show_default=True,
-      help="Most bytes moved per read (and splice pipe size).")
-@_opt("pipe_pool_size", type=click.IntRange(min=0), default=cfg.DEFAULT_PIPE_POOL_SIZE, show_default=True,
-      help="Spare splice pipes kept for reuse.")
-@_opt("access_log", default="-", show_default=True, metavar="PATH|-",
-      help="Access log file, '-' for stderr, '' for none.")
-@_opt("log_level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True,
-      help="Level of the diagnostic log (stderr).")
+@_opt(
+    "max_header_bytes",
+    type=click.IntRange(min=256),
+    default=cfg.DEFAULT_MAX_HEADER_BYTES,
+    show_default=True,
+    help="Largest request head accepted (431 beyond).",
+)
+@_opt(
+    "max_clients",
+    type=click.IntRange(min=1),
+    default=cfg.DEFAULT_MAX_CLIENTS,
+    show_default=True,
+    help="Most clients served at once; past it the proxy stops accepting until one ends.",
+)
+@_opt(
+    "relay",
+    type=click.Choice(["auto", "splice", "copy"]),
+    default="auto",
+    show_default=True,
+    help="How bytes are moved: splice(2) zero-copy, or a copy loop.",
+)
+@_opt(
+    "chunk_bytes",
+    type=click.IntRange(min=4096),
+    default=cfg.DEFAULT_CHUNK_BYTES,
+    show_default=True,
+    help="Most bytes moved per read (and splice pipe size).",
+)
+@_opt(
+    "pipe_pool_size",
+    type=click.IntRange(min=0),
+    default=cfg.DEFAULT_PIPE_POOL_SIZE,
+    show_default=True,
+    help="Spare splice pipes kept for reuse.",
+)
+@_opt(
+    "access_log", default="-", show_default=True, metavar="PATH|-", help="Access log file, '-' for stderr, '' for none."
+)
+@_opt(
+    "log_level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Level of the diagnostic log (stderr).",
+)
 def serve(**options: Any) -> None:
     """Run the proxy until SIGTERM or SIGINT."""
     config = build_config(**options)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
-from typing import Optional, Union
+from typing import Union
 
 from .config import Config, IPNetwork
 from .errors import PolicyDeniedError
@@ -81,7 +81,7 @@ class Policy:
                 return
         raise PolicyDeniedError(f"port {port} is not allowed")
 
-    def denial(self, ip: IPAddress, port: int) -> Optional[str]:
+    def denial(self, ip: IPAddress, port: int) -> str | None:
         """Why dialling ``ip:port`` is refused, or None if it is allowed."""
         # On a dual-stack socket ::ffff:a.b.c.d reaches the IPv4 listener a.b.c.d.
         mapped = ip.ipv4_mapped if ip.version == 6 else None  # type: ignore[union-attr]
@@ -100,7 +100,7 @@ class Policy:
                 return reason if candidate is ip else f"embeds {candidate}, which {reason}"
         return None
 
-    def _denial_one(self, ip: IPAddress) -> Optional[str]:
+    def _denial_one(self, ip: IPAddress) -> str | None:
         # deny-dest wins over allow-dest; allow-dest wins over the built-in list.
         for net in self._deny:
             if ip.version == net.version and ip in net:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-from typing import Optional, Union
+from typing import Union
 
 import httptools
 
@@ -53,7 +53,7 @@ class ConnectRequest:
     host: str
     port: int
     #: Set when the target is an IP literal: such targets never touch DNS.
-    ip: Optional[IPAddress]
+    ip: IPAddress | None
     #: "1.1" or "1.0".
     version: str
     #: Every header as received, names not folded, in order.
@@ -68,7 +68,7 @@ class ConnectRequest:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
 
-    def header(self, name: bytes) -> Optional[bytes]:
+    def header(self, name: bytes) -> bytes | None:
         """The last value of header *name* (case-insensitive), or None."""
         name = name.lower()
         found = None
@@ -91,7 +91,7 @@ def parse_port(text: bytes) -> int:
     return port
 
 
-def parse_host(text: str) -> tuple[str, Optional[IPAddress]]:
+def parse_host(text: str) -> tuple[str, IPAddress | None]:
     """Validate a reg-name or IPv4 literal (no brackets); return it normalised."""
     host = text.lower()
     if host.endswith("."):
@@ -116,16 +116,14 @@ def parse_host(text: str) -> tuple[str, Optional[IPAddress]]:
     return host, None
 
 
-def parse_authority(target: bytes) -> tuple[str, int, Optional[IPAddress]]:
+def parse_authority(target: bytes) -> tuple[str, int, IPAddress | None]:
     """Split an authority-form request-target into ``(host, port, ip)``.
 
     RFC 9110 §9.3.6: the target of CONNECT is ``uri-host ":" port`` and the
     port is mandatory, since there is no default port for a tunnel.
     """
     if b"/" in target or b"@" in target or b"?" in target or b"#" in target:
-        raise MalformedRequestError(
-            f"request-target {_show(target)} is not authority-form host:port"
-        )
+        raise MalformedRequestError(f"request-target {_show(target)} is not authority-form host:port")
     try:
         text = target.decode("ascii")
     except UnicodeDecodeError:
@@ -153,7 +151,7 @@ def parse_authority(target: bytes) -> tuple[str, int, Optional[IPAddress]]:
     return host, port, ip
 
 
-def _check_host_header(value: bytes, host: str, port: int, ip: Optional[IPAddress]) -> None:
+def _check_host_header(value: bytes, host: str, port: int, ip: IPAddress | None) -> None:
     # RFC 9112 §3.2: Host is mandatory in HTTP/1.1; the tunnel target always comes
     # from the request-target, so a Host naming anything else is an attempt to
     # make two parsers disagree.
@@ -205,7 +203,7 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         self._complete = True
 
-    def feed(self, data: bytes) -> Optional[ConnectRequest]:
+    def feed(self, data: bytes) -> ConnectRequest | None:
         """Consume *data*; return the request once its head is complete."""
         if self._method_refused:
             self._judge_method(data)

@@ -25,9 +25,9 @@ import fcntl
 import os
 import socket as _stdlib_socket
 import struct
-from typing import Callable, Optional
+from typing import Callable
 
-from gevent import getcurrent, get_hub
+from gevent import get_hub, getcurrent
 from gevent.socket import socket
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if hasattr(os, "splice") else 0
@@ -102,7 +102,7 @@ class PipePool:
 class RelayResult:
     """What happened to a tunnel: bytes each way and why it ended."""
 
-    __slots__ = ("bytes_up", "bytes_down", "reason")
+    __slots__ = ("bytes_down", "bytes_up", "reason")
 
     def __init__(self) -> None:
         #: client -> upstream
@@ -118,8 +118,19 @@ class _Half:
     """One direction: bytes from ``src`` to ``dst``."""
 
     __slots__ = (
-        "name", "src", "dst", "src_fd", "dst_fd", "reader", "writer",
-        "pipe", "in_pipe", "pending", "eof", "done", "nbytes",
+        "done",
+        "dst",
+        "dst_fd",
+        "eof",
+        "in_pipe",
+        "name",
+        "nbytes",
+        "pending",
+        "pipe",
+        "reader",
+        "src",
+        "src_fd",
+        "writer",
     )
 
     def __init__(self, name: str, src: socket, dst: socket, loop) -> None:  # type: ignore[no-untyped-def]
@@ -130,9 +141,9 @@ class _Half:
         self.dst_fd = dst.fileno()
         self.reader = loop.io(self.src_fd, _READ)
         self.writer = loop.io(self.dst_fd, _WRITE)
-        self.pipe: Optional[tuple[int, int]] = None
+        self.pipe: tuple[int, int] | None = None
         self.in_pipe = 0
-        self.pending: Optional[memoryview] = None
+        self.pending: memoryview | None = None
         self.eof = False
         self.done = False
         self.nbytes = 0
@@ -166,8 +177,8 @@ class Relay:
         idle_timeout: float,
         half_close_timeout: float,
         max_lifetime: float = 0.0,
-        pipes: Optional[PipePool] = None,
-        scratch: Optional[bytearray] = None,
+        pipes: PipePool | None = None,
+        scratch: bytearray | None = None,
         chunk_bytes: int = 256 * 1024,
     ) -> None:
         if mode == "splice" and pipes is None:
@@ -279,7 +290,7 @@ class Relay:
             limit = min(limit, self.half_close_timeout) if limit else self.half_close_timeout
         return limit
 
-    def _deadline(self, started: float, last_activity: float, idle: float) -> Optional[float]:
+    def _deadline(self, started: float, last_activity: float, idle: float) -> float | None:
         deadlines = []
         if idle:
             deadlines.append(last_activity + idle)

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import os
 import time
-from typing import Optional, Union
+from typing import Union
 
 import dns.exception
 import dns.nameserver
@@ -71,7 +71,7 @@ class _Failure:
     """A cached lookup failure: kind is "nxdomain", "noanswer", "servfail",
     "timeout" or "error"."""
 
-    __slots__ = ("kind", "detail")
+    __slots__ = ("detail", "kind")
 
     def __init__(self, kind: str, detail: str = "") -> None:
         self.kind = kind
@@ -93,7 +93,7 @@ class Resolver:
         self._cache: dict[str, tuple[float, Union[list[IPAddress], _Failure]]] = {}
         self._inflight: dict[str, AsyncResult] = {}
         self._hosts: dict[str, list[IPAddress]] = {}
-        self._hosts_mtime: Optional[float] = None
+        self._hosts_mtime: float | None = None
         self._hosts_checked = 0.0
         self.lookups = 0
         self.cache_hits = 0

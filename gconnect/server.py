@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import socket as _stdlib_socket
 import time
-from typing import Optional
 
 import gevent
 from gevent.event import Event
@@ -99,7 +98,7 @@ class Proxy:
         self.access_enabled = access_log.isEnabledFor(logging.INFO)
         return bound
 
-    def stop(self, drain_timeout: Optional[float] = None) -> None:
+    def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let tunnels finish for *drain_timeout* seconds, then
         end the rest."""
         if drain_timeout is None:
@@ -141,8 +140,8 @@ class TunnelServer(StreamServer):
         target = "-"
         dialled = "-"
         bytes_up = bytes_down = 0
-        upstream: Optional[socket] = None
-        local: Optional[tuple] = None
+        upstream: socket | None = None
+        local: tuple | None = None
         try:
             tune_socket(client)
             looped = proxy.upstream_locals.get(address[:2])
@@ -209,8 +208,14 @@ class TunnelServer(StreamServer):
             if proxy.access_enabled:
                 access_log.info(
                     "client=%s target=%s addr=%s status=%d up=%d down=%d duration=%.3f reason=%s",
-                    _fmt_addr(address), target, dialled, status, bytes_up, bytes_down,
-                    time.monotonic() - started, reason,
+                    _fmt_addr(address),
+                    target,
+                    dialled,
+                    status,
+                    bytes_up,
+                    bytes_down,
+                    time.monotonic() - started,
+                    reason,
                 )
 
     def _read_head(self, client: socket) -> protocol.ConnectRequest:

@@ -12,7 +12,7 @@ import ipaddress
 import socket as _stdlib_socket
 import time
 from collections.abc import Sequence
-from typing import Optional, Union
+from typing import Union
 
 import gevent
 from gevent import socket
@@ -111,7 +111,7 @@ def _race(
 
     attempts: list[gevent.Greenlet] = []
     errors: list[tuple[IPAddress, OSError]] = []
-    winner: Optional[tuple[socket.socket, IPAddress]] = None
+    winner: tuple[socket.socket, IPAddress] | None = None
     try:
         pending = list(addresses)
         while winner is None:

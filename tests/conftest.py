@@ -54,7 +54,11 @@ class ProxyProcess:
         cmd = [sys.executable, "-m", "gconnect", "serve", "--access-log", str(self.access_log), *args]
         self.cmd = cmd
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, **(env or {})},
         )
         self.lines: list[str] = []
@@ -95,8 +99,10 @@ class ProxyProcess:
 
     def wait_access(self, needle: str, timeout: float = 10.0) -> str:
         """The first access-log line containing *needle*, waiting for it."""
+
         def find() -> str | None:
             return next((line for line in self.access_lines() if needle in line), None)
+
         return wait_until(find, timeout)  # type: ignore[return-value]
 
     def fd_count(self) -> int:
@@ -141,16 +147,26 @@ def start_proxy(tmp_path: Path, dns_server: DNSServer, hosts_file: Path) -> Iter
         args = ["--log-level", "debug"]
         if defaults:
             args += [
-                "--listen", "127.0.0.1:0",
-                "--allow-port", "1-65535",
-                "--allow-dest", "127.0.0.0/8",
-                "--allow-dest", "::1/128",
-                "--dns-server", dns_server.address,
-                "--hosts-file", str(hosts_file),
-                "--header-timeout", "5",
-                "--connect-timeout", "5",
-                "--dns-timeout", "2",
-                "--drain-timeout", "2",
+                "--listen",
+                "127.0.0.1:0",
+                "--allow-port",
+                "1-65535",
+                "--allow-dest",
+                "127.0.0.0/8",
+                "--allow-dest",
+                "::1/128",
+                "--dns-server",
+                dns_server.address,
+                "--hosts-file",
+                str(hosts_file),
+                "--header-timeout",
+                "5",
+                "--connect-timeout",
+                "5",
+                "--dns-timeout",
+                "2",
+                "--drain-timeout",
+                "2",
             ]
         proxy = ProxyProcess([*args, *extra], tmp_path, env)
         started.append(proxy)
@@ -341,7 +357,9 @@ def tls_server(ca: trustme.CA, upstream_factory: Callable[..., Upstream]) -> Ups
             body = b"hello over tls\n"
             tls.sendall(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
-                + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
             )
 
     return upstream_factory(handler)

@@ -88,7 +88,13 @@ def test_bad_option_value_is_a_usage_error():
 def test_environment_variables_configure_serve(start_proxy, echo):
     # No --allow-port / --allow-dest flags: they come from the environment.
     proxy = start_proxy(
-        "--listen", "127.0.0.1:0", "--hosts-file", "", "--dns-server", "127.0.0.1:9", defaults=False,
+        "--listen",
+        "127.0.0.1:0",
+        "--hosts-file",
+        "",
+        "--dns-server",
+        "127.0.0.1:9",
+        defaults=False,
         env={"GCONNECT_ALLOW_PORT": f"{echo.port}", "GCONNECT_ALLOW_DEST": "127.0.0.0/8 ::1/128"},
     )
     with open_tunnel(proxy, echo.target) as sock:
@@ -105,7 +111,9 @@ def test_build_config_parses_networks():
 def test_cannot_bind_is_a_clear_error(proxy):
     result = subprocess.run(
         [sys.executable, "-m", "gconnect", "serve", "--listen", f"127.0.0.1:{proxy.port}"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 1
     assert "cannot start" in result.stderr and "Traceback" not in result.stderr

@@ -23,7 +23,9 @@ def test_curl_fetches_https_page_through_proxy(proxy, tls_server, ca_file):
     url = f"https://tls.test:{tls_server.port}/"
     out = subprocess.run(
         ["curl", "-sS", "--max-time", "20", "--cacert", str(ca_file), "-x", f"http://127.0.0.1:{proxy.port}", url],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout == "hello over tls\n"
@@ -42,7 +44,9 @@ def test_curl_proxytunnel_plain_http(proxy, upstream_factory):
     web = upstream_factory(http_handler)
     out = subprocess.run(
         ["curl", "-sS", "--max-time", "20", "-p", "-x", f"127.0.0.1:{proxy.port}", f"http://web.test:{web.port}/"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout == "plain\n"
@@ -52,13 +56,29 @@ def test_curl_proxytunnel_plain_http(proxy, upstream_factory):
 def test_curl_sees_403_for_denied_port(start_proxy, tls_server, ca_file, dns_server):
     # Default policy: only port 443, and loopback only because we allow it here.
     strict = start_proxy(
-        "--listen", "127.0.0.1:0", "--allow-dest", "127.0.0.0/8", "--dns-server", dns_server.address,
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-dest",
+        "127.0.0.0/8",
+        "--dns-server",
+        dns_server.address,
         defaults=False,
     )
     out = subprocess.run(
-        ["curl", "-sS", "--max-time", "20", "--cacert", str(ca_file), "-x", f"http://127.0.0.1:{strict.port}",
-         f"https://127.0.0.1:{tls_server.port}/"],
-        capture_output=True, text=True, timeout=30,
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "--cacert",
+            str(ca_file),
+            "-x",
+            f"http://127.0.0.1:{strict.port}",
+            f"https://127.0.0.1:{tls_server.port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode != 0
     assert "403" in out.stderr

@@ -80,18 +80,42 @@ def test_http2_version_gets_505(proxy):
 
 def test_denied_port_gets_403(start_proxy, echo):
     proxy = start_proxy()  # allows 1-65535: build a narrower one below
-    strict = start_proxy("--listen", "127.0.0.1:0", "--allow-dest", "127.0.0.0/8", "--hosts-file", "",
-                         "--dns-server", "127.0.0.1:9", defaults=False)
+    strict = start_proxy(
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-dest",
+        "127.0.0.0/8",
+        "--hosts-file",
+        "",
+        "--dns-server",
+        "127.0.0.1:9",
+        defaults=False,
+    )
     assert_refused(strict, head(echo.target, f"Host: {echo.target}"), 403, reason_part=f"port {echo.port}")
     assert echo.accepted == 0
     still_serves(proxy, echo)
 
 
 def test_private_destination_denied_by_default(start_proxy, echo):
-    proxy = start_proxy("--listen", "127.0.0.1:0", "--allow-port", "1-65535", "--hosts-file", "",
-                        "--dns-server", "127.0.0.1:9", defaults=False)
-    for target in (echo.target, f"10.1.2.3:{echo.port}", f"169.254.169.254:{echo.port}", f"[::1]:{echo.port}",
-                   f"[::ffff:127.0.0.1]:{echo.port}", f"0.0.0.0:{echo.port}"):
+    proxy = start_proxy(
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-port",
+        "1-65535",
+        "--hosts-file",
+        "",
+        "--dns-server",
+        "127.0.0.1:9",
+        defaults=False,
+    )
+    for target in (
+        echo.target,
+        f"10.1.2.3:{echo.port}",
+        f"169.254.169.254:{echo.port}",
+        f"[::1]:{echo.port}",
+        f"[::ffff:127.0.0.1]:{echo.port}",
+        f"0.0.0.0:{echo.port}",
+    ):
         assert_refused(proxy, head(target, f"Host: {target}"), 403, reason_part="denied")
     assert echo.accepted == 0
 
@@ -100,8 +124,17 @@ def test_name_resolving_to_loopback_is_denied_on_the_dialled_address(start_proxy
     # The name looks harmless; the address it leads to is not. 403, not a tunnel.
     dns_server.add("rebind.test", a=["127.0.0.1"])
     dns_server.add("metadata.test", a=["169.254.169.254"])
-    proxy = start_proxy("--listen", "127.0.0.1:0", "--allow-port", "1-65535", "--hosts-file", "",
-                        "--dns-server", dns_server.address, defaults=False)
+    proxy = start_proxy(
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-port",
+        "1-65535",
+        "--hosts-file",
+        "",
+        "--dns-server",
+        dns_server.address,
+        defaults=False,
+    )
     for name in ("rebind.test", "metadata.test"):
         target = f"{name}:{echo.port}"
         assert_refused(proxy, head(target, f"Host: {target}"), 403, reason_part="not a public address")
