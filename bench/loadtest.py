@@ -442,13 +442,11 @@ def last_history_row(results: Path) -> dict[str, str] | None:
     return rows[0] if rows else None
 
 
-def progress_line(elapsed: float, run: Run, history: dict[str, str] | None, proxy: Any) -> str:
+def progress_line(elapsed: float, run: Run, history: dict[str, str] | None, proxy: ProcessStats | None) -> str:
     parts = [f"[{elapsed:4.0f}s]"]
     if history:
-        users = int(history["User Count"])
-        run.peak_users = max(run.peak_users, users)
         parts += [
-            f"users {users}/{run.users}",
+            f"users {history['User Count']}/{run.users}",
             f"req/s {float(history['Requests/s']):.0f}",
             f"requests {int(history['Total Request Count'])}",
             f"failures {int(history['Total Failure Count'])}",
@@ -457,7 +455,7 @@ def progress_line(elapsed: float, run: Run, history: dict[str, str] | None, prox
         parts += [
             f"proxy rss {proxy.rss_last_bytes / 2**20:.1f} MiB",
             f"cpu {proxy.cpu_seconds:.1f} s",
-            f"fds {proxy.fds_peak}",
+            f"peak fds {proxy.fds_peak}",
         ]
     return "  ".join(parts)
 
