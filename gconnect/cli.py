@@ -11,7 +11,6 @@ import ipaddress
 import logging
 import signal
 import sys
-from logging.handlers import WatchedFileHandler
 from typing import Any
 
 import click
@@ -118,26 +117,17 @@ def build_config(**options: Any) -> cfg.Config:
 
 
 def setup_logging(config: cfg.Config) -> None:
+    """The diagnostic log on stderr. (The access log is server.Proxy's LogFile.)"""
+    # Records need no thread or process names here, and looking them up is not free.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     level = getattr(logging, config.log_level.upper())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
-    access = logging.getLogger("gconnect.access")
-    access.propagate = False
-    if not config.access_log:
-        access.handlers[:] = []
-        access.setLevel(logging.CRITICAL + 1)
-        return
-    if config.access_log == "-":
-        access_handler: logging.Handler = logging.StreamHandler(sys.stderr)
-    else:
-        # WatchedFileHandler reopens the file when logrotate moves it away.
-        access_handler = WatchedFileHandler(config.access_log)
-    access_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    access.handlers[:] = [access_handler]
-    access.setLevel(logging.INFO)
 
 
 @click.group(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
@@ -261,6 +251,9 @@ def serve(**options: Any) -> None:
 
     gevent.signal_handler(signal.SIGTERM, request_stop, signal.SIGTERM)
     gevent.signal_handler(signal.SIGINT, request_stop, signal.SIGINT)
+    if proxy.access_log is not None:
+        # logrotate's postrotate: kill -USR1 (moving the file is also noticed within a second).
+        gevent.signal_handler(signal.SIGUSR1, proxy.access_log.reopen)
     for host, port in bound:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         # Scripts and tests read this line for the real port when listening on port 0.

@@ -123,6 +123,7 @@ class _Half:
         "dst_fd",
         "eof",
         "in_pipe",
+        "loop",
         "name",
         "nbytes",
         "pending",
@@ -140,7 +141,9 @@ class _Half:
         self.src_fd = src.fileno()
         self.dst_fd = dst.fileno()
         self.reader = loop.io(self.src_fd, _READ)
-        self.writer = loop.io(self.dst_fd, _WRITE)
+        # Created on first back-pressure: most short tunnels never need one.
+        self.writer = None
+        self.loop = loop
         self.pipe: tuple[int, int] | None = None
         self.in_pipe = 0
         self.pending: memoryview | None = None
@@ -273,9 +276,10 @@ class Relay:
                 timer.stop()
             for half in halves:
                 half.reader.stop()
-                half.writer.stop()
                 half.reader.close()
-                half.writer.close()
+                if half.writer is not None:
+                    half.writer.stop()
+                    half.writer.close()
                 if half.pipe is not None:
                     # Bytes still in it had nowhere to go: the pipe is not reusable.
                     PipePool.discard(half.pipe)
@@ -412,7 +416,8 @@ class Relay:
                     half.pending = pending[sent:]
                     return sent > 0
                 half.pending = None
-        half.writer.stop()
+        if half.writer is not None:
+            half.writer.stop()
         if half.eof:
             self._finish(half)
         else:
@@ -422,6 +427,8 @@ class Relay:
     def _wait_writable(self, half: _Half) -> None:
         # Back-pressure: stop reading this direction until dst drains.
         half.reader.stop()
+        if half.writer is None:
+            half.writer = half.loop.io(half.dst_fd, _WRITE)
         half.writer.start(self._wake, half.writer)
 
     def _on_eof(self, half: _Half) -> None:
@@ -437,7 +444,8 @@ class Relay:
 
     def _finish(self, half: _Half) -> None:
         half.done = True
-        half.writer.stop()
+        if half.writer is not None:
+            half.writer.stop()
         try:
             half.dst.shutdown(_stdlib_socket.SHUT_WR)
         except OSError:

@@ -108,6 +108,18 @@ class ProxyProcess:
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def fd_kinds(self) -> dict[str, int]:
+        """Open descriptors by kind: socket, pipe, file, other."""
+        kinds = {"socket": 0, "pipe": 0, "file": 0, "other": 0}
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+            except FileNotFoundError:
+                continue
+            kind = link.split(":", 1)[0] if ":[" in link else ("file" if link.startswith("/") else "other")
+            kinds[kind if kind in kinds else "other"] += 1
+        return kinds
+
     def connect(self) -> socket.socket:
         return socket.create_connection((self.host, self.port), timeout=10)
 

@@ -1,0 +1,109 @@
+"""The access log's file: one line per tunnel, cheap enough for the hot path.
+
+The logging module costs a LogRecord, a thread lookup, a stat() (to notice
+logrotate) and a flush per line; at thousands of tunnels a second that was 14%
+of the proxy's CPU (py-spy, bench rate workload). Here a line is one string
+append: the buffer is written at most FLUSH_INTERVAL seconds later (or when it
+grows past FLUSH_BYTES), and a moved file is noticed by an inode check at most
+once a second, or at once on :meth:`reopen` (SIGUSR1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import TextIO
+
+from gevent import get_hub
+
+#: Lines reach the file within this many seconds; nginx's access_log flush= is
+#: the same idea (it defaults to no timed flush at all when buffered).
+FLUSH_INTERVAL = 0.1
+FLUSH_BYTES = 64 * 1024
+REOPEN_CHECK_INTERVAL = 1.0
+
+
+class LogFile:
+    """Append lines to *path* (``-``: stderr), buffered and logrotate-safe."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._buffer: list[str] = []
+        self._size = 0
+        self._timer = None
+        self._stream: TextIO | None = None
+        self._inode: tuple[int, int] | None = None
+        self._checked = 0.0
+        self._second = -1
+        self._second_text = ""
+        self._open()
+
+    def _open(self) -> None:
+        if self.path == "-":
+            self._stream = sys.stderr
+            return
+        self._stream = open(self.path, "a", encoding="utf-8", errors="backslashreplace")
+        st = os.fstat(self._stream.fileno())
+        self._inode = (st.st_dev, st.st_ino)
+
+    def write(self, line: str) -> None:
+        """Queue one line (without its newline), prefixed with the time."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        text = f"{self._second_text}.{int((now - second) * 1000):03d}Z {line}\n"
+        self._buffer.append(text)
+        self._size += len(text)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+        elif self._timer is None:
+            self._timer = get_hub().loop.timer(FLUSH_INTERVAL)
+            self._timer.start(self.flush)
+
+    def flush(self) -> None:
+        """Write what is buffered now."""
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        if not self._buffer:
+            return
+        data = "".join(self._buffer)
+        self._buffer.clear()
+        self._size = 0
+        if self.path != "-" and time.monotonic() - self._checked >= REOPEN_CHECK_INTERVAL:
+            self._reopen_if_moved()
+        stream = self._stream
+        if stream is None:
+            return
+        try:
+            stream.write(data)
+            stream.flush()
+        except OSError as exc:
+            print(f"gconnect: cannot write access log {self.path}: {exc}", file=sys.stderr)
+
+    def _reopen_if_moved(self) -> None:
+        self._checked = time.monotonic()
+        try:
+            st = os.stat(self.path)
+            moved = (st.st_dev, st.st_ino) != self._inode
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            self.reopen()
+
+    def reopen(self) -> None:
+        """Close and open the file again (logrotate's postrotate, SIGUSR1)."""
+        if self.path == "-":
+            return
+        if self._stream is not None:
+            self._stream.close()
+        self._open()
+
+    def close(self) -> None:
+        self.flush()
+        if self._stream is not None and self.path != "-":
+            self._stream.close()
+        self._stream = None
