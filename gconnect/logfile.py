@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from gevent import get_hub
 
@@ -31,7 +31,7 @@ class LogFile:
         self.path = path
         self._buffer: list[str] = []
         self._size = 0
-        self._timer = None
+        self._timer: Any = None  # a libev timer while a flush is scheduled
         self._stream: TextIO | None = None
         self._inode: tuple[int, int] | None = None
         self._checked = 0.0

@@ -25,7 +25,7 @@ import fcntl
 import os
 import socket as _stdlib_socket
 import struct
-from typing import Callable
+from typing import Any, Callable
 
 from gevent import get_hub, getcurrent
 from gevent.socket import socket
@@ -142,7 +142,7 @@ class _Half:
         self.dst_fd = dst.fileno()
         self.reader = loop.io(self.src_fd, _READ)
         # Created on first back-pressure: most short tunnels never need one.
-        self.writer = None
+        self.writer: Any = None
         self.loop = loop
         self.pipe: tuple[int, int] | None = None
         self.in_pipe = 0
