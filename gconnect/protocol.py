@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+from socket import AF_INET as _AF_INET
+from socket import inet_pton as _inet_pton
 from typing import Union
 
 import httptools
@@ -100,11 +102,16 @@ def parse_host(text: str) -> tuple[str, IPAddress | None]:
         raise MalformedRequestError("empty host name")
     if _DOTTED_QUAD.match(host):
         try:
-            return host, ipaddress.IPv4Address(host)
-        except ValueError:
-            # Python rejects leading zeros ("010.0.0.1"), which some C libraries
-            # read as octal: refuse the ambiguity rather than guess.
+            # inet_pton, unlike inet_aton, takes only four decimal octets and (in
+            # glibc) refuses leading zeros ("010.0.0.1"), which some C libraries
+            # read as octal: the ambiguity is refused rather than guessed at. It is
+            # also ~10x faster than parsing the text with ipaddress.
+            packed = _inet_pton(_AF_INET, host)
+        except OSError:
             raise MalformedRequestError(f"invalid IPv4 address {text!r}") from None
+        if any(len(octet) > 1 and octet[0] == "0" for octet in host.split(".")):
+            raise MalformedRequestError(f"invalid IPv4 address {text!r}")
+        return host, ipaddress.IPv4Address(packed)
     if len(host) > MAX_HOSTNAME_CHARS:
         raise MalformedRequestError(f"host name longer than {MAX_HOSTNAME_CHARS} characters")
     labels = host.split(".")
@@ -151,10 +158,12 @@ def parse_authority(target: bytes) -> tuple[str, int, IPAddress | None]:
     return host, port, ip
 
 
-def _check_host_header(value: bytes, host: str, port: int, ip: IPAddress | None) -> None:
+def _check_host_header(value: bytes, target: bytes, host: str, port: int) -> None:
     # RFC 9112 §3.2: Host is mandatory in HTTP/1.1; the tunnel target always comes
     # from the request-target, so a Host naming anything else is an attempt to
     # make two parsers disagree.
+    if value == target:
+        return  # the usual case: Host repeats the request-target byte for byte
     try:
         if value.startswith(b"["):
             h_host, h_port, _ = parse_authority(value if b"]:" in value else value + b":" + str(port).encode())
@@ -277,7 +286,7 @@ class RequestParser:
         if len(hosts) > 1:
             raise MalformedRequestError("more than one Host header")
         if hosts:
-            _check_host_header(hosts[0], host, port, ip)
+            _check_host_header(hosts[0], self._url, host, port)
         elif version == "1.1":
             raise MalformedRequestError("missing Host header (required in HTTP/1.1)")
         return ConnectRequest(host, port, ip, version, self._headers, trailing)

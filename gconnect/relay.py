@@ -1,15 +1,18 @@
-"""The byte pumps of one tunnel.
+"""The byte pumps of one tunnel, driven by libev callbacks, with no greenlet.
 
-One greenlet serves both directions of a tunnel: it waits on libev watchers for
-whichever socket is ready and moves bytes without blocking, so an idle tunnel
-costs one parked greenlet and its two sockets, and a tunnel whose two peers
-both write before they read cannot deadlock.
+Once the 200 is sent a tunnel needs no blocking call at all: every move is a
+non-blocking splice/read/write made when libev says a socket is ready. So the
+relay is a small state machine whose watchers call it from the hub directly:
+no greenlet per tunnel, no stack saved per idle tunnel, no switch per event.
+An idle tunnel is two sockets, two read watchers, one timer and a few small
+objects (a greenlet parked in a wait costs more than all of that: its frames
+and its slice of the C stack).
 
 Two ways to move bytes:
 
 * ``splice``: Linux splice(2) through a pipe, socket -> pipe -> socket, so the
-  payload never enters Python. A pipe is borrowed from a :class:`PipePool` for
-  as long as bytes sit in it and given back empty, so idle tunnels hold none.
+  payload never enters Python. A pipe is borrowed from a :class:`PipePool` while
+  bytes sit in it and given back empty, so idle tunnels hold none.
 * ``copy``: readv(2) into one per-process scratch buffer, write(2) out; only a
   partial write leaves a per-tunnel remainder.
 
@@ -21,31 +24,35 @@ shared by both directions.
 
 from __future__ import annotations
 
+import _socket
 import fcntl
+import logging
 import os
-import socket as _stdlib_socket
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from gevent import get_hub, getcurrent
-from gevent.socket import socket
+from gevent import get_hub
+
+log = logging.getLogger(__name__)
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if hasattr(os, "splice") else 0
-#: Reads in one wake-up before yielding to other tunnels: enough to amortise a
-#: hub round trip on a bulk stream, few enough that one stream cannot starve others.
+#: Reads in one callback before yielding to other tunnels: enough to amortise a
+#: loop iteration on a bulk stream, few enough that one stream cannot starve others.
 MAX_BURST = 8
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _LINGER_ABORT = struct.pack("ii", 1, 0)
-
 _READ = 1  # libev EV_READ
 _WRITE = 2  # libev EV_WRITE
+#: libev timers may fire a hair early relative to loop.now().
+_TIMER_SLACK = 0.001
 
 
 def splice_supported() -> bool:
     """True when os.splice exists and works on a socket here."""
     if not hasattr(os, "splice"):
         return False
-    a, b = _stdlib_socket.socketpair()
+    a, b = _socket.socketpair()
     r, w = os.pipe()
     try:
         b.send(b"x")
@@ -110,8 +117,8 @@ class RelayResult:
         #: upstream -> client
         self.bytes_down = 0
         #: client_eof / upstream_eof (who closed first, both closed), idle,
-        #: half_close_timeout, client_reset, upstream_reset, lifetime, shutdown
-        self.reason = "shutdown"
+        #: half_close_timeout, client_reset, upstream_reset, lifetime, shutdown, error
+        self.reason = ""
 
 
 class _Half:
@@ -123,7 +130,6 @@ class _Half:
         "dst_fd",
         "eof",
         "in_pipe",
-        "loop",
         "name",
         "nbytes",
         "pending",
@@ -134,26 +140,21 @@ class _Half:
         "writer",
     )
 
-    def __init__(self, name: str, src: socket, dst: socket, loop) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, name: str, src: _socket.socket, dst: _socket.socket) -> None:
         self.name = name
         self.src = src
         self.dst = dst
         self.src_fd = src.fileno()
         self.dst_fd = dst.fileno()
-        self.reader = loop.io(self.src_fd, _READ)
-        # Created on first back-pressure: most short tunnels never need one.
+        self.reader: Any = None
+        # Created on first back-pressure: most tunnels never need one.
         self.writer: Any = None
-        self.loop = loop
         self.pipe: tuple[int, int] | None = None
         self.in_pipe = 0
         self.pending: memoryview | None = None
         self.eof = False
         self.done = False
         self.nbytes = 0
-
-
-def _unset_wake(tag: object) -> None:
-    raise RuntimeError("Relay.run() is not running")
 
 
 class _Reset(Exception):
@@ -166,23 +167,45 @@ class _Reset(Exception):
 class Relay:
     """Pump bytes between two connected sockets until the tunnel ends.
 
-    The caller owns and closes both sockets after :meth:`run` returns; if the
-    tunnel ended by a reset, the surviving socket has already been set to close
-    with a reset of its own.
+    :meth:`start` arms the watchers and returns at once. The relay then owns
+    both sockets: when the tunnel ends it closes them (a reset passed on as a
+    reset) and calls *on_done* with itself. :meth:`abort` ends it early.
     """
+
+    __slots__ = (
+        "_first_eof",
+        "_halves",
+        "_last_activity",
+        "_limit",
+        "_loop",
+        "_started",
+        "_timer",
+        "chunk",
+        "client",
+        "half_close_timeout",
+        "idle_timeout",
+        "max_lifetime",
+        "mode",
+        "on_done",
+        "pipes",
+        "result",
+        "scratch",
+        "upstream",
+    )
 
     def __init__(
         self,
-        client: socket,
-        upstream: socket,
+        client: _socket.socket,
+        upstream: _socket.socket,
         *,
         mode: str,
         idle_timeout: float,
         half_close_timeout: float,
+        on_done: Callable[[Relay], None],
         max_lifetime: float = 0.0,
         pipes: PipePool | None = None,
         scratch: bytearray | None = None,
-        chunk_bytes: int = 256 * 1024,
+        chunk_bytes: int = 64 * 1024,
     ) -> None:
         if mode == "splice" and pipes is None:
             raise ValueError("the splice relay needs a PipePool")
@@ -197,118 +220,145 @@ class Relay:
         self.pipes = pipes
         self.scratch = scratch
         self.chunk = chunk_bytes
+        self.on_done = on_done
         self.result = RelayResult()
         self._first_eof = ""
-        self._wake: Callable[[object], None] = _unset_wake
+        self._halves = (_Half("client", client, upstream), _Half("upstream", upstream, client))
+        self._loop: Any = None
+        self._timer: Any = None
+        self._started = 0.0
+        self._last_activity = 0.0
+        self._limit = 0.0
 
-    def run(self, first_chunk: bytes = b"") -> RelayResult:
-        """Relay until both directions end, the tunnel idles out or a side resets."""
-        hub = get_hub()
-        loop = hub.loop
-        result = self.result
-        up = _Half("client", self.client, self.upstream, loop)
-        down = _Half("upstream", self.upstream, self.client, loop)
-        halves = (up, down)
-        fired: list[object] = []
-        current = getcurrent()
+    @property
+    def done(self) -> bool:
+        return bool(self.result.reason)
 
-        def wake(tag: object) -> None:
-            fired.append(tag)
-            if len(fired) == 1:
-                current.switch()
+    def start(self, first_bytes_up: int = 0) -> None:
+        """Arm the watchers; *first_bytes_up* counts early data already sent."""
+        loop = self._loop = get_hub().loop
+        self._started = self._last_activity = loop.now()
+        self._halves[0].nbytes = first_bytes_up
+        for half in self._halves:
+            half.reader = loop.io(half.src_fd, _READ)
+            half.reader.start(self._on_readable, half)
+        self._arm_timer()
 
-        self._wake = wake
+    def abort(self, reason: str) -> None:
+        """End the tunnel now (e.g. at shutdown), closing both sockets."""
+        self._end(reason)
 
-        started = loop.now()
-        last_activity = started
-        timer = None
-        timer_limit = -1.0
+    # --- callbacks, run by the hub -------------------------------------------------
+
+    def _on_readable(self, half: _Half) -> None:
         try:
-            if first_chunk:
-                # RFC 9110 §9.3.6 leaves it to the client to send early; those bytes are tunnel data.
-                self.upstream.sendall(first_chunk)
-                up.nbytes += len(first_chunk)
-            for half in halves:
-                half.reader.start(wake, half.reader)
-            while True:
-                limit = self._idle_limit(halves)
-                if timer is None or timer_limit != limit:
-                    if timer is not None:
-                        timer.stop()
-                        timer = None
-                    deadline = self._deadline(started, last_activity, limit)
-                    if deadline is not None:
-                        timer = loop.timer(max(0.0, deadline - loop.now()))
-                        timer.start(wake, None)
-                    timer_limit = limit
-                del fired[:]
-                hub.switch()
-                now = loop.now()
-                moved = False
-                for tag in fired:
-                    if tag is None:
-                        timer = None
-                        reason = self._expired(now, started, last_activity, limit, halves[0].done or halves[1].done)
-                        if reason:
-                            result.reason = reason
-                            return result
-                        continue
-                    for half in halves:
-                        if tag is half.reader:
-                            moved = self._pump(half) or moved
-                        elif tag is half.writer:
-                            moved = self._flush(half) or moved
-                if moved:
-                    last_activity = now
-                if up.done and down.done:
-                    result.reason = "client_eof" if self._first_eof == "client" else "upstream_eof"
-                    return result
+            if self._pump(half):
+                self._last_activity = self._loop.now()
         except _Reset as reset:
-            result.reason = f"{reset.side}_reset"
-            survivor = self.upstream if reset.side == "client" else self.client
-            try:
-                survivor.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER, _LINGER_ABORT)
-            except OSError:
-                pass
-            return result
-        finally:
-            if timer is not None:
-                timer.stop()
-            for half in halves:
-                half.reader.stop()
-                half.reader.close()
-                if half.writer is not None:
-                    half.writer.stop()
-                    half.writer.close()
-                if half.pipe is not None:
-                    # Bytes still in it had nowhere to go: the pipe is not reusable.
-                    PipePool.discard(half.pipe)
-                    half.pipe = None
-            result.bytes_up = up.nbytes
-            result.bytes_down = down.nbytes
+            self._end_reset(reset.side)
+            return
+        except Exception:
+            log.exception("relay bug (reading %s)", half.name)
+            self._end("error")
+            return
+        self._after_progress()
 
-    def _idle_limit(self, halves: tuple[_Half, _Half]) -> float:
+    def _on_writable(self, half: _Half) -> None:
+        try:
+            if self._flush(half):
+                self._last_activity = self._loop.now()
+        except _Reset as reset:
+            self._end_reset(reset.side)
+            return
+        except Exception:
+            log.exception("relay bug (writing toward %s)", half.name)
+            self._end("error")
+            return
+        self._after_progress()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self._loop.now()
+        if self.max_lifetime and now - self._started >= self.max_lifetime - _TIMER_SLACK:
+            self._end("lifetime")
+            return
+        if self._limit and now - self._last_activity >= self._limit - _TIMER_SLACK:
+            half_closed = self._halves[0].done or self._halves[1].done
+            if half_closed and self._limit == self.half_close_timeout:
+                self._end("half_close_timeout")
+            else:
+                self._end("idle")
+            return
+        self._arm_timer()
+
+    # --- state ---------------------------------------------------------------------
+
+    def _after_progress(self) -> None:
+        up, down = self._halves
+        if up.done and down.done:
+            self._end("client_eof" if self._first_eof == "client" else "upstream_eof")
+        elif (up.done or down.done) and self._idle_limit() != self._limit:
+            self._arm_timer()  # half-closed: a shorter idle limit may apply now
+
+    def _idle_limit(self) -> float:
         """Seconds without traffic that end the tunnel now (0: no limit)."""
         limit = self.idle_timeout
-        if self.half_close_timeout and (halves[0].done or halves[1].done):
+        if self.half_close_timeout and (self._halves[0].done or self._halves[1].done):
             limit = min(limit, self.half_close_timeout) if limit else self.half_close_timeout
         return limit
 
-    def _deadline(self, started: float, last_activity: float, idle: float) -> float | None:
+    def _arm_timer(self) -> None:
+        # One timer per tunnel, re-armed only when it fires or the limit changes;
+        # traffic just moves _last_activity.
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        self._limit = limit = self._idle_limit()
         deadlines = []
-        if idle:
-            deadlines.append(last_activity + idle)
+        if limit:
+            deadlines.append(self._last_activity + limit)
         if self.max_lifetime:
-            deadlines.append(started + self.max_lifetime)
-        return min(deadlines) if deadlines else None
+            deadlines.append(self._started + self.max_lifetime)
+        if deadlines:
+            self._timer = self._loop.timer(max(0.0, min(deadlines) - self._loop.now()))
+            self._timer.start(self._on_timer)
 
-    def _expired(self, now: float, started: float, last: float, idle: float, half_closed: bool) -> str:
-        # libev timers may fire a hair early relative to loop.now(): allow 1 ms.
-        if self.max_lifetime and now - started >= self.max_lifetime - 0.001:
-            return "lifetime"
-        if idle and now - last >= idle - 0.001:
-            return "half_close_timeout" if half_closed and idle == self.half_close_timeout else "idle"
-        return ""
+    def _end_reset(self, side: str) -> None:
+        survivor = self.upstream if side == "client" else self.client
+        try:
+            survivor.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, _LINGER_ABORT)
+        except OSError:
+            pass
+        self._end(f"{side}_reset")
+
+    def _end(self, reason: str) -> None:
+        if self.result.reason:
+            return
+        self.result.reason = reason
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        for half in self._halves:
+            for watcher in (half.reader, half.writer):
+                if watcher is not None:
+                    watcher.stop()
+                    watcher.close()
+            half.reader = half.writer = None
+            if half.pipe is not None:
+                # Bytes still in it had nowhere to go: the pipe is not reusable.
+                PipePool.discard(half.pipe)
+                half.pipe = None
+            half.pending = None
+        self.result.bytes_up = self._halves[0].nbytes
+        self.result.bytes_down = self._halves[1].nbytes
+        self.client.close()
+        self.upstream.close()
+        try:
+            self.on_done(self)
+        except Exception:
+            log.exception("relay on_done failed")
+
+    # --- moving bytes --------------------------------------------------------------
 
     def _pump(self, half: _Half) -> bool:
         """The source is readable: move what is there. True if bytes moved."""
@@ -331,15 +381,13 @@ class Relay:
             except BlockingIOError:
                 break
             except OSError as exc:
-                raise self._reset(half.name, exc) from exc
+                raise _Reset(half.name) from exc
             if n == 0:
                 self._on_eof(half)
                 break
             half.in_pipe += n
             moved = True
-            if not self._drain_pipe(half):
-                break
-            if n < self.chunk:
+            if not self._drain_pipe(half) or n < self.chunk:
                 break
         if half.pipe is not None and half.in_pipe == 0:
             pipes.put(half.pipe)
@@ -357,7 +405,7 @@ class Relay:
                 self._wait_writable(half)
                 return False
             except OSError as exc:
-                raise self._reset(self._other(half.name), exc) from exc
+                raise _Reset(self._other(half.name)) from exc
             half.in_pipe -= m
             half.nbytes += m
         return True
@@ -372,7 +420,7 @@ class Relay:
             except BlockingIOError:
                 break
             except OSError as exc:
-                raise self._reset(half.name, exc) from exc
+                raise _Reset(half.name) from exc
             if n == 0:
                 self._on_eof(half)
                 break
@@ -396,15 +444,18 @@ class Relay:
             except BlockingIOError:
                 break
             except OSError as exc:
-                raise self._reset(self._other(half.name), exc) from exc
+                raise _Reset(self._other(half.name)) from exc
         half.nbytes += sent
         return sent
 
     def _flush(self, half: _Half) -> bool:
         """dst became writable: push what is waiting, then resume reading."""
         if self.mode == "splice":
-            if half.pipe is None or not self._drain_pipe(half):
+            if half.pipe is None:
                 return False
+            before = half.in_pipe
+            if not self._drain_pipe(half):
+                return half.in_pipe < before
             assert self.pipes is not None
             self.pipes.put(half.pipe)
             half.pipe = None
@@ -421,25 +472,23 @@ class Relay:
         if half.eof:
             self._finish(half)
         else:
-            half.reader.start(self._wake, half.reader)
+            half.reader.start(self._on_readable, half)
         return True
 
     def _wait_writable(self, half: _Half) -> None:
         # Back-pressure: stop reading this direction until dst drains.
         half.reader.stop()
         if half.writer is None:
-            half.writer = half.loop.io(half.dst_fd, _WRITE)
-        half.writer.start(self._wake, half.writer)
+            half.writer = self._loop.io(half.dst_fd, _WRITE)
+        half.writer.start(self._on_writable, half)
 
     def _on_eof(self, half: _Half) -> None:
         half.eof = True
         if not self._first_eof:
             self._first_eof = half.name
         half.reader.stop()
-        if self.mode == "splice" and half.in_pipe:
-            return  # the writer finishes once the pipe is drained
-        if self.mode == "copy" and half.pending is not None:
-            return
+        if half.in_pipe or half.pending is not None:
+            return  # the writer finishes once the rest is delivered
         self._finish(half)
 
     def _finish(self, half: _Half) -> None:
@@ -447,16 +496,10 @@ class Relay:
         if half.writer is not None:
             half.writer.stop()
         try:
-            half.dst.shutdown(_stdlib_socket.SHUT_WR)
+            half.dst.shutdown(_socket.SHUT_WR)
         except OSError:
             pass  # already gone: the other direction will notice
 
     @staticmethod
     def _other(side: str) -> str:
         return "upstream" if side == "client" else "client"
-
-    @staticmethod
-    def _reset(side: str, exc: OSError) -> _Reset:
-        # ECONNRESET/EPIPE are the usual; any other error on a connected socket
-        # (ETIMEDOUT from keepalive, EHOSTUNREACH) ends the tunnel the same way.
-        return _Reset(side)

@@ -8,9 +8,9 @@ One tunnel, start to end (``TunnelServer.handle``)::
     3 resolver.resolve (IP literals skip it)              -> 502 / 504
     4 policy.filter_addresses on what will be dialled     -> 403
     5 upstream.open_connection (Happy Eyeballs)           -> 502 / 504
-    6 send the 200 (the point of no return)
-    7 relay both ways until done
-    8 close upstream and client, one access-log line
+    6 send the 200 (the point of no return), forward early data
+    7 hand both sockets to a Relay: libev callbacks, no greenlet; handle() returns
+    8 when the relay ends it closes both sockets and calls tunnel_done: one access-log line
 
 Before step 6 any GConnectError becomes its HTTP response; anything else is a
 bug, logged with its traceback and answered 500, and the server keeps serving.
@@ -18,9 +18,12 @@ bug, logged with its traceback and answered 500, and the server keeps serving.
 
 from __future__ import annotations
 
+import _socket
 import logging
 import socket as _stdlib_socket
 import time
+from collections import Counter
+from collections.abc import Callable
 
 import gevent
 from gevent.event import Event
@@ -61,6 +64,47 @@ def _fmt_addr(address: object) -> str:
     return str(address)
 
 
+class OwnConnections:
+    """Our upstream connections as (local, remote) address pairs. A client that
+    arrives from one of them, at that very address, is this proxy talking to
+    itself (a loop through a name or address the static check did not know)."""
+
+    def __init__(self) -> None:
+        self._pairs: set[tuple] = set()
+        self._locals: Counter[tuple] = Counter()
+
+    def add(self, pair: tuple) -> None:
+        self._pairs.add(pair)
+        self._locals[pair[0]] += 1
+
+    def remove(self, pair: tuple) -> None:
+        if pair in self._pairs:
+            self._pairs.discard(pair)
+            self._locals[pair[0]] -= 1
+            if not self._locals[pair[0]]:
+                del self._locals[pair[0]]
+
+    def is_own(self, address: tuple, client: socket) -> bool:
+        # Cheap test first: getsockname() only when the client's address matches.
+        return address[:2] in self._locals and (address[:2], client.getsockname()[:2]) in self._pairs
+
+
+class _TunnelInfo:
+    """What the access log needs once a relay ends."""
+
+    __slots__ = ("address", "dialled", "own", "started", "target")
+
+    def __init__(self, address: tuple, target: str, dialled: str, started: float, own: tuple) -> None:
+        self.address = address
+        self.target = target
+        self.dialled = dialled
+        self.started = started
+        self.own = own
+
+    def done_callback(self, server: TunnelServer) -> Callable[[Relay], None]:
+        return lambda relay: server.tunnel_done(self, relay)
+
+
 class Proxy:
     """Everything shared by the tunnels of one process: listeners, the client
     pool, the resolver, the policy, the splice pipes."""
@@ -77,14 +121,33 @@ class Proxy:
             raise RuntimeError("--relay splice: splice(2) does not work here")
         self.relay_mode = mode
         self.pipes = PipePool(config.pipe_pool_size, config.chunk_bytes) if mode == "splice" else None
-        # One scratch buffer for every copy relay: greenlets never yield while using it.
+        # One scratch buffer for every copy relay: a relay callback never yields while using it.
         self.scratch = bytearray(config.chunk_bytes) if mode == "copy" else None
         self.servers: list[TunnelServer] = []
-        #: Our upstream sockets, local -> remote address: a client arriving from
-        #: one of them at that very address is this proxy talking to itself.
-        self.upstream_locals: dict[tuple, tuple] = {}
+        self.own_connections = OwnConnections()
         self.stopped = Event()
         self.access_log: LogFile | None = LogFile(config.access_log) if config.access_log else None
+        #: Tunnels past their 200: driven by libev callbacks, no greenlet each.
+        self.relays: set[Relay] = set()
+        self._no_relays = Event()
+        self._no_relays.set()
+
+    def open_count(self) -> int:
+        """Clients being served: handshakes in progress plus relaying tunnels."""
+        return len(self.pool) + len(self.relays)
+
+    def add_relay(self, relay: Relay) -> None:
+        self.relays.add(relay)
+        self._no_relays.clear()
+
+    def remove_relay(self, relay: Relay) -> None:
+        self.relays.discard(relay)
+        if not self.relays:
+            self._no_relays.set()
+        for server in self.servers:
+            # A full proxy stopped accepting; a tunnel ending makes room again.
+            if server.started and not server.full():
+                server.start_accepting()
 
     def start(self) -> list[tuple[str, int]]:
         """Bind and start every listener; return their real (host, port)."""
@@ -104,12 +167,18 @@ class Proxy:
             drain_timeout = self.config.drain_timeout
         for server in self.servers:
             server.close()
-        if len(self.pool):
-            log.info("draining %d open tunnels for up to %g s", len(self.pool), drain_timeout)
+        deadline = time.monotonic() + drain_timeout
+        if self.open_count():
+            log.info("draining %d open tunnels for up to %g s", self.open_count(), drain_timeout)
             self.pool.join(timeout=drain_timeout)
-        if len(self.pool):
-            log.info("closing %d tunnels still open", len(self.pool))
+            self._no_relays.wait(max(0.0, deadline - time.monotonic()))
+            # Handshakes still running when the relays drained may have added more.
+            self.pool.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self.open_count():
+            log.info("closing %d tunnels still open", self.open_count())
             self.pool.kill(block=True, timeout=5)
+            for relay in list(self.relays):
+                relay.abort("shutdown")
         if self.pipes is not None:
             self.pipes.close()
         if self.access_log is not None:
@@ -125,6 +194,12 @@ class TunnelServer(StreamServer):
         super().__init__(address, spawn=proxy.pool)
         self.proxy = proxy
         self.config = proxy.config
+        # The pool counts handshakes only; relaying tunnels have no greenlet, so
+        # "full" is both together (set_spawn installed pool.full as an attribute).
+        self.full = self._full  # type: ignore[method-assign]
+
+    def _full(self) -> bool:
+        return self.proxy.open_count() >= self.config.max_clients
 
     def init_socket(self) -> None:
         super().init_socket()
@@ -135,7 +210,9 @@ class TunnelServer(StreamServer):
         tune_socket(self.socket)
 
     def handle(self, client: socket, address: tuple) -> None:
-        """Serve one client: returns only when nothing uses its socket any more."""
+        """Serve one client's handshake. Once the 200 is sent, both sockets are
+        handed to a :class:`Relay`, which owns them from then on; this returns
+        only when nothing here uses the client socket any more."""
         proxy = self.proxy
         config = self.config
         started = time.monotonic()
@@ -143,12 +220,10 @@ class TunnelServer(StreamServer):
         reason = "error"
         target = "-"
         dialled = "-"
-        bytes_up = bytes_down = 0
         upstream: socket | None = None
-        local: tuple | None = None
+        own: tuple | None = None
         try:
-            looped = proxy.upstream_locals.get(address[:2])
-            if looped is not None and looped == client.getsockname()[:2]:
+            if proxy.own_connections.is_own(address, client):
                 raise PolicyDeniedError("tunnel loops back into this proxy")
             request = self._read_head(client)
             target = request.target
@@ -164,27 +239,31 @@ class TunnelServer(StreamServer):
                 connect_timeout=config.connect_timeout,
                 attempt_delay=config.attempt_delay,
             )
-            dialled = f"[{ip}]:{request.port}" if ip.version == 6 else f"{ip}:{request.port}"
-            local = upstream.getsockname()[:2]
-            proxy.upstream_locals[local] = (str(ip), request.port)
+            ip_text = request.host if request.ip is not None else str(ip)
+            dialled = f"[{ip_text}]:{request.port}" if ip.version == 6 else f"{ip_text}:{request.port}"
+            own = (upstream.getsockname()[:2], (ip_text, request.port))
+            proxy.own_connections.add(own)
             client.sendall(protocol.RESPONSE_200)
             status = 200
+            if request.trailing:
+                # RFC 9110 §9.3.6 lets the client send early: those bytes are tunnel data.
+                upstream.sendall(request.trailing)
+            info = _TunnelInfo(address, target, dialled, started, own)
             relay = Relay(
-                client,
-                upstream,
+                _socket.socket(fileno=client.detach()),
+                _socket.socket(fileno=upstream.detach()),
                 mode=proxy.relay_mode,
                 idle_timeout=config.idle_timeout,
                 half_close_timeout=config.half_close_timeout,
+                on_done=info.done_callback(self),
                 pipes=proxy.pipes,
                 scratch=proxy.scratch,
                 chunk_bytes=config.chunk_bytes,
             )
-            try:
-                relay.run(request.trailing)
-            finally:
-                bytes_up = relay.result.bytes_up
-                bytes_down = relay.result.bytes_down
-                reason = relay.result.reason
+            own = None  # the relay's on_done releases it from here on
+            proxy.add_relay(relay)
+            relay.start(first_bytes_up=len(request.trailing))
+            return
         except GConnectError as exc:
             if status == 0:
                 status = exc.status
@@ -194,7 +273,7 @@ class TunnelServer(StreamServer):
                 reason = exc.code
         except OSError as exc:
             # A client that vanished while we wrote the 200 or the error.
-            reason = "client_reset" if status == 0 else "error"
+            reason = "client_reset"
             status = status or 499
             log.debug("client %s: %s", _fmt_addr(address), exc)
         except Exception:
@@ -202,17 +281,30 @@ class TunnelServer(StreamServer):
             if status == 0:
                 status = 500
                 self._refuse(client, GConnectError("internal error, see the proxy's log"))
-        finally:
-            if local is not None:
-                proxy.upstream_locals.pop(local, None)
-            if upstream is not None:
-                upstream.close()
-            client.close()
-            if proxy.access_log is not None:
-                proxy.access_log.write(
-                    f"client={_fmt_addr(address)} target={target} addr={dialled} status={status} "
-                    f"up={bytes_up} down={bytes_down} duration={time.monotonic() - started:.3f} reason={reason}"
-                )
+        # Only refused or failed handshakes get here.
+        if own is not None:
+            proxy.own_connections.remove(own)
+        if upstream is not None:
+            upstream.close()
+        client.close()
+        if proxy.access_log is not None:
+            proxy.access_log.write(
+                f"client={_fmt_addr(address)} target={target} addr={dialled} status={status} "
+                f"up=0 down=0 duration={time.monotonic() - started:.3f} reason={reason}"
+            )
+
+    def tunnel_done(self, info: _TunnelInfo, relay: Relay) -> None:
+        """A relay ended: release what it held and write its access-log line."""
+        proxy = self.proxy
+        proxy.remove_relay(relay)
+        proxy.own_connections.remove(info.own)
+        result = relay.result
+        if proxy.access_log is not None:
+            proxy.access_log.write(
+                f"client={_fmt_addr(info.address)} target={info.target} addr={info.dialled} status=200 "
+                f"up={result.bytes_up} down={result.bytes_down} "
+                f"duration={time.monotonic() - info.started:.3f} reason={result.reason}"
+            )
 
     def _read_head(self, client: socket) -> protocol.ConnectRequest:
         parser = protocol.RequestParser(self.config.max_header_bytes)
