@@ -1,6 +1,7 @@
 """python -m bench.harness [--quick] [--targets a,b,...] [--reps N] [--out DIR] ...
 
-Runs the CONNECT benchmark of issue 4 and writes DIR/latest.json, DIR/latest.md and DIR/latest-*.png.
+Runs the CONNECT benchmark of issue 4 and writes DIR/NAME.json, DIR/NAME.md and DIR/NAME-*.png
+(NAME is latest unless --name says otherwise).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rtt-rounds", type=int, help="echo round trips per repetition while tunnels are held")
     parser.add_argument("--integrity-mib", type=int, default=256, help="MiB sent both ways for the sha256 check")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory (default bench/results)")
+    parser.add_argument("--name", default="latest", help="stem of the result files (default latest)")
     parser.add_argument("--build-dir", type=Path, default=Path("/tmp/gconnect-bench-build"))
     parser.add_argument(
         "--venv",
@@ -112,17 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     options = options_from(args)
     results = run_benchmark(options)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(results, args.out / "latest.json")
+    write_json(results, args.out / f"{args.name}.json")
     markdown = render_markdown(results)
-    written = write_plots(results, args.out, "latest")
+    written = write_plots(results, args.out, args.name)
     if not written:
         markdown += "\nPlots skipped: matplotlib is not installed (pip install matplotlib).\n"
-    (args.out / "latest.md").write_text(markdown)
-    if args.out.resolve() == RESULTS_DIR:
+    (args.out / f"{args.name}.md").write_text(markdown)
+    if args.out.resolve() == RESULTS_DIR and args.name == "latest":
         # Only a run that publishes into bench/results also refreshes the table in bench/README.rst.
         update_readme(RESULTS_DIR.parent / "README.rst", results)
     print(markdown)
-    log(f"wrote {args.out / 'latest.json'}, latest.md and {len(written)} plots")
+    log(f"wrote {args.out / args.name}.json, {args.name}.md and {len(written)} plots")
     return 0
 
 
