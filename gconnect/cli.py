@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -18,6 +19,7 @@ import gevent
 
 from . import __version__
 from . import config as cfg
+from .workers import READY_FD_ENV
 
 log = logging.getLogger("gconnect")
 
@@ -116,15 +118,48 @@ def build_config(**options: Any) -> cfg.Config:
         raise click.UsageError(str(exc)) from None
 
 
+def _announce(bound: list[tuple[str, int]]) -> None:
+    for host, port in bound:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        # Scripts and tests read this line for the real port when listening on port 0.
+        click.echo(f"gconnect listening on {shown}", err=True)
+
+
+def config_to_args(config: cfg.Config) -> list[str]:
+    """Command-line arguments that rebuild *config* (for worker processes),
+    less the listeners and the worker settings, which the supervisor sets."""
+    args: list[str] = []
+    for field in dataclasses.fields(cfg.Config):
+        name = field.name
+        if name in ("listen", "workers", "reuse_port"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        value = getattr(config, name)
+        if name == "allow_port":
+            for low, high in value:
+                args += [flag, f"{low}-{high}" if low != high else str(low)]
+        elif name in ("allow_dest", "deny_dest"):
+            for net in value:
+                args += [flag, str(net)]
+        elif name == "dns_server":
+            for host, port in value:
+                args += [flag, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        elif isinstance(value, bool):
+            if value:
+                args.append(flag)
+        else:
+            args += [flag, str(value)]
+    return args
+
+
 def setup_logging(config: cfg.Config) -> None:
     """The diagnostic log on stderr. (The access log is server.Proxy's LogFile.)"""
     # Records need no thread or process names here, and looking them up is not free.
     logging.logThreads = False
-    logging.logProcesses = False
     logging.logMultiprocessing = False
     level = getattr(logging, config.log_level.upper())
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
@@ -224,6 +259,14 @@ def main() -> None:
     help="Spare splice pipes kept for reuse.",
 )
 @_opt(
+    "workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes sharing the listeners (SO_REUSEPORT), supervised by this one.",
+)
+@_opt("reuse_port", is_flag=True, default=False, help="Bind with SO_REUSEPORT so several processes can share the port.")
+@_opt(
     "access_log", default="-", show_default=True, metavar="PATH|-", help="Access log file, '-' for stderr, '' for none."
 )
 @_opt(
@@ -237,6 +280,14 @@ def serve(**options: Any) -> None:
     """Run the proxy until SIGTERM or SIGINT."""
     config = build_config(**options)
     setup_logging(config)
+    if config.workers > 1:
+        from . import workers
+
+        try:
+            code = workers.run(config, config_to_args(config), _announce)
+        except (OSError, RuntimeError) as exc:
+            raise click.ClickException(f"cannot start: {exc}") from None
+        sys.exit(code)
     from .server import Proxy  # imports dnspython: after the CLI has parsed
 
     try:
@@ -254,10 +305,13 @@ def serve(**options: Any) -> None:
     if proxy.access_log is not None:
         # logrotate's postrotate: kill -USR1 (moving the file is also noticed within a second).
         gevent.signal_handler(signal.SIGUSR1, proxy.access_log.reopen)
-    for host, port in bound:
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        # Scripts and tests read this line for the real port when listening on port 0.
-        click.echo(f"gconnect listening on {shown}", err=True)
+    ready_fd = os.environ.pop(READY_FD_ENV, None)
+    if ready_fd is not None:
+        # We are a worker: tell the supervisor we listen; it announces the port.
+        os.write(int(ready_fd), b"r")
+        os.close(int(ready_fd))
+    else:
+        _announce(bound)
     log.info("relay=%s max_clients=%d", proxy.relay_mode, config.max_clients)
     proxy.stopped.wait()
     log.info("stopped")

@@ -78,6 +78,10 @@ class Config:
     relay: str = "auto"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     pipe_pool_size: int = DEFAULT_PIPE_POOL_SIZE
+    #: Worker processes sharing the listeners (SO_REUSEPORT), each its own hub.
+    workers: int = 1
+    #: Bind with SO_REUSEPORT so several processes can share a port.
+    reuse_port: bool = False
     #: "-" is stderr; "" turns the access log off.
     access_log: str = "-"
     log_level: str = "info"
@@ -95,5 +99,7 @@ class Config:
             raise ValueError("max_header_bytes must be >= 256")
         if self.max_clients < 1:
             raise ValueError("max_clients must be >= 1")
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
         if not self.listen:
             raise ValueError("at least one listen address is needed")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any
 
 from gevent import get_hub
 
@@ -32,7 +32,7 @@ class LogFile:
         self._buffer: list[str] = []
         self._size = 0
         self._timer: Any = None  # a libev timer while a flush is scheduled
-        self._stream: TextIO | None = None
+        self._fd = -1
         self._inode: tuple[int, int] | None = None
         self._checked = 0.0
         self._second = -1
@@ -41,10 +41,12 @@ class LogFile:
 
     def _open(self) -> None:
         if self.path == "-":
-            self._stream = sys.stderr
+            self._fd = sys.stderr.fileno()
             return
-        self._stream = open(self.path, "a", encoding="utf-8", errors="backslashreplace")
-        st = os.fstat(self._stream.fileno())
+        # O_APPEND and one write() per flush: several worker processes can share
+        # the file without tearing each other's lines.
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        st = os.fstat(self._fd)
         self._inode = (st.st_dev, st.st_ino)
 
     def write(self, line: str) -> None:
@@ -75,12 +77,13 @@ class LogFile:
         self._size = 0
         if self.path != "-" and time.monotonic() - self._checked >= REOPEN_CHECK_INTERVAL:
             self._reopen_if_moved()
-        stream = self._stream
-        if stream is None:
+        if self._fd < 0:
             return
+        payload = data.encode("utf-8", "backslashreplace")
         try:
-            stream.write(data)
-            stream.flush()
+            while payload:
+                written = os.write(self._fd, payload)
+                payload = payload[written:]
         except OSError as exc:
             print(f"gconnect: cannot write access log {self.path}: {exc}", file=sys.stderr)
 
@@ -98,12 +101,12 @@ class LogFile:
         """Close and open the file again (logrotate's postrotate, SIGUSR1)."""
         if self.path == "-":
             return
-        if self._stream is not None:
-            self._stream.close()
+        if self._fd >= 0:
+            os.close(self._fd)
         self._open()
 
     def close(self) -> None:
         self.flush()
-        if self._stream is not None and self.path != "-":
-            self._stream.close()
-        self._stream = None
+        if self._fd >= 0 and self.path != "-":
+            os.close(self._fd)
+        self._fd = -1

@@ -64,6 +64,29 @@ def _fmt_addr(address: object) -> str:
     return str(address)
 
 
+def make_listener(host: str, port: int, *, reuse_port: bool = False) -> _stdlib_socket.socket:
+    """A listening TCP socket for ``host:port``, tuned for the tunnels it accepts."""
+    family = _stdlib_socket.AF_INET6 if ":" in host else _stdlib_socket.AF_INET
+    sock = _stdlib_socket.socket(family, _stdlib_socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # Workers each bind the same port; the kernel spreads connections over them.
+            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEPORT, 1)
+        if family == _stdlib_socket.AF_INET6:
+            sock.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        # The backlog is capped by net.core.somaxconn; ask for the most.
+        sock.listen(_stdlib_socket.SOMAXCONN)
+        # Accepted sockets inherit TCP_NODELAY and the keepalive settings from the
+        # listener on Linux: set once here instead of five syscalls per client.
+        tune_socket(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class OwnConnections:
     """Our upstream connections as (local, remote) address pairs. A client that
     arrives from one of them, at that very address, is this proxy talking to
@@ -153,7 +176,7 @@ class Proxy:
         """Bind and start every listener; return their real (host, port)."""
         bound = []
         for host, port in self.config.listen:
-            server = TunnelServer(self, (host, port))
+            server = TunnelServer(self, make_listener(host, port, reuse_port=self.config.reuse_port))
             server.start()
             self.servers.append(server)
             bound.append(server.address[:2])
@@ -190,8 +213,8 @@ class TunnelServer(StreamServer):
     """One listening socket. Every accepted client runs :meth:`handle` in its
     own greenlet from the proxy's shared pool; a full pool stops accepting."""
 
-    def __init__(self, proxy: Proxy, address: tuple[str, int]) -> None:
-        super().__init__(address, spawn=proxy.pool)
+    def __init__(self, proxy: Proxy, listener: _stdlib_socket.socket) -> None:
+        super().__init__(listener, spawn=proxy.pool)
         self.proxy = proxy
         self.config = proxy.config
         # The pool counts handshakes only; relaying tunnels have no greenlet, so
@@ -200,14 +223,6 @@ class TunnelServer(StreamServer):
 
     def _full(self) -> bool:
         return self.proxy.open_count() >= self.config.max_clients
-
-    def init_socket(self) -> None:
-        super().init_socket()
-        # The listen backlog is SOMAXCONN-capped by the kernel; ask for the most.
-        self.socket.listen(_stdlib_socket.SOMAXCONN)
-        # Accepted sockets inherit TCP_NODELAY and the keepalive settings from the
-        # listener on Linux: set once here instead of five syscalls per client.
-        tune_socket(self.socket)
 
     def handle(self, client: socket, address: tuple) -> None:
         """Serve one client's handshake. Once the 200 is sent, both sockets are

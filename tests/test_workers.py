@@ -1,0 +1,67 @@
+"""``--workers N``: worker processes on one port, supervised."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from .conftest import open_tunnel, recv_exactly, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def sockets(pid: int) -> int:
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:
+            pass
+    return count
+
+
+def test_two_workers_share_the_port_and_both_serve(start_proxy, echo):
+    proxy = start_proxy("--workers", "2")
+    workers = children(proxy.pid)
+    assert len(workers) == 2
+    baseline = {pid: sockets(pid) for pid in workers}
+    held = []
+    for i in range(40):
+        sock = open_tunnel(proxy, echo.target)
+        sock.sendall(b"%02d" % i)
+        assert recv_exactly(sock, 2) == b"%02d" % i
+        held.append(sock)
+    # SO_REUSEPORT hashes connections over the workers: each holds some tunnels.
+    for pid in workers:
+        assert sockets(pid) > baseline[pid], "a worker served no tunnel"
+    for sock in held:
+        sock.close()
+    wait_until(lambda: len(proxy.access_lines()) >= 40)
+    assert all("status=200" in line for line in proxy.access_lines())
+
+
+def test_dead_worker_is_restarted(start_proxy, echo):
+    proxy = start_proxy("--workers", "2")
+    first = children(proxy.pid)
+    os.kill(first[0], signal.SIGKILL)
+    wait_until(lambda: len(children(proxy.pid)) == 2 and first[0] not in children(proxy.pid))
+    for _ in range(10):
+        with open_tunnel(proxy, echo.target) as sock:
+            sock.sendall(b"ok")
+            assert recv_exactly(sock, 2) == b"ok"
+    assert any("exited" in line and "restarting" in line for line in proxy.lines)
+
+
+def test_sigterm_stops_workers_and_parent(start_proxy, echo):
+    proxy = start_proxy("--workers", "2")
+    workers = children(proxy.pid)
+    assert proxy.stop() == 0
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
