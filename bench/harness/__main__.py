@@ -26,12 +26,13 @@ class Preset:
     seconds: float
     hold_sizes: str
     rtt_rounds: int
+    rtt_max_s: float
 
 
 # Full run: about 15 minutes for all eight targets; quick: about 7 (proxy.py's slow opening of held
 # tunnels is a good part of both).
-FULL = Preset(reps=3, seconds=3.0, hold_sizes="1000,5000,9000", rtt_rounds=2000)
-QUICK = Preset(reps=2, seconds=1.5, hold_sizes="1000,5000", rtt_rounds=1000)
+FULL = Preset(reps=3, seconds=3.0, hold_sizes="1000,5000,9000", rtt_rounds=2000, rtt_max_s=10.0)
+QUICK = Preset(reps=2, seconds=1.5, hold_sizes="1000,5000", rtt_rounds=1000, rtt_max_s=3.0)
 
 
 def _cpus(text: str) -> frozenset[int]:
@@ -96,6 +97,7 @@ def options_from(args: argparse.Namespace) -> Options:
         reps=args.reps or defaults.reps,
         hold_sizes=hold_sizes,
         rtt_rounds=args.rtt_rounds or defaults.rtt_rounds,
+        rtt_max_s=defaults.rtt_max_s,
         integrity_bytes=args.integrity_mib << 20,
         load_cpus=None if args.no_pin else args.load_cpus,
         quiet=QuietGate(args.quiet_wait, args.quiet_budget),

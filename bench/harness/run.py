@@ -169,6 +169,7 @@ def run_benchmark(options: Options) -> dict:
             "seconds_per_measurement": settings.seconds,
             "hold_sizes": list(settings.hold_sizes),
             "rtt_rounds": settings.rtt_rounds,
+            "rtt_max_s": settings.rtt_max_s,
             "integrity_bytes": settings.integrity_bytes,
             "proxy_cpus": sorted(options.env.proxy_cpus) if options.env.proxy_cpus is not None else "all",
             "load_cpus": sorted(settings.load_cpus) if settings.load_cpus is not None else "all",

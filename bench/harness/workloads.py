@@ -29,8 +29,6 @@ HOLD_OPEN_TIMEOUT_S = 90.0
 HOLD_SETTLE_S = 1.0
 HOLD_COMMAND_TIMEOUT_S = 60.0
 QUIET_SAMPLE_S = 0.3
-# One repetition of round trips stops after this long even if rounds remain (proxy.py takes ~10 ms each).
-RTT_MAX_S = 10.0
 
 
 class QuietGate:
@@ -67,6 +65,9 @@ class Settings:
     reps: int
     hold_sizes: tuple[int, ...]
     rtt_rounds: int
+    # One repetition of round trips stops after this long even if rounds remain (proxy.py takes
+    # ~100 ms each with 5,000 tunnels held).
+    rtt_max_s: float
     integrity_bytes: int
     load_cpus: frozenset[int] | None
     # A measurement in which the load generator used this share of its CPUs may be its own limit,
@@ -246,7 +247,7 @@ def hold(lg: LoadGen, subject: Subject, ports: ServerPorts, settings: Settings, 
             if opened["held"]:
                 result["rss_per_tunnel_kib"] = round((rss_after - rss_before) / opened["held"], 2)
         if opened["held"]:
-            command = f"rtt {settings.rtt_rounds} {RTT_MAX_S}"
+            command = f"rtt {settings.rtt_rounds} {settings.rtt_max_s}"
             rtts = [
                 _measured(
                     lg,
