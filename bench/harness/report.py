@@ -122,35 +122,35 @@ def table_rows(results: dict, names: list[str]) -> list[tuple[str, list[str]]]:
     return [(label, [cell(targets[name]) for name in names]) for label, cell in rows]
 
 
+def _median(entry: dict, workload: str, match: Callable[[dict], bool], key: str) -> float:
+    """The median of one figure of one target, or 0 when it was not measured."""
+    stat = _stat((_case(entry, workload, match) or {}).get("summary"), key)
+    return stat["median"] if stat else 0.0
+
+
 def direct_margins(results: dict) -> list[str]:
     """Lines saying how far direct is ahead of the fastest proxy (the load generator's headroom)."""
     targets = results["targets"]
     direct = targets.get("direct")
     if not direct or direct.get("status") != "ok":
         return ["direct was not measured: the load generator's headroom is unknown."]
-    lines = []
-    checks = [
+    proxies = [n for n in _ok_targets(results) if n != "direct"]
+    checks: list[tuple[str, str, Callable[[dict], bool], str]] = [
         ("bulk, 1 tunnel, upload", "bulk", lambda c: c["dir"] == "up" and c["conns"] == 1, "mb_per_s"),
         ("bulk, 1 tunnel, download", "bulk", lambda c: c["dir"] == "down" and c["conns"] == 1, "mb_per_s"),
         ("new tunnels/s, 64 concurrent", "rate", lambda c: c["conns"] == 64, "tunnels_per_s"),
     ]
+    lines = []
     for label, workload, match, key in checks:
-        base = _stat((_case(direct, workload, match) or {}).get("summary"), key)
-        best = (
-            max(
-                ((_stat((_case(e, workload, match) or {}).get("summary"), key) or {}).get("median", 0), n)
-                for n, e in targets.items()
-                if n != "direct" and e.get("status") == "ok"
-            )
-            if len(targets) > 1
-            else None
-        )
-        if not base or not best or not best[0]:
+        base = _median(direct, workload, match, key)
+        ranked = sorted(((_median(targets[n], workload, match, key), n) for n in proxies), reverse=True)
+        if not base or not ranked or not ranked[0][0]:
             continue
-        ratio = base["median"] / best[0]
+        best, best_name = ranked[0]
+        ratio = base / best
         warn = "" if ratio >= DIRECT_MARGIN else " — **less than 1.5×: the fastest proxy may be load-bound**"
-        lines.append(f"- {label}: direct {base['median']:,.0f} is {ratio:.1f}× the fastest proxy ({best[1]}){warn}")
-    return lines
+        lines.append(f"- {label}: direct {base:,.0f} is {ratio:.1f}× the fastest proxy ({best_name}){warn}")
+    return lines or ["no proxy figure to compare with direct."]
 
 
 def render_markdown(results: dict) -> str:
