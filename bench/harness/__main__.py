@@ -7,6 +7,7 @@ Runs the CONNECT benchmark of issue 4 and writes DIR/NAME.json, DIR/NAME.md and 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,14 @@ def options_from(args: argparse.Namespace) -> Options:
     )
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # SIGTERM (timeout, CI) would otherwise end Python without running the finally blocks that stop
+    # the proxies and load generators this run started.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from bench.harness.plots import write_plots
     from bench.harness.run import log, run_benchmark
