@@ -278,3 +278,50 @@ def test_echo_handler_round_trip_splice_and_copy_agree(start_proxy, echo):
 
 def test_echo_handler_is_used():
     assert echo_handler.__doc__
+
+
+def test_idle_tunnels_hold_two_sockets_and_no_pipe(relay_proxy, echo):
+    # An idle tunnel costs the proxy its two sockets: no pipe, no other descriptor.
+    proxy = relay_proxy
+    with open_tunnel(proxy, echo.target) as warm:
+        warm.sendall(b"warm")
+        assert recv_exactly(warm, 4) == b"warm"
+    wait_until(lambda: len(proxy.access_lines()) == 1)
+    before = proxy.fd_kinds()
+    held = []
+    for i in range(100):
+        sock = open_tunnel(proxy, echo.target)
+        sock.sendall(b"%03d" % i)  # each tunnel carried bytes, then went idle
+        assert recv_exactly(sock, 3) == b"%03d" % i
+        held.append(sock)
+    during = proxy.fd_kinds()
+    assert during["socket"] == before["socket"] + 200
+    assert during["pipe"] == before["pipe"]
+    assert during["other"] == before["other"] and during["file"] == before["file"]
+    for sock in held:
+        sock.close()
+    wait_until(lambda: proxy.fd_kinds()["socket"] == before["socket"])
+
+
+def test_active_tunnels_borrow_pipes_and_give_them_back(start_proxy, upstream_factory):
+    # Slow readers keep bytes in flight: each stuck direction holds one pipe,
+    # and the pipes come back (pooled, bounded) when the bytes have moved.
+    proxy = start_proxy("--relay", "splice", "--pipe-pool-size", "4")
+    data = os.urandom(8 * 1024 * 1024)
+
+    def handler(conn: socket.socket) -> None:
+        conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)
+        recv_all(conn)
+
+    server = upstream_factory(handler)
+    before = proxy.fd_kinds()
+    socks = [open_tunnel(proxy, server.target) for _ in range(8)]
+    # Nobody reads yet: every tunnel's download stalls with bytes in a pipe.
+    wait_until(lambda: proxy.fd_kinds()["pipe"] >= before["pipe"] + 2 * 8)
+    for sock in socks:
+        assert hashlib.sha256(recv_all(sock)).digest() == hashlib.sha256(data).digest()
+        sock.close()
+    wait_until(lambda: proxy.fd_kinds()["socket"] == before["socket"])
+    # Back in the pool, at most --pipe-pool-size of them kept.
+    assert proxy.fd_kinds()["pipe"] <= before["pipe"] + 2 * 4
