@@ -35,7 +35,8 @@ class ConfigFileError(Exception):
 
 def _line_of(text: str, key: str) -> int | None:
     """The 1-based line defining *key* (tomllib reports no positions for values)."""
-    pattern = re.compile(r"""^\s*["']?""" + re.escape(key) + r"""["']?\s*=""")
+    quoted = r"""["']?""" + re.escape(key) + r"""["']?"""
+    pattern = re.compile(r"^\s*(" + quoted + r"\s*=|\[\s*" + quoted + r"\s*\])")
     for number, line in enumerate(text.splitlines(), 1):
         if pattern.match(line):
             return number
