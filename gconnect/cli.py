@@ -357,12 +357,13 @@ def serve(**options: Any) -> None:
         gevent.signal_handler(signal.SIGUSR1, proxy.access_log.reopen)
     command_line = _given_on_command_line(click.get_current_context(), options)
     gevent.signal_handler(signal.SIGHUP, _reload, proxy, options.get("config"), command_line)
+    if proxy.metrics_address is not None:
+        # Before the listening lines: whoever waits for those finds this one too.
+        click.echo(f"gconnect metrics on {accesslog.fmt_addr(proxy.metrics_address)}", err=True)
     for host, port in bound:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         # Scripts and tests read this line for the real port when listening on port 0.
         click.echo(f"gconnect listening on {shown}", err=True)
-    if proxy.metrics_address is not None:
-        click.echo(f"gconnect metrics on {accesslog.fmt_addr(proxy.metrics_address)}", err=True)
     log.info("relay=%s max_clients=%d", proxy.relay_mode, config.max_clients)
     proxy.stopped.wait()
     log.info("stopped")
