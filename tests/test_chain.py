@@ -51,6 +51,16 @@ def test_through_a_parent_gconnect(start_proxy, echo):
     assert f"addr=127.0.0.1:{parent.port}" in child.wait_access(f"target=echo.test:{echo.port}")
 
 
+def test_parent_named_by_host_name(start_proxy, echo):
+    parent = start_proxy()
+    # "web.test" comes from the fixture's hosts file, through our own resolver.
+    child = start_proxy("--upstream", f"http://web.test:{parent.port}")
+    with open_tunnel(child, echo.target) as sock:
+        sock.sendall(b"named")
+        assert recv_exactly(sock, 5) == b"named"
+    parent.wait_access(f"target={echo.target}")
+
+
 def test_parent_refusal_is_our_502_with_its_reason(start_proxy, echo):
     parent = start_proxy("--deny-dest", "127.0.0.1/32")
     child = start_proxy("--upstream", f"http://127.0.0.1:{parent.port}")
