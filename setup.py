@@ -18,6 +18,8 @@ setup(
         "click>=8.1",
         # llhttp's strict HTTP/1.1 tokenizer: ~10x faster than h11 on a CONNECT head.
         "httptools>=0.6",
+        # tomllib is in the standard library from 3.11; the same parser before.
+        'tomli>=1.1; python_version < "3.11"',
     ],
     extras_require={
         "test": [
@@ -31,7 +33,11 @@ setup(
             "locust>=2.20",
             "ruff>=0.4",
             "mypy>=1.8",
+            "prometheus-client>=0.16",
+            'tomli>=1.1; python_version < "3.11"',
         ],
+        # Only --metrics-listen imports it: the proxy's runtime set stays four packages.
+        "metrics": ["prometheus-client>=0.16"],
         "bench": ["matplotlib>=3.7", "locust>=2.20", "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["gconnect=gconnect.__main__:main"]},

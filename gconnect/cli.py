@@ -12,13 +12,15 @@ import logging
 import os
 import signal
 import sys
+import urllib.parse
 from typing import Any
 
 import click
 import gevent
 
-from . import __version__
+from . import __version__, accesslog
 from . import config as cfg
+from .configfile import ConfigFileError
 from .workers import READY_FD_ENV
 
 log = logging.getLogger("gconnect")
@@ -83,6 +85,47 @@ def parse_network(text: str) -> cfg.IPNetwork:
         raise click.BadParameter(f"{text!r}: {exc}") from None
 
 
+def parse_metrics_listen(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` of the metrics listener, or None for ``""`` (off)."""
+    return parse_hostport(text, what="metrics address") if text else None
+
+
+def parse_upstream(text: str) -> cfg.ParentProxy | None:
+    """``http://[user:pass@]host:port`` (the port is required), or None for ``""``."""
+    if not text:
+        return None
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme != "http":
+        raise click.BadParameter(f"{text!r}: only http:// parent proxies are supported")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise click.BadParameter(f"{text!r}: expected http://[user:pass@]host:port and nothing after")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r}: {exc}") from None
+    if not parts.hostname or port is None:
+        raise click.BadParameter(f"{text!r}: the host and port are required (http://host:port)")
+    return cfg.ParentProxy(
+        parts.hostname,
+        port,
+        urllib.parse.unquote(parts.username or ""),
+        urllib.parse.unquote(parts.password or ""),
+    )
+
+
+def parse_upstream_for(text: str) -> str:
+    """A CIDR or IP (matches IP-literal targets) or a host-name glob such as
+    ``*.example.com`` (matches names, case-insensitively); returned normalised."""
+    text = text.strip().lower()
+    if not text:
+        raise click.BadParameter("empty pattern")
+    if "/" in text or ":" in text or text.replace(".", "").isdigit():
+        return str(parse_network(text))
+    if not all(c.isalnum() or c in "-._*?[]" for c in text):
+        raise click.BadParameter(f"{text!r}: expected a host-name glob (*.example.com) or a CIDR")
+    return text
+
+
 def _env(name: str) -> str:
     return "GCONNECT_" + name.upper()
 
@@ -111,6 +154,14 @@ def build_config(**options: Any) -> cfg.Config:
             value = tuple(parse_network(v) for v in value)
         elif field.name == "dns_server":
             value = tuple(parse_hostport(v, default_port=53) for v in value)
+        elif field.name == "metrics_listen":
+            value = parse_metrics_listen(value or "")
+        elif field.name == "upstream":
+            value = parse_upstream(value or "")
+        elif field.name == "upstream_for":
+            value = tuple(parse_upstream_for(v) for v in value)
+        elif field.name == "proxy_protocol_from":
+            value = tuple(parse_network(v) for v in value)
         values[field.name] = value
     try:
         return cfg.Config(**values)
@@ -125,9 +176,16 @@ def _announce(bound: list[tuple[str, int]]) -> None:
         click.echo(f"gconnect listening on {shown}", err=True)
 
 
+def _hostport_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def config_to_args(config: cfg.Config) -> list[str]:
     """Command-line arguments that rebuild *config* (for worker processes),
-    less the listeners and the worker settings, which the supervisor sets."""
+    less the listeners and the worker settings, which the supervisor sets.
+    (Workers get secrets such as the parent proxy's password on their command
+    line; /proc/PID/cmdline is readable only as the same user under
+    hidepid, so deployments should run gconnect as its own user.)"""
     args: list[str] = []
     for field in dataclasses.fields(cfg.Config):
         name = field.name
@@ -135,18 +193,27 @@ def config_to_args(config: cfg.Config) -> list[str]:
             continue
         flag = "--" + name.replace("_", "-")
         value = getattr(config, name)
+        if value is None:
+            continue
         if name == "allow_port":
             for low, high in value:
                 args += [flag, f"{low}-{high}" if low != high else str(low)]
-        elif name in ("allow_dest", "deny_dest"):
-            for net in value:
-                args += [flag, str(net)]
         elif name == "dns_server":
-            for host, port in value:
-                args += [flag, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+            args += [a for host, port in value for a in (flag, _hostport_text(host, port))]
+        elif name == "metrics_listen":
+            args += [flag, _hostport_text(*value)]
+        elif name == "upstream":
+            auth = ""
+            if value.username:
+                auth = urllib.parse.quote(value.username, safe="") + ":" + urllib.parse.quote(value.password, safe="")
+                auth += "@"
+            args += [flag, f"http://{auth}{_hostport_text(value.host, value.port)}"]
         elif isinstance(value, bool):
             if value:
                 args.append(flag)
+        elif isinstance(value, tuple):
+            # Repeatable options: networks, patterns.
+            args += [a for item in value for a in (flag, str(item))]
         else:
             args += [flag, str(value)]
     return args
@@ -276,12 +343,66 @@ def main() -> None:
     show_default=True,
     help="Level of the diagnostic log (stderr).",
 )
+@_opt(
+    "log_format",
+    type=click.Choice(["text", "json"]),
+    default=cfg.DEFAULT_LOG_FORMAT,
+    show_default=True,
+    help="Access log format: text (one key=value line per tunnel) or json (a line at open and at close).",
+)
+@_opt(
+    "metrics_listen",
+    default="",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs the 'metrics' extra).",
+)
+@_opt(
+    "upstream",
+    default="",
+    metavar="URL",
+    help="Send tunnels through this parent proxy: http://[user:pass@]host:port.",
+)
+@_opt(
+    "upstream_for",
+    multiple=True,
+    metavar="PATTERN",
+    help="Only destinations matching this host glob (*.corp.example) or CIDR use --upstream, repeatable.",
+)
+@_opt(
+    "proxy_protocol",
+    is_flag=True,
+    default=False,
+    help="Accept a PROXY protocol v1/v2 header (HAProxy send-proxy) from --proxy-protocol-from sources.",
+)
+@_opt(
+    "proxy_protocol_from",
+    multiple=True,
+    metavar="CIDR",
+    help="Load balancers whose PROXY header is trusted, repeatable; others are served as direct clients.",
+)
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    is_eager=True,
+    expose_value=True,
+    callback=lambda ctx, param, value: _use_config_file(ctx, value),
+    envvar="GCONNECT_CONFIG",
+    show_envvar=True,
+    metavar="FILE",
+    help="TOML file of option values (keys are the option names); options given here override it.",
+)
 def serve(**options: Any) -> None:
-    """Run the proxy until SIGTERM or SIGINT."""
+    """Run the proxy until SIGTERM or SIGINT; SIGHUP reloads the policy from
+    --config, SIGUSR1 reopens the access log."""
     config = build_config(**options)
     setup_logging(config)
     if config.workers > 1:
         from . import workers
+
+        if config.metrics_listen is not None:
+            # Each worker would serve only its own counters on a port they cannot share.
+            raise click.UsageError("--metrics-listen with --workers > 1 is not supported yet: run one worker per port")
 
         try:
             code = workers.run(config, config_to_args(config), _announce)
@@ -305,6 +426,11 @@ def serve(**options: Any) -> None:
     if proxy.access_log is not None:
         # logrotate's postrotate: kill -USR1 (moving the file is also noticed within a second).
         gevent.signal_handler(signal.SIGUSR1, proxy.access_log.reopen)
+    command_line = _given_on_command_line(click.get_current_context(), options)
+    gevent.signal_handler(signal.SIGHUP, _reload, proxy, options.get("config"), command_line)
+    if proxy.metrics_address is not None:
+        # Before the listening lines: whoever waits for those finds this one too.
+        click.echo(f"gconnect metrics on {accesslog.fmt_addr(proxy.metrics_address)}", err=True)
     ready_fd = os.environ.pop(READY_FD_ENV, None)
     if ready_fd is not None:
         # We are a worker: tell the supervisor we listen; it announces the port.
@@ -315,3 +441,83 @@ def serve(**options: Any) -> None:
     log.info("relay=%s max_clients=%d", proxy.relay_mode, config.max_clients)
     proxy.stopped.wait()
     log.info("stopped")
+
+
+def _option(name: str) -> click.Option:
+    return next(p for p in serve.params if isinstance(p, click.Option) and p.name == name)
+
+
+def _check_file_value(name: str, value: Any) -> None:
+    """Convert one config-file value the way its option would; ValueError if it cannot."""
+    ctx = click.Context(serve)
+    try:
+        converted = _option(name).type_cast_value(ctx, value)
+        # Only this field's parsing: a rule between fields is judged on the whole config.
+        build_config(**{name: converted})
+    except click.BadParameter as exc:
+        raise ValueError(exc.format_message()) from None
+    except click.UsageError:
+        pass
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The file's values by option name, checked; raises ConfigFileError."""
+    from . import configfile
+
+    names = [p.name for p in serve.params if isinstance(p, click.Option) and p.name and p.name != "config"]
+    multiple = [p.name for p in serve.params if isinstance(p, click.Option) and p.multiple and p.name]
+    return configfile.read(path, names, multiple, _check_file_value)
+
+
+def _use_config_file(ctx: click.Context, path: str | None) -> str | None:
+    # Eager: runs before the other options are read, so their defaults come from the file.
+    if path:
+        try:
+            values = read_config_file(path)
+        except ConfigFileError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param_hint="'--config'") from None
+        ctx.default_map = {**(ctx.default_map or {}), **values}
+    return path
+
+
+def _given_on_command_line(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
+    """Options set on the command line or by GCONNECT_*: they keep winning over the file on reload."""
+    sources = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    return {name: value for name, value in options.items() if ctx.get_parameter_source(name) in sources}
+
+
+def config_from_file(path: str, overrides: dict[str, Any]) -> cfg.Config:
+    """The Config *path* gives with *overrides* (option name -> parsed CLI value) on top.
+
+    Raises ConfigFileError or click.ClickException.
+    """
+    values = read_config_file(path)
+    params = serve.make_context("serve", [], default_map=values).params
+    params.update(overrides)
+    return build_config(**params)
+
+
+def _reload(proxy: Any, path: str | None, command_line: dict[str, Any]) -> None:
+    if not path:
+        log.warning("SIGHUP: nothing to reload (no --config file)")
+        return
+    try:
+        new = config_from_file(path, command_line)
+    except (ConfigFileError, click.ClickException) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        log.error("SIGHUP: keeping the current configuration: %s", message)
+        return
+    proxy.reload(new)
+
+
+@main.command("check-config")
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
+def check_config(path: str) -> None:
+    """Check a config file and print the effective configuration (with GCONNECT_* applied)."""
+    from . import configfile
+
+    try:
+        config = config_from_file(path, {})
+    except ConfigFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(configfile.render(config), nl=False)

@@ -53,6 +53,31 @@ DEFAULT_DNS_MAX_TTL = 86_400.0
 DEFAULT_DNS_NEGATIVE_TTL = 5.0
 #: Pipes kept for the splice relay: a pipe is held only while bytes are in flight.
 DEFAULT_PIPE_POOL_SIZE = 256
+#: The access log's format: Squid and nginx default to one human-readable line;
+#: "json" (open and close lines) is what log shippers (Vector, Fluent Bit) parse.
+DEFAULT_LOG_FORMAT = "text"
+#: No metrics listener unless asked: node_exporter and HAProxy's Prometheus
+#: endpoint are opt-in too, and an open port is an operator's decision.
+DEFAULT_METRICS_LISTEN: tuple[str, int] | None = None
+#: HAProxy's "accept-proxy" trusts whoever connects; we trust no one unless named,
+#: as nginx's set_real_ip_from does.
+DEFAULT_PROXY_PROTOCOL_FROM: tuple[IPNetwork, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ParentProxy:
+    """A parent proxy reached with CONNECT: ``http://[user:pass@]host:port``."""
+
+    host: str
+    port: int
+    username: str = ""
+    password: str = ""
+
+    def __str__(self) -> str:
+        # The password never reaches a log line or check-config's output.
+        auth = f"{self.username}:***@" if self.username else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{auth}{host}:{self.port}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +113,14 @@ class Config:
     #: "-" is stderr; "" turns the access log off.
     access_log: str = "-"
     log_level: str = "info"
+    log_format: str = DEFAULT_LOG_FORMAT
+    metrics_listen: tuple[str, int] | None = DEFAULT_METRICS_LISTEN
+    #: Tunnels go through this parent proxy (all of them, or those upstream_for picks).
+    upstream: ParentProxy | None = None
+    #: Host-name globs and CIDRs choosing which destinations use the parent.
+    upstream_for: tuple[str, ...] = ()
+    proxy_protocol: bool = False
+    proxy_protocol_from: tuple[IPNetwork, ...] = DEFAULT_PROXY_PROTOCOL_FROM
 
     def __post_init__(self) -> None:
         for name in ("header_timeout", "dns_timeout", "connect_timeout"):
@@ -106,3 +139,9 @@ class Config:
             raise ValueError("workers must be >= 1")
         if not self.listen:
             raise ValueError("at least one listen address is needed")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format must be text or json")
+        if self.upstream_for and self.upstream is None:
+            raise ValueError("upstream_for needs upstream (the parent proxy to send those tunnels to)")
+        if self.proxy_protocol and not self.proxy_protocol_from:
+            raise ValueError("proxy_protocol needs proxy_protocol_from (the load balancers' networks to trust)")

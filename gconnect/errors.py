@@ -116,3 +116,23 @@ class ClientClosedError(ClientError):
 
     status = 400
     code = "client_closed"
+
+
+class ProxyHeaderError(ClientError):
+    """A trusted load balancer's PROXY protocol header is missing or malformed."""
+
+    status = 400
+    code = "bad_proxy_header"
+
+
+class ParentProxyError(UpstreamError):
+    """The parent proxy refused the CONNECT; the message carries its status line."""
+
+    status = 502
+    code = "parent_refused"
+
+
+class ParentProxyTimeoutError(UpstreamError):
+    status = 504
+    reason = "Gateway Timeout"
+    code = "parent_timeout"

@@ -19,6 +19,8 @@ bug, logged with its traceback and answered 500, and the server keeps serving.
 from __future__ import annotations
 
 import _socket
+import dataclasses
+import ipaddress
 import logging
 import socket as _stdlib_socket
 import time
@@ -31,7 +33,9 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 from gevent.socket import socket
 
-from . import protocol
+from . import protocol, proxyproto
+from .accesslog import JsonLogFile
+from .chain import Chain
 from .config import Config
 from .errors import (
     ClientClosedError,
@@ -40,6 +44,7 @@ from .errors import (
     PolicyDeniedError,
 )
 from .logfile import LogFile
+from .metrics import MetricsServer, Stats
 from .policy import Policy
 from .relay import PipePool, Relay, splice_supported
 from .resolver import Resolver
@@ -115,14 +120,18 @@ class OwnConnections:
 class _TunnelInfo:
     """What the access log needs once a relay ends."""
 
-    __slots__ = ("address", "dialled", "own", "started", "target")
+    __slots__ = ("address", "dialled", "fields", "own", "started", "target")
 
-    def __init__(self, address: tuple, target: str, dialled: str, started: float, own: tuple) -> None:
+    def __init__(
+        self, address: tuple, target: str, dialled: str, started: float, own: tuple, fields: dict | None = None
+    ) -> None:
         self.address = address
         self.target = target
         self.dialled = dialled
         self.started = started
         self.own = own
+        #: The JSON access log's open-line fields, for its close line.
+        self.fields = fields
 
     def done_callback(self, server: TunnelServer) -> Callable[[Relay], None]:
         return lambda relay: server.tunnel_done(self, relay)
@@ -149,7 +158,17 @@ class Proxy:
         self.servers: list[TunnelServer] = []
         self.own_connections = OwnConnections()
         self.stopped = Event()
-        self.access_log: LogFile | None = LogFile(config.access_log) if config.access_log else None
+        self.access_log: LogFile | None = None
+        if config.access_log:
+            json_lines = config.log_format == "json"
+            self.access_log = JsonLogFile(config.access_log) if json_lines else LogFile(config.access_log)
+        self.stats = Stats()
+        #: Policy reloads applied so far (SIGHUP).
+        self.generation = 0
+        self.chain = Chain(config.upstream, config.upstream_for, self.resolver) if config.upstream else None
+        self.metrics: MetricsServer | None = None
+        self.metrics_address: tuple[str, int] | None = None
+        self.bound: list[tuple[str, int]] = []
         #: Tunnels past their 200: driven by libev callbacks, no greenlet each.
         self.relays: set[Relay] = set()
         self._no_relays = Event()
@@ -181,7 +200,33 @@ class Proxy:
             self.servers.append(server)
             bound.append(server.address[:2])
         self.policy.set_listening(bound)
+        self.bound = bound
+        if self.config.metrics_listen is not None:
+            self.metrics = MetricsServer(self, self.config.metrics_listen)
+            self.metrics_address = self.metrics.start()
         return bound
+
+    #: What SIGHUP can change; everything else needs a restart.
+    RELOADABLE = ("allow_port", "allow_dest", "deny_dest")
+
+    def reload(self, new: Config) -> None:
+        """Apply *new*'s policy (ports, destinations) to tunnels that start from
+        now on; open tunnels and listeners are not touched. Other changed
+        settings are named in the log and left as they are."""
+        fixed = [
+            f.name
+            for f in dataclasses.fields(Config)
+            if f.name not in self.RELOADABLE and getattr(new, f.name) != getattr(self.config, f.name)
+        ]
+        if fixed:
+            log.warning("SIGHUP: these need a restart and keep their running values: %s", ", ".join(fixed))
+        changes = {name: getattr(new, name) for name in self.RELOADABLE}
+        policy = Policy(dataclasses.replace(self.config, **changes), self.bound)
+        # One assignment; each handshake reads it once, so it sees the old policy or the new one.
+        self.policy = policy
+        self.config = dataclasses.replace(self.config, **changes)
+        self.generation += 1
+        log.info("SIGHUP: policy reloaded (generation %d)", self.generation)
 
     def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let tunnels finish for *drain_timeout* seconds, then
@@ -190,6 +235,8 @@ class Proxy:
             drain_timeout = self.config.drain_timeout
         for server in self.servers:
             server.close()
+        if self.metrics is not None:
+            self.metrics.stop()
         deadline = time.monotonic() + drain_timeout
         if self.open_count():
             log.info("draining %d open tunnels for up to %g s", self.open_count(), drain_timeout)
@@ -237,33 +284,63 @@ class TunnelServer(StreamServer):
         dialled = "-"
         upstream: socket | None = None
         own: tuple | None = None
+        # One policy for the whole handshake, even if SIGHUP swaps it meanwhile.
+        policy = proxy.policy
+        user = None  # set by proxy authentication (issue 3)
+        parent = None
+        resolved = connected = 0.0
         try:
             if proxy.own_connections.is_own(address, client):
                 raise PolicyDeniedError("tunnel loops back into this proxy")
-            request = self._read_head(client)
+            initial = b""
+            if config.proxy_protocol and self._trusts_proxy_header(address):
+                # From here on the client is the one the load balancer names.
+                address, initial = self._read_proxy_header(client, address)
+            request = self._read_head(client, initial)
             target = request.target
-            proxy.policy.check_port(request.port)
+            policy.check_port(request.port)
+            parent = proxy.chain if proxy.chain is not None and proxy.chain.applies(request.host, request.ip) else None
             if request.ip is not None:
                 addresses = [request.ip]
+            elif parent is not None:
+                addresses = []  # the parent resolves names, under its own policy
             else:
                 addresses = proxy.resolver.resolve(request.host)
-            addresses = proxy.policy.filter_addresses(request.host, request.port, addresses)
-            upstream, ip = open_connection(
-                addresses,
-                request.port,
-                connect_timeout=config.connect_timeout,
-                attempt_delay=config.attempt_delay,
-            )
-            ip_text = request.host if request.ip is not None else str(ip)
-            dialled = f"[{ip_text}]:{request.port}" if ip.version == 6 else f"{ip_text}:{request.port}"
-            own = (upstream.getsockname()[:2], (ip_text, request.port))
+            resolved = time.monotonic()
+            if addresses or parent is None:
+                addresses = policy.filter_addresses(request.host, request.port, addresses)
+            if parent is not None:
+                upstream, ip = parent.open(
+                    request.host,
+                    request.port,
+                    connect_timeout=config.connect_timeout,
+                    attempt_delay=config.attempt_delay,
+                )
+                ip_text, port = str(ip), parent.parent.port
+            else:
+                upstream, ip = open_connection(
+                    addresses,
+                    request.port,
+                    connect_timeout=config.connect_timeout,
+                    attempt_delay=config.attempt_delay,
+                )
+                ip_text = request.host if request.ip is not None else str(ip)
+                port = request.port
+            connected = time.monotonic()
+            dialled = f"[{ip_text}]:{port}" if ip.version == 6 else f"{ip_text}:{port}"
+            own = (upstream.getsockname()[:2], (ip_text, port))
             proxy.own_connections.add(own)
             client.sendall(protocol.RESPONSE_200)
             status = 200
+            proxy.stats.opened(time.monotonic() - started)
             if request.trailing:
                 # RFC 9110 §9.3.6 lets the client send early: those bytes are tunnel data.
                 upstream.sendall(request.trailing)
-            info = _TunnelInfo(address, target, dialled, started, own)
+            fields = None
+            if isinstance(proxy.access_log, JsonLogFile):
+                fields = self._fields(address, target, dialled, user, parent, started, resolved, connected)
+                proxy.access_log.write_json("open", fields)
+            info = _TunnelInfo(address, target, dialled, started, own, fields)
             relay = Relay(
                 _socket.socket(fileno=client.detach()),
                 _socket.socket(fileno=upstream.detach()),
@@ -302,7 +379,13 @@ class TunnelServer(StreamServer):
         if upstream is not None:
             upstream.close()
         client.close()
-        if proxy.access_log is not None:
+        proxy.stats.closed(status, reason, 0, 0)
+        if isinstance(proxy.access_log, JsonLogFile):
+            fields = self._fields(address, target, dialled, user, parent, started, resolved, connected)
+            fields.update(status=status, up=0, down=0, reason=reason)
+            fields["duration"] = round(time.monotonic() - started, 6)
+            proxy.access_log.write_json("close", fields)
+        elif proxy.access_log is not None:
             proxy.access_log.write(
                 f"client={_fmt_addr(address)} target={target} addr={dialled} status={status} "
                 f"up=0 down=0 duration={time.monotonic() - started:.3f} reason={reason}"
@@ -314,15 +397,75 @@ class TunnelServer(StreamServer):
         proxy.remove_relay(relay)
         proxy.own_connections.remove(info.own)
         result = relay.result
-        if proxy.access_log is not None:
+        proxy.stats.closed(200, result.reason, result.bytes_up, result.bytes_down)
+        if isinstance(proxy.access_log, JsonLogFile) and info.fields is not None:
+            fields = dict(info.fields, status=200, up=result.bytes_up, down=result.bytes_down, reason=result.reason)
+            fields["duration"] = round(time.monotonic() - info.started, 6)
+            proxy.access_log.write_json("close", fields)
+        elif proxy.access_log is not None:
             proxy.access_log.write(
                 f"client={_fmt_addr(info.address)} target={info.target} addr={info.dialled} status=200 "
                 f"up={result.bytes_up} down={result.bytes_down} "
                 f"duration={time.monotonic() - info.started:.3f} reason={result.reason}"
             )
 
-    def _read_head(self, client: socket) -> protocol.ConnectRequest:
+    def _fields(
+        self,
+        address: tuple,
+        target: str,
+        dialled: str,
+        user: str | None,
+        parent: Chain | None,
+        started: float,
+        resolved: float,
+        connected: float,
+    ) -> dict:
+        """The JSON access line's fields common to open and close (times in seconds)."""
+        return {
+            "id": f"{id(gevent.getcurrent()):x}-{started:.6f}",
+            "client": _fmt_addr(address),
+            "user": user,
+            "target": target,
+            "addr": dialled,
+            "via": str(parent.parent) if parent is not None else None,
+            "dns": round(resolved - started, 6) if resolved else None,
+            "connect": round(connected - resolved, 6) if connected else None,
+        }
+
+    def _trusts_proxy_header(self, address: tuple) -> bool:
+        try:
+            ip = ipaddress.ip_address(address[0])
+        except ValueError:
+            return False
+        return any(ip.version == net.version and ip in net for net in self.config.proxy_protocol_from)
+
+    def _read_proxy_header(self, client: socket, address: tuple) -> tuple[tuple, bytes]:
+        """Read the load balancer's PROXY header: (client address, bytes after it)."""
+        timeout = gevent.Timeout(
+            self.config.header_timeout,
+            HeadTimeoutError(f"PROXY header not received within {self.config.header_timeout:g} s"),
+        )
+        timeout.start()
+        data = b""
+        try:
+            while True:
+                chunk = client.recv(HEAD_RECV_BYTES)
+                if not chunk:
+                    raise ClientClosedError("connection closed before the PROXY header was complete")
+                data += chunk
+                parsed = proxyproto.parse(data)
+                if parsed is not None:
+                    header, length = parsed
+                    return (header.source or address), data[length:]
+        finally:
+            timeout.close()
+
+    def _read_head(self, client: socket, initial: bytes = b"") -> protocol.ConnectRequest:
         parser = protocol.RequestParser(self.config.max_header_bytes)
+        if initial:
+            request = parser.feed(initial)
+            if request is not None:
+                return request
         # Fast path: the head usually arrived with the connection; no timer needed.
         client.settimeout(0.0)
         try:

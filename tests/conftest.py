@@ -382,3 +382,25 @@ def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
     path = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(path))
     return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, for programs that cannot be told port 0
+    (HAProxy, tinyproxy). Racy in theory; the kernel does not hand it out again
+    at once."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
+    """Poll until something accepts on host:port."""
+
+    def accepts() -> bool:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    wait_until(accepts, timeout, 0.05)

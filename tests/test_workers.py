@@ -65,3 +65,43 @@ def test_sigterm_stops_workers_and_parent(start_proxy, echo):
     assert proxy.stop() == 0
     for pid in workers:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_config_to_args_round_trips_every_field():
+    # Workers rebuild the parent's configuration from arguments: nothing may be lost.
+    from gconnect.cli import build_config, config_to_args, serve
+
+    argv = [
+        "--allow-port",
+        "443",
+        "--allow-port",
+        "8000-8999",
+        "--allow-dest",
+        "10.0.0.0/8",
+        "--deny-dest",
+        "10.1.0.0/16",
+        "--dns-server",
+        "127.0.0.1:5353",
+        "--dns-server",
+        "[::1]:53",
+        "--idle-timeout",
+        "12.5",
+        "--hosts-file",
+        "",
+        "--relay",
+        "copy",
+        "--log-format",
+        "json",
+        "--upstream",
+        "http://us%40er:p%3Ass@127.0.0.1:3129",
+        "--upstream-for",
+        "*.corp.example",
+        "--proxy-protocol",
+        "--proxy-protocol-from",
+        "127.0.0.0/8",
+        "--metrics-listen",
+        "127.0.0.1:9100",
+    ]
+    config = build_config(**serve.make_context("serve", argv).params)
+    rebuilt = build_config(**serve.make_context("serve", config_to_args(config)).params)
+    assert rebuilt == config

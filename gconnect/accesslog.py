@@ -1,0 +1,50 @@
+"""The access log's JSON format: a line when a tunnel opens, one when it closes.
+
+``text`` (the default, :class:`~gconnect.logfile.LogFile`) is one ``key=value``
+line per tunnel, written when it closes. ``json`` writes one object per line:
+``"event": "open"`` when the 200 is sent, so long tunnels are visible while
+they live, and ``"event": "close"`` at the end, both with the tunnel's ``id``
+so the two can be joined. Times (``dns``, ``connect``, ``duration``) are in
+seconds; ``time`` is the wall clock in UTC.
+
+Buffering, rotation (SIGUSR1, a moved file noticed within a second) and
+``copytruncate`` safety (append mode) are LogFile's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from gevent import get_hub
+
+from .logfile import FLUSH_BYTES, FLUSH_INTERVAL, LogFile
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def fmt_addr(address: object) -> str:
+    """``host:port``, ``[v6]:port``; anything else as ``str()``."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
+
+
+class JsonLogFile(LogFile):
+    """A LogFile of JSON lines: the time goes inside the object, not in front."""
+
+    def write_json(self, event: str, fields: dict[str, Any]) -> None:
+        """Queue one ``{"time", "event", **fields}`` line."""
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        text = _dumps({"time": stamp, "event": event, **fields}) + "\n"
+        # LogFile.write would put the time in front; the queueing is the same.
+        self._buffer.append(text)
+        self._size += len(text)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+        elif self._timer is None:
+            self._timer = get_hub().loop.timer(FLUSH_INTERVAL)
+            self._timer.start(self.flush)

@@ -1,0 +1,151 @@
+"""Tunnels through a parent proxy: RFC 9110 §9.3.6 CONNECT, sent upstream.
+
+``--upstream http://[user:pass@]host:port`` names the parent; with no
+``--upstream-for`` every tunnel goes through it, otherwise only destinations
+matching a pattern do and the rest are dialled directly:
+
+* a CIDR (``10.0.0.0/8``, or one address) matches targets written as an IP
+  literal in that network;
+* anything else is a host-name glob (``*.corp.example``, ``db?.example``,
+  fnmatch rules, case-insensitive) matched against targets given by name.
+
+Names sent to the parent are not resolved here: the parent resolves them, and
+its policy decides which addresses they may reach. IP-literal targets still
+pass our own destination check first.
+
+What goes to the parent is a fresh request: the client's headers, its
+Proxy-Authorization above all, are never passed on; the parent's credentials
+come from the URL. A parent's refusal becomes our 502 (504 if it does not
+answer in time) carrying the parent's status line, never its 407: that would
+ask the client for credentials meant for someone else.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import ipaddress
+import time
+from typing import Union
+
+import gevent
+from gevent import socket
+
+from .config import IPNetwork, ParentProxy
+from .errors import ParentProxyError, ParentProxyTimeoutError, UpstreamConnectError
+from .upstream import open_connection
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+#: The parent's response head: a status line and a few headers. The same limit
+#: as our own request heads (h11 and node.js: 16 KiB).
+MAX_RESPONSE_HEAD_BYTES = 16 * 1024
+
+
+def connect_request(host: str, port: int, parent: ParentProxy) -> bytes:
+    """The CONNECT head sent to *parent* for ``host:port``."""
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+    if parent.username or parent.password:
+        token = base64.b64encode(f"{parent.username}:{parent.password}".encode()).decode("ascii")
+        lines.append(f"Proxy-Authorization: Basic {token}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+def parse_status(head: bytes) -> tuple[int, str]:
+    """``(status, reason)`` from a response head; ParentProxyError if it is not HTTP/1.x."""
+    line = head.split(b"\r\n", 1)[0]
+    parts = line.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not (parts[1].isdigit() and len(parts[1]) == 3):
+        raise ParentProxyError(f"parent proxy sent no HTTP status line: {line[:80]!r}")
+    reason = parts[2].decode("latin-1").strip() if len(parts) > 2 else ""
+    return int(parts[1]), reason
+
+
+class Chain:
+    """Which tunnels use the parent, and how one is opened through it."""
+
+    def __init__(self, parent: ParentProxy, patterns: tuple[str, ...], resolver: object) -> None:
+        self.parent = parent
+        self._resolver = resolver
+        self._networks: list[IPNetwork] = []
+        self._globs: list[str] = []
+        for pattern in patterns:
+            if "/" in pattern:
+                self._networks.append(ipaddress.ip_network(pattern, strict=False))
+            else:
+                self._globs.append(pattern.lower())
+        self._everything = not patterns
+
+    def applies(self, host: str, ip: IPAddress | None) -> bool:
+        """True if the tunnel to *host* (IP literal *ip*) goes through the parent."""
+        if self._everything:
+            return True
+        if ip is not None:
+            return any(ip.version == net.version and ip in net for net in self._networks)
+        return any(fnmatch.fnmatchcase(host, glob) for glob in self._globs)
+
+    def _parent_addresses(self) -> list[IPAddress]:
+        try:
+            return [ipaddress.ip_address(self.parent.host)]
+        except ValueError:
+            return self._resolver.resolve(self.parent.host.lower())  # type: ignore[attr-defined, no-any-return]
+
+    def open(
+        self, host: str, port: int, *, connect_timeout: float, attempt_delay: float
+    ) -> tuple[socket.socket, IPAddress]:
+        """A socket tunnelled by the parent to ``host:port``, and the parent's address.
+
+        Raises the dialler's errors for the parent itself, ParentProxyError
+        (502) when it refuses, ParentProxyTimeoutError (504) when it is silent.
+        """
+        started = time.monotonic()
+        sock, ip = open_connection(
+            self._parent_addresses(), self.parent.port, connect_timeout=connect_timeout, attempt_delay=attempt_delay
+        )
+        remaining = max(0.001, connect_timeout - (time.monotonic() - started))
+        silent = ParentProxyTimeoutError(f"parent proxy {self.parent} did not answer within {connect_timeout:g} s")
+        timer = gevent.Timeout(remaining, silent)
+        timer.start()
+        try:
+            sock.sendall(connect_request(host, port, self.parent))
+            head = self._read_head(sock)
+        except OSError as exc:
+            sock.close()
+            raise UpstreamConnectError(f"parent proxy {self.parent}: {exc.strerror or exc}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            timer.close()
+        status, reason = parse_status(head)
+        if not 200 <= status < 300:
+            sock.close()
+            raise ParentProxyError(f"parent proxy {self.parent} answered {status} {reason}".rstrip())
+        return sock, ip
+
+    @staticmethod
+    def _read_head(sock: socket.socket) -> bytes:
+        """Consume exactly the response head: bytes after it are the target's and
+        stay in the socket for the relay (MSG_PEEK, then take up to the end)."""
+        head = b""
+        while True:
+            peeked = sock.recv(MAX_RESPONSE_HEAD_BYTES, socket.MSG_PEEK)
+            if not peeked:
+                raise ParentProxyError(f"parent proxy closed the connection after {len(head)} bytes of its answer")
+            # The terminator may straddle what we took and what we peek now.
+            start = max(0, len(head) - 3)
+            end = (head + peeked).find(b"\r\n\r\n", start)
+            if end >= 0:
+                take = end + 4 - len(head)
+                head += sock.recv(take)
+                while not head.endswith(b"\r\n\r\n"):
+                    # recv may return less than peeked only in theory; take the rest.
+                    more = sock.recv(end + 4 - len(head))
+                    if not more:
+                        raise ParentProxyError("parent proxy closed the connection mid-answer")
+                    head += more
+                return head
+            if len(head) + len(peeked) > MAX_RESPONSE_HEAD_BYTES:
+                raise ParentProxyError(f"parent proxy's answer head is over {MAX_RESPONSE_HEAD_BYTES} bytes")
+            head += sock.recv(len(peeked))

@@ -1,0 +1,139 @@
+"""The TOML configuration file: read, check key by key, render back.
+
+Keys are the ``serve`` options' long names without the dashes in front:
+``allow-port`` and ``allow_port`` are the same key (TOML style varies; both
+spell the one option). Values are what the option takes on the command line,
+as a string or number; a repeatable option takes a list (a single value is a
+one-element list). The command line and ``GCONNECT_*`` variables override the
+file.
+
+This module never touches click's command objects itself: the caller passes
+a ``check(name, value)`` that converts one value the way the option does and
+raises ``ValueError`` with a human message when it cannot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .config import Config
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class ConfigFileError(Exception):
+    """The file cannot be used; the message names the file, line and key."""
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """The 1-based line defining *key* (tomllib reports no positions for values)."""
+    quoted = r"""["']?""" + re.escape(key) + r"""["']?"""
+    pattern = re.compile(r"^\s*(" + quoted + r"\s*=|\[\s*" + quoted + r"\s*\])")
+    for number, line in enumerate(text.splitlines(), 1):
+        if pattern.match(line):
+            return number
+    return None
+
+
+def _where(path: str, text: str, key: str) -> str:
+    line = _line_of(text, key)
+    return f"{path}:{line}" if line is not None else path
+
+
+def read(
+    path: str,
+    known: Iterable[str],
+    multiple: Iterable[str],
+    check: Callable[[str, Any], None],
+) -> dict[str, Any]:
+    """Parse *path*; return ``{option_name: value}`` ready for click's default_map.
+
+    *known* are the accepted names (underscore form), *multiple* the repeatable
+    ones. Raises ConfigFileError on a syntax error, an unknown or repeated key,
+    a table where a value belongs, or a value *check* rejects.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"{path}: {exc}") from None
+    known = set(known)
+    multiple = set(multiple)
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        where = _where(path, text, key)
+        if name not in known:
+            raise ConfigFileError(f"{where}: unknown key {key!r}")
+        if name in values:
+            raise ConfigFileError(f"{where}: {key!r} is given twice (with '-' and with '_')")
+        if isinstance(value, dict):
+            raise ConfigFileError(f"{where}: {key!r} must be a value, not a table")
+        if name in multiple:
+            value = value if isinstance(value, list) else [value]
+            value = [_text(v) for v in value]
+        elif isinstance(value, list):
+            raise ConfigFileError(f"{where}: {key!r} takes one value, not a list")
+        else:
+            value = _text(value)
+        try:
+            check(name, value)
+        except ValueError as exc:
+            raise ConfigFileError(f"{where}: {key}: {exc}") from None
+        values[name] = value
+    return values
+
+
+def _text(value: Any) -> Any:
+    # Numbers become the text the option gets on the command line (allow_port = 443
+    # is "443"); click converts text for every option type.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return str(value)
+
+
+def _hostport(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _toml_value(name: str, value: Any) -> str:
+    if value is None:
+        return '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if name in ("listen", "dns_server"):
+        return "[" + ", ".join(f'"{_hostport(v)}"' for v in value) + "]"
+    if name == "metrics_listen":
+        return f'"{_hostport(value)}"'
+    if name == "allow_port":
+        return "[" + ", ".join(f'"{lo}"' if lo == hi else f'"{lo}-{hi}"' for lo, hi in value) + "]"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return f'"{value}"'
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render(config: Config) -> str:
+    """The effective configuration as TOML that :func:`read` accepts back
+    (a parent proxy's password is shown as ``***``)."""
+    lines = []
+    for field in dataclasses.fields(config):
+        name = field.name.replace("_", "-")
+        lines.append(f"{name} = {_toml_value(field.name, getattr(config, field.name))}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,99 @@
+"""Prometheus metrics scraped from the real CLI while tunnels are open."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import urllib.request
+
+import pytest
+
+from gconnect.metrics import HANDSHAKE_BUCKETS, Stats
+
+from .conftest import exchange, open_tunnel, recv_exactly, wait_until
+
+pytest.importorskip("prometheus_client")
+pytestmark = pytest.mark.timeout(60)
+
+METRICS_ON = re.compile(r"gconnect metrics on (\S+):(\d+)$")
+
+
+def metrics_url(proxy) -> str:
+    match = next(m for m in (METRICS_ON.search(line) for line in proxy.lines) if m)
+    return f"http://{match.group(1)}:{match.group(2)}/metrics"
+
+
+def scrape(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def test_scrape_during_live_tunnels(start_proxy, echo):
+    proxy = start_proxy("--metrics-listen", "127.0.0.1:0")
+    url = metrics_url(proxy)
+    first = open_tunnel(proxy, echo.target)
+    second = open_tunnel(proxy, echo.target)
+    first.sendall(b"x" * 1000)
+    assert recv_exactly(first, 1000) == b"x" * 1000
+
+    values = scrape(url)
+    assert values["gconnect_tunnels_open"] == 2
+    assert values["gconnect_clients"] == 2
+    assert values["gconnect_handshake_seconds_count"] == 2
+    assert values['gconnect_handshake_seconds_bucket{le="+Inf"}'] == 2
+    assert 0 < values["gconnect_handshake_seconds_sum"] < 10
+    assert values["process_open_fds"] >= 4
+
+    first.close()
+    wait_until(lambda: scrape(url)["gconnect_tunnels_open"] == 1)
+    status, _, _ = exchange(proxy, b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n")
+    assert status == 502
+    values = scrape(url)
+    assert values['gconnect_tunnels_total{reason="client_eof",status="200"}'] == 1
+    assert values['gconnect_tunnels_total{reason="connect_error",status="502"}'] == 1
+    assert values['gconnect_bytes_total{direction="up"}'] == 1000
+    assert values['gconnect_bytes_total{direction="down"}'] == 1000
+    assert values["gconnect_auth_failures_total"] == 0
+    second.close()
+    wait_until(lambda: scrape(url)["gconnect_tunnels_open"] == 0)
+
+
+def test_dns_lookups_and_cache_hits(start_proxy, echo, dns_server):
+    dns_server.add("metrics.test", a=["127.0.0.1"], ttl=300)
+    proxy = start_proxy("--metrics-listen", "127.0.0.1:0")
+    url = metrics_url(proxy)
+    for _ in range(3):
+        open_tunnel(proxy, f"metrics.test:{echo.port}").close()
+    values = scrape(url)
+    assert values["gconnect_dns_lookups_total"] == 1
+    assert values["gconnect_dns_cache_hits_total"] == 2
+
+
+def test_a_slow_scraper_does_not_hold_up_tunnels(start_proxy, echo):
+    proxy = start_proxy("--metrics-listen", "127.0.0.1:0")
+    host, port = metrics_url(proxy).split("/")[2].rsplit(":", 1)
+    # A scraper that sends half a request and stalls.
+    with socket.create_connection((host, int(port))) as stalled:
+        stalled.sendall(b"GET /metrics HTTP/1.1\r\n")
+        started = time.monotonic()
+        with open_tunnel(proxy, echo.target) as sock:
+            sock.sendall(b"ping")
+            assert recv_exactly(sock, 4) == b"ping"
+        assert time.monotonic() - started < 2
+
+
+def test_stats_histogram_buckets_are_upper_bounds():
+    stats = Stats()
+    stats.opened(HANDSHAKE_BUCKETS[0])  # le= is inclusive
+    stats.opened(HANDSHAKE_BUCKETS[-1] * 2)
+    assert stats.handshake_counts[0] == 1 and stats.handshake_counts[-1] == 1
+    stats.closed(200, "client_eof", 3, 4)
+    stats.closed(403, "denied", 0, 0)
+    assert stats.tunnels_open == 1 and stats.outcomes == {(200, "client_eof"): 1, (403, "denied"): 1}
