@@ -17,9 +17,7 @@ import json
 import time
 from typing import Any
 
-from gevent import get_hub
-
-from .logfile import FLUSH_BYTES, FLUSH_INTERVAL, LogFile
+from .logfile import LogFile
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -37,14 +35,5 @@ class JsonLogFile(LogFile):
 
     def write_json(self, event: str, fields: dict[str, Any]) -> None:
         """Queue one ``{"time", "event", **fields}`` line."""
-        now = time.time()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-        text = _dumps({"time": stamp, "event": event, **fields}) + "\n"
-        # LogFile.write would put the time in front; the queueing is the same.
-        self._buffer.append(text)
-        self._size += len(text)
-        if self._size >= FLUSH_BYTES:
-            self.flush()
-        elif self._timer is None:
-            self._timer = get_hub().loop.timer(FLUSH_INTERVAL)
-            self._timer.start(self.flush)
+        stamp = self.timestamp(time.time())
+        self.write_raw(_dumps({"time": stamp, "event": event, **fields}) + "\n")

@@ -49,14 +49,20 @@ class LogFile:
         st = os.fstat(self._fd)
         self._inode = (st.st_dev, st.st_ino)
 
-    def write(self, line: str) -> None:
-        """Queue one line (without its newline), prefixed with the time."""
-        now = time.time()
+    def timestamp(self, now: float) -> str:
+        """ISO 8601 UTC with milliseconds; the date part is formatted once a second."""
         second = int(now)
         if second != self._second:
             self._second = second
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        text = f"{self._second_text}.{int((now - second) * 1000):03d}Z {line}\n"
+        return f"{self._second_text}.{int((now - second) * 1000):03d}Z"
+
+    def write(self, line: str) -> None:
+        """Queue one line (without its newline), prefixed with the time."""
+        self.write_raw(f"{self.timestamp(time.time())} {line}\n")
+
+    def write_raw(self, text: str) -> None:
+        """Queue *text* as it is (it ends with its newline)."""
         self._buffer.append(text)
         self._size += len(text)
         if self._size >= FLUSH_BYTES:

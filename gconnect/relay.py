@@ -251,27 +251,21 @@ class Relay:
     # --- callbacks, run by the hub -------------------------------------------------
 
     def _on_readable(self, half: _Half) -> None:
-        try:
-            if self._pump(half):
-                self._last_activity = self._loop.now()
-        except _Reset as reset:
-            self._end_reset(reset.side)
-            return
-        except Exception:
-            log.exception("relay bug (reading %s)", half.name)
-            self._end("error")
-            return
-        self._after_progress()
+        self._step(self._pump, half)
 
     def _on_writable(self, half: _Half) -> None:
+        self._step(self._flush, half)
+
+    def _step(self, move: Callable[[_Half], bool], half: _Half) -> None:
+        # A libev callback must not raise: every outcome ends here.
         try:
-            if self._flush(half):
+            if move(half):
                 self._last_activity = self._loop.now()
         except _Reset as reset:
             self._end_reset(reset.side)
             return
         except Exception:
-            log.exception("relay bug (writing toward %s)", half.name)
+            log.exception("relay bug (%s, %s side)", move.__name__, half.name)
             self._end("error")
             return
         self._after_progress()

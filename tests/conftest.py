@@ -7,6 +7,7 @@ a user starts it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -271,6 +272,28 @@ def upstream_factory() -> Iterator[Callable[..., Upstream]]:
 @pytest.fixture
 def echo(upstream_factory: Callable[..., Upstream]) -> Upstream:
     return upstream_factory(echo_handler)
+
+
+@contextlib.contextmanager
+def silent_listener(host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
+    """A port whose SYNs vanish, for connect timeouts: a listener with its accept
+    queue full (backlog 0, filled by connections nobody accepts) drops new SYNs."""
+    listener = socket.socket()
+    listener.bind((host, port))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex((host, port))
+            fillers.append(filler)
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
 
 
 def read_head(sock: socket.socket) -> tuple[bytes, bytes]:

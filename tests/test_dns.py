@@ -5,12 +5,11 @@ addresses raced per RFC 8305."""
 
 from __future__ import annotations
 
-import socket
 import threading
 
 import pytest
 
-from .conftest import HAVE_IPV6, exchange, open_tunnel, recv_exactly, wait_until
+from .conftest import HAVE_IPV6, exchange, open_tunnel, recv_exactly, silent_listener, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -115,20 +114,7 @@ def test_happy_eyeballs_falls_back_from_refused_ipv6(proxy, dns_server, echo):
 def test_happy_eyeballs_races_past_a_silent_address(proxy, dns_server, echo):
     # 127.0.0.2 has a listener whose accept queue is full: SYNs vanish. The
     # next address is tried after the attempt delay instead of the connect timeout.
-    blackhole = socket.socket()
-    blackhole.bind(("127.0.0.2", echo.port))
-    blackhole.listen(0)
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex(("127.0.0.2", echo.port))
-        fillers.append(filler)
     dns_server.add("race.test", a=["127.0.0.2", "127.0.0.1"])
-    try:
+    with silent_listener("127.0.0.2", echo.port):
         ping(proxy, f"race.test:{echo.port}")
-    finally:
-        for filler in fillers:
-            filler.close()
-        blackhole.close()
     assert f"addr=127.0.0.1:{echo.port}" in proxy.wait_access(f"target=race.test:{echo.port}")

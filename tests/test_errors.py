@@ -3,13 +3,12 @@ Connection: close, nothing relayed, and the proxy still serving afterwards."""
 
 from __future__ import annotations
 
-import socket
 import threading
 
 import dns.rcode
 import pytest
 
-from .conftest import exchange, open_tunnel, recv_exactly, wait_until
+from .conftest import exchange, open_tunnel, recv_exactly, silent_listener, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -199,24 +198,9 @@ def test_connection_refused_gives_502(proxy):
 
 
 def test_connect_timeout_gives_504(start_proxy):
-    # A listener whose accept queue is full drops new SYNs: the connect hangs.
-    blackhole = socket.socket()
-    blackhole.bind(("127.0.0.1", 0))
-    blackhole.listen(0)
-    port = blackhole.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex(("127.0.0.1", port))
-        fillers.append(filler)
     proxy = start_proxy("--connect-timeout", "0.3")
-    try:
+    with silent_listener() as port:
         assert_refused(proxy, head(f"127.0.0.1:{port}", f"Host: 127.0.0.1:{port}"), 504, reason_part="timed out")
-    finally:
-        for filler in fillers:
-            filler.close()
-        blackhole.close()
     line = proxy.wait_access(f"target=127.0.0.1:{port}")
     assert "reason=connect_timeout" in line
 
