@@ -21,7 +21,7 @@ import gevent
 from . import __version__, accesslog
 from . import config as cfg
 from .configfile import ConfigFileError
-from .workers import READY_FD_ENV
+from .workers import PARENT_FD_ENV, READY_FD_ENV, watch_parent
 
 log = logging.getLogger("gconnect")
 
@@ -431,6 +431,9 @@ def serve(**options: Any) -> None:
     if proxy.metrics_address is not None:
         # Before the listening lines: whoever waits for those finds this one too.
         click.echo(f"gconnect metrics on {accesslog.fmt_addr(proxy.metrics_address)}", err=True)
+    parent_fd = os.environ.pop(PARENT_FD_ENV, None)
+    if parent_fd is not None:
+        watch_parent(int(parent_fd), proxy.stop)
     ready_fd = os.environ.pop(READY_FD_ENV, None)
     if ready_fd is not None:
         # We are a worker: tell the supervisor we listen; it announces the port.

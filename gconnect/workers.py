@@ -36,6 +36,9 @@ MIN_UPTIME_SECONDS = 2.0
 RESTART_BACKOFF_SECONDS = 1.0
 #: Environment variable carrying the descriptor a worker writes one byte to when ready.
 READY_FD_ENV = "GCONNECT_READY_FD"
+#: Environment variable carrying a pipe's read end whose write end only the
+#: supervisor holds: EOF on it means the supervisor is gone, and the worker stops.
+PARENT_FD_ENV = "GCONNECT_PARENT_FD"
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
@@ -66,6 +69,8 @@ class Supervisor:
         self.procs: list[subprocess.Popen | None] = [None] * config.workers
         self.stopping = False
         self.done = Event()
+        # Never written: its write end closes when we die, however we die.
+        self.alive_r, self.alive_w = os.pipe()
 
     def _argv(self) -> list[str]:
         listen: list[str] = []
@@ -81,8 +86,8 @@ class Supervisor:
                 self._argv(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                pass_fds=(ready_w,),
-                env={**os.environ, READY_FD_ENV: str(ready_w)},
+                pass_fds=(ready_w, self.alive_r),
+                env={**os.environ, READY_FD_ENV: str(ready_w), PARENT_FD_ENV: str(self.alive_r)},
             )
         finally:
             os.close(ready_w)
@@ -141,6 +146,20 @@ class Supervisor:
                 proc.kill()
                 proc.wait()
         self.done.set()
+
+
+def watch_parent(fd: int, on_gone) -> None:  # type: ignore[no-untyped-def]
+    """In a worker: call *on_gone* once the supervisor's end of *fd* closes."""
+
+    def wait() -> None:
+        os.set_blocking(fd, False)
+        while nb_read(fd, 1):
+            pass
+        os.close(fd)
+        log.warning("supervisor is gone: stopping")
+        on_gone()
+
+    gevent.spawn(wait)
 
 
 def _wait_ready(fd: int) -> bytes:

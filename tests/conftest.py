@@ -63,6 +63,8 @@ class ProxyProcess:
             env={**os.environ, **(env or {})},
         )
         self.lines: list[str] = []
+        #: What the teardown expects the process to have exited with.
+        self.expected_exit = 0
         self.addresses: list[tuple[str, int]] = []
         self._ready = threading.Event()
         threading.Thread(target=self._read_stderr, daemon=True).start()
@@ -189,7 +191,7 @@ def start_proxy(tmp_path: Path, dns_server: DNSServer, hosts_file: Path) -> Iter
     for proxy in started:
         code = proxy.stop()
         assert "Traceback" not in proxy.stderr, proxy.stderr
-        assert code == 0, f"proxy exited {code}:\n{proxy.stderr}"
+        assert code == proxy.expected_exit, f"proxy exited {code}:\n{proxy.stderr}"
 
 
 @pytest.fixture

@@ -105,3 +105,20 @@ def test_config_to_args_round_trips_every_field():
     config = build_config(**serve.make_context("serve", argv).params)
     rebuilt = build_config(**serve.make_context("serve", config_to_args(config)).params)
     assert rebuilt == config
+
+
+def test_workers_stop_when_the_supervisor_dies(start_proxy, echo):
+    proxy = start_proxy("--workers", "2")
+    workers = children(proxy.pid)
+    proxy.expected_exit = -signal.SIGKILL
+    proxy.proc.kill()  # no chance to pass anything on
+    proxy.proc.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split()[2] == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_until(lambda: all(gone(pid) for pid in workers), timeout=15)
