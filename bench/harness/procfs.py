@@ -70,10 +70,12 @@ class CoreTimes:
 
     busy: dict[int, int]
     total: dict[int, int]
+    # irq + softirq: network work (loopback delivery) that the kernel may charge to no process.
+    softirq: dict[int, int]
 
 
 def core_times() -> CoreTimes:
-    busy, total = {}, {}
+    busy, total, softirq = {}, {}, {}
     with open("/proc/stat") as f:
         for line in f:
             name, *values = line.split()
@@ -84,16 +86,18 @@ def core_times() -> CoreTimes:
             # idle and iowait are the not-busy columns (proc(5)).
             busy[cpu] = sum(numbers) - numbers[3] - numbers[4]
             total[cpu] = sum(numbers)
-    return CoreTimes(busy, total)
+            softirq[cpu] = numbers[5] + numbers[6]
+    return CoreTimes(busy, total, softirq)
 
 
-def busy_percent(before: CoreTimes, after: CoreTimes) -> dict[str, float]:
-    """Per-core busy share between two snapshots, in percent, keyed by CPU number as text (for JSON)."""
+def busy_percent(before: CoreTimes, after: CoreTimes, column: str = "busy") -> dict[str, float]:
+    """Per-core share of a column ("busy" or "softirq") between two snapshots, in percent, keyed by
+    CPU number as text (for JSON)."""
     result = {}
     for cpu, total in after.total.items():
         elapsed = total - before.total.get(cpu, 0)
-        busy = after.busy[cpu] - before.busy.get(cpu, 0)
-        result[str(cpu)] = round(100.0 * busy / elapsed, 1) if elapsed > 0 else 0.0
+        value = getattr(after, column)[cpu] - getattr(before, column).get(cpu, 0)
+        result[str(cpu)] = round(100.0 * value / elapsed, 1) if elapsed > 0 else 0.0
     return result
 
 

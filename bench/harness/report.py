@@ -105,6 +105,9 @@ def table_rows(results: dict, names: list[str]) -> list[tuple[str, list[str]]]:
     for direction in ("up", "down"):
         label = f"proxy CPU s per GiB, 1 tunnel, {direction}load"
         rows.append((label, lambda e, d=direction: _bulk_cell(e, d, 1, "proxy_cpu_s_per_gib", 2)))
+    for direction in ("up", "down"):
+        label = f"… with softirq on its core, {direction}load"
+        rows.append((label, lambda e, d=direction: _bulk_cell(e, d, 1, "proxy_cpu_softirq_s_per_gib", 2)))
     for conns in (1, 64):
         rows.append((f"new tunnels/s, {conns} concurrent", lambda e, c=conns: _rate_cell(e, c, "tunnels_per_s")))
         rows.append((f"set-up p50 µs, {conns} concurrent", lambda e, c=conns: _rate_cell(e, c, "setup_p50_us")))
@@ -175,8 +178,8 @@ def render_markdown(results: dict) -> str:
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     out += [
         "",
-        f"† the load generator used ≥ {conditions['load_bound_percent']:.0f}% of its CPU in a repetition: the "
-        "figure may be "
+        f"† the load generator (its processes and their softirq work) kept its CPU ≥ "
+        f"{conditions['load_bound_percent']:.0f}% busy in a repetition: the figure may be "
         "the load generator's limit, not the proxy's (expected for direct, which has no proxy).  ",
         f"‡ processes outside the benchmark used ≥ {conditions['disturbed_percent']:.0f}% of a core during a "
         "repetition: the machine was shared, and the figure is likely low.",
