@@ -20,6 +20,11 @@ setup(
         "httptools>=0.6",
         # tomllib is in the standard library from 3.11; the same parser before.
         'tomli>=1.1; python_version < "3.11"',
+        # --auth-file: bcrypt checks (4.0: the Rust build that releases the GIL,
+        # so checks can run in gevent's thread pool).
+        "bcrypt>=4.0",
+        # --auth-file: the weaker formats htpasswd also writes (apr1-MD5, {SHA}, SHA-crypt).
+        "passlib>=1.7.4",
     ],
     extras_require={
         "test": [

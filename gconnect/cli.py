@@ -392,6 +392,37 @@ def main() -> None:
     metavar="FILE",
     help="TOML file of option values (keys are the option names); options given here override it.",
 )
+@_opt(
+    "max_clients_per_ip",
+    type=click.IntRange(min=0),
+    default=cfg.DEFAULT_MAX_CLIENTS_PER_IP,
+    show_default=True,
+    help="Most clients served at once from one address; past it 429 (0: no limit).",
+)
+@_seconds("max_tunnel_lifetime", cfg.DEFAULT_MAX_TUNNEL_LIFETIME, "Close any tunnel this old (0: never).")
+@_opt(
+    "auth_file",
+    default="",
+    metavar="PATH",
+    help="htpasswd file (bcrypt; 'gconnect passwd' writes one): require Basic proxy authentication.",
+)
+@_opt("auth_realm", default=cfg.DEFAULT_AUTH_REALM, show_default=True, help="Realm in Proxy-Authenticate.")
+@_seconds("auth_cache_ttl", cfg.DEFAULT_AUTH_CACHE_TTL, "Remember a successful login this long (0: never).")
+@_opt(
+    "auth_failures_per_minute",
+    type=click.IntRange(min=1),
+    default=cfg.DEFAULT_AUTH_FAILURES_PER_MINUTE,
+    show_default=True,
+    help="Failed logins allowed per client address per minute; past it 429 without checking.",
+)
+@_opt(
+    "allow_plaintext_passwords",
+    is_flag=True,
+    default=False,
+    help="Accept plaintext entries in --auth-file (refused by default).",
+)
+@_opt("tls_cert", default="", metavar="PEM", help="Certificate chain: every listener speaks TLS (HTTPS proxy).")
+@_opt("tls_key", default="", metavar="PEM", help="Private key for --tls-cert.")
 def serve(**options: Any) -> None:
     """Run the proxy until SIGTERM or SIGINT; SIGHUP reloads the policy from
     --config, SIGUSR1 reopens the access log."""
@@ -414,7 +445,7 @@ def serve(**options: Any) -> None:
     try:
         proxy = Proxy(config)
         bound = proxy.start()
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         raise click.ClickException(f"cannot start: {exc}") from None
 
     def request_stop(signum: int) -> None:
@@ -501,8 +532,11 @@ def config_from_file(path: str, overrides: dict[str, Any]) -> cfg.Config:
 
 
 def _reload(proxy: Any, path: str | None, command_line: dict[str, Any]) -> None:
+    # The auth file is re-read on every SIGHUP, with or without a config file.
+    proxy.reload_auth()
     if not path:
-        log.warning("SIGHUP: nothing to reload (no --config file)")
+        if proxy.auth is None:
+            log.warning("SIGHUP: nothing to reload (no --config file)")
         return
     try:
         new = config_from_file(path, command_line)
@@ -524,3 +558,31 @@ def check_config(path: str) -> None:
     except ConfigFileError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(configfile.render(config), nl=False)
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("user")
+@click.option(
+    "--rounds",
+    type=click.IntRange(4, 31),
+    default=10,
+    show_default=True,
+    help="bcrypt cost (2**rounds iterations). OWASP asks for 10 or more; htpasswd -B defaults to 5.",
+)
+def passwd(path: str, user: str, rounds: int) -> None:
+    """Add USER to the htpasswd file PATH, or change their password (bcrypt).
+
+    The password is prompted for twice (or read as two lines from stdin), never
+    taken from the command line where ps(1) would show it. The file is created
+    (mode 0600) if missing and replaced atomically, so a running proxy reloads
+    either the old file or the new one, never half of it.
+    """
+    from .passwd import set_password
+
+    password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        created = set_password(path, user, password, rounds=rounds)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{'added' if created else 'updated'} {user} in {path}", err=True)

@@ -62,6 +62,21 @@ DEFAULT_METRICS_LISTEN: tuple[str, int] | None = None
 #: HAProxy's "accept-proxy" trusts whoever connects; we trust no one unless named,
 #: as nginx's set_real_ip_from does.
 DEFAULT_PROXY_PROTOCOL_FROM: tuple[IPNetwork, ...] = ()
+#: Per-address concurrent clients, 0 = no limit. nginx limit_conn and Squid's
+#: maxconn ACL are both opt-in: many users share one address behind NAT.
+DEFAULT_MAX_CLIENTS_PER_IP = 0
+#: 0 = tunnels may live for ever (as in Squid, HAProxy "timeout tunnel" bounds idleness only).
+DEFAULT_MAX_TUNNEL_LIFETIME = 0.0
+#: RFC 7617 §2: the realm names the protection space; the program's name by default.
+DEFAULT_AUTH_REALM = "gconnect"
+#: A successful check is remembered this long. Squid's auth_param basic
+#: credentialsttl is 2 hours; 5 minutes bounds how long a removed user keeps working
+#: when the file is not reloaded (a reload clears the cache at once).
+DEFAULT_AUTH_CACHE_TTL = 300.0
+#: Failed logins allowed per client address per minute (a token bucket, this many
+#: in a burst). sshd's MaxAuthTries is 6 per connection, fail2ban's maxretry 5 per
+#: 10 minutes; 10 a minute lets a mistyped password be retried, not guessed.
+DEFAULT_AUTH_FAILURES_PER_MINUTE = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +136,17 @@ class Config:
     upstream_for: tuple[str, ...] = ()
     proxy_protocol: bool = False
     proxy_protocol_from: tuple[IPNetwork, ...] = DEFAULT_PROXY_PROTOCOL_FROM
+    max_clients_per_ip: int = DEFAULT_MAX_CLIENTS_PER_IP
+    max_tunnel_lifetime: float = DEFAULT_MAX_TUNNEL_LIFETIME
+    #: htpasswd file; empty means no authentication.
+    auth_file: str = ""
+    auth_realm: str = DEFAULT_AUTH_REALM
+    auth_cache_ttl: float = DEFAULT_AUTH_CACHE_TTL
+    auth_failures_per_minute: int = DEFAULT_AUTH_FAILURES_PER_MINUTE
+    allow_plaintext_passwords: bool = False
+    #: PEM certificate chain and key: every listener speaks TLS (an "HTTPS proxy").
+    tls_cert: str = ""
+    tls_key: str = ""
 
     def __post_init__(self) -> None:
         for name in ("header_timeout", "dns_timeout", "connect_timeout"):
@@ -145,3 +171,17 @@ class Config:
             raise ValueError("upstream_for needs upstream (the parent proxy to send those tunnels to)")
         if self.proxy_protocol and not self.proxy_protocol_from:
             raise ValueError("proxy_protocol needs proxy_protocol_from (the load balancers' networks to trust)")
+        if self.max_clients_per_ip < 0:
+            raise ValueError("max_clients_per_ip must be >= 0 (0 turns it off)")
+        if self.max_tunnel_lifetime < 0 or self.auth_cache_ttl < 0:
+            raise ValueError("max_tunnel_lifetime and auth_cache_ttl must be >= 0")
+        if self.auth_failures_per_minute < 1:
+            raise ValueError("auth_failures_per_minute must be >= 1")
+        # RFC 9110 §11.2: the realm is a quoted-string; keep it to printable ASCII without quotes.
+        if not self.auth_realm or any(ch in '"\\' or not " " <= ch <= "~" for ch in self.auth_realm):
+            raise ValueError("auth_realm must be printable ASCII without quotes or backslashes")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_cert and self.proxy_protocol:
+            # The PROXY header comes before the handshake, in the clear; not supported together yet.
+            raise ValueError("tls_cert cannot be combined with proxy_protocol")

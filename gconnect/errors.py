@@ -17,6 +17,8 @@ class GConnectError(Exception):
     code: str = "error"
     #: Extra response headers, e.g. ``Allow`` for 405.
     headers: tuple[tuple[str, str], ...] = ()
+    #: False when no HTTP response can be sent (the connection only closes).
+    answerable: bool = True
 
 
 class ClientError(GConnectError):
@@ -54,6 +56,19 @@ class ProxyAuthRequiredError(ClientError):
     def __init__(self, message: str, realm: str = "gconnect") -> None:
         super().__init__(message)
         self.headers = (("Proxy-Authenticate", f'Basic realm="{realm}"'),)
+
+
+class ProxyAuthFailedError(ProxyAuthRequiredError):
+    """Credentials given but wrong (unknown user or wrong password: not told apart)."""
+
+    code = "auth_failed"
+
+
+class ProxyAuthMalformedError(ProxyAuthRequiredError):
+    """A Proxy-Authorization header that cannot be read: still a 407, never a 400,
+    so the client is asked again."""
+
+    code = "auth_malformed"
 
 
 class HeadTimeoutError(ClientError):
@@ -136,3 +151,43 @@ class ParentProxyTimeoutError(UpstreamError):
     status = 504
     reason = "Gateway Timeout"
     code = "parent_timeout"
+
+
+class TooManyClientsError(GConnectError):
+    """The proxy is at --max-clients: the server's own overload, not the client's."""
+
+    # RFC 9110 §15.6.4: 503 is the server's own overload, temporary by nature.
+    status = 503
+    reason = "Service Unavailable"
+    code = "too_many_clients"
+    headers = (("Retry-After", "1"),)
+
+
+class TooManyClientsPerAddressError(ClientError):
+    # RFC 6585 §4: 429 is one client sending too much; nginx limit_conn uses 503,
+    # but the fault here is the client's, and 429 says so.
+    status = 429
+    reason = "Too Many Requests"
+    code = "too_many_per_address"
+    headers = (("Retry-After", "1"),)
+
+
+class AuthRateLimitedError(ClientError):
+    """Too many failed logins from one address: refused before any hash runs."""
+
+    status = 429
+    reason = "Too Many Requests"
+    code = "auth_rate_limited"
+
+    def __init__(self, message: str, retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.headers = (("Retry-After", str(retry_after)),)
+
+
+class TLSHandshakeError(ClientError):
+    """The client's TLS handshake failed: there is no channel to answer on."""
+
+    status = 400
+    code = "tls_handshake"
+    #: Nothing can be said in plain text to a client mid-handshake.
+    answerable = False

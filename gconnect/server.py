@@ -23,6 +23,7 @@ import dataclasses
 import ipaddress
 import logging
 import socket as _stdlib_socket
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from gevent.socket import socket
 
 from . import protocol, proxyproto
 from .accesslog import JsonLogFile
+from .auth import Authenticator, log_safe
 from .chain import Chain
 from .config import Config
 from .errors import (
@@ -43,11 +45,13 @@ from .errors import (
     HeadTimeoutError,
     PolicyDeniedError,
 )
+from .limits import REFUSAL_SLOTS, AcceptBackoff, ClientLimits
 from .logfile import LogFile
 from .metrics import MetricsServer, Stats
 from .policy import Policy
 from .relay import PipePool, Relay, splice_supported
 from .resolver import Resolver
+from .tls import TLSRelay, accept_tls, server_context
 from .upstream import open_connection, tune_socket
 
 log = logging.getLogger(__name__)
@@ -117,13 +121,24 @@ class OwnConnections:
         return address[:2] in self._locals and (address[:2], client.getsockname()[:2]) in self._pairs
 
 
+class _TunnelEnded(Exception):
+    """A TLS tunnel relayed to its end inside handle(): on to the access line."""
+
+
 class _TunnelInfo:
     """What the access log needs once a relay ends."""
 
-    __slots__ = ("address", "dialled", "fields", "own", "started", "target")
+    __slots__ = ("address", "dialled", "fields", "own", "started", "target", "user")
 
     def __init__(
-        self, address: tuple, target: str, dialled: str, started: float, own: tuple, fields: dict | None = None
+        self,
+        address: tuple,
+        target: str,
+        dialled: str,
+        started: float,
+        own: tuple,
+        fields: dict | None = None,
+        user: str | None = None,
     ) -> None:
         self.address = address
         self.target = target
@@ -132,6 +147,7 @@ class _TunnelInfo:
         self.own = own
         #: The JSON access log's open-line fields, for its close line.
         self.fields = fields
+        self.user = user
 
     def done_callback(self, server: TunnelServer) -> Callable[[Relay], None]:
         return lambda relay: server.tunnel_done(self, relay)
@@ -145,7 +161,11 @@ class Proxy:
         self.config = config
         self.policy = Policy(config)
         self.resolver = Resolver(config)
-        self.pool = Pool(config.max_clients)
+        # Slots above max_clients so a full proxy can still answer 503 (limits.py).
+        self.pool = Pool(config.max_clients + REFUSAL_SLOTS)
+        self.limits = ClientLimits(config.max_clients, config.max_clients_per_ip)
+        self.auth = Authenticator(config) if config.auth_file else None
+        self.tls_context = server_context(config) if config.tls_cert else None
         mode = config.relay
         if mode == "auto":
             mode = "splice" if splice_supported() else "copy"
@@ -204,7 +224,14 @@ class Proxy:
         if self.config.metrics_listen is not None:
             self.metrics = MetricsServer(self, self.config.metrics_listen)
             self.metrics_address = self.metrics.start()
+        if self.auth is not None:
+            self.auth.start()
         return bound
+
+    def reload_auth(self) -> None:
+        """Re-read the auth file (SIGHUP); open tunnels are not touched."""
+        if self.auth is not None:
+            self.auth.reload()
 
     #: What SIGHUP can change; everything else needs a restart.
     RELOADABLE = ("allow_port", "allow_dest", "deny_dest")
@@ -237,6 +264,8 @@ class Proxy:
             server.close()
         if self.metrics is not None:
             self.metrics.stop()
+        if self.auth is not None:
+            self.auth.stop()
         deadline = time.monotonic() + drain_timeout
         if self.open_count():
             log.info("draining %d open tunnels for up to %g s", self.open_count(), drain_timeout)
@@ -256,7 +285,7 @@ class Proxy:
         self.stopped.set()
 
 
-class TunnelServer(StreamServer):
+class TunnelServer(AcceptBackoff, StreamServer):
     """One listening socket. Every accepted client runs :meth:`handle` in its
     own greenlet from the proxy's shared pool; a full pool stops accepting."""
 
@@ -269,7 +298,9 @@ class TunnelServer(StreamServer):
         self.full = self._full  # type: ignore[method-assign]
 
     def _full(self) -> bool:
-        return self.proxy.open_count() >= self.config.max_clients
+        # Past max_clients clients still get their 503 (limits.ClientLimits); past
+        # these few more slots for the refusals, accept() waits.
+        return self.proxy.open_count() >= self.config.max_clients + REFUSAL_SLOTS
 
     def handle(self, client: socket, address: tuple) -> None:
         """Serve one client's handshake. Once the 200 is sent, both sockets are
@@ -282,11 +313,13 @@ class TunnelServer(StreamServer):
         reason = "error"
         target = "-"
         dialled = "-"
+        bytes_up = bytes_down = 0
         upstream: socket | None = None
         own: tuple | None = None
+        who = ""  # the client as limits count it, once admitted
         # One policy for the whole handshake, even if SIGHUP swaps it meanwhile.
         policy = proxy.policy
-        user = None  # set by proxy authentication (issue 3)
+        user: str | None = None  # set by proxy authentication
         parent = None
         resolved = connected = 0.0
         try:
@@ -296,8 +329,16 @@ class TunnelServer(StreamServer):
             if config.proxy_protocol and self._trusts_proxy_header(address):
                 # From here on the client is the one the load balancer names.
                 address, initial = self._read_proxy_header(client, address)
+            if proxy.tls_context is not None:
+                client = accept_tls(client, proxy.tls_context, config.header_timeout)
+            admitted = address[0]
+            proxy.limits.admit(admitted)
+            who = admitted
             request = self._read_head(client, initial)
             target = request.target
+            if proxy.auth is not None:
+                values = [v for k, v in request.headers if k.lower() == b"proxy-authorization"]
+                user = proxy.auth.authenticate(values, who)
             policy.check_port(request.port)
             parent = proxy.chain if proxy.chain is not None and proxy.chain.applies(request.host, request.ip) else None
             if request.ip is not None:
@@ -333,6 +374,20 @@ class TunnelServer(StreamServer):
             client.sendall(protocol.RESPONSE_200)
             status = 200
             proxy.stats.opened(time.monotonic() - started)
+            if proxy.tls_context is not None:
+                # TLS needs the ssl socket's recv/send: a greenlet relay, run to its end here.
+                tls_relay = TLSRelay(
+                    client,
+                    upstream,
+                    idle_timeout=config.idle_timeout,
+                    half_close_timeout=config.half_close_timeout,
+                    max_lifetime=config.max_tunnel_lifetime,
+                    chunk_bytes=config.chunk_bytes,
+                )
+                tls_relay.run(request.trailing)
+                reason = tls_relay.result.reason
+                bytes_up, bytes_down = tls_relay.result.bytes_up, tls_relay.result.bytes_down
+                raise _TunnelEnded
             if request.trailing:
                 # RFC 9110 §9.3.6 lets the client send early: those bytes are tunnel data.
                 upstream.sendall(request.trailing)
@@ -340,7 +395,7 @@ class TunnelServer(StreamServer):
             if isinstance(proxy.access_log, JsonLogFile):
                 fields = self._fields(address, target, dialled, user, parent, started, resolved, connected)
                 proxy.access_log.write_json("open", fields)
-            info = _TunnelInfo(address, target, dialled, started, own, fields)
+            info = _TunnelInfo(address, target, dialled, started, own, fields, user)
             relay = Relay(
                 _socket.socket(fileno=client.detach()),
                 _socket.socket(fileno=upstream.detach()),
@@ -348,14 +403,18 @@ class TunnelServer(StreamServer):
                 idle_timeout=config.idle_timeout,
                 half_close_timeout=config.half_close_timeout,
                 on_done=info.done_callback(self),
+                max_lifetime=config.max_tunnel_lifetime,
                 pipes=proxy.pipes,
                 scratch=proxy.scratch,
                 chunk_bytes=config.chunk_bytes,
             )
             own = None  # the relay's on_done releases it from here on
+            who = ""  # ... and the client's admission
             proxy.add_relay(relay)
             relay.start(first_bytes_up=len(request.trailing))
             return
+        except _TunnelEnded:
+            pass
         except GConnectError as exc:
             if status == 0:
                 status = exc.status
@@ -373,22 +432,25 @@ class TunnelServer(StreamServer):
             if status == 0:
                 status = 500
                 self._refuse(client, GConnectError("internal error, see the proxy's log"))
-        # Only refused or failed handshakes get here.
+        # Only refused or failed handshakes, and ended TLS tunnels, get here.
+        if who:
+            proxy.limits.release(who)
         if own is not None:
             proxy.own_connections.remove(own)
         if upstream is not None:
             upstream.close()
         client.close()
-        proxy.stats.closed(status, reason, 0, 0)
+        proxy.stats.closed(status, reason, bytes_up, bytes_down)
         if isinstance(proxy.access_log, JsonLogFile):
             fields = self._fields(address, target, dialled, user, parent, started, resolved, connected)
-            fields.update(status=status, up=0, down=0, reason=reason)
+            fields.update(status=status, up=bytes_up, down=bytes_down, reason=reason)
             fields["duration"] = round(time.monotonic() - started, 6)
             proxy.access_log.write_json("close", fields)
         elif proxy.access_log is not None:
             proxy.access_log.write(
-                f"client={_fmt_addr(address)} target={target} addr={dialled} status={status} "
-                f"up=0 down=0 duration={time.monotonic() - started:.3f} reason={reason}"
+                f"client={_fmt_addr(address)} user={log_safe(user) if user else '-'} target={target} "
+                f"addr={dialled} status={status} up={bytes_up} down={bytes_down} "
+                f"duration={time.monotonic() - started:.3f} reason={reason}"
             )
 
     def tunnel_done(self, info: _TunnelInfo, relay: Relay) -> None:
@@ -396,6 +458,7 @@ class TunnelServer(StreamServer):
         proxy = self.proxy
         proxy.remove_relay(relay)
         proxy.own_connections.remove(info.own)
+        proxy.limits.release(info.address[0])
         result = relay.result
         proxy.stats.closed(200, result.reason, result.bytes_up, result.bytes_down)
         if isinstance(proxy.access_log, JsonLogFile) and info.fields is not None:
@@ -404,8 +467,8 @@ class TunnelServer(StreamServer):
             proxy.access_log.write_json("close", fields)
         elif proxy.access_log is not None:
             proxy.access_log.write(
-                f"client={_fmt_addr(info.address)} target={info.target} addr={info.dialled} status=200 "
-                f"up={result.bytes_up} down={result.bytes_down} "
+                f"client={_fmt_addr(info.address)} user={log_safe(info.user) if info.user else '-'} "
+                f"target={info.target} addr={info.dialled} status=200 up={result.bytes_up} down={result.bytes_down} "
                 f"duration={time.monotonic() - info.started:.3f} reason={result.reason}"
             )
 
@@ -470,7 +533,8 @@ class TunnelServer(StreamServer):
         client.settimeout(0.0)
         try:
             data = client.recv(HEAD_RECV_BYTES)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError):
+            # SSLWantReadError: a TLS listener's client whose head is not here yet.
             data = None
         finally:
             client.settimeout(None)
@@ -499,6 +563,8 @@ class TunnelServer(StreamServer):
             timeout.close()
 
     def _refuse(self, client: socket, exc: GConnectError) -> None:
+        if not exc.answerable:
+            return
         body = protocol.render_error(exc.status, exc.reason, str(exc), exc.headers)
         try:
             client.sendall(body)

@@ -1,0 +1,374 @@
+"""Proxy authentication: RFC 7617 Basic credentials checked against an htpasswd
+file (RFC 9110 §11.7.1 Proxy-Authorization, §11.7.1 407 / Proxy-Authenticate).
+
+What the file may hold, as Apache's ``htpasswd`` writes it:
+
+* bcrypt (``htpasswd -B``, ``$2y$``/``$2b$``/``$2a$``), checked with ``bcrypt``;
+* apr1-MD5 (``$apr1$``, htpasswd's default), SHA1 (``{SHA}``) and SHA-crypt
+  (``$5$``/``$6$``), checked with ``passlib`` and logged as weak;
+* plaintext, only with ``allow_plaintext_passwords`` (anything not recognised
+  above is taken for plaintext, including 13-character DES crypt).
+
+The hash functions are slow on purpose, so:
+
+* they run in gevent's thread pool (bcrypt releases the GIL), and other tunnels'
+  bytes keep flowing while one client's password is checked;
+* a successful check is cached for ``auth_cache_ttl``, keyed by an HMAC of the
+  header value under a per-process random key: the cache never holds a password,
+  and a header value that was not seen before is never a hit;
+* failed checks are rate-limited per client address by a token bucket, spent
+  *before* the hash runs (so parallel guesses cannot overdraw it) and refunded on
+  success; over the limit the answer is 429 without hashing anything. A cached
+  header still passes while its address is limited, so a user behind the same
+  NAT as a guesser keeps working.
+
+A user name that is not in the file costs one bcrypt check against a dummy
+hash, so timing does not say which names exist. The file is re-read when its
+mtime, size or inode changes (polled) or on :meth:`Authenticator.reload`
+(SIGHUP); a file that fails to parse keeps the previous table in force.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import hmac
+import logging
+import os
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import bcrypt
+import gevent
+
+from .config import Config
+from .errors import AuthRateLimitedError, ProxyAuthFailedError, ProxyAuthMalformedError, ProxyAuthRequiredError
+
+log = logging.getLogger(__name__)
+
+#: bcrypt hashes only the first 72 bytes (OpenBSD's bcrypt(3), Apache htpasswd -B
+#: document the truncation); the ``bcrypt`` package refuses longer input instead.
+BCRYPT_MAX_PASSWORD_BYTES = 72
+#: Cost of the dummy hash checked for unknown users when the file has no bcrypt
+#: entry to copy it from; equal to ``gconnect passwd``'s default.
+DEFAULT_BCRYPT_ROUNDS = 10
+#: How often the auth file's mtime is polled (seconds): inotify-free and cheap.
+AUTH_FILE_POLL_SECONDS = 1.0
+#: Successful checks remembered at most; the oldest go first. One entry per
+#: distinct header value, about 150 bytes each.
+MAX_CACHE_ENTRIES = 10_000
+#: Client addresses with a failure bucket at most; full buckets are dropped first.
+MAX_TRACKED_ADDRESSES = 65_536
+#: The longest Proxy-Authorization value looked at: a user and password of a few
+#: hundred bytes in base64. Longer is malformed, not decoded.
+MAX_CREDENTIALS_BYTES = 4096
+
+_SCHEMES = (
+    ("$2y$", "bcrypt"),
+    ("$2b$", "bcrypt"),
+    ("$2a$", "bcrypt"),
+    ("$apr1$", "apr1"),
+    ("{SHA}", "sha1"),
+    ("$5$", "sha256_crypt"),
+    ("$6$", "sha512_crypt"),
+)
+WEAK_SCHEMES = ("apr1", "sha1", "sha256_crypt", "sha512_crypt")
+
+
+class AuthFileError(ValueError):
+    """The auth file cannot be used (unreadable, malformed, or refused entries)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One htpasswd line."""
+
+    user: str
+    #: bcrypt, apr1, sha1, sha256_crypt, sha512_crypt or plain
+    scheme: str
+    hashed: str
+
+
+def detect_scheme(hashed: str) -> str:
+    """The hash scheme of an htpasswd password field; "plain" if none matches."""
+    for prefix, scheme in _SCHEMES:
+        if hashed.startswith(prefix):
+            return scheme
+    return "plain"
+
+
+def parse_htpasswd(text: str, *, allow_plaintext: bool = False, source: str = "auth file") -> dict[str, Entry]:
+    """Parse htpasswd lines (``user:hash``; blank lines and ``#`` comments skipped).
+
+    As in Apache's mod_authn_file the first line for a user wins. Raises
+    AuthFileError naming the line for a malformed or refused entry.
+    """
+    table: dict[str, Entry] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, colon, hashed = line.partition(":")
+        if not colon or not user or not hashed:
+            raise AuthFileError(f"{source} line {number}: expected user:hash")
+        scheme = detect_scheme(hashed)
+        if scheme == "plain" and not allow_plaintext:
+            raise AuthFileError(
+                f"{source} line {number}: user {user!r} has a plaintext (or unknown) password; "
+                "re-create it with 'gconnect passwd' or pass --allow-plaintext-passwords"
+            )
+        if user in table:
+            log.warning("%s line %d: user %r repeated; the first entry is used", source, number, user)
+            continue
+        table[user] = Entry(user, scheme, hashed)
+    return table
+
+
+def load_htpasswd(path: str, *, allow_plaintext: bool = False) -> dict[str, Entry]:
+    """Read and parse *path*; AuthFileError on any failure."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AuthFileError(f"cannot read auth file {path}: {exc}") from exc
+    return parse_htpasswd(text, allow_plaintext=allow_plaintext, source=path)
+
+
+def verify_password(entry: Entry, password: bytes) -> bool:
+    """Check *password* against *entry* (slow: call it off the hub). Constant-time
+    in the comparison: bcrypt and passlib compare digests with a constant-time
+    equality, plaintext with :func:`hmac.compare_digest`."""
+    try:
+        if entry.scheme == "bcrypt":
+            return bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD_BYTES], entry.hashed.encode("ascii"))
+        if entry.scheme == "plain":
+            return hmac.compare_digest(password, entry.hashed.encode("utf-8"))
+        from passlib import hash as passlib_hash  # only needed for the weak schemes
+
+        handler = {
+            "apr1": passlib_hash.apr_md5_crypt,
+            "sha1": passlib_hash.ldap_sha1,
+            "sha256_crypt": passlib_hash.sha256_crypt,
+            "sha512_crypt": passlib_hash.sha512_crypt,
+        }[entry.scheme]
+        return bool(handler.verify(password, entry.hashed))
+    except (ValueError, TypeError):
+        # A corrupt hash in the file, or a password the scheme cannot take (NUL
+        # bytes for crypt): a failed check, never a crash.
+        return False
+
+
+def parse_basic_credentials(value: bytes) -> tuple[str, bytes]:
+    """RFC 7617: ``Basic base64(user ":" password)`` -> (user, password).
+
+    Raises ProxyAuthMalformedError for another scheme, bad base64, no colon, or
+    a user name that is not UTF-8 (RFC 7617 §2.1: the charset is UTF-8).
+    """
+    if len(value) > MAX_CREDENTIALS_BYTES:
+        raise ProxyAuthMalformedError("Proxy-Authorization is too long")
+    scheme, _, token = value.strip(b" \t").partition(b" ")
+    if scheme.lower() != b"basic":
+        raise ProxyAuthMalformedError("Proxy-Authorization must use the Basic scheme")
+    try:
+        decoded = base64.b64decode(token.strip(b" \t"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ProxyAuthMalformedError("Proxy-Authorization is not valid base64") from None
+    user_bytes, colon, password = decoded.partition(b":")
+    if not colon:
+        raise ProxyAuthMalformedError("Proxy-Authorization credentials have no ':'")
+    try:
+        user = user_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProxyAuthMalformedError("Proxy-Authorization user name is not UTF-8") from None
+    if not user:
+        raise ProxyAuthMalformedError("Proxy-Authorization has an empty user name")
+    return user, password
+
+
+def log_safe(user: str) -> str:
+    """*user* as one access-log token: percent-encoded outside printable ASCII
+    and without spaces, ``=`` or ``%``, so ``user=NAME`` stays one key=value."""
+    return urllib.parse.quote(user, safe="!$&'()*+,-./:;<>?@[]^_`{|}~")
+
+
+class FailureLimiter:
+    """A token bucket per client address: *per_minute* failures in a burst,
+    refilled at *per_minute* a minute."""
+
+    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def _tokens(self, address: str, now: float) -> float:
+        tokens, stamp = self._buckets.get(address, (self.capacity, now))
+        return min(self.capacity, tokens + (now - stamp) * self.rate)
+
+    def take(self, address: str) -> None:
+        """Spend one attempt; AuthRateLimitedError (nothing spent) if none is left."""
+        now = self._clock()
+        tokens = self._tokens(address, now)
+        if tokens < 1.0:
+            retry_after = max(1, int((1.0 - tokens) / self.rate + 0.999))
+            raise AuthRateLimitedError(
+                f"too many failed proxy logins from {address}; retry in {retry_after} s", retry_after
+            )
+        if len(self._buckets) >= MAX_TRACKED_ADDRESSES and address not in self._buckets:
+            self._prune(now)
+        self._buckets[address] = (tokens - 1.0, now)
+
+    def refund(self, address: str) -> None:
+        """Give back the attempt taken for a check that succeeded."""
+        now = self._clock()
+        tokens = self._tokens(address, now) + 1.0
+        if tokens >= self.capacity:
+            self._buckets.pop(address, None)
+        else:
+            self._buckets[address] = (tokens, now)
+
+    def _prune(self, now: float) -> None:
+        for address in [a for a in self._buckets if self._tokens(a, now) >= self.capacity]:
+            del self._buckets[address]
+        while len(self._buckets) >= MAX_TRACKED_ADDRESSES:
+            # Still full of active guessers: forget the oldest entry (dicts keep insertion order).
+            del self._buckets[next(iter(self._buckets))]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+def _file_identity(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns
+
+
+class Authenticator:
+    """Who may use the proxy: one htpasswd table, a cache, a failure limiter."""
+
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = config.auth_file
+        self.realm = config.auth_realm
+        self.cache_ttl = config.auth_cache_ttl
+        self.allow_plaintext = config.allow_plaintext_passwords
+        self._clock = clock
+        self.limiter = FailureLimiter(config.auth_failures_per_minute, clock=clock)
+        # Per process: a cache key means nothing outside this process.
+        self._cache_key = os.urandom(32)
+        self._cache: dict[bytes, tuple[str, float]] = {}
+        self._identity = _file_identity(self.path)
+        self._table = load_htpasswd(self.path, allow_plaintext=self.allow_plaintext)
+        self._dummy = self._dummy_entry(self._table)
+        self._watcher: Any = None
+        self._log_loaded("loaded")
+
+    def _log_loaded(self, verb: str) -> None:
+        log.info("auth file %s %s: %d users", self.path, verb, len(self._table))
+        weak: dict[str, list[str]] = {}
+        for entry in self._table.values():
+            if entry.scheme in WEAK_SCHEMES or entry.scheme == "plain":
+                weak.setdefault(entry.scheme, []).append(entry.user)
+        for scheme, users in sorted(weak.items()):
+            log.warning(
+                "auth file %s: %d users have weak %s passwords (%s); re-create them with 'gconnect passwd'",
+                self.path,
+                len(users),
+                scheme,
+                ", ".join(users[:5]) + (", ..." if len(users) > 5 else ""),
+            )
+
+    @staticmethod
+    def _dummy_entry(table: dict[str, Entry]) -> Entry:
+        # Same cost as the real entries: an unknown name takes as long as a wrong password.
+        rounds = DEFAULT_BCRYPT_ROUNDS
+        for entry in table.values():
+            if entry.scheme == "bcrypt":
+                rounds = int(entry.hashed[4:6])
+                break
+        salt = bcrypt.gensalt(rounds).decode("ascii")
+        return Entry("", "bcrypt", salt + "." * 31)
+
+    @property
+    def users(self) -> int:
+        return len(self._table)
+
+    def start(self) -> None:
+        """Poll the file for changes until :meth:`stop`."""
+        if self._watcher is None:
+            self._watcher = gevent.spawn(self._watch)
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.kill(block=False)
+            self._watcher = None
+
+    def _watch(self) -> None:
+        while True:
+            gevent.sleep(AUTH_FILE_POLL_SECONDS)
+            if _file_identity(self.path) != self._identity:
+                self.reload()
+
+    def reload(self) -> bool:
+        """Re-read the file. On failure keep the table in force and log why.
+        Open tunnels are not touched; the cache is cleared, so a removed user
+        or changed password takes effect at the next request."""
+        identity = _file_identity(self.path)
+        try:
+            table = load_htpasswd(self.path, allow_plaintext=self.allow_plaintext)
+        except AuthFileError as exc:
+            self._identity = identity  # one error line per change, not one per poll
+            log.error("%s; keeping the %d users loaded before", exc, len(self._table))
+            return False
+        self._identity = identity
+        self._table = table
+        self._dummy = self._dummy_entry(table)
+        self._cache.clear()
+        self._log_loaded("reloaded")
+        return True
+
+    def challenge(self, message: str) -> ProxyAuthRequiredError:
+        return ProxyAuthRequiredError(message, realm=self.realm)
+
+    def authenticate(self, values: list[bytes], address: str) -> str:
+        """The user named by the request's Proxy-Authorization *values*, or raise
+        407 (missing, malformed, wrong) or 429 (too many failures from *address*)."""
+        if not values:
+            raise self.challenge("proxy authentication required")
+        if len(values) > 1:
+            raise ProxyAuthMalformedError("more than one Proxy-Authorization header", realm=self.realm)
+        value = values[0]
+        key = hmac.new(self._cache_key, value, hashlib.sha256).digest()
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None:
+            if cached[1] > now:
+                return cached[0]
+            del self._cache[key]
+        try:
+            user, password = parse_basic_credentials(value)
+        except ProxyAuthMalformedError as exc:
+            raise ProxyAuthMalformedError(str(exc), realm=self.realm) from None
+        self.limiter.take(address)
+        entry = self._table.get(user)
+        ok = self._verify_off_hub(entry or self._dummy, password) and entry is not None
+        if not ok:
+            raise ProxyAuthFailedError("proxy authentication failed", realm=self.realm)
+        self.limiter.refund(address)
+        if self.cache_ttl:
+            if len(self._cache) >= MAX_CACHE_ENTRIES:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = (user, now + self.cache_ttl)
+        return user
+
+    @staticmethod
+    def _verify_off_hub(entry: Entry, password: bytes) -> bool:
+        # bcrypt holds a CPU for tens of ms and releases the GIL: the hub keeps
+        # serving other tunnels while a pool thread hashes.
+        return bool(gevent.get_hub().threadpool.spawn(verify_password, entry, password).get())

@@ -1,0 +1,136 @@
+"""Limits against greedy clients and against running out of descriptors.
+
+* :class:`ClientLimits` counts clients being served, globally and per address,
+  and refuses the one over a limit with 503 (global) or 429 (per address). The
+  accept loop keeps running: a refusal is an answer, not silence. The server's
+  Pool is sized :data:`REFUSAL_SLOTS` above ``max_clients`` so that refusals can
+  still be written while the proxy is full; past that the Pool stops accepting
+  (the backpressure of last resort).
+* :class:`AcceptBackoff` is mixed into the StreamServer: when accept() fails for
+  want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) the listener
+  stops accepting for a growing delay instead of spinning on a listening socket
+  that stays readable, logs one line per :data:`EXHAUSTION_LOG_SECONDS` without a
+  traceback, and resumes by itself once descriptors are free again. Clients that
+  arrive meanwhile wait in the kernel's listen backlog.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from typing import Any
+
+from .errors import TooManyClientsError, TooManyClientsPerAddressError
+
+log = logging.getLogger(__name__)
+
+#: Pool slots above max_clients, for the greenlets that only write a 503/429 and
+#: linger (at most LINGER_SECONDS each). HAProxy's maxconn likewise leaves the
+#: listen queue to absorb the excess; 64 refusals in flight is a burst, not a flood.
+REFUSAL_SLOTS = 64
+#: accept() errors that mean "no resources right now", not "this listener is broken".
+EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: gevent's BaseServer backs off from 10 ms to 1 s after an accept error; same here.
+ACCEPT_BACKOFF_MIN_SECONDS = 0.01
+ACCEPT_BACKOFF_MAX_SECONDS = 1.0
+#: One log line per this many seconds while descriptors stay exhausted.
+EXHAUSTION_LOG_SECONDS = 10.0
+
+
+class ClientLimits:
+    """Clients being served, globally and per address."""
+
+    def __init__(self, max_clients: int, max_clients_per_ip: int) -> None:
+        self.max_clients = max_clients
+        self.max_clients_per_ip = max_clients_per_ip
+        self.active = 0
+        self._per_ip: dict[str, int] = {}
+
+    def admit(self, ip: str) -> None:
+        """Count one more client from *ip*, or raise 503/429 (nothing counted)."""
+        if self.active >= self.max_clients:
+            raise TooManyClientsError(f"proxy is serving its maximum of {self.max_clients} clients")
+        count = self._per_ip.get(ip, 0)
+        if self.max_clients_per_ip and count >= self.max_clients_per_ip:
+            raise TooManyClientsPerAddressError(
+                f"address {ip} already has {count} connections (limit {self.max_clients_per_ip})"
+            )
+        self.active += 1
+        self._per_ip[ip] = count + 1
+
+    def release(self, ip: str) -> None:
+        """Forget one client from *ip* admitted before."""
+        self.active -= 1
+        count = self._per_ip[ip] - 1
+        if count:
+            self._per_ip[ip] = count
+        else:
+            del self._per_ip[ip]
+
+    def count(self, ip: str) -> int:
+        return self._per_ip.get(ip, 0)
+
+
+class AcceptBackoff:
+    """StreamServer mixin: survive descriptor exhaustion in accept()."""
+
+    # Provided by gevent.baseserver.BaseServer.
+    loop: Any
+    started: bool
+    #: When accept() first failed in the current spell, or None.
+    _exhausted_since: float | None = None
+    _exhaustion_count = 0
+    _exhaustion_logged = 0.0
+    _exhaustion_unlogged = 0
+    _backoff = ACCEPT_BACKOFF_MIN_SECONDS
+
+    def do_read(self) -> Any:
+        try:
+            result = super().do_read()  # type: ignore[misc]
+        except OSError as exc:
+            if exc.errno not in EXHAUSTION_ERRNOS:
+                raise
+            self._back_off(exc)
+            return None
+        if self._exhausted_since is not None:
+            log.warning(
+                "accept: descriptors available again after %.1f s; %d accept failures in all",
+                time.monotonic() - self._exhausted_since,
+                self._exhaustion_count,
+            )
+            self._exhausted_since = None
+        self._backoff = ACCEPT_BACKOFF_MIN_SECONDS
+        return result
+
+    def _back_off(self, exc: OSError) -> None:
+        now = time.monotonic()
+        if self._exhausted_since is None:
+            self._exhausted_since = now
+            self._exhaustion_count = 0
+            self._exhaustion_logged = 0.0
+            self._exhaustion_unlogged = 0
+            self._backoff = ACCEPT_BACKOFF_MIN_SECONDS
+        self._exhaustion_count += 1
+        self._exhaustion_unlogged += 1
+        if now - self._exhaustion_logged >= EXHAUSTION_LOG_SECONDS:
+            log.error(
+                "accept: %s (%s); %d failures since the last report; pausing accept, retrying for up to %g s apart",
+                exc.strerror,
+                errno.errorcode.get(exc.errno or 0, "?"),
+                self._exhaustion_unlogged,
+                ACCEPT_BACKOFF_MAX_SECONDS,
+            )
+            self._exhaustion_logged = now
+            self._exhaustion_unlogged = 0
+        # The listening socket stays readable while the backlog is not empty:
+        # without a pause the accept watcher would fire again at once (a busy loop).
+        self.stop_accepting()  # type: ignore[attr-defined]
+        timer = self.loop.timer(self._backoff)
+        timer.start(self._resume_accepting, timer)
+        self._backoff = min(ACCEPT_BACKOFF_MAX_SECONDS, self._backoff * 2)
+
+    def _resume_accepting(self, timer: Any) -> None:
+        timer.close()
+        if self.started:
+            self.start_accepting()  # type: ignore[attr-defined]
