@@ -1,0 +1,506 @@
+"""Proxy authentication: the htpasswd formats, the Basic header, the cache, the
+failure limiter, and end to end through the CLI (407, 429, reloads, bcrypt off
+the hub, the user in the access log, ``gconnect passwd``)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import bcrypt
+import pytest
+from click.testing import CliRunner
+from passlib.hash import apr_md5_crypt, ldap_sha1, sha512_crypt
+
+from gconnect.auth import (
+    Authenticator,
+    AuthFileError,
+    Entry,
+    FailureLimiter,
+    detect_scheme,
+    log_safe,
+    parse_basic_credentials,
+    parse_htpasswd,
+    verify_password,
+)
+from gconnect.cli import main
+from gconnect.config import Config
+from gconnect.errors import AuthRateLimitedError, ProxyAuthFailedError, ProxyAuthMalformedError, ProxyAuthRequiredError
+
+from .conftest import exchange, open_tunnel, read_head, recv_exactly, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def bcrypt_line(user: str, password: str, rounds: int = 4) -> str:
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+    return f"{user}:$2y${hashed[4:]}"
+
+
+def basic(user: str | bytes, password: str | bytes) -> bytes:
+    u = user.encode() if isinstance(user, str) else user
+    p = password.encode() if isinstance(password, str) else password
+    return b"Basic " + base64.b64encode(u + b":" + p)
+
+
+def connect_head(target: str, *headers: bytes) -> bytes:
+    lines = b"".join(h + b"\r\n" for h in headers)
+    return f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n".encode() + lines + b"\r\n"
+
+
+def auth_header(user: str, password: str) -> bytes:
+    return b"Proxy-Authorization: " + basic(user, password)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# The file and the hashes
+
+
+def test_detect_scheme_for_every_htpasswd_format():
+    assert detect_scheme(bcrypt_line("u", "p").split(":", 1)[1]) == "bcrypt"
+    assert detect_scheme("$2b$04$" + "a" * 53) == "bcrypt"
+    assert detect_scheme(apr_md5_crypt.hash("p")) == "apr1"
+    assert detect_scheme(ldap_sha1.hash("p")) == "sha1"
+    assert detect_scheme(sha512_crypt.using(rounds=1000).hash("p")) == "sha512_crypt"
+    assert detect_scheme("secret") == "plain"
+    assert detect_scheme("abJnggxhB/yWI") == "plain"  # DES crypt: not supported, treated as plaintext
+
+
+@pytest.mark.parametrize(
+    "hashed",
+    [
+        bcrypt_line("u", "right").split(":", 1)[1],
+        apr_md5_crypt.hash("right"),
+        ldap_sha1.hash("right"),
+        sha512_crypt.using(rounds=1000).hash("right"),
+        "right",
+    ],
+    ids=["bcrypt", "apr1", "sha1", "sha512_crypt", "plain"],
+)
+def test_verify_password_each_scheme(hashed):
+    entry = Entry("u", detect_scheme(hashed), hashed)
+    assert verify_password(entry, b"right")
+    assert not verify_password(entry, b"wrong")
+    assert not verify_password(entry, b"")
+    assert not verify_password(entry, b"right\x00")
+
+
+def test_bcrypt_uses_only_72_bytes_like_htpasswd():
+    long = b"x" * 72
+    entry = Entry("u", "bcrypt", bcrypt.hashpw(long, bcrypt.gensalt(4)).decode())
+    assert verify_password(entry, long + b"anything after byte 72 is ignored by bcrypt")
+
+
+def test_corrupt_hash_is_a_failed_check_not_a_crash():
+    assert not verify_password(Entry("u", "bcrypt", "$2y$04$short"), b"pw")
+    assert not verify_password(Entry("u", "apr1", "$apr1$bad"), b"pw")
+
+
+def test_parse_htpasswd_skips_comments_and_first_entry_wins():
+    text = "# users\n\n" + bcrypt_line("alice", "a") + "\n" + bcrypt_line("alice", "b") + "\n" + bcrypt_line("bob", "c")
+    table = parse_htpasswd(text)
+    assert sorted(table) == ["alice", "bob"]
+    assert verify_password(table["alice"], b"a")
+
+
+def test_plaintext_refused_unless_allowed():
+    with pytest.raises(AuthFileError, match="line 2: user 'bob' has a plaintext"):
+        parse_htpasswd(bcrypt_line("alice", "a") + "\nbob:secret\n")
+    table = parse_htpasswd("bob:secret\n", allow_plaintext=True)
+    assert table["bob"].scheme == "plain"
+
+
+@pytest.mark.parametrize("line", ["nocolon", ":hash", "user:"])
+def test_malformed_lines_are_refused_with_their_number(line):
+    with pytest.raises(AuthFileError, match="line 1"):
+        parse_htpasswd(line + "\n", allow_plaintext=True)
+
+
+# The header
+
+
+def test_parse_basic_credentials():
+    assert parse_basic_credentials(basic("alice", "pa:ss")) == ("alice", b"pa:ss")
+    assert parse_basic_credentials(b"basic   " + base64.b64encode(b"a:")) == ("a", b"")
+    assert parse_basic_credentials(basic("zoë", "pw")) == ("zoë", b"pw")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b"Basic",
+        b"Basic ",
+        b"Bearer abc",
+        b"Digest username=a",
+        b"Basic !!!notbase64",
+        b"Basic " + base64.b64encode(b"nocolon"),
+        b"Basic " + base64.b64encode(b":password-without-user"),
+        b"Basic " + base64.b64encode(b"\xff\xfe:pw"),
+        b"Basic YWxpY2U6cHc",  # missing padding
+        b"Basic " + b"A" * 10_000,
+    ],
+)
+def test_malformed_credentials_are_407_errors(value):
+    with pytest.raises(ProxyAuthMalformedError) as info:
+        parse_basic_credentials(value)
+    assert info.value.status == 407
+
+
+def test_log_safe_keeps_one_token():
+    assert log_safe("alice") == "alice"
+    assert log_safe("a b=c%") == "a%20b%3Dc%25"
+    assert " " not in log_safe("zoë\n")
+
+
+# The limiter and the cache, with a fake clock
+
+
+def test_failure_limiter_bucket_refills_and_refunds():
+    clock = FakeClock()
+    limiter = FailureLimiter(3, clock=clock)
+    for _ in range(3):
+        limiter.take("10.0.0.1")
+    with pytest.raises(AuthRateLimitedError) as info:
+        limiter.take("10.0.0.1")
+    assert info.value.status == 429
+    assert dict(info.value.headers)["Retry-After"] == "20"  # one token per 20 s at 3/minute
+    limiter.take("10.0.0.2")  # another address is not affected
+    clock.now += 20
+    limiter.take("10.0.0.1")
+    with pytest.raises(AuthRateLimitedError):
+        limiter.take("10.0.0.1")
+    limiter.refund("10.0.0.1")
+    limiter.take("10.0.0.1")
+
+
+def make_authenticator(tmp_path, text: str, clock=None, **overrides) -> Authenticator:
+    path = tmp_path / "htpasswd"
+    path.write_text(text)
+    config = Config(auth_file=str(path), **overrides)
+    return Authenticator(config, clock=clock or time.monotonic)
+
+
+def test_authenticate_missing_wrong_and_right(tmp_path):
+    auth = make_authenticator(tmp_path, bcrypt_line("alice", "pw") + "\n", auth_realm="corp")
+    with pytest.raises(ProxyAuthRequiredError) as info:
+        auth.authenticate([], "10.0.0.1")
+    assert dict(info.value.headers)["Proxy-Authenticate"] == 'Basic realm="corp"'
+    with pytest.raises(ProxyAuthFailedError):
+        auth.authenticate([basic("alice", "nope")], "10.0.0.1")
+    with pytest.raises(ProxyAuthFailedError):
+        auth.authenticate([basic("mallory", "pw")], "10.0.0.1")
+    with pytest.raises(ProxyAuthMalformedError) as malformed:
+        auth.authenticate([basic("alice", "pw"), basic("alice", "pw")], "10.0.0.1")
+    assert dict(malformed.value.headers)["Proxy-Authenticate"] == 'Basic realm="corp"'
+    assert auth.authenticate([basic("alice", "pw")], "10.0.0.1") == "alice"
+
+
+def test_cache_hit_skips_the_hash_and_expires(tmp_path):
+    clock = FakeClock()
+    auth = make_authenticator(tmp_path, bcrypt_line("alice", "pw", rounds=12) + "\n", clock, auth_cache_ttl=60)
+    header = basic("alice", "pw")
+    started = time.perf_counter()
+    assert auth.authenticate([header], "10.0.0.1") == "alice"
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    assert auth.authenticate([header], "10.0.0.1") == "alice"
+    cached = time.perf_counter() - started
+    assert cached < first / 20, (first, cached)
+    # The cache holds keyed digests, never the header or the password.
+    assert all(header not in key and b"pw" not in key for key in auth._cache)
+    clock.now += 61
+    assert auth._cache and next(iter(auth._cache.values()))[1] < clock.now
+    assert auth.authenticate([header], "10.0.0.1") == "alice"
+
+
+def test_rate_limited_address_gets_429_without_hashing_but_cached_header_passes(tmp_path):
+    clock = FakeClock()
+    auth = make_authenticator(tmp_path, bcrypt_line("alice", "pw", rounds=12) + "\n", clock, auth_failures_per_minute=2)
+    good = basic("alice", "pw")
+    assert auth.authenticate([good], "10.0.0.1") == "alice"  # now cached; the refund keeps the bucket full
+    for _ in range(2):
+        with pytest.raises(ProxyAuthFailedError):
+            auth.authenticate([basic("alice", "guess")], "10.0.0.1")
+    started = time.perf_counter()
+    with pytest.raises(AuthRateLimitedError):
+        auth.authenticate([basic("alice", "guess")], "10.0.0.1")
+    assert time.perf_counter() - started < 0.05  # a cost-12 bcrypt takes hundreds of ms
+    assert auth.authenticate([good], "10.0.0.1") == "alice"
+
+
+def test_reload_swaps_the_table_clears_the_cache_and_keeps_it_on_error(tmp_path):
+    auth = make_authenticator(tmp_path, bcrypt_line("alice", "pw") + "\n")
+    assert auth.authenticate([basic("alice", "pw")], "10.0.0.1") == "alice"
+    path = tmp_path / "htpasswd"
+    path.write_text(bcrypt_line("bob", "pw") + "\n")
+    assert auth.reload()
+    with pytest.raises(ProxyAuthFailedError):
+        auth.authenticate([basic("alice", "pw")], "10.0.0.1")  # the cached success is gone too
+    path.write_text("bob:plaintext\n")
+    assert not auth.reload()
+    assert auth.authenticate([basic("bob", "pw")], "10.0.0.1") == "bob"
+
+
+# End to end through the CLI
+
+
+@pytest.fixture
+def htpasswd(tmp_path):
+    path = tmp_path / "htpasswd"
+    path.write_text(bcrypt_line("alice", "wonderland") + "\n" + "bob:" + apr_md5_crypt.hash("builder") + "\n")
+    return path
+
+
+@pytest.fixture
+def auth_proxy(start_proxy, htpasswd):
+    return start_proxy("--auth-file", str(htpasswd), "--auth-realm", "test realm")
+
+
+def test_no_credentials_gets_407_with_the_realm(auth_proxy, echo):
+    status, headers, body = exchange(auth_proxy, connect_head(echo.target))
+    assert status == 407
+    assert headers["proxy-authenticate"] == 'Basic realm="test realm"'
+    assert b"authentication required" in body
+    assert echo.accepted == 0
+    line = auth_proxy.wait_access("status=407")
+    assert "user=- " in line and "reason=auth_required" in line
+
+
+def test_wrong_password_and_unknown_user_get_the_same_407(auth_proxy, echo):
+    answers = set()
+    for user, password in (("alice", "nope"), ("nobody", "wonderland")):
+        status, headers, body = exchange(auth_proxy, connect_head(echo.target, auth_header(user, password)))
+        answers.add((status, headers["proxy-authenticate"], body))
+    assert answers == {(407, 'Basic realm="test realm"', b"proxy authentication failed\n")}
+    assert echo.accepted == 0
+
+
+MALFORMED_HEADERS = [
+    b"Proxy-Authorization: Basic !!!",
+    b"Proxy-Authorization: Basic " + base64.b64encode(b"no-colon"),
+    b"Proxy-Authorization: Basic " + base64.b64encode(b"\xc3\x28:pw"),
+    b"Proxy-Authorization: Bearer token",
+    b"Proxy-Authorization: Basic",
+    b"Proxy-Authorization: " + b"B" * 8000,
+    auth_header("alice", "wonderland") + b"\r\n" + auth_header("alice", "wonderland"),
+]
+
+
+@pytest.mark.parametrize("header", MALFORMED_HEADERS)
+def test_malformed_proxy_authorization_is_407_never_a_crash(auth_proxy, echo, header):
+    status, headers, _ = exchange(auth_proxy, connect_head(echo.target, header))
+    assert status == 407
+    assert headers["proxy-authenticate"] == 'Basic realm="test realm"'
+    with open_tunnel(
+        auth_proxy,
+        echo.target,
+        headers=f"Host: {echo.target}\r\n".encode() + auth_header("alice", "wonderland") + b"\r\n",
+    ) as sock:
+        sock.sendall(b"ok")
+        assert recv_exactly(sock, 2) == b"ok"
+
+
+def test_right_credentials_open_the_tunnel_and_name_the_user_in_the_log(auth_proxy, echo):
+    for user, password in (("alice", "wonderland"), ("bob", "builder")):
+        headers = f"Host: {echo.target}\r\n".encode() + auth_header(user, password) + b"\r\n"
+        with open_tunnel(auth_proxy, echo.target, headers=headers) as sock:
+            sock.sendall(b"hello")
+            assert recv_exactly(sock, 5) == b"hello"
+        line = auth_proxy.wait_access(f"user={user} ")
+        assert "status=200" in line
+    # apr1 is accepted, with a warning that it is weak.
+    assert any("weak apr1" in line and "bob" in line for line in auth_proxy.lines)
+
+
+def test_curl_proxy_user(auth_proxy, tls_server, ca_file):
+    url = f"https://tls.test:{tls_server.port}/"
+    common = [
+        "curl",
+        "-sS",
+        "--max-time",
+        "20",
+        "--cacert",
+        str(ca_file),
+        "--proxy",
+        f"http://127.0.0.1:{auth_proxy.port}",
+    ]
+    ok = subprocess.run([*common, "--proxy-user", "alice:wonderland", url], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == "hello over tls\n"
+    refused = subprocess.run([*common, "--proxy-user", "alice:x", url], capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0 and "407" in refused.stderr
+
+
+def test_failed_logins_are_rate_limited_with_429_before_hashing(start_proxy, tmp_path, echo):
+    path = tmp_path / "htpasswd"
+    path.write_text(bcrypt_line("alice", "wonderland", rounds=12) + "\n")
+    proxy = start_proxy("--auth-file", str(path), "--auth-failures-per-minute", "3")
+    for _ in range(3):
+        status, _, _ = exchange(proxy, connect_head(echo.target, auth_header("alice", "guess")))
+        assert status == 407
+    started = time.monotonic()
+    status, headers, body = exchange(proxy, connect_head(echo.target, auth_header("alice", "guess")))
+    elapsed = time.monotonic() - started
+    assert status == 429 and "retry-after" in headers, body
+    assert elapsed < 0.2, elapsed  # no cost-12 bcrypt ran (that takes ~0.3-0.5 s here)
+    assert "reason=auth_rate_limited" in proxy.wait_access("status=429")
+    # Over the limit even the right password is not checked: guessing gains nothing.
+    status, _, _ = exchange(proxy, connect_head(echo.target, auth_header("alice", "wonderland")))
+    assert status == 429
+    assert echo.accepted == 0
+
+
+def test_bcrypt_check_does_not_stop_other_tunnels(start_proxy, tmp_path, echo):
+    # A cost-14 check takes a second or more; a tunnel opened before keeps echoing meanwhile.
+    path = tmp_path / "htpasswd"
+    path.write_text(bcrypt_line("fast", "pw") + "\n" + bcrypt_line("slow", "pw", rounds=14) + "\n")
+    proxy = start_proxy("--auth-file", str(path))
+    headers = f"Host: {echo.target}\r\n".encode() + auth_header("fast", "pw") + b"\r\n"
+    tunnel = open_tunnel(proxy, echo.target, headers=headers)
+    done = threading.Event()
+    slow_result = {}
+
+    def slow_login() -> None:
+        slow_result["answer"] = exchange(proxy, connect_head("127.0.0.1:1", auth_header("slow", "pw")))
+        done.set()
+
+    started = time.monotonic()
+    threading.Thread(target=slow_login, daemon=True).start()
+    round_trips = []
+    while not done.is_set():
+        t0 = time.monotonic()
+        tunnel.sendall(b"ping")
+        assert recv_exactly(tunnel, 4) == b"ping"
+        round_trips.append(time.monotonic() - t0)
+    slow_check = time.monotonic() - started
+    tunnel.close()
+    assert slow_result["answer"][0] == 502  # authenticated, then port 1 refused the connection
+    assert slow_check > 0.5, slow_check  # the check really was slow ...
+    assert len(round_trips) > 20 and max(round_trips) < slow_check / 4, (slow_check, max(round_trips))
+
+
+def test_auth_file_change_is_picked_up_without_dropping_tunnels(start_proxy, tmp_path, echo):
+    path = tmp_path / "htpasswd"
+    path.write_text(bcrypt_line("alice", "pw") + "\n")
+    proxy = start_proxy("--auth-file", str(path))
+    headers = f"Host: {echo.target}\r\n".encode() + auth_header("alice", "pw") + b"\r\n"
+    tunnel = open_tunnel(proxy, echo.target, headers=headers)
+    # Replaced by rename, as editors and 'gconnect passwd' do: alice out, carol in.
+    new = tmp_path / "htpasswd.new"
+    new.write_text(bcrypt_line("carol", "pw2") + "\n")
+    os.replace(new, path)
+    wait_until(lambda: any("reloaded: 1 users" in line for line in proxy.lines))
+    status, _, _ = exchange(proxy, connect_head(echo.target, auth_header("alice", "pw")))
+    assert status == 407
+    carol = f"Host: {echo.target}\r\n".encode() + auth_header("carol", "pw2") + b"\r\n"
+    open_tunnel(proxy, echo.target, headers=carol).close()
+    # The tunnel alice opened before the change is still carrying bytes.
+    tunnel.sendall(b"still")
+    assert recv_exactly(tunnel, 5) == b"still"
+    tunnel.close()
+
+
+def test_sighup_reloads_and_a_broken_file_keeps_the_old_users(start_proxy, tmp_path, echo):
+    path = tmp_path / "htpasswd"
+    path.write_text(bcrypt_line("alice", "pw") + "\n")
+    proxy = start_proxy("--auth-file", str(path))
+    path.write_text("alice:plaintext-now\n")
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: any("keeping the 1 users loaded before" in line for line in proxy.lines))
+    headers = f"Host: {echo.target}\r\n".encode() + auth_header("alice", "pw") + b"\r\n"
+    open_tunnel(proxy, echo.target, headers=headers).close()
+    assert any("plaintext" in line and "ERROR" in line for line in proxy.lines)
+
+
+def test_plaintext_file_refused_at_start_unless_allowed(start_proxy, tmp_path, echo):
+    path = tmp_path / "htpasswd"
+    path.write_text("alice:secret\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gconnect", "serve", "--listen", "127.0.0.1:0", "--auth-file", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "plaintext" in result.stderr and "Traceback" not in result.stderr
+    proxy = start_proxy("--auth-file", str(path), "--allow-plaintext-passwords")
+    headers = f"Host: {echo.target}\r\n".encode() + auth_header("alice", "secret") + b"\r\n"
+    open_tunnel(proxy, echo.target, headers=headers).close()
+    assert any("weak plain" in line for line in proxy.lines)
+
+
+def test_without_auth_file_no_credentials_are_needed(proxy, echo):
+    open_tunnel(proxy, echo.target).close()
+    assert "user=- " in proxy.wait_access("status=200")
+
+
+# gconnect passwd
+
+
+def test_passwd_creates_then_updates_a_bcrypt_entry(tmp_path):
+    path = tmp_path / "users"
+    runner = CliRunner()
+    result = runner.invoke(main, ["passwd", str(path), "alice", "--rounds", "4"], input="s3cret\ns3cret\n")
+    assert result.exit_code == 0, result.output
+    assert "added alice" in result.output
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    path.write_text(path.read_text() + "# a comment\n" + bcrypt_line("bob", "b") + "\n")
+    result = runner.invoke(main, ["passwd", str(path), "alice", "--rounds", "4"], input="n3w\nn3w\n")
+    assert result.exit_code == 0 and "updated alice" in result.output
+    table = parse_htpasswd(path.read_text())
+    assert sorted(table) == ["alice", "bob"]
+    assert table["alice"].hashed.startswith("$2y$04$")
+    assert verify_password(table["alice"], b"n3w") and not verify_password(table["alice"], b"s3cret")
+    assert "# a comment" in path.read_text()
+
+
+def test_passwd_refuses_mismatch_bad_names_and_long_passwords(tmp_path):
+    path = tmp_path / "users"
+    runner = CliRunner()
+    mismatch = runner.invoke(main, ["passwd", str(path), "alice"], input="a\nb\na\na\n")
+    assert "do not match" in mismatch.output
+    bad = runner.invoke(main, ["passwd", str(path), "al:ice", "--rounds", "4"], input="pw\npw\n")
+    assert bad.exit_code == 1 and "invalid user name" in bad.output
+    long = "x" * 73
+    too_long = runner.invoke(main, ["passwd", str(path), "bob", "--rounds", "4"], input=f"{long}\n{long}\n")
+    assert too_long.exit_code == 1 and "72 bytes" in too_long.output
+
+
+def test_passwd_from_a_pipe_makes_a_file_the_proxy_accepts(start_proxy, tmp_path, echo):
+    path = tmp_path / "users"
+    result = subprocess.run(
+        [sys.executable, "-m", "gconnect", "passwd", str(path), "dave", "--rounds", "4"],
+        input="pipe-pw\npipe-pw\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    proxy = start_proxy("--auth-file", str(path))
+    headers = f"Host: {echo.target}\r\n".encode() + auth_header("dave", "pipe-pw") + b"\r\n"
+    open_tunnel(proxy, echo.target, headers=headers).close()
+    assert "user=dave " in proxy.wait_access("status=200")
+
+
+def test_auth_runs_before_the_port_policy(start_proxy, htpasswd, echo):
+    # An anonymous client learns nothing about which ports or hosts are allowed.
+    proxy = start_proxy("--listen", "127.0.0.1:0", "--auth-file", str(htpasswd), defaults=False)
+    with socket.create_connection((proxy.host, proxy.port), timeout=10) as sock:
+        sock.sendall(connect_head("127.0.0.1:22"))
+        head, _ = read_head(sock)
+    assert head.startswith(b"HTTP/1.1 407 ")
