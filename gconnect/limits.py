@@ -80,8 +80,8 @@ class AcceptBackoff:
     started: bool
     #: When accept() first failed in the current spell, or None.
     _exhausted_since: float | None = None
-    _exhaustion_count = 0
-    _exhaustion_logged = 0.0
+    _spell_reported = False
+    _exhaustion_logged = float("-inf")
     _exhaustion_unlogged = 0
     _backoff = ACCEPT_BACKOFF_MIN_SECONDS
 
@@ -94,11 +94,11 @@ class AcceptBackoff:
             self._back_off(exc)
             return None
         if self._exhausted_since is not None:
-            log.warning(
-                "accept: descriptors available again after %.1f s; %d accept failures in all",
-                time.monotonic() - self._exhausted_since,
-                self._exhaustion_count,
-            )
+            if self._spell_reported:
+                log.warning(
+                    "accept: descriptors available again after %.1f s",
+                    time.monotonic() - self._exhausted_since,
+                )
             self._exhausted_since = None
         self._backoff = ACCEPT_BACKOFF_MIN_SECONDS
         return result
@@ -107,15 +107,14 @@ class AcceptBackoff:
         now = time.monotonic()
         if self._exhausted_since is None:
             self._exhausted_since = now
-            self._exhaustion_count = 0
-            self._exhaustion_logged = 0.0
-            self._exhaustion_unlogged = 0
+            self._spell_reported = False
             self._backoff = ACCEPT_BACKOFF_MIN_SECONDS
-        self._exhaustion_count += 1
         self._exhaustion_unlogged += 1
+        # One line per interval, across spells: a proxy hovering at the limit
+        # recovers and runs out again many times a second.
         if now - self._exhaustion_logged >= EXHAUSTION_LOG_SECONDS:
             log.error(
-                "accept: %s (%s); %d failures since the last report; pausing accept, retrying for up to %g s apart",
+                "accept: %s (%s); %d failures since the last report; pausing accept, retrying up to %g s apart",
                 exc.strerror,
                 errno.errorcode.get(exc.errno or 0, "?"),
                 self._exhaustion_unlogged,
@@ -123,6 +122,7 @@ class AcceptBackoff:
             )
             self._exhaustion_logged = now
             self._exhaustion_unlogged = 0
+            self._spell_reported = True
         # The listening socket stays readable while the backlog is not empty:
         # without a pause the accept watcher would fire again at once (a busy loop).
         self.stop_accepting()  # type: ignore[attr-defined]

@@ -50,7 +50,13 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
 class ProxyProcess:
     """``python -m gconnect serve`` in a subprocess, its stderr collected."""
 
-    def __init__(self, args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        tmp_path: Path,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.access_log = tmp_path / f"access-{os.urandom(3).hex()}.log"
         cmd = [sys.executable, "-m", "gconnect", "serve", "--access-log", str(self.access_log), *args]
         self.cmd = cmd
@@ -61,6 +67,7 @@ class ProxyProcess:
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, **(env or {})},
+            preexec_fn=preexec_fn,
         )
         self.lines: list[str] = []
         #: What the teardown expects the process to have exited with.
@@ -158,7 +165,12 @@ def start_proxy(tmp_path: Path, dns_server: DNSServer, hosts_file: Path) -> Iter
     traceback at the end of the test."""
     started: list[ProxyProcess] = []
 
-    def start(*extra: str, defaults: bool = True, env: dict[str, str] | None = None) -> ProxyProcess:
+    def start(
+        *extra: str,
+        defaults: bool = True,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> ProxyProcess:
         args = ["--log-level", "debug"]
         if defaults:
             args += [
@@ -183,7 +195,7 @@ def start_proxy(tmp_path: Path, dns_server: DNSServer, hosts_file: Path) -> Iter
                 "--drain-timeout",
                 "2",
             ]
-        proxy = ProxyProcess([*args, *extra], tmp_path, env)
+        proxy = ProxyProcess([*args, *extra], tmp_path, env, preexec_fn)
         started.append(proxy)
         return proxy
 
