@@ -6,13 +6,19 @@ move bytes through TLS records, so such tunnels use :class:`TLSRelay`: two
 greenlets calling the SSL socket's ``recv``/``sendall``, with the idle deadline
 shared by both directions as in :class:`~gconnect.relay.Relay`.
 
-Half-close toward the TLS client is carried at the TCP level (FIN, no
-close_notify): OpenSSL discards the records a peer sends after we have sent
-close_notify, so a close_notify would also end the client's direction.
+Half-close is carried one way only. The client's EOF becomes a FIN toward the
+upstream and the upstream's bytes keep flowing. The upstream's EOF becomes a
+close_notify to the client and ends the tunnel: the ssl module's shutdown calls
+SSL_shutdown twice, and the second call reads the socket, where a fast client's
+next record is taken and lost (OpenSSL: APPLICATION_DATA_AFTER_CLOSE_NOTIFY,
+seen in tests); a FIN without close_notify is worse, as OpenSSL 3 clients take
+it for a truncation attack and stop writing too. Carrying this direction would
+need the TLS session on memory BIOs, where nothing is read behind our back.
 """
 
 from __future__ import annotations
 
+import select
 import socket as _stdlib_socket
 import ssl
 import struct
@@ -27,6 +33,8 @@ from .errors import TLSHandshakeError
 from .relay import RelayResult
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+#: Tries (10 ms apart) to find the client's direction quiet before sending close_notify.
+CLOSE_NOTIFY_ATTEMPTS = 20
 
 
 def server_context(config: Config) -> ssl.SSLContext:
@@ -115,7 +123,8 @@ class TLSRelay:
                     except OSError:
                         pass
                     return result
-                if not running:
+                if not running or down.dead:
+                    # down.dead: the upstream's EOF ends a TLS tunnel (module docstring).
                     result.reason = "client_eof" if self._first_eof == "client" else "upstream_eof"
                     return result
                 half_closed = len(running) == 1
@@ -160,8 +169,40 @@ class TLSRelay:
                 result.bytes_down += len(data)
             self._last_activity = time.monotonic()
         self._first_eof = self._first_eof or name
+        if name == "upstream":
+            self._close_notify()
+        else:
+            try:
+                dst.shutdown(_stdlib_socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _close_notify(self) -> None:
+        """Tell the TLS client the upstream is done: close_notify, then FIN.
+
+        Client bytes already waiting are relayed first (the up pump reads them
+        within a few polls); after this the tunnel ends (module docstring)."""
+        client = self.client
+        for _ in range(CLOSE_NOTIFY_ATTEMPTS):
+            try:
+                waiting = client.pending() or select.select([client.fileno()], [], [], 0)[0]
+            except (OSError, ValueError):
+                return
+            if not waiting:
+                break
+            gevent.sleep(0.01)
+        else:
+            waiting = True
+        sslobj = getattr(client, "_sslobj", None)
+        if not waiting and sslobj is not None:
+            try:
+                sslobj.shutdown()
+            except ssl.SSLWantReadError:
+                pass  # close_notify sent; the client's own comes later, through recv
+            except (OSError, ValueError):
+                pass
         try:
             # The plain socket's shutdown: SSLSocket.shutdown would also drop the TLS layer.
-            socket.shutdown(dst, _stdlib_socket.SHUT_WR)
+            socket.shutdown(client, _stdlib_socket.SHUT_WR)
         except OSError:
             pass

@@ -1,0 +1,266 @@
+"""TLS on the listening side (--tls-cert/--tls-key): curl's --proxy https://,
+Python's ssl module as a client, the TLS relay's byte-exactness, timeouts and
+lifetime, and clients that fail the handshake."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from .conftest import recv_all, recv_exactly
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def proxy_cert(ca, tmp_path):
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_path, key_path = tmp_path / "proxy.pem", tmp_path / "proxy.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    return str(cert_path), str(key_path)
+
+
+@pytest.fixture
+def start_tls_proxy(start_proxy, proxy_cert):
+    def start(*extra: str):
+        return start_proxy("--tls-cert", proxy_cert[0], "--tls-key", proxy_cert[1], *extra)
+
+    return start
+
+
+@pytest.fixture
+def client_context(ca):
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+def tls_tunnel(proxy, context: ssl.SSLContext, target: str, extra: bytes = b"") -> ssl.SSLSocket:
+    sock = context.wrap_socket(proxy.connect(), server_hostname="127.0.0.1")
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode() + extra)
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        assert byte, head
+        head += byte
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return sock
+
+
+def test_curl_through_an_https_proxy(start_tls_proxy, tls_server, ca_file):
+    proxy = start_tls_proxy()
+    result = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "--proxy",
+            f"https://127.0.0.1:{proxy.port}",
+            "--proxy-cacert",
+            str(ca_file),
+            "--cacert",
+            str(ca_file),
+            f"https://tls.test:{tls_server.port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello over tls\n"
+    line = proxy.wait_access(f"target=tls.test:{tls_server.port}")
+    assert "status=200" in line
+
+
+def test_curl_https_proxy_with_auth(start_proxy, proxy_cert, tls_server, ca_file, tmp_path):
+    import bcrypt
+
+    path = tmp_path / "htpasswd"
+    path.write_text("alice:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode() + "\n")
+    proxy = start_proxy("--tls-cert", proxy_cert[0], "--tls-key", proxy_cert[1], "--auth-file", str(path))
+    common = [
+        "curl",
+        "-sS",
+        "--max-time",
+        "20",
+        "--proxy",
+        f"https://127.0.0.1:{proxy.port}",
+        "--proxy-cacert",
+        str(ca_file),
+        "--cacert",
+        str(ca_file),
+    ]
+    url = f"https://tls.test:{tls_server.port}/"
+    ok = subprocess.run([*common, "--proxy-user", "alice:pw", url], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and ok.stdout == "hello over tls\n", ok.stderr
+    denied = subprocess.run([*common, url], capture_output=True, text=True, timeout=30)
+    assert denied.returncode != 0 and "407" in denied.stderr
+    assert "user=alice " in proxy.wait_access("status=200")
+
+
+def test_tls_relay_is_byte_exact_both_ways_with_early_data(start_tls_proxy, client_context, echo):
+    proxy = start_tls_proxy()
+    data = os.urandom(4 * 1024 * 1024)
+    sock = tls_tunnel(proxy, client_context, echo.target, extra=b"early")
+    assert recv_exactly(sock, 5) == b"early"
+    got = {}
+    reader = threading.Thread(target=lambda: got.setdefault("data", recv_exactly(sock, len(data))))
+    reader.start()
+    sock.sendall(data)
+    reader.join(60)
+    assert hashlib.sha256(got["data"]).digest() == hashlib.sha256(data).digest()
+    sock.close()
+    line = proxy.wait_access(f"target={echo.target}")
+    assert f"up={len(data) + 5} down={len(data) + 5}" in line
+
+
+def test_upstream_eof_is_a_clean_tls_eof_and_ends_the_tunnel(start_tls_proxy, client_context, upstream_factory):
+    def handler(conn: socket.socket) -> None:
+        conn.sendall(b"bye")
+        conn.shutdown(socket.SHUT_WR)
+        recv_all(conn)
+
+    server = upstream_factory(handler)
+    proxy = start_tls_proxy()
+    sock = tls_tunnel(proxy, client_context, server.target)
+    assert recv_exactly(sock, 3) == b"bye"
+    # close_notify, not a bare FIN: OpenSSL 3 clients (curl) would report a truncation.
+    assert sock.recv(10) == b""
+    assert "reason=upstream_eof" in proxy.wait_access(f"target={server.target}")
+    sock.close()
+
+
+def test_client_eof_is_carried_and_the_upstream_keeps_talking(start_tls_proxy, client_context, upstream_factory):
+    def handler(conn: socket.socket) -> None:
+        data = recv_all(conn)  # until the client's EOF arrives as a FIN
+        conn.sendall(b"got " + data)
+
+    server = upstream_factory(handler)
+    proxy = start_tls_proxy()
+    # TLS on memory BIOs: the ssl module's unwrap() on a socket reads behind our back.
+    raw = proxy.connect()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+
+    def pump(step) -> object:
+        while True:
+            try:
+                result = step()
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                chunk = raw.recv(65536)
+                if not chunk:
+                    incoming.write_eof()
+                incoming.write(chunk)
+                continue
+            raw.sendall(outgoing.read())
+            return result
+
+    pump(tls.do_handshake)
+    pump(lambda: tls.write(f"CONNECT {server.target} HTTP/1.1\r\nHost: {server.target}\r\n\r\nquestion".encode()))
+    try:
+        tls.unwrap()  # close_notify: the client's EOF; it keeps reading
+    except ssl.SSLWantReadError:
+        raw.sendall(outgoing.read())
+    data = b""
+    while b"got question" not in data:
+        try:
+            data += pump(lambda: tls.read(65536))  # type: ignore[operator]
+        except ssl.SSLZeroReturnError:
+            break
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\ngot question"), data
+    raw.close()
+
+
+def test_idle_and_lifetime_limits_apply_to_tls_tunnels(start_tls_proxy, client_context, echo):
+    proxy = start_tls_proxy("--idle-timeout", "0.3")
+    sock = tls_tunnel(proxy, client_context, echo.target)
+    started = time.monotonic()
+    try:
+        assert sock.recv(10) == b""
+    except (ssl.SSLEOFError, ConnectionResetError):
+        pass
+    assert 0.2 < time.monotonic() - started < 5
+    assert "reason=idle" in proxy.wait_access(f"target={echo.target}")
+    sock.close()
+
+    proxy = start_tls_proxy("--max-tunnel-lifetime", "0.4")
+    sock = tls_tunnel(proxy, client_context, echo.target)
+    started = time.monotonic()
+    with pytest.raises((AssertionError, OSError)):
+        while time.monotonic() - started < 10:
+            sock.sendall(b"ping")
+            assert recv_exactly(sock, 4) == b"ping"
+    assert 0.3 < time.monotonic() - started < 5
+    assert "reason=lifetime" in proxy.wait_access(f"target={echo.target}")
+    sock.close()
+
+
+def test_plaintext_client_on_a_tls_listener_is_closed_and_the_proxy_serves_on(start_tls_proxy, client_context, echo):
+    proxy = start_tls_proxy()
+    with proxy.connect() as sock:
+        sock.sendall(f"CONNECT {echo.target} HTTP/1.1\r\nHost: {echo.target}\r\n\r\n".encode())
+        data = b""
+        try:
+            while chunk := sock.recv(4096):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    assert not data.startswith(b"HTTP/1.1 200")
+    assert "reason=tls_handshake" in proxy.wait_access("status=400")
+    assert echo.accepted == 0
+    with tls_tunnel(proxy, client_context, echo.target) as sock:
+        sock.sendall(b"ok")
+        assert recv_exactly(sock, 2) == b"ok"
+
+
+def test_silent_client_is_dropped_at_the_header_deadline(start_tls_proxy):
+    proxy = start_tls_proxy("--header-timeout", "0.3")
+    with proxy.connect() as sock:
+        started = time.monotonic()
+        sock.settimeout(10)
+        try:
+            assert sock.recv(10) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - started < 5
+    assert "reason=tls_handshake" in proxy.wait_access("status=400")
+
+
+def test_missing_key_file_is_a_clear_start_error(tmp_path, proxy_cert):
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "gconnect", "serve", "--listen", "127.0.0.1:0", "--tls-cert", proxy_cert[0]],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "tls_cert and tls_key go together" in result.stderr
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gconnect",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            proxy_cert[0],
+            "--tls-key",
+            str(tmp_path / "missing.key"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1 and "cannot start" in result.stderr and "Traceback" not in result.stderr
