@@ -16,6 +16,8 @@ The hash functions are slow on purpose, so:
 * a successful check is cached for ``auth_cache_ttl``, keyed by an HMAC of the
   header value under a per-process random key: the cache never holds a password,
   and a header value that was not seen before is never a hit;
+* connections that carry the same header while its first check runs wait for
+  that check instead of starting their own (a browser opens several at once);
 * failed checks are rate-limited per client address by a token bucket, spent
   *before* the hash runs (so parallel guesses cannot overdraw it) and refunded on
   success; over the limit the answer is 429 without hashing anything. A cached
@@ -44,6 +46,7 @@ from typing import Any
 
 import bcrypt
 import gevent
+from gevent.event import AsyncResult
 
 from .config import Config
 from .errors import AuthRateLimitedError, ProxyAuthFailedError, ProxyAuthMalformedError, ProxyAuthRequiredError
@@ -263,6 +266,10 @@ class Authenticator:
         # Per process: a cache key means nothing outside this process.
         self._cache_key = os.urandom(32)
         self._cache: dict[bytes, tuple[str, float]] = {}
+        #: Checks running now, by cache key: a burst of connections carrying the
+        #: same new header (a browser opening six at once) waits for one check
+        #: instead of running six and spending six attempts of the failure bucket.
+        self._inflight: dict[bytes, AsyncResult] = {}
         self._identity = _file_identity(self.path)
         self._table = load_htpasswd(self.path, allow_plaintext=self.allow_plaintext)
         self._dummy = self._dummy_entry(self._table)
@@ -351,20 +358,32 @@ class Authenticator:
             if cached[1] > now:
                 return cached[0]
             del self._cache[key]
+        running = self._inflight.get(key)
+        if running is not None:
+            if running.get():
+                return str(running.value)
+            raise ProxyAuthFailedError("proxy authentication failed", realm=self.realm)
         try:
             user, password = parse_basic_credentials(value)
         except ProxyAuthMalformedError as exc:
             raise ProxyAuthMalformedError(str(exc), realm=self.realm) from None
         self.limiter.take(address)
-        entry = self._table.get(user)
-        ok = self._verify_off_hub(entry or self._dummy, password) and entry is not None
+        running = self._inflight[key] = AsyncResult()
+        ok = False
+        try:
+            entry = self._table.get(user)
+            ok = self._verify_off_hub(entry or self._dummy, password) and entry is not None
+        finally:
+            del self._inflight[key]
+            # Waiters learn the outcome (the user, or "" for a failure) without a check of their own.
+            running.set(user if ok else "")
         if not ok:
             raise ProxyAuthFailedError("proxy authentication failed", realm=self.realm)
         self.limiter.refund(address)
         if self.cache_ttl:
             if len(self._cache) >= MAX_CACHE_ENTRIES:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = (user, now + self.cache_ttl)
+            self._cache[key] = (user, self._clock() + self.cache_ttl)
         return user
 
     @staticmethod

@@ -365,6 +365,23 @@ def test_failed_logins_are_rate_limited_with_429_before_hashing(start_proxy, tmp
     assert echo.accepted == 0
 
 
+def test_a_burst_carrying_one_new_header_shares_one_check(start_proxy, tmp_path, echo):
+    # 32 connections at once with credentials not yet cached: one bcrypt check,
+    # one attempt from the failure bucket (which here holds only 2), 32 tunnels.
+    path = tmp_path / "htpasswd"
+    path.write_text(bcrypt_line("alice", "pw", rounds=12) + "\n")
+    proxy = start_proxy("--auth-file", str(path), "--auth-failures-per-minute", "2")
+    headers = f"Host: {echo.target}\r\n".encode() + auth_header("alice", "pw") + b"\r\n"
+    raw = f"CONNECT {echo.target} HTTP/1.1\r\n".encode() + headers + b"\r\n"
+    socks = [proxy.connect() for _ in range(32)]
+    for sock in socks:
+        sock.sendall(raw)
+    answers = [read_head(sock)[0] for sock in socks]
+    for sock in socks:
+        sock.close()
+    assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers), {a[:40] for a in answers}
+
+
 def test_bcrypt_check_does_not_stop_other_tunnels(start_proxy, tmp_path, echo):
     # A cost-14 check takes a second or more; a tunnel opened before keeps echoing meanwhile.
     path = tmp_path / "htpasswd"
