@@ -517,8 +517,10 @@ static int cepfd;
 static struct cconn *cc;
 static int ncc;
 static const char *first_error;
-static char req[512];
+static char req[1024];
 static size_t req_len;
+/* One extra request header line (no CRLF), e.g. Proxy-Authorization; or NULL. */
+static const char *extra_header;
 static uint8_t cbuf[BULK_CHUNK];
 
 static void cepoll(int op, int i, uint32_t events)
@@ -632,8 +634,12 @@ static int c_setup(const struct opts *o, int i, uint32_t ev)
 
 static void build_request(const struct opts *o)
 {
-    int n = snprintf(req, sizeof req, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", o->target.text,
-                     o->target.text);
+    int n = snprintf(req, sizeof req, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s%s\r\n", o->target.text,
+                     o->target.text, extra_header ? extra_header : "", extra_header ? "\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof req) {
+        fprintf(stderr, "request head too long\n");
+        exit(2);
+    }
     req_len = (size_t)n;
 }
 
@@ -1126,7 +1132,7 @@ static void usage(void)
             "       loadgen bulk|rate|hold|integrity --proxy HOST:PORT|none --target HOST:PORT\n"
             "               [--conns N] [--seconds S] [--dir up|down] [--bytes B]\n"
             "               [--open-concurrency K] [--open-timeout S] [--max-seconds S]\n"
-            "               [--discard trunc|copy]\n");
+            "               [--discard trunc|copy] [--header 'Name: value']\n");
     exit(2);
 }
 
@@ -1154,6 +1160,7 @@ int main(int argc, char **argv)
         else if (!strcmp(k, "--open-timeout")) o.open_timeout = atof(v);
         else if (!strcmp(k, "--max-seconds")) max_seconds = (unsigned)atoi(v);
         else if (!strcmp(k, "--discard")) discard_trunc = !strcmp(v, "trunc");
+        else if (!strcmp(k, "--header")) extra_header = v;
         else usage();
     }
     signal(SIGPIPE, SIG_IGN);

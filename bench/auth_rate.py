@@ -1,0 +1,128 @@
+"""Handshake rate with --auth-file against without, on a pinned proxy.
+
+    python -m bench.auth_rate [--seconds 10] [--conns 64] [--rounds 10]
+
+The proxy runs on CPU 0 (taskset), the C load generator and its echo server on
+CPU 1. Each run is loadgen's ``rate`` workload: CONNECT, a 64-byte echo, close,
+at a fixed concurrency. With auth every CONNECT carries the same
+Proxy-Authorization, as a browser or curl does, so after the first bcrypt check
+the cache answers. Prints one JSON line per run and a summary line with the
+ratio; needs gcc and taskset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import bcrypt
+
+from bench.harness.build import build_loadgen
+
+LISTENING = re.compile(r"gconnect listening on (\S+):(\d+)")
+
+
+def start_proxy(extra: list[str], cpu: str) -> tuple[subprocess.Popen, int]:
+    cmd = [
+        "taskset",
+        "-c",
+        cpu,
+        sys.executable,
+        "-m",
+        "gconnect",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--allow-port",
+        "1-65535",
+        "--allow-dest",
+        "127.0.0.0/8",
+        "--access-log",
+        "",
+        "--log-level",
+        "warning",
+        *extra,
+    ]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        match = LISTENING.search(line)
+        if match:
+            return proc, int(match.group(2))
+    raise RuntimeError("proxy did not start")
+
+
+def run(loadgen: Path, port: int, echo_port: int, args: argparse.Namespace, header: str | None) -> dict:
+    cmd = [
+        "taskset",
+        "-c",
+        args.load_cpu,
+        str(loadgen),
+        "rate",
+        "--proxy",
+        f"127.0.0.1:{port}",
+        "--target",
+        f"127.0.0.1:{echo_port}",
+        "--conns",
+        str(args.conns),
+        "--seconds",
+        str(args.seconds),
+    ]
+    if header:
+        cmd += ["--header", header]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.seconds + 60, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--conns", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=10, help="bcrypt cost of the user's entry")
+    parser.add_argument("--proxy-cpu", default="0")
+    parser.add_argument("--load-cpu", default="1")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="gconnect-auth-rate-"))
+    loadgen = build_loadgen(Path(tempfile.gettempdir()) / "gconnect-bench-build")
+    users = work / "users"
+    users.write_text("bench:" + bcrypt.hashpw(b"secret", bcrypt.gensalt(args.rounds)).decode() + "\n")
+    header = "Proxy-Authorization: Basic " + base64.b64encode(b"bench:secret").decode()
+    server = subprocess.Popen(
+        ["taskset", "-c", args.load_cpu, str(loadgen), "serve"], stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdout is not None
+    echo_port = int(server.stdout.readline().split()[1])
+    results = {}
+    try:
+        for name, extra, head in (("auth_off", [], None), ("auth_on", ["--auth-file", str(users)], header)):
+            proxy, port = start_proxy(extra, args.proxy_cpu)
+            try:
+                results[name] = run(loadgen, port, echo_port, args, head)
+            finally:
+                proxy.terminate()
+                proxy.wait(30)
+            print(json.dumps({"run": name, **results[name]}), flush=True)
+    finally:
+        server.terminate()
+        server.wait(10)
+    off, on = results["auth_off"]["tunnels_per_s"], results["auth_on"]["tunnels_per_s"]
+    summary = {
+        "auth_off_tunnels_per_s": off,
+        "auth_on_tunnels_per_s": on,
+        "ratio_on_over_off": round(on / off, 3) if off else None,
+        "conns": args.conns,
+        "seconds": args.seconds,
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
