@@ -585,4 +585,6 @@ def passwd(path: str, user: str, rounds: int) -> None:
         created = set_password(path, user, password, rounds=rounds)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
     click.echo(f"{'added' if created else 'updated'} {user} in {path}", err=True)

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import time
 from typing import Any
@@ -36,6 +37,24 @@ ACCEPT_BACKOFF_MIN_SECONDS = 0.01
 ACCEPT_BACKOFF_MAX_SECONDS = 1.0
 #: One log line per this many seconds while descriptors stay exhausted.
 EXHAUSTION_LOG_SECONDS = 10.0
+
+
+#: Prefix length that counts as one IPv6 client: RFC 4291 §2.5.4 / RFC 7421 give
+#: a site a /64 at least, so one host can rotate through 2**64 addresses.
+IPV6_CLIENT_PREFIX = 64
+
+
+def client_key(host: str) -> str:
+    """Who a client is, for per-client limits: its IPv4 address, or its IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # not an IP (a Unix socket path): itself
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:  # type: ignore[union-attr]
+            return str(ip.ipv4_mapped)  # type: ignore[union-attr]
+        return str(ipaddress.IPv6Network((ip, IPV6_CLIENT_PREFIX), strict=False))
+    return host
 
 
 class ClientLimits:

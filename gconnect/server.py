@@ -45,7 +45,7 @@ from .errors import (
     HeadTimeoutError,
     PolicyDeniedError,
 )
-from .limits import REFUSAL_SLOTS, AcceptBackoff, ClientLimits
+from .limits import REFUSAL_SLOTS, AcceptBackoff, ClientLimits, client_key
 from .logfile import LogFile
 from .metrics import MetricsServer, Stats
 from .policy import Policy
@@ -331,7 +331,7 @@ class TunnelServer(AcceptBackoff, StreamServer):
                 address, initial = self._read_proxy_header(client, address)
             if proxy.tls_context is not None:
                 client = accept_tls(client, proxy.tls_context, config.header_timeout)
-            admitted = address[0]
+            admitted = client_key(address[0])
             proxy.limits.admit(admitted)
             who = admitted
             request = self._read_head(client, initial)
@@ -458,7 +458,7 @@ class TunnelServer(AcceptBackoff, StreamServer):
         proxy = self.proxy
         proxy.remove_relay(relay)
         proxy.own_connections.remove(info.own)
-        proxy.limits.release(info.address[0])
+        proxy.limits.release(client_key(info.address[0]))
         result = relay.result
         proxy.stats.closed(200, result.reason, result.bytes_up, result.bytes_down)
         if isinstance(proxy.access_log, JsonLogFile) and info.fields is not None:

@@ -521,3 +521,11 @@ def test_auth_runs_before_the_port_policy(start_proxy, htpasswd, echo):
         sock.sendall(connect_head("127.0.0.1:22"))
         head, _ = read_head(sock)
     assert head.startswith(b"HTTP/1.1 407 ")
+
+
+def test_passwd_into_an_unwritable_place_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(
+        main, ["passwd", str(tmp_path / "missing-dir" / "users"), "alice", "--rounds", "4"], input="pw\npw\n"
+    )
+    assert result.exit_code == 1 and "cannot write" in result.output
+    assert not isinstance(result.exception, OSError)

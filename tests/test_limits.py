@@ -12,7 +12,10 @@ import time
 
 import pytest
 
-from .conftest import exchange, open_tunnel, recv_exactly, wait_until
+from gconnect.errors import TooManyClientsError, TooManyClientsPerAddressError
+from gconnect.limits import ClientLimits, client_key
+
+from .conftest import HAVE_IPV6, exchange, open_tunnel, recv_exactly, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -24,6 +27,53 @@ def connect_head(target: str) -> bytes:
 def ping(sock: socket.socket, data: bytes = b"ping") -> None:
     sock.sendall(data)
     assert recv_exactly(sock, len(data)) == data
+
+
+@pytest.mark.parametrize(
+    "host,key",
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+    ],
+)
+def test_client_key_is_the_ipv4_address_or_the_ipv6_64(host, key):
+    # One IPv6 host can rotate through its whole /64: that is one client.
+    assert client_key(host) == key
+
+
+def test_client_limits_count_and_release():
+    limits = ClientLimits(max_clients=3, max_clients_per_ip=2)
+    limits.admit("a")
+    limits.admit("a")
+    with pytest.raises(TooManyClientsPerAddressError):
+        limits.admit("a")
+    limits.admit("b")
+    with pytest.raises(TooManyClientsError):
+        limits.admit("c")
+    limits.release("a")
+    limits.admit("c")
+    assert (limits.active, limits.count("a"), limits.count("c")) == (3, 1, 1)
+    for who in ("a", "b", "c"):
+        limits.release(who)
+    assert limits.active == 0 and limits.count("a") == 0
+
+
+@pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback")
+def test_per_ip_limit_over_ipv6(start_proxy, echo):
+    proxy = start_proxy("--listen", "[::1]:0", "--max-clients-per-ip", "1")
+    wait_until(lambda: len(proxy.addresses) == 2)  # one "listening on" line per listener
+    v6 = next(address for address in proxy.addresses if ":" in address[0])
+    held = socket.create_connection(v6, timeout=10)
+    held.sendall(connect_head(echo.target))
+    assert held.recv(4096).startswith(b"HTTP/1.1 200 ")
+    with socket.create_connection(v6, timeout=10) as sock:
+        sock.sendall(connect_head(echo.target))
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 429 ") and b"::/64" in answer, answer
+    held.close()
 
 
 def test_max_clients_answers_503_and_keeps_accepting(start_proxy, echo):
