@@ -1,13 +1,16 @@
 """Handshake rate with --auth-file against without, on a pinned proxy.
 
-    python -m bench.auth_rate [--seconds 10] [--conns 64] [--rounds 10]
+    python -m bench.auth_rate [--seconds 10] [--conns 64] [--rounds 10] [--repeat 3]
 
 The proxy runs on CPU 0 (taskset), the C load generator and its echo server on
 CPU 1. Each run is loadgen's ``rate`` workload: CONNECT, a 64-byte echo, close,
 at a fixed concurrency. With auth every CONNECT carries the same
 Proxy-Authorization, as a browser or curl does, so after the first bcrypt check
 the cache answers. Prints one JSON line per run and a summary line with the
-ratio; needs gcc and taskset.
+ratio; needs gcc and taskset. Runs alternate (off, on, on, off, ...) and the summary
+takes medians, so a neighbour's burst on a shared machine skews one run, not the
+result. The proxy's own CPU time per tunnel (from /proc) is reported too: it does
+not depend on how busy the rest of the machine was.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import base64
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,6 +63,12 @@ def start_proxy(extra: list[str], cpu: str) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("proxy did not start")
 
 
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(loadgen: Path, port: int, echo_port: int, args: argparse.Namespace, header: str | None) -> dict:
     cmd = [
         "taskset",
@@ -88,6 +98,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="bcrypt cost of the user's entry")
     parser.add_argument("--proxy-cpu", default="0")
     parser.add_argument("--load-cpu", default="1")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each, alternating")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gconnect-auth-rate-"))
     loadgen = build_loadgen(Path(tempfile.gettempdir()) / "gconnect-bench-build")
@@ -99,27 +110,44 @@ def main() -> None:
     )
     assert server.stdout is not None
     echo_port = int(server.stdout.readline().split()[1])
-    results = {}
+    runs: dict[str, list[dict]] = {"auth_off": [], "auth_on": []}
+    modes = {"auth_off": ([], None), "auth_on": (["--auth-file", str(users)], header)}
+    order = []
+    for i in range(args.repeat):
+        order += ["auth_off", "auth_on"] if i % 2 == 0 else ["auth_on", "auth_off"]
     try:
-        for name, extra, head in (("auth_off", [], None), ("auth_on", ["--auth-file", str(users)], header)):
+        for name in order:
+            extra, head = modes[name]
             proxy, port = start_proxy(extra, args.proxy_cpu)
             try:
-                results[name] = run(loadgen, port, echo_port, args, head)
+                cpu_before = cpu_seconds(proxy.pid)
+                result = run(loadgen, port, echo_port, args, head)
+                result["proxy_cpu_us_per_tunnel"] = round(
+                    (cpu_seconds(proxy.pid) - cpu_before) * 1e6 / max(1, result["tunnels"]), 1
+                )
             finally:
                 proxy.terminate()
                 proxy.wait(30)
-            print(json.dumps({"run": name, **results[name]}), flush=True)
+            runs[name].append(result)
+            print(json.dumps({"run": name, **result}), flush=True)
     finally:
         server.terminate()
         server.wait(10)
-    off, on = results["auth_off"]["tunnels_per_s"], results["auth_on"]["tunnels_per_s"]
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[name])
+
+    off, on = median("auth_off", "tunnels_per_s"), median("auth_on", "tunnels_per_s")
     summary = {
         "auth_off_tunnels_per_s": off,
         "auth_on_tunnels_per_s": on,
         "ratio_on_over_off": round(on / off, 3) if off else None,
+        "auth_off_proxy_cpu_us_per_tunnel": median("auth_off", "proxy_cpu_us_per_tunnel"),
+        "auth_on_proxy_cpu_us_per_tunnel": median("auth_on", "proxy_cpu_us_per_tunnel"),
+        "errors": sum(r["errors"] for rs in runs.values() for r in rs),
         "conns": args.conns,
         "seconds": args.seconds,
-        "cpus": os.cpu_count(),
+        "repeat": args.repeat,
     }
     print(json.dumps(summary), flush=True)
 
