@@ -529,3 +529,44 @@ def test_passwd_into_an_unwritable_place_is_a_clear_error(tmp_path):
     )
     assert result.exit_code == 1 and "cannot write" in result.output
     assert not isinstance(result.exception, OSError)
+
+
+def test_json_access_log_names_the_user_on_open_and_close(start_proxy, htpasswd, echo):
+    import json
+
+    proxy = start_proxy("--auth-file", str(htpasswd), "--log-format", "json")
+    headers = f"Host: {echo.target}\r\n".encode() + auth_header("alice", "wonderland") + b"\r\n"
+    open_tunnel(proxy, echo.target, headers=headers).close()
+    exchange(proxy, connect_head(echo.target, auth_header("alice", "wrong")))
+    wait_until(lambda: len(proxy.access_lines()) >= 3)
+    records = {(r["event"], r.get("status")): r for r in map(json.loads, proxy.access_lines())}
+    assert records[("open", None)]["user"] == "alice"
+    assert records[("close", 200)]["user"] == "alice"
+    assert records[("close", 407)]["user"] is None
+    assert records[("close", 407)]["reason"] == "auth_failed"
+
+
+def test_failure_bucket_counts_the_client_a_proxy_header_names(start_proxy, htpasswd, echo):
+    # Behind a load balancer every connection comes from the balancer: the bucket
+    # must be the client's, or one guesser would lock everyone out.
+    proxy = start_proxy(
+        "--auth-file",
+        str(htpasswd),
+        "--auth-failures-per-minute",
+        "1",
+        "--proxy-protocol",
+        "--proxy-protocol-from",
+        "127.0.0.0/8",
+    )
+
+    def attempt(source: str, password: str) -> bytes:
+        with proxy.connect() as sock:
+            sock.sendall(f"PROXY TCP4 {source} 127.0.0.1 40000 {proxy.port}\r\n".encode())
+            sock.sendall(connect_head(echo.target, auth_header("alice", password)))
+            return read_head(sock)[0].split(b"\r\n")[0]
+
+    assert attempt("203.0.113.5", "guess").startswith(b"HTTP/1.1 407 ")
+    assert attempt("203.0.113.5", "guess").startswith(b"HTTP/1.1 429 ")
+    assert attempt("198.51.100.9", "wonderland").startswith(b"HTTP/1.1 200 ")
+    assert attempt("198.51.100.9", "guess").startswith(b"HTTP/1.1 407 ")
+    assert "client=203.0.113.5:40000 user=- " in proxy.wait_access("status=429")

@@ -264,3 +264,18 @@ def test_missing_key_file_is_a_clear_start_error(tmp_path, proxy_cert):
         timeout=30,
     )
     assert result.returncode == 1 and "cannot start" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tls_and_proxy_protocol_together_are_refused(proxy_cert):
+    import sys
+
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "gconnect", "serve", "--tls-cert", proxy_cert[0], "--tls-key", proxy_cert[1]),
+            *("--proxy-protocol", "--proxy-protocol-from", "127.0.0.0/8"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "cannot be combined with proxy_protocol" in result.stderr
