@@ -3,29 +3,30 @@
 The client speaks TLS to the proxy; the CONNECT head and the tunnel's bytes
 travel inside that TLS session. splice(2) and the fd-level copy relay cannot
 move bytes through TLS records, so such tunnels use :class:`TLSRelay`: two
-greenlets calling the SSL socket's ``recv``/``sendall``, with the idle deadline
-shared by both directions as in :class:`~gconnect.relay.Relay`.
+greenlets calling :class:`TLSConnection`'s ``recv``/``sendall``, with the idle
+deadline shared by both directions as in :class:`~gconnect.relay.Relay`.
 
-Half-close is carried one way only. The client's EOF becomes a FIN toward the
-upstream and the upstream's bytes keep flowing. The upstream's EOF becomes a
-close_notify to the client and ends the tunnel: the ssl module's shutdown calls
-SSL_shutdown twice, and the second call reads the socket, where a fast client's
+The TLS session runs on memory BIOs (``SSLContext.wrap_bio``): we move the
+ciphertext ourselves, so OpenSSL never reads the socket behind our back. That
+is what lets half-close be carried both ways: the upstream's EOF becomes a
+close_notify (then a FIN) while the client's direction keeps flowing, as TLS 1.3
+allows (RFC 8446 §6.1). With ``SSLSocket`` the ssl module's shutdown calls
+SSL_shutdown twice and the second call reads the socket, where a fast client's
 next record is taken and lost (OpenSSL: APPLICATION_DATA_AFTER_CLOSE_NOTIFY,
-seen in tests); a FIN without close_notify is worse, as OpenSSL 3 clients take
-it for a truncation attack and stop writing too. Carrying this direction would
-need the TLS session on memory BIOs, where nothing is read behind our back.
+seen in our tests); a FIN without close_notify is no better, as OpenSSL 3
+clients take it for a truncation attack and stop writing too.
 """
 
 from __future__ import annotations
 
-import select
 import socket as _stdlib_socket
 import ssl
 import struct
 import time
+from typing import Any
 
 import gevent
-from gevent import ssl as gevent_ssl
+from gevent.lock import Semaphore
 from gevent.socket import socket
 
 from .config import Config
@@ -33,15 +34,15 @@ from .errors import TLSHandshakeError
 from .relay import RelayResult
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)
-#: Tries (10 ms apart) to find the client's direction quiet before sending close_notify.
-CLOSE_NOTIFY_ATTEMPTS = 20
+#: Ciphertext read from the socket at once: a few full TLS records (16 KiB each).
+TLS_RECV_BYTES = 64 * 1024
 
 
 def server_context(config: Config) -> ssl.SSLContext:
     """The listener's context: Python's defaults for a server (TLS 1.2 and up,
     the ssl module's cipher selection), with the configured certificate chain.
     Raises OSError/ssl.SSLError if the files cannot be loaded."""
-    context = gevent_ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(config.tls_cert, config.tls_key)
     # A CONNECT proxy speaks HTTP/1.1 only; say so to clients that offer ALPN.
@@ -49,27 +50,135 @@ def server_context(config: Config) -> ssl.SSLContext:
     return context
 
 
-def accept_tls(client: socket, context: ssl.SSLContext, timeout: float) -> socket:
+class TLSConnection:
+    """The server side of one TLS session over a gevent socket, on memory BIOs.
+
+    Socket-like where :mod:`gconnect.server` needs it (``recv``, ``sendall``,
+    ``shutdown``, ``close``, ``settimeout``, ``getsockname``, ``setsockopt``).
+    One greenlet may read while another writes. :meth:`recv` decrypts every
+    complete record it has read before returning, so between calls the
+    incoming BIO holds at most part of a record, and :meth:`close_notify` never
+    makes OpenSSL meet application data it would have to drop.
+    """
+
+    def __init__(self, sock: socket, context: ssl.SSLContext) -> None:
+        self.sock = sock
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._plain = b""
+        self._write_lock = Semaphore()
+        self._notified = False
+
+    def _flush(self) -> None:
+        # Under a lock: two greenlets sending at once would interleave records.
+        with self._write_lock:
+            data = self._outgoing.read()
+            while data:
+                self.sock.sendall(data)
+                data = self._outgoing.read()
+
+    def _fill(self) -> None:
+        data = self.sock.recv(TLS_RECV_BYTES)  # BlockingIOError in non-blocking mode
+        if data:
+            self._incoming.write(data)
+        else:
+            self._incoming.write_eof()
+
+    def do_handshake(self) -> None:
+        while True:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._fill()
+                continue
+            self._flush()
+            return
+
+    def recv(self, n: int) -> bytes:
+        """Up to *n* plaintext bytes (more if a record held more); b"" at EOF,
+        with or without close_notify."""
+        while not self._plain:
+            chunks = []
+            eof = False
+            try:
+                while True:
+                    chunk = self._tls.read(TLS_RECV_BYTES)
+                    if not chunk:  # close_notify received (the ssl module returns b"")
+                        eof = True
+                        break
+                    chunks.append(chunk)
+            except ssl.SSLWantReadError:
+                if not chunks:
+                    self._flush()  # TLS 1.3 may answer (KeyUpdate) while reading
+                    self._fill()
+                    continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                eof = True
+            if not chunks and eof:
+                return b""
+            self._plain = b"".join(chunks)
+        data, self._plain = self._plain[:n], self._plain[n:]
+        return data
+
+    def sendall(self, data: bytes) -> None:
+        self._tls.write(data)  # memory BIO: always takes all of it
+        self._flush()
+
+    def close_notify(self) -> None:
+        """Send close_notify and a FIN: our direction is done; theirs is not."""
+        if self._notified:
+            return
+        self._notified = True
+        try:
+            self._tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # sent; the peer's close_notify will come through recv()
+        except ssl.SSLError:
+            pass
+        try:
+            self._flush()
+            self.sock.shutdown(_stdlib_socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def shutdown(self, how: int) -> None:
+        if how in (_stdlib_socket.SHUT_WR, _stdlib_socket.SHUT_RDWR):
+            self.close_notify()
+        if how != _stdlib_socket.SHUT_WR:
+            self.sock.shutdown(_stdlib_socket.SHUT_RD)
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+    def getsockname(self) -> Any:
+        return self.sock.getsockname()
+
+    def setsockopt(self, *args: Any) -> None:
+        self.sock.setsockopt(*args)
+
+    def fileno(self) -> int:
+        return int(self.sock.fileno())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def accept_tls(client: socket, context: ssl.SSLContext, timeout: float) -> TLSConnection:
     """Run the server side of the handshake within *timeout* seconds.
 
-    Returns the TLS socket (which now owns the descriptor). Raises
-    TLSHandshakeError on failure or timeout; there is no channel to answer on.
+    Raises TLSHandshakeError on failure or timeout; there is no channel to
+    answer on.
     """
     timer = gevent.Timeout(timeout, TLSHandshakeError(f"TLS handshake not completed within {timeout:g} s"))
     timer.start()
-    tls = None
     try:
-        tls = context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        tls = TLSConnection(client, context)
         tls.do_handshake()
-        return tls  # type: ignore[no-any-return]
+        return tls
     except OSError as exc:  # ssl.SSLError is an OSError
-        if tls is not None:
-            tls.close()
         raise TLSHandshakeError(f"TLS handshake failed: {exc}") from exc
-    except TLSHandshakeError:
-        if tls is not None:
-            tls.close()
-        raise
     finally:
         timer.close()
 
@@ -84,7 +193,7 @@ class TLSRelay:
 
     def __init__(
         self,
-        client: socket,
+        client: TLSConnection,
         upstream: socket,
         *,
         idle_timeout: float,
@@ -123,8 +232,7 @@ class TLSRelay:
                     except OSError:
                         pass
                     return result
-                if not running or down.dead:
-                    # down.dead: the upstream's EOF ends a TLS tunnel (module docstring).
+                if not running:
                     result.reason = "client_eof" if self._first_eof == "client" else "upstream_eof"
                     return result
                 half_closed = len(running) == 1
@@ -148,7 +256,7 @@ class TLSRelay:
         finally:
             gevent.killall([up, down])
 
-    def _pump(self, src: socket, dst: socket, name: str) -> None:
+    def _pump(self, src: Any, dst: Any, name: str) -> None:
         result = self.result
         while True:
             try:
@@ -169,40 +277,8 @@ class TLSRelay:
                 result.bytes_down += len(data)
             self._last_activity = time.monotonic()
         self._first_eof = self._first_eof or name
-        if name == "upstream":
-            self._close_notify()
-        else:
-            try:
-                dst.shutdown(_stdlib_socket.SHUT_WR)
-            except OSError:
-                pass
-
-    def _close_notify(self) -> None:
-        """Tell the TLS client the upstream is done: close_notify, then FIN.
-
-        Client bytes already waiting are relayed first (the up pump reads them
-        within a few polls); after this the tunnel ends (module docstring)."""
-        client = self.client
-        for _ in range(CLOSE_NOTIFY_ATTEMPTS):
-            try:
-                waiting = client.pending() or select.select([client.fileno()], [], [], 0)[0]
-            except (OSError, ValueError):
-                return
-            if not waiting:
-                break
-            gevent.sleep(0.01)
-        else:
-            waiting = True
-        sslobj = getattr(client, "_sslobj", None)
-        if not waiting and sslobj is not None:
-            try:
-                sslobj.shutdown()
-            except ssl.SSLWantReadError:
-                pass  # close_notify sent; the client's own comes later, through recv
-            except (OSError, ValueError):
-                pass
         try:
-            # The plain socket's shutdown: SSLSocket.shutdown would also drop the TLS layer.
-            socket.shutdown(client, _stdlib_socket.SHUT_WR)
+            # Toward the client a close_notify and a FIN; toward the upstream a FIN.
+            dst.shutdown(_stdlib_socket.SHUT_WR)
         except OSError:
             pass
