@@ -570,3 +570,14 @@ def test_failure_bucket_counts_the_client_a_proxy_header_names(start_proxy, htpa
     assert attempt("198.51.100.9", "wonderland").startswith(b"HTTP/1.1 200 ")
     assert attempt("198.51.100.9", "guess").startswith(b"HTTP/1.1 407 ")
     assert "client=203.0.113.5:40000 user=- " in proxy.wait_access("status=429")
+
+
+def test_workers_each_enforce_the_auth_file(start_proxy, htpasswd, echo):
+    proxy = start_proxy("--workers", "2", "--auth-file", str(htpasswd))
+    headers = f"Host: {echo.target}\r\n".encode() + auth_header("alice", "wonderland") + b"\r\n"
+    for _ in range(6):  # SO_REUSEPORT spreads these over both workers
+        status, _, _ = exchange(proxy, connect_head(echo.target))
+        assert status == 407
+        with open_tunnel(proxy, echo.target, headers=headers) as sock:
+            sock.sendall(b"w")
+            assert recv_exactly(sock, 1) == b"w"
