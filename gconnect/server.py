@@ -374,6 +374,13 @@ class TunnelServer(AcceptBackoff, StreamServer):
             client.sendall(protocol.RESPONSE_200)
             status = 200
             proxy.stats.opened(time.monotonic() - started)
+            if request.trailing:
+                # RFC 9110 §9.3.6 lets the client send early: those bytes are tunnel data.
+                upstream.sendall(request.trailing)
+            fields = None
+            if isinstance(proxy.access_log, JsonLogFile):
+                fields = self._fields(address, target, dialled, user, parent, started, resolved, connected)
+                proxy.access_log.write_json("open", fields)
             if proxy.tls_context is not None:
                 # TLS needs the ssl socket's recv/send: a greenlet relay, run to its end here.
                 tls_relay = TLSRelay(
@@ -384,17 +391,11 @@ class TunnelServer(AcceptBackoff, StreamServer):
                     max_lifetime=config.max_tunnel_lifetime,
                     chunk_bytes=config.chunk_bytes,
                 )
-                tls_relay.run(request.trailing)
+                tls_relay.run()  # the early data went just above
                 reason = tls_relay.result.reason
-                bytes_up, bytes_down = tls_relay.result.bytes_up, tls_relay.result.bytes_down
+                bytes_up = len(request.trailing) + tls_relay.result.bytes_up
+                bytes_down = tls_relay.result.bytes_down
                 raise _TunnelEnded
-            if request.trailing:
-                # RFC 9110 §9.3.6 lets the client send early: those bytes are tunnel data.
-                upstream.sendall(request.trailing)
-            fields = None
-            if isinstance(proxy.access_log, JsonLogFile):
-                fields = self._fields(address, target, dialled, user, parent, started, resolved, connected)
-                proxy.access_log.write_json("open", fields)
             info = _TunnelInfo(address, target, dialled, started, own, fields, user)
             relay = Relay(
                 _socket.socket(fileno=client.detach()),

@@ -289,3 +289,17 @@ def test_tls_and_proxy_protocol_together_are_refused(proxy_cert):
         timeout=30,
     )
     assert result.returncode == 2 and "cannot be combined with proxy_protocol" in result.stderr
+
+
+def test_tls_tunnels_write_json_open_and_close_lines(start_tls_proxy, client_context, echo):
+    import json
+
+    proxy = start_tls_proxy("--log-format", "json")
+    with tls_tunnel(proxy, client_context, echo.target, extra=b"early") as sock:
+        assert recv_exactly(sock, 5) == b"early"
+        sock.sendall(b"12345")
+        assert recv_exactly(sock, 5) == b"12345"
+    wait_until(lambda: len(proxy.access_lines()) >= 2)
+    opened, closed = (json.loads(line) for line in proxy.access_lines()[:2])
+    assert (opened["event"], closed["event"]) == ("open", "close") and opened["id"] == closed["id"]
+    assert (closed["status"], closed["up"], closed["down"]) == (200, 10, 10)
