@@ -37,6 +37,8 @@ ACCEPT_BACKOFF_MIN_SECONDS = 0.01
 ACCEPT_BACKOFF_MAX_SECONDS = 1.0
 #: One log line per this many seconds while descriptors stay exhausted.
 EXHAUSTION_LOG_SECONDS = 10.0
+#: An exhaustion episode is over once accept() has not failed for this long.
+EXHAUSTION_RECOVERED_SECONDS = 1.0
 
 
 #: Prefix length that counts as one IPv6 client: RFC 4291 §2.5.4 / RFC 7421 give
@@ -92,17 +94,26 @@ class ClientLimits:
 
 
 class AcceptBackoff:
-    """StreamServer mixin: survive descriptor exhaustion in accept()."""
+    """StreamServer mixin: survive descriptor exhaustion in accept().
+
+    An episode starts at the first failed accept() and ends once accept() has
+    worked and none failed for :data:`EXHAUSTION_RECOVERED_SECONDS`: a proxy
+    hovering at the limit recovers and runs out again many times a second,
+    and that is one episode, not many. Each episode logs its error line at most
+    once per :data:`EXHAUSTION_LOG_SECONDS` and one recovery line at its end.
+    """
 
     # Provided by gevent.baseserver.BaseServer.
     loop: Any
     started: bool
-    #: When accept() first failed in the current spell, or None.
+    #: When the current episode began, or None.
     _exhausted_since: float | None = None
-    _spell_reported = False
+    _episode_failures = 0
+    _last_failure = 0.0
     _exhaustion_logged = float("-inf")
     _exhaustion_unlogged = 0
     _backoff = ACCEPT_BACKOFF_MIN_SECONDS
+    _recovery_timer: Any = None
 
     def do_read(self) -> Any:
         try:
@@ -112,25 +123,38 @@ class AcceptBackoff:
                 raise
             self._back_off(exc)
             return None
-        if self._exhausted_since is not None:
-            if self._spell_reported:
-                log.warning(
-                    "accept: descriptors available again after %.1f s",
-                    time.monotonic() - self._exhausted_since,
-                )
-            self._exhausted_since = None
         self._backoff = ACCEPT_BACKOFF_MIN_SECONDS
+        if self._exhausted_since is not None and self._recovery_timer is None:
+            self._recovery_timer = self.loop.timer(EXHAUSTION_RECOVERED_SECONDS)
+            self._recovery_timer.start(self._check_recovered)
         return result
+
+    def _check_recovered(self) -> None:
+        self._recovery_timer.close()
+        self._recovery_timer = None
+        if self._exhausted_since is None:
+            return
+        quiet = time.monotonic() - self._last_failure
+        if quiet < EXHAUSTION_RECOVERED_SECONDS:
+            # Failed again meanwhile: look again once it has been quiet long enough.
+            self._recovery_timer = self.loop.timer(EXHAUSTION_RECOVERED_SECONDS - quiet)
+            self._recovery_timer.start(self._check_recovered)
+            return
+        log.warning(
+            "accept: descriptors available again; %d accept failures over %.1f s",
+            self._episode_failures,
+            self._last_failure - self._exhausted_since,
+        )
+        self._exhausted_since = None
 
     def _back_off(self, exc: OSError) -> None:
         now = time.monotonic()
         if self._exhausted_since is None:
             self._exhausted_since = now
-            self._spell_reported = False
-            self._backoff = ACCEPT_BACKOFF_MIN_SECONDS
+            self._episode_failures = 0
+        self._episode_failures += 1
+        self._last_failure = now
         self._exhaustion_unlogged += 1
-        # One line per interval, across spells: a proxy hovering at the limit
-        # recovers and runs out again many times a second.
         if now - self._exhaustion_logged >= EXHAUSTION_LOG_SECONDS:
             log.error(
                 "accept: %s (%s); %d failures since the last report; pausing accept, retrying up to %g s apart",
@@ -141,7 +165,6 @@ class AcceptBackoff:
             )
             self._exhaustion_logged = now
             self._exhaustion_unlogged = 0
-            self._spell_reported = True
         # The listening socket stays readable while the backlog is not empty:
         # without a pause the accept watcher would fire again at once (a busy loop).
         self.stop_accepting()  # type: ignore[attr-defined]
