@@ -334,7 +334,7 @@ class TunnelServer(AcceptBackoff, StreamServer):
             admitted = client_key(address[0])
             proxy.limits.admit(admitted)
             who = admitted
-            request = self._read_head(client, initial)
+            request = self._read_head(client, initial, spent=time.monotonic() - started if proxy.tls_context else 0.0)
             target = request.target
             if proxy.auth is not None:
                 values = [v for k, v in request.headers if k.lower() == b"proxy-authorization"]
@@ -524,7 +524,9 @@ class TunnelServer(AcceptBackoff, StreamServer):
         finally:
             timeout.close()
 
-    def _read_head(self, client: socket, initial: bytes = b"") -> protocol.ConnectRequest:
+    def _read_head(self, client: socket, initial: bytes = b"", spent: float = 0.0) -> protocol.ConnectRequest:
+        """The request head, within the header deadline less *spent* seconds
+        (a TLS handshake shares the deadline with the head)."""
         parser = protocol.RequestParser(self.config.max_header_bytes)
         if initial:
             request = parser.feed(initial)
@@ -548,7 +550,7 @@ class TunnelServer(AcceptBackoff, StreamServer):
         # One deadline for the whole head: a client trickling a byte at a time
         # is not kept alive by each byte.
         timeout = gevent.Timeout(
-            self.config.header_timeout,
+            max(0.0, self.config.header_timeout - spent),
             HeadTimeoutError(f"request head not received within {self.config.header_timeout:g} s"),
         )
         timeout.start()

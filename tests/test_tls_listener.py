@@ -303,3 +303,18 @@ def test_tls_tunnels_write_json_open_and_close_lines(start_tls_proxy, client_con
     opened, closed = (json.loads(line) for line in proxy.access_lines()[:2])
     assert (opened["event"], closed["event"]) == ("open", "close") and opened["id"] == closed["id"]
     assert (closed["status"], closed["up"], closed["down"]) == (200, 10, 10)
+
+
+def test_handshake_and_head_share_one_deadline(start_tls_proxy, client_context):
+    # A client slow to start its handshake does not get a fresh deadline for its head.
+    proxy = start_tls_proxy("--header-timeout", "1.2")
+    raw = proxy.connect()
+    started = time.monotonic()
+    time.sleep(0.8)  # the slowness under test: ClientHello 0.8 s after connecting
+    sock = client_context.wrap_socket(raw, server_hostname="127.0.0.1")
+    sock.settimeout(10)
+    answer = sock.recv(4096)  # no head sent: the proxy answers at the deadline
+    elapsed = time.monotonic() - started
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert 1.1 < elapsed < 1.7, elapsed  # one 1.2 s deadline, not 0.8 + 1.2
