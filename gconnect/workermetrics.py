@@ -58,6 +58,14 @@ GAUGE_FIELDS = ("tunnels_open", "clients", "open_fds", "rss_bytes")
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
+def open_fds() -> int:
+    """Descriptors open in this process."""
+    # Linux 6.2+ gives the count as the directory's size, O(1); listing it
+    # costs ~0.7 ms per 1,000 descriptors of hub time (14 ms at 19,000).
+    counted = os.stat("/proc/self/fd").st_size
+    return counted if counted > 0 else len(os.listdir("/proc/self/fd"))
+
+
 def process_figures() -> dict[str, Any]:
     """This process's RSS, CPU seconds and descriptors, from /proc/self."""
     with open("/proc/self/statm") as f:
@@ -66,7 +74,7 @@ def process_figures() -> dict[str, Any]:
     return {
         "rss_bytes": rss_pages * _PAGE_BYTES,
         "cpu_seconds": times.user + times.system,
-        "open_fds": len(os.listdir("/proc/self/fd")),
+        "open_fds": open_fds(),
         "max_fds": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
     }
 
