@@ -7,11 +7,12 @@ into metric families at scrape time (a custom collector), so a scrape costs the
 tunnels nothing but the moment it takes. The endpoint is a gevent WSGI server in
 the same hub: it yields like any tunnel and never blocks one.
 
-Several workers (``--workers``): each worker has its own Stats. The plan is
-that each worker writes ``Stats.snapshot()`` as JSON to a shared directory
-(once a second, and on exit) and the supervising parent serves the sum, with a
-``worker`` label on the per-worker gauges; prometheus-client's multiprocess
-mode (mmap files per metric) would cost a file write on every increment instead.
+Several workers (``--workers``): each worker has its own Stats and does not
+listen; it writes :func:`snapshot` as JSON to a directory the supervisor made
+(once a second, and on exit), and the supervisor serves the sum with the same
+:func:`families`, plus per-worker gauges with a ``worker`` label
+(``workermetrics``). prometheus-client's multiprocess mode (mmap files per
+metric) would cost a file write on every increment instead.
 """
 
 from __future__ import annotations
