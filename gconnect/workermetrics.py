@@ -138,14 +138,15 @@ class SnapshotWriter:
 
     def write(self) -> None:
         """Replace the snapshot file (a temporary file, then os.replace)."""
-        data = {**snapshot(self.proxy), **process_figures(), "pid": os.getpid(), "worker": self.index}
         temporary = self.path + ".tmp"
         try:
+            data = {**snapshot(self.proxy), **process_figures(), "pid": os.getpid(), "worker": self.index}
             with open(temporary, "w") as f:
                 f.write(json.dumps(data))
             os.replace(temporary, self.path)
         except OSError as exc:
-            # The supervisor removed the directory: it is gone or stopping, and so are we.
+            # Most likely the supervisor removed the directory: it is gone or
+            # stopping, and so are we. The next tick tries again either way.
             log.debug("cannot write the metrics snapshot %s: %s", self.path, exc)
 
     def stop(self) -> None:
