@@ -21,7 +21,7 @@ import gevent
 from . import __version__, accesslog
 from . import config as cfg
 from .configfile import ConfigFileError
-from .workers import PARENT_FD_ENV, READY_FD_ENV, watch_parent
+from .workers import METRICS_DIR_ENV, PARENT_FD_ENV, READY_FD_ENV, WORKER_INDEX_ENV, watch_parent
 
 log = logging.getLogger("gconnect")
 
@@ -431,14 +431,30 @@ def serve(**options: Any) -> None:
     if config.workers > 1:
         from . import workers
 
-        if config.metrics_listen is not None:
-            # Each worker would serve only its own counters on a port they cannot share.
-            raise click.UsageError("--metrics-listen with --workers > 1 is not supported yet: run one worker per port")
-
+        # Workers do not listen for scrapes: they write snapshots that this
+        # process sums (workermetrics). The explicit empty value also wins over
+        # a config file's metrics-listen when a worker reloads on SIGHUP.
+        worker_args = [*config_to_args(dataclasses.replace(config, metrics_listen=None)), "--metrics-listen", ""]
+        metrics = None
         try:
-            code = workers.run(config, config_to_args(config), _announce)
+            if config.metrics_listen is not None:
+                from .workermetrics import SupervisorMetrics
+
+                metrics = SupervisorMetrics(config.workers, config.metrics_listen)
+                # Before the listening lines: whoever waits for those finds this one too.
+                click.echo(f"gconnect metrics on {accesslog.fmt_addr(metrics.address)}", err=True)
+            code = workers.run(
+                config,
+                worker_args,
+                _announce,
+                metrics_dir=metrics.directory if metrics else None,
+                on_worker_exit=metrics.collector.retire if metrics else None,
+            )
         except (OSError, RuntimeError) as exc:
             raise click.ClickException(f"cannot start: {exc}") from None
+        finally:
+            if metrics is not None:
+                metrics.close()
         sys.exit(code)
     from .server import Proxy  # imports dnspython: after the CLI has parsed
 
@@ -462,6 +478,15 @@ def serve(**options: Any) -> None:
     if proxy.metrics_address is not None:
         # Before the listening lines: whoever waits for those finds this one too.
         click.echo(f"gconnect metrics on {accesslog.fmt_addr(proxy.metrics_address)}", err=True)
+    snapshots = None
+    metrics_dir = os.environ.pop(METRICS_DIR_ENV, None)
+    worker_index = os.environ.pop(WORKER_INDEX_ENV, "0")
+    if metrics_dir is not None:
+        # We are a worker of a supervisor that serves /metrics for all of us.
+        from .workermetrics import SnapshotWriter
+
+        snapshots = SnapshotWriter(proxy, metrics_dir, int(worker_index))
+        snapshots.start()
     parent_fd = os.environ.pop(PARENT_FD_ENV, None)
     if parent_fd is not None:
         watch_parent(int(parent_fd), proxy.stop)
@@ -474,6 +499,8 @@ def serve(**options: Any) -> None:
         _announce(bound)
     log.info("relay=%s max_clients=%d", proxy.relay_mode, config.max_clients)
     proxy.stopped.wait()
+    if snapshots is not None:
+        snapshots.stop()
     log.info("stopped")
 
 

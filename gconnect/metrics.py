@@ -7,11 +7,12 @@ into metric families at scrape time (a custom collector), so a scrape costs the
 tunnels nothing but the moment it takes. The endpoint is a gevent WSGI server in
 the same hub: it yields like any tunnel and never blocks one.
 
-Several workers (``--workers``): each worker has its own Stats. The plan is
-that each worker writes ``Stats.snapshot()`` as JSON to a shared directory
-(once a second, and on exit) and the supervising parent serves the sum, with a
-``worker`` label on the per-worker gauges; prometheus-client's multiprocess
-mode (mmap files per metric) would cost a file write on every increment instead.
+Several workers (``--workers``): each worker has its own Stats and does not
+listen; it writes :func:`snapshot` as JSON to a directory the supervisor made
+(once a second, and on exit), and the supervisor serves the sum with the same
+:func:`families`, plus per-worker gauges with a ``worker`` label
+(``workermetrics``). prometheus-client's multiprocess mode (mmap files per
+metric) would cost a file write on every increment instead.
 """
 
 from __future__ import annotations
@@ -61,58 +62,84 @@ class Stats:
         self.bytes_down += bytes_down
 
 
-def _collector(proxy: Any) -> Any:
+def snapshot(proxy: Any) -> dict[str, Any]:
+    """The proxy's figures as plain JSON-able data: what one scrape shows, and
+    what a worker writes for its supervisor (``workermetrics``)."""
+    stats: Stats = proxy.stats
+    return {
+        "tunnels_open": stats.tunnels_open,
+        "clients": proxy.open_count(),
+        "outcomes": [[status, reason, count] for (status, reason), count in sorted(stats.outcomes.items())],
+        "bytes_up": stats.bytes_up,
+        "bytes_down": stats.bytes_down,
+        "handshake_counts": list(stats.handshake_counts),
+        "handshake_sum": stats.handshake_sum,
+        "dns_lookups": proxy.resolver.lookups,
+        "dns_cache_hits": proxy.resolver.cache_hits,
+        "policy_generation": proxy.generation,
+    }
+
+
+def families(snap: dict[str, Any]) -> Iterator[Any]:
+    """The ``gconnect_*`` metric families of one :func:`snapshot` (or of a sum of them)."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-    class ProxyCollector:
-        def collect(self) -> Iterator[Any]:
-            stats: Stats = proxy.stats
-            outcomes = dict(stats.outcomes)
-            yield GaugeMetricFamily("gconnect_tunnels_open", "Tunnels past their 200, still open", stats.tunnels_open)
-            yield GaugeMetricFamily("gconnect_clients", "Client connections being served", proxy.open_count())
-            total = CounterMetricFamily(
-                "gconnect_tunnels", "Clients served, by status and close reason", labels=("status", "reason")
-            )
-            for (status, reason), count in sorted(outcomes.items()):
-                total.add_metric((str(status), reason), count)
-            yield total
-            moved = CounterMetricFamily("gconnect_bytes", "Tunnel bytes (up: client to target)", labels=("direction",))
-            moved.add_metric(("up",), stats.bytes_up)
-            moved.add_metric(("down",), stats.bytes_down)
-            yield moved
-            buckets, cumulative = [], 0
-            for bound, count in zip((*HANDSHAKE_BUCKETS, float("inf")), stats.handshake_counts, strict=True):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            yield HistogramMetricFamily(
-                "gconnect_handshake_seconds",
-                "Accept to 200 sent",
-                buckets=buckets,
-                sum_value=stats.handshake_sum,
-            )
-            yield CounterMetricFamily("gconnect_dns_lookups", "DNS lookups sent", proxy.resolver.lookups)
-            yield CounterMetricFamily(
-                "gconnect_dns_cache_hits", "Names answered from the cache", proxy.resolver.cache_hits
-            )
-            yield CounterMetricFamily(
-                "gconnect_auth_failures",
-                "Clients answered 407",
-                sum(n for (status, _), n in outcomes.items() if status == 407),
-            )
-            yield CounterMetricFamily(
-                "gconnect_limit_rejections",
-                "Clients refused by a limit (429, 503)",
-                sum(n for (status, _), n in outcomes.items() if status in LIMIT_STATUSES),
-            )
-            yield GaugeMetricFamily("gconnect_policy_generation", "Policy reloads applied (SIGHUP)", proxy.generation)
+    outcomes = [(int(status), str(reason), count) for status, reason, count in snap["outcomes"]]
+    yield GaugeMetricFamily("gconnect_tunnels_open", "Tunnels past their 200, still open", snap["tunnels_open"])
+    yield GaugeMetricFamily("gconnect_clients", "Client connections being served", snap["clients"])
+    total = CounterMetricFamily(
+        "gconnect_tunnels", "Clients served, by status and close reason", labels=("status", "reason")
+    )
+    for status, reason, count in sorted(outcomes):
+        total.add_metric((str(status), reason), count)
+    yield total
+    moved = CounterMetricFamily("gconnect_bytes", "Tunnel bytes (up: client to target)", labels=("direction",))
+    moved.add_metric(("up",), snap["bytes_up"])
+    moved.add_metric(("down",), snap["bytes_down"])
+    yield moved
+    buckets, cumulative = [], 0
+    for bound, count in zip((*HANDSHAKE_BUCKETS, float("inf")), snap["handshake_counts"], strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    yield HistogramMetricFamily(
+        "gconnect_handshake_seconds",
+        "Accept to 200 sent",
+        buckets=buckets,
+        sum_value=snap["handshake_sum"],
+    )
+    yield CounterMetricFamily("gconnect_dns_lookups", "DNS lookups sent", snap["dns_lookups"])
+    yield CounterMetricFamily("gconnect_dns_cache_hits", "Names answered from the cache", snap["dns_cache_hits"])
+    yield CounterMetricFamily(
+        "gconnect_auth_failures",
+        "Clients answered 407",
+        sum(n for status, _, n in outcomes if status == 407),
+    )
+    yield CounterMetricFamily(
+        "gconnect_limit_rejections",
+        "Clients refused by a limit (429, 503)",
+        sum(n for status, _, n in outcomes if status in LIMIT_STATUSES),
+    )
+    yield GaugeMetricFamily("gconnect_policy_generation", "Policy reloads applied (SIGHUP)", snap["policy_generation"])
 
-    return ProxyCollector()
+
+class ProxyCollector:
+    """Reads one in-process proxy at scrape time."""
+
+    def __init__(self, proxy: Any) -> None:
+        self.proxy = proxy
+
+    def collect(self) -> Iterator[Any]:
+        return families(snapshot(self.proxy))
 
 
 class MetricsServer:
-    """``GET /metrics`` on its own listener, served from the proxy's hub."""
+    """``GET /metrics`` on its own listener, served from this process's hub.
 
-    def __init__(self, proxy: Any, address: tuple[str, int]) -> None:
+    *collector* is a prometheus-client collector (:class:`ProxyCollector`, or
+    the supervisor's ``workermetrics.WorkerCollector``); with *process_metrics*
+    the ``process_*`` family of this process is added."""
+
+    def __init__(self, collector: Any, address: tuple[str, int], *, process_metrics: bool = True) -> None:
         try:
             import prometheus_client
         except ImportError as exc:
@@ -120,9 +147,10 @@ class MetricsServer:
         from gevent.pywsgi import WSGIServer
 
         registry = prometheus_client.CollectorRegistry()
-        registry.register(_collector(proxy))
-        # process_open_fds, process_max_fds, CPU and memory, from /proc.
-        prometheus_client.ProcessCollector(registry=registry)
+        registry.register(collector)
+        if process_metrics:
+            # process_open_fds, process_max_fds, CPU and memory, from /proc.
+            prometheus_client.ProcessCollector(registry=registry)
         app: Callable[..., Any] = prometheus_client.make_wsgi_app(registry)
         self.server = WSGIServer(address, app, log=None, error_log=log)
 

@@ -47,7 +47,7 @@ from .errors import (
 )
 from .limits import REFUSAL_SLOTS, AcceptBackoff, ClientLimits, client_key
 from .logfile import LogFile
-from .metrics import MetricsServer, Stats
+from .metrics import MetricsServer, ProxyCollector, Stats
 from .policy import Policy
 from .relay import PipePool, Relay, splice_supported
 from .resolver import Resolver
@@ -222,7 +222,7 @@ class Proxy:
         self.policy.set_listening(bound)
         self.bound = bound
         if self.config.metrics_listen is not None:
-            self.metrics = MetricsServer(self, self.config.metrics_listen)
+            self.metrics = MetricsServer(ProxyCollector(self), self.config.metrics_listen)
             self.metrics_address = self.metrics.start()
         if self.auth is not None:
             self.auth.start()

@@ -19,6 +19,7 @@ import socket as _stdlib_socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import gevent
 from gevent.event import Event
@@ -39,6 +40,10 @@ READY_FD_ENV = "GCONNECT_READY_FD"
 #: Environment variable carrying a pipe's read end whose write end only the
 #: supervisor holds: EOF on it means the supervisor is gone, and the worker stops.
 PARENT_FD_ENV = "GCONNECT_PARENT_FD"
+#: Environment variables carrying the directory a worker writes its metrics
+#: snapshots to (``workermetrics``), and the worker's index (its ``worker`` label).
+METRICS_DIR_ENV = "GCONNECT_METRICS_DIR"
+WORKER_INDEX_ENV = "GCONNECT_WORKER_INDEX"
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
@@ -62,8 +67,19 @@ def reserve_ports(config: Config) -> tuple[list[_stdlib_socket.socket], list[tup
 class Supervisor:
     """Start, watch and stop the worker processes."""
 
-    def __init__(self, config: Config, worker_args: list[str], bound: list[tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        worker_args: list[str],
+        bound: list[tuple[str, int]],
+        *,
+        metrics_dir: str | None = None,
+        on_worker_exit: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.config = config
+        self.metrics_dir = metrics_dir
+        #: Called with (index, pid) when a worker exits and will be restarted.
+        self.on_worker_exit = on_worker_exit
         self.worker_args = worker_args
         self.bound = bound
         self.procs: list[subprocess.Popen | None] = [None] * config.workers
@@ -81,13 +97,16 @@ class Supervisor:
     def start_worker(self, index: int) -> subprocess.Popen:
         """Start worker *index* and wait until it listens."""
         ready_r, ready_w = os.pipe()
+        env = {**os.environ, READY_FD_ENV: str(ready_w), PARENT_FD_ENV: str(self.alive_r), WORKER_INDEX_ENV: str(index)}
+        if self.metrics_dir is not None:
+            env[METRICS_DIR_ENV] = self.metrics_dir
         try:
             proc = subprocess.Popen(
                 self._argv(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 pass_fds=(ready_w, self.alive_r),
-                env={**os.environ, READY_FD_ENV: str(ready_w), PARENT_FD_ENV: str(self.alive_r)},
+                env=env,
             )
         finally:
             os.close(ready_w)
@@ -117,6 +136,8 @@ class Supervisor:
             if self.stopping:
                 return
             log.warning("worker %d (pid %d) exited with %s; restarting", index, proc.pid, code)
+            if self.on_worker_exit is not None:
+                self.on_worker_exit(index, proc.pid)
             if time.monotonic() - started < MIN_UPTIME_SECONDS:
                 gevent.sleep(RESTART_BACKOFF_SECONDS)
             if not self.stopping:
@@ -168,10 +189,19 @@ def _wait_ready(fd: int) -> bytes:
     return nb_read(fd, 1)
 
 
-def run(config: Config, worker_args: list[str], announce) -> int:  # type: ignore[no-untyped-def]
-    """Run the supervisor until stopped; return the exit code."""
+def run(  # type: ignore[no-untyped-def]
+    config: Config,
+    worker_args: list[str],
+    announce,
+    *,
+    metrics_dir: str | None = None,
+    on_worker_exit: Callable[[int, int], None] | None = None,
+) -> int:
+    """Run the supervisor until stopped; return the exit code. With
+    *metrics_dir*, workers write their metrics snapshots there and
+    *on_worker_exit* hears of each worker that exits before a stop."""
     holders, bound = reserve_ports(config)
-    supervisor = Supervisor(config, worker_args, bound)
+    supervisor = Supervisor(config, worker_args, bound, metrics_dir=metrics_dir, on_worker_exit=on_worker_exit)
     for signum in _FORWARDED:
         gevent.signal_handler(signum, supervisor.forward, signum)
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import time
 import urllib.request
@@ -97,3 +99,73 @@ def test_stats_histogram_buckets_are_upper_bounds():
     stats.closed(200, "client_eof", 3, 4)
     stats.closed(403, "denied", 0, 0)
     assert stats.tunnels_open == 1 and stats.outcomes == {(200, "client_eof"): 1, (403, "denied"): 1}
+
+
+def worker_series(values: dict[str, float], name: str) -> dict[str, float]:
+    """``name{worker="I"}`` values by worker label."""
+    found = {}
+    for key, value in values.items():
+        match = re.fullmatch(rf'{name}\{{worker="(\d+)"\}}', key)
+        if match:
+            found[match.group(1)] = value
+    return found
+
+
+def counters(values: dict[str, float]) -> dict[str, float]:
+    return {key: value for key, value in values.items() if "_total" in key or key.endswith("_count")}
+
+
+@pytest.mark.timeout(90)
+def test_workers_are_summed_by_the_supervisor(start_proxy, echo):
+    from .test_workers import children
+
+    proxy = start_proxy("--workers", "2", "--metrics-listen", "127.0.0.1:0")
+    url = metrics_url(proxy)
+    workers = children(proxy.pid)
+    with open(f"/proc/{workers[0]}/environ", "rb") as f:
+        environ = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    snapshot_dir = environ[b"GCONNECT_METRICS_DIR"].decode()
+    assert os.path.isdir(snapshot_dir)
+
+    held = []
+    for i in range(20):
+        sock = open_tunnel(proxy, echo.target)
+        sock.sendall(b"%02d" % i)
+        assert recv_exactly(sock, 2) == b"%02d" % i
+        held.append(sock)
+    # Workers write a snapshot every second: poll until it shows the tunnels.
+    values = wait_until(lambda: (v := scrape(url))["gconnect_tunnels_open"] == 20 and v)
+    per_worker = worker_series(values, "gconnect_worker_tunnels_open")
+    assert set(per_worker) == {"0", "1"}
+    assert sum(per_worker.values()) == 20
+    # SO_REUSEPORT spread the 20 tunnels: one worker getting all is a 2 ** -19 event.
+    assert all(open_ < 20 for open_ in per_worker.values())
+    assert set(worker_series(values, "gconnect_worker_open_fds")) == {"0", "1"}
+    assert set(worker_series(values, "gconnect_worker_resident_memory_bytes")) == {"0", "1"}
+    assert values["gconnect_handshake_seconds_count"] == 20
+    assert values["process_open_fds"] == sum(worker_series(values, "gconnect_worker_open_fds").values())
+
+    for sock in held:
+        sock.close()
+    closed = 'gconnect_tunnels_total{reason="client_eof",status="200"}'
+    values = wait_until(lambda: (v := scrape(url)).get(closed) == 20 and v["gconnect_tunnels_open"] == 0 and v)
+    assert values['gconnect_bytes_total{direction="up"}'] == 40
+    before = counters(values)
+
+    os.kill(workers[0], signal.SIGKILL)
+    wait_until(lambda: len(children(proxy.pid)) == 2 and workers[0] not in children(proxy.pid), timeout=20)
+    after = wait_until(
+        lambda: (
+            (v := scrape(url)).get('gconnect_worker_restarts_total{worker="0"}') == 1
+            and set(worker_series(v, "gconnect_worker_tunnels_open")) == {"0", "1"}
+            and v
+        ),
+        timeout=20,
+    )
+    for key, value in before.items():
+        assert after[key] >= value, key
+    assert after[closed] == 20
+    assert after['gconnect_bytes_total{direction="up"}'] == 40
+
+    assert proxy.stop() == 0
+    assert not os.path.exists(snapshot_dir)
