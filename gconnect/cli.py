@@ -176,45 +176,22 @@ def _announce(bound: list[tuple[str, int]]) -> None:
         click.echo(f"gconnect listening on {shown}", err=True)
 
 
-def _hostport_text(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def config_to_args(config: cfg.Config) -> list[str]:
-    """Command-line arguments that rebuild *config* (for worker processes),
-    less the listeners and the worker settings, which the supervisor sets.
-    (Workers get secrets such as the parent proxy's password on their command
-    line; /proc/PID/cmdline is readable only as the same user under
-    hidepid, so deployments should run gconnect as its own user.)"""
-    args: list[str] = []
-    for field in dataclasses.fields(cfg.Config):
-        name = field.name
-        if name in ("listen", "workers", "reuse_port"):
+def worker_arguments(given: dict[str, Any], config_path: str | None) -> list[str]:
+    """The ``serve`` arguments that start a worker like this process: ``--config``
+    and the options set on the command line or by GCONNECT_* (as given, so a
+    worker's SIGHUP reload treats file and command line exactly as ours would),
+    less the listeners and worker settings, which the supervisor sets."""
+    args: list[str] = ["--config", config_path] if config_path else []
+    for name, value in given.items():
+        if name in ("config", "listen", "workers", "reuse_port", "metrics_listen"):
             continue
         flag = "--" + name.replace("_", "-")
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if name == "allow_port":
-            for low, high in value:
-                args += [flag, f"{low}-{high}" if low != high else str(low)]
-        elif name == "dns_server":
-            args += [a for host, port in value for a in (flag, _hostport_text(host, port))]
-        elif name == "metrics_listen":
-            args += [flag, _hostport_text(*value)]
-        elif name == "upstream":
-            auth = ""
-            if value.username:
-                auth = urllib.parse.quote(value.username, safe="") + ":" + urllib.parse.quote(value.password, safe="")
-                auth += "@"
-            args += [flag, f"http://{auth}{_hostport_text(value.host, value.port)}"]
-        elif isinstance(value, bool):
+        if isinstance(value, bool):
             if value:
                 args.append(flag)
-        elif isinstance(value, tuple):
-            # Repeatable options: networks, patterns.
+        elif isinstance(value, (tuple, list)):
             args += [a for item in value for a in (flag, str(item))]
-        else:
+        elif value is not None:
             args += [flag, str(value)]
     return args
 
@@ -434,7 +411,8 @@ def serve(**options: Any) -> None:
         # Workers do not listen for scrapes: they write snapshots that this
         # process sums (workermetrics). The explicit empty value also wins over
         # a config file's metrics-listen when a worker reloads on SIGHUP.
-        worker_args = [*config_to_args(dataclasses.replace(config, metrics_listen=None)), "--metrics-listen", ""]
+        given = _given_on_command_line(click.get_current_context(), options)
+        worker_args = [*worker_arguments(given, options.get("config")), "--metrics-listen", ""]
         metrics = None
         try:
             if config.metrics_listen is not None:

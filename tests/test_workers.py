@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from .conftest import open_tunnel, recv_exactly, wait_until
+from .conftest import exchange, open_tunnel, recv_exactly, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -67,44 +67,39 @@ def test_sigterm_stops_workers_and_parent(start_proxy, echo):
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
 
 
-def test_config_to_args_round_trips_every_field():
-    # Workers rebuild the parent's configuration from arguments: nothing may be lost.
-    from gconnect.cli import build_config, config_to_args, serve
+def test_worker_arguments_rebuild_the_configuration():
+    # Workers are started with what was given to the parent: nothing may be lost.
+    from gconnect.cli import _given_on_command_line, build_config, serve, worker_arguments
 
     argv = [
-        "--allow-port",
-        "443",
-        "--allow-port",
-        "8000-8999",
-        "--allow-dest",
-        "10.0.0.0/8",
-        "--deny-dest",
-        "10.1.0.0/16",
-        "--dns-server",
-        "127.0.0.1:5353",
-        "--dns-server",
-        "[::1]:53",
-        "--idle-timeout",
-        "12.5",
-        "--hosts-file",
-        "",
-        "--relay",
-        "copy",
-        "--log-format",
-        "json",
-        "--upstream",
-        "http://us%40er:p%3Ass@127.0.0.1:3129",
-        "--upstream-for",
-        "*.corp.example",
-        "--proxy-protocol",
-        "--proxy-protocol-from",
-        "127.0.0.0/8",
-        "--metrics-listen",
-        "127.0.0.1:9100",
-    ]
-    config = build_config(**serve.make_context("serve", argv).params)
-    rebuilt = build_config(**serve.make_context("serve", config_to_args(config)).params)
+        "--allow-port", "443", "--allow-port", "8000-8999", "--allow-dest", "10.0.0.0/8",
+        "--deny-dest", "10.1.0.0/16", "--dns-server", "127.0.0.1:5353", "--dns-server", "[::1]:53",
+        "--idle-timeout", "12.5", "--hosts-file", "", "--relay", "copy", "--log-format", "json",
+        "--upstream", "http://us%40er:p%3Ass@127.0.0.1:3129", "--upstream-for", "*.corp.example",
+        "--proxy-protocol", "--proxy-protocol-from", "127.0.0.0/8", "--workers", "3",
+    ]  # fmt: skip
+    ctx = serve.make_context("serve", argv)
+    config = build_config(**ctx.params)
+    args = worker_arguments(_given_on_command_line(ctx, ctx.params), None)
+    assert "--workers" not in args
+    rebuilt = build_config(**serve.make_context("serve", [*args, "--workers", "3"]).params)
     assert rebuilt == config
+
+
+def test_sighup_reloads_the_config_file_in_every_worker(start_proxy, echo, tmp_path, hosts_file, dns_server):
+    from .test_configfile import policy_file
+
+    path = tmp_path / "gconnect.toml"
+    policy_file(path, hosts_file, dns_server.address, echo.port)
+    proxy = start_proxy("--listen", "127.0.0.1:0", "--config", str(path), "--workers", "2", defaults=False)
+    workers = children(proxy.pid)
+    policy_file(path, hosts_file, dns_server.address, echo.port + 1)  # the echo port no longer allowed
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: sum("policy reloaded (generation 1)" in line for line in proxy.lines) == len(workers))
+    # Whichever worker the kernel picks, the new policy holds.
+    for _ in range(20):
+        status, _, _ = exchange(proxy, f"CONNECT {echo.target} HTTP/1.1\r\nHost: {echo.target}\r\n\r\n".encode())
+        assert status == 403
 
 
 def test_workers_stop_when_the_supervisor_dies(start_proxy, echo):
