@@ -136,7 +136,7 @@ class _TunnelInfo:
         target: str,
         dialled: str,
         started: float,
-        own: tuple,
+        own: tuple | None,
         fields: dict | None = None,
         user: str | None = None,
     ) -> None:
@@ -442,35 +442,36 @@ class TunnelServer(AcceptBackoff, StreamServer):
             upstream.close()
         client.close()
         proxy.stats.closed(status, reason, bytes_up, bytes_down)
+        fields = None
         if isinstance(proxy.access_log, JsonLogFile):
             fields = self._fields(address, target, dialled, user, parent, started, resolved, connected)
-            fields.update(status=status, up=bytes_up, down=bytes_down, reason=reason)
-            fields["duration"] = round(time.monotonic() - started, 6)
-            proxy.access_log.write_json("close", fields)
-        elif proxy.access_log is not None:
-            proxy.access_log.write(
-                f"client={_fmt_addr(address)} user={log_safe(user) if user else '-'} target={target} "
-                f"addr={dialled} status={status} up={bytes_up} down={bytes_down} "
-                f"duration={time.monotonic() - started:.3f} reason={reason}"
-            )
+        self._log_close(
+            _TunnelInfo(address, target, dialled, started, None, fields, user), status, bytes_up, bytes_down, reason
+        )
 
     def tunnel_done(self, info: _TunnelInfo, relay: Relay) -> None:
         """A relay ended: release what it held and write its access-log line."""
         proxy = self.proxy
         proxy.remove_relay(relay)
-        proxy.own_connections.remove(info.own)
+        if info.own is not None:
+            proxy.own_connections.remove(info.own)
         proxy.limits.release(client_key(info.address[0]))
         result = relay.result
         proxy.stats.closed(200, result.reason, result.bytes_up, result.bytes_down)
-        if isinstance(proxy.access_log, JsonLogFile) and info.fields is not None:
-            fields = dict(info.fields, status=200, up=result.bytes_up, down=result.bytes_down, reason=result.reason)
+        self._log_close(info, 200, result.bytes_up, result.bytes_down, result.reason)
+
+    def _log_close(self, info: _TunnelInfo, status: int, bytes_up: int, bytes_down: int, reason: str) -> None:
+        """The one access-log line (or JSON close event) of a client that is done."""
+        access_log = self.proxy.access_log
+        if isinstance(access_log, JsonLogFile) and info.fields is not None:
+            fields = dict(info.fields, status=status, up=bytes_up, down=bytes_down, reason=reason)
             fields["duration"] = round(time.monotonic() - info.started, 6)
-            proxy.access_log.write_json("close", fields)
-        elif proxy.access_log is not None:
-            proxy.access_log.write(
+            access_log.write_json("close", fields)
+        elif access_log is not None:
+            access_log.write(
                 f"client={_fmt_addr(info.address)} user={log_safe(info.user) if info.user else '-'} "
-                f"target={info.target} addr={info.dialled} status=200 up={result.bytes_up} down={result.bytes_down} "
-                f"duration={time.monotonic() - info.started:.3f} reason={result.reason}"
+                f"target={info.target} addr={info.dialled} status={status} up={bytes_up} down={bytes_down} "
+                f"duration={time.monotonic() - info.started:.3f} reason={reason}"
             )
 
     def _fields(
