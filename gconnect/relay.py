@@ -29,6 +29,7 @@ import fcntl
 import logging
 import os
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -182,6 +183,7 @@ class Relay:
         "_timer",
         "chunk",
         "client",
+        "first_byte_at",
         "half_close_timeout",
         "idle_timeout",
         "max_lifetime",
@@ -222,6 +224,8 @@ class Relay:
         self.chunk = chunk_bytes
         self.on_done = on_done
         self.result = RelayResult()
+        #: time.monotonic() when the first upstream byte reached the client (0: none yet).
+        self.first_byte_at = 0.0
         self._first_eof = ""
         self._halves = (_Half("client", client, upstream), _Half("upstream", upstream, client))
         self._loop: Any = None
@@ -261,6 +265,8 @@ class Relay:
         try:
             if move(half):
                 self._last_activity = self._loop.now()
+                if not self.first_byte_at and half is self._halves[1]:
+                    self.first_byte_at = time.monotonic()
         except _Reset as reset:
             self._end_reset(reset.side)
             return

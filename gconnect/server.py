@@ -458,13 +458,17 @@ class TunnelServer(AcceptBackoff, StreamServer):
         proxy.limits.release(client_key(info.address[0]))
         result = relay.result
         proxy.stats.closed(200, result.reason, result.bytes_up, result.bytes_down)
-        self._log_close(info, 200, result.bytes_up, result.bytes_down, result.reason)
+        self._log_close(info, 200, result.bytes_up, result.bytes_down, result.reason, relay.first_byte_at)
 
-    def _log_close(self, info: _TunnelInfo, status: int, bytes_up: int, bytes_down: int, reason: str) -> None:
+    def _log_close(
+        self, info: _TunnelInfo, status: int, bytes_up: int, bytes_down: int, reason: str, first_byte_at: float = 0.0
+    ) -> None:
         """The one access-log line (or JSON close event) of a client that is done."""
         access_log = self.proxy.access_log
         if isinstance(access_log, JsonLogFile) and info.fields is not None:
             fields = dict(info.fields, status=status, up=bytes_up, down=bytes_down, reason=reason)
+            # Accept to the first byte from the target reaching the client.
+            fields["first_byte"] = round(first_byte_at - info.started, 6) if first_byte_at else None
             fields["duration"] = round(time.monotonic() - info.started, 6)
             access_log.write_json("close", fields)
         elif access_log is not None:

@@ -36,6 +36,8 @@ def test_json_open_line_while_the_tunnel_lives_and_close_line_after(start_proxy,
     assert closed["status"] == 200 and closed["reason"] == "client_eof"
     assert closed["up"] == 5 and closed["down"] == 5
     assert closed["duration"] >= closed["dns"] + closed["connect"]
+    # The first echoed byte reached the client after the connect, before the end.
+    assert closed["dns"] + closed["connect"] <= closed["first_byte"] <= closed["duration"]
     assert closed["time"].endswith("Z")
 
 
@@ -46,6 +48,7 @@ def test_json_refusal_is_one_close_line(start_proxy):
     record = wait_until(lambda: json_lines(proxy))[0]
     assert record["event"] == "close" and record["status"] == 403 and record["reason"] == "denied"
     assert record["addr"] == "-" and record["connect"] is None
+    assert record["first_byte"] is None
 
 
 def test_text_format_is_unchanged(proxy, echo):
