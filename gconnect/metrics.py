@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 #: Seconds from accept to the 200: a loopback tunnel set-up is ~100 µs, a
 #: cached-DNS one to a near host 1-20 ms, a cold one 50 ms to the DNS timeout.
 HANDSHAKE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-#: Statuses that mean a limit refused the client (issue 3: 429 per-client
+#: Statuses that mean a limit refused the client (429 per-client
 #: limits, 503 when the proxy is full).
 LIMIT_STATUSES = (429, 503)
 
