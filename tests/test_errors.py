@@ -95,18 +95,15 @@ def test_denied_port_gets_403(start_proxy, echo):
     still_serves(proxy, echo)
 
 
+def default_destinations(start_proxy, dns: str):
+    """A proxy with the built-in destination policy (any port, but no loopback)."""
+    return start_proxy(
+        "--listen", "127.0.0.1:0", "--allow-port", "1-65535", "--hosts-file", "", "--dns-server", dns, defaults=False
+    )  # fmt: skip
+
+
 def test_private_destination_denied_by_default(start_proxy, echo):
-    proxy = start_proxy(
-        "--listen",
-        "127.0.0.1:0",
-        "--allow-port",
-        "1-65535",
-        "--hosts-file",
-        "",
-        "--dns-server",
-        "127.0.0.1:9",
-        defaults=False,
-    )
+    proxy = default_destinations(start_proxy, "127.0.0.1:9")
     for target in (
         echo.target,
         f"10.1.2.3:{echo.port}",
@@ -123,17 +120,7 @@ def test_name_resolving_to_loopback_is_denied_on_the_dialled_address(start_proxy
     # The name looks harmless; the address it leads to is not. 403, not a tunnel.
     dns_server.add("rebind.test", a=["127.0.0.1"])
     dns_server.add("metadata.test", a=["169.254.169.254"])
-    proxy = start_proxy(
-        "--listen",
-        "127.0.0.1:0",
-        "--allow-port",
-        "1-65535",
-        "--hosts-file",
-        "",
-        "--dns-server",
-        dns_server.address,
-        defaults=False,
-    )
+    proxy = default_destinations(start_proxy, dns_server.address)
     for name in ("rebind.test", "metadata.test"):
         target = f"{name}:{echo.port}"
         assert_refused(proxy, head(target, f"Host: {target}"), 403, reason_part="not a public address")
