@@ -163,6 +163,17 @@ class TooManyClientsError(GConnectError):
     headers = (("Retry-After", "1"),)
 
 
+class OutOfDescriptorsError(GConnectError):
+    """The proxy could not open the upstream socket for want of descriptors or
+    memory: its own overload (503), not the destination's fault (a 502 would
+    blame the target)."""
+
+    status = 503
+    reason = "Service Unavailable"
+    code = "no_descriptors"
+    headers = (("Retry-After", "1"),)
+
+
 class TooManyClientsPerAddressError(ClientError):
     # RFC 6585 §4: 429 is one client sending too much; nginx limit_conn uses 503,
     # but the fault here is the client's, and 429 says so.

@@ -18,7 +18,8 @@ import gevent
 from gevent import socket
 from gevent.queue import Empty, Queue
 
-from .errors import UpstreamConnectError, UpstreamConnectTimeoutError
+from .errors import OutOfDescriptorsError, UpstreamConnectError, UpstreamConnectTimeoutError
+from .limits import EXHAUSTION_ERRNOS
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -51,7 +52,12 @@ def _describe(exc: OSError) -> str:
 
 def _connect_one(ip: IPAddress, port: int, timeout: float) -> socket.socket:
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        if exc.errno in EXHAUSTION_ERRNOS:
+            raise OutOfDescriptorsError(f"proxy cannot open a socket: {exc.strerror}") from exc
+        raise
     try:
         sock.settimeout(timeout)
         sock.connect((str(ip), port))
@@ -106,9 +112,14 @@ def _race(
             sock = _connect_one(ip, port, max(0.001, deadline - time.monotonic()))
         except OSError as exc:
             results.put((ip, None, exc))
+        except OutOfDescriptorsError as exc:
+            # Not the destination's failure: reported as such if nothing connects.
+            results.put((ip, None, exc.__cause__ or OSError(str(exc))))
+            starved.append(exc)
         else:
             results.put((ip, sock, None))
 
+    starved: list[OutOfDescriptorsError] = []
     attempts: list[gevent.Greenlet] = []
     errors: list[tuple[IPAddress, OSError]] = []
     winner: tuple[socket.socket, IPAddress] | None = None
@@ -144,6 +155,8 @@ def _race(
                 sock.close()
     if winner is not None:
         return winner
+    if starved:
+        raise starved[0]
     if len(errors) < len(addresses) or any(isinstance(e, socket.timeout) for _, e in errors):
         raise UpstreamConnectTimeoutError(
             f"connect to port {port} timed out after {connect_timeout:g} s "
