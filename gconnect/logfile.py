@@ -43,11 +43,14 @@ class LogFile:
         if self.path == "-":
             self._fd = sys.stderr.fileno()
             return
+        self._fd, self._inode = self._open_file()
+
+    def _open_file(self) -> tuple[int, tuple[int, int]]:
         # O_APPEND and one write() per flush: several worker processes can share
         # the file without tearing each other's lines.
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        st = os.fstat(self._fd)
-        self._inode = (st.st_dev, st.st_ino)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        st = os.fstat(fd)
+        return fd, (st.st_dev, st.st_ino)
 
     def timestamp(self, now: float) -> str:
         """ISO 8601 UTC with milliseconds; the date part is formatted once a second."""
@@ -104,12 +107,23 @@ class LogFile:
             self.reopen()
 
     def reopen(self) -> None:
-        """Close and open the file again (logrotate's postrotate, SIGUSR1)."""
+        """Open the file again (logrotate's postrotate, SIGUSR1).
+
+        The new file is opened before the old descriptor is closed: if opening
+        fails (directory gone, disk full, no descriptor left) we keep writing to
+        the old one. Closing first would leave a stale number that the next
+        socket reuses, and access lines would go into a stranger's tunnel.
+        """
         if self.path == "-":
             return
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._open()
+        try:
+            fd, inode = self._open_file()
+        except OSError as exc:
+            print(f"gconnect: cannot reopen access log {self.path}: {exc}; still writing the old file", file=sys.stderr)
+            return
+        old, self._fd, self._inode = self._fd, fd, inode
+        if old >= 0:
+            os.close(old)
 
     def close(self) -> None:
         self.flush()

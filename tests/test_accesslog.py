@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 
 import pytest
 
@@ -101,3 +102,22 @@ def test_copytruncate_keeps_writing_at_the_new_end(proxy, echo):
     line = proxy.wait_access(f"target={echo.target}")
     # Append mode: no hole of NUL bytes where the old lines were.
     assert proxy.access_log.read_bytes().startswith(line[:10].encode())
+
+
+def test_a_failed_reopen_keeps_the_old_file_and_never_writes_into_a_tunnel(start_proxy, echo, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    proxy = start_proxy("--access-log", str(logs / "access.log"))
+    moved = tmp_path / "moved"
+    logs.rename(moved)  # the path can no longer be opened: reopen must fail
+    proxy.proc.send_signal(signal.SIGUSR1)
+    wait_until(lambda: any("cannot reopen access log" in line for line in proxy.lines))
+    # New tunnels take the lowest free descriptors. Had the old log descriptor
+    # been closed, one of them would now receive access lines.
+    for _ in range(3):
+        with open_tunnel(proxy, echo.target) as sock:
+            sock.sendall(b"exact")
+            assert recv_exactly(sock, 5) == b"exact"
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(100) == b""
+    wait_until(lambda: len((moved / "access.log").read_text().splitlines()) == 3)
