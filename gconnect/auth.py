@@ -266,6 +266,8 @@ class Authenticator:
         # Per process: a cache key means nothing outside this process.
         self._cache_key = os.urandom(32)
         self._cache: dict[bytes, tuple[str, float]] = {}
+        #: Bumped by every successful reload: a check that spans one is done again.
+        self._generation = 0
         #: Checks running now, by cache key: a burst of connections carrying the
         #: same new header (a browser opening six at once) waits for one check
         #: instead of running six and spending six attempts of the failure bucket.
@@ -335,6 +337,7 @@ class Authenticator:
             return False
         self._identity = identity
         self._table = table
+        self._generation += 1
         self._dummy = self._dummy_entry(table)
         self._cache.clear()
         self._log_loaded("reloaded")
@@ -371,8 +374,13 @@ class Authenticator:
         running = self._inflight[key] = AsyncResult()
         ok = False
         try:
-            entry = self._table.get(user)
-            ok = self._verify_off_hub(entry or self._dummy, password) and entry is not None
+            # A reload while the hash runs (SIGHUP, file change) must not let the
+            # old table's answer in: check again against the table now in force.
+            generation = -1
+            while generation != self._generation:
+                generation = self._generation
+                entry = self._table.get(user)
+                ok = self._verify_off_hub(entry or self._dummy, password) and entry is not None
         finally:
             del self._inflight[key]
             # Waiters learn the outcome (the user, or "" for a failure) without a check of their own.

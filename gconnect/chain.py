@@ -118,7 +118,11 @@ class Chain:
             raise
         finally:
             timer.close()
-        status, reason = parse_status(head)
+        try:
+            status, reason = parse_status(head)
+        except BaseException:
+            sock.close()  # a garbage status line must not leave the socket to the GC
+            raise
         if not 200 <= status < 300:
             sock.close()
             raise ParentProxyError(f"parent proxy {self.parent} answered {status} {reason}".rstrip())

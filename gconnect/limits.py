@@ -114,6 +114,7 @@ class AcceptBackoff:
     _exhaustion_unlogged = 0
     _backoff = ACCEPT_BACKOFF_MIN_SECONDS
     _recovery_timer: Any = None
+    _backing_off = False
 
     def do_read(self) -> Any:
         try:
@@ -171,8 +172,16 @@ class AcceptBackoff:
         timer = self.loop.timer(self._backoff)
         timer.start(self._resume_accepting, timer)
         self._backoff = min(ACCEPT_BACKOFF_MAX_SECONDS, self._backoff * 2)
+        self._backing_off = True
+
+    @property
+    def backing_off(self) -> bool:
+        """True while accept is paused for want of descriptors: nothing else
+        should restart it before the back-off timer does."""
+        return self._backing_off
 
     def _resume_accepting(self, timer: Any) -> None:
         timer.close()
+        self._backing_off = False
         if self.started:
             self.start_accepting()  # type: ignore[attr-defined]

@@ -207,8 +207,9 @@ class Proxy:
         if not self.relays:
             self._no_relays.set()
         for server in self.servers:
-            # A full proxy stopped accepting; a tunnel ending makes room again.
-            if server.started and not server.full():
+            # A full proxy stopped accepting; a tunnel ending makes room again
+            # (but an EMFILE back-off keeps its pause: its timer resumes).
+            if server.started and not server.backing_off and not server.full():
                 server.start_accepting()
 
     def start(self) -> list[tuple[str, int]]:
@@ -317,6 +318,7 @@ class TunnelServer(AcceptBackoff, StreamServer):
         upstream: socket | None = None
         own: tuple | None = None
         who = ""  # the client as limits count it, once admitted
+        handed_off = False  # True once a Relay owns the sockets
         # One policy for the whole handshake, even if SIGHUP swaps it meanwhile.
         policy = proxy.policy
         user: str | None = None  # set by proxy authentication
@@ -334,7 +336,8 @@ class TunnelServer(AcceptBackoff, StreamServer):
             admitted = client_key(address[0])
             proxy.limits.admit(admitted)
             who = admitted
-            request = self._read_head(client, initial, spent=time.monotonic() - started if proxy.tls_context else 0.0)
+            # One header deadline from accept, whatever came first (TLS handshake, PROXY header).
+            request = self._read_head(client, initial, spent=time.monotonic() - started)
             target = request.target
             if proxy.auth is not None:
                 values = [v for k, v in request.headers if k.lower() == b"proxy-authorization"]
@@ -413,6 +416,7 @@ class TunnelServer(AcceptBackoff, StreamServer):
             who = ""  # ... and the client's admission
             proxy.add_relay(relay)
             relay.start(first_bytes_up=len(request.trailing))
+            handed_off = True
             return
         except _TunnelEnded:
             pass
@@ -433,21 +437,26 @@ class TunnelServer(AcceptBackoff, StreamServer):
             if status == 0:
                 status = 500
                 self._refuse(client, GConnectError("internal error, see the proxy's log"))
-        # Only refused or failed handshakes, and ended TLS tunnels, get here.
-        if who:
-            proxy.limits.release(who)
-        if own is not None:
-            proxy.own_connections.remove(own)
-        if upstream is not None:
-            upstream.close()
-        client.close()
-        proxy.stats.closed(status, reason, bytes_up, bytes_down)
-        fields = None
-        if isinstance(proxy.access_log, JsonLogFile):
-            fields = self._fields(address, target, dialled, user, parent, started, resolved, connected)
-        self._log_close(
-            _TunnelInfo(address, target, dialled, started, None, fields, user), status, bytes_up, bytes_down, reason
-        )
+        except BaseException:
+            # Killed (the drain timed out at shutdown): release and log on the way out.
+            reason = "shutdown"
+            raise
+        finally:
+            if not handed_off:
+                # Refused or failed handshakes, ended TLS tunnels and killed ones.
+                if who:
+                    proxy.limits.release(who)
+                if own is not None:
+                    proxy.own_connections.remove(own)
+                if upstream is not None:
+                    upstream.close()
+                client.close()
+                proxy.stats.closed(status, reason, bytes_up, bytes_down)
+                fields = None
+                if isinstance(proxy.access_log, JsonLogFile):
+                    fields = self._fields(address, target, dialled, user, parent, started, resolved, connected)
+                info = _TunnelInfo(address, target, dialled, started, None, fields, user)
+                self._log_close(info, status, bytes_up, bytes_down, reason)
 
     def tunnel_done(self, info: _TunnelInfo, relay: Relay) -> None:
         """A relay ended: release what it held and write its access-log line."""

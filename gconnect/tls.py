@@ -19,6 +19,7 @@ clients take it for a truncation attack and stop writing too.
 
 from __future__ import annotations
 
+import logging
 import socket as _stdlib_socket
 import ssl
 import struct
@@ -32,6 +33,8 @@ from gevent.socket import socket
 from .config import Config
 from .errors import TLSHandshakeError
 from .relay import RelayResult
+
+log = logging.getLogger(__name__)
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 #: Ciphertext read from the socket at once: a few full TLS records (16 KiB each).
@@ -257,6 +260,15 @@ class TLSRelay:
             gevent.killall([up, down])
 
     def _pump(self, src: Any, dst: Any, name: str) -> None:
+        try:
+            self._pump_until_eof(src, dst, name)
+        except Exception:
+            # Not a peer's doing (an ssl object in an unexpected state): end the
+            # tunnel as if reset rather than leave the other side waiting.
+            log.exception("TLS relay bug (%s side)", name)
+            self._reset_side = self._reset_side or name
+
+    def _pump_until_eof(self, src: Any, dst: Any, name: str) -> None:
         result = self.result
         while True:
             try:

@@ -110,6 +110,8 @@ class Supervisor:
             )
         finally:
             os.close(ready_w)
+        # Known at once, so a stop signal arriving while it starts reaches it too.
+        self.procs[index] = proc
         try:
             ready = b""
             with gevent.Timeout(WORKER_START_SECONDS, False):
@@ -121,7 +123,6 @@ class Supervisor:
                 proc.kill()
             proc.wait()
             raise RuntimeError(f"worker {index} did not start (exit code {proc.returncode})")
-        self.procs[index] = proc
         log.info("worker %d started (pid %d)", index, proc.pid)
         return proc
 

@@ -256,6 +256,20 @@ def test_reload_swaps_the_table_clears_the_cache_and_keeps_it_on_error(tmp_path)
     assert auth.authenticate([basic("bob", "pw")], "10.0.0.1") == "bob"
 
 
+def test_a_reload_during_a_check_is_not_answered_from_the_old_table(tmp_path):
+    import gevent
+
+    auth = make_authenticator(tmp_path, bcrypt_line("alice", "pw") + "\n", auth_cache_ttl=60)
+    check = gevent.spawn(auth.authenticate, [basic("alice", "pw")], "10.0.0.1")
+    gevent.sleep(0)  # the check is now hashing in the thread pool
+    assert not check.ready()
+    (tmp_path / "htpasswd").write_text(bcrypt_line("bob", "pw") + "\n")  # alice removed
+    assert auth.reload()
+    check.join(10)
+    assert isinstance(check.exception, ProxyAuthFailedError)
+    assert not auth._cache  # and nothing was cached for the removed user
+
+
 # End to end through the CLI
 
 
