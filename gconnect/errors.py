@@ -120,12 +120,6 @@ class UpstreamConnectTimeoutError(UpstreamError):
     code = "connect_timeout"
 
 
-class TunnelError(GConnectError):
-    """After the 200 there is nobody to tell: these only close the tunnel."""
-
-    code = "tunnel_error"
-
-
 class ClientClosedError(ClientError):
     """The client closed before its request head was complete."""
 

@@ -77,7 +77,6 @@ class PipePool:
         self._free: list[tuple[int, int]] = []
         self._size = size
         self._pipe_bytes = pipe_bytes
-        self.created = 0
 
     def get(self) -> tuple[int, int]:
         if self._free:
@@ -88,7 +87,6 @@ class PipePool:
             fcntl.fcntl(w, _F_SETPIPE_SZ, self._pipe_bytes)
         except OSError:
             pass  # capped by /proc/sys/fs/pipe-max-size: the default 64 KiB works too.
-        self.created += 1
         return r, w
 
     def put(self, pipe: tuple[int, int]) -> None:
@@ -233,10 +231,6 @@ class Relay:
         self._started = 0.0
         self._last_activity = 0.0
         self._limit = 0.0
-
-    @property
-    def done(self) -> bool:
-        return bool(self.result.reason)
 
     def start(self, first_bytes_up: int = 0) -> None:
         """Arm the watchers; *first_bytes_up* counts early data already sent."""

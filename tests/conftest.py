@@ -324,7 +324,11 @@ def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
 
 def open_tunnel(proxy: ProxyProcess, target: str, extra: bytes = b"", headers: bytes | None = None) -> socket.socket:
     """CONNECT through *proxy*; return the socket once the 200 arrived."""
-    sock = proxy.connect()
+    return connect_over(proxy.connect(), target, extra, headers)
+
+
+def connect_over(sock: socket.socket, target: str, extra: bytes = b"", headers: bytes | None = None) -> socket.socket:
+    """Send CONNECT on a connected socket (plain or TLS) and read the 200."""
     if headers is None:
         headers = b"Host: " + target.encode() + b"\r\n"
     sock.sendall(b"CONNECT " + target.encode() + b" HTTP/1.1\r\n" + headers + b"\r\n" + extra)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from .conftest import recv_all, recv_exactly, wait_until
+from .conftest import connect_over, recv_all, recv_exactly, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -44,37 +44,19 @@ def client_context(ca):
 
 
 def tls_tunnel(proxy, context: ssl.SSLContext, target: str, extra: bytes = b"") -> ssl.SSLSocket:
-    sock = context.wrap_socket(proxy.connect(), server_hostname="127.0.0.1")
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode() + extra)
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        byte = sock.recv(1)
-        assert byte, head
-        head += byte
-    assert head.startswith(b"HTTP/1.1 200 "), head
-    return sock
+    return connect_over(context.wrap_socket(proxy.connect(), server_hostname="127.0.0.1"), target, extra)
+
+
+def curl_via(proxy, ca_file, url: str, *extra: str) -> subprocess.CompletedProcess:
+    """curl *url* through *proxy* spoken to over TLS (curl --proxy https://)."""
+    command = ["curl", "-sS", "--max-time", "20", "--proxy", f"https://127.0.0.1:{proxy.port}"]
+    command += ["--proxy-cacert", str(ca_file), "--cacert", str(ca_file), *extra, url]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
 
 
 def test_curl_through_an_https_proxy(start_tls_proxy, tls_server, ca_file):
     proxy = start_tls_proxy()
-    result = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "--max-time",
-            "20",
-            "--proxy",
-            f"https://127.0.0.1:{proxy.port}",
-            "--proxy-cacert",
-            str(ca_file),
-            "--cacert",
-            str(ca_file),
-            f"https://tls.test:{tls_server.port}/",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = curl_via(proxy, ca_file, f"https://tls.test:{tls_server.port}/")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hello over tls\n"
     line = proxy.wait_access(f"target=tls.test:{tls_server.port}")
@@ -87,22 +69,10 @@ def test_curl_https_proxy_with_auth(start_proxy, proxy_cert, tls_server, ca_file
     path = tmp_path / "htpasswd"
     path.write_text("alice:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode() + "\n")
     proxy = start_proxy("--tls-cert", proxy_cert[0], "--tls-key", proxy_cert[1], "--auth-file", str(path))
-    common = [
-        "curl",
-        "-sS",
-        "--max-time",
-        "20",
-        "--proxy",
-        f"https://127.0.0.1:{proxy.port}",
-        "--proxy-cacert",
-        str(ca_file),
-        "--cacert",
-        str(ca_file),
-    ]
     url = f"https://tls.test:{tls_server.port}/"
-    ok = subprocess.run([*common, "--proxy-user", "alice:pw", url], capture_output=True, text=True, timeout=30)
+    ok = curl_via(proxy, ca_file, url, "--proxy-user", "alice:pw")
     assert ok.returncode == 0 and ok.stdout == "hello over tls\n", ok.stderr
-    denied = subprocess.run([*common, url], capture_output=True, text=True, timeout=30)
+    denied = curl_via(proxy, ca_file, url)
     assert denied.returncode != 0 and "407" in denied.stderr
     assert "user=alice " in proxy.wait_access("status=200")
 
