@@ -8,7 +8,7 @@ from gevent import monkey
 
 monkey.patch_all()
 
-from gconnect.cli import main  # noqa: E402
+from gconnect.ops.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

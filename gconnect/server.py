@@ -34,10 +34,7 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 from gevent.socket import socket
 
-from . import protocol, proxyproto
-from .accesslog import JsonLogFile
-from .auth import Authenticator, log_safe
-from .chain import Chain
+from .auth.authenticator import Authenticator, log_safe
 from .config import Config
 from .errors import (
     ClientClosedError,
@@ -45,14 +42,18 @@ from .errors import (
     HeadTimeoutError,
     PolicyDeniedError,
 )
-from .limits import REFUSAL_SLOTS, AcceptBackoff, ClientLimits, client_key
-from .logfile import LogFile
-from .metrics import MetricsServer, ProxyCollector, Stats
-from .policy import Policy
-from .relay import PipePool, Relay, splice_supported
-from .resolver import Resolver
-from .tls import TLSRelay, accept_tls, server_context
-from .upstream import open_connection, tune_socket
+from .ops.accesslog import JsonLogFile
+from .ops.logfile import LogFile
+from .ops.metrics import MetricsServer, ProxyCollector, Stats
+from .tunnel import head as protocol
+from .tunnel import proxyproto
+from .tunnel.dial import open_connection, tune_socket
+from .tunnel.limits import REFUSAL_SLOTS, AcceptBackoff, ClientLimits, client_key
+from .tunnel.parent import Chain
+from .tunnel.policy import Policy
+from .tunnel.relay import PipePool, Relay, splice_supported
+from .tunnel.resolver import Resolver
+from .tunnel.tls import TLSRelay, accept_tls, server_context
 
 log = logging.getLogger(__name__)
 

@@ -19,20 +19,11 @@ import pytest
 from click.testing import CliRunner
 from passlib.hash import apr_md5_crypt, ldap_sha1, sha512_crypt
 
-from gconnect.auth import (
-    Authenticator,
-    AuthFileError,
-    Entry,
-    FailureLimiter,
-    detect_scheme,
-    log_safe,
-    parse_basic_credentials,
-    parse_htpasswd,
-    verify_password,
-)
-from gconnect.cli import main
+from gconnect.auth.authenticator import Authenticator, FailureLimiter, log_safe, parse_basic_credentials
+from gconnect.auth.htpasswd import AuthFileError, Entry, detect_scheme, parse_htpasswd, verify_password
 from gconnect.config import Config
 from gconnect.errors import AuthRateLimitedError, ProxyAuthFailedError, ProxyAuthMalformedError, ProxyAuthRequiredError
+from gconnect.ops.cli import main
 
 from .conftest import exchange, open_tunnel, read_head, recv_exactly, wait_until
 

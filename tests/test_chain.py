@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gconnect.chain import Chain, connect_request, parse_status
 from gconnect.config import ParentProxy
+from gconnect.tunnel.parent import Chain, connect_request, parse_status
 
 from .conftest import exchange, free_port, open_tunnel, read_head, recv_exactly, wait_listening
 

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from gconnect import __version__
-from gconnect.cli import build_config, main, parse_hostport, parse_port_range, serve
 from gconnect.config import Config
+from gconnect.ops.cli import build_config, main, parse_hostport, parse_port_range, serve
 
 from .conftest import open_tunnel, recv_exactly, wait_until
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gconnect import configfile
-from gconnect.cli import build_config, config_from_file, main, serve
+from gconnect.ops import configfile
+from gconnect.ops.cli import build_config, config_from_file, main, serve
 
 from .conftest import exchange, open_tunnel, recv_exactly, wait_until
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gconnect.auth import Authenticator, parse_basic_credentials
+from gconnect.auth.authenticator import Authenticator, parse_basic_credentials
 from gconnect.config import Config
 from gconnect.errors import (
     AuthRateLimitedError,
@@ -24,7 +24,7 @@ from gconnect.errors import (
     ProxyAuthMalformedError,
     ProxyAuthRequiredError,
 )
-from gconnect.protocol import ConnectRequest, RequestParser, parse_authority, parse_host, parse_port
+from gconnect.tunnel.head import ConnectRequest, RequestParser, parse_authority, parse_host, parse_port
 
 pytestmark = pytest.mark.timeout(300)
 

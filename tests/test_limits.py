@@ -13,7 +13,7 @@ import time
 import pytest
 
 from gconnect.errors import TooManyClientsError, TooManyClientsPerAddressError
-from gconnect.limits import ClientLimits, client_key
+from gconnect.tunnel.limits import ClientLimits, client_key
 
 from .conftest import HAVE_IPV6, exchange, open_tunnel, recv_exactly, wait_until
 

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from gconnect.metrics import HANDSHAKE_BUCKETS, Stats
+from gconnect.ops.metrics import HANDSHAKE_BUCKETS, Stats
 
 from .conftest import exchange, open_tunnel, recv_exactly, wait_until
 

@@ -8,7 +8,7 @@ import pytest
 
 from gconnect.config import Config
 from gconnect.errors import ClientError, PolicyDeniedError
-from gconnect.policy import Policy, embedded_ipv4, is_public
+from gconnect.tunnel.policy import Policy, embedded_ipv4, is_public
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network

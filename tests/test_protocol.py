@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from gconnect import errors
 from gconnect.config import Config
-from gconnect.protocol import MAX_HOSTNAME_CHARS, RESPONSE_200, ConnectRequest, RequestParser, render_error
+from gconnect.tunnel.head import MAX_HOSTNAME_CHARS, RESPONSE_200, ConnectRequest, RequestParser, render_error
 
 MAX_HEADER_BYTES = Config().max_header_bytes
 CRLF = b"\r\n"

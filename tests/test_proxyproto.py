@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gconnect import proxyproto
 from gconnect.errors import ProxyHeaderError
-from gconnect.proxyproto import ProxyHeader, parse, render_v1, render_v2
+from gconnect.tunnel import proxyproto
+from gconnect.tunnel.proxyproto import ProxyHeader, parse, render_v1, render_v2
 
 from .conftest import exchange, free_port, open_tunnel, read_head, recv_exactly, wait_listening, wait_until
 

@@ -69,7 +69,7 @@ def test_sigterm_stops_workers_and_parent(start_proxy, echo):
 
 def test_worker_arguments_rebuild_the_configuration():
     # Workers are started with what was given to the parent: nothing may be lost.
-    from gconnect.cli import _given_on_command_line, build_config, serve, worker_arguments
+    from gconnect.ops.cli import _given_on_command_line, build_config, serve, worker_arguments
 
     argv = [
         "--allow-port", "443", "--allow-port", "8000-8999", "--allow-dest", "10.0.0.0/8",

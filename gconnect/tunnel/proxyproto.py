@@ -16,7 +16,7 @@ import dataclasses
 import ipaddress
 import struct
 
-from .errors import ProxyHeaderError
+from ..errors import ProxyHeaderError
 
 V1_PREFIX = b"PROXY "
 #: §2.1: "a 108-byte buffer is always enough to store all the line and a trailing zero".

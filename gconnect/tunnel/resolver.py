@@ -23,8 +23,8 @@ import dns.resolver
 import gevent
 from gevent.event import AsyncResult
 
-from .config import Config
-from .errors import ResolveError, ResolveTimeoutError, UpstreamError
+from ..config import Config
+from ..errors import ResolveError, ResolveTimeoutError, UpstreamError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import logging
 import time
 from typing import Any
 
-from .errors import TooManyClientsError, TooManyClientsPerAddressError
+from ..errors import TooManyClientsError, TooManyClientsPerAddressError
 
 log = logging.getLogger(__name__)
 

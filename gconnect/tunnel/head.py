@@ -21,7 +21,7 @@ from typing import Union
 
 import httptools
 
-from .errors import (
+from ..errors import (
     ClientError,
     HeadTooLargeError,
     MalformedRequestError,

@@ -11,8 +11,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Union
 
-from .config import Config, IPNetwork
-from .errors import PolicyDeniedError
+from ..config import Config, IPNetwork
+from ..errors import PolicyDeniedError
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 

@@ -30,8 +30,8 @@ import gevent
 from gevent.lock import Semaphore
 from gevent.socket import socket
 
-from .config import Config
-from .errors import TLSHandshakeError
+from ..config import Config
+from ..errors import TLSHandshakeError
 from .relay import RelayResult
 
 log = logging.getLogger(__name__)

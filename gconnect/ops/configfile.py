@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .config import Config
+from ..config import Config
 
 if sys.version_info >= (3, 11):
     import tomllib

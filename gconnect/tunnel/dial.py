@@ -18,7 +18,7 @@ import gevent
 from gevent import socket
 from gevent.queue import Empty, Queue
 
-from .errors import OutOfDescriptorsError, UpstreamConnectError, UpstreamConnectTimeoutError
+from ..errors import OutOfDescriptorsError, UpstreamConnectError, UpstreamConnectTimeoutError
 from .limits import EXHAUSTION_ERRNOS
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]

@@ -1,15 +1,7 @@
 """Proxy authentication: RFC 7617 Basic credentials checked against an htpasswd
 file (RFC 9110 §11.7.1 Proxy-Authorization, §11.7.1 407 / Proxy-Authenticate).
 
-What the file may hold, as Apache's ``htpasswd`` writes it:
-
-* bcrypt (``htpasswd -B``, ``$2y$``/``$2b$``/``$2a$``), checked with ``bcrypt``;
-* apr1-MD5 (``$apr1$``, htpasswd's default), SHA1 (``{SHA}``) and SHA-crypt
-  (``$5$``/``$6$``), checked with ``passlib`` and logged as weak;
-* plaintext, only with ``allow_plaintext_passwords`` (anything not recognised
-  above is taken for plaintext, including 13-character DES crypt).
-
-The hash functions are slow on purpose, so:
+The file's formats are :mod:`gconnect.auth.htpasswd`'s. The hash functions are slow on purpose, so:
 
 * they run in gevent's thread pool (bcrypt releases the GIL), and other tunnels'
   bytes keep flowing while one client's password is checked;
@@ -34,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import hashlib
 import hmac
 import logging
@@ -48,17 +39,19 @@ import bcrypt
 import gevent
 from gevent.event import AsyncResult
 
-from .config import Config
-from .errors import AuthRateLimitedError, ProxyAuthFailedError, ProxyAuthMalformedError, ProxyAuthRequiredError
+from ..config import Config
+from ..errors import AuthRateLimitedError, ProxyAuthFailedError, ProxyAuthMalformedError, ProxyAuthRequiredError
+from .htpasswd import (
+    DEFAULT_BCRYPT_ROUNDS,
+    WEAK_SCHEMES,
+    AuthFileError,
+    Entry,
+    load_htpasswd,
+    verify_password,
+)
 
 log = logging.getLogger(__name__)
 
-#: bcrypt hashes only the first 72 bytes (OpenBSD's bcrypt(3), Apache htpasswd -B
-#: document the truncation); the ``bcrypt`` package refuses longer input instead.
-BCRYPT_MAX_PASSWORD_BYTES = 72
-#: Cost of the dummy hash checked for unknown users when the file has no bcrypt
-#: entry to copy it from; equal to ``gconnect passwd``'s default.
-DEFAULT_BCRYPT_ROUNDS = 10
 #: How often the auth file's mtime is polled (seconds): inotify-free and cheap.
 AUTH_FILE_POLL_SECONDS = 1.0
 #: Successful checks remembered at most; the oldest go first. One entry per
@@ -69,100 +62,6 @@ MAX_TRACKED_ADDRESSES = 65_536
 #: The longest Proxy-Authorization value looked at: a user and password of a few
 #: hundred bytes in base64. Longer is malformed, not decoded.
 MAX_CREDENTIALS_BYTES = 4096
-
-_SCHEMES = (
-    ("$2y$", "bcrypt"),
-    ("$2b$", "bcrypt"),
-    ("$2a$", "bcrypt"),
-    ("$apr1$", "apr1"),
-    ("{SHA}", "sha1"),
-    ("$5$", "sha256_crypt"),
-    ("$6$", "sha512_crypt"),
-)
-WEAK_SCHEMES = ("apr1", "sha1", "sha256_crypt", "sha512_crypt")
-
-
-class AuthFileError(ValueError):
-    """The auth file cannot be used (unreadable, malformed, or refused entries)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One htpasswd line."""
-
-    user: str
-    #: bcrypt, apr1, sha1, sha256_crypt, sha512_crypt or plain
-    scheme: str
-    hashed: str
-
-
-def detect_scheme(hashed: str) -> str:
-    """The hash scheme of an htpasswd password field; "plain" if none matches."""
-    for prefix, scheme in _SCHEMES:
-        if hashed.startswith(prefix):
-            return scheme
-    return "plain"
-
-
-def parse_htpasswd(text: str, *, allow_plaintext: bool = False, source: str = "auth file") -> dict[str, Entry]:
-    """Parse htpasswd lines (``user:hash``; blank lines and ``#`` comments skipped).
-
-    As in Apache's mod_authn_file the first line for a user wins. Raises
-    AuthFileError naming the line for a malformed or refused entry.
-    """
-    table: dict[str, Entry] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, colon, hashed = line.partition(":")
-        if not colon or not user or not hashed:
-            raise AuthFileError(f"{source} line {number}: expected user:hash")
-        scheme = detect_scheme(hashed)
-        if scheme == "plain" and not allow_plaintext:
-            raise AuthFileError(
-                f"{source} line {number}: user {user!r} has a plaintext (or unknown) password; "
-                "re-create it with 'gconnect passwd' or pass --allow-plaintext-passwords"
-            )
-        if user in table:
-            log.warning("%s line %d: user %r repeated; the first entry is used", source, number, user)
-            continue
-        table[user] = Entry(user, scheme, hashed)
-    return table
-
-
-def load_htpasswd(path: str, *, allow_plaintext: bool = False) -> dict[str, Entry]:
-    """Read and parse *path*; AuthFileError on any failure."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AuthFileError(f"cannot read auth file {path}: {exc}") from exc
-    return parse_htpasswd(text, allow_plaintext=allow_plaintext, source=path)
-
-
-def verify_password(entry: Entry, password: bytes) -> bool:
-    """Check *password* against *entry* (slow: call it off the hub). Constant-time
-    in the comparison: bcrypt and passlib compare digests with a constant-time
-    equality, plaintext with :func:`hmac.compare_digest`."""
-    try:
-        if entry.scheme == "bcrypt":
-            return bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD_BYTES], entry.hashed.encode("ascii"))
-        if entry.scheme == "plain":
-            return hmac.compare_digest(password, entry.hashed.encode("utf-8"))
-        from passlib import hash as passlib_hash  # only needed for the weak schemes
-
-        handler = {
-            "apr1": passlib_hash.apr_md5_crypt,
-            "sha1": passlib_hash.ldap_sha1,
-            "sha256_crypt": passlib_hash.sha256_crypt,
-            "sha512_crypt": passlib_hash.sha512_crypt,
-        }[entry.scheme]
-        return bool(handler.verify(password, entry.hashed))
-    except (ValueError, TypeError):
-        # A corrupt hash in the file, or a password the scheme cannot take (NUL
-        # bytes for crypt): a failed check, never a crash.
-        return False
 
 
 def parse_basic_credentials(value: bytes) -> tuple[str, bytes]:

@@ -31,9 +31,9 @@ from typing import Union
 import gevent
 from gevent import socket
 
-from .config import IPNetwork, ParentProxy
-from .errors import ParentProxyError, ParentProxyTimeoutError, UpstreamConnectError
-from .upstream import open_connection
+from ..config import IPNetwork, ParentProxy
+from ..errors import ParentProxyError, ParentProxyTimeoutError, UpstreamConnectError
+from .dial import open_connection
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 

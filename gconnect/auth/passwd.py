@@ -8,7 +8,7 @@ import tempfile
 
 import bcrypt
 
-from .auth import BCRYPT_MAX_PASSWORD_BYTES
+from .htpasswd import BCRYPT_MAX_PASSWORD_BYTES
 
 
 def check_user_name(user: str) -> None:

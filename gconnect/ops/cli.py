@@ -18,10 +18,11 @@ from typing import Any
 import click
 import gevent
 
-from . import __version__, accesslog
-from . import config as cfg
+from .. import __version__
+from .. import config as cfg
+from . import accesslog
 from .configfile import ConfigFileError
-from .workers import METRICS_DIR_ENV, PARENT_FD_ENV, READY_FD_ENV, WORKER_INDEX_ENV, watch_parent
+from .supervisor import METRICS_DIR_ENV, PARENT_FD_ENV, READY_FD_ENV, WORKER_INDEX_ENV, watch_parent
 
 log = logging.getLogger("gconnect")
 
@@ -406,7 +407,7 @@ def serve(**options: Any) -> None:
     config = build_config(**options)
     setup_logging(config)
     if config.workers > 1:
-        from . import workers
+        from . import supervisor
 
         # Workers do not listen for scrapes: they write snapshots that this
         # process sums (workermetrics). The explicit empty value also wins over
@@ -421,7 +422,7 @@ def serve(**options: Any) -> None:
                 metrics = SupervisorMetrics(config.workers, config.metrics_listen)
                 # Before the listening lines: whoever waits for those finds this one too.
                 click.echo(f"gconnect metrics on {accesslog.fmt_addr(metrics.address)}", err=True)
-            code = workers.run(
+            code = supervisor.run(
                 config,
                 worker_args,
                 _announce,
@@ -434,7 +435,7 @@ def serve(**options: Any) -> None:
             if metrics is not None:
                 metrics.close()
         sys.exit(code)
-    from .server import Proxy  # imports dnspython: after the CLI has parsed
+    from ..server import Proxy  # imports dnspython: after the CLI has parsed
 
     try:
         proxy = Proxy(config)
@@ -583,7 +584,7 @@ def passwd(path: str, user: str, rounds: int) -> None:
     (mode 0600) if missing and replaced atomically, so a running proxy reloads
     either the old file or the new one, never half of it.
     """
-    from .passwd import set_password
+    from ..auth.passwd import set_password
 
     password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:

@@ -25,7 +25,7 @@ import gevent
 from gevent.event import Event
 from gevent.os import nb_read
 
-from .config import Config
+from ..config import Config
 
 log = logging.getLogger(__name__)
 

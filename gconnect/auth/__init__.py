@@ -1,0 +1,1 @@
+"""Who may use the proxy: htpasswd files, Basic credentials, the checking cache."""

@@ -1,0 +1,1 @@
+"""Running the proxy: the command line, config file and reload, workers, access log, metrics."""
