@@ -20,16 +20,14 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_rules_pick_names_by_glob_and_literals_by_cidr():
-    import ipaddress
-
     chain = Chain(ParentProxy("p.test", 3128), ("*.corp.test", "10.0.0.0/8", "db?.test"), resolver=None)
-    assert chain.applies("www.corp.test", None)
-    assert not chain.applies("corp.test", None)
-    assert chain.applies("db1.test", None) and not chain.applies("db12.test", None)
-    assert chain.applies("10.1.2.3", ipaddress.ip_address("10.1.2.3"))
-    assert not chain.applies("11.1.2.3", ipaddress.ip_address("11.1.2.3"))
+    assert chain.applies("www.corp.test", 0)
+    assert not chain.applies("corp.test", 0)
+    assert chain.applies("db1.test", 0) and not chain.applies("db12.test", 0)
+    assert chain.applies("10.1.2.3", socket.AF_INET)
+    assert not chain.applies("11.1.2.3", socket.AF_INET)
     everything = Chain(ParentProxy("p.test", 3128), (), resolver=None)
-    assert everything.applies("anything.test", None)
+    assert everything.applies("anything.test", 0)
 
 
 def test_connect_request_carries_only_the_parents_credentials():

@@ -94,7 +94,7 @@ def feed_all(data: bytes, cuts: list[int]) -> ConnectRequest | None:
 def check_request(request: ConnectRequest) -> None:
     assert 1 <= request.port <= 65535
     # What was accepted is something the proxy can dial: it parses back to itself.
-    assert parse_authority(request.target.encode()) == (request.host, request.port, request.ip)
+    assert parse_authority(request.target.encode()) == (request.host, request.port, request.family)
 
 
 def parse_or_client_error(data: bytes, cuts: list[int]) -> None:
@@ -138,11 +138,11 @@ def test_valid_heads_parse_whatever_the_split(data, cuts):
 @given(st.binary(max_size=300))
 def test_targets_parse_or_are_malformed(target):
     try:
-        h, p, ip = parse_authority(target)
+        h, p, family = parse_authority(target)
     except MalformedRequestError:
         return
     assert 1 <= p <= 65535
-    assert ip is not None or parse_host(h) == (h, None)
+    assert family or parse_host(h) == (h, 0)
 
 
 @PROPS

@@ -5,13 +5,19 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gconnect.config import Config
 from gconnect.errors import ClientError, PolicyDeniedError
 from gconnect.tunnel.policy import Policy, embedded_ipv4, is_public
 
-ip = ipaddress.ip_address
 net = ipaddress.ip_network
+
+
+def ip(text: str) -> str:
+    """Canonical address text, as the head parser and the resolver hand it to the policy."""
+    return str(ipaddress.ip_address(text))
 
 
 def policy(*, allow=(), deny=(), ports=None, listening=()) -> Policy:
@@ -366,3 +372,55 @@ def test_filter_embedded_reason_names_the_embedded_address():
 def test_filter_empty_list_is_denied():
     with pytest.raises(PolicyDeniedError):
         policy().filter_addresses("nothing.example", 443, [])
+
+
+# --- the integer tables against the standard library ------------------------------------------
+
+# Where our table is deliberately stricter than the standard library's reading of
+# the IANA registries (policy.py says why for each).
+STRICTER = [net(n) for n in ("192.0.0.0/24", "192.88.99.0/24", "3fff::/20", "2001::/23")]
+
+
+def stdlib_public(address: str) -> bool:
+    """The check as it was written with ipaddress objects before the tables."""
+    a = ipaddress.ip_address(address)
+    if a.is_multicast or a.is_unspecified or a.is_reserved or a.is_loopback:
+        return False
+    if a.is_link_local or a.is_private or not a.is_global:
+        return False
+    return not (a.version == 4 and a in net("100.64.0.0/10"))
+
+
+addresses = st.one_of(
+    st.ip_addresses(v=4),
+    st.ip_addresses(v=6),
+    # Addresses next to the edges of every special range, where tables go wrong.
+    st.sampled_from([*DENIED_BY_DEFAULT, *PUBLIC])
+    .map(ipaddress.ip_address)
+    .flatmap(lambda a: st.integers(-2, 2).map(lambda d: type(a)(max(0, min(int(a) + d, 2**a.max_prefixlen - 1))))),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(addresses)
+def test_is_public_never_more_permissive_than_the_stdlib(address):
+    text = str(address)
+    if is_public(text):
+        assert stdlib_public(text), text
+    elif not any(address.version == n.version and address in n for n in STRICTER):
+        assert not stdlib_public(text), text
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.ip_addresses(v=6))
+def test_embedded_ipv4_matches_the_stdlib_properties(address):
+    expected = []
+    if address.ipv4_mapped is not None:
+        expected.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        expected.append(address.sixtofour)
+    if address.teredo is not None:
+        expected.extend(address.teredo)
+    if address in net("64:ff9b::/96") or address in net("64:ff9b:1::/48"):
+        expected.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    assert embedded_ipv4(str(address)) == [str(a) for a in expected]

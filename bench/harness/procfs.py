@@ -38,15 +38,21 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """User plus system CPU seconds of every live process in the tree, threads included."""
-    total = 0
+def tree_cpu_split(root: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of every live process in the tree, threads included."""
+    user = system = 0
     for pid in process_tree(root):
         fields = _stat_fields(pid)
         if fields is not None:
             # Fields 14 and 15 of /proc/PID/stat (utime, stime), 0-based 11 and 12 after the name.
-            total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS_PER_S
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / CLOCK_TICKS_PER_S, system / CLOCK_TICKS_PER_S
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User plus system CPU seconds of every live process in the tree, threads included."""
+    return sum(tree_cpu_split(root))
 
 
 def tree_rss_kib(root: int) -> int:

@@ -112,7 +112,10 @@ def table_rows(results: dict, names: list[str]) -> list[tuple[str, list[str]]]:
         rows.append((f"new tunnels/s, {conns} concurrent", lambda e, c=conns: _rate_cell(e, c, "tunnels_per_s")))
         rows.append((f"set-up p50 µs, {conns} concurrent", lambda e, c=conns: _rate_cell(e, c, "setup_p50_us")))
         rows.append((f"set-up p99 µs, {conns} concurrent", lambda e, c=conns: _rate_cell(e, c, "setup_p99_us")))
-    rows.append(("proxy CPU ms per tunnel, 64 concurrent", lambda e: _rate_cell(e, 64, "proxy_cpu_ms_per_tunnel", 3)))
+    for conns in (1, 64):
+        for key, what in (("cpu", "CPU"), ("user", "… user"), ("sys", "… kernel")):
+            label = f"proxy {what} ms per tunnel, {conns} concurrent"
+            rows.append((label, lambda e, c=conns, k=key: _rate_cell(e, c, f"proxy_{k}_ms_per_tunnel", 3)))
     for count in results["conditions"]["hold_sizes"]:
         rows.append((f"tunnels held of {count:,}", lambda e, n=count: _hold_cell(e, n, "held")))
         rows.append(

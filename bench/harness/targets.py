@@ -24,7 +24,7 @@ BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO_DIR = BENCH_DIR.parent
 PEERS_DIR = BENCH_DIR / "peers"
 
-GCONNECT_TARGETS = ("gconnect-splice", "gconnect-copy", "gconnect-2w")
+GCONNECT_TARGETS = ("gconnect", "gconnect-splice", "gconnect-copy", "gconnect-2w")
 PEER_TARGETS = ("squid", "tinyproxy", "proxy.py", "pproxy")
 ALL_TARGETS = ("direct", *GCONNECT_TARGETS, *PEER_TARGETS)
 
@@ -140,7 +140,8 @@ def launch_plan(name: str, rundir: Path, env: Environment) -> LaunchPlan:
         argv = [env.python, "-m", "gconnect", "serve", "--listen", "127.0.0.1:0", "--allow-port", "1-65535"]
         argv += ["--allow-dest", "127.0.0.0/8", "--access-log", "/dev/null", "--log-level", "warning"]
         argv += ["--idle-timeout", "0"]
-        extra = {"gconnect-splice": ["--relay", "splice"], "gconnect-copy": ["--relay", "copy"]}
+        # "gconnect" is the default (--relay auto), as a user runs it.
+        extra = {"gconnect": [], "gconnect-splice": ["--relay", "splice"], "gconnect-copy": ["--relay", "copy"]}
         if name == "gconnect-2w":
             # Issue 4: 1 vs 2 workers is measured unpinned, the workers free to use both cores.
             return LaunchPlan([*argv, "--workers", "2"], None, None, notes=["proxy unpinned (2 workers)"])

@@ -119,7 +119,7 @@ def _measured(
     waited = settings.quiet.wait(settings.disturbed_percent, ours)
     load_pids = [pid for pid in (lg.server_pid, helper) if pid]
     load_before = _load_cpu_seconds(load_pids)
-    cpu_before = procfs.tree_cpu_seconds(subject.pid) if subject.pid else 0.0
+    split_before = procfs.tree_cpu_split(subject.pid) if subject.pid else (0.0, 0.0)
     everyone_before = procfs.cpu_seconds_by_pid()
     cores_before = procfs.core_times()
     started = time.monotonic()
@@ -138,7 +138,11 @@ def _measured(
     result["other_cpu_percent"] = round(100 * other / wall, 1)
     result["disturbed"] = result["other_cpu_percent"] >= settings.disturbed_percent
     if subject.pid:
-        result["proxy_cpu_s"] = round(procfs.tree_cpu_seconds(subject.pid) - cpu_before, 3)
+        user, system = procfs.tree_cpu_split(subject.pid)
+        # User and kernel time apart: a change to the handshake moves one or the other.
+        result["proxy_user_s"] = round(user - split_before[0], 3)
+        result["proxy_sys_s"] = round(system - split_before[1], 3)
+        result["proxy_cpu_s"] = round(result["proxy_user_s"] + result["proxy_sys_s"], 3)
     if subject.pid and subject.cpus:
         # Loopback delivery of the proxy's sends runs as softirq on its core and is charged to no
         # process (about a third of a busy core here); with it, the proxy's cost is complete.
@@ -216,7 +220,8 @@ def rate(lg: LoadGen, subject: Subject, ports: ServerPorts, settings: Settings) 
 
             rep = _measured(lg, subject, settings, action)
             if subject.pid and rep.get("tunnels"):
-                rep["proxy_cpu_ms_per_tunnel"] = round(1000 * rep["proxy_cpu_s"] / rep["tunnels"], 4)
+                for key in ("proxy_cpu", "proxy_user", "proxy_sys"):
+                    rep[f"{key}_ms_per_tunnel"] = round(1000 * rep[f"{key}_s"] / rep["tunnels"], 4)
             reps.append(rep)
             time.sleep(0.5)  # let the TIME_WAIT sockets of the last burst age before the next
         keys = (
@@ -227,6 +232,8 @@ def rate(lg: LoadGen, subject: Subject, ports: ServerPorts, settings: Settings) 
             "cycle_p99_us",
             "errors",
             "proxy_cpu_ms_per_tunnel",
+            "proxy_user_ms_per_tunnel",
+            "proxy_sys_ms_per_tunnel",
         )
         cases.append({"conns": conns, "reps": reps, "summary": summarise(reps, keys)})
     return cases

@@ -1,14 +1,16 @@
-"""The access log's JSON format: a line when a tunnel opens, one when it closes.
+"""The access log: one record per client, from the tunnel's attributes.
 
-``text`` (the default, :class:`~gconnect.logfile.LogFile`) is one ``key=value``
-line per tunnel, written when it closes. ``json`` writes one object per line:
+``text`` (the default) is one ``key=value`` line per client, written when it
+is done (Squid's and nginx's habit). ``json`` writes one object per line:
 ``"event": "open"`` when the 200 is sent, so long tunnels are visible while
 they live, and ``"event": "close"`` at the end, both with the tunnel's ``id``
-so the two can be joined. Times (``dns``, ``connect``, ``duration``) are in
-seconds; ``time`` is the wall clock in UTC.
+so the two can be joined. Times (``dns``, ``connect``, ``first_byte``,
+``duration``) are seconds from accept; ``time`` is the wall clock in UTC.
 
-Buffering, rotation (SIGUSR1, a moved file noticed within a second) and
-``copytruncate`` safety (append mode) are LogFile's.
+Both read a finished :class:`~gconnect.tunnel.tunnel.Tunnel` once, in
+:meth:`AccessLog.closed`, the tunnel's one exit. Buffering, rotation (SIGUSR1,
+a moved file noticed within a second) and ``copytruncate`` safety (append
+mode) are :class:`~gconnect.ops.logfile.LogFile`'s.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import time
 from typing import Any
 
+from ..auth.authenticator import log_safe
 from .logfile import LogFile
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -30,10 +33,83 @@ def fmt_addr(address: object) -> str:
     return str(address)
 
 
-class JsonLogFile(LogFile):
-    """A LogFile of JSON lines: the time goes inside the object, not in front."""
+def _since(start: float, moment: float) -> float | None:
+    return round(moment - start, 6) if moment else None
 
-    def write_json(self, event: str, fields: dict[str, Any]) -> None:
-        """Queue one ``{"time", "event", **fields}`` line."""
-        stamp = self.timestamp(time.time())
-        self.write_raw(_dumps({"time": stamp, "event": event, **fields}) + "\n")
+
+class AccessLog:
+    """Where the records go; :meth:`opened` and :meth:`closed` say what they hold."""
+
+    def __init__(self, path: str) -> None:
+        self.file = LogFile(path)
+
+    def opened(self, tunnel: Any) -> None:
+        """The 200 was sent."""
+
+    def closed(self, tunnel: Any) -> None:
+        """The client is done, whatever the outcome."""
+        raise NotImplementedError
+
+    def reopen(self) -> None:
+        self.file.reopen()
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TextAccessLog(AccessLog):
+    """One ``key=value`` line per client, at its end."""
+
+    def closed(self, tunnel: Any) -> None:
+        host, port = tunnel.address[0], tunnel.address[1]
+        user = log_safe(tunnel.user) if tunnel.user else "-"
+        self.file.write(
+            f"client={f'[{host}]' if ':' in host else host}:{port} user={user} target={tunnel.target} "
+            f"addr={tunnel.dialled} status={tunnel.status} up={tunnel.bytes_up} down={tunnel.bytes_down} "
+            f"duration={time.monotonic() - tunnel.started:.3f} reason={tunnel.reason}"
+        )
+
+
+class JsonAccessLog(AccessLog):
+    """JSON lines: one at the 200, one at the end (only that one for a refusal)."""
+
+    def _common(self, tunnel: Any) -> dict[str, Any]:
+        started = tunnel.started
+        return {
+            "id": f"{id(tunnel):x}-{started:.6f}",
+            "client": fmt_addr(tunnel.address),
+            "user": tunnel.user,
+            "target": tunnel.target,
+            "addr": tunnel.dialled,
+            "via": tunnel.via,
+            "dns": _since(started, tunnel.resolved_at),
+            "connect": _since(tunnel.resolved_at, tunnel.connected_at) if tunnel.resolved_at else None,
+        }
+
+    def _write(self, event: str, fields: dict[str, Any]) -> None:
+        stamp = self.file.timestamp(time.time())
+        self.file.write_raw(_dumps({"time": stamp, "event": event, **fields}) + "\n")
+
+    def opened(self, tunnel: Any) -> None:
+        self._write("open", self._common(tunnel))
+
+    def closed(self, tunnel: Any) -> None:
+        fields = self._common(tunnel)
+        fields["status"] = tunnel.status
+        fields["up"] = tunnel.bytes_up
+        fields["down"] = tunnel.bytes_down
+        fields["reason"] = tunnel.reason
+        # Accept to the first byte from the target reaching the client.
+        fields["first_byte"] = _since(tunnel.started, tunnel.first_byte_at)
+        fields["duration"] = round(time.monotonic() - tunnel.started, 6)
+        self._write("close", fields)
+
+
+def open_access_log(path: str, log_format: str) -> AccessLog | None:
+    """The access log for ``--access-log PATH`` (None for ``""``: off)."""
+    if not path:
+        return None
+    return JsonAccessLog(path) if log_format == "json" else TextAccessLog(path)

@@ -17,8 +17,8 @@ metric) would cost a file write on every increment instead.
 
 from __future__ import annotations
 
-import bisect
 import logging
+from bisect import bisect_left as _bucket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -49,17 +49,20 @@ class Stats:
     def opened(self, handshake_seconds: float) -> None:
         """A tunnel got its 200 after *handshake_seconds*."""
         self.tunnels_open += 1
-        self.handshake_counts[bisect.bisect_left(HANDSHAKE_BUCKETS, handshake_seconds)] += 1
+        self.handshake_counts[_bucket(HANDSHAKE_BUCKETS, handshake_seconds)] += 1
         self.handshake_sum += handshake_seconds
 
     def closed(self, status: int, reason: str, bytes_up: int, bytes_down: int) -> None:
         """A client is done (tunnel or refusal); status 200 means it was counted open."""
         if status == 200:
             self.tunnels_open -= 1
+        outcomes = self.outcomes
         key = (status, reason)
-        self.outcomes[key] = self.outcomes.get(key, 0) + 1
-        self.bytes_up += bytes_up
-        self.bytes_down += bytes_down
+        outcomes[key] = outcomes.get(key, 0) + 1
+        if bytes_up:
+            self.bytes_up += bytes_up
+        if bytes_down:
+            self.bytes_down += bytes_down
 
 
 def snapshot(proxy: Any) -> dict[str, Any]:

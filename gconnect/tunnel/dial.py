@@ -1,27 +1,27 @@
-"""Dialling the destination: RFC 8305 (Happy Eyeballs v2) connection racing.
+"""Dialling the destination: one non-blocking connect, or an RFC 8305 (Happy
+Eyeballs v2) race between several addresses, all in the calling greenlet.
 
 Attempts start one after another, ``attempt_delay`` apart or as soon as the
-previous one fails; the first to connect wins and the rest are cancelled and
-closed. OS errors become UpstreamConnectError / UpstreamConnectTimeoutError here.
+previous one fails; the first to connect wins and the rest are closed. A single
+address (an IP literal, most names) is one connect and at most one wait, with
+no race set up. The winner comes back with the write watcher it was waited on,
+which the relay reuses. OS errors become UpstreamConnectError /
+UpstreamConnectTimeoutError / OutOfDescriptorsError here.
 """
 
 from __future__ import annotations
 
+import _socket
 import errno
-import ipaddress
-import socket as _stdlib_socket
-import time
+import os
 from collections.abc import Sequence
-from typing import Union
+from typing import Any, NoReturn
 
-import gevent
-from gevent import socket
-from gevent.queue import Empty, Queue
+from gevent import get_hub
 
 from ..errors import OutOfDescriptorsError, UpstreamConnectError, UpstreamConnectTimeoutError
 from .limits import EXHAUSTION_ERRNOS
-
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+from .waiting import WRITE, wait, wait_any
 
 #: Linux defaults keep a dead peer's tunnel for over two hours; these find it in
 #: about 3 minutes (HAProxy and nginx leave this to the OS; Squid's
@@ -30,138 +30,224 @@ KEEPALIVE_IDLE_SECONDS = 120
 KEEPALIVE_INTERVAL_SECONDS = 20
 KEEPALIVE_PROBES = 3
 
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN)
 
-def tune_socket(sock: socket.socket) -> None:
+
+#: (level, option, value) of every setting, the Linux keepalive knobs where they exist.
+_TUNING = (
+    (_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1),
+    (_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1),
+) + (
+    (
+        (_socket.IPPROTO_TCP, _socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS),
+        (_socket.IPPROTO_TCP, _socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS),
+        (_socket.IPPROTO_TCP, _socket.TCP_KEEPCNT, KEEPALIVE_PROBES),
+    )
+    if hasattr(_socket, "TCP_KEEPIDLE")
+    else ()
+)
+_STREAM = _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC
+_AF_INET, _AF_INET6 = _socket.AF_INET, _socket.AF_INET6
+_SOL_SOCKET, _SO_ERROR = _socket.SOL_SOCKET, _socket.SO_ERROR
+
+
+def tune_socket(sock: Any) -> None:
     """Settings both legs of a tunnel get: keepalive, and no Nagle delay (we
-    forward what we receive at once; batching is the endpoints' business)."""
-    sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
-    sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_KEEPALIVE, 1)
-    if hasattr(_stdlib_socket, "TCP_KEEPIDLE"):
-        sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
-        sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
-        sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+    forward what we receive at once; batching is the endpoints' business).
+    Accepted sockets inherit them from the listener, so only dialled ones pay."""
+    setsockopt = sock.setsockopt
+    for setting in _TUNING:
+        setsockopt(*setting)
 
 
-def _describe(exc: OSError) -> str:
-    if exc.errno == errno.ECONNREFUSED:
+def fmt(address: str, port: int) -> str:
+    """``host:port``, or ``[v6]:port``."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def describe(code: int) -> str:
+    """A short human reason for a connect errno."""
+    if code == errno.ECONNREFUSED:
         return "connection refused"
-    if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+    if code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
         return "unreachable"
-    return exc.strerror or str(exc)
+    return os.strerror(code)
 
 
-def _connect_one(ip: IPAddress, port: int, timeout: float) -> socket.socket:
-    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+class Connection:
+    """A connected upstream socket: where it goes, and the watcher it was waited on."""
+
+    __slots__ = ("address", "port", "sock", "writer")
+
+    def __init__(self, sock: _socket.socket, address: str, port: int, writer: Any) -> None:
+        self.sock = sock
+        self.address = address
+        self.port = port
+        #: libev write watcher on ``sock``, stopped; None if the connect did not wait.
+        self.writer = writer
+
+
+class _Attempt:
+    __slots__ = ("address", "sock", "watcher")
+
+    def __init__(self, sock: _socket.socket, address: str, watcher: Any) -> None:
+        self.sock = sock
+        self.address = address
+        self.watcher = watcher
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+        self.sock.close()
+
+
+def _start(address: str, port: int) -> tuple[_Attempt | None, int]:
+    """Begin a non-blocking connect: ``(attempt, 0)`` in progress or connected,
+    ``(None, errno)`` if it failed at once."""
     try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = _socket.socket(_AF_INET6 if ":" in address else _AF_INET, _STREAM)
     except OSError as exc:
         if exc.errno in EXHAUSTION_ERRNOS:
             raise OutOfDescriptorsError(f"proxy cannot open a socket: {exc.strerror}") from exc
         raise
-    try:
-        sock.settimeout(timeout)
-        sock.connect((str(ip), port))
-        sock.settimeout(None)
-        tune_socket(sock)
-    except BaseException:
+    code = sock.connect_ex((address, port))
+    if code and code not in _IN_PROGRESS:
         sock.close()
-        raise
-    return sock
+        return None, code
+    return _Attempt(sock, address, None if code == 0 else get_hub().loop.io(sock.fileno(), WRITE)), 0
 
 
-def _fmt(ip: IPAddress, port: int) -> str:
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+def _connected(attempt: _Attempt) -> int:
+    return attempt.sock.getsockopt(_SOL_SOCKET, _SO_ERROR)  # type: ignore[no-any-return]
+
+
+def _won(attempt: _Attempt, port: int) -> Connection:
+    try:
+        tune_socket(attempt.sock)
+    except OSError as exc:
+        attempt.close()
+        raise UpstreamConnectError(f"connect to {fmt(attempt.address, port)} failed: {exc.strerror}") from exc
+    return Connection(attempt.sock, attempt.address, port, attempt.watcher)
 
 
 def open_connection(
-    addresses: Sequence[IPAddress],
+    addresses: Sequence[str],
     port: int,
     *,
     connect_timeout: float,
     attempt_delay: float,
-) -> tuple[socket.socket, IPAddress]:
-    """Connect to the first of *addresses* that answers; return ``(sock, ip)``.
+) -> Connection:
+    """Connect to the first of *addresses* (canonical address text) that answers.
 
     Raises UpstreamConnectTimeoutError (504) when nothing connected within
-    *connect_timeout*, UpstreamConnectError (502) when every attempt failed.
+    *connect_timeout*, UpstreamConnectError (502) when every attempt failed,
+    OutOfDescriptorsError (503) when no socket could be opened at all.
     """
     if not addresses:
         raise UpstreamConnectError("no address to connect to")
     if len(addresses) == 1:
-        # The common case (IP literals, single-address names) needs no race.
-        ip = addresses[0]
-        try:
-            return _connect_one(ip, port, connect_timeout), ip
-        except socket.timeout as exc:
-            raise UpstreamConnectTimeoutError(
-                f"connect to {_fmt(ip, port)} timed out after {connect_timeout:g} s"
-            ) from exc
-        except OSError as exc:
-            raise UpstreamConnectError(f"connect to {_fmt(ip, port)} failed: {_describe(exc)}") from exc
+        return _dial_one(addresses[0], port, connect_timeout)
     return _race(addresses, port, connect_timeout, attempt_delay)
 
 
-def _race(
-    addresses: Sequence[IPAddress], port: int, connect_timeout: float, attempt_delay: float
-) -> tuple[socket.socket, IPAddress]:
-    deadline = time.monotonic() + connect_timeout
-    results: Queue = Queue()
-
-    def attempt(ip: IPAddress) -> None:
-        try:
-            sock = _connect_one(ip, port, max(0.001, deadline - time.monotonic()))
-        except OSError as exc:
-            results.put((ip, None, exc))
-        except OutOfDescriptorsError as exc:
-            # Not the destination's failure: reported as such if nothing connects.
-            results.put((ip, None, exc.__cause__ or OSError(str(exc))))
-            starved.append(exc)
-        else:
-            results.put((ip, sock, None))
-
-    starved: list[OutOfDescriptorsError] = []
-    attempts: list[gevent.Greenlet] = []
-    errors: list[tuple[IPAddress, OSError]] = []
-    winner: tuple[socket.socket, IPAddress] | None = None
+def _dial_one(address: str, port: int, connect_timeout: float) -> Connection:
+    # The common case, written out: one socket, one connect, at most one wait.
     try:
-        pending = list(addresses)
+        sock = _socket.socket(_AF_INET6 if ":" in address else _AF_INET, _STREAM)
+    except OSError as exc:
+        if exc.errno in EXHAUSTION_ERRNOS:
+            raise OutOfDescriptorsError(f"proxy cannot open a socket: {exc.strerror}") from exc
+        raise
+    writer = None
+    try:
+        code = sock.connect_ex((address, port))
+        if code:
+            if code not in _IN_PROGRESS:
+                raise UpstreamConnectError(f"connect to {fmt(address, port)} failed: {describe(code)}")
+            writer = get_hub().loop.io(sock.fileno(), WRITE)
+            if not wait(writer, connect_timeout):
+                raise UpstreamConnectTimeoutError(
+                    f"connect to {fmt(address, port)} timed out after {connect_timeout:g} s"
+                )
+            code = sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
+            if code:
+                raise UpstreamConnectError(f"connect to {fmt(address, port)} failed: {describe(code)}")
+        tune_socket(sock)
+    except BaseException as exc:
+        if writer is not None:
+            writer.close()
+        sock.close()
+        if isinstance(exc, OSError):
+            raise UpstreamConnectError(f"connect to {fmt(address, port)} failed: {exc.strerror}") from exc
+        raise
+    return Connection(sock, address, port, writer)
+
+
+def _race(addresses: Sequence[str], port: int, connect_timeout: float, attempt_delay: float) -> Connection:
+    loop = get_hub().loop
+    now = loop.now()
+    deadline = now + connect_timeout
+    pending = list(addresses)
+    running: list[_Attempt] = []
+    errors: list[tuple[str, int]] = []
+    starved: OutOfDescriptorsError | None = None
+    next_start = now
+    winner: _Attempt | None = None
+    try:
         while winner is None:
-            now = time.monotonic()
+            now = loop.now()
+            if pending and now >= next_start:
+                address = pending.pop(0)
+                try:
+                    attempt, code = _start(address, port)
+                except OutOfDescriptorsError as exc:
+                    # Not the destination's failure: reported as such if nothing connects.
+                    starved, attempt, code = exc, None, errno.EMFILE
+                if attempt is None:
+                    errors.append((address, code))
+                    continue  # RFC 8305 §5: a failure starts the next attempt at once
+                if attempt.watcher is None:
+                    winner = attempt
+                    break
+                running.append(attempt)
+                next_start = now + attempt_delay
+            if not running and not pending:
+                break
+            wake = min(deadline, next_start) if pending else deadline
             if now >= deadline:
                 break
-            if pending:
-                attempts.append(gevent.spawn(attempt, pending.pop(0)))
-                wait = min(attempt_delay, deadline - now)
-            elif len(errors) == len(attempts):
-                break
-            else:
-                wait = deadline - now
-            try:
-                # A failure starts the next attempt at once (RFC 8305 §5).
-                ip, sock, exc = results.get(timeout=wait)
-            except Empty:
+            index = wait_any([a.watcher for a in running], wake - now)
+            if index < 0:
                 continue
-            if sock is not None:
-                winner = (sock, ip)
+            attempt = running.pop(index)
+            code = _connected(attempt)
+            if code:
+                errors.append((attempt.address, code))
+                attempt.close()
+                next_start = loop.now()
             else:
-                errors.append((ip, exc))
-                if not pending and len(errors) == len(attempts):
-                    break
+                winner = attempt
     finally:
-        gevent.killall([g for g in attempts if not g.ready()], block=True)
-        while not results.empty():
-            _ip, sock, _exc = results.get_nowait()
-            if sock is not None and (winner is None or sock is not winner[0]):
-                sock.close()
+        for attempt in running:
+            attempt.close()
     if winner is not None:
-        return winner
-    if starved:
-        raise starved[0]
-    if len(errors) < len(addresses) or any(isinstance(e, socket.timeout) for _, e in errors):
+        return _won(winner, port)
+    return _failure(addresses, port, connect_timeout, errors, starved)
+
+
+def _failure(
+    addresses: Sequence[str],
+    port: int,
+    connect_timeout: float,
+    errors: list[tuple[str, int]],
+    starved: OutOfDescriptorsError | None,
+) -> NoReturn:
+    if starved is not None:
+        raise starved
+    if len(errors) < len(addresses):
         raise UpstreamConnectTimeoutError(
             f"connect to port {port} timed out after {connect_timeout:g} s "
             f"({len(addresses)} addresses, {len(errors)} failed)"
         )
-    ip, exc = errors[0]
-    detail = "; ".join(f"{_fmt(i, port)}: {_describe(e)}" for i, e in errors)
-    raise UpstreamConnectError(f"connect failed: {detail}") from exc
+    detail = "; ".join(f"{fmt(address, port)}: {describe(code)}" for address, code in errors)
+    raise UpstreamConnectError(f"connect failed: {detail}")

@@ -13,11 +13,8 @@ the version, the authority-form target and the Host header.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import re
-from socket import AF_INET as _AF_INET
-from socket import inet_pton as _inet_pton
-from typing import Union
+from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 
 import httptools
 
@@ -29,8 +26,6 @@ from ..errors import (
     VersionNotSupportedError,
 )
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-
 #: The one success response. RFC 9110 §9.3.6: a 2xx to CONNECT has no content
 #: and no Content-Length or Transfer-Encoding.
 RESPONSE_200 = b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -38,13 +33,20 @@ RESPONSE_200 = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _VERSIONS = ("1.1", "1.0")
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _PORT = re.compile(rb"^[0-9]{1,5}$")
-_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOSTNAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
 _DOTTED_QUAD = re.compile(r"^[0-9]{1,3}(?:\.[0-9]{1,3}){3}$")
 # inet_aton() reads "127.1", "0x7f.1" and "2130706433" as addresses; WHATWG URL
 # treats a numeric last label as IPv4. A name like that is never a DNS name.
 _NUMERIC_LABEL = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)$")
 #: RFC 1035 §2.3.4: 255 octets on the wire, 253 characters written out.
 MAX_HOSTNAME_CHARS = 253
+# The common targets, matched whole by one expression each before the general
+# path (which gives the precise error): a dotted quad without leading zeros
+# (RFC 3986 dec-octet) and a lower-case name, each with a port.
+_DEC_OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+_FAST_V4 = re.compile(rb"(" + rb"\.".join([_DEC_OCTET] * 4) + rb"):([0-9]{1,5})")
+_FAST_NAME = re.compile(rb"(" + _LABEL.encode() + rb"(?:\." + _LABEL.encode() + rb")*):([0-9]{1,5})")
 
 
 @dataclasses.dataclass(slots=True)
@@ -54,8 +56,9 @@ class ConnectRequest:
     #: Lower-case name, or an IP address in its canonical text form.
     host: str
     port: int
-    #: Set when the target is an IP literal: such targets never touch DNS.
-    ip: IPAddress | None
+    #: AF_INET or AF_INET6 when the target is an IP literal (such targets never
+    #: touch DNS), 0 for a name.
+    family: int
     #: "1.1" or "1.0".
     version: str
     #: Every header as received, names not folded, in order.
@@ -66,7 +69,7 @@ class ConnectRequest:
     @property
     def target(self) -> str:
         """``host:port`` with brackets around an IPv6 address."""
-        if self.ip is not None and self.ip.version == 6:
+        if self.family == AF_INET6:
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
 
@@ -93,8 +96,9 @@ def parse_port(text: bytes) -> int:
     return port
 
 
-def parse_host(text: str) -> tuple[str, IPAddress | None]:
-    """Validate a reg-name or IPv4 literal (no brackets); return it normalised."""
+def parse_host(text: str) -> tuple[str, int]:
+    """Validate a reg-name or IPv4 literal (no brackets); return it normalised
+    with its family (AF_INET, or 0 for a name)."""
     host = text.lower()
     if host.endswith("."):
         host = host[:-1]
@@ -106,29 +110,43 @@ def parse_host(text: str) -> tuple[str, IPAddress | None]:
             # glibc) refuses leading zeros ("010.0.0.1"), which some C libraries
             # read as octal: the ambiguity is refused rather than guessed at. It is
             # also ~10x faster than parsing the text with ipaddress.
-            packed = _inet_pton(_AF_INET, host)
+            inet_pton(AF_INET, host)
         except OSError:
             raise MalformedRequestError(f"invalid IPv4 address {text!r}") from None
         if any(len(octet) > 1 and octet[0] == "0" for octet in host.split(".")):
             raise MalformedRequestError(f"invalid IPv4 address {text!r}")
-        return host, ipaddress.IPv4Address(packed)
+        return host, AF_INET
     if len(host) > MAX_HOSTNAME_CHARS:
         raise MalformedRequestError(f"host name longer than {MAX_HOSTNAME_CHARS} characters")
-    labels = host.split(".")
-    if _NUMERIC_LABEL.match(labels[-1]):
+    if _NUMERIC_LABEL.match(host.rpartition(".")[2]):
         raise MalformedRequestError(f"ambiguous numeric host {text!r}: use a dotted-quad address")
-    for label in labels:
-        if not _LABEL.match(label):
-            raise MalformedRequestError(f"invalid host name {text!r}")
-    return host, None
+    if not _HOSTNAME.fullmatch(host):
+        raise MalformedRequestError(f"invalid host name {text!r}")
+    return host, 0
 
 
-def parse_authority(target: bytes) -> tuple[str, int, IPAddress | None]:
-    """Split an authority-form request-target into ``(host, port, ip)``.
+def parse_authority(target: bytes) -> tuple[str, int, int]:
+    """Split an authority-form request-target into ``(host, port, family)``.
 
     RFC 9110 §9.3.6: the target of CONNECT is ``uri-host ":" port`` and the
     port is mandatory, since there is no default port for a tunnel.
     """
+    fast = _FAST_V4.fullmatch(target)
+    if fast is not None:
+        port = int(fast[2])
+        if 1 <= port <= 65535:
+            return fast[1].decode("ascii"), port, AF_INET
+    else:
+        fast = _FAST_NAME.fullmatch(target)
+        if fast is not None and len(fast[1]) <= MAX_HOSTNAME_CHARS:
+            host = fast[1].decode("ascii")
+            port = int(fast[2])
+            if (
+                1 <= port <= 65535
+                and not _NUMERIC_LABEL.match(host.rpartition(".")[2])
+                and not _DOTTED_QUAD.match(host)
+            ):
+                return host, port, 0
     if b"/" in target or b"@" in target or b"?" in target or b"#" in target:
         raise MalformedRequestError(f"request-target {_show(target)} is not authority-form host:port")
     try:
@@ -144,18 +162,19 @@ def parse_authority(target: bytes) -> tuple[str, int, IPAddress | None]:
         if "%" in literal:
             raise MalformedRequestError("IPv6 zone identifiers are not accepted")
         try:
-            ip6 = ipaddress.IPv6Address(literal)
-        except ValueError:
+            # The canonical spelling (RFC 5952), so policy and logs see one form.
+            canonical = inet_ntop(AF_INET6, inet_pton(AF_INET6, literal))
+        except (OSError, ValueError):
             raise MalformedRequestError(f"invalid IPv6 address {literal!r}") from None
-        return str(ip6), port, ip6
+        return canonical, port, AF_INET6
     host_text, colon, port_text = text.rpartition(":")
     if not colon:
         raise MalformedRequestError(f"request-target {text!r} has no port (RFC 9110 §9.3.6)")
     if ":" in host_text:
         raise MalformedRequestError(f"invalid request-target {text!r}: IPv6 needs brackets")
     port = parse_port(port_text.encode())
-    host, ip = parse_host(host_text)
-    return host, port, ip
+    host, family = parse_host(host_text)
+    return host, port, family
 
 
 def _check_host_header(value: bytes, target: bytes, host: str, port: int) -> None:
@@ -273,7 +292,7 @@ class RequestParser:
         version = parser.get_http_version()
         if version not in _VERSIONS:
             raise VersionNotSupportedError(f"HTTP/{version} not supported: only HTTP/1.1 and HTTP/1.0")
-        host, port, ip = parse_authority(self._url)
+        host, port, family = parse_authority(self._url)
         hosts = []
         for name, value in self._headers:
             lname = name.lower()
@@ -289,7 +308,7 @@ class RequestParser:
             _check_host_header(hosts[0], self._url, host, port)
         elif version == "1.1":
             raise MalformedRequestError("missing Host header (required in HTTP/1.1)")
-        return ConnectRequest(host, port, ip, version, self._headers, trailing)
+        return ConnectRequest(host, port, family, version, self._headers, trailing)
 
 
 def _show(raw: bytes) -> str:

@@ -25,21 +25,19 @@ from __future__ import annotations
 import base64
 import fnmatch
 import ipaddress
-import time
-from typing import Union
+from typing import Any
 
-import gevent
-from gevent import socket
+from gevent import get_hub
 
 from ..config import IPNetwork, ParentProxy
 from ..errors import ParentProxyError, ParentProxyTimeoutError, UpstreamConnectError
-from .dial import open_connection
-
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+from .dial import Connection, open_connection
+from .waiting import READ, WRITE, recv, send_all
 
 #: The parent's response head: a status line and a few headers. The same limit
 #: as our own request heads (h11 and node.js: 16 KiB).
 MAX_RESPONSE_HEAD_BYTES = 16 * 1024
+_MSG_PEEK = 2  # socket.MSG_PEEK
 
 
 def connect_request(host: str, port: int, parent: ParentProxy) -> bytes:
@@ -65,7 +63,7 @@ def parse_status(head: bytes) -> tuple[int, str]:
 class Chain:
     """Which tunnels use the parent, and how one is opened through it."""
 
-    def __init__(self, parent: ParentProxy, patterns: tuple[str, ...], resolver: object) -> None:
+    def __init__(self, parent: ParentProxy, patterns: tuple[str, ...], resolver: Any) -> None:
         self.parent = parent
         self._resolver = resolver
         self._networks: list[IPNetwork] = []
@@ -77,79 +75,83 @@ class Chain:
                 self._globs.append(pattern.lower())
         self._everything = not patterns
 
-    def applies(self, host: str, ip: IPAddress | None) -> bool:
-        """True if the tunnel to *host* (IP literal *ip*) goes through the parent."""
+    def applies(self, host: str, family: int) -> bool:
+        """True if the tunnel to *host* (an IP literal when *family* is set) goes through the parent."""
         if self._everything:
             return True
-        if ip is not None:
+        if family:
+            ip = ipaddress.ip_address(host)
             return any(ip.version == net.version and ip in net for net in self._networks)
         return any(fnmatch.fnmatchcase(host, glob) for glob in self._globs)
 
-    def _parent_addresses(self) -> list[IPAddress]:
+    def _parent_addresses(self) -> list[str]:
         try:
-            return [ipaddress.ip_address(self.parent.host)]
+            return [str(ipaddress.ip_address(self.parent.host))]
         except ValueError:
-            return self._resolver.resolve(self.parent.host.lower())  # type: ignore[attr-defined, no-any-return]
+            return self._resolver.resolve(self.parent.host.lower())  # type: ignore[no-any-return]
 
-    def open(
-        self, host: str, port: int, *, connect_timeout: float, attempt_delay: float
-    ) -> tuple[socket.socket, IPAddress]:
-        """A socket tunnelled by the parent to ``host:port``, and the parent's address.
+    def open(self, host: str, port: int, *, connect_timeout: float, attempt_delay: float) -> Connection:
+        """A connection tunnelled by the parent to ``host:port`` (its ``address``
+        is the parent's), within *connect_timeout* for the dial and the answer.
 
         Raises the dialler's errors for the parent itself, ParentProxyError
         (502) when it refuses, ParentProxyTimeoutError (504) when it is silent.
         """
-        started = time.monotonic()
-        sock, ip = open_connection(
+        loop = get_hub().loop
+        deadline = loop.now() + connect_timeout
+        connection = open_connection(
             self._parent_addresses(), self.parent.port, connect_timeout=connect_timeout, attempt_delay=attempt_delay
         )
-        remaining = max(0.001, connect_timeout - (time.monotonic() - started))
-        silent = ParentProxyTimeoutError(f"parent proxy {self.parent} did not answer within {connect_timeout:g} s")
-        timer = gevent.Timeout(remaining, silent)
-        timer.start()
+        sock = connection.sock
         try:
-            sock.sendall(connect_request(host, port, self.parent))
-            head = self._read_head(sock)
+            writer = connection.writer or loop.io(sock.fileno(), WRITE)
+            connection.writer = writer
+            reader = loop.io(sock.fileno(), READ)
+            try:
+                sent = send_all(sock, connect_request(host, port, self.parent), writer, deadline)
+                head = self._read_head(sock, reader, deadline) if sent else None
+            finally:
+                reader.close()
+            if head is None:
+                raise ParentProxyTimeoutError(f"parent proxy {self.parent} did not answer within {connect_timeout:g} s")
+            status, reason = parse_status(head)
         except OSError as exc:
-            sock.close()
+            _close(connection)
             raise UpstreamConnectError(f"parent proxy {self.parent}: {exc.strerror or exc}") from exc
         except BaseException:
-            sock.close()
-            raise
-        finally:
-            timer.close()
-        try:
-            status, reason = parse_status(head)
-        except BaseException:
-            sock.close()  # a garbage status line must not leave the socket to the GC
+            # A garbage status line or a timeout must not leave the socket to the GC.
+            _close(connection)
             raise
         if not 200 <= status < 300:
-            sock.close()
+            _close(connection)
             raise ParentProxyError(f"parent proxy {self.parent} answered {status} {reason}".rstrip())
-        return sock, ip
+        return connection
 
     @staticmethod
-    def _read_head(sock: socket.socket) -> bytes:
+    def _read_head(sock: Any, reader: Any, deadline: float) -> bytes | None:
         """Consume exactly the response head: bytes after it are the target's and
-        stay in the socket for the relay (MSG_PEEK, then take up to the end)."""
+        stay in the socket for the relay (MSG_PEEK, then take up to the end).
+        None if *deadline* passes first."""
         head = b""
         while True:
-            peeked = sock.recv(MAX_RESPONSE_HEAD_BYTES, socket.MSG_PEEK)
+            peeked = recv(sock, MAX_RESPONSE_HEAD_BYTES, reader, deadline, _MSG_PEEK)
+            if peeked is None:
+                return None
             if not peeked:
                 raise ParentProxyError(f"parent proxy closed the connection after {len(head)} bytes of its answer")
             # The terminator may straddle what we took and what we peek now.
             start = max(0, len(head) - 3)
             end = (head + peeked).find(b"\r\n\r\n", start)
             if end >= 0:
-                take = end + 4 - len(head)
-                head += sock.recv(take)
-                while not head.endswith(b"\r\n\r\n"):
-                    # recv may return less than peeked only in theory; take the rest.
-                    more = sock.recv(end + 4 - len(head))
-                    if not more:
-                        raise ParentProxyError("parent proxy closed the connection mid-answer")
-                    head += more
+                # What was peeked is in the socket: taking no more than that never blocks.
+                head += sock.recv(end + 4 - len(head))
                 return head
             if len(head) + len(peeked) > MAX_RESPONSE_HEAD_BYTES:
                 raise ParentProxyError(f"parent proxy's answer head is over {MAX_RESPONSE_HEAD_BYTES} bytes")
             head += sock.recv(len(peeked))
+
+
+def _close(connection: Connection) -> None:
+    if connection.writer is not None:
+        connection.writer.close()
+    connection.sock.close()

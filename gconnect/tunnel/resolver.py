@@ -28,7 +28,8 @@ from ..errors import ResolveError, ResolveTimeoutError, UpstreamError
 
 log = logging.getLogger(__name__)
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+#: Canonical address text ("192.0.2.1", "2001:db8::1"): what the policy and the dialler take.
+Address = str
 
 #: Bound on cached names; unbound's default rrset-cache is 4 MB, about this many names.
 DNS_CACHE_MAX_ENTRIES = 10_000
@@ -38,9 +39,9 @@ RESOLUTION_DELAY = 0.05
 HOSTS_CHECK_INTERVAL = 1.0
 
 
-def order_addresses(v6: list[IPAddress], v4: list[IPAddress]) -> list[IPAddress]:
+def order_addresses(v6: list[Address], v4: list[Address]) -> list[Address]:
     """RFC 8305 §4: interleave the families, IPv6 first."""
-    ordered: list[IPAddress] = []
+    ordered: list[Address] = []
     for i in range(max(len(v6), len(v4))):
         if i < len(v6):
             ordered.append(v6[i])
@@ -49,15 +50,15 @@ def order_addresses(v6: list[IPAddress], v4: list[IPAddress]) -> list[IPAddress]
     return ordered
 
 
-def parse_hosts(text: str) -> dict[str, list[IPAddress]]:
+def parse_hosts(text: str) -> dict[str, list[Address]]:
     """Parse hosts(5) text into ``name -> addresses`` in file order."""
-    table: dict[str, list[IPAddress]] = {}
+    table: dict[str, list[Address]] = {}
     for line in text.splitlines():
         fields = line.split("#", 1)[0].split()
         if len(fields) < 2:
             continue
         try:
-            ip = ipaddress.ip_address(fields[0])
+            ip = str(ipaddress.ip_address(fields[0]))
         except ValueError:
             continue
         for name in fields[1:]:
@@ -90,9 +91,9 @@ class Resolver:
             self._dns = dns.resolver.Resolver(configure=True)
         # Our own cache holds the combined A+AAAA answer; dnspython's would be a second copy.
         self._dns.cache = None
-        self._cache: dict[str, tuple[float, Union[list[IPAddress], _Failure]]] = {}
+        self._cache: dict[str, tuple[float, Union[list[Address], _Failure]]] = {}
         self._inflight: dict[str, AsyncResult] = {}
-        self._hosts: dict[str, list[IPAddress]] = {}
+        self._hosts: dict[str, list[Address]] = {}
         self._hosts_mtime: float | None = None
         self._hosts_checked = 0.0
         self.lookups = 0
@@ -115,7 +116,7 @@ class Resolver:
             log.warning("cannot read hosts file %s: %s", path, exc)
             self._hosts = {}
 
-    def resolve(self, host: str) -> list[IPAddress]:
+    def resolve(self, host: str) -> list[Address]:
         """Addresses for *host* (a lower-case name), IPv6 and IPv4 interleaved.
 
         Raises ResolveError (502) or ResolveTimeoutError (504).
@@ -125,7 +126,7 @@ class Resolver:
             self._reload_hosts()
         static = self._hosts.get(host)
         if static:
-            return order_addresses([a for a in static if a.version == 6], [a for a in static if a.version == 4])
+            return order_addresses([a for a in static if ":" in a], [a for a in static if ":" not in a])
         entry = self._cache.get(host)
         if entry is not None:
             if entry[0] > now:
@@ -149,13 +150,13 @@ class Resolver:
             del self._inflight[host]
         return self._unwrap(host, result)
 
-    def _store(self, host: str, result: Union[list[IPAddress], _Failure], ttl: float) -> None:
+    def _store(self, host: str, result: Union[list[Address], _Failure], ttl: float) -> None:
         if len(self._cache) >= DNS_CACHE_MAX_ENTRIES:
             # dicts keep insertion order: drop the oldest entry.
             del self._cache[next(iter(self._cache))]
         self._cache[host] = (time.monotonic() + ttl, result)
 
-    def _unwrap(self, host: str, result: Union[list[IPAddress], _Failure]) -> list[IPAddress]:
+    def _unwrap(self, host: str, result: Union[list[Address], _Failure]) -> list[Address]:
         if not isinstance(result, _Failure):
             return result
         raise self._error(host, result)
@@ -171,21 +172,26 @@ class Resolver:
             return ResolveError(f"DNS servers failed to resolve {host} (SERVFAIL or refused)")
         return ResolveError(f"DNS lookup of {host} failed: {failure.detail}")
 
-    def _lookup(self, host: str) -> tuple[Union[list[IPAddress], _Failure], float]:
+    def _lookup(self, host: str) -> tuple[Union[list[Address], _Failure], float]:
         self.lookups += 1
+        # --dns-timeout is the budget for the whole answer, both families
+        # included: dnspython's lifetime bounds each query, but not its retries'
+        # back-off sleeps, and a dead server could answer 504 well past the budget.
+        budget = self._config.dns_timeout
+        deadline = time.monotonic() + budget
         v6 = gevent.spawn(self._query, host, "AAAA")
         v4 = gevent.spawn(self._query, host, "A")
         try:
-            first = gevent.wait([v6, v4], count=1)[0]
-            if first.value and isinstance(first.value[0], list):
+            done = gevent.wait([v6, v4], timeout=budget, count=1)
+            if done and done[0].value and isinstance(done[0].value[0], list):
                 # One family answered: give the other RESOLUTION_DELAY, no more.
-                gevent.wait([v6, v4], timeout=RESOLUTION_DELAY)
-            else:
-                gevent.wait([v6, v4])
+                gevent.wait([v6, v4], timeout=min(RESOLUTION_DELAY, max(0.0, deadline - time.monotonic())))
+            elif done:
+                gevent.wait([v6, v4], timeout=max(0.0, deadline - time.monotonic()))
         finally:
-            for g in (v6, v4):
-                if not g.ready():
-                    g.kill(block=False)
+            unfinished = [g for g in (v6, v4) if not g.ready()]
+            for g in unfinished:
+                g.kill(block=False)
         r6 = v6.value if v6.successful() else None
         r4 = v4.value if v4.successful() else None
         addrs6 = r6[0] if r6 is not None and isinstance(r6[0], list) else []
@@ -193,12 +199,14 @@ class Resolver:
         if addrs6 or addrs4:
             ttls = [r[1] for r in (r6, r4) if r is not None and isinstance(r[0], list) and r[0]]
             ttl = min(ttls)
-            if not (v6.ready() and v4.ready()):
+            if unfinished:
                 # A family we did not wait for: look again soon.
                 ttl = min(ttl, self._config.dns_negative_ttl)
             ttl = max(self._config.dns_min_ttl, min(ttl, self._config.dns_max_ttl))
             return order_addresses(addrs6, addrs4), ttl
         failures = [r[0] for r in (r6, r4) if r is not None and isinstance(r[0], _Failure)]
+        if unfinished:
+            failures.append(_Failure("timeout"))  # cut short by the budget
         # The most telling failure wins: a name that does not exist, then a timeout.
         for kind in ("nxdomain", "timeout", "servfail", "error", "noanswer"):
             for failure in failures:
@@ -206,7 +214,7 @@ class Resolver:
                     return failure, self._config.dns_negative_ttl
         return _Failure("error", "no answer"), self._config.dns_negative_ttl
 
-    def _query(self, host: str, rdtype: str) -> tuple[Union[list[IPAddress], _Failure], float]:
+    def _query(self, host: str, rdtype: str) -> tuple[Union[list[Address], _Failure], float]:
         try:
             answer = self._dns.resolve(host, rdtype, lifetime=self._config.dns_timeout, search=False)
         except dns.resolver.NXDOMAIN:
@@ -219,10 +227,11 @@ class Resolver:
             return _Failure("servfail", str(exc)), 0.0
         except (dns.exception.DNSException, OSError) as exc:
             return _Failure("error", str(exc)), 0.0
-        addrs: list[IPAddress] = []
+        addrs: list[Address] = []
         for rdata in answer:
             try:
-                addrs.append(ipaddress.ip_address(rdata.address))
+                # One spelling for the policy and the logs, whatever the wire gave.
+                addrs.append(str(ipaddress.ip_address(rdata.address)))
             except ValueError:
                 continue
         ttl = float(answer.rrset.ttl) if answer.rrset is not None else 0.0

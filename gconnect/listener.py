@@ -1,0 +1,236 @@
+"""Listening sockets and the accept loop: where a client becomes a Tunnel.
+
+:class:`TunnelServer` is gevent's StreamServer with two changes on the hot path:
+an accepted client is a raw non-blocking ``_socket.socket`` (gevent's wrapper
+makes two watchers per socket that the handshake never uses), and each client
+runs in a plain greenlet switched to straight from the accept callback
+(``Greenlet.spawn`` would schedule it for a later loop callback and keep
+Pool/Group bookkeeping per client). :class:`AcceptBackoff` survives descriptor
+exhaustion; :class:`OwnConnections` remembers our upstream connections so a
+tunnel that loops back into this proxy is recognised when it arrives.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from gevent.monkey import get_original
+from gevent.server import StreamServer
+
+from .tunnel.dial import tune_socket
+from .tunnel.limits import EXHAUSTION_ERRNOS, REFUSAL_SLOTS
+
+if TYPE_CHECKING:
+    from .server import Proxy
+
+log = logging.getLogger(__name__)
+
+#: gevent's BaseServer backs off from 10 ms to 1 s after an accept error; same here.
+ACCEPT_BACKOFF_MIN_SECONDS = 0.01
+ACCEPT_BACKOFF_MAX_SECONDS = 1.0
+#: One log line per this many seconds while descriptors stay exhausted.
+EXHAUSTION_LOG_SECONDS = 10.0
+#: An exhaustion episode is over once accept() has not failed for this long.
+EXHAUSTION_RECOVERED_SECONDS = 1.0
+
+# The standard library's socket class, not gevent's cooperative one: the listener
+# is only ever accepted from when libev says it is readable.
+_StdSocket = get_original("socket", "socket")
+_STREAM = _socket.SOCK_STREAM
+
+
+def make_listener(host: str, port: int, *, reuse_port: bool = False) -> Any:
+    """A listening, non-blocking TCP socket for ``host:port``, tuned for the tunnels it accepts."""
+    family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+    sock = _StdSocket(family, _socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # Workers each bind the same port; the kernel spreads connections over them.
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
+        if family == _socket.AF_INET6:
+            sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        # The backlog is capped by net.core.somaxconn; ask for the most.
+        sock.listen(_socket.SOMAXCONN)
+        # Accepted sockets inherit TCP_NODELAY and the keepalive settings from the
+        # listener on Linux: set once here instead of five syscalls per client.
+        tune_socket(sock)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class OwnConnections:
+    """Our upstream connections as (local, remote) address pairs. A client that
+    arrives from one of them, at that very address, is this proxy talking to
+    itself (a loop through a name or address the static check did not know)."""
+
+    def __init__(self) -> None:
+        #: Local address -> the remote addresses connected from it, with counts
+        #: (Linux lets one local port serve several destinations).
+        self._locals: dict[tuple, dict[tuple, int]] = {}
+
+    def add(self, pair: tuple) -> None:
+        local, remote = pair
+        remotes = self._locals.get(local)
+        if remotes is None:
+            self._locals[local] = {remote: 1}
+        else:
+            remotes[remote] = remotes.get(remote, 0) + 1
+
+    def remove(self, pair: tuple) -> None:
+        local, remote = pair
+        remotes = self._locals.get(local)
+        if remotes is None or remote not in remotes:
+            return
+        if remotes[remote] > 1:
+            remotes[remote] -= 1
+        elif len(remotes) > 1:
+            del remotes[remote]
+        else:
+            del self._locals[local]
+
+    def is_own(self, address: tuple, client: Any) -> bool:
+        # Cheap test first: getsockname() only when the client's address matches.
+        remotes = self._locals.get(address[:2])
+        return remotes is not None and client.getsockname()[:2] in remotes
+
+
+class AcceptBackoff:
+    """StreamServer mixin: survive descriptor exhaustion in accept().
+
+    An episode starts at the first failed accept() and ends once accept() has
+    worked and none failed for :data:`EXHAUSTION_RECOVERED_SECONDS`: a proxy
+    hovering at the limit recovers and runs out again many times a second,
+    and that is one episode, not many. Each episode logs its error line at most
+    once per :data:`EXHAUSTION_LOG_SECONDS` and one recovery line at its end.
+    """
+
+    # Provided by gevent.baseserver.BaseServer.
+    loop: Any
+    started: bool
+    #: When the current episode began, or None.
+    _exhausted_since: float | None = None
+    _episode_failures = 0
+    _last_failure = 0.0
+    _exhaustion_logged = float("-inf")
+    _exhaustion_unlogged = 0
+    _backoff = ACCEPT_BACKOFF_MIN_SECONDS
+    _recovery_timer: Any = None
+    _backing_off = False
+
+    def _accepted_while_exhausted(self) -> None:
+        """accept() worked during an episode: look for its end soon."""
+        self._backoff = ACCEPT_BACKOFF_MIN_SECONDS
+        if self._recovery_timer is None:
+            self._recovery_timer = self.loop.timer(EXHAUSTION_RECOVERED_SECONDS)
+            self._recovery_timer.start(self._check_recovered)
+
+    def _check_recovered(self) -> None:
+        self._recovery_timer.close()
+        self._recovery_timer = None
+        if self._exhausted_since is None:
+            return
+        quiet = time.monotonic() - self._last_failure
+        if quiet < EXHAUSTION_RECOVERED_SECONDS:
+            # Failed again meanwhile: look again once it has been quiet long enough.
+            self._recovery_timer = self.loop.timer(EXHAUSTION_RECOVERED_SECONDS - quiet)
+            self._recovery_timer.start(self._check_recovered)
+            return
+        log.warning(
+            "accept: descriptors available again; %d accept failures over %.1f s",
+            self._episode_failures,
+            self._last_failure - self._exhausted_since,
+        )
+        self._exhausted_since = None
+
+    def _back_off(self, exc: OSError) -> None:
+        """accept() failed for want of descriptors or memory: pause accepting."""
+        now = time.monotonic()
+        if self._exhausted_since is None:
+            self._exhausted_since = now
+            self._episode_failures = 0
+        self._episode_failures += 1
+        self._last_failure = now
+        self._exhaustion_unlogged += 1
+        if now - self._exhaustion_logged >= EXHAUSTION_LOG_SECONDS:
+            log.error(
+                "accept: %s (%s); %d failures since the last report; pausing accept, retrying up to %g s apart",
+                exc.strerror,
+                errno.errorcode.get(exc.errno or 0, "?"),
+                self._exhaustion_unlogged,
+                ACCEPT_BACKOFF_MAX_SECONDS,
+            )
+            self._exhaustion_logged = now
+            self._exhaustion_unlogged = 0
+        # The listening socket stays readable while the backlog is not empty:
+        # without a pause the accept watcher would fire again at once (a busy loop).
+        self.stop_accepting()  # type: ignore[attr-defined]
+        timer = self.loop.timer(self._backoff)
+        timer.start(self._resume_accepting, timer)
+        self._backoff = min(ACCEPT_BACKOFF_MAX_SECONDS, self._backoff * 2)
+        self._backing_off = True
+
+    @property
+    def backing_off(self) -> bool:
+        """True while accept is paused for want of descriptors: nothing else
+        should restart it before the back-off timer does."""
+        return self._backing_off
+
+    def _resume_accepting(self, timer: Any) -> None:
+        timer.close()
+        self._backing_off = False
+        if self.started:
+            self.start_accepting()  # type: ignore[attr-defined]
+
+
+class TunnelServer(AcceptBackoff, StreamServer):
+    """One listening socket. Every accepted client is a raw non-blocking socket
+    handed to :meth:`Proxy.serve <gconnect.server.Proxy.serve>` at once, from
+    the accept callback; a full proxy stops accepting until a tunnel ends."""
+
+    def __init__(self, proxy: Proxy, listener: Any) -> None:
+        super().__init__(listener, spawn=None)
+        self.proxy = proxy
+        self._serve = proxy.serve
+        self._accept = listener._accept
+        self._family = int(listener.family)
+        self._limit = proxy.config.max_clients + REFUSAL_SLOTS
+
+    def full(self) -> bool:
+        # Past max_clients clients still get their 503 (limits.ClientLimits); past
+        # these few more slots for the refusals, accept() waits until a tunnel ends.
+        if len(self.proxy.tunnels) < self._limit:
+            return False
+        self.proxy.paused = True
+        return True
+
+    def do_read(self) -> tuple[_socket.socket, Any] | None:
+        try:
+            fd, address = self._accept()
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno not in EXHAUSTION_ERRNOS:
+                raise
+            self._back_off(exc)
+            return None
+        if self._exhausted_since is not None:
+            self._accepted_while_exhausted()
+        client = _socket.socket(self._family, _STREAM, 0, fd)
+        client.setblocking(False)
+        return client, address
+
+    def do_handle(self, *args: Any) -> None:
+        self._serve(*args)
+
+    def handle(self, client: _socket.socket, address: Any) -> None:
+        """Unused (do_handle serves directly); StreamServer insists on one."""
+        self._serve(client, address)
