@@ -5,7 +5,9 @@ addresses raced per RFC 8305."""
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 
 import pytest
 
@@ -118,3 +120,22 @@ def test_happy_eyeballs_races_past_a_silent_address(proxy, dns_server, echo):
     with silent_listener("127.0.0.2", echo.port):
         ping(proxy, f"race.test:{echo.port}")
     assert f"addr=127.0.0.1:{echo.port}" in proxy.wait_access(f"target=race.test:{echo.port}")
+
+
+def test_dns_timeout_is_a_budget_with_a_dead_server(start_proxy, hosts_file):
+    # A server that never answers (bound, never read): dnspython retries with
+    # back-off and overshoots its lifetime (3.2 s for 3 s, 5.4 s for 5 s, measured
+    # on the code before the budget); the proxy's answer still comes at the budget.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dead:
+        dead.bind(("127.0.0.1", 0))
+        server = f"127.0.0.1:{dead.getsockname()[1]}"
+        proxy = start_proxy(
+            "--listen", "127.0.0.1:0", "--allow-port", "1-65535", "--allow-dest", "127.0.0.0/8",
+            "--dns-server", server, "--hosts-file", str(hosts_file), "--dns-timeout", "3",
+            defaults=False,
+        )  # fmt: skip
+        started = time.monotonic()
+        status, _, body = exchange(proxy, connect_head("nobody-answers.test:443"))
+        elapsed = time.monotonic() - started
+    assert status == 504 and b"timed out after 3 s" in body
+    assert 3.0 <= elapsed < 3.15, elapsed

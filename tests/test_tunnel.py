@@ -1,6 +1,6 @@
 """The relay, end to end through the CLI: byte-exact both ways, early data,
 half-close carried each way, resets passed on, idle and half-close timeouts,
-every descriptor released. Each test runs on both relays."""
+every descriptor released. Each test runs on every relay mode."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -17,7 +18,7 @@ from .conftest import open_tunnel, recv_all, recv_exactly, wait_until
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture(params=["splice", "copy"])
+@pytest.fixture(params=["auto", "splice", "copy"])
 def relay_proxy(request, start_proxy):
     return start_proxy("--relay", request.param)
 
@@ -321,3 +322,36 @@ def test_active_tunnels_borrow_pipes_and_give_them_back(start_proxy, upstream_fa
     wait_until(lambda: proxy.fd_kinds()["socket"] == before["socket"])
     # Back in the pool, at most --pipe-pool-size of them kept.
     assert proxy.fd_kinds()["pipe"] <= before["pipe"] + 2 * 4
+
+
+def test_client_reset_under_back_pressure_frees_the_tunnel_at_once(relay_proxy, upstream_factory):
+    # The target stops reading, so the relay stops reading the client. A reset
+    # from the client must still end the tunnel now, not at --idle-timeout.
+    proxy = relay_proxy
+    stalled = threading.Event()
+    release = threading.Event()
+
+    def never_reads(conn: socket.socket) -> None:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.set()
+        release.wait(30)
+
+    server = upstream_factory(never_reads)
+    baseline = proxy.fd_count()
+    sock = open_tunnel(proxy, server.target)
+    stalled.wait(5)
+    sock.settimeout(0.5)
+    sent = 0
+    try:
+        while True:
+            sent += sock.send(b"\0" * 65536)
+    except (TimeoutError, BlockingIOError):
+        pass  # every buffer on the way is full
+    assert sent > 0
+    wait_until(lambda: proxy.fd_count() >= baseline + 2)
+    _reset(sock)
+    started = time.monotonic()
+    wait_until(lambda: proxy.fd_count() == baseline, timeout=5, interval=0.01)
+    assert time.monotonic() - started < 1.0
+    assert "reason=client_reset" in proxy.wait_access(f"target={server.target}")
+    release.set()

@@ -1,0 +1,455 @@
+"""One conformance suite for every relay kind, in-process on loopback TCP pairs.
+
+The relay runs in this process's gevent hub exactly as in the proxy (libev
+callbacks, no greenlet); the two peers are ordinary blocking sockets in
+threads. Each test runs against the copy, splice and auto movers and the TLS
+movers (the client peer speaks TLS on memory BIOs, as curl --proxy https://
+would), in the spirit of trio's check_half_closeable_stream: byte-exact both
+ways at once, half-close each way, resets passed on, the three deadlines, a
+hang-up noticed under back-pressure, and nothing left held at the end.
+"""
+
+from __future__ import annotations
+
+import _socket
+import hashlib
+import os
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable
+
+import gevent
+import pytest
+from gevent.event import Event
+
+from gconnect.tunnel.movers import CopyMover, PipePool, SpliceMover
+from gconnect.tunnel.relay import HangupWatch, Relay, RelayLimits
+from gconnect.tunnel.tls import DecryptMover, EncryptMover, TLSSession
+from gconnect.tunnel.waiting import READ, WRITE
+
+pytestmark = pytest.mark.timeout(60)
+
+KINDS = ["copy", "splice", "auto", "tls"]
+CHUNK = 256 * 1024
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    return a, b
+
+
+def raw(sock: socket.socket) -> _socket.socket:
+    """The relay's side of a pair: a raw non-blocking socket, as the proxy holds it."""
+    end = _socket.socket(sock.family, sock.type, 0, sock.detach())
+    end.setblocking(False)
+    return end
+
+
+def reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+class TLSPeer:
+    """A TLS client on memory BIOs over a blocking socket: its close_notify is
+    a half-close, and it keeps reading afterwards (the ssl module's unwrap()
+    on a socket would read behind our back)."""
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        self.sock = sock
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="127.0.0.1")
+
+    def _pump(self, step: Callable[[], object]) -> object:
+        while True:
+            try:
+                result = step()
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.outgoing.read())
+                chunk = self.sock.recv(65536)
+                if chunk:
+                    self.incoming.write(chunk)
+                else:
+                    self.incoming.write_eof()
+                continue
+            self.sock.sendall(self.outgoing.read())
+            return result
+
+    def handshake(self) -> None:
+        self._pump(self.tls.do_handshake)
+
+    def sendall(self, data: bytes) -> None:
+        for i in range(0, len(data), 16384):
+            self.tls.write(data[i : i + 16384])
+            self.sock.sendall(self.outgoing.read())
+
+    def recv(self, n: int) -> bytes:
+        try:
+            return self._pump(lambda: self.tls.read(n))  # type: ignore[return-value]
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return b""
+
+    def shutdown(self, how: int) -> None:
+        try:
+            self.tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        self.sock.sendall(self.outgoing.read())
+
+    def setsockopt(self, *args: object) -> None:
+        self.sock.setsockopt(*args)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Harness:
+    """Two loopback TCP pairs with a relay between their inner ends."""
+
+    def __init__(self, kind: str, ca, limits: RelayLimits) -> None:
+        client_peer, client_end = tcp_pair()
+        upstream_end, self.upstream = tcp_pair()
+        self.client_end, self.upstream_end = raw(client_end), raw(upstream_end)
+        self.pipes = PipePool(4, CHUNK)
+        self.hangups = HangupWatch()
+        self.done = Event()
+        self.relay_result: Relay | None = None
+        session = None
+        if kind == "tls":
+            session, self.client = self._tls(client_peer, ca)
+            movers: tuple = (DecryptMover(CHUNK), EncryptMover(CHUNK))
+        else:
+            self.client = client_peer
+            splice = SpliceMover(self.pipes, CHUNK)
+            mover = {"copy": CopyMover(CHUNK), "splice": splice, "auto": CopyMover(CHUNK, bulk=splice)}[kind]
+            movers = (mover, mover)
+        self.relay = Relay(
+            self.client_end,
+            self.upstream_end,
+            movers=movers,
+            limits=limits,
+            on_done=self._done,
+            tls=session,
+            hangups=self.hangups,
+        )
+        self.relay.start()
+
+    def _tls(self, client_peer: socket.socket, ca) -> tuple[TLSSession, TLSPeer]:
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server)
+        client = ssl.create_default_context()
+        ca.configure_trust(client)
+        peer = TLSPeer(client_peer, client)
+        thread = threading.Thread(target=peer.handshake)
+        thread.start()
+        session = TLSSession(self.client_end, server)
+        loop = gevent.get_hub().loop
+        reader, writer = loop.io(self.client_end.fileno(), READ), loop.io(self.client_end.fileno(), WRITE)
+        session.handshake(reader, writer, loop.now() + 10)
+        reader.close()
+        writer.close()
+        thread.join(10)
+        return session, peer
+
+    def _done(self, relay: Relay) -> None:
+        self.relay_result = relay
+        self.client_end.close()
+        self.upstream_end.close()
+        self.done.set()
+
+    def wait(self, timeout: float = 20) -> Relay:
+        """Run the hub until the relay ends; the ended relay."""
+        assert self.done.wait(timeout), "relay did not end"
+        assert self.relay_result is not None
+        return self.relay_result
+
+    def run(self, *targets: Callable[[], None], timeout: float = 20) -> None:
+        """Run peer functions in threads while the hub relays; re-raise their failures."""
+        errors: list[BaseException] = []
+
+        def guarded(target: Callable[[], None]) -> Callable[[], None]:
+            def run() -> None:
+                try:
+                    target()
+                except BaseException as exc:
+                    errors.append(exc)
+
+            return run
+
+        threads = [threading.Thread(target=guarded(t), daemon=True) for t in targets]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + timeout
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            gevent.sleep(0.005)  # the hub runs the relay meanwhile
+        assert not any(t.is_alive() for t in threads), "a peer did not finish"
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        self.relay.abort("test over")
+        for sock in (self.client, self.upstream):
+            sock.close()
+        self.hangups.close()
+        self.pipes.close()
+
+
+@pytest.fixture
+def harness(ca):
+    made: list[Harness] = []
+
+    def make(kind: str, idle: float = 10.0, half_close: float = 10.0, lifetime: float = 0.0) -> Harness:
+        h = Harness(kind, ca, RelayLimits(idle, half_close, lifetime))
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def recv_all(sock) -> bytes:
+    data = bytearray()
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_both_ways_at_once_byte_exact(kind, harness):
+    h = harness(kind)
+    up, down = os.urandom(6 << 20), os.urandom(6 << 20)
+    got: dict[str, str] = {}
+
+    def client() -> None:
+        sender = threading.Thread(target=lambda: (h.client.sendall(up), h.client.shutdown(socket.SHUT_WR)))
+        sender.start()
+        got["down"] = hashlib.sha256(recv_all(h.client)).hexdigest()
+        sender.join()
+
+    def upstream() -> None:
+        sender = threading.Thread(target=lambda: (h.upstream.sendall(down), h.upstream.shutdown(socket.SHUT_WR)))
+        sender.start()
+        got["up"] = hashlib.sha256(recv_all(h.upstream)).hexdigest()
+        sender.join()
+
+    h.run(client, upstream)
+    relay = h.wait()
+    assert got == {"up": hashlib.sha256(up).hexdigest(), "down": hashlib.sha256(down).hexdigest()}
+    assert (relay.bytes_up, relay.bytes_down) == (len(up), len(down))
+    assert relay.reason in ("client_eof", "upstream_eof")
+    assert relay.first_byte_at > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_client_half_close_is_carried_and_the_answer_still_flows(kind, harness):
+    h = harness(kind)
+    answer = os.urandom(2 << 20)
+
+    def client() -> None:
+        h.client.sendall(b"request then EOF")
+        h.client.shutdown(socket.SHUT_WR)
+        assert recv_all(h.client) == answer
+
+    def upstream() -> None:
+        assert recv_all(h.upstream) == b"request then EOF"  # the EOF arrived, as a FIN
+        h.upstream.sendall(answer)
+        h.upstream.shutdown(socket.SHUT_WR)
+
+    h.run(client, upstream)
+    assert h.wait().reason == "client_eof"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_upstream_half_close_is_carried_and_the_client_may_keep_sending(kind, harness):
+    h = harness(kind)
+
+    def upstream() -> None:
+        h.upstream.sendall(b"bye")
+        h.upstream.shutdown(socket.SHUT_WR)
+        assert recv_all(h.upstream) == b"after the upstream's EOF"
+
+    def client() -> None:
+        data = b""
+        while len(data) < 3:
+            data += h.client.recv(10)
+        assert data == b"bye"
+        assert h.client.recv(10) == b""  # EOF (a close_notify through TLS), not a reset
+        h.client.sendall(b"after the upstream's EOF")
+        h.client.shutdown(socket.SHUT_WR)
+
+    h.run(upstream, client)
+    assert h.wait().reason == "upstream_eof"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_upstream_reset_is_passed_on_as_a_reset(kind, harness):
+    h = harness(kind)
+
+    def run() -> None:
+        h.client.sendall(b"x")
+        assert h.upstream.recv(1) == b"x"
+        reset(h.upstream)
+        with pytest.raises(ConnectionResetError):
+            while h.client.recv(65536):
+                pass
+
+    h.run(run)
+    assert h.wait().reason == "upstream_reset"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_client_reset_is_passed_on_as_a_reset(kind, harness):
+    h = harness(kind)
+
+    def run() -> None:
+        h.client.sendall(b"x")
+        assert h.upstream.recv(1) == b"x"
+        reset(h.client.sock if kind == "tls" else h.client)
+        with pytest.raises(ConnectionResetError):
+            while h.upstream.recv(65536):
+                pass
+
+    h.run(run)
+    assert h.wait().reason == "client_reset"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_idle_deadline_counts_both_directions(kind, harness):
+    h = harness(kind, idle=0.4)
+
+    def talk() -> None:
+        # Traffic one way only keeps the whole tunnel alive.
+        for _ in range(6):
+            h.upstream.sendall(b"tick")
+            time.sleep(0.15)
+        h.upstream.sendall(b"last")
+
+    started = time.monotonic()
+    h.run(talk)
+    relay = h.wait()
+    assert relay.reason == "idle"
+    assert time.monotonic() - started > 0.9  # 6 x 0.15 s of ticks, each under the 0.4 s limit
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_half_close_deadline_is_the_shorter_limit_once_a_side_is_done(kind, harness):
+    h = harness(kind, idle=30, half_close=0.3)
+    started = time.monotonic()
+    h.client.shutdown(socket.SHUT_WR)
+    relay = h.wait()
+    assert relay.reason == "half_close_timeout"
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lifetime_ends_a_busy_tunnel(kind, harness):
+    h = harness(kind, lifetime=0.5)
+    stop = threading.Event()
+
+    def chatter() -> None:
+        try:
+            while not stop.is_set():
+                h.client.sendall(b"busy")
+                h.upstream.recv(65536)
+                time.sleep(0.02)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=chatter, daemon=True)
+    thread.start()
+    try:
+        relay = h.wait(10)
+    finally:
+        stop.set()
+    assert relay.reason == "lifetime"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_reset_under_back_pressure_is_noticed_at_once(kind, harness):
+    # The upstream never reads: the relay stops reading the client. The client's
+    # reset must still end the tunnel now, not at the idle deadline (issue 14).
+    h = harness(kind, idle=60, half_close=60)
+    h.upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+
+    def flood() -> None:
+        sock = h.client.sock if kind == "tls" else h.client
+        sock.settimeout(0.5)
+        try:
+            while True:
+                h.client.sendall(b"\0" * 65536)
+        except (TimeoutError, OSError):
+            pass  # everything is full: the relay has stopped reading us
+
+    h.run(flood)
+    assert not h.done.is_set()
+    started = time.monotonic()
+    reset(h.client.sock if kind == "tls" else h.client)
+    relay = h.wait(5)
+    assert relay.reason == "client_reset"
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("kind", ["splice", "auto"])
+def test_pipes_are_borrowed_only_while_bytes_wait(kind, harness):
+    h = harness(kind)
+    payload = os.urandom(8 << 20)
+
+    def run() -> None:
+        h.client.sendall(payload)
+        h.client.shutdown(socket.SHUT_WR)
+        assert len(recv_all(h.upstream)) == len(payload)
+        h.upstream.shutdown(socket.SHUT_WR)
+
+    h.run(run)
+    relay = h.wait()
+    assert relay.reason == "client_eof"
+    assert relay.up.pipe is None and relay.down.pipe is None
+    assert 1 <= len(h.pipes) <= 2  # given back to the pool, not kept by the tunnel
+
+
+def test_auto_copies_small_exchanges_and_splices_bulk(harness):
+    h = harness("auto")
+    bulk = os.urandom(4 << 20)
+
+    def small_then_bulk() -> None:
+        h.client.sendall(b"small")
+        assert h.upstream.recv(10) == b"small"
+        h.upstream.sendall(bulk)  # fills the buffer: this direction turns to splice
+
+    def client_reads() -> None:
+        assert recv_exactly(h.client, len(bulk)) == bulk
+
+    h.run(small_then_bulk, client_reads)
+    assert isinstance(h.relay.up.mover, CopyMover)
+    assert isinstance(h.relay.down.mover, SpliceMover)
+
+
+def recv_exactly(sock, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, len(data)
+        data += chunk
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_relay_stops_every_watcher_and_closes_nothing(kind, harness):
+    h = harness(kind)
+    h.relay.abort("shutdown")
+    relay = h.wait()
+    assert relay.reason == "shutdown"
+    for half in (relay.up, relay.down):
+        assert half.reader is None and half.writer is None and half.pipe is None
+    # The relay borrowed the sockets: the owner (here _done) closed them.
+    assert h.client_end.fileno() == -1 and h.upstream_end.fileno() == -1
