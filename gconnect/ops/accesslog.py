@@ -4,11 +4,13 @@
 line per tunnel, written when it closes. ``json`` writes one object per line:
 ``"event": "open"`` when the 200 is sent, so long tunnels are visible while
 they live, and ``"event": "close"`` at the end, both with the tunnel's ``id``
-so the two can be joined. Times (``dns``, ``connect``, ``duration``) are in
+so the two can be joined; ``"event": "dropped"`` says how many lines (``lines``)
+could not be written, and why (``error``, e.g. ``ENOSPC``). Times (``dns``, ``connect``, ``duration``) are in
 seconds; ``time`` is the wall clock in UTC.
 
-Buffering, rotation (SIGUSR1, a moved file noticed within a second) and
-``copytruncate`` safety (append mode) are LogFile's.
+Buffering, rotation (SIGUSR1, a moved file noticed within a second),
+``copytruncate`` safety (append mode) and whole lines on a full disk are
+LogFile's.
 """
 
 from __future__ import annotations
@@ -37,3 +39,8 @@ class JsonLogFile(LogFile):
         """Queue one ``{"time", "event", **fields}`` line."""
         stamp = self.timestamp(time.time())
         self.write_raw(_dumps({"time": stamp, "event": event, **fields}) + "\n")
+
+    def dropped_record(self, count: int, error: str) -> str:
+        """``{"time", "event": "dropped", "lines", "error"}``."""
+        stamp = self.timestamp(time.time())
+        return _dumps({"time": stamp, "event": "dropped", "lines": count, "error": error}) + "\n"
