@@ -137,18 +137,26 @@ class LogFile:
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
+        if self._pending:
+            # Held since an earlier flush: these go first, and if they go,
+            # the lines buffered since need not be dropped.
+            self._write_held()
         if self._buffer:
             self._hold("".join(self._buffer).encode("utf-8", "backslashreplace"))
             self._buffer.clear()
             self._size = 0
-        if not self._pending or self._fd < 0:
+            if not self._error:
+                self._write_held()
+        if self._pending and self._fd >= 0:
+            self._schedule(RETRY_INTERVAL)
+
+    def _write_held(self) -> None:
+        if self._fd < 0:
             return
         if self.path != "-" and time.monotonic() - self._checked >= REOPEN_CHECK_INTERVAL:
             self._reopen_if_moved()
         if self._write_pending() and self._error:
             self._recovered()
-        if self._pending:
-            self._schedule(RETRY_INTERVAL)
 
     def _recovered(self) -> None:
         error, self._error = self._error, ""
