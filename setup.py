@@ -23,8 +23,6 @@ setup(
         # --auth-file: bcrypt checks (4.0: the Rust build that releases the GIL,
         # so checks can run in gevent's thread pool).
         "bcrypt>=4.0",
-        # --auth-file: the weaker formats htpasswd also writes (apr1-MD5, {SHA}, SHA-crypt).
-        "passlib>=1.7.4",
     ],
     extras_require={
         "test": [

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -56,9 +56,11 @@ class ProxyProcess:
         tmp_path: Path,
         env: dict[str, str] | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.access_log = tmp_path / f"access-{os.urandom(3).hex()}.log"
-        cmd = [sys.executable, "-m", "gconnect", "serve", "--access-log", str(self.access_log), *args]
+        # *prefix* runs the CLI through another command (unshare ... exec "$@").
+        cmd = [*prefix, sys.executable, "-m", "gconnect", "serve", "--access-log", str(self.access_log), *args]
         self.cmd = cmd
         self.proc = subprocess.Popen(
             cmd,
@@ -170,6 +172,7 @@ def start_proxy(tmp_path: Path, dns_server: DNSServer, hosts_file: Path) -> Iter
         defaults: bool = True,
         env: dict[str, str] | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        prefix: Sequence[str] = (),
     ) -> ProxyProcess:
         args = ["--log-level", "debug"]
         if defaults:
@@ -195,7 +198,7 @@ def start_proxy(tmp_path: Path, dns_server: DNSServer, hosts_file: Path) -> Iter
                 "--drain-timeout",
                 "2",
             ]
-        proxy = ProxyProcess([*args, *extra], tmp_path, env, preexec_fn)
+        proxy = ProxyProcess([*args, *extra], tmp_path, env, preexec_fn, prefix)
         started.append(proxy)
         return proxy
 

@@ -17,10 +17,16 @@ import time
 import bcrypt
 import pytest
 from click.testing import CliRunner
-from passlib.hash import apr_md5_crypt, ldap_sha1, sha512_crypt
 
 from gconnect.auth.authenticator import Authenticator, FailureLimiter, log_safe, parse_basic_credentials
-from gconnect.auth.htpasswd import AuthFileError, Entry, detect_scheme, parse_htpasswd, verify_password
+from gconnect.auth.htpasswd import (
+    MAX_SHA_CRYPT_ROUNDS,
+    AuthFileError,
+    Entry,
+    detect_scheme,
+    parse_htpasswd,
+    verify_password,
+)
 from gconnect.config import Config
 from gconnect.errors import AuthRateLimitedError, ProxyAuthFailedError, ProxyAuthMalformedError, ProxyAuthRequiredError
 from gconnect.ops.cli import main
@@ -60,34 +66,146 @@ class FakeClock:
 
 # The file and the hashes
 
+LONG = "x" * 100  # longer than every digest, so the algorithms' repeat-the-key steps run more than once
+UTF8 = "zoë-пароль"
+# Made once by the tools, not by the code under test (Debian 12: apache2-utils
+# 2.4.71, OpenSSL 3.0.19). htpasswd picks a random salt, so running its command
+# again gives another hash of the same password:
+#   htpasswd -nbm USER PASSWORD            apr1         htpasswd -nbs USER PASSWORD   {SHA}
+#   htpasswd -nb2 [-r ROUNDS] USER PASSWORD  $5$        htpasswd -nb5 [-r ROUNDS] USER PASSWORD  $6$
+#   openssl passwd -apr1|-5|-6 -salt SALT PASSWORD      (SALT may start with rounds=N$)
+#   printf %s PASSWORD | openssl dgst -sha1 -binary | openssl base64    ({SHA} without the prefix)
+HASH_VECTORS = [
+    ("htpasswd -nbm", "builder", "$apr1$Bx.2ZQel$cC3gLj3Vow.skxUASM5HF1"),
+    ("htpasswd -nbm", "right", "$apr1$285wpGVz$8YHQsco0JkbCx8xOFgPYk1"),
+    ("htpasswd -nbm", LONG, "$apr1$WBa6IVdd$SM6pCjdxYkjmPQiUpOFYr."),
+    ("openssl passwd -apr1 -salt a", UTF8, "$apr1$a$/Zc/Ifz0dnHGJfxbJIaua."),
+    ("openssl passwd -apr1 -salt ''", "right", "$apr1$$8PChII4Ma7Mi6Ls14IMf/."),
+    ("openssl passwd -apr1 -salt 12345678", "", "$apr1$12345678$sHuPAw7VA9xjRbJz7zKV7/"),
+    ("openssl passwd -apr1 -salt saltsalt", "with: colon and spaces", "$apr1$saltsalt$bYZQ18QHCjoyF4p2oH65f1"),
+    ("htpasswd -nbs", "right", "{SHA}0nofEXcSAJSXFLGvmfBIpBb11vQ="),
+    ("htpasswd -nbs", "", "{SHA}2jmj7l5rSw0yVb/vlWAYkK/YBwk="),
+    ("openssl dgst -sha1", UTF8, "{SHA}iP1M3mJ30zXTsjIDRMNOi38En0E="),
+    ("openssl dgst -sha1", LONG, "{SHA}UOSDaQ7EgfSvf2+1JLK5nrFxZWU="),
+    ("htpasswd -nb2", "right", "$5$CMaJBaYjPXBWceHh$6ZyH7ynM.zATyEE8yFg.ZHRU2/3b2SiB0gVApSYml7A"),
+    ("htpasswd -nb2 -r 1000", UTF8, "$5$rounds=1000$9hCBMuiER67rQ9W9$MpXxFpYwr.bfQivQFzie3gHNRYczubdzdvB/gm3L533"),
+    # rounds=10 is below the minimum: crypt(3) and openssl use (and write) 1000.
+    (
+        "openssl passwd -5 -salt 'rounds=10$short'",
+        "right",
+        "$5$rounds=1000$short$vqCB.gQd4cM9wCjJRUaNwvr524cot.gceIt4tP6hwb0",
+    ),
+    # A salt over 16 characters is cut to 16.
+    (
+        "openssl passwd -5 -salt saltsaltsaltsaltTOOLONG",
+        LONG,
+        "$5$saltsaltsaltsalt$PdjBQvZ7a9uF9OL.l1Y1VjPIu172MCgb54fzoBAiuh1",
+    ),
+    (
+        "htpasswd -nb5",
+        "right",
+        "$6$KfdsA1iBfpoNRUK0$aWEG3QasUWXuQqKi49aqy47fCZH8889CYWMxVA61SfzR9Ugpp3rsuU56vH3fBLCSX3sgOwJwuId5es2a28dIO1",
+    ),
+    (
+        "htpasswd -nb5 -r 20000",
+        LONG,
+        "$6$rounds=20000$QqQzNvEaCO8FBznW$HG8XA0GhF.IK4HGpxDPqUxjtOZLAUp.UzSjOvi6tp51/n4y3xY1kZZ4NT69DyAo7JcFLNEUhdPxhIbhl9YwFm/",
+    ),
+    (
+        "htpasswd -nb5",
+        "",
+        "$6$Ij9oUMS6Dzxw2/m9$XLMEoOuOxvEwcptROrjDo.4q.Zp8v51aRrdJioesrbFd..pLiO0sUVADiQoYsi7WtpyAKSvyEluK9p145KKpx.",
+    ),
+    (
+        "openssl passwd -6 -salt 'rounds=5000$explicit'",
+        "right",
+        "$6$rounds=5000$explicit$u5WU5W1dgzejPrcH9K4V8abA.kJu8QHtbjJ/nsHA5kZd0PR73kI/7/sshd/yH42jeyGdrEHlTstvb7NYNi06A.",
+    ),
+    (
+        "openssl passwd -6 -salt abcdefghijklmnop",
+        "with: colon and spaces",
+        "$6$abcdefghijklmnop$7u1lVs9kSSElKCF9RLX7FznWJIQ.7.f604qkCzFn1i5yn470ckVLicpKe4zw3a0tLnF51WjbYFKkE.ZwSZVNK0",
+    ),
+    (
+        "openssl passwd -6 -salt x",
+        UTF8,
+        "$6$x$LrvQrnic.78g49ivKt.9IGgwfx3qu/AjpelS7SGdPWL8NmvEkZvVHNIribct5nXZwYF1Zy5rwKgLDYg6CWr/E0",
+    ),
+    (
+        "openssl passwd -6 -salt 'rounds=1001$r'",
+        LONG,
+        "$6$rounds=1001$r$Fp7X/yr.Y.6dgbi.PbU2EpbAUq0SQstufL9UQ3iqTyQJMGMfUjoBogOl4WRSqXmZSFPRWwx6Xd7ibtpYNw3ab0",
+    ),
+]
+SCHEME_OF_PREFIX = {"$apr1$": "apr1", "{SHA}": "sha1", "$5$": "sha256_crypt", "$6$": "sha512_crypt"}
+BCRYPT_VECTOR = ("htpasswd -nbB -C 4", "right", "$2y$04$yJ7GID9sKtqkBxgX/./IiOzENs1KlFQwK6tJud3fwKGDoZfVy/ZFG")
+
 
 def test_detect_scheme_for_every_htpasswd_format():
-    assert detect_scheme(bcrypt_line("u", "p").split(":", 1)[1]) == "bcrypt"
+    assert detect_scheme(BCRYPT_VECTOR[2]) == "bcrypt"
     assert detect_scheme("$2b$04$" + "a" * 53) == "bcrypt"
-    assert detect_scheme(apr_md5_crypt.hash("p")) == "apr1"
-    assert detect_scheme(ldap_sha1.hash("p")) == "sha1"
-    assert detect_scheme(sha512_crypt.using(rounds=1000).hash("p")) == "sha512_crypt"
+    assert detect_scheme("$2a$04$" + "a" * 53) == "bcrypt"
+    for _, _, hashed in HASH_VECTORS:
+        prefix = next(p for p in SCHEME_OF_PREFIX if hashed.startswith(p))
+        assert detect_scheme(hashed) == SCHEME_OF_PREFIX[prefix]
     assert detect_scheme("secret") == "plain"
     assert detect_scheme("abJnggxhB/yWI") == "plain"  # DES crypt: not supported, treated as plaintext
 
 
 @pytest.mark.parametrize(
-    "hashed",
-    [
-        bcrypt_line("u", "right").split(":", 1)[1],
-        apr_md5_crypt.hash("right"),
-        ldap_sha1.hash("right"),
-        sha512_crypt.using(rounds=1000).hash("right"),
-        "right",
-    ],
-    ids=["bcrypt", "apr1", "sha1", "sha512_crypt", "plain"],
+    ("made_by", "password", "hashed"),
+    [BCRYPT_VECTOR, *HASH_VECTORS],
+    ids=[f"{made_by} {hashed[:12]}" for made_by, _, hashed in [BCRYPT_VECTOR, *HASH_VECTORS]],
 )
-def test_verify_password_each_scheme(hashed):
+def test_every_accepted_format_matches_vectors_from_htpasswd_and_openssl(made_by, password, hashed):
+    (entry,) = parse_htpasswd(f"u:{hashed}\n").values()
+    right = password.encode()
+    assert verify_password(entry, right), made_by
+    wrongs = [right + b"x", right + b"\x00"]
+    if right:
+        wrongs += [right[:-1], bytes([right[0] ^ 1]) + right[1:], b""]
+    for wrong in wrongs:
+        assert not verify_password(entry, wrong), (made_by, wrong)
+
+
+@pytest.mark.parametrize(
+    "hashed",
+    [bcrypt_line("u", "right").split(":", 1)[1], "right"],
+    ids=["bcrypt", "plain"],
+)
+def test_verify_password_bcrypt_and_plain(hashed):
     entry = Entry("u", detect_scheme(hashed), hashed)
     assert verify_password(entry, b"right")
     assert not verify_password(entry, b"wrong")
     assert not verify_password(entry, b"")
     assert not verify_password(entry, b"right\x00")
+
+
+def test_weak_formats_need_no_third_party_module_and_warn_nothing():
+    # passlib warned on import on 3.11 (it imports the deprecated crypt module)
+    # and lost its C crypt on 3.13: the checks are standard-library code now.
+    text = "".join(f"u{i}:{hashed}\n" for i, (_, _, hashed) in enumerate(HASH_VECTORS))
+    passwords = [password for _, password, _ in HASH_VECTORS]
+    script = (
+        "import sys\n"
+        "from gconnect.auth.htpasswd import parse_htpasswd, verify_password\n"
+        f"table = parse_htpasswd({text!r})\n"
+        f"passwords = {passwords!r}\n"
+        "assert all(verify_password(table[f'u{i}'], p.encode()) for i, p in enumerate(passwords))\n"
+        "assert not {'passlib', 'crypt', '_crypt'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_sha_crypt_rounds_past_the_limit_refuse_the_file():
+    # crypt(3) allows 999,999,999 rounds: some twenty minutes of Python per guess.
+    salt_and_checksum = HASH_VECTORS[13][2].rpartition("$")[2]
+    within = f"u:$5$rounds={MAX_SHA_CRYPT_ROUNDS}$short${salt_and_checksum}\n"
+    assert parse_htpasswd(within)["u"].scheme == "sha256_crypt"
+    with pytest.raises(AuthFileError, match=r"line 2: user 'v' has a SHA-crypt hash of 1,000,001 rounds"):
+        parse_htpasswd(within + within.replace("u:", "v:").replace(str(MAX_SHA_CRYPT_ROUNDS), "1000001"))
 
 
 def test_bcrypt_uses_only_72_bytes_like_htpasswd():
@@ -96,9 +214,30 @@ def test_bcrypt_uses_only_72_bytes_like_htpasswd():
     assert verify_password(entry, long + b"anything after byte 72 is ignored by bcrypt")
 
 
-def test_corrupt_hash_is_a_failed_check_not_a_crash():
-    assert not verify_password(Entry("u", "bcrypt", "$2y$04$short"), b"pw")
-    assert not verify_password(Entry("u", "apr1", "$apr1$bad"), b"pw")
+@pytest.mark.parametrize(
+    "hashed",
+    [
+        "$2y$04$short",
+        "$apr1$bad",
+        "$apr1$salt$tooshort",
+        "$apr1$saltsaltX$cC3gLj3Vow.skxUASM5HF1",  # salt over 8 bytes
+        "$apr1$a$b$cC3gLj3Vow.skxUASM5HF1",
+        "{SHA}not base64",
+        "$5$",
+        "$5$salt",
+        "$5$rounds=$salt$6ZyH7ynM.zATyEE8yFg.ZHRU2/3b2SiB0gVApSYml7A",
+        "$5$rounds=١٠٠٠$salt$6ZyH7ynM.zATyEE8yFg.ZHRU2/3b2SiB0gVApSYml7A",  # Arabic-Indic digits
+        "$5$salt$6ZyH7ynM.zATyEE8yFg.ZHRU2/3b2SiB0gVApSYml7",  # checksum one short
+        "$5$salt$6ZyH7ynM.zATyEE8yFg.ZHRU2/3b2SiB0gVApSYml7A=",
+        "$6$salt$short",
+        "$6$saltsaltsaltsaltX$" + "a" * 86,  # salt over 16 bytes
+    ],
+)
+def test_corrupt_hash_is_a_failed_check_not_a_crash(hashed):
+    (entry,) = parse_htpasswd(f"u:{hashed}\n").values()
+    assert entry.scheme != "plain"
+    assert not verify_password(entry, b"pw")
+    assert not verify_password(entry, b"")
 
 
 def test_parse_htpasswd_skips_comments_and_first_entry_wins():
@@ -267,7 +406,7 @@ def test_a_reload_during_a_check_is_not_answered_from_the_old_table(tmp_path):
 @pytest.fixture
 def htpasswd(tmp_path):
     path = tmp_path / "htpasswd"
-    path.write_text(bcrypt_line("alice", "wonderland") + "\n" + "bob:" + apr_md5_crypt.hash("builder") + "\n")
+    path.write_text(bcrypt_line("alice", "wonderland") + "\n" + "bob:" + HASH_VECTORS[0][2] + "\n")  # apr1 of "builder"
     return path
 
 
@@ -330,6 +469,24 @@ def test_right_credentials_open_the_tunnel_and_name_the_user_in_the_log(auth_pro
         assert "status=200" in line
     # apr1 is accepted, with a warning that it is weak.
     assert any("weak apr1" in line and "bob" in line for line in auth_proxy.lines)
+
+
+def test_each_format_opens_a_tunnel_and_a_wrong_password_does_not(start_proxy, tmp_path, echo):
+    firsts = {}
+    for made_by, password, hashed in [BCRYPT_VECTOR, *HASH_VECTORS]:
+        firsts.setdefault(detect_scheme(hashed), (made_by, password, hashed))
+    path = tmp_path / "htpasswd"
+    path.write_text("".join(f"{scheme}:{hashed}\n" for scheme, (_, _, hashed) in firsts.items()))
+    proxy = start_proxy("--auth-file", str(path))
+    for scheme, (made_by, password, _) in firsts.items():
+        status, _, _ = exchange(proxy, connect_head(echo.target, auth_header(scheme, password + "x")))
+        assert status == 407, made_by
+        headers = f"Host: {echo.target}\r\n".encode() + auth_header(scheme, password) + b"\r\n"
+        with open_tunnel(proxy, echo.target, headers=headers) as sock:
+            sock.sendall(scheme.encode())
+            assert recv_exactly(sock, len(scheme)) == scheme.encode()
+        assert "status=200" in proxy.wait_access(f"user={scheme} ")
+    assert sorted(firsts) == ["apr1", "bcrypt", "sha1", "sha256_crypt", "sha512_crypt"]
 
 
 def test_curl_proxy_user(auth_proxy, tls_server, ca_file):

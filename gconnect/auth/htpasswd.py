@@ -2,7 +2,8 @@
 
 * bcrypt (``htpasswd -B``, ``$2y$``/``$2b$``/``$2a$``), checked with ``bcrypt``;
 * apr1-MD5 (``$apr1$``, htpasswd's default), SHA1 (``{SHA}``) and SHA-crypt
-  (``$5$``/``$6$``), checked with ``passlib`` and reported as weak;
+  (``$5$``/``$6$``, ``htpasswd -2``/``-5``), checked by :mod:`gconnect.auth.hashes`
+  (standard-library code) and reported as weak;
 * plaintext, only when the caller allows it (anything not recognised above is
   taken for plaintext, including 13-character DES crypt).
 
@@ -17,6 +18,8 @@ import hmac
 import logging
 
 import bcrypt
+
+from . import hashes
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,17 @@ _SCHEMES = (
     ("$6$", "sha512_crypt"),
 )
 WEAK_SCHEMES = ("apr1", "sha1", "sha256_crypt", "sha512_crypt")
+#: SHA-crypt entries with more rounds are refused at load. The largest found in
+#: the wild are passlib's defaults (535,000 for $5$, 656,000 for $6$); a million
+#: is about a second of pure-Python hashing, and crypt(3)'s own ceiling
+#: (999,999,999) would hold a thread-pool thread for some twenty minutes per guess.
+MAX_SHA_CRYPT_ROUNDS = 1_000_000
+_CHECKS = {
+    "apr1": hashes.check_apr1,
+    "sha1": hashes.check_ldap_sha1,
+    "sha256_crypt": hashes.check_sha_crypt,
+    "sha512_crypt": hashes.check_sha_crypt,
+}
 
 
 class AuthFileError(ValueError):
@@ -80,11 +94,25 @@ def parse_htpasswd(text: str, *, allow_plaintext: bool = False, source: str = "a
                 f"{source} line {number}: user {user!r} has a plaintext (or unknown) password; "
                 "re-create it with 'gconnect passwd' or pass --allow-plaintext-passwords"
             )
+        if scheme in ("sha256_crypt", "sha512_crypt"):
+            _check_rounds(hashed, f"{source} line {number}: user {user!r}")
         if user in table:
             log.warning("%s line %d: user %r repeated; the first entry is used", source, number, user)
             continue
         table[user] = Entry(user, scheme, hashed)
     return table
+
+
+def _check_rounds(hashed: str, where: str) -> None:
+    try:
+        rounds = hashes.parse_sha_crypt(hashed)[1]
+    except ValueError:
+        return  # malformed: never matches, as a corrupt bcrypt hash never does
+    if rounds > MAX_SHA_CRYPT_ROUNDS:
+        raise AuthFileError(
+            f"{where} has a SHA-crypt hash of {rounds:,} rounds (at most {MAX_SHA_CRYPT_ROUNDS:,}); "
+            "re-create it with 'gconnect passwd'"
+        )
 
 
 def load_htpasswd(path: str, *, allow_plaintext: bool = False) -> dict[str, Entry]:
@@ -99,23 +127,15 @@ def load_htpasswd(path: str, *, allow_plaintext: bool = False) -> dict[str, Entr
 
 def verify_password(entry: Entry, password: bytes) -> bool:
     """Check *password* against *entry* (slow: call it off the hub). Constant-time
-    in the comparison: bcrypt and passlib compare digests with a constant-time
-    equality, plaintext with :func:`hmac.compare_digest`."""
+    in the comparison: bcrypt compares digests with a constant-time equality,
+    the other formats with :func:`hmac.compare_digest`."""
     try:
         if entry.scheme == "bcrypt":
             return bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD_BYTES], entry.hashed.encode("ascii"))
         if entry.scheme == "plain":
             return hmac.compare_digest(password, entry.hashed.encode("utf-8"))
-        from passlib import hash as passlib_hash  # only needed for the weak schemes
-
-        handler = {
-            "apr1": passlib_hash.apr_md5_crypt,
-            "sha1": passlib_hash.ldap_sha1,
-            "sha256_crypt": passlib_hash.sha256_crypt,
-            "sha512_crypt": passlib_hash.sha512_crypt,
-        }[entry.scheme]
-        return bool(handler.verify(password, entry.hashed))
+        return _CHECKS[entry.scheme](password, entry.hashed)
     except (ValueError, TypeError):
-        # A corrupt hash in the file, or a password the scheme cannot take (NUL
-        # bytes for crypt): a failed check, never a crash.
+        # A corrupt hash in the file (or a non-ASCII bcrypt one): a failed
+        # check, never a crash.
         return False

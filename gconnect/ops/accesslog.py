@@ -4,13 +4,15 @@
 is done (Squid's and nginx's habit). ``json`` writes one object per line:
 ``"event": "open"`` when the 200 is sent, so long tunnels are visible while
 they live, and ``"event": "close"`` at the end, both with the tunnel's ``id``
-so the two can be joined. Times (``dns``, ``connect``, ``first_byte``,
-``duration``) are seconds from accept; ``time`` is the wall clock in UTC.
+so the two can be joined; ``"event": "dropped"`` says how many lines (``lines``)
+could not be written, and why (``error``, e.g. ``ENOSPC``). Times (``dns``,
+``connect``, ``first_byte``, ``duration``) are seconds from accept; ``time`` is
+the wall clock in UTC.
 
 Both read a finished :class:`~gconnect.tunnel.tunnel.Tunnel` once, in
 :meth:`AccessLog.closed`, the tunnel's one exit. Buffering, rotation (SIGUSR1,
-a moved file noticed within a second) and ``copytruncate`` safety (append
-mode) are :class:`~gconnect.ops.logfile.LogFile`'s.
+a moved file noticed within a second), ``copytruncate`` safety (append mode)
+and whole lines on a full disk are :class:`~gconnect.ops.logfile.LogFile`'s.
 """
 
 from __future__ import annotations
@@ -37,11 +39,27 @@ def _since(start: float, moment: float) -> float | None:
     return round(moment - start, 6) if moment else None
 
 
+class JsonLogFile(LogFile):
+    """A LogFile whose own records (the dropped-lines count) are JSON lines too."""
+
+    def dropped_record(self, count: int, error: str) -> str:
+        """``{"time", "event": "dropped", "lines", "error"}``."""
+        stamp = self.timestamp(time.time())
+        return _dumps({"time": stamp, "event": "dropped", "lines": count, "error": error}) + "\n"
+
+
 class AccessLog:
     """Where the records go; :meth:`opened` and :meth:`closed` say what they hold."""
 
+    file_class: type[LogFile] = LogFile
+
     def __init__(self, path: str) -> None:
-        self.file = LogFile(path)
+        self.file = self.file_class(path)
+
+    @property
+    def dropped_lines(self) -> int:
+        """Lines lost to a full disk (or another write failure) so far."""
+        return self.file.dropped_lines
 
     def opened(self, tunnel: Any) -> None:
         """The 200 was sent."""
@@ -75,6 +93,8 @@ class TextAccessLog(AccessLog):
 
 class JsonAccessLog(AccessLog):
     """JSON lines: one at the 200, one at the end (only that one for a refusal)."""
+
+    file_class = JsonLogFile
 
     def _common(self, tunnel: Any) -> dict[str, Any]:
         started = tunnel.started

@@ -80,6 +80,7 @@ def snapshot(proxy: Any) -> dict[str, Any]:
         "dns_lookups": proxy.resolver.lookups,
         "dns_cache_hits": proxy.resolver.cache_hits,
         "policy_generation": proxy.generation,
+        "access_log_dropped_lines": proxy.access_log.dropped_lines if proxy.access_log is not None else 0,
     }
 
 
@@ -123,6 +124,11 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
         sum(n for status, _, n in outcomes if status in LIMIT_STATUSES),
     )
     yield GaugeMetricFamily("gconnect_policy_generation", "Policy reloads applied (SIGHUP)", snap["policy_generation"])
+    yield CounterMetricFamily(
+        "gconnect_access_log_dropped_lines",
+        "Access-log lines dropped because the file could not take them (disk full)",
+        snap["access_log_dropped_lines"],
+    )
 
 
 class ProxyCollector:

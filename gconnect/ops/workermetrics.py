@@ -52,7 +52,15 @@ log = logging.getLogger(__name__)
 #: by default, so a second of staleness is below what a scrape can notice.
 SNAPSHOT_INTERVAL_SECONDS = 1.0
 #: Summed over workers and over a worker's past lives (never go backwards).
-COUNTER_FIELDS = ("bytes_up", "bytes_down", "handshake_sum", "dns_lookups", "dns_cache_hits", "cpu_seconds")
+COUNTER_FIELDS = (
+    "bytes_up",
+    "bytes_down",
+    "handshake_sum",
+    "dns_lookups",
+    "dns_cache_hits",
+    "access_log_dropped_lines",
+    "cpu_seconds",
+)
 #: Summed over the live workers only.
 GAUGE_FIELDS = ("tunnels_open", "clients", "open_fds", "rss_bytes")
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -92,6 +100,7 @@ def empty_snapshot() -> dict[str, Any]:
         "dns_lookups": 0,
         "dns_cache_hits": 0,
         "policy_generation": 0,
+        "access_log_dropped_lines": 0,
         "rss_bytes": 0,
         "cpu_seconds": 0.0,
         "open_fds": 0,
