@@ -39,7 +39,7 @@ setup(
             "prometheus-client>=0.16",
             'tomli>=1.1; python_version < "3.11"',
         ],
-        # Only --metrics-listen imports it: the proxy's runtime set stays four packages.
+        # Only --metrics-listen imports it: the proxy's runtime set stays five packages.
         "metrics": ["prometheus-client>=0.16"],
         "bench": ["matplotlib>=3.7", "locust>=2.20", "psutil>=5.9"],
     },
