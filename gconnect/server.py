@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 #: How long stop() waits for killed handshakes and aborted relays to close.
 KILL_WAIT_SECONDS = 5.0
+#: --relay auto copies reads up to this size and hands a direction whose read
+#: fills it to splice. 64 KiB holds a request or a small answer whole; bursts of
+#: 50 bulk tunnels copying 512 KiB each before switching stalled other tunnels'
+#: echoes for milliseconds (bench/burst.py), which 64 KiB does not.
+AUTO_COPY_BYTES = 64 * 1024
 
 
 def relay_movers(config: Config) -> tuple[str, Mover, PipePool | None]:
@@ -54,7 +59,8 @@ def relay_movers(config: Config) -> tuple[str, Mover, PipePool | None]:
     splice = SpliceMover(pipes, config.chunk_bytes)
     if mode == "splice":
         return mode, splice, pipes
-    return mode, CopyMover(config.chunk_bytes, bulk=splice), pipes
+    # auto: copy what fits in AUTO_COPY_BYTES, splice a direction once a read fills it.
+    return mode, CopyMover(min(AUTO_COPY_BYTES, config.chunk_bytes), bulk=splice), pipes
 
 
 class Proxy:

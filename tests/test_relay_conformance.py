@@ -60,35 +60,47 @@ def reset(sock: socket.socket) -> None:
 class TLSPeer:
     """A TLS client on memory BIOs over a blocking socket: its close_notify is
     a half-close, and it keeps reading afterwards (the ssl module's unwrap()
-    on a socket would read behind our back)."""
+    on a socket would read behind our back). One thread may send while another
+    receives: the session and the records it makes are used under one lock,
+    and the socket is read outside it."""
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
         self.sock = sock
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="127.0.0.1")
+        self.lock = threading.Lock()
+
+    def _step(self, step: Callable[[], object]) -> tuple[bool, object]:
+        """Run *step* on the session and send what it produced: (done, result)."""
+        with self.lock:
+            try:
+                result = step()
+                done = True
+            except ssl.SSLWantReadError:
+                result, done = None, False
+            records = self.outgoing.read()
+            if records:
+                self.sock.sendall(records)
+        return done, result
 
     def _pump(self, step: Callable[[], object]) -> object:
         while True:
-            try:
-                result = step()
-            except ssl.SSLWantReadError:
-                self.sock.sendall(self.outgoing.read())
-                chunk = self.sock.recv(65536)
+            done, result = self._step(step)
+            if done:
+                return result
+            chunk = self.sock.recv(65536)
+            with self.lock:
                 if chunk:
                     self.incoming.write(chunk)
                 else:
                     self.incoming.write_eof()
-                continue
-            self.sock.sendall(self.outgoing.read())
-            return result
 
     def handshake(self) -> None:
         self._pump(self.tls.do_handshake)
 
     def sendall(self, data: bytes) -> None:
         for i in range(0, len(data), 16384):
-            self.tls.write(data[i : i + 16384])
-            self.sock.sendall(self.outgoing.read())
+            self._step(lambda piece=data[i : i + 16384]: self.tls.write(piece))
 
     def recv(self, n: int) -> bytes:
         try:
@@ -97,11 +109,7 @@ class TLSPeer:
             return b""
 
     def shutdown(self, how: int) -> None:
-        try:
-            self.tls.unwrap()
-        except ssl.SSLWantReadError:
-            pass
-        self.sock.sendall(self.outgoing.read())
+        self._step(self.tls.unwrap)
 
     def setsockopt(self, *args: object) -> None:
         self.sock.setsockopt(*args)  # type: ignore[arg-type]

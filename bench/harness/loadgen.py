@@ -115,6 +115,20 @@ class LoadGen:
             preexec_fn=_pin(self.cpus),
         )
 
+    def start_bulk(self, proxy: str, target: str, conns: int, seconds: float) -> subprocess.Popen[str]:
+        """Start ``loadgen bulk --dir up`` in the background (bench.burst's pushers)."""
+        argv = self.argv(
+            "bulk", proxy, target, dir="up", conns=conns, seconds=seconds, max_seconds=int(seconds + CLIENT_GRACE_S)
+        )
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            preexec_fn=_pin(self.cpus),
+        )
+
 
 def read_line(process: subprocess.Popen, timeout: float) -> str:
     """One line of the process's stdout within timeout seconds (loadgen line-buffers its output)."""

@@ -166,8 +166,8 @@ class CopyMover(Mover):
             # Only a remainder is ever copied out of the shared buffer.
             half.pending = self.scratch[sent:n]
             half.blocked = True
-        elif n == self.size and self.bulk is not None:
-            half.mover = self.bulk
+        if n == self.size and self.bulk is not None:
+            half.mover = self.bulk  # which delivers the remainder first
         return n
 
     def flush(self, half: Half) -> int:
@@ -246,6 +246,11 @@ class SpliceMover(Mover):
         return n
 
     def flush(self, half: Half) -> int:
+        if half.pending is not None:
+            # The remainder of the copy mover this direction started with (auto).
+            sent = flush_pending(half)
+            half.nbytes += sent
+            return sent
         pipe = half.pipe
         assert pipe is not None
         before = half.in_pipe

@@ -1,0 +1,189 @@
+"""python -m bench.burst: other tunnels' echo latency while 50 tunnels push a burst.
+
+Issue 14, part 1: while 50 tunnels push as fast as they can into targets that
+never read (so about a gigabyte fills the buffers on the way in the first
+second), how long does a 64-byte echo take through *other* tunnels of the same
+proxy? A proxy that moves a whole burst in one callback makes everyone else
+wait behind it.
+
+For each target in turn (proxy on CPU 0, everything else on CPU 1):
+
+1. ``loadgen hold`` opens 20 echo tunnels (its own process: the probe);
+2. echo round trips through one of them are measured idle;
+3. ``loadgen bulk --dir up --conns 50`` starts pushing into a target that
+   accepts and never reads, and the probe measures again during the burst.
+
+Writes ``bench/results/burst.json`` and ``burst.md`` (``--out`` to change).
+``--gconnect-repo DIR`` runs gconnect from another checkout (for a before and
+after in one run; that checkout's result is labelled ``gconnect@DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench.harness.build import build_loadgen
+from bench.harness.loadgen import LoadGen, hold_command, read_line, stop_process
+from bench.harness.targets import Environment, RunningProxy, TargetUnavailable, launch_plan, prepare
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROBE_TUNNELS = 20
+PUSHERS = 50
+BURST_S = 3.0
+ROUNDS = 3000
+
+
+class Blackhole:
+    """A target that accepts and never reads: pushed bytes fill the buffers and stay."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(512)
+        self.held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def drop(self) -> None:
+        """Close what the last burst left (its pushers are gone)."""
+        held, self.held = self.held, []
+        for conn in held:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.drop()
+
+
+def measure(lg: LoadGen, proxy: str, echo: str, sink: str, reps: int, hole: Blackhole) -> dict:
+    probe = lg.start_hold(proxy, echo, PROBE_TUNNELS, 30.0)
+    try:
+        opened = json.loads(read_line(probe, 60))
+        if opened["held"] < PROBE_TUNNELS:
+            raise TargetUnavailable(f"probe opened {opened['held']} of {PROBE_TUNNELS} tunnels")
+        idle, burst = [], []
+        for _ in range(reps):
+            idle.append(hold_command(probe, f"rtt {ROUNDS // 3} 2.0", 30))
+            pushers = lg.start_bulk(proxy, sink, PUSHERS, BURST_S)
+            try:
+                time.sleep(0.05)  # the pushers' connects and CONNECTs are under way
+                burst.append(hold_command(probe, f"rtt {ROUNDS} {BURST_S - 0.5}", 30))
+            finally:
+                stop_process(pushers)
+            hole.drop()
+            time.sleep(1.0)
+        return {"idle": idle, "burst": burst}
+    finally:
+        stop_process(probe)
+
+
+def summary(reps: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in reps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.burst", description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default="direct,gconnect,gconnect-splice,gconnect-copy,squid")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--gconnect-repo", type=Path, help="also run gconnect from this checkout")
+    parser.add_argument(
+        "--sink",
+        choices=("blackhole", "reader"),
+        default="blackhole",
+        help="pushers' target: one that never reads (the issue's burst) or loadgen's sink, which reads at full speed",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    env = Environment(venv=Path("/tmp/gconnect-bench-venv"))
+    lg = LoadGen(build_loadgen(Path("/tmp/gconnect-bench-build")), frozenset({1}))
+    names = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.gconnect_repo:
+        names.append(f"gconnect@{args.gconnect_repo}")
+    results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sink": args.sink, "targets": {}}
+    workdir = Path(tempfile.mkdtemp(prefix="gconnect-burst-"))
+    hole = Blackhole()
+    try:
+        with lg.server() as ports:
+            for name in names:
+                print(f"[burst] {name}", file=sys.stderr, flush=True)
+                try:
+                    results["targets"][name] = run_target(name, env, lg, ports, hole, workdir, args)
+                except TargetUnavailable as exc:
+                    results["targets"][name] = {"skipped": str(exc)}
+    finally:
+        hole.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "burst" if args.sink == "blackhole" else "burst-reader"
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    markdown = render(results)
+    (args.out / f"{stem}.md").write_text(markdown)
+    print(markdown)
+    return 0
+
+
+def run_target(name: str, env: Environment, lg: LoadGen, ports, hole: Blackhole, workdir: Path, args) -> dict:
+    sink = hole.target if args.sink == "blackhole" else ports.target("sink")
+    if name == "direct":
+        return measure(lg, "none", ports.target("echo"), sink, args.reps, hole)
+    base, _, repo = name.partition("@")
+    prepare(base, env)
+    rundir = Path(tempfile.mkdtemp(prefix=f"{base}-", dir=workdir))
+    plan = launch_plan(base, rundir, env)
+    if repo:
+        plan = replace(plan, cwd=Path(repo))
+        os.environ["PYTHONPATH"] = repo  # the subprocess imports that checkout's gconnect
+    try:
+        with RunningProxy(name, plan, rundir) as proxy:
+            address = proxy.start(ports.target("echo"))
+            return measure(lg, address, ports.target("echo"), sink, args.reps, hole)
+    finally:
+        os.environ.pop("PYTHONPATH", None)
+
+
+def render(results: dict) -> str:
+    lines = [
+        f"# Echo latency through other tunnels during a burst ({results['started']})",
+        "",
+        f"{PROBE_TUNNELS} probe tunnels (their own process), {PUSHERS} pushers into "
+        + ("targets that never read" if results["sink"] == "blackhole" else "a sink reading at full speed")
+        + ", "
+        f"{BURST_S:g} s bursts; proxy on CPU 0, the rest on CPU 1; medians of the repetitions (µs).",
+        "",
+        "| target | idle p50 | idle p99 | burst p50 | burst p99 | burst max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, entry in results["targets"].items():
+        if "skipped" in entry:
+            lines.append(f"| {name} | skipped: {entry['skipped']} | | | | |")
+            continue
+        idle, burst = entry["idle"], entry["burst"]
+        cells = [summary(idle, "rtt_p50_us"), summary(idle, "rtt_p99_us")]
+        cells += [summary(burst, "rtt_p50_us"), summary(burst, "rtt_p99_us"), summary(burst, "rtt_max_us")]
+        lines.append(f"| {name} | " + " | ".join(f"{c:,.0f}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
