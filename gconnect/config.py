@@ -51,6 +51,10 @@ DEFAULT_DNS_MAX_TTL = 86_400.0
 #: Failed lookups are remembered briefly (RFC 2308 negative caching; unbound's
 #: cache-min-negative-ttl style), so a flood to a dead name costs one query.
 DEFAULT_DNS_NEGATIVE_TTL = 5.0
+#: How long a new worker may take to check itself and start accepting. One is
+#: ready in well under a second here (bench/listeners.py); the margin is for a
+#: loaded machine, and a start must fit in systemd's DefaultTimeoutStartSec (90 s).
+DEFAULT_READY_TIMEOUT = 20.0
 #: Pipes kept for the splice relay: a pipe is held only while bytes are in flight.
 DEFAULT_PIPE_POOL_SIZE = 256
 #: The access log's format: Squid and nginx default to one human-readable line;
@@ -121,8 +125,12 @@ class Config:
     relay: str = "auto"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     pipe_pool_size: int = DEFAULT_PIPE_POOL_SIZE
-    #: Worker processes sharing the listeners (SO_REUSEPORT), each its own hub.
+    #: Worker processes sharing the supervisor's listeners, each its own hub.
     workers: int = 1
+    #: Run the supervisor even for one worker (it is what SIGUSR2 upgrades).
+    supervise: bool = False
+    #: How long a new worker may take to be ready; past it a start or an upgrade fails.
+    ready_timeout: float = DEFAULT_READY_TIMEOUT
     #: Bind with SO_REUSEPORT so several processes can share a port.
     reuse_port: bool = False
     #: "-" is stderr; "" turns the access log off.
@@ -149,7 +157,7 @@ class Config:
     tls_key: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("header_timeout", "dns_timeout", "connect_timeout"):
+        for name in ("header_timeout", "dns_timeout", "connect_timeout", "ready_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         for name in ("idle_timeout", "half_close_timeout", "drain_timeout"):

@@ -67,6 +67,19 @@ def make_listener(host: str, port: int, *, reuse_port: bool = False) -> Any:
     return sock
 
 
+def adopt_listener(sock: Any) -> Any:
+    """A listening socket made elsewhere (the supervisor, systemd), as make_listener
+    would have made it: the standard library's class, non-blocking, tuned."""
+    own = _StdSocket(sock.family, sock.type, sock.proto, sock.detach())
+    try:
+        tune_socket(own)  # accepted sockets inherit it
+        own.setblocking(False)
+    except BaseException:
+        own.close()
+        raise
+    return own
+
+
 class OwnConnections:
     """Our upstream connections as (local, remote) address pairs. A client that
     arrives from one of them, at that very address, is this proxy talking to

@@ -23,7 +23,7 @@ from greenlet import greenlet as RawGreenlet
 
 from .auth.authenticator import Authenticator
 from .config import Config
-from .listener import OwnConnections, TunnelServer, make_listener
+from .listener import OwnConnections, TunnelServer, adopt_listener, make_listener
 from .ops.accesslog import AccessLog, open_access_log
 from .ops.metrics import MetricsServer, ProxyCollector, Stats
 from .tunnel.limits import ClientLimits
@@ -149,12 +149,18 @@ class Proxy:
 
     # --- the process -----------------------------------------------------------------
 
-    def start(self) -> list[tuple[str, int]]:
-        """Bind and start every listener; return their real (host, port)."""
+    def start(self, listeners: list[Any] | None = None) -> list[tuple[str, int]]:
+        """Start every listener; return their real (host, port). *listeners* are
+        sockets already bound and listening (from a supervisor or systemd): they
+        are served instead of binding ``config.listen``."""
         self.hangups = HangupWatch()
+        if listeners is None:
+            listeners = [make_listener(h, p, reuse_port=self.config.reuse_port) for h, p in self.config.listen]
+        else:
+            listeners = [adopt_listener(listener) for listener in listeners]
         bound = []
-        for host, port in self.config.listen:
-            server = TunnelServer(self, make_listener(host, port, reuse_port=self.config.reuse_port))
+        for listener in listeners:
+            server = TunnelServer(self, listener)
             server.start()
             self.servers.append(server)
             bound.append(server.address[:2])

@@ -57,6 +57,7 @@ class ProxyProcess:
         env: dict[str, str] | None = None,
         preexec_fn: Callable[[], None] | None = None,
         prefix: Sequence[str] = (),
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.access_log = tmp_path / f"access-{os.urandom(3).hex()}.log"
         # *prefix* runs the CLI through another command (unshare ... exec "$@").
@@ -70,6 +71,7 @@ class ProxyProcess:
             text=True,
             env={**os.environ, **(env or {})},
             preexec_fn=preexec_fn,
+            pass_fds=pass_fds,
         )
         self.lines: list[str] = []
         #: What the teardown expects the process to have exited with.
@@ -173,6 +175,7 @@ def start_proxy(tmp_path: Path, dns_server: DNSServer, hosts_file: Path) -> Iter
         env: dict[str, str] | None = None,
         preexec_fn: Callable[[], None] | None = None,
         prefix: Sequence[str] = (),
+        pass_fds: tuple[int, ...] = (),
     ) -> ProxyProcess:
         args = ["--log-level", "debug"]
         if defaults:
@@ -198,7 +201,7 @@ def start_proxy(tmp_path: Path, dns_server: DNSServer, hosts_file: Path) -> Iter
                 "--drain-timeout",
                 "2",
             ]
-        proxy = ProxyProcess([*args, *extra], tmp_path, env, preexec_fn, prefix)
+        proxy = ProxyProcess([*args, *extra], tmp_path, env, preexec_fn, prefix, pass_fds)
         started.append(proxy)
         return proxy
 

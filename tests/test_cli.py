@@ -147,3 +147,41 @@ def test_drain_timeout_closes_leftover_tunnels(start_proxy, echo):
     except ConnectionResetError:
         pass
     assert "reason=shutdown" in proxy.wait_access(f"target={echo.target}")
+
+
+@pytest.mark.parametrize(
+    "option,text,value",
+    [
+        ("listen", "[::1]:3128", ("::1", 3128)),
+        ("dns_server", "10.0.0.1", ("10.0.0.1", 53)),
+        ("allow_port", "8000-8999", (8000, 8999)),
+        ("allow_port", "443", (443, 443)),
+        ("deny_dest", "10.1.2.3/16", ipaddress.ip_network("10.1.0.0/16")),
+        ("upstream_for", "*.Corp.Example", "*.corp.example"),
+        ("upstream_for", "10.0.0.0/8", "10.0.0.0/8"),
+        ("metrics_listen", "", None),
+        ("upstream", "", None),
+    ],
+)
+def test_parameter_types_convert_and_render_back(option, text, value):
+    from gconnect.ops.options import BY_NAME
+    from gconnect.ops.paramtypes import to_text
+
+    param_type = BY_NAME[option].type
+    assert param_type.convert(text, None, None) == value
+    assert param_type.convert(to_text(param_type, value), None, None) == value
+    assert param_type.convert(value, None, None) == value  # converted values pass through
+
+
+def test_upstream_renders_back_with_its_password():
+    from gconnect.config import ParentProxy
+    from gconnect.ops.paramtypes import UpstreamURL
+
+    parent = UpstreamURL().convert("http://us%40er:p%3As%20s@[::1]:3129", None, None)
+    assert parent == ParentProxy("::1", 3129, "us@er", "p:s s")
+    assert UpstreamURL().convert(UpstreamURL().to_text(parent), None, None) == parent
+
+
+def test_a_bad_value_names_the_option():
+    result = CliRunner().invoke(main, ["serve", "--dns-server", "[::1"])
+    assert result.exit_code == 2 and "--dns-server" in result.output and "missing ']'" in result.output

@@ -169,3 +169,30 @@ def test_workers_are_summed_by_the_supervisor(start_proxy, echo):
 
     assert proxy.stop() == 0
     assert not os.path.exists(snapshot_dir)
+
+
+@pytest.mark.timeout(90)
+def test_an_upgrade_keeps_the_counters_and_is_not_a_restart(start_proxy, echo):
+    from .test_supervisor import upgrade
+    from .traffic import children, gone
+
+    proxy = start_proxy("--workers", "2", "--metrics-listen", "127.0.0.1:0", "--drain-timeout", "20")
+    url = metrics_url(proxy)
+    old = children(proxy.pid)
+    for i in range(10):
+        with open_tunnel(proxy, echo.target) as sock:
+            sock.sendall(b"%02d" % i)
+            assert recv_exactly(sock, 2) == b"%02d" % i
+    held = open_tunnel(proxy, echo.target)  # keeps its old worker draining
+    closed = 'gconnect_tunnels_total{reason="client_eof",status="200"}'
+    wait_until(lambda: scrape(url).get(closed) == 10 and scrape(url)["gconnect_tunnels_open"] == 1)
+    result = upgrade(proxy.pid)
+    assert result.returncode == 0, result.stderr
+    # An old worker (draining one tunnel) and its successor share an index: both counted, once.
+    values = wait_until(lambda: (v := scrape(url))["gconnect_tunnels_open"] == 1 and v[closed] == 10 and v)
+    assert sum(worker_series(values, "gconnect_worker_tunnels_open").values()) == 1
+    held.close()
+    wait_until(lambda: all(gone(pid) for pid in old), timeout=30)
+    values = wait_until(lambda: (v := scrape(url)).get(closed) == 11 and v["gconnect_tunnels_open"] == 0 and v)
+    assert set(worker_series(values, "gconnect_worker_tunnels_open")) == {"0", "1"}
+    assert worker_series(values, "gconnect_worker_restarts_total") == {"0": 0, "1": 0}

@@ -69,6 +69,9 @@ class TLSPeer:
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="127.0.0.1")
         self.lock = threading.Lock()
+        #: Plaintext taken out of the session before a close_notify (see shutdown).
+        self.plain = b""
+        self.closed = False
 
     def _step(self, step: Callable[[], object]) -> tuple[bool, object]:
         """Run *step* on the session and send what it produced: (done, result)."""
@@ -103,13 +106,38 @@ class TLSPeer:
             self._step(lambda piece=data[i : i + 16384]: self.tls.write(piece))
 
     def recv(self, n: int) -> bytes:
+        with self.lock:
+            if self.plain:
+                data, self.plain = self.plain[:n], self.plain[n:]
+                return data
+            if self.closed:
+                return b""
         try:
             return self._pump(lambda: self.tls.read(n))  # type: ignore[return-value]
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
             return b""
 
     def shutdown(self, how: int) -> None:
-        self._step(self.tls.unwrap)
+        # SSL_shutdown reads what is in the session; records still there would
+        # be taken for data after a close_notify. Take them out first, as
+        # gconnect's own movers do.
+        with self.lock:
+            try:
+                while True:
+                    chunk = self.tls.read(65536)
+                    if not chunk:
+                        self.closed = True
+                        break
+                    self.plain += chunk
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self.closed = True
+            try:
+                self.tls.unwrap()
+            except ssl.SSLWantReadError:
+                pass  # our close_notify is out; theirs comes through recv()
+            self.sock.sendall(self.outgoing.read())
 
     def setsockopt(self, *args: object) -> None:
         self.sock.setsockopt(*args)  # type: ignore[arg-type]

@@ -1,225 +1,327 @@
-"""``--workers N``: N worker processes on one port, supervised by this one.
+"""The supervisor: worker processes on listeners it owns, restarted when they
+die, replaced generation by generation on SIGUSR2.
 
-Each worker is a full ``gconnect serve`` with its own gevent hub, binding the
-same addresses with SO_REUSEPORT so the kernel spreads connections over them
-(nginx's ``reuseport``, HAProxy's ``nbproc`` era). The parent keeps one socket
-per address bound but not listening, which holds the port (port 0 becomes a
-real port once), starts the workers, waits until each says it is ready,
-restarts a worker that dies, passes SIGTERM/SIGINT/SIGHUP/SIGUSR1 on, and exits
-once the workers have exited after a stop. Workers append to one access-log
-file with O_APPEND, one write per flush, so lines stay whole.
+It holds every listening socket for its whole life (``listeners``) and starts
+each worker as ``python -m gconnect serve`` with them inherited
+(``workerlink``). Its PID never changes: systemd and scripts watch one process.
+
+- **Start.** Every worker of a generation loads its config, checks itself and
+  reports ready within ``--ready-timeout``; only then are they all told to
+  accept, and once each accepts, ``gconnect listening on`` is printed and
+  ``READY=1`` sent.
+- **Crash.** A worker that dies is logged (which one, and the exit code or
+  signal) and replaced at once (after RESTART_BACKOFF_SECONDS if it lived less
+  than MIN_UPTIME_SECONDS). Only the tunnels it held end: connections waiting
+  to be accepted stay in the shared queue and the other workers take them.
+- **Upgrade (SIGUSR2).** A new generation starts from the program and config
+  file on disk now, on the same sockets. If it is not ready in time (or a
+  worker exits), its workers are stopped before they accepted anything and the
+  old generation keeps serving (roll-back). Otherwise the old workers get
+  SIGTERM: they stop accepting, keep their tunnels for their --drain-timeout,
+  and exit. ``gconnect upgrade`` hears the outcome (``notify``).
+- **Signals.** SIGHUP and SIGUSR1 go on to the workers (SIGHUP between
+  ``RELOADING=1`` and ``READY=1``, the latter once every worker has reloaded);
+  SIGTERM, SIGINT and SIGQUIT drain every worker and exit 0; others are
+  ignored (``signals``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket as _stdlib_socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 
+import click
 import gevent
 from gevent.event import Event
-from gevent.os import nb_read
 
 from ..config import Config
+from . import notify, signals
+from .configfile import ConfigFileError
+from .workerlink import WorkerProcess
 
 log = logging.getLogger(__name__)
 
-#: How long a worker may take to say it is ready.
-WORKER_START_SECONDS = 20.0
 #: A worker that dies sooner than this after starting is restarted only after
 #: RESTART_BACKOFF_SECONDS, so a crash loop does not spin (systemd's RestartSec).
 MIN_UPTIME_SECONDS = 2.0
 RESTART_BACKOFF_SECONDS = 1.0
-#: Environment variable carrying the descriptor a worker writes one byte to when ready.
-READY_FD_ENV = "GCONNECT_READY_FD"
-#: Environment variable carrying a pipe's read end whose write end only the
-#: supervisor holds: EOF on it means the supervisor is gone, and the worker stops.
-PARENT_FD_ENV = "GCONNECT_PARENT_FD"
-#: Environment variables carrying the directory a worker writes its metrics
-#: snapshots to (``workermetrics``), and the worker's index (its ``worker`` label).
-METRICS_DIR_ENV = "GCONNECT_METRICS_DIR"
-WORKER_INDEX_ENV = "GCONNECT_WORKER_INDEX"
-_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+#: How long past its --drain-timeout a stopping worker may take to exit before SIGKILL.
+DRAIN_MARGIN_SECONDS = 10.0
+#: How long a SIGHUP waits for the workers' reports before READY=1 anyway.
+RELOAD_REPORT_SECONDS = 10.0
 
 
-def reserve_ports(config: Config) -> tuple[list[_stdlib_socket.socket], list[tuple[str, int]]]:
-    """Bind (without listening) one SO_REUSEPORT socket per listen address."""
-    holders = []
-    bound = []
-    for host, port in config.listen:
-        family = _stdlib_socket.AF_INET6 if ":" in host else _stdlib_socket.AF_INET
-        sock = _stdlib_socket.socket(family, _stdlib_socket.SOCK_STREAM)
-        sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
-        sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEPORT, 1)
-        if family == _stdlib_socket.AF_INET6:
-            sock.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        holders.append(sock)
-        bound.append((host, sock.getsockname()[1]))
-    return holders, bound
+def how_it_ended(code: int | None) -> str:
+    """``exited: killed by SIGKILL``, ``exited with code 2``, for the log."""
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            return f"exited: killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"exited: killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Generation:
+    """The workers started together from one reading of the program and config."""
+
+    def __init__(self, number: int, size: int, ready_timeout: float, drain_timeout: float) -> None:
+        self.number = number
+        self.ready_timeout = ready_timeout
+        self.drain_timeout = drain_timeout
+        #: By index; a replacement takes its predecessor's place.
+        self.workers: list[WorkerProcess | None] = [None] * size
+
+    def running(self) -> list[WorkerProcess]:
+        return [w for w in self.workers if w is not None and w.proc.poll() is None]
 
 
 class Supervisor:
-    """Start, watch and stop the worker processes."""
+    """Start, watch, upgrade and stop the worker processes."""
 
     def __init__(
         self,
         config: Config,
         worker_args: list[str],
-        bound: list[tuple[str, int]],
+        listener_fds: list[int],
         *,
+        notifier: notify.Notifier,
+        config_path: str | None = None,
+        command_line: dict | None = None,
         metrics_dir: str | None = None,
-        on_worker_exit: Callable[[int, int], None] | None = None,
+        on_worker_exit: Callable[[int, int, bool], None] | None = None,
     ) -> None:
         self.config = config
-        self.metrics_dir = metrics_dir
-        #: Called with (index, pid) when a worker exits and will be restarted.
-        self.on_worker_exit = on_worker_exit
         self.worker_args = worker_args
-        self.bound = bound
-        self.procs: list[subprocess.Popen | None] = [None] * config.workers
+        self.listener_fds = listener_fds
+        self.notifier = notifier
+        self.config_path = config_path
+        self.command_line = command_line or {}
+        self.metrics_dir = metrics_dir
+        #: Called with (index, pid, restarted) when a worker exits, before any stop.
+        self.on_worker_exit = on_worker_exit
+        self.current: Generation | None = None
+        self.live: set[WorkerProcess] = set()
+        self.numbers = iter(range(1, sys.maxsize))
         self.stopping = False
+        self.upgrading = False
+        self.hups = 0
+        self.stop_requested = Event()
         self.done = Event()
-        # Never written: its write end closes when we die, however we die.
-        self.alive_r, self.alive_w = os.pipe()
 
-    def _argv(self) -> list[str]:
-        listen: list[str] = []
-        for host, port in self.bound:
-            listen += ["--listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        return [sys.executable, "-m", "gconnect", "serve", *self.worker_args, *listen, "--workers", "1", "--reuse-port"]
+    def argv(self) -> list[str]:
+        # Workers never serve /metrics: they write snapshots this process sums.
+        return [sys.executable, "-m", "gconnect", "serve", *self.worker_args, "--metrics-listen", ""]
 
-    def start_worker(self, index: int) -> subprocess.Popen:
-        """Start worker *index* and wait until it listens."""
-        ready_r, ready_w = os.pipe()
-        env = {**os.environ, READY_FD_ENV: str(ready_w), PARENT_FD_ENV: str(self.alive_r), WORKER_INDEX_ENV: str(index)}
-        if self.metrics_dir is not None:
-            env[METRICS_DIR_ENV] = self.metrics_dir
-        try:
-            proc = subprocess.Popen(
-                self._argv(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                pass_fds=(ready_w, self.alive_r),
-                env=env,
-            )
-        finally:
-            os.close(ready_w)
-        # Known at once, so a stop signal arriving while it starts reaches it too.
-        self.procs[index] = proc
-        try:
-            ready = b""
-            with gevent.Timeout(WORKER_START_SECONDS, False):
-                ready = _wait_ready(ready_r)
-        finally:
-            os.close(ready_r)
-        if not ready:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            raise RuntimeError(f"worker {index} did not start (exit code {proc.returncode})")
-        log.info("worker %d started (pid %d)", index, proc.pid)
-        return proc
+    def install_signals(self) -> None:
+        signals.ignore_unused()
+        for signum in signals.STOP_SIGNALS:
+            gevent.signal_handler(signum, self.stop, signum)
+        gevent.signal_handler(signal.SIGHUP, self.reload)
+        gevent.signal_handler(signal.SIGUSR1, self.forward, signal.SIGUSR1)
+        gevent.signal_handler(signal.SIGUSR2, self.upgrade)
 
-    def watch(self, index: int) -> None:
-        """Restart worker *index* whenever it exits, until we are stopping."""
-        while not self.stopping:
-            proc = self.procs[index]
-            if proc is None:
+    def status(self) -> str:
+        gen = self.current
+        return f"generation {gen.number}: {len(gen.running())} workers serving" if gen else "starting"
+
+    def spawn(self, gen: Generation, index: int) -> WorkerProcess:
+        worker = WorkerProcess(
+            self.argv(), self.listener_fds, index=index, generation=gen.number, metrics_dir=self.metrics_dir
+        )
+        worker.hups_at_start = self.hups
+        gen.workers[index] = worker
+        self.live.add(worker)
+        gevent.spawn(self._watch, gen, worker)
+        return worker
+
+    def _wait_for(self, workers: list[WorkerProcess], what: str, timeout: float, deadline: float) -> str:
+        """Empty once every worker has set its event *what* (before *deadline*), else why not."""
+        for worker in workers:
+            event = getattr(worker, what)
+            while not event.is_set():
+                if self.stopping:
+                    return "stopping"
+                if worker.silent.is_set():
+                    return f"{worker!r} {how_it_ended(worker.wait(1.0))} before it was {what}"
+                if time.monotonic() >= deadline:
+                    return f"{worker!r} was not {what} within {timeout:g} s"
+                gevent.wait([event, worker.silent, self.stop_requested], timeout=deadline - time.monotonic(), count=1)
+        return ""
+
+    def _release(self, workers: list[WorkerProcess], timeout: float) -> str:
+        """Wait until *workers* are ready, let them accept, wait until they do; "" or why not.
+        On failure every one of them is stopped: killed if it never accepted, else drained."""
+        deadline = time.monotonic() + timeout
+        reason = self._wait_for(workers, "ready", timeout, deadline)
+        if not reason:
+            for worker in workers:
+                worker.go()
+                if worker.hups_at_start != self.hups:
+                    worker.send_signal(signal.SIGHUP)  # a reload it may have missed while starting
+            reason = self._wait_for(workers, "accepting", timeout, deadline)
+        if reason:
+            for worker in workers:
+                worker.send_signal(signal.SIGTERM) if worker.released else worker.kill()
+        return reason
+
+    def start_generation(self, size: int, ready_timeout: float, drain_timeout: float) -> tuple[Generation, str]:
+        """A new generation of *size* workers, all accepting; or why not (it is stopped then)."""
+        gen = Generation(next(self.numbers), size, ready_timeout, drain_timeout)
+        workers = [self.spawn(gen, index) for index in range(size)]
+        return gen, self._release(workers, ready_timeout)
+
+    def _watch(self, gen: Generation, worker: WorkerProcess) -> None:
+        started = time.monotonic()
+        code = worker.wait()
+        worker.close()
+        self.live.discard(worker)
+        crashed = not self.stopping and gen is self.current and gen.workers[worker.index] is worker
+        crashed = crashed and worker.released
+        if self.on_worker_exit is not None:
+            self.on_worker_exit(worker.index, worker.pid, crashed)
+        if self.stopping:
+            log.info("%r %s", worker, how_it_ended(code))
+            if not self.live:
+                self.done.set()
+        elif crashed:
+            log.warning("%r %s; restarting it", worker, how_it_ended(code))
+            self._replace(gen, worker.index, time.monotonic() - started)
+        elif worker.released:
+            log.info("%r %s", worker, how_it_ended(code))
+
+    def _replace(self, gen: Generation, index: int, uptime: float) -> None:
+        if uptime < MIN_UPTIME_SECONDS:
+            gevent.sleep(RESTART_BACKOFF_SECONDS)
+        while not self.stopping and gen is self.current:
+            worker = self.spawn(gen, index)
+            reason = self._release([worker], gen.ready_timeout)
+            if not reason:
+                if gen is not self.current:  # an upgrade finished meanwhile: drain it with its generation
+                    worker.send_signal(signal.SIGTERM)
+                log.info("%r replaced the worker that died", worker)
+                self.notifier.status(self.status())
                 return
-            started = time.monotonic()
-            code = proc.wait()
-            if self.stopping:
-                return
-            log.warning("worker %d (pid %d) exited with %s; restarting", index, proc.pid, code)
-            if self.on_worker_exit is not None:
-                self.on_worker_exit(index, proc.pid)
-            if time.monotonic() - started < MIN_UPTIME_SECONDS:
-                gevent.sleep(RESTART_BACKOFF_SECONDS)
-            if not self.stopping:
-                try:
-                    self.start_worker(index)
-                except RuntimeError as exc:
-                    log.error("%s", exc)
-                    gevent.sleep(RESTART_BACKOFF_SECONDS)
+            log.error("cannot replace worker %d: %s", index, reason)
+            gevent.sleep(RESTART_BACKOFF_SECONDS)
 
     def forward(self, signum: int) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            self.stopping = True
-        for proc in self.procs:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signum)
+        for worker in list(self.live):
+            if worker.released:
+                worker.send_signal(signum)
+
+    def reload(self) -> None:
         if self.stopping:
-            gevent.spawn(self._wait_all)
+            return
+        self.hups += 1
+        targets = self.current.running() if self.current else []
+        self.notifier.reloading("reloading the configuration in every worker")
+        for worker in targets:
+            worker.reloaded.clear()
+        self.forward(signal.SIGHUP)
+        deadline = time.monotonic() + RELOAD_REPORT_SECONDS
+        for worker in targets:
+            if worker.released:
+                gevent.wait([worker.reloaded, worker.silent], timeout=max(0.0, deadline - time.monotonic()), count=1)
+        if not self.stopping:
+            self.notifier.ready(self.status())
 
-    def _wait_all(self) -> None:
-        deadline = self.config.drain_timeout + 10
-        for proc in self.procs:
-            if proc is None:
-                continue
-            try:
-                proc.wait(timeout=deadline)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.done.set()
+    def stop(self, signum: int) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_requested.set()
+        log.info("signal %d: stopping %d workers", signum, len(self.live))
+        self.notifier.stopping("draining open tunnels")
+        for worker in list(self.live):
+            worker.send_signal(signal.SIGTERM) if worker.released else worker.kill()
+        if not self.live:
+            self.done.set()
+        drain_timeout = self.current.drain_timeout if self.current else self.config.drain_timeout
+        gevent.spawn(self._kill_late, list(self.live), drain_timeout)
+
+    def _kill_late(self, workers: list[WorkerProcess], drain_timeout: float) -> None:
+        """SIGKILL whichever of *workers* outlives its drain by DRAIN_MARGIN_SECONDS."""
+        deadline = time.monotonic() + drain_timeout + DRAIN_MARGIN_SECONDS
+        for worker in workers:
+            if worker.wait(max(0.0, deadline - time.monotonic())) is None:
+                log.warning("%r is still running %g s after its drain: SIGKILL", worker, DRAIN_MARGIN_SECONDS)
+                worker.kill()
+
+    def upgrade(self) -> None:
+        if self.stopping or self.upgrading or self.current is None:
+            message = "SIGUSR2: " + ("an upgrade is already running" if self.upgrading else "not serving yet")
+            log.warning("%s; ignored", message)
+            notify.report_upgrade(False, message)
+            return
+        self.upgrading = True
+        try:
+            self._upgrade(self.current)
+        finally:
+            self.upgrading = False
+
+    def _upgrade(self, old: Generation) -> None:
+        size, ready_timeout, drain_timeout = self._plan(len(old.workers))
+        log.info("SIGUSR2: starting %d new workers from the program and config on disk", size)
+        self.notifier.reloading(f"upgrading: starting {size} new workers")
+        gen, reason = self.start_generation(size, ready_timeout, drain_timeout)
+        if reason:
+            message = f"upgrade to generation {gen.number} failed, generation {old.number} keeps serving: {reason}"
+            log.error("%s", message)
+            notify.report_upgrade(False, message)
+            if not self.stopping:  # no READY=1 after STOPPING=1
+                self.notifier.ready(f"{self.status()}; {message}")
+            return
+        self.current = gen
+        draining = [w for w in self.live if w.generation != gen.number]
+        for worker in draining:
+            worker.send_signal(signal.SIGTERM)
+        gevent.spawn(self._kill_late, draining, old.drain_timeout)
+        pids = ", ".join(str(w.pid) for w in gen.running())
+        message = f"upgraded to generation {gen.number} (pids {pids}); generation {old.number} drains"
+        log.info("%s for up to %g s", message, old.drain_timeout)
+        notify.report_upgrade(True, message)
+        self.notifier.ready(self.status())
+
+    def _plan(self, size: int) -> tuple[int, float, float]:
+        """The new generation's worker count and timeouts, from the config file if
+        this supervisor can read it (the new workers are the judges of the file)."""
+        ready_timeout, drain_timeout = self.config.ready_timeout, self.config.drain_timeout
+        if not self.config_path:
+            return size, ready_timeout, drain_timeout
+        from .options import config_from_file
+
+        try:
+            new = config_from_file(self.config_path, self.command_line)
+        except (ConfigFileError, click.ClickException) as exc:
+            text = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+            log.warning("the supervisor cannot read %s (%s); keeping %d workers", self.config_path, text, size)
+            return size, ready_timeout, drain_timeout
+        for name in ("listen", "metrics_listen", "supervise", "reuse_port"):
+            if getattr(new, name) != getattr(self.config, name):
+                log.warning("%s changed in %s: it needs a restart; the new workers keep the running one", name,
+                            self.config_path)  # fmt: skip
+        return new.workers, new.ready_timeout, new.drain_timeout
 
 
-def watch_parent(fd: int, on_gone) -> None:  # type: ignore[no-untyped-def]
-    """In a worker: call *on_gone* once the supervisor's end of *fd* closes."""
-
-    def wait() -> None:
-        os.set_blocking(fd, False)
-        while nb_read(fd, 1):
-            pass
-        os.close(fd)
-        log.warning("supervisor is gone: stopping")
-        on_gone()
-
-    gevent.spawn(wait)
-
-
-def _wait_ready(fd: int) -> bytes:
-    """One byte from the worker, or b"" if it exited first."""
-    os.set_blocking(fd, False)
-    return nb_read(fd, 1)
-
-
-def run(  # type: ignore[no-untyped-def]
-    config: Config,
-    worker_args: list[str],
-    announce,
-    *,
-    metrics_dir: str | None = None,
-    on_worker_exit: Callable[[int, int], None] | None = None,
-) -> int:
-    """Run the supervisor until stopped; return the exit code. With
-    *metrics_dir*, workers write their metrics snapshots there and
-    *on_worker_exit* hears of each worker that exits before a stop."""
-    holders, bound = reserve_ports(config)
-    supervisor = Supervisor(config, worker_args, bound, metrics_dir=metrics_dir, on_worker_exit=on_worker_exit)
-    for signum in _FORWARDED:
-        gevent.signal_handler(signum, supervisor.forward, signum)
-    try:
-        for index in range(config.workers):
-            if supervisor.stopping:
-                break
-            supervisor.start_worker(index)
-        if not supervisor.stopping:
-            announce(bound)
-        watchers = [gevent.spawn(supervisor.watch, i) for i in range(config.workers)]
-        supervisor.done.wait()
-        gevent.killall(watchers)
-    finally:
-        for proc in supervisor.procs:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for sock in holders:
-            sock.close()
-    return 0
+def run(supervisor: Supervisor, announce: Callable[[], None]) -> None:
+    """Start the first generation, announce it, serve until stopped.
+    RuntimeError if the first generation does not start."""
+    supervisor.install_signals()
+    config = supervisor.config
+    gen, reason = supervisor.start_generation(config.workers, config.ready_timeout, config.drain_timeout)
+    if reason and not supervisor.stopping:
+        for worker in list(supervisor.live):
+            worker.kill()
+            worker.wait()
+        raise RuntimeError(reason)
+    if not supervisor.stopping:
+        supervisor.current = gen
+        announce()
+        supervisor.notifier.ready(supervisor.status())
+        log.info("%s (pids %s)", supervisor.status(), ", ".join(str(w.pid) for w in gen.running()))
+    supervisor.done.wait()

@@ -22,10 +22,13 @@ collector reads every worker's file and yields:
   ``_resident_memory_bytes``, ``_cpu_seconds_total``, ``_policy_generation``,
   ``_restarts_total``.
 
-Counters stay monotonic across restarts: when a worker exits, the supervisor
-folds the counters of its last snapshot into a base kept per worker index and
-deletes its file; totals (and per-worker counters) are base plus live figures.
-We label by index, not by pid, so restarts do not leave a trail of dead series.
+Counters stay monotonic across restarts and upgrades: when a worker exits, the
+supervisor folds the counters of its last snapshot into a base kept per worker
+index and deletes its file; totals (and per-worker counters) are base plus live
+figures. We label by index, not by pid, so restarts do not leave a trail of
+dead series. During an upgrade an old worker draining and its successor share
+an index: their figures are added. A new generation with more workers adds
+indices; one with fewer keeps the counters of the indices it no longer has.
 A worker that stops normally writes a final snapshot first; one killed by
 SIGKILL loses what it counted since its last snapshot (at most one interval).
 Gauges of a dead worker are dropped with its file.
@@ -175,6 +178,12 @@ class WorkerCollector:
         self.base = [empty_snapshot() for _ in range(workers)]
         self.restarts = [0] * workers
 
+    def _grow(self, workers: int) -> None:
+        while self.workers < workers:
+            self.base.append(empty_snapshot())
+            self.restarts.append(0)
+            self.workers += 1
+
     def _read(self, path: str) -> dict[str, Any] | None:
         try:
             with open(path) as f:
@@ -182,13 +191,15 @@ class WorkerCollector:
         except (OSError, ValueError):
             return None
 
-    def retire(self, index: int, pid: int) -> None:
-        """Worker *index* (process *pid*) exited: keep its counters as a base."""
+    def retire(self, index: int, pid: int, restarted: bool = True) -> None:
+        """Worker *index* (process *pid*) exited: keep its counters as a base.
+        *restarted*: it died and is being replaced (not drained by an upgrade)."""
+        self._grow(index + 1)
         path = os.path.join(self.directory, f"{pid}.json")
         snap = self._read(path)
         if snap is not None:
             add_counters(self.base[index], snap)
-        self.restarts[index] += 1
+        self.restarts[index] += restarted
         for name in (path, path + ".tmp"):
             try:
                 os.unlink(name)
@@ -196,13 +207,19 @@ class WorkerCollector:
                 pass
 
     def live(self) -> dict[int, dict[str, Any]]:
-        """The current snapshot of each worker that has written one, by index."""
-        found = {}
+        """The current figures of each index with a live worker (two during an upgrade: added)."""
+        found: dict[int, dict[str, Any]] = {}
         for name in os.listdir(self.directory):
             if name.endswith(".json"):
                 snap = self._read(os.path.join(self.directory, name))
-                if snap is not None and 0 <= snap.get("worker", -1) < self.workers:
-                    found[snap["worker"]] = snap
+                index = snap.get("worker", -1) if snap is not None else -1
+                if snap is None or not isinstance(index, int) or index < 0:
+                    continue
+                self._grow(index + 1)
+                if index not in found:
+                    found[index] = empty_snapshot()
+                add_counters(found[index], snap)
+                add_gauges(found[index], snap)
         return found
 
     def collect(self) -> Iterator[Any]:

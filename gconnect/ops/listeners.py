@@ -1,0 +1,101 @@
+"""Listening sockets, owned once: bound here or handed over by systemd, then
+inherited by every worker.
+
+Whoever holds a listening socket open keeps its accept queue alive. The
+supervisor binds each ``--listen`` address once (or takes the sockets systemd
+passed with ``LISTEN_FDS``) and holds them for its whole life; every worker of
+every generation inherits the same sockets and accepts from them. A worker
+that dies or drains closes only its own descriptor: connections waiting in the
+queue stay there for the next ``accept()`` of another worker, so none is reset
+(the per-worker ``SO_REUSEPORT`` pitfall, nginx ticket 1300). How evenly the
+kernel spreads accepts over workers sharing one socket was measured before
+choosing this (README, Operations; ``bench/listeners.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket as _stdlib_socket
+from collections.abc import Iterable, MutableMapping
+
+log = logging.getLogger(__name__)
+
+#: sd_listen_fds(3): passed descriptors start at 3 (SD_LISTEN_FDS_START).
+SD_LISTEN_FDS_START = 3
+
+
+class ListenerError(Exception):
+    """A socket we were given cannot be served (the message says which and why)."""
+
+
+def fmt(address: tuple[str, int]) -> str:
+    host, port = address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind(addresses: Iterable[tuple[str, int]], *, reuse_port: bool = False) -> list[_stdlib_socket.socket]:
+    """A listening socket per address (what ``server.make_listener`` makes,
+    less the TCP tuning that ``Proxy.start`` applies to inherited sockets)."""
+    socks: list[_stdlib_socket.socket] = []
+    try:
+        for host, port in addresses:
+            family = _stdlib_socket.AF_INET6 if ":" in host else _stdlib_socket.AF_INET
+            sock = _stdlib_socket.socket(family, _stdlib_socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEPORT, 1)
+            if family == _stdlib_socket.AF_INET6:
+                sock.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            # The backlog is capped by net.core.somaxconn; ask for the most.
+            sock.listen(_stdlib_socket.SOMAXCONN)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def adopt(fd: int) -> _stdlib_socket.socket:
+    """The listening TCP socket on descriptor *fd*; ListenerError if it is not one."""
+    try:
+        sock = _stdlib_socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ListenerError(f"descriptor {fd} is not a socket: {exc.strerror}") from None
+    if sock.family not in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6) or sock.type != _stdlib_socket.SOCK_STREAM:
+        sock.detach()
+        raise ListenerError(f"descriptor {fd} is not a TCP socket (gconnect serves TCP only)")
+    if not sock.getsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise ListenerError(f"descriptor {fd} is a socket that is not listening")
+    # Ours now: no program we start inherits it unless we pass it on by name.
+    sock.set_inheritable(False)
+    return sock
+
+
+def from_systemd(environ: MutableMapping[str, str]) -> list[_stdlib_socket.socket] | None:
+    """The sockets of systemd socket activation, or None when there are none.
+
+    sd_listen_fds(3): ``LISTEN_FDS`` descriptors from 3 up, meant for us only
+    if ``LISTEN_PID`` is our PID. The variables are removed either way, so no
+    child mistakes them for its own (sd_listen_fds' *unset_environment*).
+    """
+    count, pid = environ.pop("LISTEN_FDS", None), environ.pop("LISTEN_PID", None)
+    names = environ.pop("LISTEN_FDNAMES", None)
+    if count is None:
+        return None
+    if pid != str(os.getpid()):
+        log.warning("LISTEN_FDS is meant for process %s, not this one (%d): ignored", pid, os.getpid())
+        return None
+    if not count.isdigit() or int(count) < 1:
+        raise ListenerError(f"LISTEN_FDS={count!r}: expected a positive number of descriptors")
+    socks = [adopt(SD_LISTEN_FDS_START + i) for i in range(int(count))]
+    log.info("serving %d socket(s) passed by systemd%s", len(socks), f" ({names})" if names else "")
+    return socks
+
+
+def addresses(socks: Iterable[_stdlib_socket.socket]) -> list[tuple[str, int]]:
+    """The (host, port) each socket listens on."""
+    return [sock.getsockname()[:2] for sock in socks]

@@ -1,0 +1,241 @@
+"""The ``serve`` options, in one table, and what is built from them: the
+Config, the config file's values, a worker's arguments.
+
+Option names equal Config field names (a test checks the parity); every option
+can also come from a ``GCONNECT_<NAME>`` environment variable and from the
+``--config`` file, whose values override the defaults and are overridden by
+the command line and the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import click
+
+from .. import config as cfg
+from . import configfile
+from .configfile import ConfigFileError
+from .paramtypes import HostPort, Network, PortRange, UpstreamPattern, UpstreamURL, to_text
+
+
+@dataclasses.dataclass(frozen=True)
+class Opt:
+    """One row of the table: a Config field's option."""
+
+    name: str
+    type: Any = None
+    default: Any = None
+    help: str = ""
+    multiple: bool = False
+    metavar: str | None = None
+    is_flag: bool = False
+    show_default: bool = True
+
+    def option(self) -> click.Option:
+        return click.Option(
+            ["--" + self.name.replace("_", "-"), self.name],
+            type=self.type,
+            default=False if self.is_flag else self.default,
+            help=self.help,
+            multiple=self.multiple,
+            metavar=self.metavar,
+            is_flag=self.is_flag,
+            show_default=self.show_default and not self.is_flag and not self.multiple,
+            envvar="GCONNECT_" + self.name.upper(),
+            show_envvar=True,
+        )
+
+
+def _seconds(name: str, default: float, help_text: str) -> Opt:
+    return Opt(name, click.FloatRange(min=0), default, help_text)
+
+
+def _count(name: str, low: int, default: int, help_text: str) -> Opt:
+    return Opt(name, click.IntRange(min=low), default, help_text)
+
+
+def _flag(name: str, help_text: str) -> Opt:
+    return Opt(name, help=help_text, is_flag=True)
+
+
+def _text(name: str, default: str, help_text: str, metavar: str | None = None, show: bool = True) -> Opt:
+    return Opt(name, click.STRING, default, help_text, metavar=metavar, show_default=show)
+
+
+def _many(name: str, param_type: click.ParamType, metavar: str, help_text: str, default: tuple = ()) -> Opt:
+    return Opt(name, param_type, default, help_text, multiple=True, metavar=metavar)
+
+
+def _choice(name: str, choices: list[str], default: str, help_text: str) -> Opt:
+    return Opt(name, click.Choice(choices), default, help_text)
+
+
+# fmt: off
+OPTIONS: tuple[Opt, ...] = (
+    _many("listen", HostPort(), "HOST:PORT",
+          "Address to listen on, repeatable; IPv6 as [::1]:3128.  [default: 127.0.0.1:3128]", (cfg.DEFAULT_LISTEN,)),
+    _many("allow_port", PortRange(), "SPEC",
+          "Destination port or range (8000-8999) to allow, repeatable.  [default: 443]", cfg.DEFAULT_ALLOW_PORTS),
+    _many("allow_dest", Network(), "CIDR",
+          "Allow destinations in this network even if private or loopback, repeatable."),
+    _many("deny_dest", Network(), "CIDR", "Deny destinations in this network (wins over --allow-dest), repeatable."),
+    _seconds("header_timeout", cfg.DEFAULT_HEADER_TIMEOUT, "Deadline for the whole request head."),
+    _seconds("dns_timeout", cfg.DEFAULT_DNS_TIMEOUT, "Deadline for resolving the target's name."),
+    _seconds("connect_timeout", cfg.DEFAULT_CONNECT_TIMEOUT, "Deadline for connecting to the target."),
+    _seconds("idle_timeout", cfg.DEFAULT_IDLE_TIMEOUT,
+             "Close a tunnel with no bytes either way for this long (0: never)."),
+    _seconds("half_close_timeout", cfg.DEFAULT_HALF_CLOSE_TIMEOUT,
+             "Idle limit once one side has closed its sending half (0: only --idle-timeout)."),
+    _seconds("drain_timeout", cfg.DEFAULT_DRAIN_TIMEOUT,
+             "On SIGTERM/SIGINT, and for the old workers of an upgrade, wait this long for open tunnels."),
+    _many("dns_server", HostPort(default_port=53), "HOST[:PORT]",
+          "DNS server to ask, repeatable.  [default: from /etc/resolv.conf]"),
+    _text("hosts_file", "/etc/hosts", "hosts(5) file consulted before DNS; empty to skip.", "PATH"),
+    _seconds("dns_min_ttl", cfg.DEFAULT_DNS_MIN_TTL, "Shortest time an answer is cached."),
+    _seconds("dns_max_ttl", cfg.DEFAULT_DNS_MAX_TTL, "Longest time an answer is cached."),
+    _seconds("dns_negative_ttl", cfg.DEFAULT_DNS_NEGATIVE_TTL, "How long a failed lookup is cached."),
+    _seconds("attempt_delay", cfg.DEFAULT_ATTEMPT_DELAY, "Happy Eyeballs delay between connection attempts."),
+    _count("max_header_bytes", 256, cfg.DEFAULT_MAX_HEADER_BYTES, "Largest request head accepted (431 beyond)."),
+    _count("max_clients", 1, cfg.DEFAULT_MAX_CLIENTS,
+           "Most clients served at once; past it the proxy stops accepting until one ends."),
+    _choice("relay", ["auto", "splice", "copy"], "auto", "How bytes are moved: splice(2) zero-copy, or a copy loop."),
+    _count("chunk_bytes", 4096, cfg.DEFAULT_CHUNK_BYTES, "Most bytes moved per read (and splice pipe size)."),
+    _count("pipe_pool_size", 0, cfg.DEFAULT_PIPE_POOL_SIZE, "Spare splice pipes kept for reuse."),
+    _count("workers", 1, 1, "Worker processes sharing the listeners, under a supervisor (also for 1 when given)."),
+    _flag("supervise", "Run a supervisor even for one worker, so SIGUSR2 can upgrade it in place."),
+    _seconds("ready_timeout", cfg.DEFAULT_READY_TIMEOUT,
+             "How long a new worker may take to check itself and accept; past it a start or upgrade fails."),
+    _flag("reuse_port", "Bind with SO_REUSEPORT so several processes can share the port."),
+    _text("access_log", "-", "Access log file, '-' for stderr, '' for none.", "PATH|-"),
+    _choice("log_level", ["debug", "info", "warning", "error"], "info", "Level of the diagnostic log (stderr)."),
+    _choice("log_format", ["text", "json"], cfg.DEFAULT_LOG_FORMAT,
+            "Access log format: text (one key=value line per tunnel) or json (a line at open and at close)."),
+    Opt("metrics_listen", HostPort(optional=True), "", metavar="HOST:PORT", show_default=False,
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs the 'metrics' extra)."),
+    Opt("upstream", UpstreamURL(optional=True), "", metavar="URL", show_default=False,
+        help="Send tunnels through this parent proxy: http://[user:pass@]host:port."),
+    _many("upstream_for", UpstreamPattern(), "PATTERN",
+          "Only destinations matching this host glob (*.corp.example) or CIDR use --upstream, repeatable."),
+    _flag("proxy_protocol",
+          "Accept a PROXY protocol v1/v2 header (HAProxy send-proxy) from --proxy-protocol-from sources."),
+    _many("proxy_protocol_from", Network(), "CIDR",
+          "Load balancers whose PROXY header is trusted, repeatable; others are served as direct clients."),
+    _count("max_clients_per_ip", 0, cfg.DEFAULT_MAX_CLIENTS_PER_IP,
+           "Most clients served at once from one address; past it 429 (0: no limit)."),
+    _seconds("max_tunnel_lifetime", cfg.DEFAULT_MAX_TUNNEL_LIFETIME, "Close any tunnel this old (0: never)."),
+    _text("auth_file", "", "htpasswd file (bcrypt; 'gconnect passwd' writes one): require Basic proxy authentication.",
+          "PATH", show=False),
+    _text("auth_realm", cfg.DEFAULT_AUTH_REALM, "Realm in Proxy-Authenticate."),
+    _seconds("auth_cache_ttl", cfg.DEFAULT_AUTH_CACHE_TTL, "Remember a successful login this long (0: never)."),
+    _count("auth_failures_per_minute", 1, cfg.DEFAULT_AUTH_FAILURES_PER_MINUTE,
+           "Failed logins allowed per client address per minute; past it 429 without checking."),
+    _flag("allow_plaintext_passwords", "Accept plaintext entries in --auth-file (refused by default)."),
+    _text("tls_cert", "", "Certificate chain: every listener speaks TLS (HTTPS proxy).", "PEM", show=False),
+    _text("tls_key", "", "Private key for --tls-cert.", "PEM", show=False),
+)
+# fmt: on
+BY_NAME = {opt.name: opt for opt in OPTIONS}
+
+
+def _use_config_file(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
+    # Eager: runs before the other options are read, so their defaults come from the file.
+    if path:
+        try:
+            values = read_config_file(path)
+        except ConfigFileError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param_hint="'--config'") from None
+        ctx.default_map = {**(ctx.default_map or {}), **values}
+    return path
+
+
+def params() -> list[click.Parameter]:
+    """Fresh click parameters for the ``serve`` command: the table, then ``--config``."""
+    config = click.Option(
+        ["--config", "config"],
+        type=click.Path(dir_okay=False),
+        is_eager=True,
+        callback=_use_config_file,
+        envvar="GCONNECT_CONFIG",
+        show_envvar=True,
+        metavar="FILE",
+        help="TOML file of option values (keys are the option names); options given here override it.",
+    )
+    return [*(opt.option() for opt in OPTIONS), config]
+
+
+#: For converting values outside a command line (config file, reload): the table without --config.
+_PARAMS = {opt.name: opt.option() for opt in OPTIONS}
+_COMMAND = click.Command("serve", params=list(_PARAMS.values()))
+
+
+def build_config(**options: Any) -> cfg.Config:
+    """The Config from the serve command's options (click has converted them)."""
+    values = {}
+    for field in dataclasses.fields(cfg.Config):
+        if field.name in options:
+            value = options[field.name]
+            opt = BY_NAME[field.name]
+            # An empty list (in a file, or GCONNECT_LISTEN="") means the default, as no option at all does.
+            values[field.name] = value if value or not opt.multiple else opt.default
+    try:
+        return cfg.Config(**values)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _check_file_value(name: str, value: Any) -> None:
+    """Convert one config-file value the way its option would; ValueError if it cannot.
+    (Rules between fields are judged on the whole config, by build_config.)"""
+    try:
+        _PARAMS[name].type_cast_value(click.Context(_COMMAND), value)
+    except click.BadParameter as exc:
+        raise ValueError(exc.message) from None  # the file names the key: no "--option (env var)" prefix
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The file's values by option name, checked; raises ConfigFileError."""
+    multiple = [opt.name for opt in OPTIONS if opt.multiple]
+    return configfile.read(path, list(BY_NAME), multiple, _check_file_value)
+
+
+def config_from_file(path: str, overrides: dict[str, Any]) -> cfg.Config:
+    """The Config *path* gives with *overrides* (option name -> converted value) on top.
+
+    Raises ConfigFileError or click.ClickException.
+    """
+    values = read_config_file(path)
+    converted = _COMMAND.make_context("serve", [], default_map=values).params
+    converted.update(overrides)
+    return build_config(**converted)
+
+
+def given_on_command_line(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
+    """Options set on the command line or by GCONNECT_*: they keep winning over the file on reload."""
+    sources = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    return {name: value for name, value in options.items() if ctx.get_parameter_source(name) in sources}
+
+
+#: Set by the supervisor for its workers, never passed on.
+SUPERVISOR_ONLY = ("config", "listen", "workers", "supervise", "ready_timeout", "reuse_port", "metrics_listen")
+
+
+def worker_arguments(given: dict[str, Any], config_path: str | None) -> list[str]:
+    """The ``serve`` arguments that start a worker like this process: ``--config``
+    and the options set on the command line or by GCONNECT_* (so a worker's
+    SIGHUP reload treats file and command line exactly as ours would), less
+    what only the supervisor uses."""
+    args: list[str] = ["--config", config_path] if config_path else []
+    for name, value in given.items():
+        if name in SUPERVISOR_ONLY:
+            continue
+        opt = BY_NAME[name]
+        flag = "--" + name.replace("_", "-")
+        if opt.is_flag:
+            args += [flag] if value else []
+        elif opt.multiple:
+            args += [a for item in value for a in (flag, to_text(opt.type, item))]
+        elif value is not None:
+            args += [flag, to_text(opt.type, value)]
+    return args

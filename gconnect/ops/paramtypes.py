@@ -1,0 +1,198 @@
+"""click parameter types for the values gconnect's options take.
+
+Each type turns the text of the command line, a ``GCONNECT_*`` variable or the
+config file into the value the Config field holds, or fails with a message
+naming the value; ``to_text`` turns a value back into text that converts to
+it again (how a supervisor hands its options to its workers). Values that are
+already converted (click's defaults) pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.parse
+from typing import Any
+
+import click
+
+from .. import config as cfg
+
+
+def parse_hostport(text: str, *, default_port: int | None = None, what: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` / ``[V6]:PORT`` (or a bare host when *default_port* is set)."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise click.BadParameter(f"{text!r}: missing ']'")
+        host, rest = text[1:close], text[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise click.BadParameter(f"{text!r}: expected [V6]:PORT")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text and default_port is None:
+        raise click.BadParameter(f"{text!r}: write IPv6 addresses as [V6]:PORT")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: {host!r} is not an IP address") from None
+    if not port_text:
+        if default_port is None:
+            raise click.BadParameter(f"{text!r}: the port is required (HOST:PORT)")
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise click.BadParameter(f"{text!r}: bad port {port_text!r}")
+    return host, int(port_text)
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``443`` or ``8000-8999``."""
+    low_text, dash, high_text = text.partition("-")
+    if not dash:
+        high_text = low_text
+    if not (low_text.isdigit() and high_text.isdigit()):
+        raise click.BadParameter(f"{text!r}: expected PORT or LOW-HIGH")
+    low, high = int(low_text), int(high_text)
+    if not (1 <= low <= high <= 65535):
+        raise click.BadParameter(f"{text!r}: ports are 1-65535, low <= high")
+    return low, high
+
+
+def parse_network(text: str) -> cfg.IPNetwork:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r}: {exc}") from None
+
+
+def parse_upstream(text: str) -> cfg.ParentProxy:
+    """``http://[user:pass@]host:port`` (the port is required)."""
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme != "http":
+        raise click.BadParameter(f"{text!r}: only http:// parent proxies are supported")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise click.BadParameter(f"{text!r}: expected http://[user:pass@]host:port and nothing after")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r}: {exc}") from None
+    if not parts.hostname or port is None:
+        raise click.BadParameter(f"{text!r}: the host and port are required (http://host:port)")
+    username = urllib.parse.unquote(parts.username or "")
+    return cfg.ParentProxy(parts.hostname, port, username, urllib.parse.unquote(parts.password or ""))
+
+
+def parse_upstream_for(text: str) -> str:
+    """A CIDR or IP (matches IP-literal targets) or a host-name glob such as
+    ``*.example.com`` (matches names, case-insensitively); returned normalised."""
+    text = text.strip().lower()
+    if not text:
+        raise click.BadParameter("empty pattern")
+    if "/" in text or ":" in text or text.replace(".", "").isdigit():
+        return str(parse_network(text))
+    if not all(c.isalnum() or c in "-._*?[]" for c in text):
+        raise click.BadParameter(f"{text!r}: expected a host-name glob (*.example.com) or a CIDR")
+    return text
+
+
+def _hostport_text(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ValueType(click.ParamType):
+    """A type whose text is parsed by one function; ``""`` is None when *optional*."""
+
+    def __init__(self, optional: bool = False) -> None:
+        self.optional = optional
+
+    def parse(self, text: str) -> Any:
+        raise NotImplementedError
+
+    def to_text(self, value: Any) -> str:
+        return "" if value is None else str(value)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        if self.optional and not value:
+            return None
+        try:
+            return self.parse(value)
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+
+
+class HostPort(ValueType):
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); ``localhost`` is 127.0.0.1."""
+
+    name = "HOST:PORT"
+
+    def __init__(self, default_port: int | None = None, optional: bool = False) -> None:
+        super().__init__(optional)
+        self.default_port = default_port
+        if default_port is not None:
+            self.name = "HOST[:PORT]"
+
+    def parse(self, text: str) -> tuple[str, int]:
+        return parse_hostport(text, default_port=self.default_port)
+
+    def to_text(self, value: Any) -> str:
+        return "" if value is None else _hostport_text(value)
+
+
+class PortRange(ValueType):
+    """``443`` or ``8000-8999`` -> (low, high)."""
+
+    name = "PORT[-PORT]"
+
+    def parse(self, text: str) -> tuple[int, int]:
+        return parse_port_range(text)
+
+    def to_text(self, value: Any) -> str:
+        low, high = value
+        return str(low) if low == high else f"{low}-{high}"
+
+
+class Network(ValueType):
+    """A CIDR (or a bare address, its /32 or /128) -> an ip_network."""
+
+    name = "CIDR"
+
+    def parse(self, text: str) -> cfg.IPNetwork:
+        return parse_network(text)
+
+
+class UpstreamURL(ValueType):
+    """``http://[user:pass@]host:port`` -> ParentProxy; ``""`` is None."""
+
+    name = "URL"
+
+    def parse(self, text: str) -> cfg.ParentProxy:
+        return parse_upstream(text)
+
+    def to_text(self, value: Any) -> str:
+        if value is None:
+            return ""
+        # str(ParentProxy) hides the password; this is the one place that spells it.
+        quote = urllib.parse.quote
+        auth = f"{quote(value.username, safe='')}:{quote(value.password, safe='')}@" if value.username else ""
+        return f"http://{auth}{_hostport_text((value.host, value.port))}"
+
+
+class UpstreamPattern(ValueType):
+    """A host-name glob or a CIDR, normalised."""
+
+    name = "PATTERN"
+
+    def parse(self, text: str) -> str:
+        return parse_upstream_for(text)
+
+
+def to_text(param_type: click.ParamType, value: Any) -> str:
+    """*value* as text that *param_type* converts back to it."""
+    return param_type.to_text(value) if isinstance(param_type, ValueType) else str(value)
