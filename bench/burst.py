@@ -32,6 +32,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from bench.harness import procfs
 from bench.harness.build import build_loadgen
 from bench.harness.loadgen import LoadGen, hold_command, read_line, stop_process
 from bench.harness.targets import Environment, RunningProxy, TargetUnavailable, launch_plan, prepare
@@ -41,6 +42,9 @@ PROBE_TUNNELS = 20
 PUSHERS = 50
 BURST_S = 3.0
 ROUNDS = 3000
+#: Other processes' CPU, in percent of one core, above which a repetition is marked disturbed
+#: (the harness's threshold): the machine is shared, and a p99 is what suffers first.
+DISTURBED_PERCENT = 10.0
 
 
 class Blackhole:
@@ -85,11 +89,11 @@ def measure(lg: LoadGen, proxy: str, echo: str, sink: str, reps: int, hole: Blac
             raise TargetUnavailable(f"probe opened {opened['held']} of {PROBE_TUNNELS} tunnels")
         idle, burst = [], []
         for _ in range(reps):
-            idle.append(hold_command(probe, f"rtt {ROUNDS // 3} 2.0", 30))
+            idle.append(_watched(lambda: hold_command(probe, f"rtt {ROUNDS // 3} 2.0", 30)))
             pushers = lg.start_bulk(proxy, sink, PUSHERS, BURST_S)
             try:
                 time.sleep(0.05)  # the pushers' connects and CONNECTs are under way
-                burst.append(hold_command(probe, f"rtt {ROUNDS} {BURST_S - 0.5}", 30))
+                burst.append(_watched(lambda: hold_command(probe, f"rtt {ROUNDS} {BURST_S - 0.5}", 30)))
             finally:
                 stop_process(pushers)
             hole.drop()
@@ -99,8 +103,25 @@ def measure(lg: LoadGen, proxy: str, echo: str, sink: str, reps: int, hole: Blac
         stop_process(probe)
 
 
+def _watched(measure_one) -> dict:
+    """One measurement, with the CPU other processes used meanwhile (``disturbed`` past the threshold)."""
+    ours = set(procfs.process_tree(os.getpid()))
+    before, started = procfs.cpu_seconds_by_pid(), time.monotonic()
+    result = dict(measure_one())
+    elapsed = time.monotonic() - started
+    others = procfs.other_cpu_seconds(before, procfs.cpu_seconds_by_pid(), ours)
+    result["other_cpu_percent"] = round(100 * others / elapsed, 1)
+    result["disturbed"] = result["other_cpu_percent"] >= DISTURBED_PERCENT
+    return result
+
+
+def quiet(reps: list[dict]) -> list[dict]:
+    """The undisturbed repetitions, or all of them when every one was disturbed."""
+    return [r for r in reps if not r.get("disturbed")] or reps
+
+
 def summary(reps: list[dict], key: str) -> float:
-    return statistics.median(r[key] for r in reps)
+    return statistics.median(r[key] for r in quiet(reps))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,17 +192,23 @@ def render(results: dict) -> str:
         + ", "
         f"{BURST_S:g} s bursts; proxy on CPU 0, the rest on CPU 1; medians of the repetitions (µs).",
         "",
-        "| target | idle p50 | idle p99 | burst p50 | burst p99 | burst max |",
-        "|---|---|---|---|---|---|",
+        "Medians are over the repetitions no other process disturbed (other processes' CPU under "
+        f"{DISTURBED_PERCENT:g}% of a core while the probe measured); the last column counts the disturbed ones, "
+        "which are left out unless every repetition was.",
+        "",
+        "| target | idle p50 | idle p99 | burst p50 | burst p99 | burst max | disturbed reps |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, entry in results["targets"].items():
         if "skipped" in entry:
-            lines.append(f"| {name} | skipped: {entry['skipped']} | | | | |")
+            lines.append(f"| {name} | skipped: {entry['skipped']} | | | | | |")
             continue
         idle, burst = entry["idle"], entry["burst"]
         cells = [summary(idle, "rtt_p50_us"), summary(idle, "rtt_p99_us")]
         cells += [summary(burst, "rtt_p50_us"), summary(burst, "rtt_p99_us"), summary(burst, "rtt_max_us")]
-        lines.append(f"| {name} | " + " | ".join(f"{c:,.0f}" for c in cells) + " |")
+        disturbed = sum(bool(r.get("disturbed")) for r in idle + burst)
+        counted = f"{disturbed} of {len(idle + burst)}"
+        lines.append(f"| {name} | " + " | ".join(f"{c:,.0f}" for c in cells) + f" | {counted} |")
     return "\n".join(lines) + "\n"
 
 
