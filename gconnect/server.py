@@ -179,10 +179,10 @@ class Proxy:
             self.auth.reload()
 
     #: What SIGHUP can change; everything else needs a restart.
-    RELOADABLE = ("allow_port", "allow_dest", "deny_dest")
+    RELOADABLE = ("allow_port", "allow_dest", "deny_dest", "allow_host", "deny_host", "host_rules_mode", "users")
 
     def reload(self, new: Config) -> None:
-        """Apply *new*'s policy (ports, destinations) to tunnels that start from
+        """Apply *new*'s policy (ports, destinations, names, users' tables) to tunnels that start from
         now on; open tunnels and listeners are not touched. Other changed
         settings are named in the log and left as they are."""
         fixed = [

@@ -20,11 +20,13 @@ import httptools
 
 from ..errors import (
     ClientError,
+    GConnectError,
     HeadTooLargeError,
     MalformedRequestError,
     MethodNotAllowedError,
     VersionNotSupportedError,
 )
+from .names import canonical_name
 
 #: The one success response. RFC 9110 §9.3.6: a 2xx to CONNECT has no content
 #: and no Content-Length or Transfer-Encoding.
@@ -152,7 +154,7 @@ def parse_authority(target: bytes) -> tuple[str, int, int]:
     try:
         text = target.decode("ascii")
     except UnicodeDecodeError:
-        raise MalformedRequestError("request-target is not ASCII (send IDNs as xn-- labels)") from None
+        text = _idn_target(target)
     if text.startswith("["):
         close = text.find("]")
         if close < 0 or text[close + 1 : close + 2] != ":":
@@ -177,6 +179,18 @@ def parse_authority(target: bytes) -> tuple[str, int, int]:
     return host, port, family
 
 
+def _idn_target(target: bytes) -> str:
+    """A UTF-8 ``host:port`` with its name mapped to A-labels (UTS-46), so an
+    internationalised name has one spelling for the rules, DNS and the logs."""
+    host, colon, port = target.rpartition(b":")
+    try:
+        if not colon or not port.isascii():
+            raise ValueError("the port is not ASCII digits")
+        return canonical_name(host.decode("utf-8")) + ":" + port.decode("ascii")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedRequestError(f"request-target {_show(target)} is not a host name: {exc}") from None
+
+
 def _check_host_header(value: bytes, target: bytes, host: str, port: int) -> None:
     # RFC 9112 §3.2: Host is mandatory in HTTP/1.1; the tunnel target always comes
     # from the request-target, so a Host naming anything else is an attempt to
@@ -189,9 +203,9 @@ def _check_host_header(value: bytes, target: bytes, host: str, port: int) -> Non
         elif b":" in value:
             h_host, h_port, _ = parse_authority(value)
         else:
-            h_host, _ = parse_host(value.decode("ascii"))
+            h_host, _ = parse_host(value.decode("ascii") if value.isascii() else canonical_name(value.decode()))
             h_port = port
-    except (ClientError, UnicodeDecodeError):
+    except (ClientError, ValueError):
         raise MalformedRequestError(f"invalid Host header {_show(value)}") from None
     if h_host != host or h_port != port:
         raise MalformedRequestError(f"Host header {_show(value)} does not match the CONNECT target")
@@ -316,6 +330,21 @@ def _show(raw: bytes) -> str:
     text = raw[:80].decode("ascii", "backslashreplace")
     text = "".join(ch if " " <= ch <= "~" else f"\\x{ord(ch):02x}" for ch in text)
     return repr(text + ("..." if len(raw) > 80 else ""))
+
+
+#: Longest ``details`` parameter sent in a Proxy-Status member: the message is
+#: in the body too; a header line stays well under servers' 8 KiB line limits.
+MAX_PROXY_STATUS_DETAILS_CHARS = 256
+
+
+def proxy_status(exc: GConnectError) -> str:
+    """The Proxy-Status field value (RFC 9209) for a refusal: a parent's members
+    first, then ``gconnect; error=TYPE; details="..."``."""
+    message = str(exc)[:MAX_PROXY_STATUS_DETAILS_CHARS]
+    # RFC 8941 §3.3.3 sf-string: printable ASCII, with " and \ escaped.
+    details = "".join(ch if " " <= ch <= "~" else "?" for ch in message).replace("\\", "\\\\").replace('"', '\\"')
+    ours = f'gconnect; error={exc.proxy_status}; details="{details}"'
+    return f"{exc.parent_proxy_status}, {ours}" if exc.parent_proxy_status else ours
 
 
 def render_error(status: int, reason: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
