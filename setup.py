@@ -41,6 +41,8 @@ setup(
             "ruff>=0.4",
             "mypy>=1.8",
             "prometheus-client>=0.16",
+            # Parses our Proxy-Status headers (RFC 8941) in the tests: a parser we did not write.
+            "http-sfv>=0.9.9",
             'tomli>=1.1; python_version < "3.11"',
         ],
         # Only --metrics-listen imports it: the proxy's runtime set stays six packages.

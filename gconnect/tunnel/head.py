@@ -26,7 +26,6 @@ from ..errors import (
     MethodNotAllowedError,
     VersionNotSupportedError,
 )
-from .names import canonical_name
 
 #: The one success response. RFC 9110 §9.3.6: a 2xx to CONNECT has no content
 #: and no Content-Length or Transfer-Encoding.
@@ -154,7 +153,7 @@ def parse_authority(target: bytes) -> tuple[str, int, int]:
     try:
         text = target.decode("ascii")
     except UnicodeDecodeError:
-        text = _idn_target(target)
+        raise MalformedRequestError("request-target is not ASCII (send IDNs as xn-- labels)") from None
     if text.startswith("["):
         close = text.find("]")
         if close < 0 or text[close + 1 : close + 2] != ":":
@@ -179,18 +178,6 @@ def parse_authority(target: bytes) -> tuple[str, int, int]:
     return host, port, family
 
 
-def _idn_target(target: bytes) -> str:
-    """A UTF-8 ``host:port`` with its name mapped to A-labels (UTS-46), so an
-    internationalised name has one spelling for the rules, DNS and the logs."""
-    host, colon, port = target.rpartition(b":")
-    try:
-        if not colon or not port.isascii():
-            raise ValueError("the port is not ASCII digits")
-        return canonical_name(host.decode("utf-8")) + ":" + port.decode("ascii")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise MalformedRequestError(f"request-target {_show(target)} is not a host name: {exc}") from None
-
-
 def _check_host_header(value: bytes, target: bytes, host: str, port: int) -> None:
     # RFC 9112 §3.2: Host is mandatory in HTTP/1.1; the tunnel target always comes
     # from the request-target, so a Host naming anything else is an attempt to
@@ -203,9 +190,9 @@ def _check_host_header(value: bytes, target: bytes, host: str, port: int) -> Non
         elif b":" in value:
             h_host, h_port, _ = parse_authority(value)
         else:
-            h_host, _ = parse_host(value.decode("ascii") if value.isascii() else canonical_name(value.decode()))
+            h_host, _ = parse_host(value.decode("ascii"))
             h_port = port
-    except (ClientError, ValueError):
+    except (ClientError, UnicodeDecodeError):
         raise MalformedRequestError(f"invalid Host header {_show(value)}") from None
     if h_host != host or h_port != port:
         raise MalformedRequestError(f"Host header {_show(value)} does not match the CONNECT target")

@@ -45,6 +45,12 @@ def canonical_name(text: str) -> str:
     not a host name."""
     if text.isascii():
         name = text.lower()
+        for label in name.split(".") if "xn--" in name else ():
+            if label.startswith("xn--"):
+                try:
+                    idna.ulabel(label)
+                except (idna.IDNAError, UnicodeError) as exc:
+                    raise HostNameError(f"{text!r}: {label!r} is not a valid A-label: {exc}") from None
     else:
         try:
             # UTS-46 maps first (case, width, the ideographic full stop), then
