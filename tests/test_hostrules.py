@@ -276,6 +276,7 @@ def test_per_user_tables_with_two_users(start_proxy, echo, names, tmp_path, dns_
     assert status("plain", "bad.suffix.test") == 403
     # Anonymous clients are asked for credentials before any rule is looked at.
     assert connect(proxy, f"bad.suffix.test:{port}")[0] == 407
+    assert any("no user 'ghost' in auth-file" in line for line in proxy.lines)
 
     check = subprocess.run(
         [sys.executable, "-m", "gconnect", "check-config", str(config)], capture_output=True, text=True, timeout=30
