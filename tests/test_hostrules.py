@@ -135,6 +135,18 @@ def test_ip_literals_under_an_allow_list(start_proxy, echo, names):
     assert connect(listed, f"exact.test:{echo.port}")[0] == 403
 
 
+def test_an_allowed_name_still_has_its_addresses_checked(start_proxy, echo, names, dns_server):
+    # The built-in destination policy (no --allow-dest): exact.test leads to loopback.
+    proxy = start_proxy(
+        "--listen", "127.0.0.1:0", "--allow-port", "1-65535", "--hosts-file", str(names),
+        "--dns-server", dns_server.address, "--allow-host", "exact.test", defaults=False,
+    )  # fmt: skip
+    status, headers, body = connect(proxy, f"exact.test:{echo.port}")
+    assert status == 403 and b"not a public address" in body
+    assert proxy_status(headers)[0][1]["error"] == "destination_ip_prohibited"
+    assert echo.accepted == 0
+
+
 def test_numeric_non_literals_are_400_before_any_rule(start_proxy, echo, names):
     # (As a pattern, 127.1 is refused at start: see test_bad_patterns_are_refused_at_start.)
     proxy = start_proxy("--deny-host", "exact.test")
