@@ -34,6 +34,8 @@ DEFAULT_DRAIN_TIMEOUT = 30.0
 #: h11's max_incomplete_event_size is 16 KiB; tomcat 8 KiB, node.js 16 KiB (since
 #: 14). A CONNECT head with a Proxy-Authorization header is well under 1 KiB.
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+#: Name rules refuse (enforce) unless the operator is rolling them out (report).
+DEFAULT_HOST_RULES_MODE = "enforce"
 #: The open-file limit here is 20,000 and a tunnel holds two descriptors.
 DEFAULT_MAX_CLIENTS = 9_900
 #: Splice pipe capacity and copy-relay read size. Measured (bench/loadgen bulk, one
@@ -100,6 +102,20 @@ class ParentProxy:
 
 
 @dataclasses.dataclass(frozen=True)
+class UserRules:
+    """One ``[users.NAME]`` table of the config file. An ``allow_*`` given
+    (not None) replaces the global value for that user; a ``deny_*`` adds to
+    the global one (a global deny always holds)."""
+
+    name: str
+    allow_host: tuple[str, ...] | None = None
+    deny_host: tuple[str, ...] = ()
+    allow_port: tuple[tuple[int, int], ...] | None = None
+    allow_dest: tuple[IPNetwork, ...] | None = None
+    deny_dest: tuple[IPNetwork, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The proxy's whole configuration. Field names equal the CLI option names."""
 
@@ -107,6 +123,13 @@ class Config:
     allow_port: tuple[tuple[int, int], ...] = DEFAULT_ALLOW_PORTS
     allow_dest: tuple[IPNetwork, ...] = ()
     deny_dest: tuple[IPNetwork, ...] = ()
+    #: Destination name patterns (canonical text, see tunnel/names.py), decided before DNS.
+    allow_host: tuple[str, ...] = ()
+    deny_host: tuple[str, ...] = ()
+    #: "enforce" refuses what the name rules refuse; "report" only marks and counts it.
+    host_rules_mode: str = DEFAULT_HOST_RULES_MODE
+    #: Per-user policy tables; only the config file sets them (no option).
+    users: tuple[UserRules, ...] = ()
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     dns_timeout: float = DEFAULT_DNS_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -173,6 +196,8 @@ class Config:
             raise ValueError("workers must be >= 1")
         if not self.listen:
             raise ValueError("at least one listen address is needed")
+        if self.host_rules_mode not in ("enforce", "report"):
+            raise ValueError("host_rules_mode must be enforce or report")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be text or json")
         if self.upstream_for and self.upstream is None:
@@ -193,3 +218,15 @@ class Config:
         if self.tls_cert and self.proxy_protocol:
             # The PROXY header comes before the handshake, in the clear; not supported together yet.
             raise ValueError("tls_cert cannot be combined with proxy_protocol")
+
+    def for_user(self, rules: UserRules) -> Config:
+        """This configuration's policy as it applies to the user of *rules*."""
+        return dataclasses.replace(
+            self,
+            allow_host=self.allow_host if rules.allow_host is None else rules.allow_host,
+            deny_host=self.deny_host + tuple(p for p in rules.deny_host if p not in self.deny_host),
+            allow_port=self.allow_port if rules.allow_port is None else rules.allow_port,
+            allow_dest=self.allow_dest if rules.allow_dest is None else rules.allow_dest,
+            deny_dest=self.deny_dest + tuple(n for n in rules.deny_dest if n not in self.deny_dest),
+            users=(),
+        )

@@ -19,6 +19,11 @@ class GConnectError(Exception):
     headers: tuple[tuple[str, str], ...] = ()
     #: False when no HTTP response can be sent (the connection only closes).
     answerable: bool = True
+    #: RFC 9209 §2.3 error type for the response's Proxy-Status header.
+    proxy_status: str = "proxy_internal_error"
+    #: A parent proxy's own Proxy-Status members, kept in front of ours
+    #: (RFC 9209 §2: the list runs from the origin side outwards).
+    parent_proxy_status: str = ""
 
 
 class ClientError(GConnectError):
@@ -27,6 +32,7 @@ class ClientError(GConnectError):
     status = 400
     reason = "Bad Request"
     code = "bad_request"
+    proxy_status = "http_request_error"
 
 
 class MalformedRequestError(ClientError):
@@ -39,6 +45,31 @@ class PolicyDeniedError(ClientError):
     status = 403
     reason = "Forbidden"
     code = "denied"
+    proxy_status = "http_request_denied"
+
+
+class DestinationDeniedError(PolicyDeniedError):
+    """Every address the target has (or is) is refused by the address policy."""
+
+    proxy_status = "destination_ip_prohibited"
+
+
+class LoopDetectedError(PolicyDeniedError):
+    """The tunnel would lead back into this proxy."""
+
+    proxy_status = "proxy_loop_detected"
+
+
+class HostDeniedError(PolicyDeniedError):
+    """The target matches a deny-host pattern."""
+
+    code = "host_denied"
+
+
+class HostNotAllowedError(PolicyDeniedError):
+    """An allow-host list is set and the target matches none of it."""
+
+    code = "host_not_allowed"
 
 
 class MethodNotAllowedError(ClientError):
@@ -52,6 +83,7 @@ class ProxyAuthRequiredError(ClientError):
     status = 407
     reason = "Proxy Authentication Required"
     code = "auth_required"
+    proxy_status = "http_request_denied"
 
     def __init__(self, message: str, realm: str = "gconnect") -> None:
         super().__init__(message)
@@ -96,28 +128,45 @@ class UpstreamError(GConnectError):
     status = 502
     reason = "Bad Gateway"
     code = "upstream_error"
+    proxy_status = "destination_unavailable"
 
 
 class ResolveError(UpstreamError):
     status = 502
     code = "dns_error"
+    proxy_status = "dns_error"
+
+
+class NameNotFoundError(ResolveError):
+    """The name does not exist, or has no address: nothing to connect to."""
+
+    proxy_status = "destination_not_found"
 
 
 class ResolveTimeoutError(UpstreamError):
     status = 504
     reason = "Gateway Timeout"
     code = "dns_timeout"
+    proxy_status = "dns_timeout"
 
 
 class UpstreamConnectError(UpstreamError):
     status = 502
     code = "connect_error"
+    proxy_status = "connection_refused"
+
+
+class UnroutableError(UpstreamConnectError):
+    """No route to the destination's addresses (ENETUNREACH, EHOSTUNREACH)."""
+
+    proxy_status = "destination_ip_unroutable"
 
 
 class UpstreamConnectTimeoutError(UpstreamError):
     status = 504
     reason = "Gateway Timeout"
     code = "connect_timeout"
+    proxy_status = "connection_timeout"
 
 
 class ClientClosedError(ClientError):
@@ -139,12 +188,16 @@ class ParentProxyError(UpstreamError):
 
     status = 502
     code = "parent_refused"
+    # The next hop (the parent) refused the tunnel; its own Proxy-Status, if
+    # any, is kept in parent_proxy_status.
+    proxy_status = "connection_refused"
 
 
 class ParentProxyTimeoutError(UpstreamError):
     status = 504
     reason = "Gateway Timeout"
     code = "parent_timeout"
+    proxy_status = "connection_timeout"
 
 
 class TooManyClientsError(GConnectError):
@@ -155,6 +208,7 @@ class TooManyClientsError(GConnectError):
     reason = "Service Unavailable"
     code = "too_many_clients"
     headers = (("Retry-After", "1"),)
+    proxy_status = "connection_limit_reached"
 
 
 class OutOfDescriptorsError(GConnectError):
@@ -166,6 +220,7 @@ class OutOfDescriptorsError(GConnectError):
     reason = "Service Unavailable"
     code = "no_descriptors"
     headers = (("Retry-After", "1"),)
+    proxy_status = "connection_limit_reached"
 
 
 class TooManyClientsPerAddressError(ClientError):
@@ -175,6 +230,7 @@ class TooManyClientsPerAddressError(ClientError):
     reason = "Too Many Requests"
     code = "too_many_per_address"
     headers = (("Retry-After", "1"),)
+    proxy_status = "connection_limit_reached"
 
 
 class AuthRateLimitedError(ClientError):
@@ -183,6 +239,7 @@ class AuthRateLimitedError(ClientError):
     status = 429
     reason = "Too Many Requests"
     code = "auth_rate_limited"
+    proxy_status = "http_request_denied"
 
     def __init__(self, message: str, retry_after: int = 60) -> None:
         super().__init__(message)

@@ -25,6 +25,7 @@ from .auth.authenticator import Authenticator
 from .config import Config
 from .listener import OwnConnections, TunnelServer, adopt_listener, make_listener
 from .ops.accesslog import AccessLog, open_access_log
+from .ops.configfile import user_table_warnings
 from .ops.metrics import MetricsServer, ProxyCollector, Stats
 from .tunnel.limits import ClientLimits
 from .tunnel.movers import CopyMover, Mover, PipePool, SpliceMover, splice_supported
@@ -70,6 +71,8 @@ class Proxy:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.policy = Policy(config)
+        for warning in user_table_warnings(config):
+            log.warning("%s", warning)
         self.resolver = Resolver(config)
         self.limits = ClientLimits(config.max_clients, config.max_clients_per_ip)
         self.auth = Authenticator(config) if config.auth_file else None
@@ -179,10 +182,10 @@ class Proxy:
             self.auth.reload()
 
     #: What SIGHUP can change; everything else needs a restart.
-    RELOADABLE = ("allow_port", "allow_dest", "deny_dest")
+    RELOADABLE = ("allow_port", "allow_dest", "deny_dest", "allow_host", "deny_host", "host_rules_mode", "users")
 
     def reload(self, new: Config) -> None:
-        """Apply *new*'s policy (ports, destinations) to tunnels that start from
+        """Apply *new*'s policy (ports, destinations, names, users' tables) to tunnels that start from
         now on; open tunnels and listeners are not touched. Other changed
         settings are named in the log and left as they are."""
         fixed = [
@@ -197,6 +200,8 @@ class Proxy:
         # One assignment; each handshake reads it once, so it sees the old policy or the new one.
         self.policy = policy
         self.config = dataclasses.replace(self.config, **changes)
+        for warning in user_table_warnings(self.config):
+            log.warning("SIGHUP: %s", warning)
         self.generation += 1
         log.info("SIGHUP: policy reloaded (generation %d)", self.generation)
 

@@ -174,7 +174,8 @@ def test_over_long_names_and_labels_are_400_before_dns(start_proxy, dns_server, 
         assert_refused(proxy, head(target, f"Host: {target}"), 400)
     assert sum(dns_server.queries.values()) == queries_before  # refused by grammar, not by DNS
     # The longest legal name passes the grammar and is looked up (and does not exist).
-    assert_refused(proxy, head(f"{longest}:{echo.port}", f"Host: {longest}:{echo.port}"), 502)
+    raw = head(f"{longest}:{echo.port}", f"Host: {longest}:{echo.port}")
+    assert_refused(proxy, raw, 502, error="destination_not_found")
     still_serves(proxy, echo)
 
 

@@ -32,6 +32,7 @@ from gconnect.errors import AuthRateLimitedError, ProxyAuthFailedError, ProxyAut
 from gconnect.ops.cli import main
 
 from .conftest import exchange, open_tunnel, read_head, recv_exactly, wait_until
+from .test_errors import proxy_status_error
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -420,6 +421,7 @@ def test_no_credentials_gets_407_with_the_realm(auth_proxy, echo):
     assert status == 407
     assert headers["proxy-authenticate"] == 'Basic realm="test realm"'
     assert b"authentication required" in body
+    assert proxy_status_error(headers["proxy-status"]) == "http_request_denied"
     assert echo.accepted == 0
     line = auth_proxy.wait_access("status=407")
     assert "user=- " in line and "reason=auth_required" in line

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import dns.rcode
+import http_sfv
 import pytest
 
 from .conftest import exchange, open_tunnel, recv_exactly, silent_listener, wait_until
@@ -13,9 +14,32 @@ from .conftest import exchange, open_tunnel, recv_exactly, silent_listener, wait
 pytestmark = pytest.mark.timeout(60)
 
 
-def assert_refused(proxy, raw: bytes, status: int, *, reason_part: str = "", shut: bool = False) -> dict:
+#: RFC 9209 error types for the statuses every request-level refusal shares.
+REQUEST_ERRORS = {
+    400: "http_request_error",
+    405: "http_request_error",
+    431: "http_request_error",
+    505: "http_request_error",
+}
+
+
+def proxy_status_error(value: str) -> str:
+    """Our member's error type in a Proxy-Status value, parsed by http-sfv (RFC 8941)."""
+    members = http_sfv.List()
+    members.parse(value.encode())
+    ours = members[-1]
+    assert str(ours.value) == "gconnect", value
+    assert str(ours.params["details"]), value
+    return str(ours.params["error"])
+
+
+def assert_refused(
+    proxy, raw: bytes, status: int, *, reason_part: str = "", shut: bool = False, error: str = ""
+) -> dict:
     code, headers, body = exchange(proxy, raw, shut=shut)
     assert code == status, body
+    # RFC 9209: every refusal names gconnect and the error type.
+    assert proxy_status_error(headers["proxy-status"]) == (error or REQUEST_ERRORS[status])
     assert headers["connection"] == "close"
     assert headers["content-type"].startswith("text/plain")
     assert int(headers["content-length"]) == len(body)
@@ -90,7 +114,13 @@ def test_denied_port_gets_403(start_proxy, echo):
         "127.0.0.1:9",
         defaults=False,
     )
-    assert_refused(strict, head(echo.target, f"Host: {echo.target}"), 403, reason_part=f"port {echo.port}")
+    assert_refused(
+        strict,
+        head(echo.target, f"Host: {echo.target}"),
+        403,
+        reason_part=f"port {echo.port}",
+        error="http_request_denied",
+    )
     assert echo.accepted == 0
     still_serves(proxy, echo)
 
@@ -112,7 +142,9 @@ def test_private_destination_denied_by_default(start_proxy, echo):
         f"[::ffff:127.0.0.1]:{echo.port}",
         f"0.0.0.0:{echo.port}",
     ):
-        assert_refused(proxy, head(target, f"Host: {target}"), 403, reason_part="denied")
+        assert_refused(
+            proxy, head(target, f"Host: {target}"), 403, reason_part="denied", error="destination_ip_prohibited"
+        )
     assert echo.accepted == 0
 
 
@@ -123,19 +155,31 @@ def test_name_resolving_to_loopback_is_denied_on_the_dialled_address(start_proxy
     proxy = default_destinations(start_proxy, dns_server.address)
     for name in ("rebind.test", "metadata.test"):
         target = f"{name}:{echo.port}"
-        assert_refused(proxy, head(target, f"Host: {target}"), 403, reason_part="not a public address")
+        assert_refused(
+            proxy,
+            head(target, f"Host: {target}"),
+            403,
+            reason_part="not a public address",
+            error="destination_ip_prohibited",
+        )
     assert echo.accepted == 0
 
 
 def test_deny_dest_wins_over_allow_dest(start_proxy, echo):
     proxy = start_proxy("--deny-dest", "127.0.0.0/8")
-    assert_refused(proxy, head(echo.target, f"Host: {echo.target}"), 403, reason_part="denied network")
+    assert_refused(
+        proxy,
+        head(echo.target, f"Host: {echo.target}"),
+        403,
+        reason_part="denied network",
+        error="destination_ip_prohibited",
+    )
     assert echo.accepted == 0
 
 
 def test_tunnel_to_the_proxy_itself_is_refused(proxy):
     target = f"127.0.0.1:{proxy.port}"
-    assert_refused(proxy, head(target, f"Host: {target}"), 403, reason_part="proxy itself")
+    assert_refused(proxy, head(target, f"Host: {target}"), 403, reason_part="proxy itself", error="proxy_loop_detected")
 
 
 def test_header_timeout_gives_408(start_proxy, echo):
@@ -144,6 +188,8 @@ def test_header_timeout_gives_408(start_proxy, echo):
         sock.sendall(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\n")
         data = sock.recv(4096)
     assert data.startswith(b"HTTP/1.1 408 ")
+    status_line = next(line for line in data.split(b"\r\n") if line.lower().startswith(b"proxy-status:"))
+    assert proxy_status_error(status_line.split(b":", 1)[1].strip().decode()) == "http_request_error"
     still_serves(proxy, echo)
 
 
@@ -181,24 +227,35 @@ def test_head_too_large_gives_431(start_proxy, echo):
 
 def test_connection_refused_gives_502(proxy):
     # Port 1 on loopback: nothing listens there.
-    assert_refused(proxy, head("127.0.0.1:1", "Host: 127.0.0.1:1"), 502, reason_part="refused")
+    assert_refused(
+        proxy, head("127.0.0.1:1", "Host: 127.0.0.1:1"), 502, reason_part="refused", error="connection_refused"
+    )
 
 
 def test_connect_timeout_gives_504(start_proxy):
     proxy = start_proxy("--connect-timeout", "0.3")
     with silent_listener() as port:
-        assert_refused(proxy, head(f"127.0.0.1:{port}", f"Host: 127.0.0.1:{port}"), 504, reason_part="timed out")
+        raw = head(f"127.0.0.1:{port}", f"Host: 127.0.0.1:{port}")
+        assert_refused(proxy, raw, 504, reason_part="timed out", error="connection_timeout")
     line = proxy.wait_access(f"target=127.0.0.1:{port}")
     assert "reason=connect_timeout" in line
 
 
 def test_nxdomain_gives_502(proxy, dns_server):
-    assert_refused(proxy, head("missing.test:443", "Host: missing.test:443"), 502, reason_part="does not exist")
+    assert_refused(
+        proxy,
+        head("missing.test:443", "Host: missing.test:443"),
+        502,
+        reason_part="does not exist",
+        error="destination_not_found",
+    )
 
 
 def test_servfail_gives_502(proxy, dns_server):
     dns_server.add("broken.test", rcode=dns.rcode.SERVFAIL)
-    assert_refused(proxy, head("broken.test:443", "Host: broken.test:443"), 502, reason_part="failed")
+    assert_refused(
+        proxy, head("broken.test:443", "Host: broken.test:443"), 502, reason_part="failed", error="dns_error"
+    )
 
 
 def test_dns_timeout_gives_504(start_proxy, dns_server, echo):
@@ -207,7 +264,7 @@ def test_dns_timeout_gives_504(start_proxy, dns_server, echo):
     proxy = start_proxy("--dns-timeout", "0.3")
     try:
         target = f"slow504.test:{echo.port}"
-        assert_refused(proxy, head(target, f"Host: {target}"), 504, reason_part="timed out")
+        assert_refused(proxy, head(target, f"Host: {target}"), 504, reason_part="timed out", error="dns_timeout")
     finally:
         hold.set()
     assert echo.accepted == 0

@@ -16,6 +16,7 @@ from gconnect.errors import TooManyClientsError, TooManyClientsPerAddressError
 from gconnect.tunnel.limits import ClientLimits, client_key
 
 from .conftest import HAVE_IPV6, exchange, open_tunnel, recv_exactly, wait_until
+from .test_errors import proxy_status_error
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -85,6 +86,7 @@ def test_max_clients_answers_503_and_keeps_accepting(start_proxy, echo):
         assert status == 503, body
         assert headers["retry-after"] == "1"
         assert b"maximum of 2 clients" in body
+        assert proxy_status_error(headers["proxy-status"]) == "connection_limit_reached"
     assert echo.accepted == 2
     for sock in held:
         ping(sock)
@@ -103,6 +105,7 @@ def test_max_clients_per_ip_answers_429_to_that_address_only(start_proxy, echo):
     status, headers, body = exchange(proxy, connect_head(echo.target))
     assert status == 429 and headers["retry-after"] == "1"
     assert b"127.0.0.1 already has 2 connections" in body
+    assert proxy_status_error(headers["proxy-status"]) == "connection_limit_reached"
     # Another address on loopback is a different client.
     other = socket.socket()
     other.bind(("127.0.0.2", 0))

@@ -88,6 +88,7 @@ class TextAccessLog(AccessLog):
             f"client={f'[{host}]' if ':' in host else host}:{port} user={user} target={tunnel.target} "
             f"addr={tunnel.dialled} status={tunnel.status} up={tunnel.bytes_up} down={tunnel.bytes_down} "
             f"duration={time.monotonic() - tunnel.started:.3f} reason={tunnel.reason}"
+            + (f" would_deny={tunnel.would_deny}" if tunnel.would_deny else "")
         )
 
 
@@ -98,7 +99,7 @@ class JsonAccessLog(AccessLog):
 
     def _common(self, tunnel: Any) -> dict[str, Any]:
         started = tunnel.started
-        return {
+        fields = {
             "id": f"{id(tunnel):x}-{started:.6f}",
             "client": fmt_addr(tunnel.address),
             "user": tunnel.user,
@@ -108,6 +109,9 @@ class JsonAccessLog(AccessLog):
             "dns": _since(started, tunnel.resolved_at),
             "connect": _since(tunnel.resolved_at, tunnel.connected_at) if tunnel.resolved_at else None,
         }
+        if tunnel.would_deny:
+            fields["would_deny"] = tunnel.would_deny
+        return fields
 
     def _write(self, event: str, fields: dict[str, Any]) -> None:
         stamp = self.file.timestamp(time.time())

@@ -21,7 +21,14 @@ from .. import config as cfg
 from . import listeners, run, signals
 from .configfile import ConfigFileError
 from .notify import Notifier, UpgradeListener
-from .options import build_config, config_from_file, given_on_command_line, params, worker_arguments
+from .options import (
+    USERS_META_KEY,
+    build_config,
+    config_from_file,
+    given_on_command_line,
+    params,
+    worker_arguments,
+)
 from .paramtypes import parse_hostport, parse_port_range
 from .workerlink import WorkerLink
 
@@ -70,7 +77,7 @@ def serve(**options: Any) -> None:
     supervisor (--supervise, --workers) in place."""
     signals.ignore_unused()  # first: no stray signal may end us while we start
     ctx = click.get_current_context()
-    config = build_config(**options)
+    config = build_config(**options, users=ctx.meta.get(USERS_META_KEY, ()))
     setup_logging(config)
     command_line = given_on_command_line(ctx, options)
     config_path = options.get("config")
@@ -175,6 +182,10 @@ def check_config(path: str) -> None:
     except ConfigFileError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(configfile.render(config), nl=False)
+    if config.users:
+        click.echo(configfile.render_user_policies(config), nl=False)
+    for warning in configfile.user_table_warnings(config):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.command()

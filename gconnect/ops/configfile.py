@@ -7,6 +7,10 @@ as a string or number; a repeatable option takes a list (a single value is a
 one-element list). The command line and ``GCONNECT_*`` variables override the
 file.
 
+With ``--auth-file``, ``[users.NAME]`` tables hold one user's policy, with the
+keys of :data:`USER_KEYS`; :func:`read` returns them under ``"users"`` as
+``{name: {option_name: [text, ...]}}``.
+
 This module never touches click's command objects itself: the caller passes
 a ``check(name, value)`` that converts one value the way the option does and
 raises ``ValueError`` with a human message when it cannot.
@@ -27,6 +31,10 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
+
+
+#: The keys a ``[users.NAME]`` table may hold (option names, underscore form).
+USER_KEYS = ("allow_host", "deny_host", "allow_port", "allow_dest", "deny_dest")
 
 
 class ConfigFileError(Exception):
@@ -75,6 +83,9 @@ def read(
     for key, value in data.items():
         name = key.replace("-", "_")
         where = _where(path, text, key)
+        if key == "users" and isinstance(value, dict):
+            values["users"] = _users(path, text, value, check)
+            continue
         if name not in known:
             raise ConfigFileError(f"{where}: unknown key {key!r}")
         if name in values:
@@ -94,6 +105,30 @@ def read(
             raise ConfigFileError(f"{where}: {key}: {exc}") from None
         values[name] = value
     return values
+
+
+def _users(path: str, text: str, tables: dict[str, Any], check: Callable[[str, Any], None]) -> dict[str, Any]:
+    """The ``[users.NAME]`` tables as ``{name: {option_name: [text, ...]}}``."""
+    users: dict[str, Any] = {}
+    for user, table in tables.items():
+        where = _where(path, text, f"users.{user}")
+        if not isinstance(table, dict):
+            raise ConfigFileError(f"{where}: 'users.{user}' must be a table ([users.{user}])")
+        rules: dict[str, list[Any]] = {}
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name not in USER_KEYS:
+                raise ConfigFileError(f"{where}: [users.{user}]: unknown key {key!r} (one of {', '.join(USER_KEYS)})")
+            if name in rules:
+                raise ConfigFileError(f"{where}: [users.{user}]: {key!r} is given twice (with '-' and with '_')")
+            value = [_text(v) for v in (value if isinstance(value, list) else [value])]
+            try:
+                check(name, value)
+            except ValueError as exc:
+                raise ConfigFileError(f"{where}: [users.{user}] {key}: {exc}") from None
+            rules[name] = value
+        users[user] = rules
+    return users
 
 
 def _text(value: Any) -> Any:
@@ -134,6 +169,49 @@ def render(config: Config) -> str:
     (a parent proxy's password is shown as ``***``)."""
     lines = []
     for field in dataclasses.fields(config):
+        if field.name == "users":
+            continue
         name = field.name.replace("_", "-")
         lines.append(f"{name} = {_toml_value(field.name, getattr(config, field.name))}")
+    for rules in config.users:
+        lines += ["", f"[users.{_toml_key(rules.name)}]"]
+        for key in USER_KEYS:
+            value = getattr(rules, key)
+            if value is not None and (value or key.startswith("allow")):
+                lines.append(f"{key.replace('_', '-')} = {_toml_value(key, value)}")
     return "\n".join(lines) + "\n"
+
+
+def _toml_key(name: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_user_policies(config: Config) -> str:
+    """Each user's effective policy (the global one with the table applied), as
+    TOML comments; users without a table get the global policy."""
+    lines = ["", "# Effective policy per user (users without a table get the global policy):"]
+    for rules in config.users:
+        effective = config.for_user(rules)
+        values = "; ".join(f"{k.replace('_', '-')} = {_toml_value(k, getattr(effective, k))}" for k in USER_KEYS)
+        lines.append(f"#   {rules.name}: {values}")
+    return "\n".join(lines) + "\n"
+
+
+def user_table_warnings(config: Config) -> list[str]:
+    """Tables that cannot apply: no --auth-file, or a user the file does not hold."""
+    if not config.users:
+        return []
+    if not config.auth_file:
+        return ["[users.*] tables have no effect without auth-file (no client has a user name)"]
+    try:
+        with open(config.auth_file, encoding="utf-8", errors="replace") as f:
+            known = {line.split(":", 1)[0] for line in f if ":" in line and not line.lstrip().startswith("#")}
+    except OSError as exc:
+        return [f"cannot read auth-file {config.auth_file} to check the [users.*] tables: {exc.strerror}"]
+    return [
+        f"[users.{rules.name}]: no user {rules.name!r} in auth-file {config.auth_file}; the table has no effect"
+        for rules in config.users
+        if rules.name not in known
+    ]

@@ -35,7 +35,15 @@ LIMIT_STATUSES = (429, 503)
 class Stats:
     """What the tunnels of this process did, in plain numbers."""
 
-    __slots__ = ("bytes_down", "bytes_up", "handshake_counts", "handshake_sum", "outcomes", "tunnels_open")
+    __slots__ = (
+        "bytes_down",
+        "bytes_up",
+        "handshake_counts",
+        "handshake_sum",
+        "outcomes",
+        "tunnels_open",
+        "would_deny_counts",
+    )
 
     def __init__(self) -> None:
         self.tunnels_open = 0
@@ -45,12 +53,19 @@ class Stats:
         self.bytes_down = 0
         self.handshake_counts = [0] * (len(HANDSHAKE_BUCKETS) + 1)
         self.handshake_sum = 0.0
+        #: Report mode: name-rule reason -> tunnels let through that it would have refused
+        self.would_deny_counts: dict[str, int] = {}
 
     def opened(self, handshake_seconds: float) -> None:
         """A tunnel got its 200 after *handshake_seconds*."""
         self.tunnels_open += 1
         self.handshake_counts[_bucket(HANDSHAKE_BUCKETS, handshake_seconds)] += 1
         self.handshake_sum += handshake_seconds
+
+    def would_deny(self, reason: str) -> None:
+        """Report mode let a tunnel through that the name rules refuse for *reason*."""
+        counts = self.would_deny_counts
+        counts[reason] = counts.get(reason, 0) + 1
 
     def closed(self, status: int, reason: str, bytes_up: int, bytes_down: int) -> None:
         """A client is done (tunnel or refusal); status 200 means it was counted open."""
@@ -81,6 +96,7 @@ def snapshot(proxy: Any) -> dict[str, Any]:
         "dns_cache_hits": proxy.resolver.cache_hits,
         "policy_generation": proxy.generation,
         "access_log_dropped_lines": proxy.access_log.dropped_lines if proxy.access_log is not None else 0,
+        "would_deny": [[reason, count] for reason, count in sorted(stats.would_deny_counts.items())],
     }
 
 
@@ -129,6 +145,14 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
         "Access-log lines dropped because the file could not take them (disk full)",
         snap["access_log_dropped_lines"],
     )
+    would_deny = CounterMetricFamily(
+        "gconnect_policy_would_deny",
+        "Tunnels let through by --host-rules-mode report that the name rules refuse, by reason",
+        labels=("reason",),
+    )
+    for reason, count in snap.get("would_deny", []):
+        would_deny.add_metric((str(reason),), count)
+    yield would_deny
 
 
 class ProxyCollector:

@@ -17,7 +17,7 @@ import click
 from .. import config as cfg
 from . import configfile
 from .configfile import ConfigFileError
-from .paramtypes import HostPort, Network, PortRange, UpstreamPattern, UpstreamURL, to_text
+from .paramtypes import HostPattern, HostPort, Network, PortRange, UpstreamPattern, UpstreamURL, to_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +81,12 @@ OPTIONS: tuple[Opt, ...] = (
     _many("allow_dest", Network(), "CIDR",
           "Allow destinations in this network even if private or loopback, repeatable."),
     _many("deny_dest", Network(), "CIDR", "Deny destinations in this network (wins over --allow-dest), repeatable."),
+    _many("allow_host", HostPattern(), "PATTERN",
+          "Allow only targets matching: name, .suffix (name and below), *.suffix (below) or IP; repeatable."),
+    _many("deny_host", HostPattern(), "PATTERN",
+          "Refuse targets matching this pattern (wins over --allow-host), repeatable; checked before DNS."),
+    _choice("host_rules_mode", ["enforce", "report"], cfg.DEFAULT_HOST_RULES_MODE,
+            "report: tunnels the name rules refuse go ahead, marked in the access log and counted."),
     _seconds("header_timeout", cfg.DEFAULT_HEADER_TIMEOUT, "Deadline for the whole request head."),
     _seconds("dns_timeout", cfg.DEFAULT_DNS_TIMEOUT, "Deadline for resolving the target's name."),
     _seconds("connect_timeout", cfg.DEFAULT_CONNECT_TIMEOUT, "Deadline for connecting to the target."),
@@ -137,6 +143,10 @@ OPTIONS: tuple[Opt, ...] = (
 )
 # fmt: on
 BY_NAME = {opt.name: opt for opt in OPTIONS}
+#: Config fields only the config file sets (its ``[users.NAME]`` tables): no option.
+FILE_ONLY = ("users",)
+#: Where the eager --config callback leaves the file's user tables for ``serve``.
+USERS_META_KEY = "gconnect.users"
 
 
 def _use_config_file(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
@@ -146,6 +156,7 @@ def _use_config_file(ctx: click.Context, param: click.Parameter, path: str | Non
             values = read_config_file(path)
         except ConfigFileError as exc:
             raise click.BadParameter(str(exc), ctx=ctx, param_hint="'--config'") from None
+        ctx.meta[USERS_META_KEY] = user_rules(values.pop("users", {}))
         ctx.default_map = {**(ctx.default_map or {}), **values}
     return path
 
@@ -171,10 +182,11 @@ _COMMAND = click.Command("serve", params=list(_PARAMS.values()))
 
 
 def build_config(**options: Any) -> cfg.Config:
-    """The Config from the serve command's options (click has converted them)."""
-    values = {}
+    """The Config from the serve command's options (click has converted them),
+    and ``users`` (the config file's tables, see :func:`user_rules`) if given."""
+    values: dict[str, Any] = {"users": options["users"]} if options.get("users") else {}
     for field in dataclasses.fields(cfg.Config):
-        if field.name in options:
+        if field.name in options and field.name not in FILE_ONLY:
             value = options[field.name]
             opt = BY_NAME[field.name]
             # An empty list (in a file, or GCONNECT_LISTEN="") means the default, as no option at all does.
@@ -200,15 +212,28 @@ def read_config_file(path: str) -> dict[str, Any]:
     return configfile.read(path, list(BY_NAME), multiple, _check_file_value)
 
 
+def user_rules(tables: dict[str, dict[str, list[Any]]]) -> tuple[cfg.UserRules, ...]:
+    """:class:`~gconnect.config.UserRules` from the file's ``[users.NAME]``
+    tables (values checked by :func:`read_config_file` already)."""
+    context = click.Context(_COMMAND)
+    return tuple(
+        cfg.UserRules(
+            user, **{name: tuple(_PARAMS[name].type_cast_value(context, value)) for name, value in table.items()}
+        )
+        for user, table in tables.items()
+    )
+
+
 def config_from_file(path: str, overrides: dict[str, Any]) -> cfg.Config:
     """The Config *path* gives with *overrides* (option name -> converted value) on top.
 
     Raises ConfigFileError or click.ClickException.
     """
     values = read_config_file(path)
+    users = user_rules(values.pop("users", {}))
     converted = _COMMAND.make_context("serve", [], default_map=values).params
     converted.update(overrides)
-    return build_config(**converted)
+    return build_config(**converted, users=users)
 
 
 def given_on_command_line(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:

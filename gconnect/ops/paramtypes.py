@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from .. import config as cfg
+from ..tunnel.names import HostNameError, parse_pattern
 
 
 def parse_hostport(text: str, *, default_port: int | None = None, what: str = "address") -> tuple[str, int]:
@@ -191,6 +192,18 @@ class UpstreamPattern(ValueType):
 
     def parse(self, text: str) -> str:
         return parse_upstream_for(text)
+
+
+class HostPattern(ValueType):
+    """A destination name pattern (tunnel/names.py) -> its canonical text."""
+
+    name = "PATTERN"
+
+    def parse(self, text: str) -> str:
+        try:
+            return parse_pattern(text)
+        except HostNameError as exc:
+            raise click.BadParameter(str(exc)) from None
 
 
 def to_text(param_type: click.ParamType, value: Any) -> str:

@@ -104,6 +104,7 @@ def empty_snapshot() -> dict[str, Any]:
         "dns_cache_hits": 0,
         "policy_generation": 0,
         "access_log_dropped_lines": 0,
+        "would_deny": [],
         "rss_bytes": 0,
         "cpu_seconds": 0.0,
         "open_fds": 0,
@@ -120,6 +121,11 @@ def add_counters(into: dict[str, Any], snap: dict[str, Any]) -> None:
     for status, reason, count in snap["outcomes"]:
         outcomes[(status, reason)] = outcomes.get((status, reason), 0) + count
     into["outcomes"] = [[status, reason, count] for (status, reason), count in sorted(outcomes.items())]
+    would_deny = dict(into["would_deny"])
+    # A worker started by an older release writes no "would_deny".
+    for reason, count in snap.get("would_deny", []):
+        would_deny[reason] = would_deny.get(reason, 0) + count
+    into["would_deny"] = [[reason, count] for reason, count in sorted(would_deny.items())]
 
 
 def add_gauges(into: dict[str, Any], snap: dict[str, Any]) -> None:

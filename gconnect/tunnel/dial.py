@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from gevent import get_hub
 
-from ..errors import OutOfDescriptorsError, UpstreamConnectError, UpstreamConnectTimeoutError
+from ..errors import OutOfDescriptorsError, UnroutableError, UpstreamConnectError, UpstreamConnectTimeoutError
 from .limits import EXHAUSTION_ERRNOS
 from .waiting import WRITE, wait, wait_any
 
@@ -31,6 +31,8 @@ KEEPALIVE_INTERVAL_SECONDS = 20
 KEEPALIVE_PROBES = 3
 
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN)
+#: Failures that mean no route to the address (Proxy-Status destination_ip_unroutable).
+_UNROUTABLE = (errno.ENETUNREACH, errno.EHOSTUNREACH)
 
 
 #: (level, option, value) of every setting, the Linux keepalive knobs where they exist.
@@ -163,7 +165,7 @@ def _dial_one(address: str, port: int, connect_timeout: float) -> Connection:
         code = sock.connect_ex((address, port))
         if code:
             if code not in _IN_PROGRESS:
-                raise UpstreamConnectError(f"connect to {fmt(address, port)} failed: {describe(code)}")
+                raise _connect_error(f"connect to {fmt(address, port)} failed: {describe(code)}", [code])
             writer = get_hub().loop.io(sock.fileno(), WRITE)
             if not wait(writer, connect_timeout):
                 raise UpstreamConnectTimeoutError(
@@ -171,7 +173,7 @@ def _dial_one(address: str, port: int, connect_timeout: float) -> Connection:
                 )
             code = sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
             if code:
-                raise UpstreamConnectError(f"connect to {fmt(address, port)} failed: {describe(code)}")
+                raise _connect_error(f"connect to {fmt(address, port)} failed: {describe(code)}", [code])
         tune_socket(sock)
     except BaseException as exc:
         if writer is not None:
@@ -250,4 +252,11 @@ def _failure(
             f"({len(addresses)} addresses, {len(errors)} failed)"
         )
     detail = "; ".join(f"{fmt(address, port)}: {describe(code)}" for address, code in errors)
-    raise UpstreamConnectError(f"connect failed: {detail}")
+    raise _connect_error(f"connect failed: {detail}", [code for _, code in errors])
+
+
+def _connect_error(message: str, codes: list[int]) -> UpstreamConnectError:
+    """The error for failed attempts: unroutable when no attempt found a route."""
+    if codes and all(code in _UNROUTABLE for code in codes):
+        return UnroutableError(message)
+    return UpstreamConnectError(message)

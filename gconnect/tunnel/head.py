@@ -20,6 +20,7 @@ import httptools
 
 from ..errors import (
     ClientError,
+    GConnectError,
     HeadTooLargeError,
     MalformedRequestError,
     MethodNotAllowedError,
@@ -316,6 +317,21 @@ def _show(raw: bytes) -> str:
     text = raw[:80].decode("ascii", "backslashreplace")
     text = "".join(ch if " " <= ch <= "~" else f"\\x{ord(ch):02x}" for ch in text)
     return repr(text + ("..." if len(raw) > 80 else ""))
+
+
+#: Longest ``details`` parameter sent in a Proxy-Status member: the message is
+#: in the body too; a header line stays well under servers' 8 KiB line limits.
+MAX_PROXY_STATUS_DETAILS_CHARS = 256
+
+
+def proxy_status(exc: GConnectError) -> str:
+    """The Proxy-Status field value (RFC 9209) for a refusal: a parent's members
+    first, then ``gconnect; error=TYPE; details="..."``."""
+    message = str(exc)[:MAX_PROXY_STATUS_DETAILS_CHARS]
+    # RFC 8941 §3.3.3 sf-string: printable ASCII, with " and \ escaped.
+    details = "".join(ch if " " <= ch <= "~" else "?" for ch in message).replace("\\", "\\\\").replace('"', '\\"')
+    ours = f'gconnect; error={exc.proxy_status}; details="{details}"'
+    return f"{exc.parent_proxy_status}, {ours}" if exc.parent_proxy_status else ours
 
 
 def render_error(status: int, reason: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:

@@ -60,6 +60,24 @@ def parse_status(head: bytes) -> tuple[int, str]:
     return int(parts[1]), reason
 
 
+#: Most characters of a parent's Proxy-Status passed on in ours.
+MAX_PARENT_PROXY_STATUS_CHARS = 1024
+
+
+def proxy_status_of(head: bytes) -> str:
+    """The Proxy-Status members of a response head, as one list (RFC 9209 §2:
+    several field lines are one list), printable ASCII only; "" if none."""
+    values = []
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"proxy-status":
+            text = value.strip().decode("ascii", "replace")
+            values.append("".join(ch if " " <= ch <= "~" else "?" for ch in text))
+    joined = ", ".join(v for v in values if v)
+    # Cut, the list would no longer parse: an oversized one is left out whole.
+    return joined if len(joined) <= MAX_PARENT_PROXY_STATUS_CHARS else ""
+
+
 class Chain:
     """Which tunnels use the parent, and how one is opened through it."""
 
@@ -124,7 +142,9 @@ class Chain:
             raise
         if not 200 <= status < 300:
             _close(connection)
-            raise ParentProxyError(f"parent proxy {self.parent} answered {status} {reason}".rstrip())
+            error = ParentProxyError(f"parent proxy {self.parent} answered {status} {reason}".rstrip())
+            error.parent_proxy_status = proxy_status_of(head)
+            raise error
         return connection
 
     @staticmethod

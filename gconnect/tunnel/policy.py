@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 
 from ..config import Config, IPNetwork
-from ..errors import PolicyDeniedError
+from ..errors import DestinationDeniedError, LoopDetectedError, PolicyDeniedError
 
 # IPv4 ranges that are not public: the IANA IPv4 Special-Purpose Address Registry
 # (RFC 6890 and its updates), multicast (RFC 5771) and the reserved 240/4 (RFC 1112,
@@ -151,6 +151,7 @@ class _Networks:
         return bool(self._spans)
 
 
+_SELF = "is this proxy itself"
 #: Verdicts remembered per (address, port); a proxy's tunnels go to few
 #: destinations, and a verdict is a pure function of the policy and the pair.
 VERDICT_CACHE_ENTRIES = 4096
@@ -158,9 +159,21 @@ _MISS = object()
 
 
 class Policy:
-    """The checks of one configuration: ports, destinations, loops."""
+    """The checks of one configuration: ports, destinations, loops; its name
+    rules (``hosts``, None when there are none, so a proxy without them pays
+    one attribute read) and the policies of users with their own table."""
 
-    __slots__ = ("_allow", "_deny", "_listening", "_ports", "_verdicts", "_wildcard_ports")
+    __slots__ = (
+        "_allow",
+        "_deny",
+        "_listening",
+        "_ports",
+        "_verdicts",
+        "_wildcard_ports",
+        "hosts",
+        "report",
+        "users",
+    )
 
     def __init__(self, config: Config, listening: Sequence[tuple[str, int]] = ()) -> None:
         self._ports = config.allow_port
@@ -169,10 +182,21 @@ class Policy:
         self._listening: set[tuple[int, int, int]] = set()
         self._wildcard_ports: set[int] = set()
         self._verdicts: dict[tuple[str, int], str | None] = {}
+        # Imported here: hostrules builds on this module's address helpers.
+        from .hostrules import HostRules
+
+        self.hosts = HostRules(config.allow_host, config.deny_host) if config.allow_host or config.deny_host else None
+        #: Report mode: the name rules' refusals are marked and counted, not enforced.
+        self.report = config.host_rules_mode == "report"
+        #: user name -> that user's Policy (chosen after authentication).
+        self.users = {rules.name: Policy(config.for_user(rules)) for rules in config.users}
         self.set_listening(listening)
 
     def set_listening(self, addresses: Iterable[tuple[str, int]]) -> None:
         """Record the proxy's own bound addresses: a tunnel to one is a loop."""
+        addresses = list(addresses)
+        for policy in self.users.values():
+            policy.set_listening(addresses)
         self._listening = set()
         self._wildcard_ports = set()
         self._verdicts = {}
@@ -213,10 +237,10 @@ class Policy:
         version, value = to_int(address)
         if self._listening or self._wildcard_ports:
             if self._is_self(version, value, port):
-                return "is this proxy itself"
+                return _SELF
             # On a dual-stack socket ::ffff:a.b.c.d reaches the IPv4 listener a.b.c.d.
             if version == 6 and value >> 32 == _MAPPED and self._is_self(4, value & _V4_MASK, port):
-                return "is this proxy itself"
+                return _SELF
         reason = self._denial_one(version, value)
         if reason:
             return reason
@@ -242,7 +266,8 @@ class Policy:
     def filter_addresses(self, host: str, port: int, addresses: Sequence[str]) -> list[str]:
         """The addresses of *host* that may be dialled, in order.
 
-        Raises PolicyDeniedError naming the first reason when none may.
+        Raises DestinationDeniedError (LoopDetectedError for this proxy's own
+        address) naming the first reason when none may.
         """
         allowed: list[str] = []
         first_reason = None
@@ -253,5 +278,6 @@ class Policy:
             elif first_reason is None:
                 first_reason = f"{address} {reason}"
         if not allowed:
-            raise PolicyDeniedError(f"destination {host}:{port} denied: {first_reason}")
+            error = LoopDetectedError if first_reason and first_reason.endswith(_SELF) else DestinationDeniedError
+            raise error(f"destination {host}:{port} denied: {first_reason}")
         return allowed

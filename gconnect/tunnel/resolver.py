@@ -24,7 +24,7 @@ import gevent
 from gevent.event import AsyncResult
 
 from ..config import Config
-from ..errors import ResolveError, ResolveTimeoutError, UpstreamError
+from ..errors import NameNotFoundError, ResolveError, ResolveTimeoutError, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +165,9 @@ class Resolver:
         if failure.kind == "timeout":
             return ResolveTimeoutError(f"DNS lookup of {host} timed out after {self._config.dns_timeout:g} s")
         if failure.kind == "nxdomain":
-            return ResolveError(f"name {host} does not exist (NXDOMAIN)")
+            return NameNotFoundError(f"name {host} does not exist (NXDOMAIN)")
         if failure.kind == "noanswer":
-            return ResolveError(f"name {host} has no A or AAAA records")
+            return NameNotFoundError(f"name {host} has no A or AAAA records")
         if failure.kind == "servfail":
             return ResolveError(f"DNS servers failed to resolve {host} (SERVFAIL or refused)")
         return ResolveError(f"DNS lookup of {host} failed: {failure.detail}")

@@ -32,10 +32,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ClientClosedError, GConnectError, HeadTimeoutError, PolicyDeniedError
+from ..errors import ClientClosedError, GConnectError, HeadTimeoutError, LoopDetectedError
 from . import proxyproto
 from .dial import Connection, fmt, open_connection
-from .head import RESPONSE_200, ConnectRequest, RequestParser, render_error
+from .head import RESPONSE_200, ConnectRequest, RequestParser, proxy_status, render_error
 from .limits import client_key
 from .relay import Relay
 from .tls import TLSSession
@@ -75,6 +75,8 @@ class Tunnel:
     user: str | None = None
     via: str | None = None
     parent: Any = None
+    #: Report mode: the name rules' reason this tunnel would have been refused for.
+    would_deny: str | None = None
     #: The client as the limits count it, once admitted.
     who = ""
     #: Our (local, remote) addresses of the upstream connection, for the loop check.
@@ -141,7 +143,7 @@ class Tunnel:
         then the client counted against the limits (429/503 past them)."""
         proxy = self.proxy
         if proxy.own_connections.is_own(self.address, self.client):
-            raise PolicyDeniedError("tunnel loops back into this proxy")
+            raise LoopDetectedError("tunnel loops back into this proxy")
         if proxy.proxy_protocol and proxy.trusts_proxy_header(self.address):
             self.read_proxy_header()
         if proxy.tls_context is not None:
@@ -188,8 +190,20 @@ class Tunnel:
             self.user = auth.authenticate(values, self.who)
 
     def check(self, request: ConnectRequest) -> None:
-        """The port rule, and whether a parent proxy carries this tunnel."""
-        self._policy.check_port(request.port)
+        """The user's policy, the port rule, the name rules (before any DNS
+        lookup, so a refused name is never queried), and whether a parent
+        proxy carries this tunnel."""
+        policy = self._policy
+        if policy.users and self.user is not None:
+            policy = self._policy = policy.users.get(self.user, policy)
+        policy.check_port(request.port)
+        if policy.hosts is not None:
+            refusal = policy.hosts.judge(request.host, request.family)
+            if refusal is not None:
+                if not policy.report:
+                    raise refusal
+                self.would_deny = refusal.code
+                self.proxy.stats.would_deny(refusal.code)
         chain = self.proxy.chain
         if chain is not None and chain.applies(request.host, request.family):
             self.parent = chain
@@ -285,7 +299,8 @@ class Tunnel:
         self.reason = exc.code
         if not exc.answerable:
             return
-        body = render_error(exc.status, exc.reason, str(exc), exc.headers)
+        headers = (*exc.headers, ("Proxy-Status", proxy_status(exc)))
+        body = render_error(exc.status, exc.reason, str(exc), headers)
         deadline = self._loop.now() + LINGER_SECONDS
         try:
             if not self._send_client(body, deadline):
