@@ -26,10 +26,11 @@ from .config import Config
 from .listener import OwnConnections, TunnelServer, adopt_listener, make_listener
 from .ops.accesslog import AccessLog, open_access_log
 from .ops.metrics import MetricsServer, ProxyCollector, Stats
+from .tunnel.dial import SourceAddresses
 from .tunnel.limits import ClientLimits
 from .tunnel.movers import CopyMover, Mover, PipePool, SpliceMover, splice_supported
-from .tunnel.parent import Chain
 from .tunnel.policy import Policy
+from .tunnel.pool import Router
 from .tunnel.relay import HangupWatch, RelayLimits
 from .tunnel.resolver import Resolver
 from .tunnel.tls import DecryptMover, EncryptMover, server_context
@@ -87,7 +88,12 @@ class Proxy:
         self.stats = Stats()
         #: Policy reloads applied so far (SIGHUP).
         self.generation = 0
-        self.chain = Chain(config.upstream, config.upstream_for, self.resolver) if config.upstream else None
+        #: --bind-address: None keeps the dialler's fast path free of it.
+        self.source = SourceAddresses(config.bind_address) if config.bind_address else None
+        if self.source is not None:
+            self.source.check()
+        #: Pools and routes; None when every tunnel goes direct.
+        self.router = Router(config, self.resolver, self.source) if config.upstream or config.routes else None
         self.metrics: MetricsServer | None = None
         self.metrics_address: tuple[str, int] | None = None
         self.bound: list[tuple[str, int]] = []
@@ -171,6 +177,8 @@ class Proxy:
             self.metrics_address = self.metrics.start()
         if self.auth is not None:
             self.auth.start()
+        if self.router is not None:
+            self.router.start()
         return bound
 
     def reload_auth(self) -> None:
@@ -211,6 +219,8 @@ class Proxy:
             self.metrics.stop()
         if self.auth is not None:
             self.auth.stop()
+        if self.router is not None:
+            self.router.stop()
         if self.tunnels:
             log.info("draining %d open tunnels for up to %g s", len(self.tunnels), drain_timeout)
             self._no_tunnels.wait(drain_timeout)

@@ -60,12 +60,10 @@ def parse_status(head: bytes) -> tuple[int, str]:
     return int(parts[1]), reason
 
 
-class Chain:
-    """Which tunnels use the parent, and how one is opened through it."""
+class Patterns:
+    """Host-name globs and CIDRs (``--upstream-for``, a route's ``for``); none matches everything."""
 
-    def __init__(self, parent: ParentProxy, patterns: tuple[str, ...], resolver: Any) -> None:
-        self.parent = parent
-        self._resolver = resolver
+    def __init__(self, patterns: tuple[str, ...]) -> None:
         self._networks: list[IPNetwork] = []
         self._globs: list[str] = []
         for pattern in patterns:
@@ -76,7 +74,7 @@ class Chain:
         self._everything = not patterns
 
     def applies(self, host: str, family: int) -> bool:
-        """True if the tunnel to *host* (an IP literal when *family* is set) goes through the parent."""
+        """True if *host* (an IP literal when *family* is set) matches."""
         if self._everything:
             return True
         if family:
@@ -84,7 +82,19 @@ class Chain:
             return any(ip.version == net.version and ip in net for net in self._networks)
         return any(fnmatch.fnmatchcase(host, glob) for glob in self._globs)
 
-    def _parent_addresses(self) -> list[str]:
+
+class Chain:
+    """One parent: which tunnels use it, and how one is opened through it.
+    *source* (a :class:`~gconnect.tunnel.dial.SourceAddresses` or None) binds
+    the connection to the parent."""
+
+    def __init__(self, parent: ParentProxy, patterns: tuple[str, ...], resolver: Any, source: Any = None) -> None:
+        self.parent = parent
+        self._resolver = resolver
+        self._source = source
+        self.applies = Patterns(patterns).applies
+
+    def parent_addresses(self) -> list[str]:
         try:
             return [str(ipaddress.ip_address(self.parent.host))]
         except ValueError:
@@ -100,7 +110,11 @@ class Chain:
         loop = get_hub().loop
         deadline = loop.now() + connect_timeout
         connection = open_connection(
-            self._parent_addresses(), self.parent.port, connect_timeout=connect_timeout, attempt_delay=attempt_delay
+            self.parent_addresses(),
+            self.parent.port,
+            connect_timeout=connect_timeout,
+            attempt_delay=attempt_delay,
+            source=self._source,
         )
         sock = connection.sock
         try:
@@ -124,7 +138,7 @@ class Chain:
             raise
         if not 200 <= status < 300:
             _close(connection)
-            raise ParentProxyError(f"parent proxy {self.parent} answered {status} {reason}".rstrip())
+            raise ParentProxyError(f"parent proxy {self.parent} answered {status} {reason}".rstrip(), status)
         return connection
 
     @staticmethod

@@ -74,7 +74,9 @@ class Tunnel:
     dialled = "-"
     user: str | None = None
     via: str | None = None
+    #: The pool carrying this tunnel (None: direct), and the parent of it that does.
     parent: Any = None
+    member: Any = None
     #: The client as the limits count it, once admitted.
     who = ""
     #: Our (local, remote) addresses of the upstream connection, for the loop check.
@@ -188,12 +190,11 @@ class Tunnel:
             self.user = auth.authenticate(values, self.who)
 
     def check(self, request: ConnectRequest) -> None:
-        """The port rule, and whether a parent proxy carries this tunnel."""
+        """The port rule, and which pool of parent proxies (if any) carries this tunnel."""
         self._policy.check_port(request.port)
-        chain = self.proxy.chain
-        if chain is not None and chain.applies(request.host, request.family):
-            self.parent = chain
-            self.via = str(chain.parent)
+        router = self.proxy.router
+        if router is not None:
+            self.parent = router.route(request.host, request.family)
 
     def resolve(self, request: ConnectRequest) -> list[str]:
         """The addresses that may be dialled, each checked by the policy. A name
@@ -209,15 +210,21 @@ class Tunnel:
         return self._policy.filter_addresses(request.host, request.port, addresses)
 
     def dial(self, request: ConnectRequest, addresses: list[str]) -> None:
-        """Connect: directly to the first address that answers, or through the parent."""
+        """Connect: directly to the first address that answers, or through the pool's parents."""
         config = self.proxy.config
         if self.parent is not None:
-            upstream = self.parent.open(
+            upstream, member = self.parent.open(
                 request.host, request.port, connect_timeout=config.connect_timeout, attempt_delay=config.attempt_delay
             )
+            self.member = member
+            self.via = member.url
         else:
             upstream = open_connection(
-                addresses, request.port, connect_timeout=config.connect_timeout, attempt_delay=config.attempt_delay
+                addresses,
+                request.port,
+                connect_timeout=config.connect_timeout,
+                attempt_delay=config.attempt_delay,
+                source=self.proxy.source,
             )
         self.upstream = upstream
         self.connected_at = time.monotonic()
@@ -315,6 +322,8 @@ class Tunnel:
             proxy.limits.release(self.who)
         if self.own is not None:
             proxy.own_connections.remove(self.own)
+        if self.member is not None:
+            self.member.release()
         if self._client_reader is not None:
             self._client_reader.close()
         if self._client_writer is not None:
