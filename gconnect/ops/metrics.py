@@ -81,6 +81,19 @@ def snapshot(proxy: Any) -> dict[str, Any]:
         "dns_cache_hits": proxy.resolver.cache_hits,
         "policy_generation": proxy.generation,
         "access_log_dropped_lines": proxy.access_log.dropped_lines if proxy.access_log is not None else 0,
+        **upstream_figures(proxy.router),
+    }
+
+
+def upstream_figures(router: Any) -> dict[str, list[list[Any]]]:
+    """Each parent's state (``upstream_up``: [pool, url, 0|1]) and attempts by
+    outcome (``upstream_tunnels``: [pool, url, outcome, count])."""
+    parents = router.snapshot() if router is not None else []
+    return {
+        "upstream_up": [[pool, url, up] for pool, url, up, _ in parents],
+        "upstream_tunnels": [
+            [pool, url, outcome, count] for pool, url, _, outcomes in parents for outcome, count in outcomes.items()
+        ],
     }
 
 
@@ -129,6 +142,22 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
         "Access-log lines dropped because the file could not take them (disk full)",
         snap["access_log_dropped_lines"],
     )
+    up = GaugeMetricFamily(
+        "gconnect_upstream_up",
+        "1 if the parent proxy is in rotation (every worker agrees), 0 if out",
+        labels=("pool", "url"),
+    )
+    for pool, url, value in snap.get("upstream_up", []):
+        up.add_metric((pool, url), value)
+    yield up
+    tried = CounterMetricFamily(
+        "gconnect_upstream_tunnels",
+        "Tunnels tried through a parent proxy, by outcome (ok, status_4xx, status_5xx, connect_error, timeout)",
+        labels=("pool", "url", "outcome"),
+    )
+    for pool, url, outcome, count in snap.get("upstream_tunnels", []):
+        tried.add_metric((pool, url, outcome), count)
+    yield tried
 
 
 class ProxyCollector:

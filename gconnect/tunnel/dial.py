@@ -98,6 +98,8 @@ class SourceAddresses:
                 try:
                     sock.setsockopt(_socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                     sock.bind((address, 0))
+                except OSError as exc:
+                    raise OSError(exc.errno, f"--bind-address {address}: {exc.strerror}") from exc
                 finally:
                     sock.close()
 
