@@ -332,3 +332,19 @@ def test_a_bind_address_not_ours_stops_the_start():
         timeout=30,
     )
     assert result.returncode == 1 and "cannot start" in result.stderr and "192.0.2.1" in result.stderr
+
+
+def test_workers_upstream_figures_add_up_and_up_means_every_worker_agrees():
+    from gconnect.ops.workermetrics import add_counters, add_gauges, empty_snapshot
+
+    one = {**empty_snapshot(), "upstream_up": [["p", "u1", 1], ["p", "u2", 1]]}
+    one["upstream_tunnels"] = [["p", "u1", "ok", 3], ["p", "u2", "timeout", 1]]
+    two = {**empty_snapshot(), "upstream_up": [["p", "u1", 1], ["p", "u2", 0]]}
+    two["upstream_tunnels"] = [["p", "u1", "ok", 4]]
+    old_release = {k: v for k, v in empty_snapshot().items() if not k.startswith("upstream")}
+    total = empty_snapshot()
+    for snap in (one, two, old_release):
+        add_counters(total, snap)
+        add_gauges(total, snap)
+    assert total["upstream_tunnels"] == [["p", "u1", "ok", 7], ["p", "u2", "timeout", 1]]
+    assert total["upstream_up"] == [["p", "u1", 1], ["p", "u2", 0]]
