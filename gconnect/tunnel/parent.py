@@ -1,8 +1,10 @@
-"""Tunnels through a parent proxy: RFC 9110 §9.3.6 CONNECT, sent upstream.
+"""Tunnels through one parent proxy: RFC 9110 §9.3.6 CONNECT, sent upstream.
 
-``--upstream http://[user:pass@]host:port`` names the parent; with no
-``--upstream-for`` every tunnel goes through it, otherwise only destinations
-matching a pattern do and the rest are dialled directly:
+``--upstream http://[user:pass@]host:port`` names a parent (several form a
+pool, and :mod:`gconnect.tunnel.pool` chooses among them and fails over); with
+no ``--upstream-for`` every tunnel goes through the pool, otherwise only
+destinations matching a pattern do and the rest are dialled directly (routes
+use the same patterns):
 
 * a CIDR (``10.0.0.0/8``, or one address) matches targets written as an IP
   literal in that network;
@@ -16,8 +18,9 @@ pass our own destination check first.
 What goes to the parent is a fresh request: the client's headers, its
 Proxy-Authorization above all, are never passed on; the parent's credentials
 come from the URL. A parent's refusal becomes our 502 (504 if it does not
-answer in time) carrying the parent's status line, never its 407: that would
-ask the client for credentials meant for someone else.
+answer in time) carrying the parent's status line (and the status itself, for
+the pool to tell a 4xx verdict from a 5xx), never its 407: that would ask the
+client for credentials meant for someone else.
 """
 
 from __future__ import annotations
