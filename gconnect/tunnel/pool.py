@@ -77,14 +77,9 @@ class Member:
         self.active = 0
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
 
-    def takes(self, now: float) -> bool:
-        """True if a tunnel may try this parent now; claims the probe of a parent that is out."""
-        if self.up:
-            return True
-        if self.probing or now < self.down_until:
-            return False
-        self.probing = True
-        return True
+    def usable(self, now: float) -> bool:
+        """True if a tunnel may try this parent now: it is up, or out long enough to be probed."""
+        return self.up or (not self.probing and now >= self.down_until)
 
     def release(self) -> None:
         """A tunnel through this parent closed."""
@@ -125,13 +120,20 @@ class Pool:
         deadline = loop.now() + connect_timeout
         order = self.order(host)
         now = loop.now()
-        tries = [member for member in order if member.takes(now)] or order
+        tries = [member for member in order if member.usable(now)]
+        last_resort = not tries
+        if last_resort:
+            tries = order
         error: GConnectError = UpstreamConnectTimeoutError(f"no parent of pool {self.name} answered in time")
         for index, member in enumerate(tries):
             # The first try's share is exact: its message names the figure configured.
             left = deadline - loop.now() if index else connect_timeout
             if left <= 0:
                 break
+            if not member.up and not last_resort:
+                if member.probing:
+                    continue  # another tunnel took the probe meanwhile
+                member.probing = True  # this tunnel is the probe
             share = left / (len(tries) - index)
             try:
                 connection = member.chain.open(host, port, connect_timeout=share, attempt_delay=attempt_delay)
