@@ -11,7 +11,9 @@ medians over ``--rounds`` rounds, in microseconds of proxy CPU per tunnel:
 - ``direct, 2 bind addresses``: --bind-address 127.0.0.2 --bind-address 127.0.0.3;
 - ``1 parent``: --upstream with one parent (what one parent cost before pools);
 - ``pool of 3, round-robin``: three --upstream parents;
-- ``pool of 3 + routes``: the same pool behind two routes that do not match and one that does.
+- ``pool of 3 + routes``: the same pool behind two routes that do not match and one that does;
+- ``direct (before)`` and ``1 parent (before)``: the same with the code at
+  ``--baseline`` (8a62e96, before pools; extracted with ``git archive``).
 
 Writes ``pools.json`` and ``pools.md`` to ``--out`` (bench/results).
 """
@@ -23,10 +25,12 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -58,11 +62,11 @@ def echo_server() -> int:
     return listener.getsockname()[1]
 
 
-def start(args: list[str], cpu: int) -> tuple[subprocess.Popen, int]:
-    """``gconnect serve`` pinned to *cpu*; (process, port)."""
+def start(args: list[str], cpu: int, root: Path = REPO) -> tuple[subprocess.Popen, int]:
+    """``gconnect serve`` from the tree at *root*, pinned to *cpu*; (process, port)."""
     cmd = ["taskset", "-c", str(cpu), sys.executable, "-m", "gconnect", "serve", "--listen", "127.0.0.1:0"]
     cmd += ["--allow-port", "1-65535", "--allow-dest", "127.0.0.0/8", "--access-log", "", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd + args, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(cmd + args, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)})
     assert proc.stderr is not None
     for line in proc.stderr:
         match = LISTENING.search(line.strip())
@@ -92,7 +96,11 @@ def main() -> None:
     parser.add_argument("--tunnels", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--baseline", default="8a62e96", help="commit to compare with (before pools)")
     options = parser.parse_args()
+    before = Path(tempfile.mkdtemp(prefix="gconnect-baseline-"))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", options.baseline], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
     os.sched_setaffinity(0, {1})
     target = f"127.0.0.1:{echo_server()}"
     parents = [start([], 1) for _ in range(3)]
@@ -107,7 +115,9 @@ def main() -> None:
         "pool of 3 + routes": [*pool, *misses, "--routes", "127.0.0.0/8=default"],
     }
     proxies = {name: start(args, 0) for name, args in configs.items()}
-    samples: dict[str, dict[str, list[float]]] = {name: {"user": [], "kernel": []} for name in configs}
+    proxies["direct (before)"] = start([], 0, before)
+    proxies["1 parent (before)"] = start(["--upstream", urls[0]], 0, before)
+    samples: dict[str, dict[str, list[float]]] = {name: {"user": [], "kernel": []} for name in proxies}
     try:
         for _, port in proxies.values():
             tunnels(port, target, 200)  # warm up: imports, caches
@@ -122,6 +132,7 @@ def main() -> None:
         for proc, _ in [*proxies.values(), *parents]:
             proc.terminate()
             proc.wait(10)
+        shutil.rmtree(before, ignore_errors=True)
     medians = {
         name: {kind: round(statistics.median(values), 1) for kind, values in figures.items()}
         for name, figures in samples.items()
@@ -131,6 +142,7 @@ def main() -> None:
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, {platform.release()}",
         "tunnels_per_round": options.tunnels,
         "rounds": options.rounds,
+        "baseline": options.baseline,
         "median_us_per_tunnel": medians,
         "samples_us_per_tunnel": samples,
     }
