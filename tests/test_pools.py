@@ -348,3 +348,50 @@ def test_workers_upstream_figures_add_up_and_up_means_every_worker_agrees():
         add_gauges(total, snap)
     assert total["upstream_tunnels"] == [["p", "u1", "ok", 7], ["p", "u2", "timeout", 1]]
     assert total["upstream_up"] == [["p", "u1", 1], ["p", "u2", 0]]
+
+
+def test_pools_and_routes_from_the_environment(monkeypatch):
+    from gconnect.ops.cli import build_config, serve
+
+    monkeypatch.setenv("GCONNECT_UPSTREAMS", "a http://p.test:1 strategy=first; b http://q.test:2;")
+    monkeypatch.setenv("GCONNECT_ROUTES", "*.x.test=a 10.0.0.0/8=b")
+    config = build_config(**serve.make_context("serve", []).params)
+    assert [(p.name, p.strategy) for p in config.upstreams] == [("a", "first"), ("b", "round-robin")]
+    assert config.routes == (Route(("*.x.test",), "a"), Route(("10.0.0.0/8",), "b"))
+
+
+def test_least_connections_counts_open_tunnels_until_they_close(start_proxy, echo):
+    first, second = start_proxy(), start_proxy()
+    child = start_proxy(
+        "--upstreams",
+        f"lc http://127.0.0.1:{first.port} http://127.0.0.1:{second.port} strategy=least-connections",
+        "--routes",
+        "127.0.0.0/8=lc",
+    )
+    held = open_tunnel(child, echo.target)  # both idle: the first in turn
+    with open_tunnel(child, echo.target):  # the first carries one: the second
+        pass
+    wait_until(lambda: served(second, echo.target) == 1)
+    # The second's tunnel is closed, the first's still open: the second again, twice.
+    for _ in range(2):
+        tunnel(child, echo.target)
+    held.close()
+    wait_until(lambda: sum(via_counts(child, echo.target).values()) == 4)
+    assert via_counts(child, echo.target) == {f"http://127.0.0.1:{first.port}": 1, f"http://127.0.0.1:{second.port}": 3}
+
+
+def test_when_every_parent_is_out_they_are_tried_anyway(start_proxy, echo):
+    port = free_port()
+    parent = start_proxy("--listen", f"127.0.0.1:{port}")
+    child = start_proxy("--upstream", f"http://127.0.0.1:{port}")
+    tunnel(child, echo.target)
+    parent.proc.kill()
+    parent.proc.wait(5)
+    parent.expected_exit = -signal.SIGKILL
+    status, _, _ = exchange(child, f"CONNECT {echo.target} HTTP/1.1\r\nHost: {echo.target}\r\n\r\n".encode())
+    assert status == 502
+    wait_until(lambda: any(f"{port} is out for 10 s" in line for line in child.lines))
+    # Out for ten seconds, but the only parent there is: tried, and back at once.
+    start_proxy("--listen", f"127.0.0.1:{port}")
+    tunnel(child, echo.target)
+    wait_until(lambda: any(f"{port} is back in rotation" in line for line in child.lines))

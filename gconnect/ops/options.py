@@ -130,7 +130,8 @@ OPTIONS: tuple[Opt, ...] = (
           "Only destinations matching this host glob (*.corp.example) or CIDR use --upstream, repeatable."),
     _many("upstreams", UpstreamPoolSpec(), "POOL",
           "A named pool of parents, 'NAME URL... [strategy=round-robin|least-connections|first|hash] "
-          "[max-fails=N] [fail-timeout=S] [check=connect] [check-interval=S]', repeatable ([upstreams.NAME])."),
+          "[max-fails=N] [fail-timeout=S] [check=connect] [check-interval=S]', repeatable ([upstreams.NAME]; "
+          "';' between pools in the variable)."),
     _many("routes", RouteSpec(), "ROUTE",
           "'PATTERN[,PATTERN...]=POOL|direct': targets matching a glob or CIDR go that way; first match wins "
           "([[routes]])."),

@@ -102,6 +102,8 @@ def parse_upstream_for(text: str) -> str:
 def parse_pool(text: str) -> cfg.UpstreamPool:
     """``NAME URL [URL...] [key=value...]`` (keys: strategy, max-fails,
     fail-timeout, check, check-interval) -> UpstreamPool. URLs hold no spaces."""
+    if not text.strip():
+        raise click.BadParameter("empty pool: expected NAME URL [URL...]")
     name, *tokens = text.split()
     urls, options = [], dict[str, Any]()
     for token in tokens:
@@ -226,6 +228,10 @@ class UpstreamPoolSpec(ValueType):
     """``NAME URL [URL...] [key=value...]`` -> UpstreamPool."""
 
     name = "POOL"
+
+    def split_envvar_value(self, rv: str) -> Any:
+        # A pool's text holds spaces: GCONNECT_UPSTREAMS separates pools with ';'.
+        return [part for part in rv.split(";") if part.strip()]
 
     def parse(self, text: str) -> cfg.UpstreamPool:
         return parse_pool(text)
