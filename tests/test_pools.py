@@ -395,3 +395,20 @@ def test_when_every_parent_is_out_they_are_tried_anyway(start_proxy, echo):
     start_proxy("--listen", f"127.0.0.1:{port}")
     tunnel(child, echo.target)
     wait_until(lambda: any(f"{port} is back in rotation" in line for line in child.lines))
+
+
+def test_upstream_metrics_with_workers_are_summed_by_the_supervisor(start_proxy, echo):
+    alive = start_proxy()
+    dead, alive_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{alive.port}"
+    # The dead parent first: each worker's first tunnel tries it and takes it out.
+    child = start_proxy(
+        "--workers", "2", "--metrics-listen", "127.0.0.1:0", "--upstream", dead, "--upstream", alive_url
+    )
+    for _ in range(10):
+        tunnel(child, echo.target)
+    url = metrics_url(child)
+    ok = f'gconnect_upstream_tunnels_total{{outcome="ok",pool="default",url="{alive_url}"}}'
+    values = wait_until(lambda: (found := scrape(url)).get(ok) == 10 and found)
+    assert values[f'gconnect_upstream_up{{pool="default",url="{alive_url}"}}'] == 1
+    assert values[f'gconnect_upstream_up{{pool="default",url="{dead}"}}'] == 0
+    assert values[f'gconnect_upstream_tunnels_total{{outcome="connect_error",pool="default",url="{dead}"}}'] >= 1
