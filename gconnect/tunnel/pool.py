@@ -113,9 +113,12 @@ class Pool:
             order.sort(key=lambda member: member.active)  # stable: ties stay in round-robin order
         return order
 
-    def open(self, host: str, port: int, *, connect_timeout: float, attempt_delay: float) -> tuple[Connection, Member]:
+    def open(
+        self, host: str, port: int, *, connect_timeout: float, attempt_delay: float, tried: list[Member]
+    ) -> tuple[Connection, Member]:
         """A connection through the first parent that takes the tunnel to ``host:port``,
-        all tries within *connect_timeout*. Raises the last parent's error."""
+        all tries within *connect_timeout*; each parent tried is appended to *tried*
+        (the last one carried the tunnel, or gave the error). Raises the last parent's error."""
         loop = get_hub().loop
         deadline = loop.now() + connect_timeout
         order = self.order(host)
@@ -135,6 +138,7 @@ class Pool:
                     continue  # another tunnel took the probe meanwhile
                 member.probing = True  # this tunnel is the probe
             share = left / (len(tries) - index)
+            tried.append(member)
             try:
                 connection = member.chain.open(host, port, connect_timeout=share, attempt_delay=attempt_delay)
             except OutOfDescriptorsError:

@@ -213,11 +213,18 @@ class Tunnel:
         """Connect: directly to the first address that answers, or through the pool's parents."""
         config = self.proxy.config
         if self.parent is not None:
-            upstream, member = self.parent.open(
-                request.host, request.port, connect_timeout=config.connect_timeout, attempt_delay=config.attempt_delay
-            )
-            self.member = member
-            self.via = member.url
+            tried: list[Any] = []
+            try:
+                upstream, self.member = self.parent.open(
+                    request.host,
+                    request.port,
+                    connect_timeout=config.connect_timeout,
+                    attempt_delay=config.attempt_delay,
+                    tried=tried,
+                )
+            finally:
+                # The parent that carried the tunnel, or the last one that failed it.
+                self.via = tried[-1].url if tried else None
         else:
             upstream = open_connection(
                 addresses,
