@@ -83,6 +83,19 @@ DEFAULT_AUTH_CACHE_TTL = 300.0
 #: in a burst). sshd's MaxAuthTries is 6 per connection, fail2ban's maxretry 5 per
 #: 10 minutes; 10 a minute lets a mistyped password be retried, not guessed.
 DEFAULT_AUTH_FAILURES_PER_MINUTE = 10
+#: How a pool of parents spreads tunnels: nginx's upstream default, and gost's.
+DEFAULT_STRATEGY = "round-robin"
+STRATEGIES = ("round-robin", "least-connections", "first", "hash")
+#: Failures in a row that take a parent out, and for how long: nginx's
+#: max_fails=1 fail_timeout=10s (Squid's dead_peer_timeout is 10 s too).
+DEFAULT_MAX_FAILS = 1
+DEFAULT_FAIL_TIMEOUT = 10.0
+#: The active check's interval: HAProxy's default "inter 2s".
+DEFAULT_CHECK_INTERVAL = 2.0
+#: The pool that --upstream URLs form; routes name it like any other.
+DEFAULT_POOL = "default"
+#: What a route's ``via`` says to skip every parent.
+DIRECT = "direct"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +112,56 @@ class ParentProxy:
         auth = f"{self.username}:***@" if self.username else ""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{auth}{host}:{self.port}"
+
+
+#: Keys of a pool's settings (config file, --upstreams text) -> the UpstreamPool fields they set.
+POOL_KEYS = {
+    "strategy": "strategy",
+    "max-fails": "max_fails",
+    "fail-timeout": "fail_timeout",
+    "check": "check",
+    "check-interval": "check_interval",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class UpstreamPool:
+    """``[upstreams.NAME]``: parents sharing the tunnels of the routes that name the pool."""
+
+    name: str
+    urls: tuple[ParentProxy, ...]
+    strategy: str = DEFAULT_STRATEGY
+    #: Failures in a row (refused, silent, no HTTP answer) that take a parent out.
+    max_fails: int = DEFAULT_MAX_FAILS
+    #: Seconds a parent stays out before one probe tunnel may try it again.
+    fail_timeout: float = DEFAULT_FAIL_TIMEOUT
+    #: "" (passive only) or "connect": a TCP connect to each parent that is out, every check_interval.
+    check: str = ""
+    check_interval: float = DEFAULT_CHECK_INTERVAL
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name == DIRECT or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ValueError(f"upstream pool name {self.name!r}: letters, digits, '-', '_', '.'; not 'direct'")
+        if not self.urls:
+            raise ValueError(f"upstream pool {self.name!r} has no urls")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"upstream pool {self.name!r}: strategy must be one of {', '.join(STRATEGIES)}")
+        if self.max_fails < 1 or self.fail_timeout < 0 or self.check_interval <= 0:
+            raise ValueError(f"upstream pool {self.name!r}: max-fails >= 1, fail-timeout >= 0, check-interval > 0")
+        if self.check not in ("", "connect"):
+            raise ValueError(f'upstream pool {self.name!r}: check must be "connect" or empty')
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """``[[routes]]``: tunnels to targets matching ``patterns`` (host globs, CIDRs) go ``via`` a pool or direct."""
+
+    patterns: tuple[str, ...]
+    via: str
+
+    def __post_init__(self) -> None:
+        if not self.patterns:
+            raise ValueError(f"a route via {self.via!r} needs at least one pattern in 'for'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,10 +224,16 @@ class Config:
     log_level: str = "info"
     log_format: str = DEFAULT_LOG_FORMAT
     metrics_listen: tuple[str, int] | None = DEFAULT_METRICS_LISTEN
-    #: Tunnels go through this parent proxy (all of them, or those upstream_for picks).
-    upstream: ParentProxy | None = None
+    #: Tunnels go through these parent proxies, the pool "default" (all of them, or those upstream_for picks).
+    upstream: tuple[ParentProxy, ...] = ()
     #: Host-name globs and CIDRs choosing which destinations use the parent.
     upstream_for: tuple[str, ...] = ()
+    #: Named pools of parents (the config file's [upstreams.NAME]).
+    upstreams: tuple[UpstreamPool, ...] = ()
+    #: Which targets go through which pool, first match wins (the config file's [[routes]]).
+    routes: tuple[Route, ...] = ()
+    #: Source addresses of dialled connections (direct and to parents), round-robin per family.
+    bind_address: tuple[str, ...] = ()
     proxy_protocol: bool = False
     proxy_protocol_from: tuple[IPNetwork, ...] = DEFAULT_PROXY_PROTOCOL_FROM
     max_clients_per_ip: int = DEFAULT_MAX_CLIENTS_PER_IP
@@ -200,8 +269,9 @@ class Config:
             raise ValueError("host_rules_mode must be enforce or report")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be text or json")
-        if self.upstream_for and self.upstream is None:
+        if self.upstream_for and not self.upstream:
             raise ValueError("upstream_for needs upstream (the parent proxy to send those tunnels to)")
+        self._check_routes()
         if self.proxy_protocol and not self.proxy_protocol_from:
             raise ValueError("proxy_protocol needs proxy_protocol_from (the load balancers' networks to trust)")
         if self.max_clients_per_ip < 0:
@@ -230,3 +300,12 @@ class Config:
             deny_dest=self.deny_dest + tuple(n for n in rules.deny_dest if n not in self.deny_dest),
             users=(),
         )
+
+    def _check_routes(self) -> None:
+        names = [pool.name for pool in self.upstreams]
+        if len(set(names)) != len(names) or (DEFAULT_POOL in names and self.upstream):
+            raise ValueError("upstream pool names must be unique (--upstream URLs are the pool 'default')")
+        known = {*names, DIRECT, *((DEFAULT_POOL,) if self.upstream else ())}
+        for route in self.routes:
+            if route.via not in known:
+                raise ValueError(f"route via {route.via!r}: no such upstream pool (known: {', '.join(sorted(known))})")

@@ -191,6 +191,12 @@ class ParentProxyError(UpstreamError):
     # The next hop (the parent) refused the tunnel; its own Proxy-Status, if
     # any, is kept in parent_proxy_status.
     proxy_status = "connection_refused"
+    #: The parent's own status (403, 503...); 0 when it gave none we could read.
+    parent_status = 0
+
+    def __init__(self, message: str, parent_status: int = 0) -> None:
+        super().__init__(message)
+        self.parent_status = parent_status
 
 
 class ParentProxyTimeoutError(UpstreamError):

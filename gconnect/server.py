@@ -27,10 +27,11 @@ from .listener import OwnConnections, TunnelServer, adopt_listener, make_listene
 from .ops.accesslog import AccessLog, open_access_log
 from .ops.configfile import user_table_warnings
 from .ops.metrics import MetricsServer, ProxyCollector, Stats
+from .tunnel.dial import SourceAddresses
 from .tunnel.limits import ClientLimits
 from .tunnel.movers import CopyMover, Mover, PipePool, SpliceMover, splice_supported
-from .tunnel.parent import Chain
 from .tunnel.policy import Policy
+from .tunnel.pool import Router
 from .tunnel.relay import HangupWatch, RelayLimits
 from .tunnel.resolver import Resolver
 from .tunnel.tls import DecryptMover, EncryptMover, server_context
@@ -90,7 +91,12 @@ class Proxy:
         self.stats = Stats()
         #: Policy reloads applied so far (SIGHUP).
         self.generation = 0
-        self.chain = Chain(config.upstream, config.upstream_for, self.resolver) if config.upstream else None
+        #: --bind-address: None keeps the dialler's fast path free of it.
+        self.source = SourceAddresses(config.bind_address) if config.bind_address else None
+        if self.source is not None:
+            self.source.check()
+        #: Pools and routes; None when every tunnel goes direct.
+        self.router = Router(config, self.resolver, self.source) if config.upstream or config.routes else None
         self.metrics: MetricsServer | None = None
         self.metrics_address: tuple[str, int] | None = None
         self.bound: list[tuple[str, int]] = []
@@ -174,6 +180,8 @@ class Proxy:
             self.metrics_address = self.metrics.start()
         if self.auth is not None:
             self.auth.start()
+        if self.router is not None:
+            self.router.start()
         return bound
 
     def reload_auth(self) -> None:
@@ -216,6 +224,8 @@ class Proxy:
             self.metrics.stop()
         if self.auth is not None:
             self.auth.stop()
+        if self.router is not None:
+            self.router.stop()
         if self.tunnels:
             log.info("draining %d open tunnels for up to %g s", len(self.tunnels), drain_timeout)
             self._no_tunnels.wait(drain_timeout)

@@ -86,7 +86,8 @@ class TextAccessLog(AccessLog):
         user = log_safe(tunnel.user) if tunnel.user else "-"
         self.file.write(
             f"client={f'[{host}]' if ':' in host else host}:{port} user={user} target={tunnel.target} "
-            f"addr={tunnel.dialled} status={tunnel.status} up={tunnel.bytes_up} down={tunnel.bytes_down} "
+            f"addr={tunnel.dialled} via={tunnel.via or '-'} status={tunnel.status} "
+            f"up={tunnel.bytes_up} down={tunnel.bytes_down} "
             f"duration={time.monotonic() - tunnel.started:.3f} reason={tunnel.reason}"
             + (f" would_deny={tunnel.would_deny}" if tunnel.would_deny else "")
         )

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..config import Config
+from ..config import POOL_KEYS, Config, UpstreamPool
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -90,6 +90,13 @@ def read(
             raise ConfigFileError(f"{where}: unknown key {key!r}")
         if name in values:
             raise ConfigFileError(f"{where}: {key!r} is given twice (with '-' and with '_')")
+        if name in _TABLES and (
+            isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value))
+        ):
+            try:
+                value = _TABLES[name](value)
+            except ValueError as exc:
+                raise ConfigFileError(f"{where}: {key}: {exc}") from None
         if isinstance(value, dict):
             raise ConfigFileError(f"{where}: {key!r} must be a value, not a table")
         if name in multiple:
@@ -131,6 +138,47 @@ def _users(path: str, text: str, tables: dict[str, Any], check: Callable[[str, A
     return users
 
 
+def _pool_texts(tables: Any) -> list[str]:
+    """``[upstreams.NAME]`` tables as the ``--upstreams`` texts they mean."""
+    if not isinstance(tables, dict):
+        raise ValueError("expected [upstreams.NAME] tables")
+    texts = []
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"{name}: expected a table (urls = [...], strategy = ...)")
+        urls = table.get("urls", [])
+        tokens = [name, *(urls if isinstance(urls, list) else [urls])]
+        for key, value in table.items():
+            if key == "urls":
+                continue
+            if key.replace("_", "-") not in POOL_KEYS or isinstance(value, (list, dict)):
+                raise ValueError(f"{name}: unknown key {key!r} (urls, {', '.join(POOL_KEYS)})")
+            tokens.append(f"{key}={_text(value)}")
+        if any(not isinstance(token, str) or not token or " " in token for token in tokens):
+            raise ValueError(f"{name}: urls and values are strings without spaces")
+        texts.append(" ".join(tokens))
+    return texts
+
+
+def _route_texts(tables: Any) -> list[str]:
+    """``[[routes]]`` (``for = [...]``, ``via = "..."``) as ``--routes`` texts, in order."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ValueError("expected [[routes]] tables")
+    texts = []
+    for table in tables:
+        if set(table) != {"for", "via"}:
+            raise ValueError(f"a route has 'for' and 'via', not {sorted(table)}")
+        patterns = table["for"] if isinstance(table["for"], list) else [table["for"]]
+        if not all(isinstance(p, str) and "," not in p and "=" not in p for p in patterns):
+            raise ValueError(f"route 'for': host globs and CIDRs, got {table['for']!r}")
+        texts.append(",".join(patterns) + "=" + str(table["via"]))
+    return texts
+
+
+#: Options the file may also give as TOML tables, and how those become option texts.
+_TABLES: dict[str, Callable[[Any], list[str]]] = {"upstreams": _pool_texts, "routes": _route_texts}
+
+
 def _text(value: Any) -> Any:
     # Numbers become the text the option gets on the command line (allow_port = 443
     # is "443"); click converts text for every option type.
@@ -157,6 +205,8 @@ def _toml_value(name: str, value: Any) -> str:
         return f'"{_hostport(value)}"'
     if name == "allow_port":
         return "[" + ", ".join(f'"{lo}"' if lo == hi else f'"{lo}-{hi}"' for lo, hi in value) + "]"
+    if name == "upstream" and len(value) == 1:
+        return f'"{value[0]}"'  # one parent, as most files spell it
     if isinstance(value, tuple):
         return "[" + ", ".join(f'"{v}"' for v in value) + "]"
     if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
@@ -169,8 +219,8 @@ def render(config: Config) -> str:
     (a parent proxy's password is shown as ``***``)."""
     lines = []
     for field in dataclasses.fields(config):
-        if field.name == "users":
-            continue
+        if field.name == "users" or (field.name in _TABLES and getattr(config, field.name)):
+            continue  # tables come after every plain key
         name = field.name.replace("_", "-")
         lines.append(f"{name} = {_toml_value(field.name, getattr(config, field.name))}")
     for rules in config.users:
@@ -179,6 +229,12 @@ def render(config: Config) -> str:
             value = getattr(rules, key)
             if value is not None and (value or key.startswith("allow")):
                 lines.append(f"{key.replace('_', '-')} = {_toml_value(key, value)}")
+    for pool in config.upstreams:
+        lines += ["", *_render_pool(pool)]
+    for route in config.routes:
+        # In order: the first matching route wins.
+        patterns = ", ".join(f'"{p}"' for p in route.patterns)
+        lines += ["", "[[routes]]", f"for = [{patterns}]", f'via = "{route.via}"']
     return "\n".join(lines) + "\n"
 
 
@@ -215,3 +271,11 @@ def user_table_warnings(config: Config) -> list[str]:
         for rules in config.users
         if rules.name not in known
     ]
+
+
+def _render_pool(pool: UpstreamPool) -> list[str]:
+    urls = ", ".join(f'"{url}"' for url in pool.urls)
+    lines = [f"[upstreams.{pool.name}]", f"urls = [{urls}]"]
+    for key, field in POOL_KEYS.items():
+        lines.append(f"{key} = {_toml_value(field, getattr(pool, field))}")
+    return lines

@@ -97,6 +97,19 @@ def snapshot(proxy: Any) -> dict[str, Any]:
         "policy_generation": proxy.generation,
         "access_log_dropped_lines": proxy.access_log.dropped_lines if proxy.access_log is not None else 0,
         "would_deny": [[reason, count] for reason, count in sorted(stats.would_deny_counts.items())],
+        **upstream_figures(proxy.router),
+    }
+
+
+def upstream_figures(router: Any) -> dict[str, list[list[Any]]]:
+    """Each parent's state (``upstream_up``: [pool, url, 0|1]) and attempts by
+    outcome (``upstream_tunnels``: [pool, url, outcome, count])."""
+    parents = router.snapshot() if router is not None else []
+    return {
+        "upstream_up": [[pool, url, up] for pool, url, up, _ in parents],
+        "upstream_tunnels": [
+            [pool, url, outcome, count] for pool, url, _, outcomes in parents for outcome, count in outcomes.items()
+        ],
     }
 
 
@@ -153,6 +166,22 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
     for reason, count in snap.get("would_deny", []):
         would_deny.add_metric((str(reason),), count)
     yield would_deny
+    up = GaugeMetricFamily(
+        "gconnect_upstream_up",
+        "1 if the parent proxy is in rotation (every worker agrees), 0 if out",
+        labels=("pool", "url"),
+    )
+    for pool, url, value in snap.get("upstream_up", []):
+        up.add_metric((pool, url), value)
+    yield up
+    tried = CounterMetricFamily(
+        "gconnect_upstream_tunnels",
+        "Tunnels tried through a parent proxy, by outcome (ok, status_4xx, status_5xx, connect_error, timeout)",
+        labels=("pool", "url", "outcome"),
+    )
+    for pool, url, outcome, count in snap.get("upstream_tunnels", []):
+        tried.add_metric((pool, url, outcome), count)
+    yield tried
 
 
 class ProxyCollector:

@@ -17,7 +17,18 @@ import click
 from .. import config as cfg
 from . import configfile
 from .configfile import ConfigFileError
-from .paramtypes import HostPattern, HostPort, Network, PortRange, UpstreamPattern, UpstreamURL, to_text
+from .paramtypes import (
+    HostPattern,
+    HostPort,
+    Network,
+    PortRange,
+    RouteSpec,
+    SourceAddress,
+    UpstreamPattern,
+    UpstreamPoolSpec,
+    UpstreamURL,
+    to_text,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,10 +131,19 @@ OPTIONS: tuple[Opt, ...] = (
             "Access log format: text (one key=value line per tunnel) or json (a line at open and at close)."),
     Opt("metrics_listen", HostPort(optional=True), "", metavar="HOST:PORT", show_default=False,
         help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs the 'metrics' extra)."),
-    Opt("upstream", UpstreamURL(optional=True), "", metavar="URL", show_default=False,
-        help="Send tunnels through this parent proxy: http://[user:pass@]host:port."),
+    _many("upstream", UpstreamURL(optional=True), "URL",
+          "Send tunnels through this parent proxy, http://[user:pass@]host:port; repeatable: the pool 'default'."),
     _many("upstream_for", UpstreamPattern(), "PATTERN",
           "Only destinations matching this host glob (*.corp.example) or CIDR use --upstream, repeatable."),
+    _many("upstreams", UpstreamPoolSpec(), "POOL",
+          "A named pool of parents, 'NAME URL... [strategy=round-robin|least-connections|first|hash] "
+          "[max-fails=N] [fail-timeout=S] [check=connect] [check-interval=S]', repeatable ([upstreams.NAME]; "
+          "';' between pools in the variable)."),
+    _many("routes", RouteSpec(), "ROUTE",
+          "'PATTERN[,PATTERN...]=POOL|direct': targets matching a glob or CIDR go that way; first match wins "
+          "([[routes]])."),
+    _many("bind_address", SourceAddress(), "ADDR",
+          "Source address of dialled connections, repeatable: one per family, or several taken in turn."),
     _flag("proxy_protocol",
           "Accept a PROXY protocol v1/v2 header (HAProxy send-proxy) from --proxy-protocol-from sources."),
     _many("proxy_protocol_from", Network(), "CIDR",
@@ -191,6 +211,9 @@ def build_config(**options: Any) -> cfg.Config:
             opt = BY_NAME[field.name]
             # An empty list (in a file, or GCONNECT_LISTEN="") means the default, as no option at all does.
             values[field.name] = value if value or not opt.multiple else opt.default
+            if opt.multiple:
+                # An empty URL (GCONNECT_UPSTREAM="", a file's "") is no parent.
+                values[field.name] = tuple(v for v in values[field.name] if v is not None)
     try:
         return cfg.Config(**values)
     except ValueError as exc:

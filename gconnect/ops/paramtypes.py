@@ -100,6 +100,44 @@ def parse_upstream_for(text: str) -> str:
     return text
 
 
+def parse_pool(text: str) -> cfg.UpstreamPool:
+    """``NAME URL [URL...] [key=value...]`` (keys: strategy, max-fails,
+    fail-timeout, check, check-interval) -> UpstreamPool. URLs hold no spaces."""
+    if not text.strip():
+        raise click.BadParameter("empty pool: expected NAME URL [URL...]")
+    name, *tokens = text.split()
+    urls, options = [], dict[str, Any]()
+    for token in tokens:
+        key, eq, value = token.partition("=")
+        if "://" in token:
+            urls.append(parse_upstream(token))
+        elif eq and key.replace("_", "-") in cfg.POOL_KEYS:
+            field = cfg.POOL_KEYS[key.replace("_", "-")]
+            try:
+                options[field] = (
+                    value if field in ("strategy", "check") else (int(value) if field == "max_fails" else float(value))
+                )
+            except ValueError:
+                raise click.BadParameter(f"{text!r}: {key}: not a number: {value!r}") from None
+        else:
+            raise click.BadParameter(f"{text!r}: {token!r} is neither a URL nor one of {', '.join(cfg.POOL_KEYS)}")
+    try:
+        return cfg.UpstreamPool(name, tuple(urls), **options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def parse_route(text: str) -> cfg.Route:
+    """``PATTERN[,PATTERN...]=VIA`` (VIA: a pool's name or ``direct``) -> Route."""
+    patterns, eq, via = text.rpartition("=")
+    if not eq or not via.strip():
+        raise click.BadParameter(f"{text!r}: expected PATTERN[,PATTERN...]=POOL or ...=direct")
+    try:
+        return cfg.Route(tuple(parse_upstream_for(p) for p in patterns.split(",") if p.strip()), via.strip())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _hostport_text(address: tuple[str, int]) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -168,6 +206,13 @@ class Network(ValueType):
         return parse_network(text)
 
 
+def url_text(value: cfg.ParentProxy) -> str:
+    """The parent's URL with its password: str(ParentProxy) hides it; this is the one place that spells it."""
+    quote = urllib.parse.quote
+    auth = f"{quote(value.username, safe='')}:{quote(value.password, safe='')}@" if value.username else ""
+    return f"http://{auth}{_hostport_text((value.host, value.port))}"
+
+
 class UpstreamURL(ValueType):
     """``http://[user:pass@]host:port`` -> ParentProxy; ``""`` is None."""
 
@@ -177,12 +222,53 @@ class UpstreamURL(ValueType):
         return parse_upstream(text)
 
     def to_text(self, value: Any) -> str:
-        if value is None:
-            return ""
-        # str(ParentProxy) hides the password; this is the one place that spells it.
-        quote = urllib.parse.quote
-        auth = f"{quote(value.username, safe='')}:{quote(value.password, safe='')}@" if value.username else ""
-        return f"http://{auth}{_hostport_text((value.host, value.port))}"
+        return "" if value is None else url_text(value)
+
+
+class UpstreamPoolSpec(ValueType):
+    """``NAME URL [URL...] [key=value...]`` -> UpstreamPool."""
+
+    name = "POOL"
+
+    def split_envvar_value(self, rv: str) -> Any:
+        # A pool's text holds spaces: GCONNECT_UPSTREAMS separates pools with ';'.
+        return [part for part in rv.split(";") if part.strip()]
+
+    def parse(self, text: str) -> cfg.UpstreamPool:
+        return parse_pool(text)
+
+    def to_text(self, value: Any) -> str:
+        defaults = cfg.UpstreamPool(value.name, value.urls)
+        options = [
+            f"{key}={getattr(value, field)}"
+            for key, field in cfg.POOL_KEYS.items()
+            if getattr(value, field) != getattr(defaults, field)
+        ]
+        return " ".join([value.name, *(url_text(url) for url in value.urls), *options])
+
+
+class RouteSpec(ValueType):
+    """``PATTERN[,PATTERN...]=VIA`` -> Route."""
+
+    name = "ROUTE"
+
+    def parse(self, text: str) -> cfg.Route:
+        return parse_route(text)
+
+    def to_text(self, value: Any) -> str:
+        return ",".join(value.patterns) + "=" + value.via
+
+
+class SourceAddress(ValueType):
+    """An IP address to bind dialled sockets to."""
+
+    name = "ADDR"
+
+    def parse(self, text: str) -> str:
+        try:
+            return str(ipaddress.ip_address(text.strip("[]")))
+        except ValueError:
+            raise click.BadParameter(f"{text!r} is not an IP address") from None
 
 
 class UpstreamPattern(ValueType):

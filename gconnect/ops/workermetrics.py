@@ -14,7 +14,8 @@ collector reads every worker's file and yields:
 
 - the single-process families (``gconnect_*``) summed over the workers, so a
   dashboard reads the same names with one process or many; the policy
-  generation is the highest any worker reached, and ``process_*`` (open
+  generation is the highest any worker reached, a parent proxy is up
+  (``gconnect_upstream_up``) only if every worker has it in rotation, and ``process_*`` (open
   descriptors, RSS, CPU) are sums over the workers (the small supervisor itself
   is not counted);
 - per-worker series with a ``worker`` label (the index, 0 to N-1):
@@ -109,6 +110,8 @@ def empty_snapshot() -> dict[str, Any]:
         "cpu_seconds": 0.0,
         "open_fds": 0,
         "max_fds": 0,
+        "upstream_up": [],
+        "upstream_tunnels": [],
     }
 
 
@@ -126,6 +129,11 @@ def add_counters(into: dict[str, Any], snap: dict[str, Any]) -> None:
     for reason, count in snap.get("would_deny", []):
         would_deny[reason] = would_deny.get(reason, 0) + count
     into["would_deny"] = [[reason, count] for reason, count in sorted(would_deny.items())]
+    tried = {(pool, url, outcome): count for pool, url, outcome, count in into["upstream_tunnels"]}
+    # .get: a worker of the previous release (during an upgrade) writes no upstream figures.
+    for pool, url, outcome, count in snap.get("upstream_tunnels", []):
+        tried[(pool, url, outcome)] = tried.get((pool, url, outcome), 0) + count
+    into["upstream_tunnels"] = [[*key, count] for key, count in sorted(tried.items())]
 
 
 def add_gauges(into: dict[str, Any], snap: dict[str, Any]) -> None:
@@ -134,6 +142,11 @@ def add_gauges(into: dict[str, Any], snap: dict[str, Any]) -> None:
         into[field] += snap[field]
     into["policy_generation"] = max(into["policy_generation"], snap["policy_generation"])
     into["max_fds"] = snap["max_fds"]
+    # A parent is up only if every worker has it in rotation.
+    up = {(pool, url): value for pool, url, value in into["upstream_up"]}
+    for pool, url, value in snap.get("upstream_up", []):
+        up[(pool, url)] = min(value, up.get((pool, url), value))
+    into["upstream_up"] = [[*key, value] for key, value in sorted(up.items())]
 
 
 class SnapshotWriter:

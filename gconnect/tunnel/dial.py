@@ -33,6 +33,11 @@ KEEPALIVE_PROBES = 3
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN)
 #: Failures that mean no route to the address (Proxy-Status destination_ip_unroutable).
 _UNROUTABLE = (errno.ENETUNREACH, errno.EHOSTUNREACH)
+#: Linux's IP_BIND_ADDRESS_NO_PORT (include/uapi/linux/in.h; Python's socket
+#: module does not name it): bind() takes the address now and leaves the port to
+#: connect(), which picks it per destination, so a source address is not limited
+#: to one ephemeral port range for all destinations together.
+IP_BIND_ADDRESS_NO_PORT = getattr(_socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 #: (level, option, value) of every setting, the Linux keepalive knobs where they exist.
@@ -76,6 +81,46 @@ def describe(code: int) -> str:
     return os.strerror(code)
 
 
+class SourceAddresses:
+    """``--bind-address``: the source addresses of dialled sockets, taken in
+    turn per family (one connection each); a family with none is left to the
+    kernel's routing."""
+
+    def __init__(self, addresses: Sequence[str]) -> None:
+        self._by_family: dict[int, list[str]] = {_AF_INET: [], _AF_INET6: []}
+        for address in addresses:
+            self._by_family[_AF_INET6 if ":" in address else _AF_INET].append(address)
+        self._turn = {_AF_INET: 0, _AF_INET6: 0}
+
+    def check(self) -> None:
+        """Bind a throwaway socket to each address: OSError if one is not ours."""
+        for family, addresses in self._by_family.items():
+            for address in addresses:
+                sock = _socket.socket(family, _socket.SOCK_STREAM)
+                try:
+                    sock.setsockopt(_socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                    sock.bind((address, 0))
+                except OSError as exc:
+                    raise OSError(exc.errno, f"--bind-address {address}: {exc.strerror}") from exc
+                finally:
+                    sock.close()
+
+    def bind(self, sock: _socket.socket, family: int) -> None:
+        """Bind *sock* to the next source address of *family*, if there is one."""
+        addresses = self._by_family[family]
+        if not addresses:
+            return
+        turn = self._turn[family]
+        self._turn[family] = turn + 1
+        address = addresses[turn % len(addresses)]
+        try:
+            sock.setsockopt(_socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((address, 0))
+        except OSError as exc:
+            sock.close()
+            raise UpstreamConnectError(f"cannot bind to source address {address}: {exc.strerror}") from exc
+
+
 class Connection:
     """A connected upstream socket: where it goes, and the watcher it was waited on."""
 
@@ -103,15 +148,18 @@ class _Attempt:
         self.sock.close()
 
 
-def _start(address: str, port: int) -> tuple[_Attempt | None, int]:
+def _start(address: str, port: int, source: SourceAddresses | None) -> tuple[_Attempt | None, int]:
     """Begin a non-blocking connect: ``(attempt, 0)`` in progress or connected,
     ``(None, errno)`` if it failed at once."""
+    family = _AF_INET6 if ":" in address else _AF_INET
     try:
-        sock = _socket.socket(_AF_INET6 if ":" in address else _AF_INET, _STREAM)
+        sock = _socket.socket(family, _STREAM)
     except OSError as exc:
         if exc.errno in EXHAUSTION_ERRNOS:
             raise OutOfDescriptorsError(f"proxy cannot open a socket: {exc.strerror}") from exc
         raise
+    if source is not None:
+        source.bind(sock, family)
     code = sock.connect_ex((address, port))
     if code and code not in _IN_PROGRESS:
         sock.close()
@@ -138,8 +186,10 @@ def open_connection(
     *,
     connect_timeout: float,
     attempt_delay: float,
+    source: SourceAddresses | None = None,
 ) -> Connection:
-    """Connect to the first of *addresses* (canonical address text) that answers.
+    """Connect to the first of *addresses* (canonical address text) that answers,
+    from the next of *source*'s addresses when given.
 
     Raises UpstreamConnectTimeoutError (504) when nothing connected within
     *connect_timeout*, UpstreamConnectError (502) when every attempt failed,
@@ -148,18 +198,21 @@ def open_connection(
     if not addresses:
         raise UpstreamConnectError("no address to connect to")
     if len(addresses) == 1:
-        return _dial_one(addresses[0], port, connect_timeout)
-    return _race(addresses, port, connect_timeout, attempt_delay)
+        return _dial_one(addresses[0], port, connect_timeout, source)
+    return _race(addresses, port, connect_timeout, attempt_delay, source)
 
 
-def _dial_one(address: str, port: int, connect_timeout: float) -> Connection:
+def _dial_one(address: str, port: int, connect_timeout: float, source: SourceAddresses | None) -> Connection:
     # The common case, written out: one socket, one connect, at most one wait.
+    family = _AF_INET6 if ":" in address else _AF_INET
     try:
-        sock = _socket.socket(_AF_INET6 if ":" in address else _AF_INET, _STREAM)
+        sock = _socket.socket(family, _STREAM)
     except OSError as exc:
         if exc.errno in EXHAUSTION_ERRNOS:
             raise OutOfDescriptorsError(f"proxy cannot open a socket: {exc.strerror}") from exc
         raise
+    if source is not None:
+        source.bind(sock, family)
     writer = None
     try:
         code = sock.connect_ex((address, port))
@@ -185,7 +238,9 @@ def _dial_one(address: str, port: int, connect_timeout: float) -> Connection:
     return Connection(sock, address, port, writer)
 
 
-def _race(addresses: Sequence[str], port: int, connect_timeout: float, attempt_delay: float) -> Connection:
+def _race(
+    addresses: Sequence[str], port: int, connect_timeout: float, attempt_delay: float, source: SourceAddresses | None
+) -> Connection:
     loop = get_hub().loop
     now = loop.now()
     deadline = now + connect_timeout
@@ -201,7 +256,7 @@ def _race(addresses: Sequence[str], port: int, connect_timeout: float, attempt_d
             if pending and now >= next_start:
                 address = pending.pop(0)
                 try:
-                    attempt, code = _start(address, port)
+                    attempt, code = _start(address, port, source)
                 except OutOfDescriptorsError as exc:
                     # Not the destination's failure: reported as such if nothing connects.
                     starved, attempt, code = exc, None, errno.EMFILE

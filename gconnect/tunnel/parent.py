@@ -1,8 +1,10 @@
-"""Tunnels through a parent proxy: RFC 9110 §9.3.6 CONNECT, sent upstream.
+"""Tunnels through one parent proxy: RFC 9110 §9.3.6 CONNECT, sent upstream.
 
-``--upstream http://[user:pass@]host:port`` names the parent; with no
-``--upstream-for`` every tunnel goes through it, otherwise only destinations
-matching a pattern do and the rest are dialled directly:
+``--upstream http://[user:pass@]host:port`` names a parent (several form a
+pool, and :mod:`gconnect.tunnel.pool` chooses among them and fails over); with
+no ``--upstream-for`` every tunnel goes through the pool, otherwise only
+destinations matching a pattern do and the rest are dialled directly (routes
+use the same patterns):
 
 * a CIDR (``10.0.0.0/8``, or one address) matches targets written as an IP
   literal in that network;
@@ -16,8 +18,9 @@ pass our own destination check first.
 What goes to the parent is a fresh request: the client's headers, its
 Proxy-Authorization above all, are never passed on; the parent's credentials
 come from the URL. A parent's refusal becomes our 502 (504 if it does not
-answer in time) carrying the parent's status line, never its 407: that would
-ask the client for credentials meant for someone else.
+answer in time) carrying the parent's status line (and the status itself, for
+the pool to tell a 4xx verdict from a 5xx), never its 407: that would ask the
+client for credentials meant for someone else.
 """
 
 from __future__ import annotations
@@ -78,12 +81,10 @@ def proxy_status_of(head: bytes) -> str:
     return joined if len(joined) <= MAX_PARENT_PROXY_STATUS_CHARS else ""
 
 
-class Chain:
-    """Which tunnels use the parent, and how one is opened through it."""
+class Patterns:
+    """Host-name globs and CIDRs (``--upstream-for``, a route's ``for``); none matches everything."""
 
-    def __init__(self, parent: ParentProxy, patterns: tuple[str, ...], resolver: Any) -> None:
-        self.parent = parent
-        self._resolver = resolver
+    def __init__(self, patterns: tuple[str, ...]) -> None:
         self._networks: list[IPNetwork] = []
         self._globs: list[str] = []
         for pattern in patterns:
@@ -94,7 +95,7 @@ class Chain:
         self._everything = not patterns
 
     def applies(self, host: str, family: int) -> bool:
-        """True if the tunnel to *host* (an IP literal when *family* is set) goes through the parent."""
+        """True if *host* (an IP literal when *family* is set) matches."""
         if self._everything:
             return True
         if family:
@@ -102,7 +103,19 @@ class Chain:
             return any(ip.version == net.version and ip in net for net in self._networks)
         return any(fnmatch.fnmatchcase(host, glob) for glob in self._globs)
 
-    def _parent_addresses(self) -> list[str]:
+
+class Chain:
+    """One parent: which tunnels use it, and how one is opened through it.
+    *source* (a :class:`~gconnect.tunnel.dial.SourceAddresses` or None) binds
+    the connection to the parent."""
+
+    def __init__(self, parent: ParentProxy, patterns: tuple[str, ...], resolver: Any, source: Any = None) -> None:
+        self.parent = parent
+        self._resolver = resolver
+        self._source = source
+        self.applies = Patterns(patterns).applies
+
+    def parent_addresses(self) -> list[str]:
         try:
             return [str(ipaddress.ip_address(self.parent.host))]
         except ValueError:
@@ -118,7 +131,11 @@ class Chain:
         loop = get_hub().loop
         deadline = loop.now() + connect_timeout
         connection = open_connection(
-            self._parent_addresses(), self.parent.port, connect_timeout=connect_timeout, attempt_delay=attempt_delay
+            self.parent_addresses(),
+            self.parent.port,
+            connect_timeout=connect_timeout,
+            attempt_delay=attempt_delay,
+            source=self._source,
         )
         sock = connection.sock
         try:
@@ -142,7 +159,7 @@ class Chain:
             raise
         if not 200 <= status < 300:
             _close(connection)
-            error = ParentProxyError(f"parent proxy {self.parent} answered {status} {reason}".rstrip())
+            error = ParentProxyError(f"parent proxy {self.parent} answered {status} {reason}".rstrip(), status)
             error.parent_proxy_status = proxy_status_of(head)
             raise error
         return connection

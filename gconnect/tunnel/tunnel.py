@@ -74,9 +74,11 @@ class Tunnel:
     dialled = "-"
     user: str | None = None
     via: str | None = None
+    #: The pool carrying this tunnel (None: direct), and the parent of it that does.
     parent: Any = None
     #: Report mode: the name rules' reason this tunnel would have been refused for.
     would_deny: str | None = None
+    member: Any = None
     #: The client as the limits count it, once admitted.
     who = ""
     #: Our (local, remote) addresses of the upstream connection, for the loop check.
@@ -191,8 +193,8 @@ class Tunnel:
 
     def check(self, request: ConnectRequest) -> None:
         """The user's policy, the port rule, the name rules (before any DNS
-        lookup, so a refused name is never queried), and whether a parent
-        proxy carries this tunnel."""
+        lookup, so a refused name is never queried), and which pool of parent
+        proxies (if any) carries this tunnel."""
         policy = self._policy
         if policy.users and self.user is not None:
             policy = self._policy = policy.users.get(self.user, policy)
@@ -204,10 +206,9 @@ class Tunnel:
                     raise refusal
                 self.would_deny = refusal.code
                 self.proxy.stats.would_deny(refusal.code)
-        chain = self.proxy.chain
-        if chain is not None and chain.applies(request.host, request.family):
-            self.parent = chain
-            self.via = str(chain.parent)
+        router = self.proxy.router
+        if router is not None:
+            self.parent = router.route(request.host, request.family)
 
     def resolve(self, request: ConnectRequest) -> list[str]:
         """The addresses that may be dialled, each checked by the policy. A name
@@ -223,15 +224,28 @@ class Tunnel:
         return self._policy.filter_addresses(request.host, request.port, addresses)
 
     def dial(self, request: ConnectRequest, addresses: list[str]) -> None:
-        """Connect: directly to the first address that answers, or through the parent."""
+        """Connect: directly to the first address that answers, or through the pool's parents."""
         config = self.proxy.config
         if self.parent is not None:
-            upstream = self.parent.open(
-                request.host, request.port, connect_timeout=config.connect_timeout, attempt_delay=config.attempt_delay
-            )
+            tried: list[Any] = []
+            try:
+                upstream, self.member = self.parent.open(
+                    request.host,
+                    request.port,
+                    connect_timeout=config.connect_timeout,
+                    attempt_delay=config.attempt_delay,
+                    tried=tried,
+                )
+            finally:
+                # The parent that carried the tunnel, or the last one that failed it.
+                self.via = tried[-1].url if tried else None
         else:
             upstream = open_connection(
-                addresses, request.port, connect_timeout=config.connect_timeout, attempt_delay=config.attempt_delay
+                addresses,
+                request.port,
+                connect_timeout=config.connect_timeout,
+                attempt_delay=config.attempt_delay,
+                source=self.proxy.source,
             )
         self.upstream = upstream
         self.connected_at = time.monotonic()
@@ -330,6 +344,8 @@ class Tunnel:
             proxy.limits.release(self.who)
         if self.own is not None:
             proxy.own_connections.remove(self.own)
+        if self.member is not None:
+            self.member.release()
         if self._client_reader is not None:
             self._client_reader.close()
         if self._client_writer is not None:
