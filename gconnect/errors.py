@@ -199,6 +199,17 @@ class ParentProxyError(UpstreamError):
         self.parent_status = parent_status
 
 
+class ParentDeniedError(ParentProxyError):
+    """The parent proxy answered 403: its policy's verdict on the client's
+    request, passed on as ours (not retried on another parent). Other 4xx from a
+    parent (407: our credentials) are about our request to it and stay 502."""
+
+    status = 403
+    reason = "Forbidden"
+    code = "parent_denied"
+    proxy_status = "http_request_denied"
+
+
 class ParentProxyTimeoutError(UpstreamError):
     status = 504
     reason = "Gateway Timeout"

@@ -9,6 +9,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import bcrypt
 import pytest
 
 from gconnect.config import ParentProxy
@@ -59,12 +60,24 @@ def test_parent_named_by_host_name(start_proxy, echo):
     parent.wait_access(f"target={echo.target}")
 
 
-def test_parent_refusal_is_our_502_with_its_reason(start_proxy, echo):
+def test_parents_403_is_our_403_with_its_reason(start_proxy, echo):
     parent = start_proxy("--deny-dest", "127.0.0.1/32")
     child = start_proxy("--upstream", f"http://127.0.0.1:{parent.port}")
     status, _, body = exchange(child, f"CONNECT {echo.target} HTTP/1.1\r\nHost: {echo.target}\r\n\r\n".encode())
-    assert status == 502
+    assert status == 403
     assert b"answered 403 Forbidden" in body
+    assert "reason=parent_denied" in child.wait_access(f"target={echo.target}")
+
+
+def test_parents_407_is_our_502(start_proxy, echo, tmp_path):
+    # The parent wants credentials we did not give: our configuration, not the client's request.
+    users = tmp_path / "parent.htpasswd"
+    users.write_text("u:" + bcrypt.hashpw(b"p", bcrypt.gensalt(4)).decode() + "\n")
+    parent = start_proxy("--auth-file", str(users))
+    child = start_proxy("--upstream", f"http://127.0.0.1:{parent.port}")
+    status, _, body = exchange(child, f"CONNECT {echo.target} HTTP/1.1\r\nHost: {echo.target}\r\n\r\n".encode())
+    assert status == 502
+    assert b"answered 407" in body
     assert "reason=parent_refused" in child.wait_access(f"target={echo.target}")
 
 

@@ -236,10 +236,10 @@ def test_name_rules_apply_before_the_parent(start_proxy, echo, names):
         assert parent.accepted == 0
         # A name the rules let through goes to the parent, whose Proxy-Status comes first.
         status, headers, _ = connect(proxy, f"exact.test:{echo.port}")
-        assert status == 502 and parent.accepted == 1
+        assert status == 403 and parent.accepted == 1
         members = proxy_status(headers)
         assert members[0] == ("parent.example", {"error": "destination_ip_prohibited"})
-        assert members[1][0] == "gconnect" and members[1][1]["error"] == "connection_refused"
+        assert members[1][0] == "gconnect" and members[1][1]["error"] == "http_request_denied"
     finally:
         parent.sock.close()
 

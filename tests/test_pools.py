@@ -265,11 +265,11 @@ def test_a_parents_403_is_passed_on_and_not_retried_and_a_5xx_fails_over(start_p
     )
     for _ in range(2):
         status, _, body = exchange(child, f"CONNECT {echo.target} HTTP/1.1\r\nHost: {echo.target}\r\n\r\n".encode())
-        assert status == 502 and b"answered 403 Forbidden" in body
+        assert status == 403 and b"answered 403 Forbidden" in body
     # Both times the verdict of the first parent, which stays in rotation; never the second.
     wait_until(lambda: served(denying, echo.target) == 2)
     refused = child.wait_access(f"target={echo.target} ")
-    assert f"via=http://127.0.0.1:{denying.port} status=502" in refused and "reason=parent_refused" in refused
+    assert f"via=http://127.0.0.1:{denying.port} status=403" in refused and "reason=parent_denied" in refused
     assert served(fine, echo.target) == 0 and echo.accepted == 0
     named = f"echo.test:{echo.port}"
     tunnel(child, named)

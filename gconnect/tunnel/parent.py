@@ -33,7 +33,7 @@ from typing import Any
 from gevent import get_hub
 
 from ..config import IPNetwork, ParentProxy
-from ..errors import ParentProxyError, ParentProxyTimeoutError, UpstreamConnectError
+from ..errors import ParentDeniedError, ParentProxyError, ParentProxyTimeoutError, UpstreamConnectError
 from .dial import Connection, open_connection
 from .waiting import READ, WRITE, recv, send_all
 
@@ -159,7 +159,8 @@ class Chain:
             raise
         if not 200 <= status < 300:
             _close(connection)
-            error = ParentProxyError(f"parent proxy {self.parent} answered {status} {reason}".rstrip(), status)
+            kind = ParentDeniedError if status == 403 else ParentProxyError
+            error = kind(f"parent proxy {self.parent} answered {status} {reason}".rstrip(), status)
             error.parent_proxy_status = proxy_status_of(head)
             raise error
         return connection
