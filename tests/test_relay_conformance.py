@@ -456,13 +456,21 @@ def test_pipes_are_borrowed_only_while_bytes_wait(kind, harness):
 def test_auto_copies_small_exchanges_and_splices_bulk(harness):
     h = harness("auto")
     bulk = os.urandom(4 << 20)
+    # A read fills the copy buffer only when that much waits in the socket: the
+    # client holds back until 1 MiB has been sent (and the proxy's receive
+    # buffer can hold it), so the switch does not depend on who runs first.
+    h.upstream_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 << 20)
+    queued = threading.Event()
 
     def small_then_bulk() -> None:
         h.client.sendall(b"small")
         assert h.upstream.recv(10) == b"small"
-        h.upstream.sendall(bulk)  # fills the buffer: this direction turns to splice
+        h.upstream.sendall(bulk[: 1 << 20])
+        queued.set()
+        h.upstream.sendall(bulk[1 << 20 :])  # this direction has turned to splice
 
     def client_reads() -> None:
+        assert queued.wait(10)
         assert recv_exactly(h.client, len(bulk)) == bulk
 
     h.run(small_then_bulk, client_reads)
