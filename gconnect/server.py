@@ -93,6 +93,8 @@ class Proxy:
         self.bound: list[tuple[str, int]] = []
         #: Every client being served: handshakes in progress and relaying tunnels.
         self.tunnels: set[Tunnel] = set()
+        #: HTTP/2 client connections (their streams are in ``tunnels``), told to GOAWAY at stop().
+        self.h2_sessions: set[Any] = set()
         self._no_tunnels = Event()
         self._no_tunnels.set()
         self.stopped = Event()
@@ -106,12 +108,16 @@ class Proxy:
     def serve(self, client: _socket.socket, address: Any) -> None:
         """Serve one accepted client in its own greenlet, switched to at once."""
         tunnel = Tunnel(self, client, address)
+        self.track(tunnel)
+        greenlet = tunnel.greenlet = RawGreenlet(tunnel.run, self._hub)
+        greenlet.switch()
+
+    def track(self, tunnel: Tunnel) -> None:
+        """Count *tunnel* as open until its close() (HTTP/2 streams come here too)."""
         tunnels = self.tunnels
         if not tunnels:
             self._no_tunnels.clear()
         tunnels.add(tunnel)
-        greenlet = tunnel.greenlet = RawGreenlet(tunnel.run, self._hub)
-        greenlet.switch()
 
     def tunnel_closed(self, tunnel: Tunnel) -> None:
         """A tunnel is done (its close() calls this once)."""
@@ -211,6 +217,8 @@ class Proxy:
             self.metrics.stop()
         if self.auth is not None:
             self.auth.stop()
+        for session in list(self.h2_sessions):
+            session.drain()
         if self.tunnels:
             log.info("draining %d open tunnels for up to %g s", len(self.tunnels), drain_timeout)
             self._no_tunnels.wait(drain_timeout)
