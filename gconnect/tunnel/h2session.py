@@ -35,11 +35,12 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 from gevent import get_hub
 from greenlet import greenlet as RawGreenlet
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 from ..errors import StreamResetError
 from .h2stream import StreamRelay, StreamTunnel
@@ -111,14 +112,21 @@ class H2Session:
     def _start(self) -> None:
         config = self.proxy.config
         conn = self.h2
-        conn.initiate_connection()
-        conn.update_settings(
-            {
-                SettingCodes.MAX_CONCURRENT_STREAMS: config.h2_max_streams,
-                SettingCodes.INITIAL_WINDOW_SIZE: config.h2_window_bytes,
-                SettingCodes.ENABLE_PUSH: 0,
-            }
+        settings = {
+            SettingCodes.INITIAL_WINDOW_SIZE: config.h2_window_bytes,
+            SettingCodes.MAX_HEADER_LIST_SIZE: conn.DEFAULT_MAX_HEADER_LIST_SIZE,
+            SettingCodes.ENABLE_PUSH: 0,
+        }
+        # h2 is told a higher stream limit than the client: past its own limit h2
+        # ends the whole connection, where RFC 9113 §5.1.2 wants the one stream
+        # refused (REFUSED_STREAM, in _open); so the client is sent our own SETTINGS.
+        conn.local_settings = h2.settings.Settings(
+            client=False, initial_values={**settings, SettingCodes.MAX_CONCURRENT_STREAMS: 2 * config.h2_max_streams}
         )
+        conn.initiate_connection()
+        conn.data_to_send()  # h2's SETTINGS, replaced by:
+        settings[SettingCodes.MAX_CONCURRENT_STREAMS] = config.h2_max_streams
+        self._send(SettingsFrame(0, settings=settings).serialize())
         window = min(MAX_WINDOW_BYTES, config.h2_window_bytes * config.h2_max_streams)
         conn.increment_flow_control_window(window - DEFAULT_WINDOW_BYTES)
         self.flush()
@@ -175,8 +183,9 @@ class H2Session:
             self.draining = True  # the client's GOAWAY: open streams go on
 
     def _open(self, stream_id: int, headers: list) -> None:
-        if self.draining:
-            # After our GOAWAY (RFC 9113 §6.8): not processed, the client may retry elsewhere.
+        if self.draining or len(self.streams) >= self.proxy.config.h2_max_streams:
+            # After our GOAWAY (RFC 9113 §6.8), or past SETTINGS_MAX_CONCURRENT_STREAMS
+            # (§5.1.2): not processed, so the client may retry it.
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         stream = StreamTunnel(self, stream_id, headers)
