@@ -112,7 +112,7 @@ class H2Session:
     def _start(self) -> None:
         config = self.proxy.config
         conn = self.h2
-        settings = {
+        settings: dict[int, int] = {
             SettingCodes.INITIAL_WINDOW_SIZE: config.h2_window_bytes,
             SettingCodes.MAX_HEADER_LIST_SIZE: conn.DEFAULT_MAX_HEADER_LIST_SIZE,
             SettingCodes.ENABLE_PUSH: 0,
