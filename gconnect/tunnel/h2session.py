@@ -121,7 +121,8 @@ class H2Session:
         # ends the whole connection, where RFC 9113 §5.1.2 wants the one stream
         # refused (REFUSED_STREAM, in _open); so the client is sent our own SETTINGS.
         conn.local_settings = h2.settings.Settings(
-            client=False, initial_values={**settings, SettingCodes.MAX_CONCURRENT_STREAMS: 2 * config.h2_max_streams}
+            client=False,
+            initial_values={**settings, SettingCodes.MAX_CONCURRENT_STREAMS: 2 * config.h2_max_streams},  # type: ignore[dict-item]
         )
         conn.initiate_connection()
         conn.data_to_send()  # h2's SETTINGS, replaced by:
