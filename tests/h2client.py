@@ -22,14 +22,16 @@ class H2Client:
     """Streams over one connection to the proxy. Received DATA is acknowledged at
     once unless its stream is in ``held`` (a client that stops reading it)."""
 
-    def __init__(self, address: tuple[str, int], context: ssl.SSLContext) -> None:
+    def __init__(self, address: tuple[str, int], context: ssl.SSLContext, *, window: int = CLIENT_WINDOW) -> None:
         context.set_alpn_protocols(["h2", "http/1.1"])
         raw = socket.create_connection(address, timeout=10)
         self.sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
         assert self.sock.selected_alpn_protocol() == "h2"
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False)
+        )
         self.conn.initiate_connection()
-        self.conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: CLIENT_WINDOW})
+        self.conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: window})
         self.conn.increment_flow_control_window(CLIENT_WINDOW * 16)
         self.responses: dict[int, dict[bytes, bytes]] = {}
         self.data: dict[int, bytearray] = collections.defaultdict(bytearray)
@@ -44,20 +46,23 @@ class H2Client:
         self.outgoing: dict[int, memoryview] = {}
         self.to_end: set[int] = set()
         self.flush()
+        self.wait(lambda: self.settings)  # the proxy's SETTINGS: its stream limit is known
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
         if data:
             self.sock.sendall(data)
 
-    def connect(self, authority: str | None, extra: list[tuple[str, str]] | None = None, *, end: bool = False) -> int:
-        """Open a CONNECT stream; *extra* are more header fields (pseudo ones first)."""
+    def connect(
+        self, authority: str | None, extra: list[tuple[str, str]] | None = None, *, method: str = "CONNECT"
+    ) -> int:
+        """Open a stream (CONNECT unless *method*); *extra* are more header fields (pseudo ones first)."""
         stream_id = self.conn.get_next_available_stream_id()
-        headers = [(":method", "CONNECT")]
+        headers = [(":method", method)]
         if authority is not None:
             headers.append((":authority", authority))
         headers += extra or []
-        self.conn.send_headers(stream_id, [(k.encode(), v.encode()) for k, v in headers], end_stream=end)
+        self.conn.send_headers(stream_id, [(k.encode(), v.encode()) for k, v in headers])
         self.flush()
         return stream_id
 
@@ -130,6 +135,10 @@ class H2Client:
             self.resets[event.stream_id] = event.error_code
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.goaway = event
+            if event.error_code == 0:
+                # h2 closes its state machine on any GOAWAY; RFC 9113 §6.8 lets the
+                # streams below last_stream_id go on after a graceful one, as Chromium does.
+                self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self.settings.update({code: change.new_value for code, change in event.changed_settings.items()})
 

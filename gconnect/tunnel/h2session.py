@@ -29,6 +29,7 @@ has ``stream=0`` and ``status=0``; its streams have one each.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any
 
 import h2.config
@@ -227,6 +228,7 @@ class H2Session:
 
     def _end(self, stream_reason: str) -> None:
         """Close the streams still open, send what is buffered, leave the proxy's set."""
+        self.closed = True  # the streams' ends write nothing more
         for stream in list(self.streams.values()):
             if stream.relay is not None:
                 stream.relay.abort(stream_reason)
@@ -237,7 +239,6 @@ class H2Session:
                 send_all(self.sock, bytes(self.out), self._writer_watcher(), self.loop.now() + FINAL_FLUSH_SECONDS)
             except OSError:
                 pass
-        self.closed = True
         self.out = None
         if self._writer is not None:
             self._writer.close()
@@ -336,7 +337,11 @@ class H2Session:
     def _send(self, data: bytes) -> None:
         if self.closed or self._lost:
             return
-        records = self.tls.encrypt(data)
+        try:
+            records = self.tls.encrypt(data)
+        except ssl.SSLError:
+            self._lose()  # the session is over (the client's EOF or a fatal alert)
+            return
         if self.out is not None:
             self.out += records
             return
