@@ -272,6 +272,33 @@ def test_a_stream_the_client_does_not_read_stalls_alone(start_h2_proxy, h2_clien
     assert bytes(client.data[stalled]) == payload
 
 
+def test_a_target_that_resets_while_its_stream_is_stalled_is_noticed_at_once(
+    start_h2_proxy, h2_client, upstream_factory
+):
+    stuck = threading.Event()
+
+    def handler(conn: socket.socket) -> None:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        conn.settimeout(0.5)
+        try:
+            while True:
+                conn.sendall(b"x" * 65536)
+        except TimeoutError:
+            stuck.set()  # the proxy stopped reading: the stream has no window
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.close()
+
+    server = upstream_factory(handler)
+    proxy = start_h2_proxy()
+    client = h2_client(proxy, window=128 * 1024)
+    stalled = client.connect(server.target)
+    client.held.add(stalled)
+    client.wait(lambda: stuck.is_set())
+    client.wait(lambda: stalled in client.resets, timeout=5)  # no window opened, no idle timeout
+    assert client.resets[stalled] == ErrorCodes.CONNECT_ERROR
+    assert "reason=upstream_reset" in proxy.wait_access(f"target={server.target}")
+
+
 def test_idle_deadline_is_per_stream(start_h2_proxy, h2_client, echo):
     proxy = start_h2_proxy("--idle-timeout", "0.4")
     client = h2_client(proxy)

@@ -179,8 +179,14 @@ class H2Session:
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 self._reset_by_client(stream)
-        elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
-            self._resume()
+        elif isinstance(event, h2.events.WindowUpdated):
+            stream = self.streams.get(event.stream_id) if event.stream_id else None
+            if stream is None:
+                self._resume()  # the connection's window: every stream may go on
+            elif stream.relay is not None:
+                stream.relay.resume()  # type: ignore[attr-defined]
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._resume()  # a new initial window or frame size
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.draining = True  # the client's GOAWAY: open streams go on
 

@@ -251,6 +251,10 @@ class StreamRelay(Deadlines):
             # Back-pressure: the client has no window for us, or its socket is full.
             down.reader.stop()
             down.blocked = True
+            hangups = session.proxy.hangups
+            if hangups is not None and not down.hangup:
+                down.hangup = True
+                hangups.watch(self, down)  # type: ignore[arg-type]
             return
         try:
             n = self.sock.recv_into(session.scratch, min(room, len(session.scratch)))
@@ -278,6 +282,17 @@ class StreamRelay(Deadlines):
             down.blocked = False
             down.reader.start(self._on_readable)
 
+    def hung_up(self, half: Half, error: int) -> None:
+        """The target reset (or sent its FIN) while we were not reading it (HangupWatch)."""
+        if self.reason:
+            return
+        if error:
+            self._end("upstream_reset")
+        elif not half.peer_fin:
+            half.peer_fin = True  # its bytes and then its EOF are still read when the window opens
+            self._half_closed = True
+            self._arm_timer()
+
     # --- the end ------------------------------------------------------------------------
 
     def _half_done(self, side: str) -> None:
@@ -302,6 +317,8 @@ class StreamRelay(Deadlines):
                 if watcher is not None:
                     watcher.close()
             half.reader = half.writer = half.pending = None
+        if self.down.hangup:
+            self.session.proxy.hangups.forget(self.down)  # type: ignore[union-attr]
         try:
             self.tunnel._relay_done(self)  # type: ignore[arg-type]
         except Exception:
