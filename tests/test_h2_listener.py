@@ -312,6 +312,33 @@ def test_idle_deadline_is_per_stream(start_h2_proxy, h2_client, echo):
     assert "reason=idle" in proxy.wait_access("reason=idle")
 
 
+def test_half_close_and_lifetime_deadlines_are_per_stream(start_h2_proxy, h2_client, upstream_factory, echo):
+    def handler(conn: socket.socket) -> None:
+        conn.shutdown(socket.SHUT_WR)  # the target is done at once; the client never ends
+        recv_all(conn)
+
+    server = upstream_factory(handler)
+    proxy = start_h2_proxy("--half-close-timeout", "0.3")
+    client = h2_client(proxy)
+    half, other = client.connect(server.target), client.connect(echo.target)
+    client.wait(lambda: half in client.ended)
+    client.wait(lambda: half in client.resets, timeout=5)
+    assert client.resets[half] == ErrorCodes.CANCEL and other not in client.resets
+    assert "reason=half_close_timeout" in proxy.wait_access(f"target={server.target}")
+
+    proxy = start_h2_proxy("--max-tunnel-lifetime", "0.5")
+    client = h2_client(proxy)
+    first = client.connect(echo.target)
+    assert client.status(first) == 200
+    time.sleep(0.3)  # the second stream is younger: its lifetime counts from its own 200
+    second = client.connect(echo.target)
+    client.wait(lambda: first in client.resets, timeout=5)
+    assert second not in client.resets
+    echo_round(client, second, b"younger")
+    client.wait(lambda: second in client.resets, timeout=5)
+    assert "reason=lifetime" in proxy.wait_access("reason=lifetime")
+
+
 # --- refusals, auth, limits -----------------------------------------------------------
 
 
