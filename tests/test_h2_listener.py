@@ -161,6 +161,15 @@ def test_200_streams_on_one_connection_are_byte_exact_both_ways(start_h2_proxy, 
     assert all("proto=h2" in line for line in proxy.access_lines())
 
 
+def test_data_sent_before_the_200_is_delivered_after_it(start_h2_proxy, h2_client, echo):
+    client = h2_client(start_h2_proxy())
+    data = os.urandom(300 * 1024)
+    stream_id = client.connect(echo.target)
+    client.send(stream_id, data, end=True)  # not waiting for the 200 (RFC 9110 §9.3.6)
+    client.wait(lambda: stream_id in client.ended)
+    assert client.status(stream_id) == 200 and bytes(client.data[stream_id]) == data
+
+
 def test_client_end_stream_is_a_half_close_and_the_target_keeps_talking(start_h2_proxy, h2_client, upstream_factory):
     def handler(conn: socket.socket) -> None:
         data = recv_all(conn)  # until the client's END_STREAM arrives as a FIN
