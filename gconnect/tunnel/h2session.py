@@ -44,7 +44,7 @@ from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 from ..errors import StreamResetError
-from .h2stream import StreamRelay, StreamTunnel
+from .h2stream import StreamTunnel
 from .waiting import WRITE, send_all, wait_any
 
 if TYPE_CHECKING:
@@ -396,6 +396,3 @@ class H2Session:
         if self._writer is not None:
             self._writer.stop()
         self._wake.send()
-
-
-__all__ = ["H2Session", "StreamRelay"]
