@@ -7,8 +7,9 @@ CPU 0 (``taskset``), runs the clients and targets on CPU 1 in this process, and 
   at once) against 100 HTTP/1.1 TLS connections opened one after the other (each its own
   handshake and CONNECT), to an idle target: wall time until the last 200, and the proxy's CPU
   (user and kernel, from /proc/PID/stat) for the 100, each the mean of 10 batches;
-* **bulk**: one tunnel downloading ``--mib`` MiB from a target, over one HTTP/2 stream against
-  one HTTP/1.1 TLS tunnel: the proxy's CPU seconds per GB, user and kernel apart.
+* **bulk**: one tunnel downloading ``--mib`` MiB from a target, and one uploading as much, over
+  one HTTP/2 stream against one HTTP/1.1 TLS tunnel: the proxy's CPU seconds per GB, user and
+  kernel apart.
 
 Medians of ``--rounds`` rounds, the two kinds alternating within each round. Writes
 ``bench/results/h2.json`` and ``bench/results/h2.md``.
@@ -50,12 +51,14 @@ OPEN_REPEATS = 10
 
 class Target:
     """A loopback server in a thread: ``idle`` holds connections until EOF; ``source`` sends
-    *size* bytes, then EOF, then waits for the client's EOF."""
+    *size* bytes, then EOF, then waits for the client's EOF; ``sink`` reads until EOF."""
 
     def __init__(self, mode: str, size: int = 0) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0), backlog=512)
         self.port = self.sock.getsockname()[1]
         self.mode, self.size = mode, size
+        #: A sink sets it when one connection has brought *size* bytes.
+        self.received = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -75,8 +78,11 @@ class Target:
                     while left:
                         left -= conn.send(block[: min(left, CHUNK)])
                     conn.shutdown(socket.SHUT_WR)
-                while conn.recv(65536):
-                    pass
+                got = 0
+                while chunk := conn.recv(1024 * 1024):
+                    got += len(chunk)
+                    if got == self.size and self.mode == "sink":
+                        self.received.set()
             except OSError:
                 pass
 
@@ -116,6 +122,23 @@ class H2Tunnels:
     def download(self, stream_id: int) -> None:
         while stream_id not in self.ended:
             self._read()
+
+    def upload(self, stream_id: int, size: int, sink: Target) -> None:
+        """Send *size* bytes on *stream_id* as the windows allow, until *sink* has them all."""
+        block = memoryview(b"\0" * self.conn.max_outbound_frame_size)
+        left = size
+        while left:
+            room = min(self.conn.local_flow_control_window(stream_id), left)
+            if not room:
+                self._read()  # a WINDOW_UPDATE
+                continue
+            while room:
+                n = min(room, len(block))
+                self.conn.send_data(stream_id, block[:n].tobytes())
+                room -= n
+                left -= n
+            self._flush()
+        sink.received.wait(120)
 
     def _read(self) -> None:
         data = self.sock.recv(1024 * 1024)
@@ -184,8 +207,9 @@ def start_proxy(cert: str, key: str) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("proxy did not start")
 
 
-def one_round(pid: int, port: int, context: ssl.SSLContext, idle: Target, source: Target, mib: int) -> dict:
+def one_round(pid: int, port: int, context: ssl.SSLContext, targets: tuple[Target, Target, Target], mib: int) -> dict:
     """One sample of each measurement, the HTTP/2 one first."""
+    idle, source, sink = targets
     size = mib * 1024 * 1024
     out = {"open_h2": total(), "open_h1": total()}
     for _ in range(OPEN_REPEATS):
@@ -212,6 +236,24 @@ def one_round(pid: int, port: int, context: ssl.SSLContext, idle: Target, source
     out["bulk_h1"] = measured(pid, drain)
     assert sum(got) == size
     sock.close()
+    sink.received.clear()
+    client = H2Tunnels(port, context)
+    (stream_id,) = client.open(f"127.0.0.1:{sink.port}", 1)
+    out["up_h2"] = measured(pid, functools.partial(client.upload, stream_id, size, sink))
+    assert sink.received.is_set()
+    client.close()
+    sink.received.clear()
+    sock = h1_tunnel(port, context, f"127.0.0.1:{sink.port}")
+
+    def push() -> None:
+        block = b"\0" * (1024 * 1024)
+        for _ in range(size // len(block)):
+            sock.sendall(block)
+        sink.received.wait(120)
+
+    out["up_h1"] = measured(pid, push)
+    assert sink.received.is_set()
+    sock.close()
     return out
 
 
@@ -224,12 +266,15 @@ def run(rounds: int, mib: int) -> dict:
     cert.private_key_pem.write_to_path(str(tmp / "key.pem"))
     context = ssl.create_default_context()
     ca.configure_trust(context)
-    idle, source = Target("idle"), Target("source", mib * 1024 * 1024)
+    size = mib * 1024 * 1024
+    targets = (Target("idle"), Target("source", size), Target("sink", size))
     proc, port = start_proxy(str(tmp / "cert.pem"), str(tmp / "key.pem"))
-    samples: dict[str, list[dict]] = {"open_h2": [], "open_h1": [], "bulk_h2": [], "bulk_h1": []}
+    samples: dict[str, list[dict]] = {
+        kind: [] for kind in ("open_h2", "open_h1", "bulk_h2", "bulk_h1", "up_h2", "up_h1")
+    }
     try:
         for _ in range(rounds):
-            for kind, sample in one_round(proc.pid, port, context, idle, source, mib).items():
+            for kind, sample in one_round(proc.pid, port, context, targets, mib).items():
                 samples[kind].append(sample)
             time.sleep(0.5)  # the proxy closes the tunnels of this round
     finally:
@@ -250,16 +295,17 @@ def summarise(samples: dict[str, list[dict]], mib: int, rounds: int) -> dict:
             "proxy_user_ms": round(median(f"open_{proto}", "user") * 1000, 1),
             "proxy_sys_ms": round(median(f"open_{proto}", "sys") * 1000, 1),
         }
-        result[f"bulk_{proto}"] = {
-            "wall_s": round(median(f"bulk_{proto}", "wall"), 3),
-            "proxy_user_s_per_gb": round(median(f"bulk_{proto}", "user") / gb, 3),
-            "proxy_sys_s_per_gb": round(median(f"bulk_{proto}", "sys") / gb, 3),
-        }
+        for way in ("bulk", "up"):
+            result[f"{way}_{proto}"] = {
+                "wall_s": round(median(f"{way}_{proto}", "wall"), 3),
+                "proxy_user_s_per_gb": round(median(f"{way}_{proto}", "user") / gb, 3),
+                "proxy_sys_s_per_gb": round(median(f"{way}_{proto}", "sys") / gb, 3),
+            }
     return result
 
 
 def markdown(result: dict) -> str:
-    o2, o1, b2, b1 = (result[k] for k in ("open_h2", "open_h1", "bulk_h2", "bulk_h1"))
+    o2, o1, b2, b1, u2, u1 = (result[k] for k in ("open_h2", "open_h1", "bulk_h2", "bulk_h1", "up_h2", "up_h1"))
     return "\n".join(
         [
             f"# HTTP/2 vs HTTP/1.1 on the TLS listener (medians of {result['rounds']} rounds)",
@@ -276,6 +322,11 @@ def markdown(result: dict) -> str:
             "|---|---|---|---|",
             f"| HTTP/2 stream | {b2['wall_s']} | {b2['proxy_user_s_per_gb']} | {b2['proxy_sys_s_per_gb']} |",
             f"| HTTP/1.1 TLS tunnel | {b1['wall_s']} | {b1['proxy_user_s_per_gb']} | {b1['proxy_sys_s_per_gb']} |",
+            "",
+            f"| one tunnel, {result['mib']} MiB up | wall s | proxy user s/GB | proxy kernel s/GB |",
+            "|---|---|---|---|",
+            f"| HTTP/2 stream | {u2['wall_s']} | {u2['proxy_user_s_per_gb']} | {u2['proxy_sys_s_per_gb']} |",
+            f"| HTTP/1.1 TLS tunnel | {u1['wall_s']} | {u1['proxy_user_s_per_gb']} | {u1['proxy_sys_s_per_gb']} |",
             "",
         ]
     )

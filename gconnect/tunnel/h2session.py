@@ -59,6 +59,9 @@ DEFAULT_WINDOW_BYTES = 65_535
 #: With streams open the connection has no deadline of its own (they have);
 #: the reading greenlet still wakes this often to look around.
 WAKE_SECONDS = 60.0
+#: Ciphertext read from the client at once: many DATA frames, delivered to their
+#: targets as one write per stream.
+READ_BYTES = 256 * 1024
 #: At the connection's end, how long what is still buffered (a GOAWAY) may take.
 FINAL_FLUSH_SECONDS = 1.0
 
@@ -141,7 +144,7 @@ class H2Session:
             if self.draining and not self.streams:
                 return "goaway"
             try:
-                data = self.tls.recv()
+                data = self.tls.recv(READ_BYTES)
             except BlockingIOError:
                 timeout = idle if idle and not self.streams else WAKE_SECONDS
                 if wait_any((reader, self._wake), timeout) < 0 and idle and not self.streams:
@@ -158,15 +161,33 @@ class H2Session:
                 log.info("h2 client %s: protocol error: %s", self.tunnel.address, exc)
                 self.flush()  # h2's GOAWAY
                 return "protocol_error"
-            for event in events:
-                self._dispatch(event)
+            self._dispatch_all(events)
             self.flush()
         return "client_reset"
 
+    def _dispatch_all(self, events: list) -> None:
+        # A stream's DATA frames of one read go to its target as one write (a
+        # frame is 16 KiB at most; a read holds several).
+        data: dict[int, list] = {}
+        for event in events:
+            if isinstance(event, h2.events.DataReceived):
+                chunks = data.setdefault(event.stream_id, [b"", 0])
+                chunks[0] += event.data
+                chunks[1] += event.flow_controlled_length
+                continue
+            if data:
+                self._deliver(data)
+                data = {}
+            self._dispatch(event)
+        if data:
+            self._deliver(data)
+
+    def _deliver(self, data: dict[int, list]) -> None:
+        for stream_id, (payload, flow_length) in data.items():
+            self._data(stream_id, payload, flow_length)
+
     def _dispatch(self, event: Any) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            self._data(event.stream_id, event.data, event.flow_controlled_length)
-        elif isinstance(event, h2.events.RequestReceived):
+        if isinstance(event, h2.events.RequestReceived):
             self._open(event.stream_id, event.headers)
         elif isinstance(event, h2.events.StreamEnded):
             stream = self.streams.get(event.stream_id)
