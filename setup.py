@@ -26,6 +26,7 @@ setup(
         # HTTP/2 on the TLS listener (Chromium opens its tunnels as streams of one
         # connection): python-hyper's sans-I/O state machine, maintained (4.4.x).
         # 4.4.0 is the first release that accepts a CONNECT without :scheme and :path.
+        # Not an extra: the TLS listener offers h2 to every client, and Chromium takes it.
         "h2>=4.4.0",
     ],
     extras_require={

@@ -483,6 +483,28 @@ def test_sigterm_sends_goaway_and_open_streams_drain(start_h2_proxy, h2_client, 
     assert "reason=client_eof proto=h2" in proxy.wait_access(f"stream={stream_id}")
 
 
+def test_a_client_that_vanishes_ends_every_stream_and_leaks_nothing(start_h2_proxy, h2_client, echo, dns_server):
+    hold = threading.Event()
+    dns_server.add("slowh2.test", a=["127.0.0.1"], hold=hold)
+    proxy = start_h2_proxy("--dns-timeout", "5")
+    baseline = proxy.fd_count()
+    client = h2_client(proxy)
+    relaying = [client.connect(echo.target) for _ in range(5)]
+    for stream_id in relaying:
+        echo_round(client, stream_id, b"x")
+    client.connect(f"slowh2.test:{echo.port}")  # in its handshake, waiting for DNS
+    wait_until(lambda: dns_server.count("slowh2.test"))
+    client.sock.close()
+    try:
+        wait_until(lambda: sum("reason=client_reset proto=h2" in line for line in proxy.access_lines()) == 6)
+        assert "stream=0" in proxy.wait_access("stream=0")
+        wait_until(lambda: proxy.fd_count() == baseline)
+    finally:
+        hold.set()
+    other = h2_client(proxy)
+    echo_round(other, other.connect(echo.target), b"next client")
+
+
 def test_json_log_names_the_protocol_and_stream(start_h2_proxy, h2_client, echo):
     proxy = start_h2_proxy("--log-format", "json")
     client = h2_client(proxy)
