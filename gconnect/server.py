@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import _socket
 import dataclasses
+import importlib
 import ipaddress
 import logging
 from typing import Any
@@ -74,6 +75,9 @@ class Proxy:
         self.limits = ClientLimits(config.max_clients, config.max_clients_per_ip)
         self.auth = Authenticator(config) if config.auth_file else None
         self.tls_context = server_context(config) if config.tls_cert else None
+        if self.tls_context is not None:
+            # Imported now, not inside the hub when the first client picks h2.
+            importlib.import_module(".tunnel.h2session", __package__)
         self.relay_mode, mover, self.pipes = relay_movers(config)
         #: (client -> upstream, upstream -> client) movers for plain and TLS tunnels.
         self.plain_movers: tuple[Mover, Mover] = (mover, mover)
