@@ -82,7 +82,7 @@ def test_chromium_loads_a_page_through_h2_tunnels(start_h2_proxy, upstream_facto
     cert = ca.issue_cert("tls.test")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
-    body = b"<html><body><p id=probe>hello through h2</p></body></html>"
+    pages: dict[str, bytes] = {}
 
     def handler(conn: socket.socket) -> None:
         with context.wrap_socket(conn, server_side=True) as tls:
@@ -92,10 +92,20 @@ def test_chromium_loads_a_page_through_h2_tunnels(start_h2_proxy, upstream_facto
                 if not chunk:
                     return
                 request += chunk
-            head = f"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {len(body)}\r\n"
+            path = request.split(b" ")[1].decode()
+            body = pages.get(path, b"")  # /favicon.ico: 404
+            kind = "text/javascript" if path.endswith(".js") else "text/html"
+            status = "200 OK" if path in pages else "404 Not Found"
+            head = f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
             tls.sendall(head.encode() + b"Connection: close\r\n\r\n" + body)
 
-    web = upstream_factory(handler)
+    web, scripts = upstream_factory(handler), upstream_factory(handler)
+    # Two origins: two tunnels, which Chromium opens as two streams of one connection.
+    pages["/app.js"] = b'document.write("<p id=script>script through a second tunnel</p>");'
+    script = f"https://tls.test:{scripts.port}/app.js"
+    pages["/"] = (
+        f'<html><head><script src="{script}"></script></head><body><p>hello through h2</p></body></html>'.encode()
+    )
     proxy = start_h2_proxy()
     # tls.test is in the proxy's hosts file: Chromium resolves nothing itself behind a proxy.
     command = [
@@ -109,8 +119,12 @@ def test_chromium_loads_a_page_through_h2_tunnels(start_h2_proxy, upstream_facto
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert "hello through h2" in result.stdout, result.stderr[-2000:]
-    line = proxy.wait_access(f"target=tls.test:{web.port}")
-    assert "status=200" in line and " proto=h2 stream=" in line
+    assert "script through a second tunnel" in result.stdout, result.stdout
+    html_line = proxy.wait_access(f"target=tls.test:{web.port}")
+    js_line = proxy.wait_access(f"target=tls.test:{scripts.port}")
+    for line in (html_line, js_line):
+        assert "status=200" in line and " proto=h2 stream=" in line
+    assert html_line.split()[1] == js_line.split()[1]  # client=IP:PORT: one connection for both tunnels
 
 
 def _curl_has_proxy_http2() -> bool:
@@ -503,6 +517,18 @@ def test_a_client_that_vanishes_ends_every_stream_and_leaks_nothing(start_h2_pro
         hold.set()
     other = h2_client(proxy)
     echo_round(other, other.connect(echo.target), b"next client")
+
+
+def test_a_connection_without_streams_is_closed_at_the_idle_timeout(start_h2_proxy, h2_client, echo):
+    proxy = start_h2_proxy("--idle-timeout", "0.3")
+    client = h2_client(proxy)
+    stream_id = client.connect(echo.target)
+    echo_round(client, stream_id, b"busy")
+    client.send(stream_id, b"", end=True)
+    client.wait(lambda: stream_id in client.ended)
+    client.wait(lambda: client.goaway is not None, timeout=5)  # 0.3 s after its last stream
+    assert client.goaway.error_code == ErrorCodes.NO_ERROR
+    assert "reason=idle proto=h2 stream=0" in proxy.wait_access("stream=0")
 
 
 def test_json_log_names_the_protocol_and_stream(start_h2_proxy, h2_client, echo):

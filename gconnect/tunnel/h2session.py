@@ -335,8 +335,8 @@ class H2Session:
             except h2.exceptions.ProtocolError:
                 pass
             self.flush()
-        if self.draining and not self.streams:
-            self._wake.send()
+        if not self.streams:
+            self._wake.send()  # the reader's wait: now the connection's own idle deadline, or the drain's end
 
     def drain(self) -> None:
         """SIGTERM: GOAWAY (NO_ERROR); open streams go on, newer ones are refused."""
