@@ -261,7 +261,7 @@ class H2Session:
                 stream.relay.abort(stream_reason)
             else:
                 self._kill(stream)
-        if self.out and not self._lost:
+        if self.out and not self._lost and stream_reason != "shutdown":  # killed: no more waiting
             try:
                 send_all(self.sock, bytes(self.out), self._writer_watcher(), self.loop.now() + FINAL_FLUSH_SECONDS)
             except OSError:
