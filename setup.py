@@ -27,6 +27,11 @@ setup(
         # A-labels, one spelling for rules and requests (3.7 fixed CVE-2024-3651,
         # a quadratic-time encode); maintained, released 2025.
         "idna>=3.7",
+        # HTTP/2 on the TLS listener (Chromium opens its tunnels as streams of one
+        # connection): python-hyper's sans-I/O state machine, maintained (4.4.x).
+        # 4.4.0 is the first release that accepts a CONNECT without :scheme and :path.
+        # Not an extra: the TLS listener offers h2 to every client, and Chromium takes it.
+        "h2>=4.4.0",
     ],
     extras_require={
         "test": [

@@ -96,6 +96,15 @@ DEFAULT_CHECK_INTERVAL = 2.0
 DEFAULT_POOL = "default"
 #: What a route's ``via`` says to skip every parent.
 DIRECT = "direct"
+#: SETTINGS_MAX_CONCURRENT_STREAMS on an HTTP/2 connection: 100 is the value RFC
+#: 9113 §6.5.2 recommends as a floor and what nginx, h2o and Envoy's default
+#: listeners advertise.
+DEFAULT_H2_MAX_STREAMS = 100
+#: The receive window of one HTTP/2 stream: what a client may send on it before
+#: the target has taken it (so the memory one stream can hold toward its target).
+#: 1 MiB is a loopback-to-LAN bandwidth-delay product at 1-10 Gbit/s and more than
+#: one --chunk-bytes; nghttpx defaults to 64 KiB, Chromium opens 6 MiB, Envoy 256 MiB.
+DEFAULT_H2_WINDOW_BYTES = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +256,9 @@ class Config:
     #: PEM certificate chain and key: every listener speaks TLS (an "HTTPS proxy").
     tls_cert: str = ""
     tls_key: str = ""
+    #: HTTP/2 on the TLS listener (ALPN h2): streams per connection, and each stream's window.
+    h2_max_streams: int = DEFAULT_H2_MAX_STREAMS
+    h2_window_bytes: int = DEFAULT_H2_WINDOW_BYTES
 
     def __post_init__(self) -> None:
         for name in ("header_timeout", "dns_timeout", "connect_timeout", "ready_timeout"):
@@ -288,6 +300,11 @@ class Config:
         if self.tls_cert and self.proxy_protocol:
             # The PROXY header comes before the handshake, in the clear; not supported together yet.
             raise ValueError("tls_cert cannot be combined with proxy_protocol")
+        if self.h2_max_streams < 1:
+            raise ValueError("h2_max_streams must be >= 1")
+        # RFC 9113 §6.5.2: SETTINGS_INITIAL_WINDOW_SIZE is at least 65,535 and below 2**31.
+        if not 65_535 <= self.h2_window_bytes < 2**31:
+            raise ValueError("h2_window_bytes must be in 65535 .. 2147483647")
 
     def for_user(self, rules: UserRules) -> Config:
         """This configuration's policy as it applies to the user of *rules*."""

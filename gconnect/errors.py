@@ -270,3 +270,12 @@ class TLSHandshakeError(ClientError):
     code = "tls_handshake"
     #: Nothing can be said in plain text to a client mid-handshake.
     answerable = False
+
+
+class StreamResetError(ClientError):
+    """An HTTP/2 client reset its CONNECT stream (or lost its connection) before
+    the 200: nothing to answer on that stream."""
+
+    status = 499
+    code = "client_reset"
+    answerable = False

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import _socket
 import dataclasses
+import importlib
 import ipaddress
 import logging
 from typing import Any
@@ -78,6 +79,9 @@ class Proxy:
         self.limits = ClientLimits(config.max_clients, config.max_clients_per_ip)
         self.auth = Authenticator(config) if config.auth_file else None
         self.tls_context = server_context(config) if config.tls_cert else None
+        if self.tls_context is not None:
+            # Imported now, not inside the hub when the first client picks h2.
+            importlib.import_module(".tunnel.h2session", __package__)
         self.relay_mode, mover, self.pipes = relay_movers(config)
         #: (client -> upstream, upstream -> client) movers for plain and TLS tunnels.
         self.plain_movers: tuple[Mover, Mover] = (mover, mover)
@@ -102,6 +106,8 @@ class Proxy:
         self.bound: list[tuple[str, int]] = []
         #: Every client being served: handshakes in progress and relaying tunnels.
         self.tunnels: set[Tunnel] = set()
+        #: HTTP/2 client connections (their streams are in ``tunnels``), told to GOAWAY at stop().
+        self.h2_sessions: set[Any] = set()
         self._no_tunnels = Event()
         self._no_tunnels.set()
         self.stopped = Event()
@@ -115,12 +121,16 @@ class Proxy:
     def serve(self, client: _socket.socket, address: Any) -> None:
         """Serve one accepted client in its own greenlet, switched to at once."""
         tunnel = Tunnel(self, client, address)
+        self.track(tunnel)
+        greenlet = tunnel.greenlet = RawGreenlet(tunnel.run, self._hub)
+        greenlet.switch()
+
+    def track(self, tunnel: Tunnel) -> None:
+        """Count *tunnel* as open until its close() (HTTP/2 streams come here too)."""
         tunnels = self.tunnels
         if not tunnels:
             self._no_tunnels.clear()
         tunnels.add(tunnel)
-        greenlet = tunnel.greenlet = RawGreenlet(tunnel.run, self._hub)
-        greenlet.switch()
 
     def tunnel_closed(self, tunnel: Tunnel) -> None:
         """A tunnel is done (its close() calls this once)."""
@@ -226,6 +236,8 @@ class Proxy:
             self.auth.stop()
         if self.router is not None:
             self.router.stop()
+        for session in list(self.h2_sessions):
+            session.drain()
         if self.tunnels:
             log.info("draining %d open tunnels for up to %g s", len(self.tunnels), drain_timeout)
             self._no_tunnels.wait(drain_timeout)

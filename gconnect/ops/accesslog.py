@@ -84,11 +84,13 @@ class TextAccessLog(AccessLog):
     def closed(self, tunnel: Any) -> None:
         host, port = tunnel.address[0], tunnel.address[1]
         user = log_safe(tunnel.user) if tunnel.user else "-"
+        # HTTP/2: the stream (0: the connection itself); HTTP/1.1 lines are as they were.
+        h2 = "" if tunnel.stream_id is None else f" proto=h2 stream={tunnel.stream_id}"
         self.file.write(
             f"client={f'[{host}]' if ':' in host else host}:{port} user={user} target={tunnel.target} "
             f"addr={tunnel.dialled} via={tunnel.via or '-'} status={tunnel.status} "
             f"up={tunnel.bytes_up} down={tunnel.bytes_down} "
-            f"duration={time.monotonic() - tunnel.started:.3f} reason={tunnel.reason}"
+            f"duration={time.monotonic() - tunnel.started:.3f} reason={tunnel.reason}{h2}"
             + (f" would_deny={tunnel.would_deny}" if tunnel.would_deny else "")
         )
 
@@ -100,7 +102,7 @@ class JsonAccessLog(AccessLog):
 
     def _common(self, tunnel: Any) -> dict[str, Any]:
         started = tunnel.started
-        fields = {
+        fields: dict[str, Any] = {
             "id": f"{id(tunnel):x}-{started:.6f}",
             "client": fmt_addr(tunnel.address),
             "user": tunnel.user,
@@ -112,6 +114,9 @@ class JsonAccessLog(AccessLog):
         }
         if tunnel.would_deny:
             fields["would_deny"] = tunnel.would_deny
+        if tunnel.stream_id is not None:
+            fields["proto"] = "h2"
+            fields["stream"] = tunnel.stream_id
         return fields
 
     def _write(self, event: str, fields: dict[str, Any]) -> None:

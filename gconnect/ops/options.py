@@ -160,6 +160,10 @@ OPTIONS: tuple[Opt, ...] = (
     _flag("allow_plaintext_passwords", "Accept plaintext entries in --auth-file (refused by default)."),
     _text("tls_cert", "", "Certificate chain: every listener speaks TLS (HTTPS proxy).", "PEM", show=False),
     _text("tls_key", "", "Private key for --tls-cert.", "PEM", show=False),
+    _count("h2_max_streams", 1, cfg.DEFAULT_H2_MAX_STREAMS,
+           "Concurrent CONNECT streams per HTTP/2 client connection (SETTINGS_MAX_CONCURRENT_STREAMS)."),
+    Opt("h2_window_bytes", click.IntRange(min=65_535, max=2**31 - 1), cfg.DEFAULT_H2_WINDOW_BYTES,
+        "HTTP/2 receive window per stream: bytes a client may send ahead of its target."),
 )
 # fmt: on
 BY_NAME = {opt.name: opt for opt in OPTIONS}

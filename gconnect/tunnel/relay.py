@@ -67,7 +67,59 @@ class RelayLimits:
         self.any = bool(idle_timeout or half_close_timeout or max_lifetime)
 
 
-class Relay:
+class Deadlines:
+    """The idle, half-close and lifetime deadlines of one tunnel on one timer,
+    shared by :class:`Relay` and the HTTP/2 stream relay. The class using it
+    keeps ``limits``, ``_loop``, ``_started``, ``_last_activity`` (loop times),
+    ``_half_closed`` and ``_timer``, and ends the tunnel in ``_end(reason)``."""
+
+    limits: RelayLimits
+    _loop: Any
+    _timer: Any = None
+    _half_closed = False
+    _started = 0.0
+    _last_activity = 0.0
+
+    def _end(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        at, kind = self._next_deadline()
+        if kind and self._loop.now() >= at - _TIMER_SLACK:
+            self._end(kind)
+        else:
+            self._arm_timer()
+
+    def _next_deadline(self) -> tuple[float, str]:
+        """The earliest deadline now and the end reason it stands for ("" if none)."""
+        limits = self.limits
+        idle, kind = limits.idle_timeout, "idle"
+        close = limits.half_close_timeout
+        if self._half_closed and close and (not idle or close < idle):
+            idle, kind = close, "half_close_timeout"
+        lifetime = limits.max_lifetime
+        if lifetime:
+            end = self._started + lifetime
+            if not idle or end <= self._last_activity + idle:
+                return end, "lifetime"
+        if idle:
+            return self._last_activity + idle, kind
+        return 0.0, ""
+
+    def _arm_timer(self) -> None:
+        # One timer per tunnel, re-armed only when it fires or the limit changes;
+        # traffic just moves _last_activity.
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+        at, kind = self._next_deadline()
+        if kind:
+            self._timer = self._loop.timer(max(0.0, at - self._loop.now()))
+            self._timer.start(self._on_timer)
+
+
+class Relay(Deadlines):
     """Pump bytes between two connected sockets until the tunnel ends.
 
     :meth:`start` arms the watchers and returns at once; the relay then drives
@@ -83,11 +135,7 @@ class Relay:
     reason = ""
     #: time.monotonic() when the first upstream byte reached the client (0: none yet).
     first_byte_at = 0.0
-    _timer: Any = None
     _first_eof = ""
-    _half_closed = False
-    _started = 0.0
-    _last_activity = 0.0
 
     def __init__(
         self,
@@ -191,14 +239,6 @@ class Relay:
             log.exception("relay bug (flush, %s side)", half.name)
             self._end("error")
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        at, kind = self._next_deadline()
-        if kind and self._loop.now() >= at - _TIMER_SLACK:
-            self._end(kind)
-        else:
-            self._arm_timer()
-
     def hung_up(self, half: Half, error: int) -> None:
         """The source of *half* hung up while we were not reading it (HangupWatch)."""
         if self.reason:
@@ -246,33 +286,6 @@ class Relay:
             self._half_closed = True
             if self.limits.half_close_timeout:
                 self._arm_timer()  # the half-close limit applies now
-
-    def _next_deadline(self) -> tuple[float, str]:
-        """The earliest deadline now and the end reason it stands for ("" if none)."""
-        limits = self.limits
-        idle, kind = limits.idle_timeout, "idle"
-        close = limits.half_close_timeout
-        if self._half_closed and close and (not idle or close < idle):
-            idle, kind = close, "half_close_timeout"
-        lifetime = limits.max_lifetime
-        if lifetime:
-            end = self._started + lifetime
-            if not idle or end <= self._last_activity + idle:
-                return end, "lifetime"
-        if idle:
-            return self._last_activity + idle, kind
-        return 0.0, ""
-
-    def _arm_timer(self) -> None:
-        # One timer per tunnel, re-armed only when it fires or the limit changes;
-        # traffic just moves _last_activity.
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
-        at, kind = self._next_deadline()
-        if kind:
-            self._timer = self._loop.timer(max(0.0, at - self._loop.now()))
-            self._timer.start(self._on_timer)
 
     def _end_reset(self, side: str) -> None:
         survivor = self.down.src if side == "client" else self.up.src

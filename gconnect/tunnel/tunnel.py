@@ -95,6 +95,9 @@ class Tunnel:
     _client_reader: Any = None
     _client_writer: Any = None
     _early = b""
+    #: HTTP/2 (ALPN h2): the connection's session, and the stream id (0 for the connection itself).
+    h2: Any = None
+    stream_id: int | None = None
 
     def __init__(self, proxy: Proxy, client: _socket.socket, address: tuple) -> None:
         self.proxy = proxy
@@ -111,6 +114,10 @@ class Tunnel:
         """Serve the client until the relay has the sockets or the tunnel is closed."""
         try:
             self.admit()
+            if self.h2 is not None:
+                self.h2.serve()  # each stream is a tunnel of its own; this is the connection
+                self.close()
+                return
             request = self.read_head()
             self.authenticate(request)
             self.check(request)
@@ -151,6 +158,11 @@ class Tunnel:
         if proxy.tls_context is not None:
             self.tls = TLSSession(self.client, proxy.tls_context)
             self.tls.handshake(self._reader(), self._writer(), self._deadline)
+            if self.tls.ssl.selected_alpn_protocol() == "h2":
+                from .h2session import H2Session
+
+                self.h2 = H2Session(self)
+                return  # not counted as a client: each of its streams is
         who = client_key(self.address[0])
         proxy.limits.admit(who)
         self.who = who

@@ -1,0 +1,419 @@
+"""HTTP/2 on the TLS listener: one client connection, many CONNECT streams.
+
+A client that picks ``h2`` by ALPN (Chromium does, for an HTTPS proxy) gets an
+:class:`H2Session` in place of the HTTP/1.1 head: the connection's own greenlet
+(the one that did the TLS handshake) reads its frames, feeds them to the ``h2``
+package's state machine, and hands each stream's events to that stream's
+tunnel (:mod:`gconnect.tunnel.h2stream`): HEADERS start a
+:class:`~gconnect.tunnel.h2stream.StreamTunnel` in a greenlet of its own,
+DATA, END_STREAM and RST_STREAM go to its relay, WINDOW_UPDATE resumes relays
+waiting for window.
+
+Writing is never a wait: frames are encrypted and sent at once, and what the
+socket does not take waits in one output buffer sent by a write watcher;
+while that buffer holds :attr:`H2Session.high_water` bytes or more, the stream
+relays stop reading their targets (``congested``).
+
+Flow control that does not throttle: each stream's receive window is
+``h2_window_bytes`` and the connection's is that times ``h2_max_streams``, so
+streams whose targets stall can never use up the connection's window and hold
+the others back; DATA is acknowledged (WINDOW_UPDATE) as targets take it.
+
+Ends: the client's EOF or reset ends every stream (``client_reset``); a
+protocol error ends the connection with h2's GOAWAY; :meth:`H2Session.drain`
+(SIGTERM) sends GOAWAY with NO_ERROR, refuses newer streams and closes the
+connection once its streams are done. The connection's own access-log record
+has ``stream=0`` and ``status=0``; its streams have one each.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import TYPE_CHECKING, Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from gevent import get_hub
+from greenlet import greenlet as RawGreenlet
+from h2.errors import ErrorCodes
+from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame, SettingsFrame
+
+from ..errors import StreamResetError
+from .h2stream import StreamTunnel
+from .waiting import WRITE, send_all, wait_any
+
+if TYPE_CHECKING:
+    from .tunnel import Tunnel
+
+log = logging.getLogger(__name__)
+
+#: RFC 9113 §6.9.1: a flow-control window is at most 2**31 - 1 octets.
+MAX_WINDOW_BYTES = 2**31 - 1
+#: RFC 9113 §6.5.2: every window starts at 65,535 octets.
+DEFAULT_WINDOW_BYTES = 65_535
+#: With streams open the connection has no deadline of its own (they have);
+#: the reading greenlet still wakes this often to look around.
+WAKE_SECONDS = 60.0
+#: Ciphertext read from the client at once: many DATA frames, delivered to their
+#: targets as one write per stream.
+READ_BYTES = 256 * 1024
+#: At the connection's end, how long what is still buffered (a GOAWAY) may take.
+FINAL_FLUSH_SECONDS = 1.0
+
+
+class H2Session:
+    """One HTTP/2 client connection after the TLS handshake."""
+
+    closed = False
+    draining = False
+    _lost = False
+
+    def __init__(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
+        self.proxy = proxy = tunnel.proxy
+        self.sock = tunnel.client
+        assert tunnel.tls is not None
+        self.tls = tunnel.tls
+        self.loop = proxy.loop
+        config = proxy.config
+        # Header validation is parse_h2_connect's: h2's would make a malformed
+        # CONNECT a connection error instead of the one stream's 400.
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, validate_inbound_headers=False, header_encoding=None)
+        )
+        self.streams: dict[int, StreamTunnel] = {}
+        #: Ciphertext the client socket has not taken yet (None: nothing waits).
+        self.out: bytearray | None = None
+        self.high_water = config.chunk_bytes
+        self.scratch = bytearray(config.chunk_bytes)
+        self.view = memoryview(self.scratch)
+        self._writer: Any = None
+        self._wake = self.loop.async_()
+
+    # --- the connection's greenlet ----------------------------------------------------
+
+    def serve(self) -> None:
+        """Serve the connection until it ends; the tunnel's ``reason`` says why."""
+        tunnel = self.tunnel
+        tunnel.stream_id = 0
+        self.proxy.h2_sessions.add(self)
+        reason = "shutdown"
+        try:
+            self._start()
+            reason = self._read_frames()
+        except Exception:
+            log.exception("h2 session bug (client %s)", tunnel.address)
+            reason = "error"
+        finally:
+            tunnel.reason = reason
+            self._end("client_reset" if reason != "shutdown" else "shutdown")
+
+    def _start(self) -> None:
+        config = self.proxy.config
+        conn = self.h2
+        settings: dict[int, int] = {
+            SettingCodes.INITIAL_WINDOW_SIZE: config.h2_window_bytes,
+            SettingCodes.MAX_HEADER_LIST_SIZE: conn.DEFAULT_MAX_HEADER_LIST_SIZE,
+            SettingCodes.ENABLE_PUSH: 0,
+        }
+        # h2 is told a higher stream limit than the client: past its own limit h2
+        # ends the whole connection, where RFC 9113 §5.1.2 wants the one stream
+        # refused (REFUSED_STREAM, in _open); so the client is sent our own SETTINGS.
+        conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={**settings, SettingCodes.MAX_CONCURRENT_STREAMS: 2 * config.h2_max_streams},  # type: ignore[dict-item]
+        )
+        conn.initiate_connection()
+        conn.data_to_send()  # h2's SETTINGS, replaced by:
+        settings[SettingCodes.MAX_CONCURRENT_STREAMS] = config.h2_max_streams
+        self._send(SettingsFrame(0, settings=settings).serialize())
+        window = min(MAX_WINDOW_BYTES, config.h2_window_bytes * config.h2_max_streams)
+        conn.increment_flow_control_window(window - DEFAULT_WINDOW_BYTES)
+        self.flush()
+
+    def _read_frames(self) -> str:
+        """Read and dispatch until the connection ends; return the end reason."""
+        reader = self.tunnel._reader()
+        idle = self.proxy.config.idle_timeout
+        while not self._lost:
+            if self.draining and not self.streams:
+                return "goaway"
+            try:
+                data = self.tls.recv(READ_BYTES)
+            except BlockingIOError:
+                timeout = idle if idle and not self.streams else WAKE_SECONDS
+                if wait_any((reader, self._wake), timeout) < 0 and idle and not self.streams:
+                    self._goaway(ErrorCodes.NO_ERROR)
+                    return "idle"
+                continue
+            except OSError:
+                return "client_reset"
+            if not data:
+                return "client_eof"
+            try:
+                events = self.h2.receive_data(data)
+            except h2.exceptions.ProtocolError as exc:
+                log.info("h2 client %s: protocol error: %s", self.tunnel.address, exc)
+                self.flush()  # h2's GOAWAY
+                return "protocol_error"
+            self._dispatch_all(events)
+            self.flush()
+        return "client_reset"
+
+    def _dispatch_all(self, events: list) -> None:
+        # A stream's DATA frames of one read go to its target as one write (a
+        # frame is 16 KiB at most; a read holds several).
+        data: dict[int, list] = {}
+        for event in events:
+            if isinstance(event, h2.events.DataReceived):
+                chunks = data.setdefault(event.stream_id, [b"", 0])
+                chunks[0] += event.data
+                chunks[1] += event.flow_controlled_length
+                continue
+            if data:
+                self._deliver(data)
+                data = {}
+            self._dispatch(event)
+        if data:
+            self._deliver(data)
+
+    def _deliver(self, data: dict[int, list]) -> None:
+        for stream_id, (payload, flow_length) in data.items():
+            self._data(stream_id, payload, flow_length)
+
+    def _dispatch(self, event: Any) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            self._open(event.stream_id, event.headers)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                if stream.relay is not None:
+                    stream.relay.client_ended()  # type: ignore[attr-defined]
+                else:
+                    stream.client_ended = True
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                self._reset_by_client(stream)
+        elif isinstance(event, h2.events.WindowUpdated):
+            stream = self.streams.get(event.stream_id) if event.stream_id else None
+            if stream is None:
+                self._resume()  # the connection's window: every stream may go on
+            elif stream.relay is not None:
+                stream.relay.resume()  # type: ignore[attr-defined]
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._resume()  # a new initial window or frame size
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.draining = True  # the client's GOAWAY: open streams go on
+
+    def _open(self, stream_id: int, headers: list) -> None:
+        if self.draining or len(self.streams) >= self.proxy.config.h2_max_streams:
+            # After our GOAWAY (RFC 9113 §6.8), or past SETTINGS_MAX_CONCURRENT_STREAMS
+            # (§5.1.2): not processed, so the client may retry it.
+            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        stream = StreamTunnel(self, stream_id, headers)
+        self.streams[stream_id] = stream
+        self.proxy.track(stream)
+        greenlet = stream.greenlet = RawGreenlet(stream.run, get_hub())
+        self.loop.run_callback(greenlet.switch)
+
+    def _data(self, stream_id: int, data: bytes, flow_length: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            self.ack(stream_id, flow_length)  # a stream we ended: give the window back
+        elif stream.relay is not None:
+            stream.relay.deliver(data, flow_length)  # type: ignore[attr-defined]
+        else:
+            stream.early.append((data, flow_length))
+
+    def _reset_by_client(self, stream: StreamTunnel) -> None:
+        if stream.relay is not None:
+            stream.relay.client_reset()  # type: ignore[attr-defined]
+        else:
+            self._kill(stream)
+
+    def _kill(self, stream: StreamTunnel) -> None:
+        # Scheduled after the greenlet's start (run_callback keeps order); a
+        # greenlet that already ended is left alone.
+        def throw() -> None:
+            greenlet = stream.greenlet
+            if greenlet and not greenlet.dead:
+                greenlet.throw(StreamResetError(f"stream {stream.stream_id} reset by the client"))
+
+        self.loop.run_callback(throw)
+
+    def _resume(self) -> None:
+        for stream in list(self.streams.values()):
+            if stream.relay is not None:
+                stream.relay.resume()  # type: ignore[attr-defined]
+
+    def _end(self, stream_reason: str) -> None:
+        """Close the streams still open, send what is buffered, leave the proxy's set."""
+        self.closed = True  # the streams' ends write nothing more
+        for stream in list(self.streams.values()):
+            if stream.relay is not None:
+                stream.relay.abort(stream_reason)
+            else:
+                self._kill(stream)
+        if self.out and not self._lost and stream_reason != "shutdown":  # killed: no more waiting
+            try:
+                send_all(self.sock, bytes(self.out), self._writer_watcher(), self.loop.now() + FINAL_FLUSH_SECONDS)
+            except OSError:
+                pass
+        self.out = None
+        if self._writer is not None:
+            self._writer.close()
+        self._wake.close()
+        self.proxy.h2_sessions.discard(self)
+
+    # --- called by the streams and the proxy ------------------------------------------
+
+    def respond(self, stream_id: int, status: int, headers: tuple, *, end_stream: bool = False) -> bool:
+        """Send a response's HEADERS on *stream_id*; False if the stream or the connection is gone."""
+        if self.closed or self._lost:
+            return False
+        fields = [(b":status", str(status).encode())]
+        fields += [(name.lower().encode(), value.encode()) for name, value in headers]
+        try:
+            self.h2.send_headers(stream_id, fields, end_stream=end_stream)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            return False
+        self.flush()
+        return True
+
+    def send_data(self, stream_id: int, data: memoryview) -> None:
+        """*data* as DATA frames (the caller kept to the window), sent at once."""
+        size = self.h2.max_outbound_frame_size
+        for at in range(0, len(data), size):
+            self.h2.send_data(stream_id, data[at : at + size])  # type: ignore[arg-type]
+        self.flush()
+
+    def end_stream(self, stream_id: int) -> None:
+        """The target's EOF: END_STREAM toward the client."""
+        self.h2.end_stream(stream_id)
+        self.flush()
+
+    def send_window(self, stream_id: int) -> int:
+        """Bytes the client lets us send on *stream_id* now."""
+        return self.h2.local_flow_control_window(stream_id)
+
+    def ack(self, stream_id: int, flow_length: int) -> None:
+        """*flow_length* bytes of *stream_id* were taken: give the client its window back."""
+        if flow_length and not self.closed:
+            try:
+                self.h2.acknowledge_received_data(flow_length, stream_id)
+            except h2.exceptions.StreamClosedError:
+                self.h2.increment_flow_control_window(flow_length)
+            self.flush()
+
+    def congested(self) -> bool:
+        """True while the output buffer is at its high-water mark."""
+        return self.out is not None and len(self.out) >= self.high_water
+
+    def forget(self, stream: StreamTunnel) -> None:
+        """The stream's tunnel closed: reset the stream if it did not end cleanly."""
+        stream_id = stream.stream_id
+        self.streams.pop(stream_id, None)
+        if self.closed or self._lost:
+            return
+        state = self.h2.streams.get(stream_id)
+        if state is not None and not state.closed:
+            if stream.status != 200:
+                code = ErrorCodes.NO_ERROR  # answered: the rest of the request is not needed (§8.1)
+            elif stream.reason == "upstream_reset":
+                code = ErrorCodes.CONNECT_ERROR  # RFC 9113 §8.5
+            else:
+                code = ErrorCodes.CANCEL  # a deadline, shutdown, or a bug
+            try:
+                self.h2.reset_stream(stream_id, code)
+            except h2.exceptions.ProtocolError:
+                pass
+            self.flush()
+        if not self.streams:
+            self._wake.send()  # the reader's wait: now the connection's own idle deadline, or the drain's end
+
+    def drain(self) -> None:
+        """SIGTERM: GOAWAY (NO_ERROR); open streams go on, newer ones are refused."""
+        if self.closed or self.draining:
+            return
+        self.draining = True
+        self._goaway(ErrorCodes.NO_ERROR)
+        self._wake.send()
+
+    def _goaway(self, code: int) -> None:
+        # Not h2's close_connection(): that closes its state machine, and the
+        # streams still open could not send another frame (RFC 9113 §6.8 lets them finish).
+        self.flush()
+        frame = GoAwayFrame(0, last_stream_id=self.h2.highest_inbound_stream_id, error_code=code)
+        self._send(frame.serialize())
+
+    # --- writing ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send what h2 has queued, never waiting."""
+        data = self.h2.data_to_send()
+        if data:
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        if self.closed or self._lost:
+            return
+        try:
+            records = self.tls.encrypt(data)
+        except ssl.SSLError:
+            self._lose()  # the session is over (the client's EOF or a fatal alert)
+            return
+        if self.out is not None:
+            self.out += records
+            return
+        try:
+            sent = self.sock.send(records)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._lose()
+            return
+        if sent < len(records):
+            self.out = bytearray(memoryview(records)[sent:])
+            self._writer_watcher().start(self._on_writable)
+
+    def _writer_watcher(self) -> Any:
+        if self._writer is None:
+            self._writer = self.loop.io(self.sock.fileno(), WRITE)
+        return self._writer
+
+    def _on_writable(self) -> None:
+        out = self.out
+        if out is None:
+            self._writer.stop()
+            return
+        try:
+            sent = self.sock.send(out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._lose()
+            return
+        del out[:sent]
+        if not out:
+            self.out = None
+            self._writer.stop()
+        if not self.congested():
+            try:
+                self._resume()
+            except Exception:
+                log.exception("h2 session bug (resume)")
+
+    def _lose(self) -> None:
+        # The client socket failed under a write: the reading greenlet tears down.
+        self._lost = True
+        self.out = None
+        if self._writer is not None:
+            self._writer.stop()
+        self._wake.send()
