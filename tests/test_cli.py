@@ -15,8 +15,9 @@ from click.testing import CliRunner
 
 from gconnect import __version__
 from gconnect.config import Config
-from gconnect.ops.cli import build_config, main, parse_hostport, parse_port_range, serve
-from gconnect.ops.options import FILE_ONLY
+from gconnect.ops.cli import main, serve
+from gconnect.ops.options import FILE_ONLY, build_config
+from gconnect.ops.paramtypes import parse_hostport, parse_port_range
 
 from .conftest import open_tunnel, recv_exactly, wait_until
 

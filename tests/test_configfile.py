@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from gconnect.ops import configfile
-from gconnect.ops.cli import build_config, config_from_file, main, serve
+from gconnect.ops.cli import main, serve
+from gconnect.ops.options import build_config, config_from_file
 
 from .conftest import exchange, open_tunnel, recv_exactly, wait_until
 

@@ -19,7 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from gconnect.config import Config, ParentProxy, Route, UpstreamPool
-from gconnect.ops.cli import config_from_file, main
+from gconnect.ops.cli import main
+from gconnect.ops.options import config_from_file
 from gconnect.ops.paramtypes import RouteSpec, UpstreamPoolSpec, parse_pool, parse_route
 from gconnect.tunnel.pool import Pool, Router
 
@@ -353,7 +354,8 @@ def test_workers_upstream_figures_add_up_and_up_means_every_worker_agrees():
 
 
 def test_pools_and_routes_from_the_environment(monkeypatch):
-    from gconnect.ops.cli import build_config, serve
+    from gconnect.ops.cli import serve
+    from gconnect.ops.options import build_config
 
     monkeypatch.setenv("GCONNECT_UPSTREAMS", "a http://p.test:1 strategy=first; b http://q.test:2;")
     monkeypatch.setenv("GCONNECT_ROUTES", "*.x.test=a 10.0.0.0/8=b")

@@ -69,7 +69,8 @@ def test_sigterm_stops_workers_and_parent(start_proxy, echo):
 
 def test_worker_arguments_rebuild_the_configuration():
     # Workers are started with what was given to the parent: nothing may be lost.
-    from gconnect.ops.cli import _given_on_command_line, build_config, serve, worker_arguments
+    from gconnect.ops.cli import serve
+    from gconnect.ops.options import build_config, given_on_command_line, worker_arguments
 
     argv = [
         "--allow-port", "443", "--allow-port", "8000-8999", "--allow-dest", "10.0.0.0/8",
@@ -80,7 +81,7 @@ def test_worker_arguments_rebuild_the_configuration():
     ]  # fmt: skip
     ctx = serve.make_context("serve", argv)
     config = build_config(**ctx.params)
-    args = worker_arguments(_given_on_command_line(ctx, ctx.params), None)
+    args = worker_arguments(given_on_command_line(ctx, ctx.params), None)
     assert "--workers" not in args
     rebuilt = build_config(**serve.make_context("serve", [*args, "--workers", "3"]).params)
     assert rebuilt == config

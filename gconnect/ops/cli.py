@@ -29,12 +29,7 @@ from .options import (
     params,
     worker_arguments,
 )
-from .paramtypes import parse_hostport, parse_port_range
 from .workerlink import WorkerLink
-
-# Kept importable from here: tests and scripts use these names.
-__all__ = ["build_config", "config_from_file", "main", "parse_hostport", "parse_port_range", "serve"]
-_given_on_command_line = given_on_command_line
 
 log = logging.getLogger("gconnect")
 
