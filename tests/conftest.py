@@ -425,6 +425,36 @@ def tls_server(ca: trustme.CA, upstream_factory: Callable[..., Upstream]) -> Ups
 
 
 @pytest.fixture
+def proxy_cert(ca: trustme.CA, tmp_path: Path) -> tuple[str, str]:
+    """The TLS listener's certificate and key files, for 127.0.0.1 and localhost."""
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_path, key_path = tmp_path / "proxy.pem", tmp_path / "proxy.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    return str(cert_path), str(key_path)
+
+
+@pytest.fixture
+def start_tls_proxy(
+    start_proxy: Callable[..., ProxyProcess], proxy_cert: tuple[str, str]
+) -> Callable[..., ProxyProcess]:
+    """start_proxy with a TLS listener (an HTTPS proxy, HTTP/2 offered)."""
+
+    def start(*extra: str) -> ProxyProcess:
+        return start_proxy("--tls-cert", proxy_cert[0], "--tls-key", proxy_cert[1], *extra)
+
+    return start
+
+
+@pytest.fixture
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    """A client context that trusts the test CA."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+@pytest.fixture
 def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
     path = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(path))

@@ -30,30 +30,6 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def proxy_cert(ca, tmp_path):
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path = tmp_path / "proxy.pem", tmp_path / "proxy.key"
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    return str(cert_path), str(key_path)
-
-
-@pytest.fixture
-def start_h2_proxy(start_proxy, proxy_cert):
-    def start(*extra: str):
-        return start_proxy("--tls-cert", proxy_cert[0], "--tls-key", proxy_cert[1], *extra)
-
-    return start
-
-
-@pytest.fixture
-def client_context(ca):
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
-
-
-@pytest.fixture
 def h2_client(client_context):
     clients: list[H2Client] = []
 
@@ -78,7 +54,7 @@ def echo_round(client: H2Client, stream_id: int, data: bytes) -> None:
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
-def test_chromium_loads_a_page_through_h2_tunnels(start_h2_proxy, upstream_factory, ca, tmp_path):
+def test_chromium_loads_a_page_through_h2_tunnels(start_tls_proxy, upstream_factory, ca, tmp_path):
     cert = ca.issue_cert("tls.test")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
@@ -106,7 +82,7 @@ def test_chromium_loads_a_page_through_h2_tunnels(start_h2_proxy, upstream_facto
     pages["/"] = (
         f'<html><head><script src="{script}"></script></head><body><p>hello through h2</p></body></html>'.encode()
     )
-    proxy = start_h2_proxy()
+    proxy = start_tls_proxy()
     # tls.test is in the proxy's hosts file: Chromium resolves nothing itself behind a proxy.
     command = [
         *("chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
@@ -135,8 +111,8 @@ def _curl_has_proxy_http2() -> bool:
 
 
 @pytest.mark.skipif(not _curl_has_proxy_http2(), reason="curl older than 8.1 has no --proxy-http2")
-def test_curl_proxy_http2(start_h2_proxy, tls_server, ca_file):
-    proxy = start_h2_proxy()
+def test_curl_proxy_http2(start_tls_proxy, tls_server, ca_file):
+    proxy = start_tls_proxy()
     command = ["curl", "-sS", "--max-time", "20", "--proxy", f"https://127.0.0.1:{proxy.port}", "--proxy-http2"]
     command += ["--proxy-cacert", str(ca_file), "--cacert", str(ca_file), f"https://tls.test:{tls_server.port}/"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=30)
@@ -144,8 +120,8 @@ def test_curl_proxy_http2(start_h2_proxy, tls_server, ca_file):
     assert " proto=h2 " in proxy.wait_access(f"target=tls.test:{tls_server.port}")
 
 
-def test_http11_clients_are_served_as_before(start_h2_proxy, client_context, echo):
-    proxy = start_h2_proxy()
+def test_http11_clients_are_served_as_before(start_tls_proxy, client_context, echo):
+    proxy = start_tls_proxy()
     client_context.set_alpn_protocols(["http/1.1"])
     tls = client_context.wrap_socket(proxy.connect(), server_hostname="127.0.0.1")
     with connect_over(tls, echo.target) as sock:
@@ -159,8 +135,8 @@ def test_http11_clients_are_served_as_before(start_h2_proxy, client_context, ech
 # --- data -----------------------------------------------------------------------------
 
 
-def test_200_streams_on_one_connection_are_byte_exact_both_ways(start_h2_proxy, h2_client, echo):
-    proxy = start_h2_proxy("--h2-max-streams", "200")
+def test_200_streams_on_one_connection_are_byte_exact_both_ways(start_tls_proxy, h2_client, echo):
+    proxy = start_tls_proxy("--h2-max-streams", "200")
     client = h2_client(proxy)
     assert client.settings[SettingCodes.MAX_CONCURRENT_STREAMS] == 200
     sent = {client.connect(echo.target): os.urandom(MiB) for _ in range(200)}
@@ -175,8 +151,8 @@ def test_200_streams_on_one_connection_are_byte_exact_both_ways(start_h2_proxy, 
     assert all("proto=h2" in line for line in proxy.access_lines())
 
 
-def test_data_sent_before_the_200_is_delivered_after_it(start_h2_proxy, h2_client, echo):
-    client = h2_client(start_h2_proxy())
+def test_data_sent_before_the_200_is_delivered_after_it(start_tls_proxy, h2_client, echo):
+    client = h2_client(start_tls_proxy())
     data = os.urandom(300 * 1024)
     stream_id = client.connect(echo.target)
     client.send(stream_id, data, end=True)  # not waiting for the 200 (RFC 9110 §9.3.6)
@@ -184,13 +160,13 @@ def test_data_sent_before_the_200_is_delivered_after_it(start_h2_proxy, h2_clien
     assert client.status(stream_id) == 200 and bytes(client.data[stream_id]) == data
 
 
-def test_client_end_stream_is_a_half_close_and_the_target_keeps_talking(start_h2_proxy, h2_client, upstream_factory):
+def test_client_end_stream_is_a_half_close_and_the_target_keeps_talking(start_tls_proxy, h2_client, upstream_factory):
     def handler(conn: socket.socket) -> None:
         data = recv_all(conn)  # until the client's END_STREAM arrives as a FIN
         conn.sendall(b"got " + data)
 
     server = upstream_factory(handler)
-    client = h2_client(start_h2_proxy())
+    client = h2_client(start_tls_proxy())
     stream_id = client.connect(server.target)
     assert client.status(stream_id) == 200
     client.send(stream_id, b"question", end=True)
@@ -198,7 +174,7 @@ def test_client_end_stream_is_a_half_close_and_the_target_keeps_talking(start_h2
     assert bytes(client.data[stream_id]) == b"got question"
 
 
-def test_target_eof_is_end_stream_and_the_client_keeps_sending(start_h2_proxy, h2_client, upstream_factory):
+def test_target_eof_is_end_stream_and_the_client_keeps_sending(start_tls_proxy, h2_client, upstream_factory):
     received = {}
 
     def handler(conn: socket.socket) -> None:
@@ -207,7 +183,7 @@ def test_target_eof_is_end_stream_and_the_client_keeps_sending(start_h2_proxy, h
         received["data"] = recv_all(conn)
 
     server = upstream_factory(handler)
-    proxy = start_h2_proxy()
+    proxy = start_tls_proxy()
     client = h2_client(proxy)
     stream_id = client.connect(server.target)
     client.wait(lambda: stream_id in client.ended)
@@ -218,7 +194,7 @@ def test_target_eof_is_end_stream_and_the_client_keeps_sending(start_h2_proxy, h
     assert "reason=upstream_eof" in proxy.wait_access(f"target={server.target}")
 
 
-def test_client_reset_ends_that_stream_only_and_resets_the_target(start_h2_proxy, h2_client, upstream_factory, echo):
+def test_client_reset_ends_that_stream_only_and_resets_the_target(start_tls_proxy, h2_client, upstream_factory, echo):
     outcome = {}
 
     def handler(conn: socket.socket) -> None:
@@ -228,7 +204,7 @@ def test_client_reset_ends_that_stream_only_and_resets_the_target(start_h2_proxy
             outcome["data"] = "reset"
 
     server = upstream_factory(handler)
-    proxy = start_h2_proxy()
+    proxy = start_tls_proxy()
     client = h2_client(proxy)
     doomed, other = client.connect(server.target), client.connect(echo.target)
     assert client.status(doomed) == client.status(other) == 200
@@ -241,7 +217,7 @@ def test_client_reset_ends_that_stream_only_and_resets_the_target(start_h2_proxy
 
 
 def test_target_reset_is_rst_stream_connect_error_for_that_stream_only(
-    start_h2_proxy, h2_client, upstream_factory, echo
+    start_tls_proxy, h2_client, upstream_factory, echo
 ):
     def handler(conn: socket.socket) -> None:
         conn.recv(10)
@@ -249,7 +225,7 @@ def test_target_reset_is_rst_stream_connect_error_for_that_stream_only(
         conn.close()
 
     server = upstream_factory(handler)
-    proxy = start_h2_proxy()
+    proxy = start_tls_proxy()
     client = h2_client(proxy)
     doomed, other = client.connect(server.target), client.connect(echo.target)
     assert client.status(doomed) == client.status(other) == 200
@@ -260,7 +236,7 @@ def test_target_reset_is_rst_stream_connect_error_for_that_stream_only(
     assert "reason=upstream_reset" in proxy.wait_access(f"target={server.target}")
 
 
-def test_a_stream_the_client_does_not_read_stalls_alone(start_h2_proxy, h2_client, upstream_factory, echo):
+def test_a_stream_the_client_does_not_read_stalls_alone(start_tls_proxy, h2_client, upstream_factory, echo):
     window = 256 * 1024
     payload = os.urandom(8 * MiB)
     progress = {"sent": 0}
@@ -276,7 +252,7 @@ def test_a_stream_the_client_does_not_read_stalls_alone(start_h2_proxy, h2_clien
         recv_all(conn)
 
     server = upstream_factory(handler)
-    proxy = start_h2_proxy()
+    proxy = start_tls_proxy()
     client = h2_client(proxy, window=window)
     stalled = client.connect(server.target)
     client.held.add(stalled)
@@ -296,7 +272,7 @@ def test_a_stream_the_client_does_not_read_stalls_alone(start_h2_proxy, h2_clien
 
 
 def test_a_target_that_resets_while_its_stream_is_stalled_is_noticed_at_once(
-    start_h2_proxy, h2_client, upstream_factory
+    start_tls_proxy, h2_client, upstream_factory
 ):
     stuck = threading.Event()
 
@@ -312,7 +288,7 @@ def test_a_target_that_resets_while_its_stream_is_stalled_is_noticed_at_once(
         conn.close()
 
     server = upstream_factory(handler)
-    proxy = start_h2_proxy()
+    proxy = start_tls_proxy()
     client = h2_client(proxy, window=128 * 1024)
     stalled = client.connect(server.target)
     client.held.add(stalled)
@@ -322,8 +298,8 @@ def test_a_target_that_resets_while_its_stream_is_stalled_is_noticed_at_once(
     assert "reason=upstream_reset" in proxy.wait_access(f"target={server.target}")
 
 
-def test_idle_deadline_is_per_stream(start_h2_proxy, h2_client, echo):
-    proxy = start_h2_proxy("--idle-timeout", "0.4")
+def test_idle_deadline_is_per_stream(start_tls_proxy, h2_client, echo):
+    proxy = start_tls_proxy("--idle-timeout", "0.4")
     client = h2_client(proxy)
     idle, busy = client.connect(echo.target), client.connect(echo.target)
     started = time.monotonic()
@@ -335,13 +311,13 @@ def test_idle_deadline_is_per_stream(start_h2_proxy, h2_client, echo):
     assert "reason=idle" in proxy.wait_access("reason=idle")
 
 
-def test_half_close_and_lifetime_deadlines_are_per_stream(start_h2_proxy, h2_client, upstream_factory, echo):
+def test_half_close_and_lifetime_deadlines_are_per_stream(start_tls_proxy, h2_client, upstream_factory, echo):
     def handler(conn: socket.socket) -> None:
         conn.shutdown(socket.SHUT_WR)  # the target is done at once; the client never ends
         recv_all(conn)
 
     server = upstream_factory(handler)
-    proxy = start_h2_proxy("--half-close-timeout", "0.3")
+    proxy = start_tls_proxy("--half-close-timeout", "0.3")
     client = h2_client(proxy)
     half, other = client.connect(server.target), client.connect(echo.target)
     client.wait(lambda: half in client.ended)
@@ -349,7 +325,7 @@ def test_half_close_and_lifetime_deadlines_are_per_stream(start_h2_proxy, h2_cli
     assert client.resets[half] == ErrorCodes.CANCEL and other not in client.resets
     assert "reason=half_close_timeout" in proxy.wait_access(f"target={server.target}")
 
-    proxy = start_h2_proxy("--max-tunnel-lifetime", "0.5")
+    proxy = start_tls_proxy("--max-tunnel-lifetime", "0.5")
     client = h2_client(proxy)
     first = client.connect(echo.target)
     assert client.status(first) == 200
@@ -373,8 +349,8 @@ def refusal(client: H2Client, authority: str | None, extra=None) -> tuple[int, d
     return status, client.responses[stream_id], stream_id
 
 
-def test_every_refusal_is_headers_with_end_stream(start_h2_proxy, h2_client, echo, dns_server):
-    proxy = start_h2_proxy("--deny-dest", "127.0.0.3/32", "--max-header-bytes", "1024", "--connect-timeout", "0.3")
+def test_every_refusal_is_headers_with_end_stream(start_tls_proxy, h2_client, echo, dns_server):
+    proxy = start_tls_proxy("--deny-dest", "127.0.0.3/32", "--max-header-bytes", "1024", "--connect-timeout", "0.3")
     client = h2_client(proxy)
     closed_port = socket.socket()
     closed_port.bind(("127.0.0.1", 0))
@@ -403,15 +379,15 @@ def test_every_refusal_is_headers_with_end_stream(start_h2_proxy, h2_client, ech
     echo_round(client, client.connect(echo.target), b"the connection serves on")
 
 
-def test_get_with_scheme_and_path_is_405_not_a_connection_error(start_h2_proxy, h2_client):
-    client = h2_client(start_h2_proxy())
+def test_get_with_scheme_and_path_is_405_not_a_connection_error(start_tls_proxy, h2_client):
+    client = h2_client(start_tls_proxy())
     stream_id = client.connect("web.test", [(":scheme", "https"), (":path", "/")], method="GET")
     assert client.status(stream_id) == 405
     assert client.goaway is None
 
 
-def test_each_stream_counts_against_the_client_limits(start_h2_proxy, h2_client, echo):
-    proxy = start_h2_proxy("--max-clients-per-ip", "2")
+def test_each_stream_counts_against_the_client_limits(start_tls_proxy, h2_client, echo):
+    proxy = start_tls_proxy("--max-clients-per-ip", "2")
     client = h2_client(proxy)
     first, second = client.connect(echo.target), client.connect(echo.target)
     assert client.status(first) == client.status(second) == 200
@@ -420,21 +396,21 @@ def test_each_stream_counts_against_the_client_limits(start_h2_proxy, h2_client,
     client.send(first, b"", end=True)
     client.wait(lambda: first in client.ended)
     assert client.status(client.connect(echo.target)) == 200  # room again
-    proxy = start_h2_proxy("--max-clients", "1")
+    proxy = start_tls_proxy("--max-clients", "1")
     client = h2_client(proxy)
     assert client.status(client.connect(echo.target)) == 200
     status, headers, _ = refusal(client, echo.target)
     assert status == 503 and headers[b"retry-after"] == b"1"
 
 
-def test_auth_is_per_stream(start_h2_proxy, h2_client, echo, tmp_path):
+def test_auth_is_per_stream(start_tls_proxy, h2_client, echo, tmp_path):
     import base64
 
     import bcrypt
 
     path = tmp_path / "htpasswd"
     path.write_text("alice:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode() + "\n")
-    proxy = start_h2_proxy("--auth-file", str(path))
+    proxy = start_tls_proxy("--auth-file", str(path))
     client = h2_client(proxy)
 
     def basic(credentials: str) -> list[tuple[str, str]]:
@@ -451,8 +427,8 @@ def test_auth_is_per_stream(start_h2_proxy, h2_client, echo, tmp_path):
     assert "user=alice " in line and "proto=h2" in line
 
 
-def test_streams_past_the_limit_are_refused_and_the_rest_go_on(start_h2_proxy, h2_client, echo):
-    proxy = start_h2_proxy("--h2-max-streams", "3")
+def test_streams_past_the_limit_are_refused_and_the_rest_go_on(start_tls_proxy, h2_client, echo):
+    proxy = start_tls_proxy("--h2-max-streams", "3")
     client = h2_client(proxy)
     assert client.settings[SettingCodes.MAX_CONCURRENT_STREAMS] == 3
     # A client that ignores the limit: its h2 told the proxy allows 10.
@@ -469,8 +445,8 @@ def test_streams_past_the_limit_are_refused_and_the_rest_go_on(start_h2_proxy, h
 # --- the connection -------------------------------------------------------------------
 
 
-def test_a_protocol_error_ends_the_connection_with_goaway(start_h2_proxy, client_context, h2_client, echo):
-    proxy = start_h2_proxy()
+def test_a_protocol_error_ends_the_connection_with_goaway(start_tls_proxy, client_context, h2_client, echo):
+    proxy = start_tls_proxy()
     client = h2_client(proxy)
     client.sock.sendall(b"\x00\x00\x04\x00\x00\x00\x00\x00\x00junk")  # DATA on stream 0 (§6.1)
     client.wait(lambda: client.goaway is not None)
@@ -478,8 +454,8 @@ def test_a_protocol_error_ends_the_connection_with_goaway(start_h2_proxy, client
     assert "reason=protocol_error proto=h2 stream=0" in proxy.wait_access("stream=0")
 
 
-def test_sigterm_sends_goaway_and_open_streams_drain(start_h2_proxy, h2_client, echo):
-    proxy = start_h2_proxy("--drain-timeout", "20")
+def test_sigterm_sends_goaway_and_open_streams_drain(start_tls_proxy, h2_client, echo):
+    proxy = start_tls_proxy("--drain-timeout", "20")
     client = h2_client(proxy)
     stream_id = client.connect(echo.target)
     assert client.status(stream_id) == 200
@@ -497,10 +473,10 @@ def test_sigterm_sends_goaway_and_open_streams_drain(start_h2_proxy, h2_client, 
     assert "reason=client_eof proto=h2" in proxy.wait_access(f"stream={stream_id}")
 
 
-def test_a_client_that_vanishes_ends_every_stream_and_leaks_nothing(start_h2_proxy, h2_client, echo, dns_server):
+def test_a_client_that_vanishes_ends_every_stream_and_leaks_nothing(start_tls_proxy, h2_client, echo, dns_server):
     hold = threading.Event()
     dns_server.add("slowh2.test", a=["127.0.0.1"], hold=hold)
-    proxy = start_h2_proxy("--dns-timeout", "5")
+    proxy = start_tls_proxy("--dns-timeout", "5")
     baseline = proxy.fd_count()
     client = h2_client(proxy)
     relaying = [client.connect(echo.target) for _ in range(5)]
@@ -519,8 +495,8 @@ def test_a_client_that_vanishes_ends_every_stream_and_leaks_nothing(start_h2_pro
     echo_round(other, other.connect(echo.target), b"next client")
 
 
-def test_a_connection_without_streams_is_closed_at_the_idle_timeout(start_h2_proxy, h2_client, echo):
-    proxy = start_h2_proxy("--idle-timeout", "0.3")
+def test_a_connection_without_streams_is_closed_at_the_idle_timeout(start_tls_proxy, h2_client, echo):
+    proxy = start_tls_proxy("--idle-timeout", "0.3")
     client = h2_client(proxy)
     stream_id = client.connect(echo.target)
     echo_round(client, stream_id, b"busy")
@@ -531,8 +507,8 @@ def test_a_connection_without_streams_is_closed_at_the_idle_timeout(start_h2_pro
     assert "reason=idle proto=h2 stream=0" in proxy.wait_access("stream=0")
 
 
-def test_json_log_names_the_protocol_and_stream(start_h2_proxy, h2_client, echo):
-    proxy = start_h2_proxy("--log-format", "json")
+def test_json_log_names_the_protocol_and_stream(start_tls_proxy, h2_client, echo):
+    proxy = start_tls_proxy("--log-format", "json")
     client = h2_client(proxy)
     stream_id = client.connect(echo.target)
     echo_round(client, stream_id, b"12345")

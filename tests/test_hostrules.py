@@ -17,7 +17,7 @@ import bcrypt
 import http_sfv
 import pytest
 
-from .conftest import open_tunnel, recv_exactly, wait_until
+from .conftest import open_tunnel, read_head, recv_exactly, wait_until
 from .dnsserver import Record
 from .test_metrics import metrics_url, scrape
 
@@ -48,13 +48,7 @@ def connect(proxy, target: str | bytes, *headers: bytes) -> tuple[int, dict[str,
     head = b"CONNECT " + raw + b" HTTP/1.1\r\nHost: " + raw + b"\r\n" + b"".join(headers) + b"\r\n"
     with proxy.connect() as sock:
         sock.sendall(head)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head_bytes, _, body = data.partition(b"\r\n\r\n")
+        head_bytes, body = read_head(sock)
     lines = head_bytes.decode("latin-1").split("\r\n")
     fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     return int(lines[0].split()[1]), fields, body

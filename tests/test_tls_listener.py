@@ -19,30 +19,6 @@ from .conftest import connect_over, recv_all, recv_exactly, wait_until
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture
-def proxy_cert(ca, tmp_path):
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path = tmp_path / "proxy.pem", tmp_path / "proxy.key"
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    return str(cert_path), str(key_path)
-
-
-@pytest.fixture
-def start_tls_proxy(start_proxy, proxy_cert):
-    def start(*extra: str):
-        return start_proxy("--tls-cert", proxy_cert[0], "--tls-key", proxy_cert[1], *extra)
-
-    return start
-
-
-@pytest.fixture
-def client_context(ca):
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
-
-
 def tls_tunnel(proxy, context: ssl.SSLContext, target: str, extra: bytes = b"") -> ssl.SSLSocket:
     return connect_over(context.wrap_socket(proxy.connect(), server_hostname="127.0.0.1"), target, extra)
 
