@@ -25,7 +25,7 @@ import gevent
 import pytest
 from gevent.event import Event
 
-from gconnect.tunnel.movers import CopyMover, PipePool, SpliceMover
+from gconnect.tunnel.movers import CopyMover, Half, PipePool, SpliceMover
 from gconnect.tunnel.relay import HangupWatch, Relay, RelayLimits
 from gconnect.tunnel.tls import DecryptMover, EncryptMover, TLSSession
 from gconnect.tunnel.waiting import READ, WRITE
@@ -453,29 +453,53 @@ def test_pipes_are_borrowed_only_while_bytes_wait(kind, harness):
     assert 1 <= len(h.pipes) <= 2  # given back to the pool, not kept by the tunnel
 
 
-def test_auto_copies_small_exchanges_and_splices_bulk(harness):
-    h = harness("auto")
-    bulk = os.urandom(4 << 20)
-    # A read fills the copy buffer only when that much waits in the socket: the
-    # client holds back until 1 MiB has been sent (and the proxy's receive
-    # buffer can hold it), so the switch does not depend on who runs first.
-    h.upstream_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 << 20)
-    queued = threading.Event()
+def test_auto_copies_small_reads_and_hands_a_full_read_to_splice():
+    # The mover itself, on loopback pairs: what a read returns is set by what
+    # waits in the socket, not by thread timing.
+    src_peer, src_end = tcp_pair()
+    dst_end, dst_peer = tcp_pair()
+    pipes = PipePool(2, CHUNK)
+    splice = SpliceMover(pipes, CHUNK)
+    auto = CopyMover(CHUNK, bulk=splice)
+    src, dst = raw(src_end), raw(dst_end)
+    src.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * CHUNK)
+    # Room for the whole transfer on the way out, so the loop below never waits on dst.
+    dst.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * CHUNK)
+    dst_peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * CHUNK)
+    half = Half("upstream", "client", src, dst, auto)
+    try:
+        src_peer.sendall(b"small")
+        assert wait_for_bytes(src, 5)
+        assert auto.pump(half) == 5 and half.mover is auto  # a small read stays a copy
+        bulk = os.urandom(2 * CHUNK)
+        src_peer.sendall(bulk)
+        assert wait_for_bytes(src, 2 * CHUNK)
+        assert auto.pump(half) == CHUNK and half.mover is splice  # a full read hands over
+        deadline = time.monotonic() + 10
+        while half.nbytes < 5 + len(bulk) and time.monotonic() < deadline:
+            if half.pending is not None or half.in_pipe:
+                splice.flush(half)
+            else:
+                splice.pump(half)
+        assert recv_exactly(dst_peer, 5 + len(bulk)) == b"small" + bulk
+        assert half.pipe is None  # given back once empty
+    finally:
+        for sock in (src, dst, src_peer, dst_peer):
+            sock.close()
+        pipes.close()
 
-    def small_then_bulk() -> None:
-        h.client.sendall(b"small")
-        assert h.upstream.recv(10) == b"small"
-        h.upstream.sendall(bulk[: 1 << 20])
-        queued.set()
-        h.upstream.sendall(bulk[1 << 20 :])  # this direction has turned to splice
 
-    def client_reads() -> None:
-        assert queued.wait(10)
-        assert recv_exactly(h.client, len(bulk)) == bulk
-
-    h.run(small_then_bulk, client_reads)
-    assert isinstance(h.relay.up.mover, CopyMover)
-    assert isinstance(h.relay.down.mover, SpliceMover)
+def wait_for_bytes(sock, n: int, timeout: float = 10.0) -> bool:
+    """Poll until *n* bytes wait in *sock*'s receive queue (loopback delivers at once)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if len(sock.recv(n, socket.MSG_PEEK)) >= n:
+                return True
+        except BlockingIOError:
+            pass
+        time.sleep(0.001)
+    return False
 
 
 def recv_exactly(sock, n: int) -> bytes:
