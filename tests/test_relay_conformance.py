@@ -440,13 +440,16 @@ def test_pipes_are_borrowed_only_while_bytes_wait(kind, harness):
     h = harness(kind)
     payload = os.urandom(8 << 20)
 
-    def run() -> None:
+    def client_sends() -> None:
         h.client.sendall(payload)
         h.client.shutdown(socket.SHUT_WR)
+
+    def upstream_reads() -> None:
+        # At the same time: 8 MiB need not fit in the buffers on the way.
         assert len(recv_all(h.upstream)) == len(payload)
         h.upstream.shutdown(socket.SHUT_WR)
 
-    h.run(run)
+    h.run(client_sends, upstream_reads)
     relay = h.wait()
     assert relay.reason == "client_eof"
     assert relay.up.pipe is None and relay.down.pipe is None
