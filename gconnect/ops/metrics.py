@@ -166,6 +166,13 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
     for reason, count in snap.get("would_deny", []):
         would_deny.add_metric((str(reason),), count)
     yield would_deny
+    yield from upstream_families(snap)
+
+
+def upstream_families(snap: dict[str, Any]) -> Iterator[Any]:
+    """The parent pools' families (issue 12): each parent's state and its tries by outcome."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
     up = GaugeMetricFamily(
         "gconnect_upstream_up",
         "1 if the parent proxy is in rotation (every worker agrees), 0 if out",
