@@ -57,6 +57,14 @@ DEFAULT_DNS_NEGATIVE_TTL = 5.0
 #: ready in well under a second here (bench/listeners.py); the margin is for a
 #: loaded machine, and a start must fit in systemd's DefaultTimeoutStartSec (90 s).
 DEFAULT_READY_TIMEOUT = 20.0
+#: How bytes are moved. copy, measured against auto and splice on this project's
+#: machine (Linux 6.18, loopback, proxy pinned; bench/results/issue9-bulk.md and
+#: burst*.md): one tunnel's bulk 2,601 / 2,961 MB/s up / down against auto's 1,993 /
+#: 2,241 at less core time with softirq counted (0.43 / 0.36 s/GiB against 0.48 /
+#: 0.44); other tunnels' echo p99 in the first bursts after a start 241-692 us where
+#: auto and splice reached 1.7-3.6 ms; handshakes and held tunnels alike. splice
+#: may still lead with many bulk tunnels on a CPU-bound proxy: --relay splice.
+DEFAULT_RELAY = "copy"
 #: Pipes kept for the splice relay: a pipe is held only while bytes are in flight.
 DEFAULT_PIPE_POOL_SIZE = 256
 #: The access log's format: Squid and nginx default to one human-readable line;
@@ -217,7 +225,7 @@ class Config:
     attempt_delay: float = DEFAULT_ATTEMPT_DELAY
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_clients: int = DEFAULT_MAX_CLIENTS
-    relay: str = "auto"
+    relay: str = DEFAULT_RELAY
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     pipe_pool_size: int = DEFAULT_PIPE_POOL_SIZE
     #: Worker processes sharing the supervisor's listeners, each its own hub.

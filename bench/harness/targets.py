@@ -140,7 +140,7 @@ def launch_plan(name: str, rundir: Path, env: Environment) -> LaunchPlan:
         argv = [env.python, "-m", "gconnect", "serve", "--listen", "127.0.0.1:0", "--allow-port", "1-65535"]
         argv += ["--allow-dest", "127.0.0.0/8", "--access-log", "/dev/null", "--log-level", "warning"]
         argv += ["--idle-timeout", "0"]
-        # "gconnect" is the default (--relay auto), as a user runs it.
+        # "gconnect" is the default (--relay copy since the issue 9 figures), as a user runs it.
         extra = {"gconnect": [], "gconnect-splice": ["--relay", "splice"], "gconnect-copy": ["--relay", "copy"]}
         if name == "gconnect-2w":
             # Issue 4: 1 vs 2 workers is measured unpinned, the workers free to use both cores.

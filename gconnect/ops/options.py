@@ -117,7 +117,12 @@ OPTIONS: tuple[Opt, ...] = (
     _count("max_header_bytes", 256, cfg.DEFAULT_MAX_HEADER_BYTES, "Largest request head accepted (431 beyond)."),
     _count("max_clients", 1, cfg.DEFAULT_MAX_CLIENTS,
            "Most clients served at once; past it the proxy stops accepting until one ends."),
-    _choice("relay", ["auto", "splice", "copy"], "auto", "How bytes are moved: splice(2) zero-copy, or a copy loop."),
+    _choice(
+        "relay",
+        ["copy", "splice", "auto"],
+        cfg.DEFAULT_RELAY,
+        "How bytes are moved: a copy loop, splice(2) zero-copy, or copy turning to splice for bulk.",
+    ),
     _count("chunk_bytes", 4096, cfg.DEFAULT_CHUNK_BYTES, "Most bytes moved per read (and splice pipe size)."),
     _count("pipe_pool_size", 0, cfg.DEFAULT_PIPE_POOL_SIZE, "Spare splice pipes kept for reuse."),
     _count("workers", 1, 1, "Worker processes sharing the listeners, under a supervisor (also for 1 when given)."),
