@@ -43,28 +43,30 @@ _StdSocket = get_original("socket", "socket")
 _STREAM = _socket.SOCK_STREAM
 
 
-def make_listener(host: str, port: int, *, reuse_port: bool = False) -> Any:
-    """A listening, non-blocking TCP socket for ``host:port``, tuned for the tunnels it accepts."""
+def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> Any:
+    """A bound, listening TCP socket for ``host:port`` (the supervisor's, to
+    be inherited; or :func:`make_listener`'s)."""
     family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
     sock = _StdSocket(family, _socket.SOCK_STREAM)
     try:
         sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
         if reuse_port:
-            # Workers each bind the same port; the kernel spreads connections over them.
+            # Processes each bind the same port; the kernel spreads connections over them.
             sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
         if family == _socket.AF_INET6:
             sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
         # The backlog is capped by net.core.somaxconn; ask for the most.
         sock.listen(_socket.SOMAXCONN)
-        # Accepted sockets inherit TCP_NODELAY and the keepalive settings from the
-        # listener on Linux: set once here instead of five syscalls per client.
-        tune_socket(sock)
-        sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def make_listener(host: str, port: int, *, reuse_port: bool = False) -> Any:
+    """A listening, non-blocking TCP socket for ``host:port``, tuned for the tunnels it accepts."""
+    return adopt_listener(bind_listener(host, port, reuse_port=reuse_port))
 
 
 def adopt_listener(sock: Any) -> Any:
@@ -72,7 +74,9 @@ def adopt_listener(sock: Any) -> Any:
     would have made it: the standard library's class, non-blocking, tuned."""
     own = _StdSocket(sock.family, sock.type, sock.proto, sock.detach())
     try:
-        tune_socket(own)  # accepted sockets inherit it
+        # Accepted sockets inherit TCP_NODELAY and the keepalive settings from the
+        # listener on Linux: set once here instead of five syscalls per client.
+        tune_socket(own)
         own.setblocking(False)
     except BaseException:
         own.close()

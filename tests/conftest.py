@@ -407,12 +407,9 @@ def tls_server(ca: trustme.CA, upstream_factory: Callable[..., Upstream]) -> Ups
 
     def handler(conn: socket.socket) -> None:
         with context.wrap_socket(conn, server_side=True) as tls:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = tls.recv(4096)
-                if not chunk:
-                    return
-                request += chunk
+            request, _ = read_head(tls)
+            if not request:
+                return
             body = b"hello over tls\n"
             tls.sendall(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "

@@ -21,7 +21,7 @@ import pytest
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
-from .conftest import connect_over, recv_all, recv_exactly, silent_listener, wait_until
+from .conftest import connect_over, read_head, recv_all, recv_exactly, silent_listener, wait_until
 from .h2client import H2Client
 
 pytestmark = pytest.mark.timeout(90)
@@ -62,12 +62,9 @@ def test_chromium_loads_a_page_through_h2_tunnels(start_tls_proxy, upstream_fact
 
     def handler(conn: socket.socket) -> None:
         with context.wrap_socket(conn, server_side=True) as tls:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = tls.recv(4096)
-                if not chunk:
-                    return
-                request += chunk
+            request, _ = read_head(tls)
+            if not request:
+                return
             path = request.split(b" ")[1].decode()
             body = pages.get(path, b"")  # /favicon.ico: 404
             kind = "text/javascript" if path.endswith(".js") else "text/html"

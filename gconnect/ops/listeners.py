@@ -19,6 +19,8 @@ import os
 import socket as _stdlib_socket
 from collections.abc import Iterable, MutableMapping
 
+from ..listener import bind_listener
+
 log = logging.getLogger(__name__)
 
 #: sd_listen_fds(3): passed descriptors start at 3 (SD_LISTEN_FDS_START).
@@ -35,22 +37,12 @@ def fmt(address: tuple[str, int]) -> str:
 
 
 def bind(addresses: Iterable[tuple[str, int]], *, reuse_port: bool = False) -> list[_stdlib_socket.socket]:
-    """A listening socket per address (what ``server.make_listener`` makes,
-    less the TCP tuning that ``Proxy.start`` applies to inherited sockets)."""
+    """A listening socket per address (untuned: ``Proxy.start`` tunes what it
+    inherits, see ``listener.adopt_listener``)."""
     socks: list[_stdlib_socket.socket] = []
     try:
         for host, port in addresses:
-            family = _stdlib_socket.AF_INET6 if ":" in host else _stdlib_socket.AF_INET
-            sock = _stdlib_socket.socket(family, _stdlib_socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEPORT, 1)
-            if family == _stdlib_socket.AF_INET6:
-                sock.setsockopt(_stdlib_socket.IPPROTO_IPV6, _stdlib_socket.IPV6_V6ONLY, 1)
-            sock.bind((host, port))
-            # The backlog is capped by net.core.somaxconn; ask for the most.
-            sock.listen(_stdlib_socket.SOMAXCONN)
+            socks.append(bind_listener(host, port, reuse_port=reuse_port))
     except BaseException:
         for sock in socks:
             sock.close()

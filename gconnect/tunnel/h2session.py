@@ -9,10 +9,10 @@ tunnel (:mod:`gconnect.tunnel.h2stream`): HEADERS start a
 DATA, END_STREAM and RST_STREAM go to its relay, WINDOW_UPDATE resumes relays
 waiting for window.
 
-Writing is never a wait: frames are encrypted and sent at once, and what the
-socket does not take waits in one output buffer sent by a write watcher;
-while that buffer holds :attr:`H2Session.high_water` bytes or more, the stream
-relays stop reading their targets (``congested``).
+Writing is never a wait (:mod:`gconnect.tunnel.h2output`): frames are
+encrypted and sent at once, the rest buffered; while the buffer is at its
+high-water mark (``--chunk-bytes``) the stream relays stop reading their
+targets (``congested``).
 
 Flow control that does not throttle: each stream's receive window is
 ``h2_window_bytes`` and the connection's is that times ``h2_max_streams``, so
@@ -29,7 +29,6 @@ has ``stream=0`` and ``status=0``; its streams have one each.
 from __future__ import annotations
 
 import logging
-import ssl
 from typing import TYPE_CHECKING, Any
 
 import h2.config
@@ -44,8 +43,9 @@ from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 from ..errors import StreamResetError
+from .h2output import RecordOutput
 from .h2stream import StreamTunnel
-from .waiting import WRITE, send_all, wait_any
+from .waiting import wait_any
 
 if TYPE_CHECKING:
     from .tunnel import Tunnel
@@ -71,7 +71,6 @@ class H2Session:
 
     closed = False
     draining = False
-    _lost = False
 
     def __init__(self, tunnel: Tunnel) -> None:
         self.tunnel = tunnel
@@ -87,13 +86,17 @@ class H2Session:
             h2.config.H2Configuration(client_side=False, validate_inbound_headers=False, header_encoding=None)
         )
         self.streams: dict[int, StreamTunnel] = {}
-        #: Ciphertext the client socket has not taken yet (None: nothing waits).
-        self.out: bytearray | None = None
-        self.high_water = config.chunk_bytes
         self.scratch = bytearray(config.chunk_bytes)
         self.view = memoryview(self.scratch)
-        self._writer: Any = None
         self._wake = self.loop.async_()
+        self.output = RecordOutput(
+            self.sock,
+            self.tls,
+            self.loop,
+            high_water=config.chunk_bytes,
+            on_drained=self._resume,
+            on_lost=self._wake.send,
+        )
 
     # --- the connection's greenlet ----------------------------------------------------
 
@@ -140,7 +143,7 @@ class H2Session:
         """Read and dispatch until the connection ends; return the end reason."""
         reader = self.tunnel._reader()
         idle = self.proxy.config.idle_timeout
-        while not self._lost:
+        while not self.output.lost:
             if self.draining and not self.streams:
                 return "goaway"
             try:
@@ -261,14 +264,9 @@ class H2Session:
                 stream.relay.abort(stream_reason)
             else:
                 self._kill(stream)
-        if self.out and not self._lost and stream_reason != "shutdown":  # killed: no more waiting
-            try:
-                send_all(self.sock, bytes(self.out), self._writer_watcher(), self.loop.now() + FINAL_FLUSH_SECONDS)
-            except OSError:
-                pass
-        self.out = None
-        if self._writer is not None:
-            self._writer.close()
+        if stream_reason != "shutdown":  # killed: no more waiting
+            self.output.finish(FINAL_FLUSH_SECONDS)
+        self.output.close()
         self._wake.close()
         self.proxy.h2_sessions.discard(self)
 
@@ -276,7 +274,7 @@ class H2Session:
 
     def respond(self, stream_id: int, status: int, headers: tuple, *, end_stream: bool = False) -> bool:
         """Send a response's HEADERS on *stream_id*; False if the stream or the connection is gone."""
-        if self.closed or self._lost:
+        if self.closed or self.output.lost:
             return False
         fields = [(b":status", str(status).encode())]
         fields += [(name.lower().encode(), value.encode()) for name, value in headers]
@@ -314,13 +312,13 @@ class H2Session:
 
     def congested(self) -> bool:
         """True while the output buffer is at its high-water mark."""
-        return self.out is not None and len(self.out) >= self.high_water
+        return self.output.congested()
 
     def forget(self, stream: StreamTunnel) -> None:
         """The stream's tunnel closed: reset the stream if it did not end cleanly."""
         stream_id = stream.stream_id
         self.streams.pop(stream_id, None)
-        if self.closed or self._lost:
+        if self.closed or self.output.lost:
             return
         state = self.h2.streams.get(stream_id)
         if state is not None and not state.closed:
@@ -362,58 +360,5 @@ class H2Session:
             self._send(data)
 
     def _send(self, data: bytes) -> None:
-        if self.closed or self._lost:
-            return
-        try:
-            records = self.tls.encrypt(data)
-        except ssl.SSLError:
-            self._lose()  # the session is over (the client's EOF or a fatal alert)
-            return
-        if self.out is not None:
-            self.out += records
-            return
-        try:
-            sent = self.sock.send(records)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._lose()
-            return
-        if sent < len(records):
-            self.out = bytearray(memoryview(records)[sent:])
-            self._writer_watcher().start(self._on_writable)
-
-    def _writer_watcher(self) -> Any:
-        if self._writer is None:
-            self._writer = self.loop.io(self.sock.fileno(), WRITE)
-        return self._writer
-
-    def _on_writable(self) -> None:
-        out = self.out
-        if out is None:
-            self._writer.stop()
-            return
-        try:
-            sent = self.sock.send(out)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._lose()
-            return
-        del out[:sent]
-        if not out:
-            self.out = None
-            self._writer.stop()
-        if not self.congested():
-            try:
-                self._resume()
-            except Exception:
-                log.exception("h2 session bug (resume)")
-
-    def _lose(self) -> None:
-        # The client socket failed under a write: the reading greenlet tears down.
-        self._lost = True
-        self.out = None
-        if self._writer is not None:
-            self._writer.stop()
-        self._wake.send()
+        if not self.closed:
+            self.output.send(data)

@@ -117,9 +117,7 @@ class StreamTunnel(Tunnel):
 class StreamRelay(Deadlines):
     """Both directions of one stream tunnel (see the module docstring)."""
 
-    reason = ""
     first_byte_at = 0.0
-    _first_eof = ""
     _unacked = 0
 
     def __init__(self, tunnel: StreamTunnel) -> None:
@@ -232,7 +230,7 @@ class StreamRelay(Deadlines):
         except OSError:
             pass
         self.up.done = True
-        self._half_done("client")
+        self._side_done("client")
 
     # --- upstream -> client -----------------------------------------------------------
 
@@ -267,7 +265,7 @@ class StreamRelay(Deadlines):
             down.reader.stop()
             down.eof = down.done = True
             session.end_stream(self.stream_id)
-            self._half_done("upstream")
+            self._side_done("upstream")
             return
         down.nbytes += n
         self._last_activity = self._loop.now()
@@ -295,23 +293,9 @@ class StreamRelay(Deadlines):
 
     # --- the end ------------------------------------------------------------------------
 
-    def _half_done(self, side: str) -> None:
-        if not self._first_eof:
-            self._first_eof = side
-        if self.up.done and self.down.done:
-            self._end("client_eof" if self._first_eof == "client" else "upstream_eof")
-        else:
-            self._half_closed = True
-            if self.limits.half_close_timeout:
-                self._arm_timer()
-
     def _end(self, reason: str) -> None:
-        if self.reason:
+        if not self._settle(reason):
             return
-        self.reason = reason
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
         for half in (self.up, self.down):
             for watcher in (half.reader, half.writer):
                 if watcher is not None:

@@ -214,6 +214,18 @@ class Policy:
                 return
         raise PolicyDeniedError(f"port {port} is not allowed")
 
+    def check_host(self, host: str, family: int) -> str | None:
+        """The name rules, before any DNS lookup: raise their refusal, or in
+        report mode return its reason for the tunnel to carry; None if allowed."""
+        if self.hosts is None:
+            return None
+        refusal = self.hosts.judge(host, family)
+        if refusal is None:
+            return None
+        if not self.report:
+            raise refusal
+        return refusal.code
+
     def _is_self(self, version: int, value: int, port: int) -> bool:
         if (version, value, port) in self._listening:
             return True

@@ -69,19 +69,49 @@ class RelayLimits:
 
 class Deadlines:
     """The idle, half-close and lifetime deadlines of one tunnel on one timer,
-    shared by :class:`Relay` and the HTTP/2 stream relay. The class using it
-    keeps ``limits``, ``_loop``, ``_started``, ``_last_activity`` (loop times),
-    ``_half_closed`` and ``_timer``, and ends the tunnel in ``_end(reason)``."""
+    the end reason, and which side ended first: shared by :class:`Relay` and
+    the HTTP/2 stream relay. The class using it keeps ``limits``, ``_loop``,
+    ``_started``, ``_last_activity`` (loop times), its halves ``up`` and
+    ``down``, and ends the tunnel in ``_end(reason)``, which starts with
+    :meth:`_settle`."""
 
     limits: RelayLimits
     _loop: Any
+    up: Half
+    down: Half
+    #: Why the tunnel ended; "" while it runs (see the module docstring).
+    reason = ""
     _timer: Any = None
     _half_closed = False
+    _first_eof = ""
     _started = 0.0
     _last_activity = 0.0
 
     def _end(self, reason: str) -> None:
         raise NotImplementedError
+
+    def _settle(self, reason: str) -> bool:
+        """Record the end *reason* once and stop the timer; False if it had ended already."""
+        if self.reason:
+            return False
+        self.reason = reason
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+        return True
+
+    def _side_done(self, side: str) -> None:
+        """*side*'s EOF was passed on: the tunnel ends once both directions are
+        done, named after the side that ended first; until then the half-close
+        limit applies."""
+        if not self._first_eof:
+            self._first_eof = side
+        if self.up.done and self.down.done:
+            self._end("client_eof" if self._first_eof == "client" else "upstream_eof")
+        else:
+            self._half_closed = True
+            if self.limits.half_close_timeout:
+                self._arm_timer()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -131,11 +161,8 @@ class Relay(Deadlines):
     what happened.
     """
 
-    #: Why the relay ended; "" while it runs (see the module docstring).
-    reason = ""
     #: time.monotonic() when the first upstream byte reached the client (0: none yet).
     first_byte_at = 0.0
-    _first_eof = ""
 
     def __init__(
         self,
@@ -278,14 +305,7 @@ class Relay(Deadlines):
             half.finishing = False
             half.writer.stop()
         half.done = True
-        if not self._first_eof:
-            self._first_eof = half.name
-        if (self.down if half is self.up else self.up).done:
-            self._end("client_eof" if self._first_eof == "client" else "upstream_eof")
-        else:
-            self._half_closed = True
-            if self.limits.half_close_timeout:
-                self._arm_timer()  # the half-close limit applies now
+        self._side_done(half.name)
 
     def _end_reset(self, side: str) -> None:
         survivor = self.down.src if side == "client" else self.up.src
@@ -296,12 +316,8 @@ class Relay(Deadlines):
         self._end(f"{side}_reset")
 
     def _end(self, reason: str) -> None:
-        if self.reason:
+        if not self._settle(reason):
             return
-        self.reason = reason
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
         for half in (self.up, self.down):
             if half.reader is not None:
                 half.reader.close()

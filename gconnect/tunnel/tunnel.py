@@ -39,7 +39,7 @@ from .head import RESPONSE_200, ConnectRequest, RequestParser, proxy_status, ren
 from .limits import client_key
 from .relay import Relay
 from .tls import TLSSession
-from .waiting import READ, WRITE, send_all, wait
+from .waiting import READ, WRITE, recv, send_all, wait
 
 if TYPE_CHECKING:
     from ..server import Proxy
@@ -212,12 +212,9 @@ class Tunnel:
             policy = self._policy = policy.users.get(self.user, policy)
         policy.check_port(request.port)
         if policy.hosts is not None:
-            refusal = policy.hosts.judge(request.host, request.family)
-            if refusal is not None:
-                if not policy.report:
-                    raise refusal
-                self.would_deny = refusal.code
-                self.proxy.stats.would_deny(refusal.code)
+            self.would_deny = policy.check_host(request.host, request.family)
+            if self.would_deny:
+                self.proxy.stats.would_deny(self.would_deny)
         router = self.proxy.router
         if router is not None:
             self.parent = router.route(request.host, request.family)
@@ -336,13 +333,8 @@ class Tunnel:
             self.client.shutdown(_socket.SHUT_WR)
             drained = 0
             while drained < LINGER_BYTES:
-                try:
-                    chunk = self.client.recv(LINGER_BYTES)
-                except BlockingIOError:
-                    if not wait(self._reader(), deadline - self._loop.now()):
-                        return
-                    continue
-                if not chunk:
+                chunk = recv(self.client, LINGER_BYTES, self._reader(), deadline)
+                if not chunk:  # the client's EOF, or the deadline (None)
                     return
                 drained += len(chunk)
         except OSError:
