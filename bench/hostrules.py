@@ -97,7 +97,7 @@ if len(sys.argv) > 1:
         extra["allow_host"] = tuple(parse_pattern(line) for line in f.read().split())
 tunnel = Tunnel.__new__(Tunnel)
 tunnel._policy = Policy(Config(allow_port=((1, 65535),), **extra))
-tunnel.proxy = types.SimpleNamespace(chain=None, stats=None)
+tunnel.proxy = types.SimpleNamespace(chain=None, router=None, stats=None)
 request = ConnectRequest("api.bench.test", 443, 0, "1.1", [])
 timer = timeit.Timer(lambda: tunnel.check(request))
 timer.timeit(100_000)
@@ -115,7 +115,10 @@ def check_cost(base: Path | None) -> dict[str, float]:
     result = {}
     for name, (code, args) in variants.items():
         argv = ["taskset", "-c", "0", sys.executable, "-c", CHECK_LOOP, *args]
-        done = subprocess.run(argv, env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True, text=True)
+        # cwd too: python -c and -m put the working directory first on sys.path,
+        # so from the repository root PYTHONPATH alone would run this tree.
+        env = {**os.environ, "PYTHONPATH": str(code)}
+        done = subprocess.run(argv, env=env, cwd=code, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"check loop for {name} failed: {done.stderr[-500:]}")
         result[name] = round(float(done.stdout.split()[-1]), 1)
@@ -149,7 +152,10 @@ class Proxy:
     def __init__(self, code: Path, config: Path, cpu: int) -> None:
         env = {**os.environ, "PYTHONPATH": str(code)}
         cmd = ["taskset", "-c", str(cpu), sys.executable, "-m", "gconnect", "serve", "--config", str(config)]
-        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        # cwd=code: -m puts the working directory first on sys.path (see check_cost).
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=code, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        )
         deadline = time.monotonic() + 20
         assert self.proc.stderr is not None
         for line in self.proc.stderr:

@@ -66,7 +66,9 @@ def start(args: list[str], cpu: int, root: Path = REPO) -> tuple[subprocess.Pope
     """``gconnect serve`` from the tree at *root*, pinned to *cpu*; (process, port)."""
     cmd = ["taskset", "-c", str(cpu), sys.executable, "-m", "gconnect", "serve", "--listen", "127.0.0.1:0"]
     cmd += ["--allow-port", "1-65535", "--allow-dest", "127.0.0.0/8", "--access-log", "", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd + args, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    # cwd=root: -m puts the working directory first on sys.path, ahead of PYTHONPATH.
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(cmd + args, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
     assert proc.stderr is not None
     for line in proc.stderr:
         match = LISTENING.search(line.strip())
