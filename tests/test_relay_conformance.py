@@ -106,16 +106,20 @@ class TLSPeer:
             self._step(lambda piece=data[i : i + 16384]: self.tls.write(piece))
 
     def recv(self, n: int) -> bytes:
-        with self.lock:
-            if self.plain:
-                data, self.plain = self.plain[:n], self.plain[n:]
-                return data
-            if self.closed:
-                return b""
         try:
-            return self._pump(lambda: self.tls.read(n))  # type: ignore[return-value]
+            return self._pump(lambda: self._read(n))  # type: ignore[return-value]
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
             return b""
+
+    def _read(self, n: int) -> bytes:
+        # Under the lock (_step), so a shutdown in another thread cannot take
+        # bytes out of the session between our looks: what it took comes first.
+        if self.plain:
+            data, self.plain = self.plain[:n], self.plain[n:]
+            return data
+        if self.closed:
+            return b""
+        return self.tls.read(n)
 
     def shutdown(self, how: int) -> None:
         # SSL_shutdown reads what is in the session; records still there would
