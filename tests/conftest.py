@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import selectors
 import signal
 import socket
 import ssl
@@ -391,6 +392,35 @@ def recv_all(sock: socket.socket) -> bytes:
         if not chunk:
             return bytes(data)
         data += chunk
+
+
+def echo_in_one_thread(sock: ssl.SSLSocket, data: bytes, timeout: float = 60.0) -> bytes:
+    """Send *data* through *sock* and read as many bytes back, interleaved in
+    this one thread: OpenSSL's SSL object must not be read in one thread while
+    another writes to it (a reader thread beside sendall() can garble a stream)."""
+    sock.setblocking(False)
+    got, view = bytearray(), memoryview(data)
+    deadline = time.monotonic() + timeout
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_READ)
+            while len(got) < len(data):
+                assert time.monotonic() < deadline, f"echo incomplete: {len(got)} of {len(data)} bytes"
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if view else 0)
+                selector.modify(sock, events)
+                if not sock.pending():
+                    selector.select(0.5)
+                with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    while True:
+                        chunk = sock.recv(1 << 20)
+                        assert chunk, f"EOF after {len(got)} of {len(data)} bytes"
+                        got += chunk
+                if view:
+                    with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        view = view[sock.send(view[: 1 << 16]) :]
+    finally:
+        sock.setblocking(True)
+    return bytes(got)
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,11 @@ import os
 import socket
 import ssl
 import subprocess
-import threading
 import time
 
 import pytest
 
-from .conftest import connect_over, recv_all, recv_exactly, wait_until
+from .conftest import connect_over, echo_in_one_thread, recv_all, recv_exactly, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -58,12 +57,8 @@ def test_tls_relay_is_byte_exact_both_ways_with_early_data(start_tls_proxy, clie
     data = os.urandom(4 * 1024 * 1024)
     sock = tls_tunnel(proxy, client_context, echo.target, extra=b"early")
     assert recv_exactly(sock, 5) == b"early"
-    got = {}
-    reader = threading.Thread(target=lambda: got.setdefault("data", recv_exactly(sock, len(data))))
-    reader.start()
-    sock.sendall(data)
-    reader.join(60)
-    assert hashlib.sha256(got["data"]).digest() == hashlib.sha256(data).digest()
+    got = echo_in_one_thread(sock, data)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     sock.close()
     line = proxy.wait_access(f"target={echo.target}")
     assert f"up={len(data) + 5} down={len(data) + 5}" in line
