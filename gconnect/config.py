@@ -36,6 +36,15 @@ DEFAULT_DRAIN_TIMEOUT = 30.0
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 #: Name rules refuse (enforce) unless the operator is rolling them out (report).
 DEFAULT_HOST_RULES_MODE = "enforce"
+#: The TLS name check (the ClientHello's server name against the CONNECT host)
+#: reports by default and never refuses: an upgrade changes no tunnel's fate,
+#: while the access log shows every operator what enforce would close (the name
+#: rules' report mode is the precedent for rolling out a check). Its cost is a
+#: parse of a few microseconds per tunnel to a listed port.
+DEFAULT_TLS_NAME_CHECK = "report"
+#: Squid's SSL_ports ACL: 443 is the port whose tunnels are TLS.
+DEFAULT_TLS_NAME_CHECK_PORTS = ((443, 443),)
+TLS_NAME_CHECK_MODES = ("off", "report", "enforce")
 #: The open-file limit here is 20,000 and a tunnel holds two descriptors.
 DEFAULT_MAX_CLIENTS = 9_900
 #: Splice pipe capacity and copy-relay read size. Measured (bench/loadgen bulk, one
@@ -193,6 +202,7 @@ class UserRules:
     allow_port: tuple[tuple[int, int], ...] | None = None
     allow_dest: tuple[IPNetwork, ...] | None = None
     deny_dest: tuple[IPNetwork, ...] = ()
+    tls_name_check: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +218,10 @@ class Config:
     deny_host: tuple[str, ...] = ()
     #: "enforce" refuses what the name rules refuse; "report" only marks and counts it.
     host_rules_mode: str = DEFAULT_HOST_RULES_MODE
+    #: off | report | enforce: the ClientHello's server name against the CONNECT host.
+    tls_name_check: str = DEFAULT_TLS_NAME_CHECK
+    #: The destination ports whose tunnels the name check reads.
+    tls_name_check_ports: tuple[tuple[int, int], ...] = DEFAULT_TLS_NAME_CHECK_PORTS
     #: Per-user policy tables; only the config file sets them (no option).
     users: tuple[UserRules, ...] = ()
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
@@ -287,6 +301,10 @@ class Config:
             raise ValueError("at least one listen address is needed")
         if self.host_rules_mode not in ("enforce", "report"):
             raise ValueError("host_rules_mode must be enforce or report")
+        if self.tls_name_check not in TLS_NAME_CHECK_MODES or any(
+            rules.tls_name_check not in (None, *TLS_NAME_CHECK_MODES) for rules in self.users
+        ):
+            raise ValueError("tls_name_check must be off, report or enforce")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be text or json")
         if self.upstream_for and not self.upstream:
@@ -323,6 +341,7 @@ class Config:
             allow_port=self.allow_port if rules.allow_port is None else rules.allow_port,
             allow_dest=self.allow_dest if rules.allow_dest is None else rules.allow_dest,
             deny_dest=self.deny_dest + tuple(n for n in rules.deny_dest if n not in self.deny_dest),
+            tls_name_check=self.tls_name_check if rules.tls_name_check is None else rules.tls_name_check,
             users=(),
         )
 

@@ -200,7 +200,17 @@ class Proxy:
             self.auth.reload()
 
     #: What SIGHUP can change; everything else needs a restart.
-    RELOADABLE = ("allow_port", "allow_dest", "deny_dest", "allow_host", "deny_host", "host_rules_mode", "users")
+    RELOADABLE = (
+        "allow_port",
+        "allow_dest",
+        "deny_dest",
+        "allow_host",
+        "deny_host",
+        "host_rules_mode",
+        "tls_name_check",
+        "tls_name_check_ports",
+        "users",
+    )
 
     def reload(self, new: Config) -> None:
         """Apply *new*'s policy (ports, destinations, names, users' tables) to tunnels that start from

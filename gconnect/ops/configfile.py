@@ -9,7 +9,7 @@ file.
 
 With ``--auth-file``, ``[users.NAME]`` tables hold one user's policy, with the
 keys of :data:`USER_KEYS`; :func:`read` returns them under ``"users"`` as
-``{name: {option_name: [text, ...]}}``.
+``{name: {option_name: [text, ...]}}`` (one text for :data:`USER_SINGLE_KEYS`).
 
 This module never touches click's command objects itself: the caller passes
 a ``check(name, value)`` that converts one value the way the option does and
@@ -34,7 +34,9 @@ else:  # pragma: no cover - Python 3.10
 
 
 #: The keys a ``[users.NAME]`` table may hold (option names, underscore form).
-USER_KEYS = ("allow_host", "deny_host", "allow_port", "allow_dest", "deny_dest")
+USER_KEYS = ("allow_host", "deny_host", "allow_port", "allow_dest", "deny_dest", "tls_name_check")
+#: Of those, the keys that take one value, not a list.
+USER_SINGLE_KEYS = ("tls_name_check",)
 
 
 class ConfigFileError(Exception):
@@ -115,20 +117,25 @@ def read(
 
 
 def _users(path: str, text: str, tables: dict[str, Any], check: Callable[[str, Any], None]) -> dict[str, Any]:
-    """The ``[users.NAME]`` tables as ``{name: {option_name: [text, ...]}}``."""
+    """The ``[users.NAME]`` tables as ``{name: {option_name: [text, ...]}}`` (one text for :data:`USER_SINGLE_KEYS`)."""
     users: dict[str, Any] = {}
     for user, table in tables.items():
         where = _where(path, text, f"users.{user}")
         if not isinstance(table, dict):
             raise ConfigFileError(f"{where}: 'users.{user}' must be a table ([users.{user}])")
-        rules: dict[str, list[Any]] = {}
+        rules: dict[str, Any] = {}
         for key, value in table.items():
             name = key.replace("-", "_")
             if name not in USER_KEYS:
                 raise ConfigFileError(f"{where}: [users.{user}]: unknown key {key!r} (one of {', '.join(USER_KEYS)})")
             if name in rules:
                 raise ConfigFileError(f"{where}: [users.{user}]: {key!r} is given twice (with '-' and with '_')")
-            value = [_text(v) for v in (value if isinstance(value, list) else [value])]
+            if name in USER_SINGLE_KEYS:
+                if isinstance(value, (list, dict)):
+                    raise ConfigFileError(f"{where}: [users.{user}] {key!r} takes one value, not a list")
+                value = _text(value)
+            else:
+                value = [_text(v) for v in (value if isinstance(value, list) else [value])]
             try:
                 check(name, value)
             except ValueError as exc:
@@ -203,7 +210,7 @@ def _toml_value(name: str, value: Any) -> str:
         return "[" + ", ".join(f'"{_hostport(v)}"' for v in value) + "]"
     if name == "metrics_listen":
         return f'"{_hostport(value)}"'
-    if name == "allow_port":
+    if name in ("allow_port", "tls_name_check_ports"):
         return "[" + ", ".join(f'"{lo}"' if lo == hi else f'"{lo}-{hi}"' for lo, hi in value) + "]"
     if name == "upstream" and len(value) == 1:
         return f'"{value[0]}"'  # one parent, as most files spell it

@@ -98,6 +98,12 @@ OPTIONS: tuple[Opt, ...] = (
           "Refuse targets matching this pattern (wins over --allow-host), repeatable; checked before DNS."),
     _choice("host_rules_mode", ["enforce", "report"], cfg.DEFAULT_HOST_RULES_MODE,
             "report: tunnels the name rules refuse go ahead, marked in the access log and counted."),
+    _choice("tls_name_check", list(cfg.TLS_NAME_CHECK_MODES), cfg.DEFAULT_TLS_NAME_CHECK,
+            "Check the TLS ClientHello's server name against the CONNECT host: report marks and counts a "
+            "mismatch, enforce closes the tunnel."),
+    _many("tls_name_check_ports", PortRange(), "SPEC",
+          "Destination port or range whose tunnels --tls-name-check reads, repeatable.  [default: 443]",
+          cfg.DEFAULT_TLS_NAME_CHECK_PORTS),
     _seconds("header_timeout", cfg.DEFAULT_HEADER_TIMEOUT, "Deadline for the whole request head."),
     _seconds("dns_timeout", cfg.DEFAULT_DNS_TIMEOUT, "Deadline for resolving the target's name."),
     _seconds("connect_timeout", cfg.DEFAULT_CONNECT_TIMEOUT, "Deadline for connecting to the target."),
@@ -248,10 +254,13 @@ def user_rules(tables: dict[str, dict[str, list[Any]]]) -> tuple[cfg.UserRules, 
     """:class:`~gconnect.config.UserRules` from the file's ``[users.NAME]``
     tables (values checked by :func:`read_config_file` already)."""
     context = click.Context(_COMMAND)
+
+    def cast(name: str, value: Any) -> Any:
+        converted = _PARAMS[name].type_cast_value(context, value)
+        return tuple(converted) if BY_NAME[name].multiple else converted
+
     return tuple(
-        cfg.UserRules(
-            user, **{name: tuple(_PARAMS[name].type_cast_value(context, value)) for name, value in table.items()}
-        )
+        cfg.UserRules(user, **{name: cast(name, value) for name, value in table.items()})
         for user, table in tables.items()
     )
 

@@ -172,6 +172,8 @@ class Policy:
         "_wildcard_ports",
         "hosts",
         "report",
+        "tls_name_check",
+        "tls_name_ports",
         "users",
     )
 
@@ -188,6 +190,9 @@ class Policy:
         self.hosts = HostRules(config.allow_host, config.deny_host) if config.allow_host or config.deny_host else None
         #: Report mode: the name rules' refusals are marked and counted, not enforced.
         self.report = config.host_rules_mode == "report"
+        #: The TLS name check's mode (off | report | enforce) and the ports it reads.
+        self.tls_name_check = config.tls_name_check
+        self.tls_name_ports = config.tls_name_check_ports
         #: user name -> that user's Policy (chosen after authentication).
         self.users = {rules.name: Policy(config.for_user(rules)) for rules in config.users}
         self.set_listening(listening)
@@ -213,6 +218,15 @@ class Policy:
             if low <= port <= high:
                 return
         raise PolicyDeniedError(f"port {port} is not allowed")
+
+    def name_check_mode(self, port: int) -> str:
+        """The TLS name check's mode for a tunnel to *port*: ``off`` unless listed."""
+        mode = self.tls_name_check
+        if mode != "off":
+            for low, high in self.tls_name_ports:
+                if low <= port <= high:
+                    return mode
+        return "off"
 
     def check_host(self, host: str, family: int) -> str | None:
         """The name rules, before any DNS lookup: raise their refusal, or in
