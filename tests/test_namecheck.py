@@ -13,10 +13,13 @@ from gconnect.config import Config, UserRules
 from gconnect.ops import configfile
 from gconnect.ops.cli import main
 from gconnect.ops.options import config_from_file
+from gconnect.ops.workermetrics import add_counters, empty_snapshot
 from gconnect.tunnel.clienthello import ClientHello
 from gconnect.tunnel.hostrules import HostRules
-from gconnect.tunnel.namecheck import OUTCOMES, PASSING, decide, refuses
+from gconnect.tunnel.namecheck import OUTCOMES, PASSING, NameCheck, check, decide, refuses
 from gconnect.tunnel.policy import Policy
+
+from .test_clienthello import python_hello
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -111,3 +114,47 @@ def test_option_on_the_command_line():
     result = CliRunner().invoke(main, ["serve", "--tls-name-check", "bogus"])
     assert result.exit_code == 2
     assert "--tls-name-check" in result.output
+
+
+def scripted(*chunks: bytes | None):
+    """A receive() answering *chunks* in turn (None: the deadline passed, b"": EOF)."""
+    pending = list(chunks)
+    return lambda: pending.pop(0)
+
+
+def test_check_reads_one_hello_and_keeps_every_byte():
+    data = python_hello("a.test")
+    early, rest = data[:10], data[10:]
+    pieces = [rest[i : i + 50] for i in range(0, len(rest), 50)]
+    pieces[-1] += b"\x17\x03\x03\x00\x01x"  # early data right behind it: passed on, not read
+    result = check(early, scripted(*pieces), "a.test", False, None)
+    assert result == NameCheck("match", "a.test", early + b"".join(pieces))
+    assert result.tls_client
+
+
+@pytest.mark.parametrize(
+    "early,chunks,outcome",
+    [
+        (b"", [None], "timeout"),
+        (b"\x16\x03", [None], "timeout"),
+        (b"\x16\x03", [b""], "eof"),
+        (b"", [b""], "eof"),
+        (b"SSH-2.0-x\r\n", [], "not_tls"),
+        (b"", [b"\x16\x03\x01\x00\x00"], "malformed"),
+    ],
+)
+def test_check_without_a_hello(early, chunks, outcome):
+    result = check(early, scripted(*chunks), "a.test", False, None)
+    assert result == NameCheck(outcome, None, early + b"".join(c for c in chunks if c))
+    assert not result.tls_client
+    assert refuses(outcome, "enforce") == (outcome != "eof")
+
+
+def test_name_check_counters_are_summed_across_workers():
+    one = {**empty_snapshot(), "tls_name_checks": [["match", "pass", 3], ["mismatch", "close", 1]]}
+    two = {**empty_snapshot(), "tls_name_checks": [["mismatch", "close", 2]]}
+    old = {k: v for k, v in empty_snapshot().items() if k != "tls_name_checks"}  # a worker of an older release
+    total = empty_snapshot()
+    for snap in (one, two, old):
+        add_counters(total, snap)
+    assert total["tls_name_checks"] == [["match", "pass", 3], ["mismatch", "close", 3]]

@@ -92,6 +92,7 @@ class TextAccessLog(AccessLog):
             f"up={tunnel.bytes_up} down={tunnel.bytes_down} "
             f"duration={time.monotonic() - tunnel.started:.3f} reason={tunnel.reason}{h2}"
             + (f" would_deny={tunnel.would_deny}" if tunnel.would_deny else "")
+            + (f" sni={tunnel.sni or '-'} sni_check={tunnel.sni_check}" if tunnel.sni_check else "")
         )
 
 
@@ -114,6 +115,9 @@ class JsonAccessLog(AccessLog):
         }
         if tunnel.would_deny:
             fields["would_deny"] = tunnel.would_deny
+        if tunnel.sni_check:
+            fields["sni"] = tunnel.sni
+            fields["sni_check"] = tunnel.sni_check
         if tunnel.stream_id is not None:
             fields["proto"] = "h2"
             fields["stream"] = tunnel.stream_id

@@ -40,6 +40,7 @@ class Stats:
         "bytes_up",
         "handshake_counts",
         "handshake_sum",
+        "name_checks",
         "outcomes",
         "tunnels_open",
         "would_deny_counts",
@@ -55,6 +56,8 @@ class Stats:
         self.handshake_sum = 0.0
         #: Report mode: name-rule reason -> tunnels let through that it would have refused
         self.would_deny_counts: dict[str, int] = {}
+        #: The TLS name check: (outcome, "pass" or "close") -> tunnels
+        self.name_checks: dict[tuple[str, str], int] = {}
 
     def opened(self, handshake_seconds: float) -> None:
         """A tunnel got its 200 after *handshake_seconds*."""
@@ -66,6 +69,12 @@ class Stats:
         """Report mode let a tunnel through that the name rules refuse for *reason*."""
         counts = self.would_deny_counts
         counts[reason] = counts.get(reason, 0) + 1
+
+    def name_checked(self, outcome: str, refused: bool) -> None:
+        """The TLS name check ended in *outcome*; *refused*: the tunnel was closed for it."""
+        counts = self.name_checks
+        key = (outcome, "close" if refused else "pass")
+        counts[key] = counts.get(key, 0) + 1
 
     def closed(self, status: int, reason: str, bytes_up: int, bytes_down: int) -> None:
         """A client is done (tunnel or refusal); status 200 means it was counted open."""
@@ -97,6 +106,7 @@ def snapshot(proxy: Any) -> dict[str, Any]:
         "policy_generation": proxy.generation,
         "access_log_dropped_lines": proxy.access_log.dropped_lines if proxy.access_log is not None else 0,
         "would_deny": [[reason, count] for reason, count in sorted(stats.would_deny_counts.items())],
+        "tls_name_checks": [[outcome, action, count] for (outcome, action), count in sorted(stats.name_checks.items())],
         **upstream_figures(proxy.router),
     }
 
@@ -166,6 +176,14 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
     for reason, count in snap.get("would_deny", []):
         would_deny.add_metric((str(reason),), count)
     yield would_deny
+    checks = CounterMetricFamily(
+        "gconnect_tls_name_checks",
+        "Tunnels whose TLS ClientHello server name was checked, by outcome and action (pass, close)",
+        labels=("outcome", "action"),
+    )
+    for outcome, action, count in snap.get("tls_name_checks", []):
+        checks.add_metric((str(outcome), str(action)), count)
+    yield checks
     yield from upstream_families(snap)
 
 

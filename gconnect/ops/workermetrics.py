@@ -106,6 +106,7 @@ def empty_snapshot() -> dict[str, Any]:
         "policy_generation": 0,
         "access_log_dropped_lines": 0,
         "would_deny": [],
+        "tls_name_checks": [],
         "rss_bytes": 0,
         "cpu_seconds": 0.0,
         "open_fds": 0,
@@ -129,6 +130,11 @@ def add_counters(into: dict[str, Any], snap: dict[str, Any]) -> None:
     for reason, count in snap.get("would_deny", []):
         would_deny[reason] = would_deny.get(reason, 0) + count
     into["would_deny"] = [[reason, count] for reason, count in sorted(would_deny.items())]
+    checks = {(outcome, action): count for outcome, action, count in into["tls_name_checks"]}
+    # .get: a worker of an older release writes no "tls_name_checks".
+    for outcome, action, count in snap.get("tls_name_checks", []):
+        checks[(outcome, action)] = checks.get((outcome, action), 0) + count
+    into["tls_name_checks"] = [[*key, count] for key, count in sorted(checks.items())]
     tried = {(pool, url, outcome): count for pool, url, outcome, count in into["upstream_tunnels"]}
     # .get: a worker of the previous release (during an upgrade) writes no upstream figures.
     for pool, url, outcome, count in snap.get("upstream_tunnels", []):

@@ -31,13 +31,30 @@ extension (with the real name outside) on every connection.
 
 from __future__ import annotations
 
-from .clienthello import ClientHello
+from collections.abc import Callable
+from typing import NamedTuple
+
+from .clienthello import ClientHello, ClientHelloError, ClientHelloReader
 from .hostrules import HostRules
 from .names import canonical_address
+
+#: How long the client has, after the 200, to send a complete ClientHello; at
+#: most the header deadline. HAProxy's documented pattern for ``req.ssl_sni``
+#: is ``tcp-request inspect-delay 5s``; a client sends its ClientHello the
+#: moment it reads the 200, so only a server-speaks-first protocol (or a
+#: client stalled for seconds) meets it.
+NAME_CHECK_SECONDS = 5.0
+#: The fatal alert a closed TLS client gets (RFC 8446 §6: level 2 fatal,
+#: unrecognized_name 112, which RFC 6066 §3 names for a server name it will not
+#: serve), in a plaintext record as before any ServerHello.
+UNRECOGNIZED_NAME_ALERT = b"\x15\x03\x03\x00\x02\x02\x70"
 
 MODES = ("off", "report", "enforce")
 #: Outcomes ``enforce`` lets through; every other one closes the tunnel.
 PASSING = frozenset({"match", "ip_literal_allowed", "ip_literal_no_sni", "eof"})
+_AFTER_A_HELLO = frozenset(
+    {"match", "mismatch", "ip_literal_allowed", "ip_literal_denied", "ip_literal_no_sni", "no_sni", "ech_mismatch"}
+)
 OUTCOMES = (
     "match",
     "mismatch",
@@ -52,6 +69,45 @@ OUTCOMES = (
     "timeout",
     "eof",
 )
+
+
+class NameCheck(NamedTuple):
+    """One tunnel's check: its outcome, the server name seen (None: none, or no
+    complete ClientHello), and every byte the client sent meanwhile, which the
+    relay passes on unchanged."""
+
+    outcome: str
+    server_name: str | None
+    data: bytes
+
+    @property
+    def tls_client(self) -> bool:
+        """A complete ClientHello was read: the client speaks TLS and an alert means something to it."""
+        return self.outcome in _AFTER_A_HELLO
+
+
+def check(
+    early: bytes,
+    receive: Callable[[], bytes | None],
+    host: str,
+    ip_literal: bool,
+    rules: HostRules | None,
+) -> NameCheck:
+    """Read one ClientHello from *early* (the bytes that came with the request)
+    and what *receive* returns next (``b""`` at the client's EOF, None when the
+    caller's deadline has passed), then :func:`decide`. Reading stops at the
+    first answer; *receive*'s OSError is the caller's."""
+    reader = ClientHelloReader()
+    try:
+        hello = reader.feed(early) if early else None
+        while hello is None:
+            chunk = receive()
+            if not chunk:
+                return NameCheck("eof" if chunk == b"" else "timeout", None, bytes(reader.buffer))
+            hello = reader.feed(chunk)
+    except ClientHelloError as exc:
+        return NameCheck(exc.outcome, None, bytes(reader.buffer))
+    return NameCheck(decide(hello, host, ip_literal, rules), hello.server_name, bytes(reader.buffer))
 
 
 def decide(hello: ClientHello, host: str, ip_literal: bool, rules: HostRules | None) -> str:

@@ -9,6 +9,7 @@
     resolve       IP literals skip DNS; every address checked       -> 403 / 502 / 504
     dial          Happy Eyeballs, or the parent's CONNECT           -> 502 / 503 / 504
     answer        "HTTP/1.1 200 Connection established"             (the point of no return)
+    check_name    the ClientHello's server name against the target  (closes; a TLS alert)
     relay         early bytes first, then the callback relay
     close         the one exit for every outcome
 
@@ -33,7 +34,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClientClosedError, GConnectError, HeadTimeoutError, LoopDetectedError
-from . import proxyproto
+from . import namecheck, proxyproto
 from .dial import Connection, fmt, open_connection
 from .head import RESPONSE_200, ConnectRequest, RequestParser, proxy_status, render_error
 from .limits import client_key
@@ -78,6 +79,9 @@ class Tunnel:
     parent: Any = None
     #: Report mode: the name rules' reason this tunnel would have been refused for.
     would_deny: str | None = None
+    #: The TLS name check: the ClientHello's server name, and the outcome (None: not checked).
+    sni: str | None = None
+    sni_check: str | None = None
     member: Any = None
     #: The client as the limits count it, once admitted.
     who = ""
@@ -124,6 +128,7 @@ class Tunnel:
             addresses = self.resolve(request)
             self.dial(request, addresses)
             self.answer()
+            early = self.check_name(request)
         except GConnectError as exc:
             self.refuse(exc)
         except OSError as exc:
@@ -141,8 +146,9 @@ class Tunnel:
             self.close()
             raise
         else:
-            self.start_relay(request.trailing)
-            return
+            if early is not None:
+                self.start_relay(early)
+                return
         self.close()
 
     # --- the steps -------------------------------------------------------------------
@@ -271,6 +277,35 @@ class Tunnel:
         if self.proxy.access_log is not None:
             self.proxy.access_log.opened(self)
 
+    def check_name(self, request: ConnectRequest) -> bytes | None:
+        """On a port the TLS name check reads: one ClientHello, by its own
+        deadline, and the decision (:mod:`~gconnect.tunnel.namecheck`). The
+        bytes the relay starts with (all that was read, unchanged), or None if
+        the check refuses the tunnel (a TLS client is sent a fatal alert first)."""
+        policy = self._policy
+        mode = policy.name_check_mode(request.port)
+        if mode == "off":
+            return request.trailing
+        seconds = min(namecheck.NAME_CHECK_SECONDS, self.proxy.config.header_timeout)
+        deadline = self._loop.now() + seconds
+        result = namecheck.check(
+            request.trailing, lambda: self.recv_by(deadline), request.host, bool(request.family), policy.hosts
+        )
+        self.sni = result.server_name
+        self.sni_check = result.outcome
+        refused = namecheck.refuses(result.outcome, mode)
+        self.proxy.stats.name_checked(result.outcome, refused)
+        if not refused:
+            return result.data
+        self.reason = "tls_name_refused"
+        if result.tls_client:
+            self.send_alert(namecheck.UNRECOGNIZED_NAME_ALERT)
+        return None
+
+    def send_alert(self, alert: bytes) -> None:
+        """Write a TLS alert record to the client before closing (after the 200)."""
+        self._send_client(alert, self._loop.now() + LINGER_SECONDS)
+
     def start_relay(self, early: bytes) -> None:
         """Forward the bytes that came with the head (RFC 9110 §9.3.6 lets the
         client send early: they are tunnel data), then hand both sockets to
@@ -379,13 +414,20 @@ class Tunnel:
 
     def _recv_client(self, what: str) -> bytes:
         """What the client sent next (plaintext on a TLS listener), by the header deadline."""
+        data = self.recv_by(self._deadline)
+        if data is None:
+            timeout = self.proxy.config.header_timeout
+            raise HeadTimeoutError(f"{what} not received within {timeout:g} s")
+        return data
+
+    def recv_by(self, deadline: float) -> bytes | None:
+        """What the client sent next (plaintext on a TLS listener); None once *deadline* (loop time) passes."""
         while True:
             try:
                 return self.tls.recv() if self.tls is not None else self.client.recv(HEAD_RECV_BYTES)
             except BlockingIOError:
-                if not wait(self._reader(), self._deadline - self._loop.now()):
-                    timeout = self.proxy.config.header_timeout
-                    raise HeadTimeoutError(f"{what} not received within {timeout:g} s") from None
+                if not wait(self._reader(), deadline - self._loop.now()):
+                    return None
 
     def _send_client(self, data: bytes, deadline: float) -> bool:
         """Write *data* to the client (encrypted on a TLS listener) by *deadline*."""
