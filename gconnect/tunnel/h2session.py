@@ -199,6 +199,7 @@ class H2Session:
                     stream.relay.client_ended()  # type: ignore[attr-defined]
                 else:
                     stream.client_ended = True
+                    stream.more_data()
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -234,6 +235,7 @@ class H2Session:
             stream.relay.deliver(data, flow_length)  # type: ignore[attr-defined]
         else:
             stream.early.append((data, flow_length))
+            stream.more_data()
 
     def _reset_by_client(self, stream: StreamTunnel) -> None:
         if stream.relay is not None:
@@ -290,6 +292,16 @@ class H2Session:
         size = self.h2.max_outbound_frame_size
         for at in range(0, len(data), size):
             self.h2.send_data(stream_id, data[at : at + size])  # type: ignore[arg-type]
+        self.flush()
+
+    def end_with(self, stream_id: int, data: bytes) -> None:
+        """*data* as the stream's last DATA (END_STREAM), if the stream and the connection are still there."""
+        if self.closed or self.output.lost:
+            return
+        try:
+            self.h2.send_data(stream_id, data, end_stream=True)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, h2.exceptions.FlowControlError):
+            return
         self.flush()
 
     def end_stream(self, stream_id: int) -> None:

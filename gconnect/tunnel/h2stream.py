@@ -40,7 +40,7 @@ from .limits import client_key
 from .movers import Half
 from .relay import Deadlines
 from .tunnel import Tunnel
-from .waiting import READ, WRITE
+from .waiting import READ, WRITE, wait
 
 if TYPE_CHECKING:
     from .h2session import H2Session
@@ -70,6 +70,9 @@ class StreamTunnel(Tunnel):
     early: list[tuple[bytes, int]]
     #: The client's END_STREAM came before the relay started.
     client_ended = False
+    #: The TLS name check: how many of ``early`` it has read, and its wake-up while it waits.
+    _seen = 0
+    arrival: Any = None
 
     def __init__(self, session: H2Session, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.session = session
@@ -103,10 +106,41 @@ class StreamTunnel(Tunnel):
 
     def refuse(self, exc: Any) -> None:
         """Answer *exc*'s status and headers as HEADERS with END_STREAM."""
+        if self.status == 200:
+            self.reason = exc.code  # reset during the name check, after the 200: nothing to answer
+            return
         self.status = exc.status
         self.reason = exc.code
         if exc.answerable:
             self.session.respond(self.stream_id, exc.status, exc.headers, end_stream=True)
+
+    def recv_by(self, deadline: float) -> bytes | None:
+        """The stream's DATA that came since the last call (it stays in ``early``
+        for the relay); b"" after END_STREAM; None once *deadline* passes."""
+        while True:
+            new = self.early[self._seen :]
+            self._seen = len(self.early)
+            data = b"".join(chunk for chunk, _ in new)
+            if data:
+                return data
+            if self.client_ended:
+                return b""
+            arrival = self.arrival = self._loop.async_()
+            try:
+                if not wait(arrival, deadline - self._loop.now()):
+                    return None
+            finally:
+                arrival.close()
+                self.arrival = None
+
+    def more_data(self) -> None:
+        """The session added to ``early`` or set ``client_ended``: wake a waiting recv_by."""
+        if self.arrival is not None:
+            self.arrival.send()
+
+    def send_alert(self, alert: bytes) -> None:
+        """The alert as the stream's last DATA."""
+        self.session.end_with(self.stream_id, alert)
 
     def start_relay(self, early: bytes) -> None:
         """Hand the upstream socket to the stream relay; this greenlet ends here."""
