@@ -18,7 +18,7 @@ import pytest
 
 from gconnect.tunnel.namecheck import UNRECOGNIZED_NAME_ALERT
 
-from .conftest import open_tunnel, read_head, recv_all, wait_until
+from .conftest import connect_over, open_tunnel, read_head, recv_all, wait_until
 from .h2client import H2Client
 from .test_metrics import metrics_url, scrape
 
@@ -198,19 +198,23 @@ def test_server_speaks_first_the_deadline_decides(start_proxy, upstream_factory,
     assert "sni=- sni_check=timeout" in proxy.wait_access("sni_check=")
 
 
-def test_client_hello_one_byte_at_a_time(start_proxy, names, origin, client_context):
-    proxy = check_proxy(start_proxy, origin.port, "enforce")
-    sock = open_tunnel(proxy, f"allowed.test:{origin.port}")
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def get_over(sock: socket.socket, context: ssl.SSLContext, server_hostname: str, step: int = 0) -> bytes:
+    """A GET over TLS with memory BIOs inside *sock* (which may itself be TLS):
+    the ClientHello written *step* bytes at a time (0: at once); the response."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    session = client_context.wrap_bio(incoming, outgoing, server_hostname="allowed.test")
+    session = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
     with pytest.raises(ssl.SSLWantReadError):
         session.do_handshake()
-    for byte in outgoing.read():
-        sock.send(bytes([byte]))
-        time.sleep(0.0005)  # pacing, so the bytes go out in separate segments
+    hello = outgoing.read()
+    for at in range(0, len(hello), step or len(hello)):
+        sock.sendall(hello[at : at + (step or len(hello))])
+        if step:
+            time.sleep(0.0005)  # pacing, so the pieces go out in separate segments
     while True:
-        incoming.write(sock.recv(65536))
+        chunk = sock.recv(65536)
+        if not chunk:
+            incoming.write_eof()
+        incoming.write(chunk)
         try:
             session.do_handshake()
             break
@@ -225,8 +229,31 @@ def test_client_hello_one_byte_at_a_time(start_proxy, names, origin, client_cont
             got += session.read(65536)
         except ssl.SSLWantReadError:
             pass
-    sock.close()
+    return got
+
+
+def test_client_hello_one_byte_at_a_time(start_proxy, names, origin, client_context):
+    proxy = check_proxy(start_proxy, origin.port, "enforce")
+    with open_tunnel(proxy, f"allowed.test:{origin.port}") as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        assert get_over(sock, client_context, "allowed.test", step=1).endswith(b"origin")
     assert "sni=allowed.test sni_check=match" in proxy.wait_access("sni_check=")
+
+
+def test_https_proxy_alert_inside_the_proxy_tls(start_tls_proxy, names, origin, client_context):
+    proxy = start_tls_proxy("--tls-name-check", "enforce", "--tls-name-check-ports", str(origin.port))
+    client_context.set_alpn_protocols(["http/1.1"])
+    target = f"allowed.test:{origin.port}"
+    with client_context.wrap_socket(proxy.connect(), server_hostname="127.0.0.1") as outer:
+        connect_over(outer, target)
+        assert get_over(outer, client_context, "allowed.test", step=50).endswith(b"origin")
+    with client_context.wrap_socket(proxy.connect(), server_hostname="127.0.0.1") as outer:
+        connect_over(outer, target)
+        with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+            get_over(outer, client_context, "other.test")
+    wait_until(lambda: len([line for line in proxy.access_lines() if "sni_check" in line]) == 2)
+    lines = proxy.access_lines()
+    assert "sni_check=match" in lines[0] and "sni=other.test sni_check=mismatch" in lines[1]
 
 
 def test_sighup_turns_enforce_on(start_proxy, names, origin, client_context, tmp_path):
