@@ -135,6 +135,16 @@ def test_curl_through_the_check(start_proxy, names, origin, ca_file):
     )
     assert done.stdout == b"origin", done.stderr
     assert "sni=allowed.test sni_check=match" in proxy.wait_access("sni_check=")
+    # --connect-to: CONNECT allowed.test, while the ClientHello names other.test.
+    other = f"https://other.test:{origin.port}/"
+    command = ["curl", "-sS", "--max-time", "20", "--cacert", str(ca_file), "-x", f"http://127.0.0.1:{proxy.port}"]
+    done = subprocess.run(
+        [*command, "--connect-to", f"other.test:{origin.port}:allowed.test:{origin.port}", other],
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 35 and b"unrecognized name" in done.stderr, done.stderr
+    assert "target=allowed.test" in proxy.wait_access("sni=other.test sni_check=mismatch")
 
 
 def test_report_mode_lets_a_mismatch_through_and_counts_it(start_proxy, names, origin, client_context):

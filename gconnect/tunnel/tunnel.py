@@ -304,7 +304,10 @@ class Tunnel:
 
     def send_alert(self, alert: bytes) -> None:
         """Write a TLS alert record to the client before closing (after the 200)."""
-        self._send_client(alert, self._loop.now() + LINGER_SECONDS)
+        try:
+            self._send_client(alert, self._loop.now() + LINGER_SECONDS)
+        except OSError:
+            pass  # the client is gone already; the refusal stays the reason
 
     def start_relay(self, early: bytes) -> None:
         """Forward the bytes that came with the head (RFC 9110 §9.3.6 lets the
