@@ -6,6 +6,7 @@ both ends hash every handshake byte into their Finished messages."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 import signal
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import bcrypt
 import pytest
 
 from gconnect.tunnel.namecheck import UNRECOGNIZED_NAME_ALERT
@@ -318,3 +320,26 @@ def python_hello(server_hostname: str, context: ssl.SSLContext) -> bytes:
     with pytest.raises(ssl.SSLWantReadError):
         session.do_handshake()
     return outgoing.read()
+
+
+def test_per_user_mode(start_proxy, names, origin, client_context, tmp_path):
+    auth = tmp_path / "htpasswd"
+    auth.write_text("".join(f"{u}:{bcrypt.hashpw(u.encode(), bcrypt.gensalt(4)).decode()}\n" for u in ("ci", "ops")))
+    config = tmp_path / "gconnect.toml"
+    config.write_text(
+        f'auth-file = "{auth}"\ntls-name-check = "report"\ntls-name-check-ports = [{origin.port}]\n\n'
+        '[users.ci]\ntls-name-check = "enforce"\n'
+    )
+    proxy = start_proxy("--config", str(config))
+    target = f"allowed.test:{origin.port}"
+
+    def tunnel(user: str) -> socket.socket:
+        login = base64.b64encode(f"{user}:{user}".encode())
+        headers = b"Host: " + target.encode() + b"\r\nProxy-Authorization: Basic " + login + b"\r\n"
+        return open_tunnel(proxy, target, headers=headers)
+
+    assert fetch(tunnel("ops"), client_context, "other.test").endswith(b"origin")  # the global report
+    with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+        fetch(tunnel("ci"), client_context, "other.test")  # the user's enforce
+    assert "reason=tls_name_refused" in proxy.wait_access("user=ci ")
+    assert "sni_check=mismatch" in proxy.wait_access("user=ops ")
