@@ -5,6 +5,7 @@ read past a declared length, names in canonical form)."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
 import subprocess
@@ -298,3 +299,40 @@ def test_declared_lengths_bound_every_read(declared_list, declared_name):
         return
     assert (declared_list, declared_name) == (len(entries), len(name))
     assert result is not None and result.server_name == "a.test"
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_chromium_client_hello(tmp_path):
+    """Chromium's own first flight, captured on loopback: GREASE, an X25519MLKEM768
+    key share (so over 1.5 KiB), a GREASE ECH extension with the real name outside."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(30)
+    port = listener.getsockname()[1]
+    command = [
+        *("chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
+        *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
+        f"--user-data-dir={tmp_path}",
+        "--host-resolver-rules=MAP chromium.test 127.0.0.1",
+        "--dump-dom",
+        f"https://chromium.test:{port}/",
+    ]
+    browser = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        reader = ClientHelloReader()
+        with conn:
+            result = None
+            while result is None:
+                chunk = conn.recv(65536)
+                assert chunk
+                result = reader.feed(chunk)
+    finally:
+        browser.kill()
+        browser.wait(30)
+        listener.close()
+    hello = bytes(reader.buffer[: result.consumed])
+    assert len(hello) > 1500
+    for step in (0, 1, 1460):
+        assert read(hello, step) == ClientHello("chromium.test", True, len(hello))
+    assert read(records(hello[5:], 512), 100).server_name == "chromium.test"

@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -340,3 +341,26 @@ def test_per_user_mode(start_proxy, names, origin, client_context, tmp_path):
         fetch(tunnel("ci"), client_context, "other.test")  # the user's enforce
     assert "reason=tls_name_refused" in proxy.wait_access("user=ci ")
     assert "sni_check=mismatch" in proxy.wait_access("user=ops ")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+@pytest.mark.parametrize("listener", ["http", "https"])
+def test_chromium_passes_the_check(start_proxy, start_tls_proxy, names, origin, tmp_path, listener):
+    # Chromium's own ClientHello: GREASE, an X25519MLKEM768 key share, a GREASE ECH extension;
+    # over an HTTPS proxy it opens its tunnels as HTTP/2 streams.
+    start = start_tls_proxy if listener == "https" else start_proxy
+    proxy = check_proxy(start, origin.port, "enforce")
+    command = [
+        *("chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
+        *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
+        f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}",
+        f"--proxy-server={listener}://127.0.0.1:{proxy.port}",
+        "--ignore-certificate-errors",
+        "--dump-dom",
+        f"https://allowed.test:{origin.port}/",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert "origin" in result.stdout, result.stderr[-2000:]
+    line = proxy.wait_access("sni=allowed.test sni_check=match")
+    assert "status=200" in line and "reason=tls_name_refused" not in line
+    assert (" proto=h2 " in line) == (listener == "https")
