@@ -1,7 +1,9 @@
 """The name inside the tunnel: the ClientHello's server name against the CONNECT target.
 
-Pure functions. :func:`decide` names the outcome of one tunnel's check;
-:func:`refuses` says whether a mode closes the tunnel for it. The outcomes, and
+Sans I/O. :func:`check` feeds the ClientHello reader from a ``receive``
+callable the tunnel supplies and :func:`decide` names the outcome (both pure
+given their inputs); :func:`refuses` says whether a mode (``off``, ``report``,
+``enforce``: ``--tls-name-check``) closes the tunnel for it. The outcomes, and
 what ``enforce`` does with each (``report`` lets every one through, marked in
 the access log and counted; ``off`` reads nothing)::
 
@@ -49,7 +51,6 @@ NAME_CHECK_SECONDS = 5.0
 #: serve), in a plaintext record as before any ServerHello.
 UNRECOGNIZED_NAME_ALERT = b"\x15\x03\x03\x00\x02\x02\x70"
 
-MODES = ("off", "report", "enforce")
 #: Outcomes ``enforce`` lets through; every other one closes the tunnel.
 PASSING = frozenset({"match", "ip_literal_allowed", "ip_literal_no_sni", "eof"})
 _AFTER_A_HELLO = frozenset(
