@@ -209,14 +209,21 @@ def test_server_speaks_first_the_deadline_decides(start_proxy, upstream_factory,
     assert "sni=- sni_check=timeout" in proxy.wait_access("sni_check=")
 
 
-def get_over(sock: socket.socket, context: ssl.SSLContext, server_hostname: str, step: int = 0) -> bytes:
+def get_over(
+    sock: socket.socket, context: ssl.SSLContext, server_hostname: str, step: int = 0, record: int = 0
+) -> bytes:
     """A GET over TLS with memory BIOs inside *sock* (which may itself be TLS):
-    the ClientHello written *step* bytes at a time (0: at once); the response."""
+    the ClientHello written *step* bytes at a time (0: at once), re-fragmented
+    into TLS records of *record* bytes (0: as the client made it); the response."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     session = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
     with pytest.raises(ssl.SSLWantReadError):
         session.do_handshake()
     hello = outgoing.read()
+    if record:
+        # RFC 8446 §5.1: a handshake message may span records; the server's transcript is the message's.
+        pieces = [hello[at : at + record] for at in range(5, len(hello), record)]
+        hello = b"".join(b"\x16\x03\x01" + len(piece).to_bytes(2, "big") + piece for piece in pieces)
     for at in range(0, len(hello), step or len(hello)):
         sock.sendall(hello[at : at + (step or len(hello))])
         if step:
@@ -248,6 +255,13 @@ def test_client_hello_one_byte_at_a_time(start_proxy, names, origin, client_cont
     with open_tunnel(proxy, f"allowed.test:{origin.port}") as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         assert get_over(sock, client_context, "allowed.test", step=1).endswith(b"origin")
+    assert "sni=allowed.test sni_check=match" in proxy.wait_access("sni_check=")
+
+
+def test_client_hello_split_across_records(start_proxy, names, origin, client_context):
+    proxy = check_proxy(start_proxy, origin.port, "enforce")
+    with open_tunnel(proxy, f"allowed.test:{origin.port}") as sock:
+        assert get_over(sock, client_context, "allowed.test", step=150, record=64).endswith(b"origin")
     assert "sni=allowed.test sni_check=match" in proxy.wait_access("sni_check=")
 
 
