@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from gconnect import errors
 from gconnect.config import Config
-from gconnect.tunnel.head import MAX_HOSTNAME_CHARS, RESPONSE_200, ConnectRequest, RequestParser, render_error
+from gconnect.tunnel.head import RESPONSE_200, ConnectRequest, RequestParser, render_error
+from gconnect.tunnel.names import MAX_NAME_CHARS as MAX_HOSTNAME_CHARS
 
 MAX_HEADER_BYTES = Config().max_header_bytes
 CRLF = b"\r\n"
