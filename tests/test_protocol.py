@@ -540,9 +540,9 @@ ERROR_INSTANCES = [
 
 @pytest.mark.parametrize("exc", ERROR_INSTANCES, ids=lambda e: type(e).__name__)
 def test_render_error(exc):
-    data = render_error(exc.status, exc.reason, str(exc), exc.headers)
+    data = render_error(exc.status, exc.phrase, str(exc), exc.headers)
     head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(f"HTTP/1.1 {exc.status} {exc.reason}\r\n".encode())
+    assert head.startswith(f"HTTP/1.1 {exc.status} {exc.phrase}\r\n".encode())
     response, parsed_body = parse_response(data)
     assert response.status_code == exc.status
     assert body == parsed_body == str(exc).encode() + b"\n"
@@ -556,13 +556,13 @@ def test_render_error(exc):
 
 def test_render_error_405_has_allow():
     exc = errors.MethodNotAllowedError("no")
-    response, _ = parse_response(render_error(exc.status, exc.reason, str(exc), exc.headers))
+    response, _ = parse_response(render_error(exc.status, exc.phrase, str(exc), exc.headers))
     assert (b"allow", b"CONNECT") in list(response.headers)
 
 
 def test_render_error_407_has_proxy_authenticate():
     exc = errors.ProxyAuthRequiredError("no", realm="inside")
-    response, _ = parse_response(render_error(exc.status, exc.reason, str(exc), exc.headers))
+    response, _ = parse_response(render_error(exc.status, exc.phrase, str(exc), exc.headers))
     assert (b"proxy-authenticate", b'Basic realm="inside"') in list(response.headers)
 
 

@@ -47,7 +47,7 @@ UPGRADE_WAIT_SECONDS = 60.0
 
 
 def setup_logging(config: cfg.Config) -> None:
-    """The diagnostic log on stderr. (The access log is server.Proxy's LogFile.)"""
+    """The diagnostic log on stderr. (The access log is ops/accesslog.py's.)"""
     # Records need no thread or process names here, and looking them up is not free.
     logging.logThreads = False
     logging.logMultiprocessing = False

@@ -307,13 +307,13 @@ def proxy_status(exc: GConnectError) -> str:
     return f"{exc.parent_proxy_status}, {ours}" if exc.parent_proxy_status else ours
 
 
-def render_error(status: int, reason: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+def render_error(status: int, phrase: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
     """An error response: one line of ``text/plain`` and ``Connection: close``."""
     line = message.replace("\r", " ").replace("\n", " ")
     body = (line + "\n").encode("utf-8", "backslashreplace")
     extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
     head = (
-        f"HTTP/1.1 {status} {reason}\r\n"
+        f"HTTP/1.1 {status} {phrase}\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Connection: close\r\n"

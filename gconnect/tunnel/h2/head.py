@@ -10,8 +10,8 @@ grammar as an HTTP/1.1 request-target (:func:`~gconnect.tunnel.head.parse_author
 
 from __future__ import annotations
 
-from ..errors import HeadTooLargeError, MalformedRequestError, MethodNotAllowedError
-from .head import ConnectRequest, check_host_header, parse_authority, show
+from ...errors import HeadTooLargeError, MalformedRequestError, MethodNotAllowedError
+from ..head import ConnectRequest, check_host_header, parse_authority, show
 
 #: RFC 9113 §8.2.2: connection-specific fields are malformed in HTTP/2
 #: ("te" is allowed only as "te: trailers").
