@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..auth.authenticator import log_safe
-from ..tunnel.names import hostport
+from ..config import hostport
 from .logfile import LogFile
 
 if TYPE_CHECKING:

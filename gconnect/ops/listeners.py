@@ -19,6 +19,7 @@ import os
 import socket as _stdlib_socket
 from collections.abc import Iterable, MutableMapping
 
+from ..config import hostport
 from ..listener import bind_listener
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,8 @@ class ListenerError(Exception):
 
 
 def fmt(address: tuple[str, int]) -> str:
-    host, port = address[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """A socket address as ``host:port``."""
+    return hostport(*address[:2])
 
 
 def bind(addresses: Iterable[tuple[str, int]], *, reuse_port: bool = False) -> list[_stdlib_socket.socket]:

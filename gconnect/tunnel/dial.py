@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from gevent import get_hub
 
+from ..config import hostport
 from ..errors import OutOfDescriptorsError, UnroutableError, UpstreamConnectError, UpstreamConnectTimeoutError
 from .limits import EXHAUSTION_ERRNOS
 from .waiting import WRITE, wait, wait_any
@@ -65,11 +66,6 @@ def tune_socket(sock: Any) -> None:
     setsockopt = sock.setsockopt
     for setting in _TUNING:
         setsockopt(*setting)
-
-
-def fmt(address: str, port: int) -> str:
-    """``host:port``, or ``[v6]:port``."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def describe(code: int) -> str:
@@ -176,7 +172,7 @@ def _won(attempt: _Attempt, port: int) -> Connection:
         tune_socket(attempt.sock)
     except OSError as exc:
         attempt.close()
-        raise UpstreamConnectError(f"connect to {fmt(attempt.address, port)} failed: {exc.strerror}") from exc
+        raise UpstreamConnectError(f"connect to {hostport(attempt.address, port)} failed: {exc.strerror}") from exc
     return Connection(attempt.sock, attempt.address, port, attempt.watcher)
 
 
@@ -218,22 +214,22 @@ def _dial_one(address: str, port: int, connect_timeout: float, source: SourceAdd
         code = sock.connect_ex((address, port))
         if code:
             if code not in _IN_PROGRESS:
-                raise _connect_error(f"connect to {fmt(address, port)} failed: {describe(code)}", [code])
+                raise _connect_error(f"connect to {hostport(address, port)} failed: {describe(code)}", [code])
             writer = get_hub().loop.io(sock.fileno(), WRITE)
             if not wait(writer, connect_timeout):
                 raise UpstreamConnectTimeoutError(
-                    f"connect to {fmt(address, port)} timed out after {connect_timeout:g} s"
+                    f"connect to {hostport(address, port)} timed out after {connect_timeout:g} s"
                 )
             code = sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
             if code:
-                raise _connect_error(f"connect to {fmt(address, port)} failed: {describe(code)}", [code])
+                raise _connect_error(f"connect to {hostport(address, port)} failed: {describe(code)}", [code])
         tune_socket(sock)
     except BaseException as exc:
         if writer is not None:
             writer.close()
         sock.close()
         if isinstance(exc, OSError):
-            raise UpstreamConnectError(f"connect to {fmt(address, port)} failed: {exc.strerror}") from exc
+            raise UpstreamConnectError(f"connect to {hostport(address, port)} failed: {exc.strerror}") from exc
         raise
     return Connection(sock, address, port, writer)
 
@@ -306,7 +302,7 @@ def _failure(
             f"connect to port {port} timed out after {connect_timeout:g} s "
             f"({len(addresses)} addresses, {len(errors)} failed)"
         )
-    detail = "; ".join(f"{fmt(address, port)}: {describe(code)}" for address, code in errors)
+    detail = "; ".join(f"{hostport(address, port)}: {describe(code)}" for address, code in errors)
     raise _connect_error(f"connect failed: {detail}", [code for _, code in errors])
 
 

@@ -18,6 +18,7 @@ from socket import AF_INET, AF_INET6
 
 import httptools
 
+from ..config import hostport
 from ..errors import (
     ClientError,
     GConnectError,
@@ -26,7 +27,7 @@ from ..errors import (
     MethodNotAllowedError,
     VersionNotSupportedError,
 )
-from .names import DOTTED_QUAD, LABEL, MAX_NAME_CHARS, NUMERIC_LABEL, HostNameError, canonical_address, hostport
+from .names import DOTTED_QUAD, LABEL, MAX_NAME_CHARS, NUMERIC_LABEL, HostNameError, canonical_address
 from .names import parse_host as parse_host_text
 
 #: The one success response. RFC 9110 §9.3.6: a 2xx to CONNECT has no content

@@ -1,5 +1,6 @@
-"""The host grammar, once: host names in one canonical form, IP literals, the
-destination name rules' patterns, and ``host:port`` as it is written.
+"""The host grammar, once: host names in one canonical form, IP literals, and
+the destination name rules' patterns (``host:port`` is written by
+:func:`gconnect.config.hostport`).
 
 Sans I/O. The request parsers (HTTP/1.1 and HTTP/2) and the rule parser both
 use this module, so a request and a rule can never disagree on what a name
@@ -119,11 +120,6 @@ def canonical_ipv4(text: str) -> str | None:
     if any(len(octet) > 1 and octet[0] == "0" for octet in text.split(".")):
         return None
     return text
-
-
-def hostport(host: str, port: int | str) -> str:
-    """``host:port``, with brackets around an IPv6 address (RFC 3986 §3.2.2)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def canonical_address(text: str) -> str | None:

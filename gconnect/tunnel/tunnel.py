@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 from gevent import kill as kill_greenlet
 
+from ..config import hostport
 from ..errors import GConnectError
 from .dial import open_connection
 from .limits import client_key
-from .names import hostport
 
 if TYPE_CHECKING:
     from .client import ClientSide, RelayHandle
