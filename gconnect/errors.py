@@ -123,8 +123,10 @@ class VersionNotSupportedError(ClientError):
     code = "bad_version"
 
 
-class UpstreamError(GConnectError):
-    """We could not reach the destination (5xx)."""
+class OutboundError(GConnectError):
+    """The way out failed: resolving the target, connecting to it, or a parent
+    proxy on the way (5xx). The code keeps its old name, ``upstream_error``:
+    operators' log queries and alerts match it."""
 
     status = 502
     phrase = "Bad Gateway"
@@ -132,7 +134,7 @@ class UpstreamError(GConnectError):
     proxy_status = "destination_unavailable"
 
 
-class ResolveError(UpstreamError):
+class ResolveError(OutboundError):
     status = 502
     code = "dns_error"
     proxy_status = "dns_error"
@@ -144,26 +146,26 @@ class NameNotFoundError(ResolveError):
     proxy_status = "destination_not_found"
 
 
-class ResolveTimeoutError(UpstreamError):
+class ResolveTimeoutError(OutboundError):
     status = 504
     phrase = "Gateway Timeout"
     code = "dns_timeout"
     proxy_status = "dns_timeout"
 
 
-class UpstreamConnectError(UpstreamError):
+class OutboundConnectError(OutboundError):
     status = 502
     code = "connect_error"
     proxy_status = "connection_refused"
 
 
-class UnroutableError(UpstreamConnectError):
+class UnroutableError(OutboundConnectError):
     """No route to the destination's addresses (ENETUNREACH, EHOSTUNREACH)."""
 
     proxy_status = "destination_ip_unroutable"
 
 
-class UpstreamConnectTimeoutError(UpstreamError):
+class OutboundTimeoutError(OutboundError):
     status = 504
     phrase = "Gateway Timeout"
     code = "connect_timeout"
@@ -184,7 +186,7 @@ class ProxyHeaderError(ClientError):
     code = "bad_proxy_header"
 
 
-class ParentProxyError(UpstreamError):
+class ParentProxyError(OutboundError):
     """The parent proxy refused the CONNECT; the message carries its status line."""
 
     status = 502
@@ -211,7 +213,7 @@ class ParentDeniedError(ParentProxyError):
     proxy_status = "http_request_denied"
 
 
-class ParentProxyTimeoutError(UpstreamError):
+class ParentProxyTimeoutError(OutboundError):
     status = 504
     phrase = "Gateway Timeout"
     code = "parent_timeout"

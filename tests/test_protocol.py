@@ -533,8 +533,8 @@ ERROR_INSTANCES = [
     errors.VersionNotSupportedError("HTTP/2.0 not supported"),
     errors.ResolveError("example.invalid: name does not exist"),
     errors.ResolveTimeoutError("example.com: DNS timeout"),
-    errors.UpstreamConnectError("example.com:443: connection refused"),
-    errors.UpstreamConnectTimeoutError("example.com:443: connect timeout"),
+    errors.OutboundConnectError("example.com:443: connection refused"),
+    errors.OutboundTimeoutError("example.com:443: connect timeout"),
 ]
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from gevent import get_hub
 
 from ..config import IPNetwork, ParentProxy, hostport
-from ..errors import ParentDeniedError, ParentProxyError, ParentProxyTimeoutError, UpstreamConnectError
+from ..errors import OutboundConnectError, ParentDeniedError, ParentProxyError, ParentProxyTimeoutError
 from .dial import Connection, open_connection
 from .waiting import READ, WRITE, recv, send_all
 
@@ -152,7 +152,7 @@ class Chain:
             status, reason = parse_status(head)
         except OSError as exc:
             _close(connection)
-            raise UpstreamConnectError(f"parent proxy {self.parent}: {exc.strerror or exc}") from exc
+            raise OutboundConnectError(f"parent proxy {self.parent}: {exc.strerror or exc}") from exc
         except BaseException:
             # A garbage status line or a timeout must not leave the socket to the GC.
             _close(connection)

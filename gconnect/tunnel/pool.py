@@ -43,11 +43,11 @@ from gevent import get_hub
 from ..config import DEFAULT_POOL, DIRECT, Config, UpstreamPool
 from ..errors import (
     GConnectError,
+    OutboundError,
+    OutboundTimeoutError,
     OutOfDescriptorsError,
     ParentProxyError,
     ParentProxyTimeoutError,
-    UpstreamConnectTimeoutError,
-    UpstreamError,
 )
 from .dial import Connection, SourceAddresses, open_connection
 from .parent import Chain, Patterns
@@ -127,7 +127,7 @@ class Pool:
         last_resort = not tries
         if last_resort:
             tries = order
-        error: GConnectError = UpstreamConnectTimeoutError(f"no parent of pool {self.name} answered in time")
+        error: GConnectError = OutboundTimeoutError(f"no parent of pool {self.name} answered in time")
         for index, parent in enumerate(tries):
             # The first try's share is exact: its message names the figure configured.
             left = deadline - loop.now() if index else connect_timeout
@@ -144,7 +144,7 @@ class Pool:
             except OutOfDescriptorsError:
                 parent.probing = False  # our shortage, not the parent's failure
                 raise
-            except UpstreamError as exc:
+            except OutboundError as exc:
                 outcome = self._failed(parent, exc)
                 if outcome == "status_4xx":
                     raise
@@ -160,7 +160,7 @@ class Pool:
             return connection, parent
         raise error
 
-    def _failed(self, parent: Parent, exc: UpstreamError) -> str:
+    def _failed(self, parent: Parent, exc: OutboundError) -> str:
         """Count a failed attempt; return its outcome."""
         status = exc.parent_status if isinstance(exc, ParentProxyError) else 0
         if status:
@@ -168,7 +168,7 @@ class Pool:
             # It answered: alive, whatever it thinks of this target.
             self._healthy(parent, f"it answered {status}")
         else:
-            timed_out = isinstance(exc, (ParentProxyTimeoutError, UpstreamConnectTimeoutError))
+            timed_out = isinstance(exc, (ParentProxyTimeoutError, OutboundTimeoutError))
             outcome = "timeout" if timed_out else "connect_error"
             self._unhealthy(parent, exc)
         parent.outcomes[outcome] += 1
