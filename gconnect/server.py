@@ -223,13 +223,18 @@ class Proxy:
         self.generation += 1
         log.info("SIGHUP: policy reloaded (generation %d)", self.generation)
 
+    def close_listeners(self) -> None:
+        """Accept no more: close this process's copy of every listening socket
+        (the first step of stop(); a signal handler calls it at once)."""
+        for server in self.servers:
+            server.close()
+
     def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let tunnels finish for *drain_timeout* seconds, then
         end the rest."""
         if drain_timeout is None:
             drain_timeout = self.config.drain_timeout
-        for server in self.servers:
-            server.close()
+        self.close_listeners()
         if self.metrics is not None:
             self.metrics.stop()
         if self.auth is not None:
