@@ -8,6 +8,7 @@ those clients hang until the drain ends. These tests see that from a client.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -15,7 +16,7 @@ import time
 import pytest
 
 from .conftest import ProxyProcess, open_tunnel, recv_exactly, wait_until
-from .traffic import HeldTunnels, NewTunnels
+from .traffic import HeldTunnels, NewTunnels, children, state
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -94,4 +95,28 @@ def test_sigterm_under_a_stream_of_new_clients_leaves_none_waiting(start_proxy, 
     after = [attempt for attempt in stream.attempts if attempt[0] > began]
     assert len(after) >= 20
     assert all("ConnectionRefusedError" in attempt[2] for attempt in after), after[:5]
+    exits_as_tunnels_end(proxy)
+
+
+@pytest.mark.parametrize("mode", ["workers", "supervise"])
+def test_clients_queued_but_not_accepted_are_reset_at_once(start_proxy, echo, mode):
+    proxy = start_proxy(*MODES[mode], "--drain-timeout", str(DRAIN_SECONDS))
+    workers = children(proxy.pid)
+    # Frozen workers accept nothing: the next client completes its handshake into the queue and stays there.
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: all(state(pid) == "T" for pid in workers))
+        queued = socket.create_connection((proxy.host, proxy.port), timeout=5)
+        queued.sendall(f"CONNECT {echo.target} HTTP/1.1\r\nHost: {echo.target}\r\n\r\n".encode())
+        proxy.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: drain_began(proxy), timeout=5)
+        started = time.monotonic()
+        with queued, pytest.raises(ConnectionResetError):
+            queued.recv(1)
+        assert time.monotonic() - started < REFUSED_SECONDS
+        assert refused((proxy.host, proxy.port)) < REFUSED_SECONDS
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
     exits_as_tunnels_end(proxy)
