@@ -289,7 +289,7 @@ class RequestParser:
         if space:
             if not method:
                 raise MalformedRequestError("malformed request line")
-            raise MethodNotAllowedError(f"method {_show(method)} not allowed: only CONNECT")
+            raise MethodNotAllowedError(f"method {_show(bytes(method))} not allowed: only CONNECT")
         if len(self._line_start) > self._max:
             raise HeadTooLargeError(f"request head exceeds {self._max} bytes")
 
