@@ -219,6 +219,12 @@ class Listener(AcceptBackoff, StreamServer):
         except BlockingIOError:
             return None
         except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                # Not listening any more: a supervisor that stops shuts the
+                # socket down under every worker (ops/listeners.stop_listening).
+                log.info("listener on %s port %d was shut down: no longer accepting", *self.address[:2])
+                self.close()
+                return None
             if exc.errno not in EXHAUSTION_ERRNOS:
                 raise
             self._back_off(exc)

@@ -153,14 +153,19 @@ class Proxy:
         self.generation += 1
         return fixed
 
+    def close_listeners(self) -> None:
+        """Accept no more: close this process's copy of every listening socket
+        (the first step of stop(); a signal handler calls it at once)."""
+        for listener in self.listeners:
+            listener.close()
+
     def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let tunnels finish for *drain_timeout* seconds, then
         end the rest."""
         services = self.services
         if drain_timeout is None:
             drain_timeout = services.config.drain_timeout
-        for listener in self.listeners:
-            listener.close()
+        self.close_listeners()
         if services.auth is not None:
             services.auth.stop()
         if services.router is not None:

@@ -277,6 +277,15 @@ ERRORS = [
     ("HTTP/3.0", make_head(version=b"HTTP/3.0"), errors.VersionNotSupportedError),
     ("HTTP/9.9", make_head(version=b"HTTP/9.9"), errors.VersionNotSupportedError),
     ("HTTP/0.9", make_head(version=b"HTTP/0.9"), errors.VersionNotSupportedError),
+    ("HTTP/1.2", make_head(version=b"HTTP/1.2"), errors.VersionNotSupportedError),
+    ("HTTP/0.9-after-empty-line", CRLF + make_head(version=b"HTTP/0.9"), errors.VersionNotSupportedError),
+    # RFC 9112 §3: the version is part of the request line; a line without one is
+    # malformed (llhttp reads it as HTTP/0.9, which would be a 505).
+    ("no-version", b"CONNECT example.com:443\r\nHost: example.com:443\r\n\r\n", Bad),
+    ("no-version-no-headers", b"CONNECT example.com:443\r\n\r\n", Bad),
+    ("no-version-after-empty-lines", b"\r\n\r\nCONNECT example.com:443\r\n\r\n", Bad),
+    ("no-version-v6", b"CONNECT [::1]:443\r\n\r\n", Bad),
+    ("version-missing-after-space", b"CONNECT example.com:443 \r\n\r\n", Bad),
     ("version-garbage", make_head(version=b"HTTP/1.1x"), Bad),
     ("version-lowercase", make_head(version=b"http/1.1"), Bad),
     ("version-not-http", make_head(version=b"HTTPS/1.1"), Bad),
@@ -439,6 +448,13 @@ def test_error_statuses_are_class_attributes():
     assert errors.MethodNotAllowedError.headers == (("Allow", "CONNECT"),)
     assert errors.HeadTooLargeError.status == 431
     assert errors.VersionNotSupportedError.status == 505
+
+
+@pytest.mark.parametrize("feeder", FEEDERS)
+def test_a_missing_version_says_so(feeder):
+    exc = parse_error(feeder, b"CONNECT example.com:443\r\n\r\n")
+    assert exc.status == 400
+    assert "no HTTP version" in str(exc)
 
 
 def test_error_message_names_the_target_and_is_printable():

@@ -97,7 +97,8 @@ def serve(**options: Any) -> None:
 def _supervise(config: cfg.Config, config_path: str | None, command_line: dict[str, Any], notifier: Notifier) -> None:
     from . import supervisor
 
-    socks = listeners.from_systemd(os.environ) or listeners.bind(config.listen, reuse_port=config.reuse_port)
+    activated = listeners.from_systemd(os.environ)
+    socks = activated or listeners.bind(config.listen, reuse_port=config.reuse_port)
     metrics = None
     try:
         if config.metrics_listen is not None:
@@ -109,8 +110,9 @@ def _supervise(config: cfg.Config, config_path: str | None, command_line: dict[s
         boss = supervisor.Supervisor(
             config,
             worker_arguments(command_line, config_path),
-            [sock.fileno() for sock in socks],
+            socks,
             notifier=notifier,
+            activated=activated is not None,
             config_path=config_path,
             command_line=command_line,
             metrics_dir=metrics.directory if metrics else None,

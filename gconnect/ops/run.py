@@ -82,6 +82,8 @@ class ProcessSignals:
     def stop(self, signum: int) -> None:
         if self.stop_requested.is_set():
             return
+        # Now, not in the stop greenlet: once the log says stopping, nobody is accepted.
+        self.proxy.close_listeners()
         log.info("signal %d: stopping", signum)
         self.notifier.stopping("draining open tunnels")
         self.stop_requested.set()

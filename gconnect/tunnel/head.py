@@ -180,7 +180,9 @@ class RequestParser:
     ``status`` is the response to send. One parser serves one request.
     """
 
-    __slots__ = ("_complete", "_headers", "_line_start", "_max", "_method_refused", "_parser", "_size", "_url")
+    __slots__ = (
+        "_complete", "_headers", "_line_ended", "_line_start", "_max", "_method_refused", "_parser", "_size", "_url",
+    )  # fmt: skip
 
     def __init__(self, max_header_bytes: int) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -189,10 +191,13 @@ class RequestParser:
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._complete = False
-        # The request line up to its first space. llhttp may refuse an unknown
+        # The request line, kept until its LF. llhttp may refuse an unknown
         # method at its first byte; whether it was a token (405) or garbage (400)
         # is only known once the token ends, whichever way the bytes were split.
-        self._line_start = b""
+        # And llhttp reads a line with no version at all as HTTP/0.9: only the
+        # line itself tells that from a written "HTTP/0.9".
+        self._line_start = bytearray()
+        self._line_ended = False
         self._method_refused = False
 
     # httptools callbacks
@@ -211,8 +216,11 @@ class RequestParser:
         if self._method_refused:
             self._judge_method(data)
             return None
-        if b" " not in self._line_start:
-            self._line_start += data
+        if not self._line_ended:
+            # RFC 9112 §2.2: empty lines before the request line are skipped.
+            kept = data if self._line_start else data.lstrip(b"\r\n")
+            self._line_start += kept
+            self._line_ended = b"\n" in kept
         trailing = b""
         try:
             self._parser.feed_data(data)
@@ -255,7 +263,7 @@ class RequestParser:
         if space:
             if not method:
                 raise MalformedRequestError("malformed request line")
-            raise MethodNotAllowedError(f"method {show(method)} not allowed: only CONNECT")
+            raise MethodNotAllowedError(f"method {show(bytes(method))} not allowed: only CONNECT")
         if len(self._line_start) > self._max:
             raise HeadTooLargeError(f"request head exceeds {self._max} bytes")
 
@@ -265,6 +273,10 @@ class RequestParser:
         if method != b"CONNECT":
             raise MethodNotAllowedError(f"method {show(method)} not allowed: only CONNECT")
         version = parser.get_http_version()
+        if version == "0.9" and b" HTTP/" not in self._line_start.partition(b"\n")[0]:
+            # RFC 9112 §3: request-line = method SP request-target SP HTTP-version;
+            # without one it is malformed, not a version we do not support.
+            raise MalformedRequestError("no HTTP version in the request line (expected HTTP/1.1)")
         if version not in _VERSIONS:
             raise VersionNotSupportedError(f"HTTP/{version} not supported: only HTTP/1.1 and HTTP/1.0")
         host, port, family = parse_authority(self._url)
