@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import hostport
 from .machine import ProcessStats, ephemeral_port_count, machine_cpu_busy, machine_cpu_ticks, raise_open_file_limit
 from .report import (
     Run,
@@ -43,7 +44,7 @@ from .report import (
     read_request_stats,
     successes_per_process,
 )
-from .wire import hostport, parse_address
+from .wire import parse_address
 
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 
@@ -306,8 +307,8 @@ def run_load_test(options: LoadTestOptions, results: Path) -> Run:
             locust_workers=options.locust_workers,
             message_bytes=options.message_bytes,
             think_time_seconds=options.think_time,
-            proxy=hostport(proxy),
-            target=hostport(target),
+            proxy=hostport(*proxy),
+            target=hostport(*target),
             source_addresses=plan_source_addresses(options.users, options.source_addresses),
             fd_limit=fd_limit,
         )

@@ -73,12 +73,6 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def hostport(address: tuple[str, int]) -> str:
-    """``HOST:PORT``, an IPv6 address in brackets (RFC 9112 §3.2.3's authority-form)."""
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 @dataclass(frozen=True)
 class TunnelSettings:
     """Everything a TunnelUser needs, read once from locust's parsed options."""
