@@ -28,8 +28,10 @@ class SideRecord(Protocol):
 class TunnelRecord(Protocol):
     """What an observer may read of a tunnel (:class:`~gconnect.tunnel.tunnel.Tunnel`)."""
 
-    #: The client (the one a PROXY header names), as (host, port).
-    address: tuple
+    @property
+    def address(self) -> tuple:
+        """The client (the one a PROXY header names), as (host, port)."""
+
     #: The authenticated user, or None.
     user: str | None
     #: ``host:port`` asked for ("-" before the request was read).
