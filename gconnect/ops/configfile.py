@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..config import POOL_KEYS, Config, UpstreamPool
+from ..config import POOL_KEYS, Config, UpstreamPool, hostport
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -117,7 +117,7 @@ def read(
 
 
 def _users(path: str, text: str, tables: dict[str, Any], check: Callable[[str, Any], None]) -> dict[str, Any]:
-    """The ``[users.NAME]`` tables as ``{name: {option_name: [text, ...]}}`` (one text for :data:`USER_SINGLE_KEYS`)."""
+    """The ``[users.NAME]`` tables as ``{name: {option_name: [text, ...] or text}}``."""
     users: dict[str, Any] = {}
     for user, table in tables.items():
         where = _where(path, text, f"users.{user}")
@@ -194,11 +194,6 @@ def _text(value: Any) -> Any:
     return str(value)
 
 
-def _hostport(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _toml_value(name: str, value: Any) -> str:
     if value is None:
         return '""'
@@ -207,9 +202,9 @@ def _toml_value(name: str, value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if name in ("listen", "dns_server"):
-        return "[" + ", ".join(f'"{_hostport(v)}"' for v in value) + "]"
+        return "[" + ", ".join(f'"{hostport(*v)}"' for v in value) + "]"
     if name == "metrics_listen":
-        return f'"{_hostport(value)}"'
+        return f'"{hostport(*value)}"'
     if name in ("allow_port", "tls_name_check_ports"):
         return "[" + ", ".join(f'"{lo}"' if lo == hi else f'"{lo}-{hi}"' for lo, hi in value) + "]"
     if name == "upstream" and len(value) == 1:

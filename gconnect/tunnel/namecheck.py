@@ -51,6 +51,8 @@ NAME_CHECK_SECONDS = 5.0
 #: serve), in a plaintext record as before any ServerHello.
 UNRECOGNIZED_NAME_ALERT = b"\x15\x03\x03\x00\x02\x02\x70"
 
+#: The end reason of a tunnel the check closed.
+NAME_CHECK_REFUSED = "tls_name_refused"
 #: Outcomes ``enforce`` lets through; every other one closes the tunnel.
 PASSING = frozenset({"match", "ip_literal_allowed", "ip_literal_no_sni", "eof"})
 _AFTER_A_HELLO = frozenset(
