@@ -298,7 +298,8 @@ def test_sighup_turns_enforce_on(start_proxy, names, origin, client_context, tmp
 
 def test_h2_streams_are_checked_on_their_first_data(start_tls_proxy, names, origin, client_context):
     proxy = start_tls_proxy(
-        "--tls-name-check", "enforce", "--tls-name-check-ports", str(origin.port), "--header-timeout", "1"
+        *("--tls-name-check", "enforce", "--tls-name-check-ports", str(origin.port), "--header-timeout", "2"),
+        *("--metrics-listen", "127.0.0.1:0"),
     )
     hello = python_hello("allowed.test", client_context)
     other = python_hello("other.test", client_context)
@@ -325,6 +326,13 @@ def h2_streams(proxy, client: H2Client, target: str, hello: bytes, other: bytes)
     assert "sni=- sni_check=timeout" in proxy.wait_access(f"stream={silent} ")
     client.reset(good)
     assert "sni=allowed.test sni_check=match" in proxy.wait_access(f"stream={good} ")
+    # A stream reset while the check waits for its ClientHello: closed once, counted as it was opened.
+    waiting = client.connect(target)
+    assert client.status(waiting) == 200
+    client.reset(waiting)
+    line = wait_until(lambda: next((x for x in proxy.access_lines() if x.endswith(f" stream={waiting}")), None))
+    assert "status=200" in line and "reason=client_reset" in line  # type: ignore[operator]
+    assert scrape(metrics_url(proxy))["gconnect_tunnels_open"] == 0
 
 
 def python_hello(server_hostname: str, context: ssl.SSLContext) -> bytes:
