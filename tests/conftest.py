@@ -488,6 +488,17 @@ def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
     return path
 
 
+def chromium_command(profile: Path, *args: str) -> list[str]:
+    """Headless Debian chromium with a fresh *profile* directory, nothing in the
+    background, then *args* (a proxy, a URL, ``--dump-dom``...)."""
+    return [
+        *("chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
+        *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
+        f"--user-data-dir={profile}",
+        *args,
+    ]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on now, for programs that cannot be told port 0
     (HAProxy, tinyproxy). Racy in theory; the kernel does not hand it out again

@@ -23,6 +23,8 @@ from gconnect.tunnel.clienthello import (
 )
 from gconnect.tunnel.names import canonical_address, canonical_name
 
+from .conftest import chromium_command
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -308,14 +310,9 @@ def test_chromium_client_hello(tmp_path):
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(30)
     port = listener.getsockname()[1]
-    command = [
-        *("chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
-        *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
-        f"--user-data-dir={tmp_path}",
-        "--host-resolver-rules=MAP chromium.test 127.0.0.1",
-        "--dump-dom",
-        f"https://chromium.test:{port}/",
-    ]
+    command = chromium_command(
+        tmp_path, "--host-resolver-rules=MAP chromium.test 127.0.0.1", "--dump-dom", f"https://chromium.test:{port}/"
+    )
     browser = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         conn, _ = listener.accept()

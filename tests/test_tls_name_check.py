@@ -12,7 +12,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 
 from gconnect.tunnel.namecheck import UNRECOGNIZED_NAME_ALERT
 
-from .conftest import connect_over, open_tunnel, read_head, recv_all, wait_until
+from .conftest import chromium_command, connect_over, open_tunnel, read_head, recv_all, wait_until
 from .h2client import H2Client
 from .test_metrics import metrics_url, scrape
 
@@ -372,15 +371,13 @@ def test_chromium_passes_the_check(start_proxy, start_tls_proxy, names, origin, 
     # over an HTTPS proxy it opens its tunnels as HTTP/2 streams.
     start = start_tls_proxy if listener == "https" else start_proxy
     proxy = check_proxy(start, origin.port, "enforce")
-    command = [
-        *("chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
-        *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
-        f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}",
+    command = chromium_command(
+        tmp_path / "profile",
         f"--proxy-server={listener}://127.0.0.1:{proxy.port}",
         "--ignore-certificate-errors",
         "--dump-dom",
         f"https://allowed.test:{origin.port}/",
-    ]
+    )
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert "origin" in result.stdout, result.stderr[-2000:]
     line = proxy.wait_access("sni=allowed.test sni_check=match")

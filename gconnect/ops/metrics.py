@@ -172,6 +172,14 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
         "Access-log lines dropped because the file could not take them (disk full)",
         snap["access_log_dropped_lines"],
     )
+    yield from policy_families(snap)
+    yield from upstream_families(snap)
+
+
+def policy_families(snap: dict[str, Any]) -> Iterator[Any]:
+    """What the name rules' report mode let through, and the TLS name check's outcomes."""
+    from prometheus_client.core import CounterMetricFamily
+
     would_deny = CounterMetricFamily(
         "gconnect_policy_would_deny",
         "Tunnels let through by --host-rules-mode report that the name rules refuse, by reason",
@@ -188,7 +196,6 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
     for outcome, action, count in snap.get("tls_name_checks", []):
         checks.add_metric((str(outcome), str(action)), count)
     yield checks
-    yield from upstream_families(snap)
 
 
 def upstream_families(snap: dict[str, Any]) -> Iterator[Any]:

@@ -133,17 +133,15 @@ class H2StreamSide:
 
     def read_ahead(self, deadline: float) -> bytes | None:
         """The DATA that came since the last call; it stays in ``early`` for the relay."""
+        loop = self.session.loop
         while True:
-            new = self.early[self._seen :]
+            data = b"".join(chunk for chunk, _ in self.early[self._seen :])
             self._seen = len(self.early)
-            data = b"".join(chunk for chunk, _ in new)
-            if data:
+            if data or self._client_ended:
                 return data
-            if self._client_ended:
-                return b""
-            arrival = self._arrival = self.session.loop.async_()
+            arrival = self._arrival = loop.async_()
             try:
-                if not wait(arrival, deadline - self.session.loop.now()):
+                if not wait(arrival, deadline - loop.now()):
                     return None
             finally:
                 arrival.close()
@@ -175,8 +173,7 @@ class H2StreamSide:
             self.relay.deliver(data, flow_length)
         else:
             self.early.append((data, flow_length))
-            if self._arrival is not None:
-                self._arrival.send()  # read_ahead waits for it
+            self._wake()
 
     def client_ended(self) -> None:
         """END_STREAM from the client."""
@@ -184,8 +181,11 @@ class H2StreamSide:
             self.relay.client_ended()
         else:
             self._client_ended = True
-            if self._arrival is not None:
-                self._arrival.send()
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._arrival is not None:
+            self._arrival.send()  # read_ahead waits for it
 
     def resume(self) -> None:
         """The client opened its window, or the connection's output drained."""
