@@ -469,6 +469,29 @@ def test_a_reset_under_back_pressure_is_noticed_at_once(kind, harness):
     assert time.monotonic() - started < 1.0
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_upstream_reset_under_back_pressure_is_noticed_at_once(kind, harness):
+    # The client never reads (for a stream: never gives its window back): the
+    # relay stops reading the upstream, whose reset must still end the tunnel now.
+    h = harness(kind, idle=60, half_close=60)
+
+    def flood() -> None:
+        h.upstream.settimeout(0.5)
+        try:
+            while True:
+                h.upstream.sendall(b"\0" * 65536)
+        except (TimeoutError, OSError):
+            pass  # everything is full: the relay has stopped reading the upstream
+
+    h.run(flood)
+    assert not h.done.is_set()
+    started = time.monotonic()
+    reset(h.upstream)
+    relay = h.wait(5)
+    assert relay.end_reason == "upstream_reset"
+    assert time.monotonic() - started < 1.0
+
+
 @pytest.mark.parametrize("kind", ["splice", "auto"])
 def test_pipes_are_borrowed_only_while_bytes_wait(kind, harness):
     h = harness(kind)
