@@ -62,7 +62,9 @@ class H2StreamPeer:
     def _pump(self) -> None:
         client, sock = self.client, self.client.sock
         while not self._stop and not client.closed:
-            if not sock.pending():
+            with self.cond:  # another thread may be inside the TLS session
+                pending = sock.pending()
+            if not pending:
                 readable, _, _ = select.select([sock], [], [], PUMP_WAKE_SECONDS)
                 if not readable:
                     continue
