@@ -42,6 +42,9 @@ from gconnect.tunnel.services import TunnelServices
 from gconnect.tunnel.tunnel import Tunnel
 from tests.h2client import H2Client
 
+#: The client's receive window per stream: RFC 9113's initial 65,535 octets, so the
+#: proxy's stream relay stops and resumes reading its target many times a test.
+STREAM_WINDOW_BYTES = 65_535
 #: How often the pump thread looks at its stop flag while the proxy is silent.
 PUMP_WAKE_SECONDS = 0.05
 
@@ -207,7 +210,7 @@ class ServedStream:
         opened: dict[str, Any] = {}
 
         def open_stream() -> None:
-            client = H2Client(None, context, sock=client_sock)
+            client = H2Client(None, context, window=STREAM_WINDOW_BYTES, sock=client_sock)
             stream_id = client.connect(f"127.0.0.1:{port}")
             assert client.status(stream_id) == 200
             opened["peer"] = H2StreamPeer(client, stream_id)
