@@ -1,7 +1,7 @@
 """The relay conformance suite's HTTP/2 kind: one CONNECT stream served in process.
 
 :class:`ServedStream` is the proxy side, the real code end to end: a loopback
-TCP pair whose inner end is a :class:`~gconnect.tunnel.client.ClientConnection`
+TCP pair whose inner end is a :class:`~gconnect.tunnel.http1.HTTP1Side` (a ClientConnection)
 (TLS, ALPN h2) served by a :class:`~gconnect.tunnel.tunnel.Tunnel` as the
 composition root serves it, so the ALPN table hands it to
 :class:`~gconnect.tunnel.h2.session.H2Protocol`; the stream's own tunnel dials
@@ -34,7 +34,6 @@ import gevent
 import h2.exceptions
 
 from gconnect.config import Config
-from gconnect.tunnel.client import ClientConnection
 from gconnect.tunnel.h2 import H2Protocol
 from gconnect.tunnel.http1 import HTTP1Side
 from gconnect.tunnel.relay import HangupWatch, RelayLimits
@@ -204,8 +203,7 @@ class ServedStream:
         # As the listener hands it over: a raw non-blocking socket.
         end = _socket.socket(inner.family, inner.type, 0, inner.detach())
         end.setblocking(False)
-        conn = ClientConnection(services, end, address)
-        self.connection = Tunnel(services, HTTP1Side(conn))
+        self.connection = Tunnel(services, HTTP1Side(services, end, address))
         self.greenlet = self.connection.greenlet = gevent.spawn(self.connection.run)
         opened: dict[str, Any] = {}
 
