@@ -18,9 +18,12 @@ metric) would cost a file write on every increment instead.
 from __future__ import annotations
 
 import logging
+import time
 from bisect import bisect_left as _bucket
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from ..tunnel.namecheck import NAME_CHECK_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -59,34 +62,40 @@ class Stats:
         #: The TLS name check: (outcome, "pass" or "close") -> tunnels
         self.name_checks: dict[tuple[str, str], int] = {}
 
-    def opened(self, handshake_seconds: float) -> None:
-        """A tunnel got its 200 after *handshake_seconds*."""
+    # The TunnelObserver contract (gconnect/tunnel/observer.py): Stats is the
+    # observer of a process without an access log, one call per moment.
+
+    def opened(self, tunnel: Any) -> None:
+        """A tunnel got its 200."""
+        handshake_seconds = time.monotonic() - tunnel.started
         self.tunnels_open += 1
         self.handshake_counts[_bucket(HANDSHAKE_BUCKETS, handshake_seconds)] += 1
         self.handshake_sum += handshake_seconds
 
-    def would_deny(self, reason: str) -> None:
+    def would_deny(self, tunnel: Any, reason: str) -> None:
         """Report mode let a tunnel through that the name rules refuse for *reason*."""
         counts = self.would_deny_counts
         counts[reason] = counts.get(reason, 0) + 1
 
-    def name_checked(self, outcome: str, refused: bool) -> None:
-        """The TLS name check ended in *outcome*; *refused*: the tunnel was closed for it."""
-        counts = self.name_checks
-        key = (outcome, "close" if refused else "pass")
-        counts[key] = counts.get(key, 0) + 1
-
-    def closed(self, status: int, reason: str, bytes_up: int, bytes_down: int) -> None:
+    def closed(self, tunnel: Any) -> None:
         """A client is done (tunnel or refusal); status 200 means it was counted open."""
+        status = tunnel.status
         if status == 200:
             self.tunnels_open -= 1
         outcomes = self.outcomes
+        reason = tunnel.end_reason
         key = (status, reason)
         outcomes[key] = outcomes.get(key, 0) + 1
-        if bytes_up:
-            self.bytes_up += bytes_up
-        if bytes_down:
-            self.bytes_down += bytes_down
+        if tunnel.bytes_up:
+            self.bytes_up += tunnel.bytes_up
+        if tunnel.bytes_down:
+            self.bytes_down += tunnel.bytes_down
+        check = tunnel.sni_check
+        if check is not None:
+            # The TLS name check's outcome, and whether it closed the tunnel.
+            checks = self.name_checks
+            key2 = (check, "close" if reason == NAME_CHECK_REFUSED else "pass")
+            checks[key2] = checks.get(key2, 0) + 1
 
 
 def snapshot(proxy: Any, observer: Any) -> dict[str, Any]:
