@@ -1,4 +1,4 @@
-"""The TLS name check's reader: CPU per ClientHello, in-process.
+"""The TLS name check's cost: CPU per ClientHello in process, and instructions per tunnel.
 
 Times :class:`~gconnect.tunnel.clienthello.ClientHelloReader` (fed whole, and in
 1,460-byte segments) and :func:`~gconnect.tunnel.namecheck.check` on two
@@ -7,9 +7,14 @@ browser-like one of ~1.8 KiB (GREASE, an X25519MLKEM768 + X25519 key share, ECH
 GREASE, 18 extensions). Process CPU time (``time.process_time``), the best of 7
 repetitions, so other processes on a busy machine inflate it less than wall time.
 
+With ``--instructions``, also the proxy's instructions per tunnel under
+callgrind (``bench/instructions.py``'s method: a load on the machine does not
+move them), ``--tls-name-check off`` against ``report``: each tunnel CONNECTs to
+a name and sends Python's ClientHello naming it, which an echo target returns.
+
 Run from the repository root::
 
-    python bench/clienthello.py
+    python bench/clienthello.py [--instructions]
 """
 
 from __future__ import annotations
@@ -79,7 +84,30 @@ def best(function: object, number: int = 20_000) -> float:
     return min(times) / number * 1e6
 
 
+def instructions(tunnels: int = 200, extra: int = 1000) -> None:
+    """Instructions per tunnel, the check off and in report mode (see the module docstring)."""
+    import tempfile
+
+    from bench.instructions import count
+    from bench.pools import REPO, echo_server
+
+    port = echo_server()
+    work = Path(tempfile.mkdtemp(prefix="gconnect-namecheck-"))
+    hosts = work / "hosts"
+    hosts.write_text(f"127.0.0.1 {NAME}\n")
+    target = f"{NAME}:{port}"
+    print("| --tls-name-check | instructions per tunnel |")
+    print("|---|---:|")
+    for mode in ("off", "report"):
+        args = ("--hosts-file", str(hosts), "--tls-name-check", mode, "--tls-name-check-ports", str(port))
+        small = count(REPO, target, tunnels, work / f"{mode}-small.out", args, python_hello())
+        large = count(REPO, target, tunnels + extra, work / f"{mode}-large.out", args, python_hello())
+        print(f"| {mode} | {(large - small) // extra:,} |")
+
+
 def main() -> None:
+    if "--instructions" in sys.argv:
+        instructions()
     rules = HostRules([".npmjs.org"], [])
     print("| ClientHello | bytes | feed whole µs | feed 1,460-byte segments µs | check() µs |")
     print("|---|---|---|---|---|")

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .pools import LISTENING, REPO, echo_server, tunnels
+from .pools import LISTENING, PAYLOAD, REPO, echo_server, tunnels
 
 TOTALS = re.compile(r"^totals:\s+(\d+)", re.MULTILINE)
 
@@ -39,8 +39,9 @@ def extract(commit: str) -> Path:
     return where
 
 
-def count(root: Path, target: str, n: int, out: Path) -> int:
-    """Instructions the proxy from *root* executed serving *n* tunnels."""
+def count(root: Path, target: str, n: int, out: Path, args: tuple[str, ...] = (), payload: bytes = PAYLOAD) -> int:
+    """Instructions the proxy from *root* (with more serve *args*) executed
+    serving *n* tunnels that each echo *payload*."""
     cmd = [
         "valgrind",
         "--tool=callgrind",
@@ -60,6 +61,7 @@ def count(root: Path, target: str, n: int, out: Path) -> int:
         "",
         "--log-level",
         "warning",
+        *args,
     ]
     env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin:/usr/local/bin"}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
@@ -72,9 +74,9 @@ def count(root: Path, target: str, n: int, out: Path) -> int:
             break
     if not port:
         raise RuntimeError(f"proxy from {root} did not start")
-    tunnels(port, target, 20)  # warm: first-use imports and caches, not counted
+    tunnels(port, target, 20, payload)  # warm: first-use imports and caches, not counted
     subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
-    tunnels(port, target, n)
+    tunnels(port, target, n, payload)
     subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True)
     proc.terminate()
     proc.communicate(timeout=120)

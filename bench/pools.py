@@ -78,7 +78,7 @@ def start(args: list[str], cpu: int, root: Path = REPO) -> tuple[subprocess.Pope
     raise RuntimeError(f"proxy did not start: {cmd + args}")
 
 
-def tunnels(port: int, target: str, count: int) -> None:
+def tunnels(port: int, target: str, count: int, payload: bytes = PAYLOAD) -> None:
     head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
     for _ in range(count):
         with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -87,10 +87,10 @@ def tunnels(port: int, target: str, count: int) -> None:
             while not answer.endswith(b"\r\n\r\n"):
                 answer += sock.recv(1)
             assert answer.startswith(b"HTTP/1.1 200 "), answer
-            sock.sendall(PAYLOAD)
+            sock.sendall(payload)
             got = b""
-            while len(got) < len(PAYLOAD):
-                got += sock.recv(64)
+            while len(got) < len(payload):
+                got += sock.recv(65536)
 
 
 def main() -> None:

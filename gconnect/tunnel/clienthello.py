@@ -85,50 +85,6 @@ def _malformed(message: str) -> ClientHelloError:
     return ClientHelloError("malformed", message)
 
 
-class _Cursor:
-    """Reads a bounded region of *data*: every read is checked against ``end``."""
-
-    __slots__ = ("data", "end", "pos")
-
-    def __init__(self, data: bytes, pos: int, end: int) -> None:
-        self.data = data
-        self.pos = pos
-        self.end = end
-
-    def at_end(self) -> bool:
-        return self.pos == self.end
-
-    def take(self, n: int, what: str) -> int:
-        """Advance by *n* bytes; the old position."""
-        start = self.pos
-        if self.end - start < n:
-            raise _malformed(f"{what}: {n} bytes declared, {self.end - start} left")
-        self.pos = start + n
-        return start
-
-    def uint(self, n: int, what: str) -> int:
-        start = self.take(n, what)
-        data = self.data
-        if n == 1:
-            return data[start]
-        if n == 2:
-            return data[start] << 8 | data[start + 1]
-        return int.from_bytes(data[start : start + n], "big")
-
-    def vector(self, length_bytes: int, low: int, high: int, what: str) -> _Cursor:
-        """The vector here (its length in *length_bytes*, within *low* .. *high*)
-        as a cursor of its own; this one moves past it."""
-        n = self.uint(length_bytes, what)
-        if not low <= n <= high:
-            raise _malformed(f"{what}: length {n} outside {low}..{high}")
-        start = self.take(n, what)
-        return _Cursor(self.data, start, start + n)
-
-    def expect_end(self, what: str) -> None:
-        if self.pos != self.end:
-            raise _malformed(f"{what}: {self.end - self.pos} bytes after its declared content")
-
-
 class ClientHelloReader:
     """Feed the client's first bytes; see the module's docstring."""
 
@@ -199,31 +155,50 @@ class ClientHelloReader:
         if len(handshake) < HANDSHAKE_HEADER_BYTES + length:
             return None
         # Bytes after it in the last record are the next message's: not ours to judge.
-        name, ech = parse_body(bytes(handshake), HANDSHAKE_HEADER_BYTES, HANDSHAKE_HEADER_BYTES + length)
+        name, ech = parse_body(handshake, HANDSHAKE_HEADER_BYTES, HANDSHAKE_HEADER_BYTES + length)
         return ClientHello(name, ech, self._pos)
 
 
-def parse_body(data: bytes, start: int, end: int) -> tuple[str | None, bool]:
+def parse_body(data: bytes | bytearray, start: int, end: int) -> tuple[str | None, bool]:
     """The canonical server name (or None) and whether ECH is offered, from the
-    ClientHello body ``data[start:end]``. Raises ClientHelloError."""
-    body = _Cursor(data, start, end)
-    version = body.uint(2, "legacy_version")
-    if version >> 8 != 3:
-        raise _malformed(f"legacy_version {version:#06x}")
-    body.take(32, "random")
-    body.vector(1, 0, 32, "legacy_session_id")
-    suites = body.vector(2, 2, 2**16 - 2, "cipher_suites")
-    if (suites.end - suites.pos) % 2:
-        raise _malformed("cipher_suites: odd length")
-    body.vector(1, 1, 2**8 - 1, "legacy_compression_methods")
-    if body.at_end():
+    ClientHello body ``data[start:end]``. Raises ClientHelloError.
+
+    Plain index arithmetic, every read after a check against the bound its
+    parent declared: this runs once per tunnel to a listed port, and a cursor
+    object per vector cost as much as the rest of the parse."""
+    if end - start < 35:
+        raise _malformed(f"ClientHello body of {end - start} bytes, shorter than its fixed fields")
+    if data[start] != 3:
+        raise _malformed(f"legacy_version {data[start]:#04x}{data[start + 1]:02x}")
+    pos = start + 34  # legacy_version, random[32]
+    n = data[pos]
+    if n > 32:
+        raise _malformed(f"legacy_session_id: length {n} outside 0..32")
+    pos += 1 + n
+    if end - pos < 2:
+        raise _malformed("cipher_suites: truncated")
+    n = data[pos] << 8 | data[pos + 1]
+    if n < 2 or n % 2:
+        raise _malformed(f"cipher_suites: length {n} (2..2^16-2, even)")
+    pos += 2 + n
+    if end - pos < 1:
+        raise _malformed("legacy_compression_methods: truncated")
+    n = data[pos]
+    if n < 1:
+        raise _malformed("legacy_compression_methods: empty")
+    pos += 1 + n
+    if pos >= end:
+        if pos > end:
+            raise _malformed("legacy_compression_methods: longer than the ClientHello")
         return None, False  # RFC 5246 §7.4.1.2: a ClientHello may carry no extensions
-    extensions = body.vector(2, 0, 2**16 - 1, "extensions")
-    body.expect_end("ClientHello")
-    # The hot loop (a browser sends ~18 extensions): plain indexing, the same bounds.
+    if end - pos < 2:
+        raise _malformed("extensions: truncated")
+    n = data[pos] << 8 | data[pos + 1]
+    pos += 2
+    if pos + n != end:
+        raise _malformed(f"extensions: {n} bytes declared, {end - pos} in the ClientHello")
     seen: set[int] = set()
     name = None
-    pos, end = extensions.pos, extensions.end
     while pos < end:
         if end - pos < 4:
             raise _malformed(f"extension header: {end - pos} bytes left")
@@ -235,20 +210,25 @@ def parse_body(data: bytes, start: int, end: int) -> tuple[str | None, bool]:
             raise _malformed(f"extension {kind:#06x} given twice")
         seen.add(kind)
         if kind == EXT_SERVER_NAME:
-            name = _server_name(_Cursor(data, pos + 4, stop))
+            name = _server_name(data, pos + 4, stop)
         pos = stop
     return name, EXT_ENCRYPTED_CLIENT_HELLO in seen
 
 
-def _server_name(ext: _Cursor) -> str:
-    names = ext.vector(2, 1, 2**16 - 1, "server_name_list")
-    ext.expect_end("server_name")
-    kind = names.uint(1, "name_type")
-    if kind != NAME_TYPE_HOST_NAME:
-        raise _malformed(f"server_name: name_type {kind}")
-    host = names.vector(2, 1, 2**16 - 1, "HostName")
-    names.expect_end("server_name_list (one host_name only)")
-    raw = host.data[host.pos : host.end]
+def _server_name(data: bytes | bytearray, pos: int, end: int) -> str:
+    """The one host_name of the server_name extension ``data[pos:end]``, canonical."""
+    # ServerName server_name_list<1..2^16-1>: its length is the extension's, less its
+    # own 2 bytes; one entry, name_type host_name(0), HostName<1..2^16-1>.
+    if end - pos < 5:
+        raise _malformed(f"server_name of {end - pos} bytes")
+    if (data[pos] << 8 | data[pos + 1]) != end - pos - 2:
+        raise _malformed("server_name_list: its length is not the extension's")
+    if data[pos + 2] != NAME_TYPE_HOST_NAME:
+        raise _malformed(f"server_name: name_type {data[pos + 2]}")
+    n = data[pos + 3] << 8 | data[pos + 4]
+    if n < 1 or pos + 5 + n != end:
+        raise _malformed("server_name_list: one host_name of its declared length, nothing else")
+    raw = data[pos + 5 : end]
     if not raw.isascii():
         raise _malformed("HostName is not ASCII (RFC 6066 §3: A-labels only)")
     text = raw.decode("ascii")

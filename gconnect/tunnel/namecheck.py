@@ -75,13 +75,12 @@ OUTCOMES = (
 
 
 class NameCheck(NamedTuple):
-    """One tunnel's check: its outcome, the server name seen (None: none, or no
-    complete ClientHello), and every byte the client sent meanwhile, which the
-    relay passes on unchanged."""
+    """One tunnel's check: its outcome, and the server name seen (None: none,
+    or no complete ClientHello). The bytes read are the client side's, which
+    its relay passes on unchanged."""
 
     outcome: str
     server_name: str | None
-    data: bytes
 
     @property
     def tls_client(self) -> bool:
@@ -106,11 +105,11 @@ def check(
         while hello is None:
             chunk = receive()
             if not chunk:
-                return NameCheck("eof" if chunk == b"" else "timeout", None, bytes(reader.buffer))
+                return NameCheck("eof" if chunk == b"" else "timeout", None)
             hello = reader.feed(chunk)
     except ClientHelloError as exc:
-        return NameCheck(exc.outcome, None, bytes(reader.buffer))
-    return NameCheck(decide(hello, host, ip_literal, rules), hello.server_name, bytes(reader.buffer))
+        return NameCheck(exc.outcome, None)
+    return NameCheck(decide(hello, host, ip_literal, rules), hello.server_name)
 
 
 def decide(hello: ClientHello, host: str, ip_literal: bool, rules: HostRules | None) -> str:
