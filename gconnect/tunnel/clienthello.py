@@ -40,6 +40,7 @@ back, so it can still equal an IP-literal target.
 
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple
 
 from .names import canonical_address, canonical_name
@@ -59,6 +60,8 @@ CLIENT_HELLO = 1
 EXT_SERVER_NAME = 0x0000
 EXT_ENCRYPTED_CLIENT_HELLO = 0xFE0D
 NAME_TYPE_HOST_NAME = 0
+#: An extension's type and length (uint16 each), in one call per extension.
+_EXTENSION_HEADER = struct.Struct(">HH").unpack_from
 
 
 class ClientHelloError(Exception):
@@ -202,8 +205,8 @@ def parse_body(data: bytes | bytearray, start: int, end: int) -> tuple[str | Non
     while pos < end:
         if end - pos < 4:
             raise _malformed(f"extension header: {end - pos} bytes left")
-        kind = data[pos] << 8 | data[pos + 1]
-        stop = pos + 4 + (data[pos + 2] << 8 | data[pos + 3])
+        kind, length = _EXTENSION_HEADER(data, pos)
+        stop = pos + 4 + length
         if stop > end:
             raise _malformed(f"extension {kind:#06x}: {stop - pos - 4} bytes declared, {end - pos - 4} left")
         if kind in seen:

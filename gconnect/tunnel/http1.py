@@ -111,12 +111,18 @@ class HTTP1Side(ClientConnection):
         services = self.services
         early += self.ahead
         if early:
-            # RFC 9110 §9.3.6 lets the client send before the 200: tunnel data.
-            if outbound.writer is None:
-                outbound.writer = self.loop.io(outbound.sock.fileno(), WRITE)
-            deadline = self.loop.now() + services.config.connect_timeout
-            if not send_all(outbound.sock, early, outbound.writer, deadline):
-                raise ConnectionResetError("the target did not take the early bytes")
+            # RFC 9110 §9.3.6 lets the client send before the 200: tunnel data (and
+            # the name check's ClientHello). A write watcher only if the target is slow.
+            try:
+                sent = outbound.sock.send(early)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(early):
+                if outbound.writer is None:
+                    outbound.writer = self.loop.io(outbound.sock.fileno(), WRITE)
+                deadline = self.loop.now() + services.config.connect_timeout
+                if not send_all(outbound.sock, early[sent:], outbound.writer, deadline):
+                    raise ConnectionResetError("the target did not take the early bytes")
         tls = self.tls
         relay = Relay(
             self.sock,
