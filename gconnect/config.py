@@ -40,7 +40,7 @@ DEFAULT_HOST_RULES_MODE = "enforce"
 #: reports by default and never refuses: an upgrade changes no tunnel's fate,
 #: while the access log shows every operator what enforce would close (the name
 #: rules' report mode is the precedent for rolling out a check). Its cost is a
-#: parse of 6-8 microseconds per tunnel to a listed port (docs/performance.rst).
+#: parse of one ClientHello per tunnel to a listed port (docs/performance.rst).
 DEFAULT_TLS_NAME_CHECK = "report"
 #: Squid's SSL_ports ACL: 443 is the port whose tunnels are TLS.
 DEFAULT_TLS_NAME_CHECK_PORTS = ((443, 443),)
