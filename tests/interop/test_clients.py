@@ -13,7 +13,7 @@ import httpx
 import pytest
 import urllib3
 
-from .conftest import echo_handler, open_tunnel
+from ..conftest import echo_handler, open_tunnel
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -129,7 +129,7 @@ def test_tls_handshake_over_raw_tunnel(proxy, tls_server, ca):
 
 
 def test_tunnel_to_ipv6_literal(proxy, upstream_factory):
-    from .conftest import HAVE_IPV6
+    from ..conftest import HAVE_IPV6
 
     if not HAVE_IPV6:
         pytest.skip("no IPv6 loopback")

@@ -13,7 +13,7 @@ import pytest
 
 from gconnect.ops.metrics import HANDSHAKE_BUCKETS, Stats
 
-from .conftest import exchange, open_tunnel, recv_exactly, wait_until
+from ..conftest import exchange, open_tunnel, recv_exactly, wait_until
 
 pytest.importorskip("prometheus_client")
 pytestmark = pytest.mark.timeout(60)
@@ -173,8 +173,8 @@ def test_workers_are_summed_by_the_supervisor(start_proxy, echo):
 
 @pytest.mark.timeout(90)
 def test_an_upgrade_keeps_the_counters_and_is_not_a_restart(start_proxy, echo):
+    from ..traffic import children, gone
     from .test_supervisor import upgrade
-    from .traffic import children, gone
 
     proxy = start_proxy("--workers", "2", "--metrics-listen", "127.0.0.1:0", "--drain-timeout", "20")
     url = metrics_url(proxy)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(r"listening on (\S+:\d+)\s*$", re.MULTILINE)
 
 # Generous next to the 10 s run: locust alone takes ~2 s to import, and CI machines are slow.

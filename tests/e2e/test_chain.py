@@ -15,7 +15,7 @@ import pytest
 from gconnect.config import ParentProxy
 from gconnect.tunnel.parent import Chain, connect_request, parse_status
 
-from .conftest import exchange, free_port, open_tunnel, read_head, recv_exactly, wait_listening
+from ..conftest import exchange, free_port, open_tunnel, read_head, recv_exactly, wait_listening
 
 pytestmark = pytest.mark.timeout(60)
 

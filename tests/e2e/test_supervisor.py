@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import exchange, open_tunnel, recv_exactly, wait_until
-from .traffic import HeldTunnels, NewTunnels, accepting, children, client_ports_held_by, gone, state
+from ..conftest import exchange, open_tunnel, recv_exactly, wait_until
+from ..traffic import HeldTunnels, NewTunnels, accepting, children, client_ports_held_by, gone, state
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -31,8 +31,8 @@ from gconnect.config import Config
 from gconnect.errors import AuthRateLimitedError, ProxyAuthFailedError, ProxyAuthMalformedError, ProxyAuthRequiredError
 from gconnect.ops.cli import main
 
-from .conftest import exchange, open_tunnel, read_head, recv_exactly, wait_until
-from .test_errors import proxy_status_error
+from ..conftest import exchange, open_tunnel, read_head, recv_exactly, wait_until
+from ..e2e.test_errors import proxy_status_error
 
 pytestmark = pytest.mark.timeout(90)
 

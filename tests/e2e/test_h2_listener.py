@@ -21,8 +21,8 @@ import pytest
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
-from .conftest import connect_over, read_head, recv_all, recv_exactly, silent_listener, wait_until
-from .h2client import H2Client
+from ..conftest import connect_over, read_head, recv_all, recv_exactly, silent_listener, wait_until
+from ..h2client import H2Client
 
 pytestmark = pytest.mark.timeout(90)
 

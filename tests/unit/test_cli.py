@@ -19,7 +19,7 @@ from gconnect.ops.cli import main, serve
 from gconnect.ops.options import FILE_ONLY, build_config
 from gconnect.ops.paramtypes import parse_hostport, parse_port_range
 
-from .conftest import open_tunnel, recv_exactly, wait_until
+from ..conftest import open_tunnel, recv_exactly, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,7 +15,7 @@ from gconnect.errors import ProxyHeaderError
 from gconnect.tunnel import proxyproto
 from gconnect.tunnel.proxyproto import ProxyHeader, parse, render_v1, render_v2
 
-from .conftest import exchange, free_port, open_tunnel, read_head, recv_exactly, wait_listening, wait_until
+from ..conftest import exchange, free_port, open_tunnel, read_head, recv_exactly, wait_listening, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -24,7 +24,7 @@ from gconnect.ops.options import config_from_file
 from gconnect.ops.paramtypes import RouteSpec, UpstreamPoolSpec, parse_pool, parse_route
 from gconnect.tunnel.pool import Pool, Router
 
-from .conftest import exchange, free_port, open_tunnel, read_head, recv_exactly, wait_until
+from ..conftest import exchange, free_port, open_tunnel, read_head, recv_exactly, wait_until
 from .test_chain import tinyproxy  # noqa: F401  (the fixture)
 from .test_metrics import metrics_url, scrape
 

@@ -22,7 +22,7 @@ import pytest
 
 from gconnect.ops.logfile import FLUSH_BYTES, MAX_PENDING_BYTES
 
-from .conftest import open_tunnel, recv_exactly, wait_until
+from ..conftest import open_tunnel, recv_exactly, wait_until
 from .test_metrics import metrics_url, scrape
 
 pytest.importorskip("prometheus_client")

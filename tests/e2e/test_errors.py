@@ -9,7 +9,7 @@ import dns.rcode
 import http_sfv
 import pytest
 
-from .conftest import exchange, open_tunnel, recv_exactly, silent_listener, wait_until
+from ..conftest import exchange, open_tunnel, recv_exactly, silent_listener, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

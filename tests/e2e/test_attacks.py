@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from .conftest import exchange, open_tunnel, recv_exactly, wait_until
+from ..conftest import exchange, open_tunnel, recv_exactly, wait_until
 from .test_errors import assert_refused, head, still_serves
 
 pytestmark = pytest.mark.timeout(120)

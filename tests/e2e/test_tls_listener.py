@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from .conftest import connect_over, echo_in_one_thread, recv_all, recv_exactly, wait_until
+from ..conftest import connect_over, echo_in_one_thread, recv_all, recv_exactly, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

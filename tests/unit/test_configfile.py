@@ -15,7 +15,7 @@ from gconnect.ops import configfile
 from gconnect.ops.cli import main, serve
 from gconnect.ops.options import build_config, config_from_file
 
-from .conftest import exchange, open_tunnel, recv_exactly, wait_until
+from ..conftest import exchange, open_tunnel, recv_exactly, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from .conftest import open_tunnel, recv_all, recv_exactly, wait_until
+from ..conftest import open_tunnel, recv_all, recv_exactly, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import read_head, recv_all
+from ..conftest import read_head, recv_all
 
 pytestmark = [
     pytest.mark.timeout(60),

@@ -15,7 +15,7 @@ import pytest
 from gconnect.errors import TooManyClientsError, TooManyClientsPerAddressError
 from gconnect.tunnel.limits import ClientLimits, client_key
 
-from .conftest import HAVE_IPV6, exchange, open_tunnel, recv_exactly, wait_until
+from ..conftest import HAVE_IPV6, exchange, open_tunnel, recv_exactly, wait_until
 from .test_errors import proxy_status_error
 
 pytestmark = pytest.mark.timeout(90)

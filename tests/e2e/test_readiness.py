@@ -19,8 +19,8 @@ import pytest
 
 from gconnect.ops.signals import unused
 
-from .conftest import exchange, open_tunnel, recv_exactly, wait_until
-from .traffic import accepting, children
+from ..conftest import exchange, open_tunnel, recv_exactly, wait_until
+from ..traffic import accepting, children
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -91,7 +91,7 @@ def test_no_ready_and_no_listening_line_when_a_worker_never_gets_ready(tmp_path,
 
 
 def test_sighup_is_reloading_then_ready_once_every_worker_reloaded(start_proxy, notify, echo, tmp_path, hosts_file):
-    from .test_configfile import policy_file
+    from ..unit.test_configfile import policy_file
 
     path = tmp_path / "gconnect.toml"
     policy_file(path, hosts_file, "127.0.0.1:9", echo.port)

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from .conftest import exchange, open_tunnel, recv_exactly, wait_until
+from ..conftest import exchange, open_tunnel, recv_exactly, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -88,7 +88,7 @@ def test_worker_arguments_rebuild_the_configuration():
 
 
 def test_sighup_reloads_the_config_file_in_every_worker(start_proxy, echo, tmp_path, hosts_file, dns_server):
-    from .test_configfile import policy_file
+    from ..unit.test_configfile import policy_file
 
     path = tmp_path / "gconnect.toml"
     policy_file(path, hosts_file, dns_server.address, echo.port)

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from .conftest import connect_over, open_tunnel, recv_exactly
-from .traffic import children
+from ..conftest import connect_over, open_tunnel, recv_exactly
+from ..traffic import children
 
 pytestmark = pytest.mark.timeout(90)
 

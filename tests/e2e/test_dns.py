@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .conftest import HAVE_IPV6, exchange, open_tunnel, recv_exactly, silent_listener, wait_until
+from ..conftest import HAVE_IPV6, exchange, open_tunnel, recv_exactly, silent_listener, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

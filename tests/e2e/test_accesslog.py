@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from .conftest import exchange, open_tunnel, recv_exactly, wait_until
+from ..conftest import exchange, open_tunnel, recv_exactly, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
