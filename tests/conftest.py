@@ -36,6 +36,24 @@ except OSError:
     HAVE_IPV6 = False
 
 
+#: The folders a test may live in; each is also the marker its tests carry (pyproject.toml).
+SEAMS = ("unit", "e2e", "interop")
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its folder's name, and refuse a test outside the three folders, so
+    that ``-m unit`` and ``tests/unit`` always select the same tests."""
+    for item in items:
+        try:
+            seam = item.path.resolve().relative_to(TESTS_DIR).parts[0]
+        except ValueError:
+            continue  # not one of ours (a path given on the command line outside tests/)
+        if seam not in SEAMS:
+            raise pytest.UsageError(f"{item.nodeid}: a test belongs in one of tests/{{{','.join(SEAMS)}}}/")
+        item.add_marker(seam)
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> object:
     """Poll *predicate* until it is truthy; fail the test after *timeout*."""
     deadline = time.monotonic() + timeout

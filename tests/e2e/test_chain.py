@@ -1,42 +1,17 @@
-"""Tunnels through a parent proxy: a second real gconnect, a scripted parent
-that records what it was sent, and Debian's tinyproxy."""
+"""Tunnels through a parent proxy end to end: a second real gconnect and a scripted parent
+that records what it was sent (Debian's tinyproxy as a parent: tests/interop/test_chain.py)."""
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
 import threading
-from pathlib import Path
 
 import bcrypt
 import pytest
 
-from gconnect.config import ParentProxy
-from gconnect.tunnel.parent import Chain, connect_request, parse_status
-
-from ..conftest import exchange, free_port, open_tunnel, read_head, recv_exactly, wait_listening
+from ..conftest import exchange, free_port, open_tunnel, read_head, recv_exactly
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def test_rules_pick_names_by_glob_and_literals_by_cidr():
-    chain = Chain(ParentProxy("p.test", 3128), ("*.corp.test", "10.0.0.0/8", "db?.test"), resolver=None)
-    assert chain.applies("www.corp.test", 0)
-    assert not chain.applies("corp.test", 0)
-    assert chain.applies("db1.test", 0) and not chain.applies("db12.test", 0)
-    assert chain.applies("10.1.2.3", socket.AF_INET)
-    assert not chain.applies("11.1.2.3", socket.AF_INET)
-    everything = Chain(ParentProxy("p.test", 3128), (), resolver=None)
-    assert everything.applies("anything.test", 0)
-
-
-def test_connect_request_carries_only_the_parents_credentials():
-    head = connect_request("::1", 443, ParentProxy("p", 1, "us er", "p@ss:"))
-    assert head == (
-        b"CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\nProxy-Authorization: Basic dXMgZXI6cEBzczo=\r\n\r\n"
-    )
-    assert parse_status(b"HTTP/1.0 403 Forbidden by rule\r\nX: y") == (403, "Forbidden by rule")
 
 
 def test_through_a_parent_gconnect(start_proxy, echo):
@@ -156,43 +131,3 @@ def test_silent_parent_is_504(start_proxy, upstream_factory):
     finally:
         release.set()
     assert status == 504 and b"did not answer within 0.3 s" in body
-
-
-TINYPROXY = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
-
-
-@pytest.fixture
-def tinyproxy(tmp_path: Path):
-    if not Path(TINYPROXY).exists():
-        pytest.skip("tinyproxy is not installed (Debian: apt-get install tinyproxy)")
-    port = free_port()
-    conf = tmp_path / "tinyproxy.conf"
-    # No ConnectPort line: tinyproxy then allows CONNECT to any port.
-    conf.write_text(
-        f"Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 20\nAllow 127.0.0.1\nLogLevel Info\n"
-        f'LogFile "{tmp_path / "tinyproxy.log"}"\nPidFile "{tmp_path / "tinyproxy.pid"}"\n'
-    )
-    proc = subprocess.Popen([TINYPROXY, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_listening("127.0.0.1", port)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def test_through_tinyproxy(start_proxy, echo, tinyproxy):
-    child = start_proxy("--upstream", f"http://127.0.0.1:{tinyproxy}")
-    with open_tunnel(child, f"127.0.0.1:{echo.port}") as sock:
-        sock.sendall(b"tiny")
-        assert recv_exactly(sock, 4) == b"tiny"
-    assert f"addr=127.0.0.1:{tinyproxy}" in child.wait_access(f"target=127.0.0.1:{echo.port}")
-
-
-def test_tinyproxy_refusal_is_relayed_as_502(start_proxy, tinyproxy):
-    child = start_proxy("--upstream", f"http://127.0.0.1:{tinyproxy}")
-    # A name nobody resolves: tinyproxy answers an error status of its own.
-    status, _, body = exchange(
-        child, b"CONNECT no-such-host.invalid:443 HTTP/1.1\r\nHost: no-such-host.invalid:443\r\n\r\n"
-    )
-    assert status == 502 and b"parent proxy http://127.0.0.1:" in body and b"answered" in body

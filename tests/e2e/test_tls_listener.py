@@ -1,6 +1,6 @@
-"""TLS on the listening side (--tls-cert/--tls-key): curl's --proxy https://,
-Python's ssl module as a client, the TLS relay's byte-exactness, timeouts and
-lifetime, and clients that fail the handshake."""
+"""TLS on the listening side (--tls-cert/--tls-key): Python's ssl module as a client, the TLS
+relay's byte-exactness, timeouts and lifetime, and clients that fail the handshake (curl's
+--proxy https://: tests/interop/test_tls_listener.py)."""
 
 from __future__ import annotations
 
@@ -20,36 +20,6 @@ pytestmark = pytest.mark.timeout(90)
 
 def tls_tunnel(proxy, context: ssl.SSLContext, target: str, extra: bytes = b"") -> ssl.SSLSocket:
     return connect_over(context.wrap_socket(proxy.connect(), server_hostname="127.0.0.1"), target, extra)
-
-
-def curl_via(proxy, ca_file, url: str, *extra: str) -> subprocess.CompletedProcess:
-    """curl *url* through *proxy* spoken to over TLS (curl --proxy https://)."""
-    command = ["curl", "-sS", "--max-time", "20", "--proxy", f"https://127.0.0.1:{proxy.port}"]
-    command += ["--proxy-cacert", str(ca_file), "--cacert", str(ca_file), *extra, url]
-    return subprocess.run(command, capture_output=True, text=True, timeout=30)
-
-
-def test_curl_through_an_https_proxy(start_tls_proxy, tls_server, ca_file):
-    proxy = start_tls_proxy()
-    result = curl_via(proxy, ca_file, f"https://tls.test:{tls_server.port}/")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "hello over tls\n"
-    line = proxy.wait_access(f"target=tls.test:{tls_server.port}")
-    assert "status=200" in line
-
-
-def test_curl_https_proxy_with_auth(start_proxy, proxy_cert, tls_server, ca_file, tmp_path):
-    import bcrypt
-
-    path = tmp_path / "htpasswd"
-    path.write_text("alice:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode() + "\n")
-    proxy = start_proxy("--tls-cert", proxy_cert[0], "--tls-key", proxy_cert[1], "--auth-file", str(path))
-    url = f"https://tls.test:{tls_server.port}/"
-    ok = curl_via(proxy, ca_file, url, "--proxy-user", "alice:pw")
-    assert ok.returncode == 0 and ok.stdout == "hello over tls\n", ok.stderr
-    denied = curl_via(proxy, ca_file, url)
-    assert denied.returncode != 0 and "407" in denied.stderr
-    assert "user=alice " in proxy.wait_access("status=200")
 
 
 def test_tls_relay_is_byte_exact_both_ways_with_early_data(start_tls_proxy, client_context, echo):

@@ -1,13 +1,10 @@
-"""The command line: option/config parity, parsing, environment variables, and
-the process lifecycle (start, SIGTERM drain, exit code)."""
+"""The command line in-process: option/config parity, parameter parsing, usage errors
+(the process lifecycle: tests/e2e/test_cli.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import signal
-import subprocess
-import sys
 
 import click
 import pytest
@@ -18,8 +15,6 @@ from gconnect.config import Config
 from gconnect.ops.cli import main, serve
 from gconnect.ops.options import FILE_ONLY, build_config
 from gconnect.ops.paramtypes import parse_hostport, parse_port_range
-
-from ..conftest import open_tunnel, recv_exactly, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -90,67 +85,10 @@ def test_bad_option_value_is_a_usage_error():
     assert "ports are 1-65535" in result.output
 
 
-def test_environment_variables_configure_serve(start_proxy, echo):
-    # No --allow-port / --allow-dest flags: they come from the environment.
-    proxy = start_proxy(
-        "--listen",
-        "127.0.0.1:0",
-        "--hosts-file",
-        "",
-        "--dns-server",
-        "127.0.0.1:9",
-        defaults=False,
-        env={"GCONNECT_ALLOW_PORT": f"{echo.port}", "GCONNECT_ALLOW_DEST": "127.0.0.0/8 ::1/128"},
-    )
-    with open_tunnel(proxy, echo.target) as sock:
-        sock.sendall(b"env")
-        assert recv_exactly(sock, 3) == b"env"
-
-
 def test_build_config_parses_networks():
     params = serve.make_context("serve", ["--allow-dest", "10.0.0.0/8", "--deny-dest", "10.1.0.0/16"]).params
     config = build_config(**params)
     assert config.allow_dest == (ipaddress.ip_network("10.0.0.0/8"),)
-
-
-def test_cannot_bind_is_a_clear_error(proxy):
-    result = subprocess.run(
-        [sys.executable, "-m", "gconnect", "serve", "--listen", f"127.0.0.1:{proxy.port}"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 1
-    assert "cannot start" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_sigterm_drains_open_tunnels_then_exits_0(start_proxy, echo):
-    proxy = start_proxy("--drain-timeout", "20")
-    sock = open_tunnel(proxy, echo.target)
-    proxy.proc.send_signal(signal.SIGTERM)
-    wait_until(lambda: any("draining 1 open tunnels" in line for line in proxy.lines))
-    # No new clients once stopping ...
-    with pytest.raises(OSError):
-        proxy.connect().sendall(b"x" * 10)
-        raise AssertionError("listener still accepting")
-    # ... but the open tunnel still carries bytes, and its end lets the proxy exit.
-    sock.sendall(b"still open")
-    assert recv_exactly(sock, 10) == b"still open"
-    sock.close()
-    assert proxy.proc.wait(10) == 0
-
-
-def test_drain_timeout_closes_leftover_tunnels(start_proxy, echo):
-    proxy = start_proxy("--drain-timeout", "0.2")
-    sock = open_tunnel(proxy, echo.target)
-    proxy.proc.send_signal(signal.SIGINT)
-    assert proxy.proc.wait(10) == 0
-    sock.settimeout(5)
-    try:
-        assert sock.recv(10) == b""
-    except ConnectionResetError:
-        pass
-    assert "reason=shutdown" in proxy.wait_access(f"target={echo.target}")
 
 
 @pytest.mark.parametrize(
