@@ -37,7 +37,7 @@ import h2.events
 import trustme
 from h2.settings import SettingCodes
 
-from .harness.procfs import tree_cpu_split
+from gconnect.testing.procfs import tree_cpu_split
 
 RESULTS = Path(__file__).parent / "results"
 TUNNELS = 100

@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from .harness.procfs import tree_cpu_split
+from gconnect.testing.procfs import tree_cpu_split
 
 REPO = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"gconnect listening on (\S+):(\d+)$")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from .dnsserver import DNSServer
+from gconnect.testing.dns import DNSServer
 
 LISTENING = re.compile(r"gconnect listening on (\S+):(\d+)$")
 HAVE_IPV6 = socket.has_ipv6

@@ -17,8 +17,9 @@ import bcrypt
 import http_sfv
 import pytest
 
+from gconnect.testing.dns import Record
+
 from ..conftest import open_tunnel, read_head, recv_exactly, wait_until
-from ..dnsserver import Record
 from .test_metrics import metrics_url, scrape
 
 pytestmark = pytest.mark.timeout(60)

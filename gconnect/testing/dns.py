@@ -1,4 +1,4 @@
-"""A small authoritative DNS server for tests, on a loopback port.
+"""A small authoritative DNS server on a loopback port, for tests and benchmarks.
 
 A fake with the real interface: UDP and TCP on 127.0.0.1, answers built by
 dnspython. Behaviour per name: addresses with a TTL, NXDOMAIN, SERVFAIL, or an
@@ -25,7 +25,7 @@ class Record:
     a: list[str] = dataclasses.field(default_factory=list)
     aaaa: list[str] = dataclasses.field(default_factory=list)
     ttl: int = 300
-    rcode: int = dns.rcode.NOERROR
+    rcode: dns.rcode.Rcode = dns.rcode.NOERROR
     #: When set, answers wait until this event is set (or forever: a timeout).
     hold: threading.Event | None = None
 

@@ -1,4 +1,4 @@
-"""What the harness reads from /proc: process trees, their CPU time and RSS, per-core busy time.
+"""What /proc says about a process: its tree, CPU time and RSS, descriptors, per-core busy time.
 
 Everything here reads; nothing signals or changes a process.
 """
