@@ -21,6 +21,54 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw[raw.rindex(")") + 2 :].split()
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of one process, its threads included; (0, 0) once it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0, 0.0
+    # Fields 14 and 15 of /proc/PID/stat (utime, stime), 0-based 11 and 12 after the name.
+    return int(fields[11]) / CLOCK_TICKS_PER_S, int(fields[12]) / CLOCK_TICKS_PER_S
+
+
+def state(pid: int) -> str:
+    """The one-letter state (R, S, T, Z, ...); FileNotFoundError once the process is reaped."""
+    with open(f"/proc/{pid}/stat") as f:
+        raw = f.read()
+    return raw[raw.rindex(")") + 2 :].split()[0]
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie counts: its parent has not reaped it yet)."""
+    try:
+        return state(pid) == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of *pid* (a supervisor's workers), from its main thread's list."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def open_fds(pid: int) -> dict[int, str]:
+    """Descriptor number -> what it points at (``socket:[INODE]``, ``pipe:[...]``, a path, ...)."""
+    found = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue  # closed while we looked
+    return found
+
+
+def environ(pid: int) -> dict[str, str]:
+    """The environment *pid* was started with."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        items = f.read().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in items if b"=" in item)
+
+
 def process_tree(root: int) -> list[int]:
     """The root and all of its live descendants (workers, helpers)."""
     children: dict[int, list[int]] = {}
@@ -40,14 +88,12 @@ def process_tree(root: int) -> list[int]:
 
 def tree_cpu_split(root: int) -> tuple[float, float]:
     """(user, system) CPU seconds of every live process in the tree, threads included."""
-    user = system = 0
+    user = system = 0.0
     for pid in process_tree(root):
-        fields = _stat_fields(pid)
-        if fields is not None:
-            # Fields 14 and 15 of /proc/PID/stat (utime, stime), 0-based 11 and 12 after the name.
-            user += int(fields[11])
-            system += int(fields[12])
-    return user / CLOCK_TICKS_PER_S, system / CLOCK_TICKS_PER_S
+        one_user, one_system = cpu_seconds(pid)
+        user += one_user
+        system += one_system
+    return user, system
 
 
 def tree_cpu_seconds(root: int) -> float:

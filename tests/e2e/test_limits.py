@@ -5,12 +5,13 @@ recovers."""
 
 from __future__ import annotations
 
-import os
 import resource
 import socket
 import time
 
 import pytest
+
+from gconnect.testing.procfs import cpu_seconds
 
 from ..conftest import HAVE_IPV6, exchange, open_tunnel, recv_exactly, wait_until
 from .test_errors import proxy_status_error
@@ -102,12 +103,6 @@ def test_max_tunnel_lifetime_ends_a_busy_tunnel(start_proxy, echo, relay):
     assert "reason=lifetime" in proxy.wait_access(f"target={echo.target}")
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _limit_descriptors(limit: int):
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
@@ -148,9 +143,9 @@ def test_descriptor_exhaustion_pauses_accept_logs_once_and_recovers(start_proxy,
         waiting.append(sock)
     wait_until(lambda: any("accept: Too many open files (EMFILE)" in line for line in proxy.lines))
     # Backing off, not spinning on the readable listener: little CPU, one log line.
-    cpu_before = _cpu_seconds(proxy.pid)
+    cpu_before = sum(cpu_seconds(proxy.pid))
     time.sleep(1.5)  # the observation window itself, not synchronisation
-    assert _cpu_seconds(proxy.pid) - cpu_before < 0.3
+    assert sum(cpu_seconds(proxy.pid)) - cpu_before < 0.3
     assert sum("Too many open files" in line for line in proxy.lines) == 1, proxy.stderr
     assert proxy.proc.poll() is None
     # Descriptors come back: the proxy serves the clients that waited, then new ones.

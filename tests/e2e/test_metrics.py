@@ -11,6 +11,8 @@ import urllib.request
 
 import pytest
 
+from gconnect.testing.procfs import children, environ, gone
+
 from ..conftest import exchange, open_tunnel, recv_exactly, wait_until
 
 pytest.importorskip("prometheus_client")
@@ -105,14 +107,11 @@ def counters(values: dict[str, float]) -> dict[str, float]:
 
 @pytest.mark.timeout(90)
 def test_workers_are_summed_by_the_supervisor(start_proxy, echo):
-    from .test_workers import children
 
     proxy = start_proxy("--workers", "2", "--metrics-listen", "127.0.0.1:0")
     url = metrics_url(proxy)
     workers = children(proxy.pid)
-    with open(f"/proc/{workers[0]}/environ", "rb") as f:
-        environ = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-    snapshot_dir = environ[b"GCONNECT_METRICS_DIR"].decode()
+    snapshot_dir = environ(workers[0])["GCONNECT_METRICS_DIR"]
     assert os.path.isdir(snapshot_dir)
 
     held = []
@@ -161,7 +160,6 @@ def test_workers_are_summed_by_the_supervisor(start_proxy, echo):
 
 @pytest.mark.timeout(90)
 def test_an_upgrade_keeps_the_counters_and_is_not_a_restart(start_proxy, echo):
-    from ..traffic import children, gone
     from .test_supervisor import upgrade
 
     proxy = start_proxy("--workers", "2", "--metrics-listen", "127.0.0.1:0", "--drain-timeout", "20")

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from gconnect.ops.signals import unused
+from gconnect.testing.connections import accepting
+from gconnect.testing.procfs import children, environ
 
 from ..conftest import exchange, open_tunnel, recv_exactly, wait_until
-from ..traffic import accepting, children
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -67,8 +68,7 @@ def test_ready_only_once_every_worker_accepts(start_proxy, notify):
     assert message["READY"] == "1" and "2 workers serving" in message["STATUS"]
     # Workers do not talk to systemd (NotifyAccess=main would drop it anyway).
     for pid in workers:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            assert b"NOTIFY_SOCKET=" not in f.read()
+        assert "NOTIFY_SOCKET" not in environ(pid)
 
 
 def test_no_ready_and_no_listening_line_when_a_worker_never_gets_ready(tmp_path, notify):
@@ -91,7 +91,7 @@ def test_no_ready_and_no_listening_line_when_a_worker_never_gets_ready(tmp_path,
 
 
 def test_sighup_is_reloading_then_ready_once_every_worker_reloaded(start_proxy, notify, echo, tmp_path, hosts_file):
-    from ..unit.test_configfile import policy_file
+    from .test_configfile import policy_file
 
     path = tmp_path / "gconnect.toml"
     policy_file(path, hosts_file, "127.0.0.1:9", echo.port)

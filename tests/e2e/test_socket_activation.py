@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
+from gconnect.testing.procfs import children, environ
+
 from ..conftest import connect_over, open_tunnel, recv_exactly
-from ..traffic import children
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -59,9 +60,7 @@ def test_serves_the_socket_it_was_handed(start_proxy, echo, systemd_socket, work
             sock.sendall(b"activated")
             assert recv_exactly(sock, 9) == b"activated"
     for pid in children(proxy.pid) if workers else []:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            names = {item.partition(b"=")[0] for item in f.read().split(b"\0")}
-        assert not names & {b"LISTEN_FDS", b"LISTEN_PID"}  # they are for the process systemd started
+        assert not environ(pid).keys() & {"LISTEN_FDS", "LISTEN_PID"}  # they are for the process systemd started
 
 
 def test_a_restart_refuses_nothing(start_proxy, echo, systemd_socket):

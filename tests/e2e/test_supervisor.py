@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from gconnect.testing.connections import accepting, client_ports_held_by
+from gconnect.testing.procfs import children, gone, state
+
 from ..conftest import exchange, open_tunnel, recv_exactly, wait_until
-from ..traffic import HeldTunnels, NewTunnels, accepting, children, client_ports_held_by, gone, state
+from ..traffic import HeldTunnels, NewTunnels
 
 pytestmark = pytest.mark.timeout(180)
 

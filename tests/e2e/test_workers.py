@@ -7,24 +7,15 @@ import signal
 
 import pytest
 
+from gconnect.testing.procfs import children, gone, open_fds
+
 from ..conftest import exchange, open_tunnel, recv_exactly, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
 def sockets(pid: int) -> int:
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-        except FileNotFoundError:
-            pass
-    return count
+    return sum(link.startswith("socket:") for link in open_fds(pid).values())
 
 
 def test_two_workers_share_the_port_and_both_serve(start_proxy, echo):
@@ -68,7 +59,7 @@ def test_sigterm_stops_workers_and_parent(start_proxy, echo):
 
 
 def test_sighup_reloads_the_config_file_in_every_worker(start_proxy, echo, tmp_path, hosts_file, dns_server):
-    from ..unit.test_configfile import policy_file
+    from .test_configfile import policy_file
 
     path = tmp_path / "gconnect.toml"
     policy_file(path, hosts_file, dns_server.address, echo.port)
@@ -89,12 +80,5 @@ def test_workers_stop_when_the_supervisor_dies(start_proxy, echo):
     proxy.expected_exit = -signal.SIGKILL
     proxy.proc.kill()  # no chance to pass anything on
     proxy.proc.wait()
-
-    def gone(pid: int) -> bool:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().split()[2] == "Z"
-        except FileNotFoundError:
-            return True
 
     wait_until(lambda: all(gone(pid) for pid in workers), timeout=15)
