@@ -456,15 +456,6 @@ def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
     return path
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now, for programs that cannot be told port 0
-    (HAProxy, tinyproxy). Racy in theory; the kernel does not hand it out again
-    at once."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
     """Poll until something accepts on host:port."""
 

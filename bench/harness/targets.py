@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gconnect.testing.process import listening_address, pin_to
+from gconnect.testing.process import free_port, listening_address, pin_to
 from gconnect.testing.procfs import process_tree
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
@@ -71,13 +71,6 @@ def _read_args(name: str) -> list[str]:
 
 def _render(template: str, port: int, rundir: Path) -> str:
     return template.replace("@PORT@", str(port)).replace("@RUNDIR@", str(rundir))
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the peers need one chosen for them)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:

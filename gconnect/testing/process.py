@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +35,14 @@ def listening_address(line: str) -> tuple[str, int] | None:
     if match is None:
         return None
     return match.group(1).strip("[]"), int(match.group(2))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, for programs that cannot be told port 0 (HAProxy, tinyproxy,
+    Squid). Racy in theory; the kernel does not hand the same port out again at once."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def cpu_list(text: str) -> frozenset[int]:

@@ -9,7 +9,9 @@ import threading
 import bcrypt
 import pytest
 
-from ..conftest import exchange, free_port, open_tunnel, read_head, recv_exactly
+from gconnect.testing.process import free_port
+
+from ..conftest import exchange, open_tunnel, read_head, recv_exactly
 
 pytestmark = pytest.mark.timeout(60)
 

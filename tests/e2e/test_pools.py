@@ -15,7 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ..conftest import exchange, free_port, open_tunnel, read_head, recv_exactly, wait_until
+from gconnect.testing.process import free_port
+
+from ..conftest import exchange, open_tunnel, read_head, recv_exactly, wait_until
 from .test_metrics import metrics_url, scrape
 
 pytestmark = pytest.mark.timeout(90)

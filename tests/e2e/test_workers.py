@@ -55,7 +55,7 @@ def test_sigterm_stops_workers_and_parent(start_proxy, echo):
     workers = children(proxy.pid)
     assert proxy.stop() == 0
     for pid in workers:
-        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        assert gone(pid)
 
 
 def test_sighup_reloads_the_config_file_in_every_worker(start_proxy, echo, tmp_path, hosts_file, dns_server):

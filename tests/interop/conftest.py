@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import free_port, wait_listening
+from gconnect.testing.process import free_port
+
+from ..conftest import wait_listening
 
 TINYPROXY = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
 

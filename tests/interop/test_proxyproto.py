@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import free_port, read_head, recv_exactly, wait_listening, wait_until
+from gconnect.testing.process import free_port
+
+from ..conftest import read_head, recv_exactly, wait_listening, wait_until
 from ..e2e.test_proxyproto import lb_proxy
 
 pytestmark = pytest.mark.timeout(60)
