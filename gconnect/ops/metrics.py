@@ -80,10 +80,14 @@ class Stats:
             self.bytes_down += bytes_down
 
 
-def snapshot(proxy: Any) -> dict[str, Any]:
-    """The proxy's figures as plain JSON-able data: what one scrape shows, and
-    what a worker writes for its supervisor (``workermetrics``)."""
-    stats: Stats = proxy.stats
+def snapshot(proxy: Any, observer: Any) -> dict[str, Any]:
+    """The figures of *proxy* (a :class:`gconnect.proxy.Proxy`) and of its
+    *observer* (:class:`gconnect.ops.observer.ProcessObserver`) as plain
+    JSON-able data: what one scrape shows, and what a worker writes for its
+    supervisor (``workermetrics``)."""
+    stats: Stats = observer.stats
+    services = proxy.services
+    access_log = observer.access_log
     return {
         "tunnels_open": stats.tunnels_open,
         "clients": proxy.open_count(),
@@ -92,12 +96,12 @@ def snapshot(proxy: Any) -> dict[str, Any]:
         "bytes_down": stats.bytes_down,
         "handshake_counts": list(stats.handshake_counts),
         "handshake_sum": stats.handshake_sum,
-        "dns_lookups": proxy.resolver.lookups,
-        "dns_cache_hits": proxy.resolver.cache_hits,
+        "dns_lookups": services.resolver.lookups,
+        "dns_cache_hits": services.resolver.cache_hits,
         "policy_generation": proxy.generation,
-        "access_log_dropped_lines": proxy.access_log.dropped_lines if proxy.access_log is not None else 0,
+        "access_log_dropped_lines": access_log.dropped_lines if access_log is not None else 0,
         "would_deny": [[reason, count] for reason, count in sorted(stats.would_deny_counts.items())],
-        **upstream_figures(proxy.router),
+        **upstream_figures(services.router),
     }
 
 
@@ -192,13 +196,14 @@ def upstream_families(snap: dict[str, Any]) -> Iterator[Any]:
 
 
 class ProxyCollector:
-    """Reads one in-process proxy at scrape time."""
+    """Reads one in-process proxy and its observer at scrape time."""
 
-    def __init__(self, proxy: Any) -> None:
+    def __init__(self, proxy: Any, observer: Any) -> None:
         self.proxy = proxy
+        self.observer = observer
 
     def collect(self) -> Iterator[Any]:
-        return families(snapshot(self.proxy))
+        return families(snapshot(self.proxy, self.observer))
 
 
 class MetricsServer:
