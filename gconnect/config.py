@@ -58,8 +58,7 @@ DEFAULT_DNS_NEGATIVE_TTL = 5.0
 #: loaded machine, and a start must fit in systemd's DefaultTimeoutStartSec (90 s).
 DEFAULT_READY_TIMEOUT = 20.0
 #: How bytes are moved. copy, measured against auto and splice on this project's
-#: machine (Linux 6.18, loopback, proxy pinned; bench/results/issue9-bulk.md and
-#: burst*.md): one tunnel's bulk 2,601 / 2,961 MB/s up / down against auto's 1,993 /
+#: machine (Linux 6.18, loopback, proxy pinned; docs/performance.rst): one tunnel's bulk 2,601 / 2,961 MB/s up / down against auto's 1,993 /
 #: 2,241 at less core time with softirq counted (0.43 / 0.36 s/GiB against 0.48 /
 #: 0.44); other tunnels' echo p99 in the first bursts after a start 241-692 us where
 #: auto and splice reached 1.7-3.6 ms; handshakes and held tunnels alike. splice
