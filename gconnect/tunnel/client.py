@@ -130,6 +130,8 @@ class ClientConnection:
     alpn: str | None = None
     #: Bytes read past the PROXY header: the start of the client's own.
     early = b""
+    #: Shutdown has begun (drain() was called): a protocol served later drains from its start.
+    draining = False
     #: Set by a protocol that can drain (HTTP/2's GOAWAY); called at shutdown.
     on_drain: Callable[[], None] | None = None
     _reader: Any = None
