@@ -12,7 +12,7 @@ check, a trusted load balancer's PROXY header, the TLS handshake and the
 protocol the client picked by ALPN, all by one header deadline from accept.
 
 Ownership: the connection owns its socket and the watchers it made, from
-accept to :meth:`ClientConnection.close_socket`; a relay may take its read
+accept to :meth:`ClientConnection.close`; a relay may take its read
 watcher (:meth:`ClientConnection.take_reader`), and then closes that one itself.
 """
 
@@ -47,13 +47,10 @@ class RelayHandle(Protocol):
     #: time.monotonic() when the target's first byte reached the client (0: none).
     first_byte_at: float
 
-    @property
-    def bytes_up(self) -> int:
-        """Bytes delivered from the client to the target, early bytes included."""
-
-    @property
-    def bytes_down(self) -> int:
-        """Bytes delivered from the target to the client."""
+    #: Bytes delivered from the client to the target, early bytes included, and
+    #: from the target to the client: set when the relay ends.
+    bytes_up: int
+    bytes_down: int
 
     def abort(self, reason: str) -> None:
         """End the relay now with *reason*; ``on_done`` is called before this returns."""
@@ -144,6 +141,8 @@ class ClientConnection:
     alpn: str | None = None
     #: Bytes read past the PROXY header: the start of the client's own.
     early = b""
+    #: Shutdown has begun (drain() was called): a protocol served later drains from its start.
+    draining = False
     #: Set by a protocol that can drain (HTTP/2's GOAWAY); called at shutdown.
     on_drain: Callable[[], None] | None = None
     _reader: Any = None
@@ -230,8 +229,10 @@ class ClientConnection:
         reader, self._reader = self._reader, None
         return reader
 
-    def close_socket(self) -> None:
-        """Close the watchers still held and the socket."""
+    def close(self, status: int = 0, end_reason: str = "") -> None:
+        """Close the watchers still held and the socket. (The arguments are the
+        ClientSide contract's, for the sides built on a connection; a connection
+        does not need them.)"""
         if self._reader is not None:
             self._reader.close()
         if self._writer is not None:

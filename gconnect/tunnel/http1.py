@@ -140,8 +140,6 @@ class HTTP1Side(ClientConnection):
         return relay
 
     def drain(self) -> None:
+        self.draining = True
         if self.on_drain is not None:
             self.on_drain()
-
-    def close(self, status: int, end_reason: str) -> None:
-        self.close_socket()

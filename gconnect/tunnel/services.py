@@ -94,6 +94,8 @@ class OpenTunnels:
         self._empty = Event()
         self._empty.set()
         self.on_closed: Callable[[], None] | None = None
+        #: How many are open: the set's own len, for the listeners to call before each accept.
+        self.count: Callable[[], int] = self._tunnels.__len__
 
     def add(self, tunnel: OpenTunnel) -> None:
         tunnels = self._tunnels
@@ -183,7 +185,7 @@ class TunnelServices:
             observer=observer if observer is not None else NullObserver(),
             own_connections=OwnConnections(),
             tunnels=OpenTunnels(),
-            tls_context=server_context(config) if config.tls_cert else None,
+            tls_context=server_context(config, (*(protocols or {}), "http/1.1")) if config.tls_cert else None,
             protocols=dict(protocols or {}),
             loop=get_hub().loop,
         )

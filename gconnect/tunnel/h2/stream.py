@@ -98,9 +98,11 @@ class H2StreamSide:
     tunnel: Tunnel
     relay: StreamRelay | None = None
     _client_ended = False
-    #: The name check's read ahead: how many of ``early`` it has seen, and its wake-up while it waits.
+    #: The name check's read ahead: how many of ``early`` it has seen, its wake-up
+    #: while it waits, and whether the client reset the stream meanwhile.
     _seen = 0
     _arrival: Any = None
+    _reset = False
 
     def __init__(self, session: StreamConnection, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.session = session
@@ -135,6 +137,8 @@ class H2StreamSide:
         """The DATA that came since the last call; it stays in ``early`` for the relay."""
         loop = self.session.loop
         while True:
+            if self._reset:
+                raise ConnectionResetError(f"stream {self.stream_id} reset by the client")
             data = b"".join(chunk for chunk, _ in self.early[self._seen :])
             self._seen = len(self.early)
             if data or self._client_ended:
@@ -183,6 +187,11 @@ class H2StreamSide:
             self._client_ended = True
             self._wake()
 
+    def reset_before_relay(self) -> None:
+        """RST_STREAM from the client before the relay: a waiting read_ahead ends."""
+        self._reset = True
+        self._wake()
+
     def _wake(self) -> None:
         if self._arrival is not None:
             self._arrival.send()  # read_ahead waits for it
@@ -202,6 +211,9 @@ class StreamRelay(Deadlines):
     """Both directions of one stream tunnel (see the module docstring)."""
 
     first_byte_at = 0.0
+    #: Bytes delivered each way, once the relay has ended.
+    bytes_up = 0
+    bytes_down = 0
     _unacked = 0
 
     def __init__(
@@ -226,16 +238,6 @@ class StreamRelay(Deadlines):
         self.hangups = hangups
         self.on_done = on_done
         self.loop = session.loop
-
-    @property
-    def bytes_up(self) -> int:
-        """Bytes delivered from the client to the target."""
-        return self.up.nbytes
-
-    @property
-    def bytes_down(self) -> int:
-        """Bytes delivered from the target to the client."""
-        return self.down.nbytes
 
     def start(self) -> None:
         """Start reading the target; deliver the early DATA and END_STREAM."""
@@ -401,6 +403,8 @@ class StreamRelay(Deadlines):
             half.reader = half.writer = half.pending = None
         if self.down.hangup and self.hangups is not None:
             self.hangups.forget(self.down)
+        self.bytes_up = self.up.nbytes
+        self.bytes_down = self.down.nbytes
         try:
             self.on_done(self)
         except Exception:
