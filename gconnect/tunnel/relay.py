@@ -185,7 +185,7 @@ class Relay(Deadlines):
 
     :meth:`start` arms the watchers and returns at once; the relay then drives
     both sockets until the tunnel ends, and calls *on_done* with itself.
-    :meth:`abort` ends it early. *client_reader* and *upstream_writer* are
+    :meth:`abort` ends it early. *client_reader* and *outbound_writer* are
     watchers the handshake already made (read on the client, write on the
     upstream); the relay adopts them instead of making its own. After the
     end, ``end_reason``, ``bytes_up``, ``bytes_down`` and ``first_byte_at`` say
@@ -201,22 +201,23 @@ class Relay(Deadlines):
     def __init__(
         self,
         client: Any,
-        upstream: Any,
+        outbound: Any,
         *,
         movers: tuple[Mover, Mover],
         limits: RelayLimits,
         on_done: Callable[[Relay], None],
         client_reader: Any = None,
-        upstream_writer: Any = None,
+        outbound_writer: Any = None,
         tls: Any = None,
         hangups: HangupWatch | None = None,
     ) -> None:
-        self.up = up = Half("client", "upstream", client, upstream, movers[0])
-        self.down = down = Half("upstream", "client", upstream, client, movers[1])
+        # The halves are named as the end reasons name the sides ("upstream_eof", "upstream_reset").
+        self.up = up = Half("client", "upstream", client, outbound, movers[0])
+        self.down = down = Half("upstream", "client", outbound, client, movers[1])
         if client_reader is not None:
             up.reader = client_reader
-        if upstream_writer is not None:
-            up.writer = upstream_writer
+        if outbound_writer is not None:
+            up.writer = outbound_writer
         if tls is not None:
             up.tls = down.tls = tls
         self.limits = limits

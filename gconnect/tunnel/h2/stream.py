@@ -113,7 +113,7 @@ class H2StreamSide:
 
     def read_request(self) -> ConnectRequest:
         """The request the stream's HEADERS carry."""
-        return parse_h2_connect(self.headers, max_header_bytes=self.session.services.config.max_header_bytes)
+        return parse_h2_connect(self.headers, max_header_bytes=self.tunnel.services.config.max_header_bytes)
 
     def established(self) -> None:
         """HEADERS :status 200: the stream is a tunnel from here on."""
@@ -127,7 +127,8 @@ class H2StreamSide:
 
     def start_relay(self, outbound: Connection, early: bytes, on_done: Callable[[Any], None]) -> StreamRelay:
         """Relay the stream to *outbound*; the DATA that came early goes first."""
-        services = self.session.services
+        assert not early, "a stream's early bytes are its DATA, which the relay takes from the side"
+        services = self.tunnel.services
         relay = self.relay = StreamRelay(self, outbound, services.relay_limits, services.hangups, on_done)
         relay.start()
         return relay
