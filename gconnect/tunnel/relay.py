@@ -43,7 +43,7 @@ from typing import Any
 from gevent import get_hub
 from gevent.monkey import get_original
 
-from .movers import Half, Mover, Reset
+from .movers import Direction, Half, Mover, Reset
 from .waiting import READ, WRITE
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,8 @@ class Deadlines:
 
     limits: RelayLimits
     loop: Any
-    up: Half
-    down: Half
+    up: Direction
+    down: Direction
     #: Why the tunnel ended; "" while it runs (see the module docstring).
     end_reason = ""
     _timer: Any = None
@@ -98,7 +98,7 @@ class Deadlines:
         """End the tunnel with *reason* (the relay's own; starts with :meth:`settle`)."""
         raise NotImplementedError
 
-    def hung_up(self, half: Half, error: int) -> None:
+    def hung_up(self, half: Direction, error: int) -> None:
         """The source of *half* hung up while its reader was stopped (:class:`HangupWatch`):
         *error* is its socket error (a reset), 0 for a FIN."""
         raise NotImplementedError
@@ -192,6 +192,8 @@ class Relay(Deadlines):
     what happened.
     """
 
+    up: Half
+    down: Half
     #: time.monotonic() when the first upstream byte reached the client (0: none yet).
     first_byte_at = 0.0
     #: Bytes delivered each way, once the relay has ended (read them from the halves before).
@@ -292,7 +294,7 @@ class Relay(Deadlines):
             log.exception("relay bug (flush, %s side)", half.name)
             self.end("error")
 
-    def hung_up(self, half: Half, error: int) -> None:
+    def hung_up(self, half: Direction, error: int) -> None:
         """The source of *half* hung up while we were not reading it (HangupWatch)."""
         if self.end_reason:
             return
@@ -374,11 +376,11 @@ class HangupWatch:
 
     def __init__(self) -> None:
         self._epoll = _epoll()
-        self._watched: dict[int, tuple[Deadlines, Half]] = {}
+        self._watched: dict[int, tuple[Deadlines, Direction]] = {}
         self._watcher = get_hub().loop.io(self._epoll.fileno(), READ)
         self._watcher.start(self._on_events)
 
-    def watch(self, relay: Deadlines, half: Half) -> None:
+    def watch(self, relay: Deadlines, half: Direction) -> None:
         fd = half.src.fileno()
         try:
             self._epoll.register(fd, select.EPOLLRDHUP | select.EPOLLET)
@@ -386,7 +388,7 @@ class HangupWatch:
             return
         self._watched[fd] = (relay, half)
 
-    def forget(self, half: Half) -> None:
+    def forget(self, half: Direction) -> None:
         """The relay ended; its sockets close next, which drops them from the epoll set."""
         fd = half.src.fileno()
         entry = self._watched.get(fd)
