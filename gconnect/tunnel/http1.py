@@ -131,7 +131,7 @@ class HTTP1Side(ClientConnection):
             limits=services.relay_limits,
             on_done=on_done,
             client_reader=self.take_reader(),
-            upstream_writer=outbound.writer,
+            outbound_writer=outbound.writer,
             tls=tls,
             hangups=services.hangups,
         )
