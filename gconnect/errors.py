@@ -72,6 +72,12 @@ class HostNotAllowedError(PolicyDeniedError):
     code = "host_not_allowed"
 
 
+class ExternalDeniedError(PolicyDeniedError):
+    """The external decision helper answered ERR for this user, client and target."""
+
+    code = "external_denied"
+
+
 class MethodNotAllowedError(ClientError):
     status = 405
     reason = "Method Not Allowed"
@@ -238,6 +244,19 @@ class OutOfDescriptorsError(GConnectError):
     code = "no_descriptors"
     headers = (("Retry-After", "1"),)
     proxy_status = "connection_limit_reached"
+
+
+class AuthUnavailableError(GConnectError):
+    """A helper program the decision rests on crashed, did not answer in time, or
+    answered BH: the proxy cannot tell, so nobody is let in on its word (RFC 9110
+    §15.6.4: 503, the server's own trouble, not the client's)."""
+
+    status = 503
+    reason = "Service Unavailable"
+    code = "auth_unavailable"
+    headers = (("Retry-After", "1"),)
+    # RFC 9209 §2.3.23: an internal error of the intermediary, unrelated to the origin.
+    proxy_status = "proxy_internal_error"
 
 
 class TooManyClientsPerAddressError(ClientError):

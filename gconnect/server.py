@@ -23,6 +23,7 @@ from gevent.event import Event
 from greenlet import greenlet as RawGreenlet
 
 from .auth.authenticator import Authenticator
+from .auth.helperprovider import ExternalAcl
 from .config import Config
 from .listener import OwnConnections, TunnelServer, adopt_listener, make_listener
 from .ops.accesslog import AccessLog, open_access_log
@@ -77,7 +78,8 @@ class Proxy:
             log.warning("%s", warning)
         self.resolver = Resolver(config)
         self.limits = ClientLimits(config.max_clients, config.max_clients_per_ip)
-        self.auth = Authenticator(config) if config.auth_file else None
+        self.auth = Authenticator(config) if config.auth_providers() else None
+        self.external_acl = ExternalAcl(config) if config.external_acl_helper else None
         self.tls_context = server_context(config) if config.tls_cert else None
         if self.tls_context is not None:
             # Imported now, not inside the hub when the first client picks h2.
@@ -190,6 +192,10 @@ class Proxy:
             self.metrics_address = self.metrics.start()
         if self.auth is not None:
             self.auth.start()
+            for line in self.auth.describe():
+                log.info("auth %s", line)
+        if self.external_acl is not None:
+            self.external_acl.start()
         if self.router is not None:
             self.router.start()
         return bound
@@ -198,9 +204,20 @@ class Proxy:
         """Re-read the auth file (SIGHUP); open tunnels are not touched."""
         if self.auth is not None:
             self.auth.reload()
+        if self.external_acl is not None:
+            self.external_acl.clear()
 
     #: What SIGHUP can change; everything else needs a restart.
-    RELOADABLE = ("allow_port", "allow_dest", "deny_dest", "allow_host", "deny_host", "host_rules_mode", "users")
+    RELOADABLE = (
+        "allow_port",
+        "allow_dest",
+        "deny_dest",
+        "allow_host",
+        "deny_host",
+        "host_rules_mode",
+        "users",
+        "groups",
+    )
 
     def reload(self, new: Config) -> None:
         """Apply *new*'s policy (ports, destinations, names, users' tables) to tunnels that start from
@@ -234,6 +251,8 @@ class Proxy:
             self.metrics.stop()
         if self.auth is not None:
             self.auth.stop()
+        if self.external_acl is not None:
+            self.external_acl.stop()
         if self.router is not None:
             self.router.stop()
         for session in list(self.h2_sessions):

@@ -92,6 +92,8 @@ class TextAccessLog(AccessLog):
             f"up={tunnel.bytes_up} down={tunnel.bytes_down} "
             f"duration={time.monotonic() - tunnel.started:.3f} reason={tunnel.reason}{h2}"
             + (f" would_deny={tunnel.would_deny}" if tunnel.would_deny else "")
+            # Which provider vouched for the user: htpasswd, helper, jwt or cert.
+            + (f" auth={tunnel.identity.provider}" if tunnel.identity is not None else "")
         )
 
 
@@ -114,6 +116,8 @@ class JsonAccessLog(AccessLog):
         }
         if tunnel.would_deny:
             fields["would_deny"] = tunnel.would_deny
+        if tunnel.identity is not None:
+            fields["auth"] = tunnel.identity.provider
         if tunnel.stream_id is not None:
             fields["proto"] = "h2"
             fields["stream"] = tunnel.stream_id

@@ -22,6 +22,7 @@ from . import listeners, run, signals
 from .configfile import ConfigFileError
 from .notify import Notifier, UpgradeListener
 from .options import (
+    GROUPS_META_KEY,
     USERS_META_KEY,
     build_config,
     config_from_file,
@@ -72,7 +73,7 @@ def serve(**options: Any) -> None:
     supervisor (--supervise, --workers) in place."""
     signals.ignore_unused()  # first: no stray signal may end us while we start
     ctx = click.get_current_context()
-    config = build_config(**options, users=ctx.meta.get(USERS_META_KEY, ()))
+    config = build_config(**options, users=ctx.meta.get(USERS_META_KEY, ()), groups=ctx.meta.get(GROUPS_META_KEY, ()))
     setup_logging(config)
     command_line = given_on_command_line(ctx, options)
     config_path = options.get("config")
@@ -177,8 +178,9 @@ def check_config(path: str) -> None:
     except ConfigFileError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(configfile.render(config), nl=False)
-    if config.users:
+    if config.users or config.groups:
         click.echo(configfile.render_user_policies(config), nl=False)
+    click.echo(configfile.render_auth_chain(config), nl=False)
     for warning in configfile.user_table_warnings(config):
         click.echo(f"warning: {warning}", err=True)
 

@@ -86,6 +86,10 @@ class StreamTunnel(Tunnel):
         self.proxy.limits.admit(who)
         self.who = who
 
+    def peer_certificate(self) -> dict[str, Any] | None:
+        # The connection's certificate: the identity holds for every stream on it.
+        return self.session.tls.ssl.getpeercert()
+
     def read_head(self) -> ConnectRequest:
         """The request the stream's HEADERS carry."""
         request = parse_h2_connect(self.headers, max_header_bytes=self.proxy.config.max_header_bytes)

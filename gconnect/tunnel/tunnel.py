@@ -4,8 +4,8 @@
 
     admit         loop check, PROXY header, TLS handshake, limits   -> 400 / 403 / 429 / 503
     read_head     one deadline from accept; head.py parses          -> 400 / 405 / 408 / 431 / 505
-    authenticate  Basic, cached, bcrypt in the thread pool          -> 407 / 429
-    check         port; whether a parent proxy carries it           -> 403
+    authenticate  the provider chain, cached                        -> 407 / 429 / 503
+    check         port, names, external ACL; which parent carries it -> 403 / 503
     resolve       IP literals skip DNS; every address checked       -> 403 / 502 / 504
     dial          Happy Eyeballs, or the parent's CONNECT           -> 502 / 503 / 504
     answer        "HTTP/1.1 200 Connection established"             (the point of no return)
@@ -42,6 +42,7 @@ from .tls import TLSSession
 from .waiting import READ, WRITE, recv, send_all, wait
 
 if TYPE_CHECKING:
+    from ..auth.identity import Identity
     from ..server import Proxy
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class Tunnel:
     target = "-"
     dialled = "-"
     user: str | None = None
+    #: Who the authenticator found (user, provider, group); None without authentication.
+    identity: Identity | None = None
     via: str | None = None
     #: The pool carrying this tunnel (None: direct), and the parent of it that does.
     parent: Any = None
@@ -201,20 +204,24 @@ class Tunnel:
         auth = self.proxy.auth
         if auth is not None:
             values = [v for k, v in request.headers if k.lower() == b"proxy-authorization"]
-            self.user = auth.authenticate(values, self.who)
+            identity = self.identity = auth.identify(values, self.who, self.peer_certificate())
+            self.user = identity.user
 
     def check(self, request: ConnectRequest) -> None:
         """The user's policy, the port rule, the name rules (before any DNS
         lookup, so a refused name is never queried), and which pool of parent
         proxies (if any) carries this tunnel."""
         policy = self._policy
-        if policy.users and self.user is not None:
-            policy = self._policy = policy.users.get(self.user, policy)
+        identity = self.identity
+        if (policy.users or policy.groups) and identity is not None:
+            policy = self._policy = policy.for_identity(identity.user, identity.group)
         policy.check_port(request.port)
         if policy.hosts is not None:
             self.would_deny = policy.check_host(request.host, request.family)
             if self.would_deny:
                 self.proxy.stats.would_deny(self.would_deny)
+        if self.proxy.external_acl is not None:
+            self.proxy.external_acl.check(identity, self.address[0], request.host, request.port)
         router = self.proxy.router
         if router is not None:
             self.parent = router.route(request.host, request.family)
@@ -364,6 +371,10 @@ class Tunnel:
         proxy.stats.closed(self.status, self.reason, self.bytes_up, self.bytes_down)
         if proxy.access_log is not None:
             proxy.access_log.closed(self)
+
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The client's certificate as the TLS handshake verified it (None: plain, or none given)."""
+        return self.tls.ssl.getpeercert() if self.tls is not None else None
 
     # --- the client socket during the handshake ---------------------------------------
 
