@@ -48,10 +48,16 @@ setup(
             "prometheus-client>=0.16",
             # Parses our Proxy-Status headers (RFC 8941) in the tests: a parser we did not write.
             "http-sfv>=0.9.9",
+            # The JWT provider's tests sign tokens with it (and RSA/EC keys through cryptography).
+            "PyJWT[crypto]>=2.10.1",
             'tomli>=1.1; python_version < "3.11"',
         ],
         # Only --metrics-listen imports it: the proxy's runtime set stays six packages.
         "metrics": ["prometheus-client>=0.16"],
+        # Only --auth-jwks imports it. 2.10.1 fixed CVE-2024-53861 (2.10.0 compared
+        # the issuer as a substring); [crypto] brings cryptography for RS/PS/ES/EdDSA.
+        # Maintained: 2.15.1 was released 2026-09.
+        "jwt": ["PyJWT[crypto]>=2.10.1"],
         "bench": ["matplotlib>=3.7", "locust>=2.20", "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["gconnect=gconnect.__main__:main"]},

@@ -59,6 +59,7 @@ class HelperChild:
         self.pending: dict[int | None, AsyncResult] = {}
         self.free: list[int | None] = list(range(pool.concurrency)) if pool.concurrency else [None]
         self._write_lock = Semaphore()
+        self._start_lock = Semaphore()
 
     @property
     def alive(self) -> bool:
@@ -68,6 +69,12 @@ class HelperChild:
         """Start the process if it is not running; AuthUnavailableError if it may not be yet."""
         if self.alive:
             return
+        # Starting forks and may yield: requests arriving meanwhile wait for this start.
+        with self._start_lock:
+            if not self.alive:
+                self._start()
+
+    def _start(self) -> None:
         now = time.monotonic()
         if now - self.started_at < RESTART_INTERVAL_SECONDS:
             raise AuthUnavailableError(f"{self.pool.name} helper is restarting")
