@@ -210,15 +210,21 @@ def test_htpasswd_first_then_helper_each_names_itself(start_proxy, echo, ncsa_fi
     assert " auth=helper" in proxy.wait_access("user=bob")
 
 
-@pytest.mark.parametrize(("user", "password"), [("crash", "pw"), ("bh", "pw"), ("hang", "pw"), ("junk", "pw")])
-def test_a_failing_helper_is_a_503_with_proxy_status(start_proxy, echo, user, password):
-    proxy = start_proxy("--auth-helper", helper_cmd(), "--auth-helper-timeout", "1")
-    status, headers, _ = exchange(proxy, connect_head(echo.target, auth_header(user, password)))
+@pytest.mark.parametrize(
+    ("user", "kind"), [("crash", "crash"), ("bh", "bh"), ("hang", "timeout"), ("junk", "protocol")]
+)
+def test_a_failing_helper_is_a_503_with_proxy_status_logged_and_counted(start_proxy, echo, user, kind):
+    from .test_metrics import metrics_url, scrape
+
+    proxy = start_proxy("--auth-helper", helper_cmd(), "--auth-helper-timeout", "1", "--metrics-listen", "127.0.0.1:0")
+    status, headers, _ = exchange(proxy, connect_head(echo.target, auth_header(user, "pw")))
     assert status == 503
     assert headers["proxy-status"].startswith("gconnect; error=proxy_internal_error")
     assert echo.accepted == 0
     assert "reason=auth_unavailable" in proxy.wait_access("status=503")
-    wait_until(lambda: any("auth helper" in line for line in proxy.lines))
+    wait_until(lambda: any(f"auth helper: {kind}" in line for line in proxy.lines))
+    values = scrape(metrics_url(proxy))
+    assert values[f'gconnect_auth_helper_failures_total{{helper="auth",kind="{kind}"}}'] == 1
 
 
 def test_a_slow_helper_delays_no_other_client(start_proxy, echo):

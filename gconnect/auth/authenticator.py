@@ -186,6 +186,10 @@ class Authenticator:
         """One line per provider, in the order tried (check-config, the startup log)."""
         return [f"{n}. {p.name}: {p.describe()}" for n, p in enumerate(self.providers, 1)]
 
+    def helper_pools(self) -> list[Any]:
+        """The helper pools of the chain (their ``failures`` are counted for the metrics)."""
+        return [provider.pool for provider in self.providers if hasattr(provider, "pool")]
+
     def start(self) -> None:
         """Start the providers' background work (file polling, helper processes)."""
         for provider in self.providers:

@@ -112,9 +112,8 @@ class HelperChild:
             if result is not None:
                 result.set(reply)
         if proc is self.proc:
-            self.pool.count(
-                "crash", f"#{self.index} (pid {proc.pid}) exited with requests pending" * bool(self.pending)
-            )
+            code = proc.wait()
+            self.pool.count("crash", f"#{self.index} (pid {proc.pid}) exited with status {code}")
             self._fail_pending()
 
     def _fail_pending(self) -> None:

@@ -97,8 +97,17 @@ def snapshot(proxy: Any) -> dict[str, Any]:
         "policy_generation": proxy.generation,
         "access_log_dropped_lines": proxy.access_log.dropped_lines if proxy.access_log is not None else 0,
         "would_deny": [[reason, count] for reason, count in sorted(stats.would_deny_counts.items())],
+        "auth_helper_failures": auth_helper_failures(proxy),
         **upstream_figures(proxy.router),
     }
+
+
+def auth_helper_failures(proxy: Any) -> list[list[Any]]:
+    """``[helper, kind, count]``: helper answers that let no one in (crash, timeout, bh, protocol, start)."""
+    pools = proxy.auth.helper_pools() if proxy.auth is not None else []
+    if proxy.external_acl is not None:
+        pools.append(proxy.external_acl.pool)
+    return [[pool.name, kind, count] for pool in pools for kind, count in sorted(pool.failures.items())]
 
 
 def upstream_figures(router: Any) -> dict[str, list[list[Any]]]:
@@ -150,7 +159,8 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
     yield CounterMetricFamily(
         "gconnect_limit_rejections",
         "Clients refused by a limit (429, 503)",
-        sum(n for status, _, n in outcomes if status in LIMIT_STATUSES),
+        # A helper's failure is a 503 too, but no limit: it has its own family below.
+        sum(n for status, reason, n in outcomes if status in LIMIT_STATUSES and reason != "auth_unavailable"),
     )
     yield GaugeMetricFamily("gconnect_policy_generation", "Policy reloads applied (SIGHUP)", snap["policy_generation"])
     yield CounterMetricFamily(
@@ -166,6 +176,14 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
     for reason, count in snap.get("would_deny", []):
         would_deny.add_metric((str(reason),), count)
     yield would_deny
+    helper_failures = CounterMetricFamily(
+        "gconnect_auth_helper_failures",
+        "Auth and external ACL helper requests that failed (the client got 503), by helper and kind",
+        labels=("helper", "kind"),
+    )
+    for helper, kind, count in snap.get("auth_helper_failures", []):
+        helper_failures.add_metric((str(helper), str(kind)), count)
+    yield helper_failures
     yield from upstream_families(snap)
 
 

@@ -106,6 +106,7 @@ def empty_snapshot() -> dict[str, Any]:
         "policy_generation": 0,
         "access_log_dropped_lines": 0,
         "would_deny": [],
+        "auth_helper_failures": [],
         "rss_bytes": 0,
         "cpu_seconds": 0.0,
         "open_fds": 0,
@@ -129,6 +130,10 @@ def add_counters(into: dict[str, Any], snap: dict[str, Any]) -> None:
     for reason, count in snap.get("would_deny", []):
         would_deny[reason] = would_deny.get(reason, 0) + count
     into["would_deny"] = [[reason, count] for reason, count in sorted(would_deny.items())]
+    failures = {(helper, kind): count for helper, kind, count in into["auth_helper_failures"]}
+    for helper, kind, count in snap.get("auth_helper_failures", []):
+        failures[(helper, kind)] = failures.get((helper, kind), 0) + count
+    into["auth_helper_failures"] = [[*key, count] for key, count in sorted(failures.items())]
     tried = {(pool, url, outcome): count for pool, url, outcome, count in into["upstream_tunnels"]}
     # .get: a worker of the previous release (during an upgrade) writes no upstream figures.
     for pool, url, outcome, count in snap.get("upstream_tunnels", []):
