@@ -144,7 +144,10 @@ class HelperChild:
         proc = self.proc
         try:
             with self._write_lock:
-                proc.stdin.write(encode_request(fields, channel))
+                # The pipe is unbuffered: a long line may go in more than one write.
+                view = memoryview(encode_request(fields, channel))
+                while view:
+                    view = view[proc.stdin.write(view) :]
             return result.get(timeout=timeout)
         except gevent.Timeout:
             self.pool.count("timeout", f"#{self.index} (pid {proc.pid}) did not answer in {timeout:g} s; killed")
