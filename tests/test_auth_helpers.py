@@ -127,6 +127,14 @@ def test_channel_ids_match_answers_that_come_back_out_of_order(pools):
     assert asks[1].value.pairs == {"group": "staff"} and asks[3].value.pairs["tag"] == "ops"
 
 
+def test_a_burst_before_any_child_started_is_shared_between_them(pools):
+    pool = pools(children=3)
+    asks = [gevent.spawn(pool.ask, ["alice", b"pw"]) for _ in range(12)]
+    gevent.joinall(asks, timeout=20, raise_error=True)
+    assert all(g.value.result == "OK" for g in asks)
+    assert all(child.alive for child in pool.children) and not pool.failures
+
+
 @pytest.mark.parametrize(("user", "kind"), [("crash", "crash"), ("bh", "bh"), ("junk", "protocol")])
 def test_crash_bh_and_junk_are_503_never_a_login_and_counted(pools, user, kind):
     pool = pools()

@@ -138,11 +138,14 @@ class HelperChild:
 
     def ask(self, fields: list[str | bytes], timeout: float) -> Reply:
         """Send one request on a free channel and wait for its answer."""
-        self.ensure_started()
+        # Reserved before the start, which may yield: no other request can take it meanwhile.
         channel = self.free.pop()
-        result = self.pending[channel] = AsyncResult()
-        proc = self.proc
+        result = AsyncResult()
+        proc = None
         try:
+            self.ensure_started()
+            proc = self.proc
+            self.pending[channel] = result
             with self._write_lock:
                 # The pipe is unbuffered: a long line may go in more than one write.
                 view = memoryview(encode_request(fields, channel))
@@ -150,6 +153,7 @@ class HelperChild:
                     view = view[proc.stdin.write(view) :]
             return result.get(timeout=timeout)
         except gevent.Timeout:
+            assert proc is not None
             self.pool.count("timeout", f"#{self.index} (pid {proc.pid}) did not answer in {timeout:g} s; killed")
             self.kill(proc)
             raise AuthUnavailableError(f"{self.pool.name} helper did not answer in time") from None
