@@ -177,3 +177,14 @@ def test_every_http2_stream_carries_the_connections_certificate(start_tls_proxy,
         client.close()
     lines = [proxy.wait_access(f"stream={s}") for s in streams]
     assert all("user=staff " in line and " auth=cert" in line for line in lines), lines
+
+
+@needs_curl
+def test_a_certificate_users_table_applies_to_them(start_tls_proxy, certs, tls_server, ca_file, tmp_path):
+    config = tmp_path / "gconnect.toml"
+    config.write_text('[users.svc-a]\nallow-port = ["1"]\n')
+    proxy = start_tls_proxy("--config", str(config), "--tls-client-ca", certs["ca"])
+    refused = curl_cert(proxy, ca_file, f"https://tls.test:{tls_server.port}/", certs["valid"])
+    assert refused.returncode != 0 and "403" in refused.stderr
+    line = proxy.wait_access("status=403")
+    assert "user=svc-a " in line and " auth=cert" in line

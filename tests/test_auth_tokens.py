@@ -254,3 +254,28 @@ def test_sighup_reloads_the_jwks_file(jwt_proxy, keys, tls_server, ca_file):
     wait_until(lambda: any("reloaded: 1 keys" in line for line in jwt_proxy.lines))
     result = curl(jwt_proxy, ca_file, url, "-U", f"apt:{rotated}")
     assert result.returncode == 0 and result.stdout == "hello over tls\n", result.stderr
+
+
+@needs_curl
+def test_a_token_users_table_applies_to_them(start_proxy, keys, tls_server, ca_file, tmp_path):
+    config = tmp_path / "gconnect.toml"
+    config.write_text('[users.svc-b]\nallow-port = ["1"]\n')
+    proxy = start_proxy(
+        "--config",
+        str(config),
+        "--auth-jwks",
+        str(keys.path),
+        "--auth-jwt-issuer",
+        ISSUER,
+        "--auth-jwt-audience",
+        AUDIENCE,
+        "--log-format",
+        "json",
+    )
+    url = f"https://tls.test:{tls_server.port}/"
+    assert curl(proxy, ca_file, url, "-U", f"apt:{keys.token()}").returncode == 0
+    refused = curl(proxy, ca_file, url, "-U", f"apt:{keys.token(sub='svc-b')}")
+    assert refused.returncode != 0 and "403" in refused.stderr
+    wait_until(lambda: len([json.loads(x) for x in proxy.access_lines() if '"event":"close"' in x]) == 2)
+    records = [json.loads(line) for line in proxy.access_lines() if '"event":"close"' in line]
+    assert {(r["user"], r["status"], r["auth"]) for r in records} == {("svc-a", 200, "jwt"), ("svc-b", 403, "jwt")}
