@@ -173,7 +173,7 @@ def checks_main(args: argparse.Namespace) -> None:
         print(json.dumps({"case": name, "clients": args.clients, "seconds": args.seconds, **result}), flush=True)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--conns", type=int, default=64)
@@ -183,7 +183,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each, alternating")
     parser.add_argument("--checks", action="store_true", help="login checks per second through a helper instead")
     parser.add_argument("--clients", type=int, default=32, help="--checks: greenlets asking at once")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.checks:
         checks_main(args)
         return

@@ -176,15 +176,22 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
     for reason, count in snap.get("would_deny", []):
         would_deny.add_metric((str(reason),), count)
     yield would_deny
-    helper_failures = CounterMetricFamily(
+    yield auth_helper_family(snap)
+    yield from upstream_families(snap)
+
+
+def auth_helper_family(snap: dict[str, Any]) -> Any:
+    """gconnect_auth_helper_failures{helper,kind} from a snapshot."""
+    from prometheus_client.core import CounterMetricFamily
+
+    family = CounterMetricFamily(
         "gconnect_auth_helper_failures",
         "Auth and external ACL helper requests that failed (the client got 503), by helper and kind",
         labels=("helper", "kind"),
     )
     for helper, kind, count in snap.get("auth_helper_failures", []):
-        helper_failures.add_metric((str(helper), str(kind)), count)
-    yield helper_failures
-    yield from upstream_families(snap)
+        family.add_metric((str(helper), str(kind)), count)
+    return family
 
 
 def upstream_families(snap: dict[str, Any]) -> Iterator[Any]:
