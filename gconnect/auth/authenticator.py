@@ -7,8 +7,8 @@ the configured order (``--auth-chain``, or every configured one in the order of
 :data:`gconnect.config.AUTH_PROVIDERS`); the first that knows the user decides:
 
 * ``cert`` (:mod:`gconnect.auth.certs`): the client certificate the TLS listener
-  verified. Placed before the header providers, a certificate wins over any
-  header; after them, it counts when the request carries no Proxy-Authorization.
+  verified. First in the chain, a certificate wins over any header; anywhere
+  else, it counts when the request carries no Proxy-Authorization.
 * ``jwt`` (:mod:`gconnect.auth.jwtprovider`): a signed token, as Bearer or as the Basic password.
 * ``htpasswd`` (:mod:`gconnect.auth.fileprovider`): the file's users, bcrypt in the thread pool.
 * ``helper`` (:mod:`gconnect.auth.helperprovider`): a Squid basic auth helper.
