@@ -12,7 +12,8 @@ class GConnectError(Exception):
     """Base of every failure gconnect knows how to report."""
 
     status: int = 500
-    reason: str = "Internal Server Error"
+    #: The status line's phrase ("Bad Request"); not to be confused with an end reason.
+    phrase: str = "Internal Server Error"
     #: Short machine-readable cause, used as the access log's ``reason=``.
     code: str = "error"
     #: Extra response headers, e.g. ``Allow`` for 405.
@@ -30,20 +31,20 @@ class ClientError(GConnectError):
     """The client sent something we will not act on (4xx)."""
 
     status = 400
-    reason = "Bad Request"
+    phrase = "Bad Request"
     code = "bad_request"
     proxy_status = "http_request_error"
 
 
 class MalformedRequestError(ClientError):
     status = 400
-    reason = "Bad Request"
+    phrase = "Bad Request"
     code = "bad_request"
 
 
 class PolicyDeniedError(ClientError):
     status = 403
-    reason = "Forbidden"
+    phrase = "Forbidden"
     code = "denied"
     proxy_status = "http_request_denied"
 
@@ -80,14 +81,14 @@ class ExternalDeniedError(PolicyDeniedError):
 
 class MethodNotAllowedError(ClientError):
     status = 405
-    reason = "Method Not Allowed"
+    phrase = "Method Not Allowed"
     code = "bad_method"
     headers = (("Allow", "CONNECT"),)
 
 
 class ProxyAuthRequiredError(ClientError):
     status = 407
-    reason = "Proxy Authentication Required"
+    phrase = "Proxy Authentication Required"
     code = "auth_required"
     proxy_status = "http_request_denied"
 
@@ -111,33 +112,35 @@ class ProxyAuthMalformedError(ProxyAuthRequiredError):
 
 class HeadTimeoutError(ClientError):
     status = 408
-    reason = "Request Timeout"
+    phrase = "Request Timeout"
     code = "head_timeout"
 
 
 class HeadTooLargeError(ClientError):
     status = 431
-    reason = "Request Header Fields Too Large"
+    phrase = "Request Header Fields Too Large"
     code = "head_too_large"
 
 
 class VersionNotSupportedError(ClientError):
     # 505 is a 5xx by number, but it is the client's request that is at fault.
     status = 505
-    reason = "HTTP Version Not Supported"
+    phrase = "HTTP Version Not Supported"
     code = "bad_version"
 
 
-class UpstreamError(GConnectError):
-    """We could not reach the destination (5xx)."""
+class OutboundError(GConnectError):
+    """The way out failed: resolving the target, connecting to it, or a parent
+    proxy on the way (5xx). The code keeps its old name, ``upstream_error``:
+    operators' log queries and alerts match it."""
 
     status = 502
-    reason = "Bad Gateway"
+    phrase = "Bad Gateway"
     code = "upstream_error"
     proxy_status = "destination_unavailable"
 
 
-class ResolveError(UpstreamError):
+class ResolveError(OutboundError):
     status = 502
     code = "dns_error"
     proxy_status = "dns_error"
@@ -149,28 +152,28 @@ class NameNotFoundError(ResolveError):
     proxy_status = "destination_not_found"
 
 
-class ResolveTimeoutError(UpstreamError):
+class ResolveTimeoutError(OutboundError):
     status = 504
-    reason = "Gateway Timeout"
+    phrase = "Gateway Timeout"
     code = "dns_timeout"
     proxy_status = "dns_timeout"
 
 
-class UpstreamConnectError(UpstreamError):
+class OutboundConnectError(OutboundError):
     status = 502
     code = "connect_error"
     proxy_status = "connection_refused"
 
 
-class UnroutableError(UpstreamConnectError):
+class UnroutableError(OutboundConnectError):
     """No route to the destination's addresses (ENETUNREACH, EHOSTUNREACH)."""
 
     proxy_status = "destination_ip_unroutable"
 
 
-class UpstreamConnectTimeoutError(UpstreamError):
+class OutboundTimeoutError(OutboundError):
     status = 504
-    reason = "Gateway Timeout"
+    phrase = "Gateway Timeout"
     code = "connect_timeout"
     proxy_status = "connection_timeout"
 
@@ -189,7 +192,7 @@ class ProxyHeaderError(ClientError):
     code = "bad_proxy_header"
 
 
-class ParentProxyError(UpstreamError):
+class ParentProxyError(OutboundError):
     """The parent proxy refused the CONNECT; the message carries its status line."""
 
     status = 502
@@ -211,14 +214,14 @@ class ParentDeniedError(ParentProxyError):
     parent (407: our credentials) are about our request to it and stay 502."""
 
     status = 403
-    reason = "Forbidden"
+    phrase = "Forbidden"
     code = "parent_denied"
     proxy_status = "http_request_denied"
 
 
-class ParentProxyTimeoutError(UpstreamError):
+class ParentProxyTimeoutError(OutboundError):
     status = 504
-    reason = "Gateway Timeout"
+    phrase = "Gateway Timeout"
     code = "parent_timeout"
     proxy_status = "connection_timeout"
 
@@ -228,7 +231,7 @@ class TooManyClientsError(GConnectError):
 
     # RFC 9110 §15.6.4: 503 is the server's own overload, temporary by nature.
     status = 503
-    reason = "Service Unavailable"
+    phrase = "Service Unavailable"
     code = "too_many_clients"
     headers = (("Retry-After", "1"),)
     proxy_status = "connection_limit_reached"
@@ -240,7 +243,7 @@ class OutOfDescriptorsError(GConnectError):
     blame the target)."""
 
     status = 503
-    reason = "Service Unavailable"
+    phrase = "Service Unavailable"
     code = "no_descriptors"
     headers = (("Retry-After", "1"),)
     proxy_status = "connection_limit_reached"
@@ -252,7 +255,7 @@ class AuthUnavailableError(GConnectError):
     §15.6.4: 503, the server's own trouble, not the client's)."""
 
     status = 503
-    reason = "Service Unavailable"
+    phrase = "Service Unavailable"
     code = "auth_unavailable"
     headers = (("Retry-After", "1"),)
     # RFC 9209 §2.3.23: an internal error of the intermediary, unrelated to the origin.
@@ -263,7 +266,7 @@ class TooManyClientsPerAddressError(ClientError):
     # RFC 6585 §4: 429 is one client sending too much; nginx limit_conn uses 503,
     # but the fault here is the client's, and 429 says so.
     status = 429
-    reason = "Too Many Requests"
+    phrase = "Too Many Requests"
     code = "too_many_per_address"
     headers = (("Retry-After", "1"),)
     proxy_status = "connection_limit_reached"
@@ -273,7 +276,7 @@ class AuthRateLimitedError(ClientError):
     """Too many failed logins from one address: refused before any hash runs."""
 
     status = 429
-    reason = "Too Many Requests"
+    phrase = "Too Many Requests"
     code = "auth_rate_limited"
     proxy_status = "http_request_denied"
 

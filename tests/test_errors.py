@@ -81,6 +81,8 @@ BAD_REQUESTS = [
     (head("a" * 300 + ".test:443", "Host: " + "a" * 300 + ".test:443"), 400, "host"),
     ("CONNECT bücher.test:443 HTTP/1.1\r\nHost: xn--bcher-kva.test:443\r\n\r\n".encode(), 400, ""),
     (head("a.test:443", "Host: a.test:443", method="connect"), 405, "connect"),
+    # RFC 9112 §3: a request line without a version is malformed, not a 505 (Squid answers 400 too).
+    (b"CONNECT a.test:443\r\n\r\n", 400, "no HTTP version"),
 ]
 
 
@@ -97,8 +99,9 @@ def test_other_methods_get_405_with_allow(proxy, echo, method):
     assert headers["allow"] == "CONNECT"
 
 
-def test_http2_version_gets_505(proxy):
-    assert_refused(proxy, head("a.test:443", "Host: a.test:443", version="HTTP/2.0"), 505)
+@pytest.mark.parametrize("version", ["HTTP/2.0", "HTTP/1.2"])
+def test_an_unsupported_version_gets_505(proxy, version):
+    assert_refused(proxy, head("a.test:443", "Host: a.test:443", version=version), 505, reason_part="only HTTP/1.1")
 
 
 def test_denied_port_gets_403(start_proxy, echo):

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from gconnect.errors import HeadTooLargeError, MalformedRequestError, MethodNotAllowedError
-from gconnect.tunnel.h2head import parse_h2_connect
+from gconnect.tunnel.h2.head import parse_h2_connect
 
 pytestmark = pytest.mark.timeout(10)
 

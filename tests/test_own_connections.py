@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 
-from gconnect.server import OwnConnections
+from gconnect.tunnel.loopcheck import OwnConnections
 
 
 def test_same_local_port_toward_another_destination_is_not_a_loop():

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from gconnect.config import Config
 from gconnect.errors import ClientError, PolicyDeniedError
-from gconnect.tunnel.policy import Policy, embedded_ipv4, is_public
+from gconnect.tunnel.addresses import embedded_ipv4, is_public
+from gconnect.tunnel.policy import Policy
 
 net = ipaddress.ip_network
 

@@ -83,7 +83,7 @@ def test_strategies_order_the_parents():
     hashed = firsts("hash", ["a.test", "b.test", "a.test", "A.TEST"])
     assert hashed[0] == hashed[2] == hashed[3]
     pool = Pool(UpstreamPool("p", urls, "least-connections"), resolver=None, source=None)
-    pool.members[0].active, pool.members[1].active, pool.members[2].active = 2, 0, 1
+    pool.parents[0].active, pool.parents[1].active, pool.parents[2].active = 2, 0, 1
     assert [m.chain.parent.host for m in pool.order("x")] == ["p1.test", "p2.test", "p0.test"]
 
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from gconnect import errors
 from gconnect.config import Config
-from gconnect.tunnel.head import MAX_HOSTNAME_CHARS, RESPONSE_200, ConnectRequest, RequestParser, render_error
+from gconnect.tunnel.head import RESPONSE_200, ConnectRequest, RequestParser, render_error
+from gconnect.tunnel.names import MAX_NAME_CHARS as MAX_HOSTNAME_CHARS
 
 MAX_HEADER_BYTES = Config().max_header_bytes
 CRLF = b"\r\n"
@@ -276,6 +277,15 @@ ERRORS = [
     ("HTTP/3.0", make_head(version=b"HTTP/3.0"), errors.VersionNotSupportedError),
     ("HTTP/9.9", make_head(version=b"HTTP/9.9"), errors.VersionNotSupportedError),
     ("HTTP/0.9", make_head(version=b"HTTP/0.9"), errors.VersionNotSupportedError),
+    ("HTTP/1.2", make_head(version=b"HTTP/1.2"), errors.VersionNotSupportedError),
+    ("HTTP/0.9-after-empty-line", CRLF + make_head(version=b"HTTP/0.9"), errors.VersionNotSupportedError),
+    # RFC 9112 §3: the version is part of the request line; a line without one is
+    # malformed (llhttp reads it as HTTP/0.9, which would be a 505).
+    ("no-version", b"CONNECT example.com:443\r\nHost: example.com:443\r\n\r\n", Bad),
+    ("no-version-no-headers", b"CONNECT example.com:443\r\n\r\n", Bad),
+    ("no-version-after-empty-lines", b"\r\n\r\nCONNECT example.com:443\r\n\r\n", Bad),
+    ("no-version-v6", b"CONNECT [::1]:443\r\n\r\n", Bad),
+    ("version-missing-after-space", b"CONNECT example.com:443 \r\n\r\n", Bad),
     ("version-garbage", make_head(version=b"HTTP/1.1x"), Bad),
     ("version-lowercase", make_head(version=b"http/1.1"), Bad),
     ("version-not-http", make_head(version=b"HTTPS/1.1"), Bad),
@@ -440,6 +450,13 @@ def test_error_statuses_are_class_attributes():
     assert errors.VersionNotSupportedError.status == 505
 
 
+@pytest.mark.parametrize("feeder", FEEDERS)
+def test_a_missing_version_says_so(feeder):
+    exc = parse_error(feeder, b"CONNECT example.com:443\r\n\r\n")
+    assert exc.status == 400
+    assert "no HTTP version" in str(exc)
+
+
 def test_error_message_names_the_target_and_is_printable():
     exc = parse_error(feed_whole, make_head(b"example.com:99999", [b"Host: example.com"]))
     assert "99999" in str(exc)
@@ -532,16 +549,16 @@ ERROR_INSTANCES = [
     errors.VersionNotSupportedError("HTTP/2.0 not supported"),
     errors.ResolveError("example.invalid: name does not exist"),
     errors.ResolveTimeoutError("example.com: DNS timeout"),
-    errors.UpstreamConnectError("example.com:443: connection refused"),
-    errors.UpstreamConnectTimeoutError("example.com:443: connect timeout"),
+    errors.OutboundConnectError("example.com:443: connection refused"),
+    errors.OutboundTimeoutError("example.com:443: connect timeout"),
 ]
 
 
 @pytest.mark.parametrize("exc", ERROR_INSTANCES, ids=lambda e: type(e).__name__)
 def test_render_error(exc):
-    data = render_error(exc.status, exc.reason, str(exc), exc.headers)
+    data = render_error(exc.status, exc.phrase, str(exc), exc.headers)
     head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(f"HTTP/1.1 {exc.status} {exc.reason}\r\n".encode())
+    assert head.startswith(f"HTTP/1.1 {exc.status} {exc.phrase}\r\n".encode())
     response, parsed_body = parse_response(data)
     assert response.status_code == exc.status
     assert body == parsed_body == str(exc).encode() + b"\n"
@@ -555,13 +572,13 @@ def test_render_error(exc):
 
 def test_render_error_405_has_allow():
     exc = errors.MethodNotAllowedError("no")
-    response, _ = parse_response(render_error(exc.status, exc.reason, str(exc), exc.headers))
+    response, _ = parse_response(render_error(exc.status, exc.phrase, str(exc), exc.headers))
     assert (b"allow", b"CONNECT") in list(response.headers)
 
 
 def test_render_error_407_has_proxy_authenticate():
     exc = errors.ProxyAuthRequiredError("no", realm="inside")
-    response, _ = parse_response(render_error(exc.status, exc.reason, str(exc), exc.headers))
+    response, _ = parse_response(render_error(exc.status, exc.phrase, str(exc), exc.headers))
     assert (b"proxy-authenticate", b'Basic realm="inside"') in list(response.headers)
 
 

@@ -77,5 +77,5 @@ def test_a_parents_members_come_first():
 def test_unroutable_is_told_apart_from_refused():
     assert isinstance(_connect_error("x", [errno.ENETUNREACH, errno.EHOSTUNREACH]), errors.UnroutableError)
     refused = _connect_error("x", [errno.ENETUNREACH, errno.ECONNREFUSED])
-    assert type(refused) is errors.UpstreamConnectError and refused.proxy_status == "connection_refused"
+    assert type(refused) is errors.OutboundConnectError and refused.proxy_status == "connection_refused"
     assert errors.UnroutableError.proxy_status == "destination_ip_unroutable"

@@ -286,7 +286,7 @@ def test_both_ways_at_once_byte_exact(kind, harness):
     relay = h.wait()
     assert got == {"up": hashlib.sha256(up).hexdigest(), "down": hashlib.sha256(down).hexdigest()}
     assert (relay.bytes_up, relay.bytes_down) == (len(up), len(down))
-    assert relay.reason in ("client_eof", "upstream_eof")
+    assert relay.end_reason in ("client_eof", "upstream_eof")
     assert relay.first_byte_at > 0
 
 
@@ -306,7 +306,7 @@ def test_client_half_close_is_carried_and_the_answer_still_flows(kind, harness):
         h.upstream.shutdown(socket.SHUT_WR)
 
     h.run(client, upstream)
-    assert h.wait().reason == "client_eof"
+    assert h.wait().end_reason == "client_eof"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -328,7 +328,7 @@ def test_upstream_half_close_is_carried_and_the_client_may_keep_sending(kind, ha
         h.client.shutdown(socket.SHUT_WR)
 
     h.run(upstream, client)
-    assert h.wait().reason == "upstream_eof"
+    assert h.wait().end_reason == "upstream_eof"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -344,7 +344,7 @@ def test_upstream_reset_is_passed_on_as_a_reset(kind, harness):
                 pass
 
     h.run(run)
-    assert h.wait().reason == "upstream_reset"
+    assert h.wait().end_reason == "upstream_reset"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -360,7 +360,7 @@ def test_client_reset_is_passed_on_as_a_reset(kind, harness):
                 pass
 
     h.run(run)
-    assert h.wait().reason == "client_reset"
+    assert h.wait().end_reason == "client_reset"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -377,7 +377,7 @@ def test_idle_deadline_counts_both_directions(kind, harness):
     started = time.monotonic()
     h.run(talk)
     relay = h.wait()
-    assert relay.reason == "idle"
+    assert relay.end_reason == "idle"
     assert time.monotonic() - started > 0.9  # 6 x 0.15 s of ticks, each under the 0.4 s limit
 
 
@@ -387,7 +387,7 @@ def test_half_close_deadline_is_the_shorter_limit_once_a_side_is_done(kind, harn
     started = time.monotonic()
     h.client.shutdown(socket.SHUT_WR)
     relay = h.wait()
-    assert relay.reason == "half_close_timeout"
+    assert relay.end_reason == "half_close_timeout"
     assert time.monotonic() - started < 5
 
 
@@ -411,7 +411,7 @@ def test_lifetime_ends_a_busy_tunnel(kind, harness):
         relay = h.wait(10)
     finally:
         stop.set()
-    assert relay.reason == "lifetime"
+    assert relay.end_reason == "lifetime"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -435,7 +435,7 @@ def test_a_reset_under_back_pressure_is_noticed_at_once(kind, harness):
     started = time.monotonic()
     reset(h.client.sock if kind == "tls" else h.client)
     relay = h.wait(5)
-    assert relay.reason == "client_reset"
+    assert relay.end_reason == "client_reset"
     assert time.monotonic() - started < 1.0
 
 
@@ -455,7 +455,7 @@ def test_pipes_are_borrowed_only_while_bytes_wait(kind, harness):
 
     h.run(client_sends, upstream_reads)
     relay = h.wait()
-    assert relay.reason == "client_eof"
+    assert relay.end_reason == "client_eof"
     assert relay.up.pipe is None and relay.down.pipe is None
     assert 1 <= len(h.pipes) <= 2  # given back to the pool, not kept by the tunnel
 
@@ -523,7 +523,7 @@ def test_the_relay_stops_every_watcher_and_closes_nothing(kind, harness):
     h = harness(kind)
     h.relay.abort("shutdown")
     relay = h.wait()
-    assert relay.reason == "shutdown"
+    assert relay.end_reason == "shutdown"
     for half in (relay.up, relay.down):
         assert half.reader is None and half.writer is None and half.pipe is None
     # The relay borrowed the sockets: the owner (here _done) closed them.

@@ -5,13 +5,14 @@ that exec()s gconnect), alone and with a supervisor."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from .conftest import connect_over, open_tunnel, recv_exactly
+from .conftest import connect_over, open_tunnel, recv_exactly, wait_until
 from .traffic import children
 
 pytestmark = pytest.mark.timeout(90)
@@ -74,6 +75,26 @@ def test_a_restart_refuses_nothing(start_proxy, echo, systemd_socket):
     with connect_over(waiting, echo.target) as sock:
         sock.sendall(b"queued")
         assert recv_exactly(sock, 6) == b"queued"
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["alone", "supervised"])
+def test_a_drain_leaves_the_socket_queueing_for_the_next_start(start_proxy, echo, systemd_socket, workers):
+    launcher, fds = systemd_launcher(systemd_socket)
+    first = start_proxy(*workers, "--drain-timeout", "10", prefix=launcher, pass_fds=fds)
+    held = open_tunnel(first, echo.target)
+    first.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: any(f"[{first.pid}]: signal {int(signal.SIGTERM)}: " in line for line in first.lines))
+    # Draining, and the socket is systemd's: unlike a socket of our own, it still
+    # completes handshakes, and the client waits for whoever starts next.
+    waiting = socket.create_connection(systemd_socket.getsockname(), timeout=10)
+    held.sendall(b"draining")
+    assert recv_exactly(held, 8) == b"draining"
+    start_proxy(*workers, prefix=launcher, pass_fds=fds)
+    with connect_over(waiting, echo.target) as sock:
+        sock.sendall(b"queued")
+        assert recv_exactly(sock, 6) == b"queued"
+    held.close()
+    assert first.proc.wait(5) == 0
 
 
 def test_listen_fds_for_another_process_are_not_ours(start_proxy, echo, systemd_socket):

@@ -180,24 +180,39 @@ class HeldTunnels:
 
 
 class NewTunnels:
-    """Open a tunnel, exchange one message, close; again and again (at most *limit*)."""
+    """Open a tunnel, exchange one message, close; again and again (at most
+    *limit* per thread, in *threads* threads at once)."""
 
-    def __init__(self, proxy: ProxyProcess, target: str, *, pause: float = 0.01, limit: int = 20_000) -> None:
+    def __init__(
+        self,
+        proxy: ProxyProcess,
+        target: str,
+        *,
+        pause: float = 0.01,
+        limit: int = 20_000,
+        threads: int = 1,
+        timeout: float = 10.0,
+    ) -> None:
         self.address = (proxy.host, proxy.port)
         self.target = target
         self.pause = pause
         self.limit = limit
+        self.timeout = timeout
         self.ok = 0
         #: (monotonic time, client port or 0, what went wrong)
         self.failures: list[tuple[float, int, str]] = []
+        #: (monotonic time it started, seconds it took, "ok" or what went wrong), every attempt
+        self.attempts: list[tuple[float, float, str]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for thread in self._threads:
+            thread.start()
 
     def _one(self) -> None:
         port = 0
+        started = time.monotonic()
         try:
-            with socket.create_connection(self.address, timeout=10) as sock:
+            with socket.create_connection(self.address, timeout=self.timeout) as sock:
                 port = sock.getsockname()[1]
                 sock.sendall(f"CONNECT {self.target} HTTP/1.1\r\nHost: {self.target}\r\n\r\n".encode() + b"new-one!")
                 head = b""
@@ -211,8 +226,10 @@ class NewTunnels:
                 if recv_exactly(sock, 8) != b"new-one!":
                     raise ConnectionError("echo cut short")
             self.ok += 1
+            self.attempts.append((started, time.monotonic() - started, "ok"))
         except OSError as exc:
             self.failures.append((time.monotonic(), port, repr(exc)))
+            self.attempts.append((started, time.monotonic() - started, repr(exc)))
 
     def _run(self) -> None:
         for _ in range(self.limit):
@@ -223,4 +240,5 @@ class NewTunnels:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(30)
+        for thread in self._threads:
+            thread.join(30)

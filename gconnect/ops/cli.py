@@ -48,7 +48,7 @@ UPGRADE_WAIT_SECONDS = 60.0
 
 
 def setup_logging(config: cfg.Config) -> None:
-    """The diagnostic log on stderr. (The access log is server.Proxy's LogFile.)"""
+    """The diagnostic log on stderr. (The access log is ops/accesslog.py's.)"""
     # Records need no thread or process names here, and looking them up is not free.
     logging.logThreads = False
     logging.logMultiprocessing = False
@@ -98,7 +98,8 @@ def serve(**options: Any) -> None:
 def _supervise(config: cfg.Config, config_path: str | None, command_line: dict[str, Any], notifier: Notifier) -> None:
     from . import supervisor
 
-    socks = listeners.from_systemd(os.environ) or listeners.bind(config.listen, reuse_port=config.reuse_port)
+    activated = listeners.from_systemd(os.environ)
+    socks = activated or listeners.bind(config.listen, reuse_port=config.reuse_port)
     metrics = None
     try:
         if config.metrics_listen is not None:
@@ -110,8 +111,9 @@ def _supervise(config: cfg.Config, config_path: str | None, command_line: dict[s
         boss = supervisor.Supervisor(
             config,
             worker_arguments(command_line, config_path),
-            [sock.fileno() for sock in socks],
+            socks,
             notifier=notifier,
+            activated=activated is not None,
             config_path=config_path,
             command_line=command_line,
             metrics_dir=metrics.directory if metrics else None,

@@ -80,10 +80,14 @@ class Stats:
             self.bytes_down += bytes_down
 
 
-def snapshot(proxy: Any) -> dict[str, Any]:
-    """The proxy's figures as plain JSON-able data: what one scrape shows, and
-    what a worker writes for its supervisor (``workermetrics``)."""
-    stats: Stats = proxy.stats
+def snapshot(proxy: Any, observer: Any) -> dict[str, Any]:
+    """The figures of *proxy* (a :class:`gconnect.proxy.Proxy`) and of its
+    *observer* (:class:`gconnect.ops.observer.ProcessObserver`) as plain
+    JSON-able data: what one scrape shows, and what a worker writes for its
+    supervisor (``workermetrics``)."""
+    stats: Stats = observer.stats
+    services = proxy.services
+    access_log = observer.access_log
     return {
         "tunnels_open": stats.tunnels_open,
         "clients": proxy.open_count(),
@@ -92,21 +96,21 @@ def snapshot(proxy: Any) -> dict[str, Any]:
         "bytes_down": stats.bytes_down,
         "handshake_counts": list(stats.handshake_counts),
         "handshake_sum": stats.handshake_sum,
-        "dns_lookups": proxy.resolver.lookups,
-        "dns_cache_hits": proxy.resolver.cache_hits,
+        "dns_lookups": services.resolver.lookups,
+        "dns_cache_hits": services.resolver.cache_hits,
         "policy_generation": proxy.generation,
-        "access_log_dropped_lines": proxy.access_log.dropped_lines if proxy.access_log is not None else 0,
+        "access_log_dropped_lines": access_log.dropped_lines if access_log is not None else 0,
         "would_deny": [[reason, count] for reason, count in sorted(stats.would_deny_counts.items())],
-        "auth_helper_failures": auth_helper_failures(proxy),
-        **upstream_figures(proxy.router),
+        "auth_helper_failures": auth_helper_failures(services),
+        **upstream_figures(services.router),
     }
 
 
-def auth_helper_failures(proxy: Any) -> list[list[Any]]:
+def auth_helper_failures(services: Any) -> list[list[Any]]:
     """``[helper, kind, count]``: helper answers that let no one in (crash, timeout, bh, protocol, start)."""
-    pools = proxy.auth.helper_pools() if proxy.auth is not None else []
-    if proxy.external_acl is not None:
-        pools.append(proxy.external_acl.pool)
+    pools = services.auth.helper_pools() if services.auth is not None else []
+    if services.external_acl is not None:
+        pools.append(services.external_acl.pool)
     return [[pool.name, kind, count] for pool in pools for kind, count in sorted(pool.failures.items())]
 
 
@@ -217,13 +221,14 @@ def upstream_families(snap: dict[str, Any]) -> Iterator[Any]:
 
 
 class ProxyCollector:
-    """Reads one in-process proxy at scrape time."""
+    """Reads one in-process proxy and its observer at scrape time."""
 
-    def __init__(self, proxy: Any) -> None:
+    def __init__(self, proxy: Any, observer: Any) -> None:
         self.proxy = proxy
+        self.observer = observer
 
     def collect(self) -> Iterator[Any]:
-        return families(snapshot(self.proxy))
+        return families(snapshot(self.proxy, self.observer))
 
 
 class MetricsServer:

@@ -1,15 +1,17 @@
 """HTTP/2 on the TLS listener: one client connection, many CONNECT streams.
 
 A client that picks ``h2`` by ALPN (Chromium does, for an HTTPS proxy) gets an
-:class:`H2Session` in place of the HTTP/1.1 head: the connection's own greenlet
-(the one that did the TLS handshake) reads its frames, feeds them to the ``h2``
-package's state machine, and hands each stream's events to that stream's
-tunnel (:mod:`gconnect.tunnel.h2stream`): HEADERS start a
-:class:`~gconnect.tunnel.h2stream.StreamTunnel` in a greenlet of its own,
-DATA, END_STREAM and RST_STREAM go to its relay, WINDOW_UPDATE resumes relays
+:class:`H2Session` in place of the HTTP/1.1 head (the composition root puts
+:class:`H2Protocol` in the services' ALPN table): the connection's own
+greenlet (the one that did the TLS handshake) reads its frames, feeds them to
+the ``h2`` package's state machine, and hands each stream's events to that
+stream's client side (:mod:`gconnect.tunnel.h2.stream`): HEADERS start a
+:class:`~gconnect.tunnel.tunnel.Tunnel` with an
+:class:`~gconnect.tunnel.h2.stream.H2StreamSide` in a greenlet of its own;
+DATA, END_STREAM and RST_STREAM go to the side; WINDOW_UPDATE resumes relays
 waiting for window.
 
-Writing is never a wait (:mod:`gconnect.tunnel.h2output`): frames are
+Writing is never a wait (:mod:`gconnect.tunnel.h2.output`): frames are
 encrypted and sent at once, the rest buffered; while the buffer is at its
 high-water mark (``--chunk-bytes``) the stream relays stop reading their
 targets (``congested``).
@@ -24,11 +26,16 @@ protocol error ends the connection with h2's GOAWAY; :meth:`H2Session.drain`
 (SIGTERM) sends GOAWAY with NO_ERROR, refuses newer streams and closes the
 connection once its streams are done. The connection's own access-log record
 has ``stream=0`` and ``status=0``; its streams have one each.
+
+Ownership: the session borrows the connection (its socket and TLS session)
+from the tunnel that accepted it, which closes it after :meth:`H2Session.serve`
+returns.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import h2.config
@@ -42,13 +49,15 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame, SettingsFrame
 
-from ..errors import StreamResetError
-from .h2output import RecordOutput
-from .h2stream import StreamTunnel
-from .waiting import wait_any
+from ...errors import StreamResetError
+from ..tunnel import Tunnel
+from ..waiting import wait_any
+from .output import RecordOutput
+from .stream import H2StreamSide
 
 if TYPE_CHECKING:
-    from .tunnel import Tunnel
+    from ..client import ClientConnection
+    from ..services import TunnelServices
 
 log = logging.getLogger(__name__)
 
@@ -66,26 +75,44 @@ READ_BYTES = 256 * 1024
 FINAL_FLUSH_SECONDS = 1.0
 
 
+class H2Protocol:
+    """The ALPN table's entry for ``h2``: serves one connection as an :class:`H2Session`.
+
+    *current* returns the services in force now: each stream is a tunnel of
+    its own and starts with the policy of its moment, as a new connection would.
+    """
+
+    def __init__(self, current: Callable[[], TunnelServices]) -> None:
+        self.current = current
+
+    def __call__(self, conn: ClientConnection, services: TunnelServices) -> str:
+        return H2Session(conn, services, self.current).serve()
+
+
 class H2Session:
     """One HTTP/2 client connection after the TLS handshake."""
 
     closed = False
     draining = False
 
-    def __init__(self, tunnel: Tunnel) -> None:
-        self.tunnel = tunnel
-        self.proxy = proxy = tunnel.proxy
-        self.sock = tunnel.client
-        assert tunnel.tls is not None
-        self.tls = tunnel.tls
-        self.loop = proxy.loop
-        config = proxy.config
+    def __init__(self, conn: ClientConnection, services: TunnelServices, current: Callable[[], TunnelServices]) -> None:
+        self.conn = conn
+        self.services = services
+        self.current = current
+        self.address = conn.address
+        self.sock = conn.sock
+        assert conn.tls is not None
+        self.tls = conn.tls
+        #: The client certificate the handshake verified: every stream's identity, read once.
+        self.peer_certificate = conn.peer_certificate()
+        self.loop = services.loop
+        config = services.config
         # Header validation is parse_h2_connect's: h2's would make a malformed
         # CONNECT a connection error instead of the one stream's 400.
         self.h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, validate_inbound_headers=False, header_encoding=None)
         )
-        self.streams: dict[int, StreamTunnel] = {}
+        self.streams: dict[int, H2StreamSide] = {}
         self.scratch = bytearray(config.chunk_bytes)
         self.view = memoryview(self.scratch)
         self._wake = self.loop.async_()
@@ -100,24 +127,22 @@ class H2Session:
 
     # --- the connection's greenlet ----------------------------------------------------
 
-    def serve(self) -> None:
-        """Serve the connection until it ends; the tunnel's ``reason`` says why."""
-        tunnel = self.tunnel
-        tunnel.stream_id = 0
-        self.proxy.h2_sessions.add(self)
+    def serve(self) -> str:
+        """Serve the connection until it ends; return why it ended."""
+        self.conn.on_drain = self.drain
         reason = "shutdown"
         try:
             self._start()
             reason = self._read_frames()
         except Exception:
-            log.exception("h2 session bug (client %s)", tunnel.address)
+            log.exception("h2 session bug (client %s)", self.address)
             reason = "error"
         finally:
-            tunnel.reason = reason
             self._end("client_reset" if reason != "shutdown" else "shutdown")
+        return reason
 
     def _start(self) -> None:
-        config = self.proxy.config
+        config = self.services.config
         conn = self.h2
         settings: dict[int, int] = {
             SettingCodes.INITIAL_WINDOW_SIZE: config.h2_window_bytes,
@@ -141,8 +166,8 @@ class H2Session:
 
     def _read_frames(self) -> str:
         """Read and dispatch until the connection ends; return the end reason."""
-        reader = self.tunnel._reader()
-        idle = self.proxy.config.idle_timeout
+        reader = self.conn.reader()
+        idle = self.services.config.idle_timeout
         while not self.output.lost:
             if self.draining and not self.streams:
                 return "goaway"
@@ -161,7 +186,7 @@ class H2Session:
             try:
                 events = self.h2.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
-                log.info("h2 client %s: protocol error: %s", self.tunnel.address, exc)
+                log.info("h2 client %s: protocol error: %s", self.address, exc)
                 self.flush()  # h2's GOAWAY
                 return "protocol_error"
             self._dispatch_all(events)
@@ -195,10 +220,7 @@ class H2Session:
         elif isinstance(event, h2.events.StreamEnded):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
-                if stream.relay is not None:
-                    stream.relay.client_ended()  # type: ignore[attr-defined]
-                else:
-                    stream.client_ended = True
+                stream.client_ended()
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -207,57 +229,47 @@ class H2Session:
             stream = self.streams.get(event.stream_id) if event.stream_id else None
             if stream is None:
                 self._resume()  # the connection's window: every stream may go on
-            elif stream.relay is not None:
-                stream.relay.resume()  # type: ignore[attr-defined]
+            else:
+                stream.resume()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._resume()  # a new initial window or frame size
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.draining = True  # the client's GOAWAY: open streams go on
 
     def _open(self, stream_id: int, headers: list) -> None:
-        if self.draining or len(self.streams) >= self.proxy.config.h2_max_streams:
+        if self.draining or len(self.streams) >= self.services.config.h2_max_streams:
             # After our GOAWAY (RFC 9113 §6.8), or past SETTINGS_MAX_CONCURRENT_STREAMS
             # (§5.1.2): not processed, so the client may retry it.
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        stream = StreamTunnel(self, stream_id, headers)
+        stream = H2StreamSide(self, stream_id, headers)
         self.streams[stream_id] = stream
-        self.proxy.track(stream)
-        greenlet = stream.greenlet = RawGreenlet(stream.run, get_hub())
+        tunnel = stream.tunnel = Tunnel(self.current(), stream)
+        greenlet = tunnel.greenlet = RawGreenlet(tunnel.run, get_hub())
         self.loop.run_callback(greenlet.switch)
 
     def _data(self, stream_id: int, data: bytes, flow_length: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is None:
             self.ack(stream_id, flow_length)  # a stream we ended: give the window back
-        elif stream.relay is not None:
-            stream.relay.deliver(data, flow_length)  # type: ignore[attr-defined]
         else:
-            stream.early.append((data, flow_length))
+            stream.deliver(data, flow_length)
 
-    def _reset_by_client(self, stream: StreamTunnel) -> None:
+    def _reset_by_client(self, stream: H2StreamSide) -> None:
         if stream.relay is not None:
-            stream.relay.client_reset()  # type: ignore[attr-defined]
+            stream.relay.client_reset()
         else:
             self._kill(stream)
 
-    def _kill(self, stream: StreamTunnel) -> None:
-        # Scheduled after the greenlet's start (run_callback keeps order); a
-        # greenlet that already ended is left alone.
-        def throw() -> None:
-            greenlet = stream.greenlet
-            if greenlet and not greenlet.dead:
-                greenlet.throw(StreamResetError(f"stream {stream.stream_id} reset by the client"))
-
-        self.loop.run_callback(throw)
+    def _kill(self, stream: H2StreamSide) -> None:
+        stream.tunnel.interrupt(StreamResetError(f"stream {stream.stream_id} reset by the client"))
 
     def _resume(self) -> None:
         for stream in list(self.streams.values()):
-            if stream.relay is not None:
-                stream.relay.resume()  # type: ignore[attr-defined]
+            stream.resume()
 
     def _end(self, stream_reason: str) -> None:
-        """Close the streams still open, send what is buffered, leave the proxy's set."""
+        """Close the streams still open, send what is buffered, forget the drain hook."""
         self.closed = True  # the streams' ends write nothing more
         for stream in list(self.streams.values()):
             if stream.relay is not None:
@@ -268,9 +280,9 @@ class H2Session:
             self.output.finish(FINAL_FLUSH_SECONDS)
         self.output.close()
         self._wake.close()
-        self.proxy.h2_sessions.discard(self)
+        self.conn.on_drain = None
 
-    # --- called by the streams and the proxy ------------------------------------------
+    # --- called by the streams and at shutdown ------------------------------------------
 
     def respond(self, stream_id: int, status: int, headers: tuple, *, end_stream: bool = False) -> bool:
         """Send a response's HEADERS on *stream_id*; False if the stream or the connection is gone."""
@@ -314,17 +326,17 @@ class H2Session:
         """True while the output buffer is at its high-water mark."""
         return self.output.congested()
 
-    def forget(self, stream: StreamTunnel) -> None:
-        """The stream's tunnel closed: reset the stream if it did not end cleanly."""
-        stream_id = stream.stream_id
+    def forget(self, stream_id: int, status: int, end_reason: str) -> None:
+        """The stream's tunnel closed with *status* and *end_reason*: reset the
+        stream if it did not end cleanly."""
         self.streams.pop(stream_id, None)
         if self.closed or self.output.lost:
             return
         state = self.h2.streams.get(stream_id)
         if state is not None and not state.closed:
-            if stream.status != 200:
+            if status != 200:
                 code = ErrorCodes.NO_ERROR  # answered: the rest of the request is not needed (§8.1)
-            elif stream.reason == "upstream_reset":
+            elif end_reason == "upstream_reset":
                 code = ErrorCodes.CONNECT_ERROR  # RFC 9113 §8.5
             else:
                 code = ErrorCodes.CANCEL  # a deadline, shutdown, or a bug

@@ -10,8 +10,8 @@ grammar as an HTTP/1.1 request-target (:func:`~gconnect.tunnel.head.parse_author
 
 from __future__ import annotations
 
-from ..errors import HeadTooLargeError, MalformedRequestError, MethodNotAllowedError
-from .head import ConnectRequest, _check_host_header, _show, parse_authority
+from ...errors import HeadTooLargeError, MalformedRequestError, MethodNotAllowedError
+from ..head import ConnectRequest, check_host_header, parse_authority, show
 
 #: RFC 9113 §8.2.2: connection-specific fields are malformed in HTTP/2
 #: ("te" is allowed only as "te: trailers").
@@ -43,23 +43,23 @@ def parse_h2_connect(headers: list[tuple[bytes, bytes]], *, max_header_bytes: in
         # §8.2.1: no upper case in names; no NUL, CR or LF in values; no edge whitespace.
         body = name[1:] if name[:1] == b":" else name
         if not body or name != name.lower() or any(c in _BAD_NAME_BYTES for c in body):
-            raise MalformedRequestError(f"invalid field name {_show(name)}")
+            raise MalformedRequestError(f"invalid field name {show(name)}")
         if any(c in value for c in b"\0\r\n") or value[:1] in (b" ", b"\t") or value[-1:] in (b" ", b"\t"):
-            raise MalformedRequestError(f"invalid value in field {_show(name)}")
+            raise MalformedRequestError(f"invalid value in field {show(name)}")
         if name[:1] == b":":
             # §8.3: pseudo-headers come first, once each, and only those defined.
             if fields or name not in REQUEST_PSEUDO or name in pseudo:
-                raise MalformedRequestError(f"misplaced, repeated or unknown pseudo-header {_show(name)}")
+                raise MalformedRequestError(f"misplaced, repeated or unknown pseudo-header {show(name)}")
             pseudo[name] = value
             continue
         if name in CONNECTION_FIELDS or (name == b"te" and value != b"trailers"):
-            raise MalformedRequestError(f"connection-specific field {_show(name)} (RFC 9113 §8.2.2)")
+            raise MalformedRequestError(f"connection-specific field {show(name)} (RFC 9113 §8.2.2)")
         fields.append((name, value))
     method = pseudo.get(b":method")
     if method is None:
         raise MalformedRequestError("no :method")
     if method != b"CONNECT":
-        raise MethodNotAllowedError(f"method {_show(method)} not allowed: this proxy only tunnels (CONNECT)")
+        raise MethodNotAllowedError(f"method {show(method)} not allowed: this proxy only tunnels (CONNECT)")
     if b":scheme" in pseudo or b":path" in pseudo or b":protocol" in pseudo:
         raise MalformedRequestError("CONNECT carries :authority only (RFC 9113 §8.5)")
     authority = pseudo.get(b":authority")
@@ -68,5 +68,5 @@ def parse_h2_connect(headers: list[tuple[bytes, bytes]], *, max_header_bytes: in
     host, port, family = parse_authority(authority)
     for name, value in fields:
         if name == b"host":
-            _check_host_header(value, authority, host, port)
+            check_host_header(value, authority, host, port)
     return ConnectRequest(host, port, family, "2", fields)

@@ -14,8 +14,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from .tls import TLSSession
-from .waiting import WRITE, send_all
+from ..tls import TLSSession
+from ..waiting import WRITE, send_all
 
 log = logging.getLogger(__name__)
 

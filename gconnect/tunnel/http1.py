@@ -1,0 +1,136 @@
+"""HTTP/1.1 over TCP or TLS: the client side of a connection's one CONNECT.
+
+The head is read by :class:`~gconnect.tunnel.head.RequestParser` from what the
+:class:`~gconnect.tunnel.client.ClientConnection` receives; the answer is
+``200 Connection established`` or an error rendered by
+:func:`~gconnect.tunnel.head.render_error`, followed by a lingering close;
+the relay is :class:`~gconnect.tunnel.relay.Relay` with the plain or TLS
+movers. A TLS client that picked another protocol by ALPN is handed to that
+protocol's server (the ``protocols`` table of the services).
+
+Ownership: the side owns its connection and closes it in :meth:`close`; the
+relay borrows the socket (and adopts the read watcher and the outbound
+connection's write watcher) until it ends.
+"""
+
+from __future__ import annotations
+
+import _socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ClientClosedError, GConnectError
+from .client import ClientConnection
+from .head import RESPONSE_200, ConnectRequest, RequestParser, proxy_status, render_error
+from .relay import Relay
+from .waiting import WRITE, recv, send_all
+
+if TYPE_CHECKING:
+    from .dial import Connection
+
+#: After an error response, read and discard what the client still sends for at
+#: most this long / this much, so closing does not turn into a reset that
+#: destroys the response in flight (Apache's lingering close waits up to 2 s).
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 64 * 1024
+
+
+class HTTP1Side:
+    """One client connection's CONNECT request, over TCP or TLS."""
+
+    __slots__ = ("address", "conn", "protocol", "stream_id")
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.address = conn.address
+        self.protocol = "http/1.1"
+        self.stream_id: int | None = None
+
+    def admit(self) -> Callable[[], str] | None:
+        conn = self.conn
+        conn.admit()
+        self.address = conn.address  # a PROXY header may have named the real client
+        serve = conn.services.protocols.get(conn.protocol) if conn.protocol else None
+        if serve is None:
+            return None
+        # The connection's own record: the protocol, stream 0.
+        self.protocol = conn.protocol or self.protocol
+        self.stream_id = 0
+        return lambda: serve(conn, conn.services)
+
+    def peer_certificate(self) -> dict[str, Any] | None:
+        return self.conn.peer_certificate()
+
+    def read_request(self) -> ConnectRequest:
+        conn = self.conn
+        parser = RequestParser(conn.services.config.max_header_bytes)
+        data = conn.early
+        while True:
+            if data:
+                request = parser.feed(data)
+                if request is not None:
+                    return request
+            data = conn.recv("request head")
+            if not data:
+                raise ClientClosedError("connection closed before the request head was complete")
+
+    def established(self) -> None:
+        conn = self.conn
+        if not conn.send(RESPONSE_200, conn.loop.now() + conn.services.config.header_timeout):
+            raise ConnectionError("the client does not read: the 200 could not be sent")
+
+    def refuse(self, exc: GConnectError) -> None:
+        if not exc.answerable:
+            return
+        conn = self.conn
+        headers = (*exc.headers, ("Proxy-Status", proxy_status(exc)))
+        body = render_error(exc.status, exc.phrase, str(exc), headers)
+        deadline = conn.loop.now() + LINGER_SECONDS
+        sock = conn.sock
+        try:
+            if not conn.send(body, deadline):
+                return
+            if conn.tls is not None:
+                send_all(sock, conn.tls.close_notify(), conn.writer(), deadline)
+            sock.shutdown(_socket.SHUT_WR)
+            drained = 0
+            while drained < LINGER_BYTES:
+                chunk = recv(sock, LINGER_BYTES, conn.reader(), deadline)
+                if not chunk:  # the client's EOF, or the deadline (None)
+                    return
+                drained += len(chunk)
+        except OSError:
+            pass
+
+    def start_relay(self, outbound: Connection, early: bytes, on_done: Callable[[Any], None]) -> Relay:
+        conn = self.conn
+        services = conn.services
+        if early:
+            # RFC 9110 §9.3.6 lets the client send before the 200: tunnel data.
+            if outbound.writer is None:
+                outbound.writer = conn.loop.io(outbound.sock.fileno(), WRITE)
+            deadline = conn.loop.now() + services.config.connect_timeout
+            if not send_all(outbound.sock, early, outbound.writer, deadline):
+                raise ConnectionResetError("the target did not take the early bytes")
+        tls = conn.tls
+        relay = Relay(
+            conn.sock,
+            outbound.sock,
+            movers=services.plain_movers if tls is None else services.tls_movers,
+            limits=services.relay_limits,
+            on_done=on_done,
+            client_reader=conn.take_reader(),
+            upstream_writer=outbound.writer,
+            tls=tls,
+            hangups=services.hangups,
+        )
+        outbound.writer = None  # the relay owns it now
+        relay.start(len(early), tls is not None and tls.eof)
+        return relay
+
+    def drain(self) -> None:
+        if self.conn.on_drain is not None:
+            self.conn.on_drain()
+
+    def close(self, status: int, end_reason: str) -> None:
+        self.conn.close()
