@@ -9,15 +9,18 @@ the observer records what a tunnel reports. Nothing here is a fake socket.
 from __future__ import annotations
 
 import ipaddress
+import shlex
 import socket
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import gevent
 import pytest
 from gevent.event import Event
 
-from gconnect.config import Config
+from gconnect.config import Config, UserRules
 from gconnect.errors import GConnectError
 from gconnect.tunnel.head import ConnectRequest
 from gconnect.tunnel.services import TunnelServices
@@ -50,8 +53,11 @@ class ScriptedSide:
     protocol = "http/1.1"
     stream_id = None
 
-    def __init__(self, request: ConnectRequest | None, *, hold: Event | None = None) -> None:
+    def __init__(
+        self, request: ConnectRequest | None, *, hold: Event | None = None, cert: dict[str, Any] | None = None
+    ) -> None:
         self.address = ("127.0.0.9", 40000)
+        self.cert = cert
         self.request = request
         self.hold = hold
         self.calls: list[str] = []
@@ -62,6 +68,9 @@ class ScriptedSide:
 
     def admit(self) -> None:
         self.calls.append("admit")
+
+    def peer_certificate(self) -> dict[str, Any] | None:
+        return self.cert
 
     def read_request(self) -> ConnectRequest:
         self.calls.append("read_request")
@@ -216,3 +225,48 @@ def test_a_takeover_by_another_protocol_is_the_tunnel_s_only_record():
     assert side.calls == ["close"] and side.closed_with == (0, "client_eof")
     assert recorder.events == [("closed", (0, "client_eof"))]
     assert services.limits.count("127.0.0.9") == 0, "a connection taken over is not counted as a client"
+
+
+# Who is asking: the authenticate and check steps with the provider chain
+
+
+def test_a_certificates_identity_chooses_its_groups_rules(target, proxy_cert, ca_file):
+    recorder = Recorder()
+    port = target.getsockname()[1]
+    settings = {
+        "tls_cert": proxy_cert[0],
+        "tls_key": proxy_cert[1],
+        "tls_client_ca": str(ca_file),
+        "allow_dest": LOOPBACK,
+        "allow_port": ((1, 1),),
+        "groups": (UserRules("staff", allow_port=((port, port),)),),
+    }
+    cert = {"subject": ((("organizationalUnitName", "staff"),), (("commonName", "svc-a"),))}
+    side = ScriptedSide(request_for(port), cert=cert)
+    tunnel = Tunnel(services_for(recorder, **settings), side)
+    run(tunnel)
+    assert tunnel.status == 200 and tunnel.user == "svc-a"
+    assert tunnel.identity is not None and (tunnel.identity.provider, tunnel.identity.group) == ("cert", "staff")
+    side.relay.abort("client_eof")  # type: ignore[union-attr]
+    other = ScriptedSide(request_for(port), cert={"subject": ((("commonName", "svc-b"),),)})
+    run(Tunnel(services_for(recorder, **settings), other))
+    assert other.refused is not None and other.refused.status == 403  # no group: the global port rule
+
+
+def test_the_external_acl_refuses_after_the_rules_and_before_any_dial(target):
+    recorder = Recorder()
+    port = target.getsockname()[1]
+    helper = shlex.join([sys.executable, str(Path(__file__).with_name("authhelper.py")), "--acl"])
+    services = services_for(recorder, allow_port=((port, port),), allow_dest=LOOPBACK, external_acl_helper=helper)
+    try:
+        side = ScriptedSide(request_for(port, host="deny.test"))
+        run(Tunnel(services, side))
+        assert side.calls == ["admit", "read_request", "refuse", "close"]
+        assert side.refused is not None and (side.refused.status, side.refused.code) == (403, "external_denied")
+        allowed = ScriptedSide(request_for(port))
+        tunnel = Tunnel(services, allowed)
+        run(tunnel)
+        assert tunnel.status == 200
+        allowed.relay.abort("client_eof")  # type: ignore[union-attr]
+    finally:
+        services.external_acl.stop()  # type: ignore[union-attr]
