@@ -1,8 +1,9 @@
 """The load test, small: 200 tunnels for 10 s through a real gconnect, with zero failures.
 
-Everything runs the real way, as processes: ``python -m bench.target``, ``python -m gconnect
-serve`` and ``python -m bench.loadtest --proxy ...``, so a change to the proxy, the locustfile or
-the runner that breaks the load test fails here rather than on an operator's machine.
+Everything runs the real way, as processes: ``python -m gconnect.loadtest.target``, ``python -m
+gconnect serve`` and ``python -m gconnect loadtest --proxy ...`` (the real command line), so a
+change to the proxy, the locustfile, the runner or the command that breaks the load test fails
+here rather than on an operator's machine.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def wait_for_listening(process: subprocess.Popen[bytes], log_path: Path) -> str:
 
 @pytest.fixture
 def target(tmp_path: Path) -> Iterator[str]:
-    command = [sys.executable, "-m", "bench.target", "--listen", "127.0.0.1:0"]
+    command = [sys.executable, "-m", "gconnect.loadtest.target", "--listen", "127.0.0.1:0"]
     with listening_process(command, tmp_path / "target.log") as (_pid, address):
         yield address
 
@@ -76,9 +77,9 @@ def gconnect_command(tmp_path: Path, allow_port: str) -> list[str]:
 def run_loadtest(
     results: Path, proxy: str, proxy_pid: int, target: str, users: int, seconds: int
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m bench.loadtest`` against a running proxy and target, as an operator would."""
+    """Run ``gconnect loadtest`` against a running proxy and target, as an operator would."""
     command = [
-        sys.executable, "-m", "bench.loadtest",
+        sys.executable, "-m", "gconnect", "loadtest",
         "--users", str(users),
         "--spawn-rate", "100",
         "--run-time", f"{seconds}s",
@@ -136,3 +137,17 @@ def test_a_proxy_that_refuses_fails_the_load_test_with_the_reason(tmp_path: Path
     reasons = {(row["Method"], row["Error"]) for row in failure_rows(results)}
     assert reasons == {("CONNECT", "403")}
     assert stats_by_type(results)["CONNECT"]["failures"] > 0
+
+
+def test_without_locust_the_command_says_which_extra_to_install(tmp_path: Path) -> None:
+    # The real command line, in a process where locust cannot be imported (as after a plain
+    # `pip install gconnect`): one line naming the extra, exit status 2, nothing started.
+    blocked = "import sys; sys.modules['locust'] = None; from gconnect.__main__ import main; main()"
+    command = [sys.executable, "-c", blocked, "loadtest", "--results", str(tmp_path / "results")]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=STARTUP_TIMEOUT_SECONDS)
+
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    assert completed.stderr.strip().splitlines() == [
+        "gconnect loadtest needs locust, which is not installed: pip install 'gconnect[load]'"
+    ]
+    assert not (tmp_path / "results").exists()

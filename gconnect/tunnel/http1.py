@@ -38,18 +38,21 @@ LINGER_BYTES = 64 * 1024
 class HTTP1Side:
     """One client connection's CONNECT request, over TCP or TLS."""
 
-    __slots__ = ("address", "conn", "protocol", "stream_id")
+    __slots__ = ("conn", "protocol", "stream_id")
 
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
-        self.address = conn.address
         self.protocol = "http/1.1"
         self.stream_id: int | None = None
+
+    @property
+    def address(self) -> tuple:
+        # The connection's: a PROXY header may name the real client.
+        return self.conn.address
 
     def admit(self) -> Callable[[], str] | None:
         conn = self.conn
         conn.admit()
-        self.address = conn.address  # a PROXY header may have named the real client
         serve = conn.services.protocols.get(conn.protocol) if conn.protocol else None
         if serve is None:
             return None

@@ -95,7 +95,6 @@ class Tunnel:
     def __init__(self, services: TunnelServices, side: ClientSide) -> None:
         self.services = services
         self.side = side
-        self.address = side.address
         self.started = time.monotonic()
         # One policy for the whole handshake (a user's own table replaces it in check()).
         self.policy = services.policy
@@ -105,7 +104,6 @@ class Tunnel:
         """Serve the client until the relay has the sockets or the tunnel is closed."""
         try:
             takeover = self.side.admit()
-            self.address = self.side.address
             if takeover is not None:
                 self.end_reason = takeover()  # another protocol served the connection to its end
                 self.close()
@@ -137,6 +135,11 @@ class Tunnel:
             self.start_relay(request.trailing)
             return
         self.close()
+
+    @property
+    def address(self) -> tuple:
+        """The client (the one a PROXY header names, once read)."""
+        return self.side.address
 
     # --- the steps -------------------------------------------------------------------
 

@@ -4,138 +4,51 @@ Each ``TunnelUser`` opens one tunnel through the proxy under test to an echo tar
 open, and sends one message every ``--tunnel-think-time`` seconds, checking each echo byte for
 byte. Locust's statistics see two request types: ``CONNECT`` (connect to the proxy until its 200
 head has arrived) and ``ECHO`` (one message's round trip). A failure is reported under a short,
-precise reason: the proxy's status (``407``, ``403``, ``502`` ...), ``connect timeout``,
-``response timeout``, ``echo timeout``, ``refused``, ``reset``, ``short read``, ``mismatch``, ``fd limit``.
+precise reason (``wire.TunnelFailure``).
 
-Normally run by ``python -m bench.loadtest``; by hand::
+Normally run by ``gconnect loadtest``; by hand, with the path ``gconnect loadtest --locustfile``
+prints::
 
-    locust -f bench/locustfile.py --headless -u 100 -r 50 -t 30s \\
+    locust -f "$(gconnect loadtest --locustfile)" --headless -u 100 -r 50 -t 30s \\
         --tunnel-proxy 127.0.0.1:8080 --tunnel-target 127.0.0.1:9000
 
 Custom options are prefixed ``--tunnel-`` so they cannot collide with locust's own; a locust
-master forwards them to its workers.
+master forwards them to its workers. Locust loads this file by its path, as a top-level module,
+so its imports are absolute.
 """
 
 from __future__ import annotations
 
-import base64
-import errno
 import itertools
-import json
-import os
 import random
 import socket
 import time
-from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import gevent
 import locust.stats
 from locust import User, events, task
 
-# RFC 9112 §2.2 sets no limit on a head; 16 KiB is twice what nginx and tomcat accept from a
-# client (8 KiB), and a proxy's 200 is usually 39 bytes.
-MAX_RESPONSE_HEAD_BYTES = 16 * 1024
+from gconnect.loadtest.wire import (
+    IP_BIND_ADDRESS_NO_PORT,
+    SEQUENCE_BYTES,
+    LatencyHistogram,
+    TunnelFailure,
+    TunnelSettings,
+    classify,
+    read_response_head,
+    recv_exactly,
+    response_status,
+)
 
-# Linux 4.2+: bind() to a source address without reserving a port; the port is chosen at
-# connect() time per destination, so spreading over many 127.0.0.x addresses does not cost a
-# bind-time port each. Missing from the socket module before Python 3.12.
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-
-# bench.loadtest reads locust's stats history for its progress line; locust flushes that file
+# The runner reads locust's stats history for its progress line; locust flushes that file
 # every 5 s by default, which would show a run up to 5 s late.
 locust.stats.CSV_STATS_FLUSH_INTERVAL_SEC = 1
-
-# The sequence number at the head of each message, so a replayed or reordered echo mismatches.
-SEQUENCE_BYTES = 8
-
-
-class TunnelFailure(Exception):
-    """One failed step; ``reason`` is the key locust groups failures by."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-    # Locust's failure table shows repr(exception): make it the bare reason, not
-    # "TunnelFailure('407')", so the CSV can be grepped for "407".
-    def __repr__(self) -> str:
-        return self.reason
-
-    def __str__(self) -> str:
-        return self.reason
-
-
-def classify(exc: BaseException, step: str) -> TunnelFailure:
-    """Translate an OS error raised during ``step`` (``connect``/``echo``) into its reason."""
-    if isinstance(exc, TunnelFailure):
-        return exc
-    if isinstance(exc, TimeoutError):
-        return TunnelFailure(f"{step} timeout")
-    if isinstance(exc, ConnectionRefusedError):
-        return TunnelFailure("refused")
-    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
-        return TunnelFailure("reset")
-    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
-        return TunnelFailure("fd limit")
-    if isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:
-        return TunnelFailure("no source port")
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return TunnelFailure(errno.errorcode.get(exc.errno, str(exc.errno)).lower())
-    return TunnelFailure(type(exc).__name__)
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` into a tuple."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
-
-
-@dataclass(frozen=True)
-class TunnelSettings:
-    """Everything a TunnelUser needs, read once from locust's parsed options."""
-
-    proxy: tuple[str, int]
-    target: str
-    credentials: str
-    message_bytes: int
-    think_time: float
-    hold_time: float
-    reopen_ratio: float
-    connect_timeout: float
-    io_timeout: float
-    source_addresses: int
-
-    @classmethod
-    def from_options(cls, options: Any) -> TunnelSettings:
-        return cls(
-            proxy=parse_address(options.tunnel_proxy),
-            target=options.tunnel_target,
-            credentials=options.tunnel_credentials,
-            message_bytes=max(1, options.tunnel_message_bytes),
-            think_time=options.tunnel_think_time,
-            hold_time=options.tunnel_hold_time,
-            reopen_ratio=options.tunnel_reopen_ratio,
-            connect_timeout=options.tunnel_connect_timeout,
-            io_timeout=options.tunnel_io_timeout,
-            source_addresses=options.tunnel_source_addresses,
-        )
-
-    def connect_request(self) -> bytes:
-        """The CONNECT head, with Basic credentials when configured (RFC 9110 §11.7.1)."""
-        lines = [f"CONNECT {self.target} HTTP/1.1", f"Host: {self.target}"]
-        if self.credentials:
-            token = base64.b64encode(self.credentials.encode()).decode("ascii")
-            lines.append(f"Proxy-Authorization: Basic {token}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
 @events.init_command_line_parser.add_listener
 def add_tunnel_arguments(parser: Any) -> None:
-    group = parser.add_argument_group("tunnel", "TunnelUser options (bench/locustfile.py)")
+    group = parser.add_argument_group("tunnel", "TunnelUser options (gconnect/loadtest/locustfile.py)")
     group.add_argument("--tunnel-proxy", default="127.0.0.1:8080", metavar="HOST:PORT")
     group.add_argument(
         "--tunnel-target",
@@ -181,60 +94,6 @@ def add_tunnel_arguments(parser: Any) -> None:
         default="",
         help="write microsecond-precision latency histograms to this directory at exit",
     )
-
-
-def read_response_head(sock: socket.socket) -> tuple[bytes, bytes]:
-    """Read up to the end of the proxy's response head; return (head, bytes after it)."""
-    buffer = b""
-    while b"\r\n\r\n" not in buffer:
-        if len(buffer) > MAX_RESPONSE_HEAD_BYTES:
-            raise TunnelFailure("head too large")
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise TunnelFailure("short read")
-        buffer += chunk
-    head, _, rest = buffer.partition(b"\r\n\r\n")
-    return head, rest
-
-
-def response_status(head: bytes) -> int:
-    """The status code of an HTTP/1.x status line (RFC 9112 §4)."""
-    parts = head.split(b"\r\n", 1)[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise TunnelFailure("bad response")
-    return int(parts[1])
-
-
-class LatencyHistogram:
-    """Latencies rounded to two significant digits of a microsecond.
-
-    Locust rounds response times under 100 ms to whole milliseconds, which hides the difference
-    between a 90 µs and a 400 µs echo on loopback; this keeps that resolution at a few hundred
-    counters per request type, and merges across worker processes by adding counters.
-    """
-
-    def __init__(self) -> None:
-        self.counts: dict[str, Counter[int]] = {}
-        # Once every user runs, samples are also kept under "<type> steady": the ramp-up's
-        # burst of connects would otherwise hide what a held tunnel costs.
-        self.steady = False
-
-    def record(self, request_type: str, seconds: float) -> None:
-        micros = max(1, round(seconds * 1e6))
-        # Keep two significant digits: 123456 µs -> 120000 µs.
-        scale = 10 ** max(0, len(str(micros)) - 2)
-        rounded = micros // scale * scale
-        self.counts.setdefault(request_type, Counter())[rounded] += 1
-        if self.steady:
-            self.counts.setdefault(f"{request_type} steady", Counter())[rounded] += 1
-
-    def dump(self, directory: str) -> None:
-        if not any(self.counts.values()):
-            return
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, f"latency-{os.getpid()}.json")
-        with open(path, "w") as out:
-            json.dump({kind: dict(c) for kind, c in self.counts.items()}, out)
 
 
 HISTOGRAM = LatencyHistogram()
@@ -410,16 +269,3 @@ class TunnelUser(User):
             exception=failure,
             context={},
         )
-
-
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    """Read exactly ``size`` bytes; a close before that is a ``short read``."""
-    chunks = []
-    remaining = size
-    while remaining:
-        chunk = sock.recv(min(remaining, 65536))
-        if not chunk:
-            raise TunnelFailure("short read")
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
