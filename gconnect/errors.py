@@ -73,6 +73,13 @@ class HostNotAllowedError(PolicyDeniedError):
     code = "host_not_allowed"
 
 
+class ClientCertificateRequiredError(PolicyDeniedError):
+    """Only a client certificate can name a user here, and the client sent none
+    (a 407 would ask for a password no provider could check)."""
+
+    code = "cert_required"
+
+
 class ExternalDeniedError(PolicyDeniedError):
     """The external decision helper answered ERR for this user, client and target."""
 

@@ -12,7 +12,13 @@ from click.testing import CliRunner
 
 from gconnect.auth.authenticator import Authenticator
 from gconnect.config import Config, UserRules
-from gconnect.errors import AuthUnavailableError, ProxyAuthFailedError, ProxyAuthMalformedError, ProxyAuthRequiredError
+from gconnect.errors import (
+    AuthUnavailableError,
+    ClientCertificateRequiredError,
+    ProxyAuthFailedError,
+    ProxyAuthMalformedError,
+    ProxyAuthRequiredError,
+)
 from gconnect.ops.cli import main
 from gconnect.tunnel.policy import Policy
 
@@ -115,6 +121,15 @@ def test_a_certificate_first_wins_over_a_header_and_after_counts_only_without_on
     after = authenticators(**TLS, tls_client_ca="ca.pem", auth_file=htpasswd, auth_chain=("htpasswd", "cert"))
     assert after.identify([basic("alice", "pw")], "10.0.0.1", PEER).provider == "htpasswd"
     assert after.identify([], "10.0.0.1", PEER).provider == "cert"
+
+
+def test_with_certificates_alone_a_client_without_one_is_403_not_asked_for_a_password(authenticators):
+    auth = authenticators(**TLS, tls_client_ca="ca.pem")
+    assert auth.identify([], "10.0.0.1", PEER).user == "svc-a"
+    for values in ([], [basic("alice", "pw")]):
+        with pytest.raises(ClientCertificateRequiredError) as info:
+            auth.identify(values, "10.0.0.1", {})
+        assert (info.value.status, info.value.code) == (403, "cert_required")
 
 
 def test_bearer_is_malformed_unless_a_token_provider_is_configured(authenticators, htpasswd):

@@ -49,6 +49,7 @@ from ..config import Config
 from ..errors import (
     AuthRateLimitedError,
     AuthUnavailableError,
+    ClientCertificateRequiredError,
     ProxyAuthFailedError,
     ProxyAuthMalformedError,
     ProxyAuthRequiredError,
@@ -231,6 +232,8 @@ class Authenticator:
             identity = cert.identify_peer(peer_cert)
             if identity is not None:
                 return identity
+        if not self.header_providers:
+            raise ClientCertificateRequiredError("a client certificate naming the user is required")
         if not values:
             raise self.challenge("proxy authentication required")
         if len(values) > 1:
