@@ -177,3 +177,13 @@ def test_check_config_shows_the_chain_and_the_groups(tmp_path, htpasswd):
     assert lines[chain + 1].startswith(f"#   1. htpasswd: htpasswd file {htpasswd}")
     assert lines[chain + 2].startswith("#   2. helper: Squid basic auth helper")
     assert lines[chain + 3] == "# External ACL after the rules: '/usr/local/bin/acl'"
+
+
+def test_check_config_fails_when_the_chain_cannot_be_built(tmp_path):
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    path = tmp_path / "gconnect.toml"
+    path.write_text(f'auth-jwks = "{jwks}"\nauth-jwt-issuer = "{ISSUER}"\nauth-jwt-audience = "{AUDIENCE}"\n')
+    result = CliRunner().invoke(main, ["check-config", str(path)])
+    assert result.exit_code == 1
+    assert "the authentication chain cannot be built" in result.output and "no key" in result.output

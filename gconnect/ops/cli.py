@@ -185,9 +185,21 @@ def check_config(path: str) -> None:
     click.echo(configfile.render(config), nl=False)
     if config.users or config.groups:
         click.echo(configfile.render_user_policies(config), nl=False)
-    click.echo(configfile.render_auth_chain(config), nl=False)
+    click.echo(configfile.render_auth_chain(config, _auth_chain(config)), nl=False)
     for warning in configfile.user_table_warnings(config):
         click.echo(f"warning: {warning}", err=True)
+
+
+def _auth_chain(config: cfg.Config) -> list[str]:
+    """The chain as the proxy would build it (its files loaded, no helper started)."""
+    if not config.auth_providers():
+        return []
+    from ..auth.authenticator import Authenticator
+
+    try:
+        return Authenticator(config).describe()
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"the authentication chain cannot be built: {exc}") from None
 
 
 @main.command()

@@ -259,22 +259,13 @@ def render_user_policies(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_auth_chain(config: Config) -> str:
-    """The authentication providers in the order tried, as TOML comments."""
-    names = config.auth_providers()
-    if not names:
+def render_auth_chain(config: Config, providers: list[str]) -> str:
+    """The authentication chain as TOML comments: *providers* are the
+    authenticator's own lines, in the order tried (``Authenticator.describe``)."""
+    if not providers:
         return "\n# Authentication: none (every client may use the proxy)\n"
-    what = {
-        "cert": f"client certificate verified against {config.tls_client_ca} ({config.tls_client_cert}), "
-        f"user from {config.tls_client_identity}",
-        "jwt": f"JWT signed by a key of {config.auth_jwks}, iss {config.auth_jwt_issuer!r}, "
-        f"aud {config.auth_jwt_audience!r}, user from {config.auth_jwt_claim!r}",
-        "htpasswd": f"htpasswd file {config.auth_file}",
-        "helper": f"Squid basic auth helper {config.auth_helper!r} ({config.auth_helper_children} children, "
-        f"concurrency {config.auth_helper_concurrency})",
-    }
     lines = ["", "# Authentication chain (the first provider that knows the user decides):"]
-    lines += [f"#   {n}. {name}: {what[name]}" for n, name in enumerate(names, 1)]
+    lines += [f"#   {line}" for line in providers]
     if config.external_acl_helper:
         lines.append(f"# External ACL after the rules: {config.external_acl_helper!r}")
     return "\n".join(lines) + "\n"
