@@ -162,6 +162,21 @@ def test_a_hung_helper_times_out_is_killed_and_replaced(pools):
     assert pool.children[0].proc.pid != pid
 
 
+def test_stop_ends_helpers_that_ignore_eof_together_and_fails_their_requests():
+    pool = HelperPool("test", ["sleep", "100"], 3, 0, 30.0)
+    pool.start()
+    pids = [child.proc.pid for child in pool.children]
+    waiting = gevent.spawn(pool.ask, ["alice", b"pw"])
+    gevent.sleep(0.1)
+    started = time.monotonic()
+    pool.stop()
+    assert time.monotonic() - started < 2.5  # one STOP_WAIT_SECONDS for all, not one each
+    waiting.join(5)
+    assert isinstance(waiting.exception, AuthUnavailableError)
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+    assert not pool.failures  # a shutdown is not a helper's failure
+
+
 def test_a_command_that_cannot_start_is_503(tmp_path):
     pool = HelperPool("test", [str(tmp_path / "missing")], 1, 0, 1.0)
     with pytest.raises(AuthUnavailableError):

@@ -37,6 +37,8 @@ from .helperproto import HelperProtocolError, Reply, encode_request, parse_reply
 
 log = logging.getLogger(__name__)
 
+#: How long stop() lets helpers exit on EOF before killing them.
+STOP_WAIT_SECONDS = 1.0
 #: A child that died is started again no sooner than this: Squid gives up
 #: (FATAL) on helpers that die too fast; we keep answering 503 and retry.
 RESTART_INTERVAL_SECONDS = 1.0
@@ -167,17 +169,18 @@ class HelperChild:
                 del self.pending[channel]
             self.free.append(channel)
 
-    def stop(self) -> None:
+    def close_input(self) -> Any:
+        """Close the helper's stdin (Squid's helpers exit on EOF); its requests
+        fail. Returns the process for :meth:`HelperPool.stop` to reap, or None."""
         proc, self.proc = self.proc, None
         if proc is None:
-            return
+            return None
         try:
             proc.stdin.close()
-            proc.wait(timeout=1.0)
-        except (OSError, std_subprocess.TimeoutExpired, gevent.Timeout):
-            proc.kill()
-            proc.wait()
+        except OSError:
+            pass
         self._fail_pending()
+        return proc
 
 
 class HelperPool:
@@ -210,8 +213,16 @@ class HelperPool:
                 pass
 
     def stop(self) -> None:
-        for child in self.children:
-            child.stop()
+        """End every child: EOF on its stdin, then a kill for those still there
+        after :data:`STOP_WAIT_SECONDS` (all children wait together)."""
+        procs = [proc for proc in (child.close_input() for child in self.children) if proc is not None]
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except (std_subprocess.TimeoutExpired, gevent.Timeout):
+                proc.kill()
+                proc.wait()
 
     def ask(self, fields: list[str | bytes]) -> Reply:
         """The answer (OK or ERR) to *fields*; AuthUnavailableError for BH, a
