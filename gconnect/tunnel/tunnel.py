@@ -171,7 +171,7 @@ class Tunnel:
         this tunnel."""
         policy = self.policy
         identity = self.identity
-        if (policy.users or policy.groups) and identity is not None:
+        if identity is not None and (policy.users or policy.groups):
             policy = self.policy = policy.for_identity(identity.user, identity.group)
         policy.check_port(request.port)
         if policy.hosts is not None:
