@@ -26,7 +26,6 @@ from greenlet import greenlet as RawGreenlet
 
 from .config import Config
 from .listener import Listener, adopt_listener, make_listener
-from .tunnel.client import ClientConnection
 from .tunnel.http1 import HTTP1Side
 from .tunnel.limits import REFUSAL_SLOTS
 from .tunnel.observer import TunnelObserver
@@ -53,14 +52,11 @@ class Proxy:
             protocols["h2"] = H2Protocol(self.current_services)
         #: What tunnels use; replaced whole by reload().
         self.services = TunnelServices.from_config(config, observer=observer, protocols=protocols)
-        self.services.tunnels.on_closed = self._tunnel_closed
         self.listeners: list[Listener] = []
         self.bound: list[tuple[str, int]] = []
         #: Policy reloads applied so far (SIGHUP).
         self.generation = 0
         self.stopped = Event()
-        #: True while a listener stopped accepting because the proxy was full.
-        self._paused = False
         self._hub = get_hub()
 
     @property
@@ -76,7 +72,7 @@ class Proxy:
     def serve(self, client: _socket.socket, address: Any) -> None:
         """Serve one accepted client in its own greenlet, switched to at once."""
         services = self.services
-        tunnel = Tunnel(services, HTTP1Side(ClientConnection(services, client, address)))
+        tunnel = Tunnel(services, HTTP1Side(services, client, address))
         greenlet = tunnel.greenlet = RawGreenlet(tunnel.run, self._hub)
         greenlet.switch()
 
@@ -85,14 +81,16 @@ class Proxy:
         return len(self.services.tunnels)
 
     def _listener_full(self) -> None:
-        self._paused = True
+        # Told only while a listener waits for room, so a tunnel's close pays nothing otherwise.
+        self.services.tunnels.on_closed = self._tunnel_closed
 
     def _tunnel_closed(self) -> None:
         # A full proxy stopped accepting; a tunnel ending makes room again.
-        if self._paused:
-            self._paused = False
-            for listener in self.listeners:
-                listener.resume_if_room()
+        waiting = False
+        for listener in self.listeners:
+            listener.resume_if_room()
+            waiting = waiting or listener.paused
+        self.services.tunnels.on_closed = self._tunnel_closed if waiting else None
 
     # --- the process -----------------------------------------------------------------
 

@@ -2,9 +2,11 @@
 
 The relay runs in this process's gevent hub exactly as in the proxy (libev
 callbacks, no greenlet); the two peers are ordinary blocking sockets in
-threads. Each test runs against the copy, splice and auto movers and the TLS
+threads. Each test runs against the copy, splice and auto movers, the TLS
 movers (the client peer speaks TLS on memory BIOs, as curl --proxy https://
-would), in the spirit of trio's check_half_closeable_stream: byte-exact both
+would) and an HTTP/2 CONNECT stream (the client peer is one stream of an h2
+client; the proxy side the real session, tunnel and stream relay: see
+tests/h2peer.py), in the spirit of trio's check_half_closeable_stream: byte-exact both
 ways at once, half-close each way, resets passed on, the three deadlines, a
 hang-up noticed under back-pressure, and nothing left held at the end.
 """
@@ -29,10 +31,11 @@ from gconnect.tunnel.movers import CopyMover, Half, PipePool, SpliceMover
 from gconnect.tunnel.relay import HangupWatch, Relay, RelayLimits
 from gconnect.tunnel.tls import DecryptMover, EncryptMover, TLSSession
 from gconnect.tunnel.waiting import READ, WRITE
+from tests.h2peer import ServedStream
 
 pytestmark = pytest.mark.timeout(60)
 
-KINDS = ["copy", "splice", "auto", "tls"]
+KINDS = ["copy", "splice", "auto", "tls", "h2"]
 CHUNK = 256 * 1024
 
 
@@ -151,16 +154,26 @@ class TLSPeer:
 
 
 class Harness:
-    """Two loopback TCP pairs with a relay between their inner ends."""
+    """Two loopback TCP pairs with a relay between their inner ends; for "h2",
+    an HTTP/2 stream served by the proxy's own code, and the connection it dials."""
 
-    def __init__(self, kind: str, ca, limits: RelayLimits) -> None:
+    def __init__(self, kind: str, ca, limits: RelayLimits, cert: tuple[str, str], context: ssl.SSLContext) -> None:
+        self.kind = kind
+        self.done = Event()
+        self.relay_result: Relay | None = None
+        if kind == "h2":
+            self.stream = ServedStream(cert, context, limits, self._stream_done, self.run)
+            self.client, self.upstream = self.stream.peer, self.stream.upstream
+            self.relay = self.stream.relay
+            self.hangups = self.stream.services.hangups
+            # The stream's client end is the shared connection; its target end the dialled socket.
+            self.client_end, self.upstream_end = None, self.stream.observer.stream.outbound.sock
+            return
         client_peer, client_end = tcp_pair()
         upstream_end, self.upstream = tcp_pair()
         self.client_end, self.upstream_end = raw(client_end), raw(upstream_end)
         self.pipes = PipePool(4, CHUNK)
         self.hangups = HangupWatch()
-        self.done = Event()
-        self.relay_result: Relay | None = None
         session = None
         if kind == "tls":
             session, self.client = self._tls(client_peer, ca)
@@ -204,6 +217,21 @@ class Harness:
         self.upstream_end.close()
         self.done.set()
 
+    def _stream_done(self, relay) -> None:
+        self.relay_result = relay
+        self.done.set()
+
+    def client_socket(self):
+        """What takes the client peer's socket options (a timeout)."""
+        return self.client.sock if self.kind == "tls" else self.client
+
+    def reset_client(self) -> None:
+        """The client peer resets: a TCP RST, or RST_STREAM for a stream."""
+        if self.kind == "h2":
+            self.client.reset()
+        else:
+            reset(self.client_socket())
+
     def wait(self, timeout: float = 20) -> Relay:
         """Run the hub until the relay ends; the ended relay."""
         assert self.done.wait(timeout), "relay did not end"
@@ -234,6 +262,9 @@ class Harness:
             raise errors[0]
 
     def close(self) -> None:
+        if self.kind == "h2":
+            self.stream.close()
+            return
         self.relay.abort("test over")
         for sock in (self.client, self.upstream):
             sock.close()
@@ -242,11 +273,11 @@ class Harness:
 
 
 @pytest.fixture
-def harness(ca):
+def harness(ca, proxy_cert, client_context):
     made: list[Harness] = []
 
     def make(kind: str, idle: float = 10.0, half_close: float = 10.0, lifetime: float = 0.0) -> Harness:
-        h = Harness(kind, ca, RelayLimits(idle, half_close, lifetime))
+        h = Harness(kind, ca, RelayLimits(idle, half_close, lifetime), proxy_cert, client_context)
         made.append(h)
         return h
 
@@ -354,7 +385,7 @@ def test_client_reset_is_passed_on_as_a_reset(kind, harness):
     def run() -> None:
         h.client.sendall(b"x")
         assert h.upstream.recv(1) == b"x"
-        reset(h.client.sock if kind == "tls" else h.client)
+        h.reset_client()
         with pytest.raises(ConnectionResetError):
             while h.upstream.recv(65536):
                 pass
@@ -422,8 +453,7 @@ def test_a_reset_under_back_pressure_is_noticed_at_once(kind, harness):
     h.upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
 
     def flood() -> None:
-        sock = h.client.sock if kind == "tls" else h.client
-        sock.settimeout(0.5)
+        h.client_socket().settimeout(0.5)
         try:
             while True:
                 h.client.sendall(b"\0" * 65536)
@@ -433,9 +463,32 @@ def test_a_reset_under_back_pressure_is_noticed_at_once(kind, harness):
     h.run(flood)
     assert not h.done.is_set()
     started = time.monotonic()
-    reset(h.client.sock if kind == "tls" else h.client)
+    h.reset_client()
     relay = h.wait(5)
     assert relay.end_reason == "client_reset"
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_upstream_reset_under_back_pressure_is_noticed_at_once(kind, harness):
+    # The client never reads (for a stream: never gives its window back): the
+    # relay stops reading the upstream, whose reset must still end the tunnel now.
+    h = harness(kind, idle=60, half_close=60)
+
+    def flood() -> None:
+        h.upstream.settimeout(0.5)
+        try:
+            while True:
+                h.upstream.sendall(b"\0" * 65536)
+        except (TimeoutError, OSError):
+            pass  # everything is full: the relay has stopped reading the upstream
+
+    h.run(flood)
+    assert not h.done.is_set()
+    started = time.monotonic()
+    reset(h.upstream)
+    relay = h.wait(5)
+    assert relay.end_reason == "upstream_reset"
     assert time.monotonic() - started < 1.0
 
 
@@ -526,5 +579,12 @@ def test_the_relay_stops_every_watcher_and_closes_nothing(kind, harness):
     assert relay.end_reason == "shutdown"
     for half in (relay.up, relay.down):
         assert half.reader is None and half.writer is None and half.pipe is None
+    if kind == "h2":
+        # The client's socket is the HTTP/2 connection, shared by its streams: the
+        # stream is let go and the connection stays; the tunnel closed the dialled socket.
+        session = h.stream.side.session
+        assert h.stream.side.stream_id not in session.streams and not session.closed
+        assert h.upstream_end.fileno() == -1
+        return
     # The relay borrowed the sockets: the owner (here _done) closed them.
     assert h.client_end.fileno() == -1 and h.upstream_end.fileno() == -1

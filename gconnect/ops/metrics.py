@@ -18,6 +18,7 @@ metric) would cost a file write on every increment instead.
 from __future__ import annotations
 
 import logging
+import time
 from bisect import bisect_left as _bucket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -56,28 +57,33 @@ class Stats:
         #: Report mode: name-rule reason -> tunnels let through that it would have refused
         self.would_deny_counts: dict[str, int] = {}
 
-    def opened(self, handshake_seconds: float) -> None:
-        """A tunnel got its 200 after *handshake_seconds*."""
+    # The TunnelObserver contract (gconnect/tunnel/observer.py): Stats is the
+    # observer of a process without an access log, one call per moment.
+
+    def opened(self, tunnel: Any) -> None:
+        """A tunnel got its 200."""
+        handshake_seconds = time.monotonic() - tunnel.started
         self.tunnels_open += 1
         self.handshake_counts[_bucket(HANDSHAKE_BUCKETS, handshake_seconds)] += 1
         self.handshake_sum += handshake_seconds
 
-    def would_deny(self, reason: str) -> None:
+    def would_deny(self, tunnel: Any, reason: str) -> None:
         """Report mode let a tunnel through that the name rules refuse for *reason*."""
         counts = self.would_deny_counts
         counts[reason] = counts.get(reason, 0) + 1
 
-    def closed(self, status: int, reason: str, bytes_up: int, bytes_down: int) -> None:
+    def closed(self, tunnel: Any) -> None:
         """A client is done (tunnel or refusal); status 200 means it was counted open."""
+        status = tunnel.status
         if status == 200:
             self.tunnels_open -= 1
         outcomes = self.outcomes
-        key = (status, reason)
+        key = (status, tunnel.end_reason)
         outcomes[key] = outcomes.get(key, 0) + 1
-        if bytes_up:
-            self.bytes_up += bytes_up
-        if bytes_down:
-            self.bytes_down += bytes_down
+        if tunnel.bytes_up:
+            self.bytes_up += tunnel.bytes_up
+        if tunnel.bytes_down:
+            self.bytes_down += tunnel.bytes_down
 
 
 def snapshot(proxy: Any, observer: Any) -> dict[str, Any]:

@@ -1,14 +1,15 @@
 """The tunnels' observer in a proxy process: the counters and the access log.
 
-:class:`ProcessObserver` implements :class:`~gconnect.tunnel.observer.TunnelObserver`
-for ``gconnect serve``: every tunnel's answer and end go to the
-:class:`~gconnect.ops.metrics.Stats` counters and, when one is configured, to
-the access log. One object, so the data path makes one call per moment.
+:class:`ProcessObserver` holds the :class:`~gconnect.ops.metrics.Stats`
+counters and the access log (None without one); :meth:`ProcessObserver.observer`
+is what the data path is given as its
+:class:`~gconnect.tunnel.observer.TunnelObserver`: the counters alone when
+there is no access log (one call per moment), else this object, which tells
+both.
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from .accesslog import AccessLog
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 
 class ProcessObserver:
-    """Counts every tunnel and writes its access-log records."""
+    """A process's counters and access log (None without one)."""
 
     __slots__ = ("access_log", "stats")
 
@@ -27,15 +28,29 @@ class ProcessObserver:
         self.stats = stats
         self.access_log = access_log
 
+    def observer(self) -> Stats | StatsAndLog:
+        """The TunnelObserver to give the data path."""
+        if self.access_log is None:
+            return self.stats
+        return StatsAndLog(self.stats, self.access_log)
+
+
+class StatsAndLog:
+    """The observer of a process with an access log: counts, then writes."""
+
+    __slots__ = ("access_log", "stats")
+
+    def __init__(self, stats: Stats, access_log: AccessLog) -> None:
+        self.stats = stats
+        self.access_log = access_log
+
     def opened(self, tunnel: Tunnel) -> None:
-        self.stats.opened(time.monotonic() - tunnel.started)
-        if self.access_log is not None:
-            self.access_log.opened(tunnel)
+        self.stats.opened(tunnel)
+        self.access_log.opened(tunnel)
 
     def would_deny(self, tunnel: Tunnel, reason: str) -> None:
-        self.stats.would_deny(reason)
+        self.stats.would_deny(tunnel, reason)
 
     def closed(self, tunnel: Tunnel) -> None:
-        self.stats.closed(tunnel.status, tunnel.end_reason, tunnel.bytes_up, tunnel.bytes_down)
-        if self.access_log is not None:
-            self.access_log.closed(tunnel)
+        self.stats.closed(tunnel)
+        self.access_log.closed(tunnel)

@@ -143,7 +143,7 @@ def build_proxy(config: Config) -> tuple[Any, ProcessObserver]:
     for warning in user_table_warnings(config):
         log.warning("%s", warning)
     observer = ProcessObserver(Stats(), open_access_log(config.access_log, config.log_format))
-    return Proxy(config, observer=observer), observer
+    return Proxy(config, observer=observer.observer()), observer
 
 
 def start_metrics(config: Config, proxy: Any, observer: ProcessObserver) -> MetricsServer | None:

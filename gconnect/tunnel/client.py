@@ -12,8 +12,8 @@ check, a trusted load balancer's PROXY header, the TLS handshake and the
 protocol the client picked by ALPN, all by one header deadline from accept.
 
 Ownership: the connection owns its socket and the watchers it made, from
-accept to :meth:`ClientConnection.close`; a relay may take its read watcher
-(:meth:`ClientConnection.take_reader`), and then closes that one itself.
+accept to :meth:`ClientConnection.close_socket`; a relay may take its read
+watcher (:meth:`ClientConnection.take_reader`), and then closes that one itself.
 """
 
 from __future__ import annotations
@@ -126,21 +126,21 @@ def trusts_proxy_header(services: TunnelServices, address: tuple) -> bool:
 
 
 class ClientConnection:
-    """An accepted client connection (see the module docstring)."""
+    """An accepted client connection (see the module docstring).
 
-    __slots__ = (
-        "_reader",
-        "_writer",
-        "address",
-        "deadline",
-        "early",
-        "loop",
-        "on_drain",
-        "protocol",
-        "services",
-        "sock",
-        "tls",
-    )
+    Attributes most connections never change start as the class defaults
+    below: one is made for every client, and each store counts.
+    """
+
+    tls: TLSSession | None = None
+    #: The protocol the client picked by ALPN (None: no ALPN, which means HTTP/1.1).
+    alpn: str | None = None
+    #: Bytes read past the PROXY header: the start of the client's own.
+    early = b""
+    #: Set by a protocol that can drain (HTTP/2's GOAWAY); called at shutdown.
+    on_drain: Callable[[], None] | None = None
+    _reader: Any = None
+    _writer: Any = None
 
     def __init__(self, services: TunnelServices, sock: _socket.socket, address: tuple) -> None:
         self.services = services
@@ -149,18 +149,9 @@ class ClientConnection:
         self.loop = loop = services.loop
         #: One header deadline from accept for the PROXY header, TLS handshake and head.
         self.deadline: float = loop.now() + services.config.header_timeout
-        self.tls: TLSSession | None = None
-        #: The protocol picked by ALPN (None: no ALPN, which means HTTP/1.1).
-        self.protocol: str | None = None
-        #: Bytes read past the PROXY header: the start of the client's own.
-        self.early = b""
-        #: Set by a protocol that can drain (HTTP/2's GOAWAY); called at shutdown.
-        self.on_drain: Callable[[], None] | None = None
-        self._reader: Any = None
-        self._writer: Any = None
 
-    def admit(self) -> None:
-        """The loop check, the load balancer's PROXY header, the TLS handshake."""
+    def handshake(self) -> None:
+        """The way in: the loop check, the load balancer's PROXY header, the TLS handshake."""
         services = self.services
         if services.own_connections.is_own(self.address, self.sock):
             raise LoopDetectedError("tunnel loops back into this proxy")
@@ -169,7 +160,7 @@ class ClientConnection:
         if services.tls_context is not None:
             self.tls = TLSSession(self.sock, services.tls_context)
             self.tls.handshake(self.reader(), self.writer(), self.deadline)
-            self.protocol = self.tls.ssl.selected_alpn_protocol()
+            self.alpn = self.tls.ssl.selected_alpn_protocol()
 
     def peer_certificate(self) -> dict[str, Any] | None:
         """The client certificate the TLS handshake verified; None on a plain listener or without one."""
@@ -228,7 +219,7 @@ class ClientConnection:
         reader, self._reader = self._reader, None
         return reader
 
-    def close(self) -> None:
+    def close_socket(self) -> None:
         """Close the watchers still held and the socket."""
         if self._reader is not None:
             self._reader.close()

@@ -8,7 +8,9 @@ the relay is :class:`~gconnect.tunnel.relay.Relay` with the plain or TLS
 movers. A TLS client that picked another protocol by ALPN is handed to that
 protocol's server (the ``protocols`` table of the services).
 
-Ownership: the side owns its connection and closes it in :meth:`close`; the
+It is a :class:`~gconnect.tunnel.client.ClientConnection` with the ClientSide
+methods added (one object per client, not two: this path runs for every
+tunnel). Ownership: it owns its socket and closes it in :meth:`close`; the
 relay borrows the socket (and adopts the read watcher and the outbound
 connection's write watcher) until it ends.
 """
@@ -35,70 +37,59 @@ LINGER_SECONDS = 1.0
 LINGER_BYTES = 64 * 1024
 
 
-class HTTP1Side:
+class HTTP1Side(ClientConnection):
     """One client connection's CONNECT request, over TCP or TLS."""
 
-    __slots__ = ("conn", "protocol", "stream_id")
-
-    def __init__(self, conn: ClientConnection) -> None:
-        self.conn = conn
-        self.protocol = "http/1.1"
-        self.stream_id: int | None = None
-
-    @property
-    def address(self) -> tuple:
-        # The connection's: a PROXY header may name the real client.
-        return self.conn.address
+    #: The access log's protocol and stream: changed only when ALPN hands the connection over.
+    protocol = "http/1.1"
+    stream_id: int | None = None
 
     def admit(self) -> Callable[[], str] | None:
-        conn = self.conn
-        conn.admit()
-        serve = conn.services.protocols.get(conn.protocol) if conn.protocol else None
+        self.handshake()
+        alpn = self.alpn
+        serve = self.services.protocols.get(alpn) if alpn else None
         if serve is None:
             return None
         # The connection's own record: the protocol, stream 0.
-        self.protocol = conn.protocol or self.protocol
+        self.protocol = alpn or self.protocol
         self.stream_id = 0
-        return lambda: serve(conn, conn.services)
+        return lambda: serve(self, self.services)
 
     def peer_certificate(self) -> dict[str, Any] | None:
         return self.conn.peer_certificate()
 
     def read_request(self) -> ConnectRequest:
-        conn = self.conn
-        parser = RequestParser(conn.services.config.max_header_bytes)
-        data = conn.early
+        parser = RequestParser(self.services.config.max_header_bytes)
+        data = self.early
         while True:
             if data:
                 request = parser.feed(data)
                 if request is not None:
                     return request
-            data = conn.recv("request head")
+            data = self.recv("request head")
             if not data:
                 raise ClientClosedError("connection closed before the request head was complete")
 
     def established(self) -> None:
-        conn = self.conn
-        if not conn.send(RESPONSE_200, conn.loop.now() + conn.services.config.header_timeout):
+        if not self.send(RESPONSE_200, self.loop.now() + self.services.config.header_timeout):
             raise ConnectionError("the client does not read: the 200 could not be sent")
 
     def refuse(self, exc: GConnectError) -> None:
         if not exc.answerable:
             return
-        conn = self.conn
         headers = (*exc.headers, ("Proxy-Status", proxy_status(exc)))
         body = render_error(exc.status, exc.phrase, str(exc), headers)
-        deadline = conn.loop.now() + LINGER_SECONDS
-        sock = conn.sock
+        deadline = self.loop.now() + LINGER_SECONDS
+        sock = self.sock
         try:
-            if not conn.send(body, deadline):
+            if not self.send(body, deadline):
                 return
-            if conn.tls is not None:
-                send_all(sock, conn.tls.close_notify(), conn.writer(), deadline)
+            if self.tls is not None:
+                send_all(sock, self.tls.close_notify(), self.writer(), deadline)
             sock.shutdown(_socket.SHUT_WR)
             drained = 0
             while drained < LINGER_BYTES:
-                chunk = recv(sock, LINGER_BYTES, conn.reader(), deadline)
+                chunk = recv(sock, LINGER_BYTES, self.reader(), deadline)
                 if not chunk:  # the client's EOF, or the deadline (None)
                     return
                 drained += len(chunk)
@@ -106,23 +97,22 @@ class HTTP1Side:
             pass
 
     def start_relay(self, outbound: Connection, early: bytes, on_done: Callable[[Any], None]) -> Relay:
-        conn = self.conn
-        services = conn.services
+        services = self.services
         if early:
             # RFC 9110 §9.3.6 lets the client send before the 200: tunnel data.
             if outbound.writer is None:
-                outbound.writer = conn.loop.io(outbound.sock.fileno(), WRITE)
-            deadline = conn.loop.now() + services.config.connect_timeout
+                outbound.writer = self.loop.io(outbound.sock.fileno(), WRITE)
+            deadline = self.loop.now() + services.config.connect_timeout
             if not send_all(outbound.sock, early, outbound.writer, deadline):
                 raise ConnectionResetError("the target did not take the early bytes")
-        tls = conn.tls
+        tls = self.tls
         relay = Relay(
-            conn.sock,
+            self.sock,
             outbound.sock,
             movers=services.plain_movers if tls is None else services.tls_movers,
             limits=services.relay_limits,
             on_done=on_done,
-            client_reader=conn.take_reader(),
+            client_reader=self.take_reader(),
             upstream_writer=outbound.writer,
             tls=tls,
             hangups=services.hangups,
@@ -132,8 +122,8 @@ class HTTP1Side:
         return relay
 
     def drain(self) -> None:
-        if self.conn.on_drain is not None:
-            self.conn.on_drain()
+        if self.on_drain is not None:
+            self.on_drain()
 
     def close(self, status: int, end_reason: str) -> None:
-        self.conn.close()
+        self.close_socket()

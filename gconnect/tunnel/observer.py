@@ -31,10 +31,8 @@ class SideRecord(Protocol):
 class TunnelRecord(Protocol):
     """What an observer may read of a tunnel (:class:`~gconnect.tunnel.tunnel.Tunnel`)."""
 
-    @property
-    def address(self) -> tuple:
-        """The client (the one a PROXY header names), as (host, port)."""
-
+    #: The client (the one a PROXY header names), as (host, port).
+    address: tuple
     #: The authenticated user, or None.
     user: str | None
     #: Who vouched for the user (its ``provider``: htpasswd, helper, jwt, cert), or None.

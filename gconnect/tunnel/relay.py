@@ -261,7 +261,7 @@ class Relay(Deadlines):
     def _on_readable(self, half: Half) -> None:
         try:
             if half.mover.pump(half):
-                self.touch()
+                self._last_activity = self.loop.now()  # touch(), inline: once per wake-up
                 if not self.first_byte_at and half is self.down:
                     self.first_byte_at = time.monotonic()
             if half.blocked:
@@ -281,7 +281,7 @@ class Relay(Deadlines):
                 self._finish(half)
                 return
             if half.mover.flush(half):
-                self.touch()
+                self._last_activity = self.loop.now()  # touch(), inline: once per wake-up
             if half.blocked:
                 return  # the writer stays armed
             half.writer.stop()

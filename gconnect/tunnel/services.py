@@ -87,7 +87,7 @@ class OpenTunnels:
     relaying tunnels, HTTP/2 streams and the connections that carry them.
 
     *on_closed*, when set, is called after each tunnel leaves (the listeners
-    use it to resume accepting once there is room again).
+    set it while they wait for room to accept again, and unset it then).
     """
 
     def __init__(self) -> None:

@@ -95,6 +95,8 @@ class Tunnel:
     def __init__(self, services: TunnelServices, side: ClientSide) -> None:
         self.services = services
         self.side = side
+        #: The client; once the side is admitted (and at close), the one a PROXY header names.
+        self.address = side.address
         self.started = time.monotonic()
         # One policy for the whole handshake (a user's own table replaces it in check()).
         self.policy = services.policy
@@ -104,6 +106,7 @@ class Tunnel:
         """Serve the client until the relay has the sockets or the tunnel is closed."""
         try:
             takeover = self.side.admit()
+            self.address = self.side.address
             if takeover is not None:
                 self.end_reason = takeover()  # another protocol served the connection to its end
                 self.close()
@@ -135,11 +138,6 @@ class Tunnel:
             self.start_relay(request.trailing)
             return
         self.close()
-
-    @property
-    def address(self) -> tuple:
-        """The client (the one a PROXY header names, once read)."""
-        return self.side.address
 
     # --- the steps -------------------------------------------------------------------
 
@@ -291,6 +289,7 @@ class Tunnel:
         """The one exit: release what the tunnel held, close the outbound
         connection and the client side, and tell the observer."""
         services = self.services
+        self.address = self.side.address  # a refusal may come after a PROXY header
         if self.who:
             services.limits.release(self.who)
         if self.own is not None:
