@@ -55,9 +55,6 @@ class HTTP1Side(ClientConnection):
         self.stream_id = 0
         return lambda: serve(self, self.services)
 
-    def peer_certificate(self) -> dict[str, Any] | None:
-        return self.conn.peer_certificate()
-
     def read_request(self) -> ConnectRequest:
         parser = RequestParser(self.services.config.max_header_bytes)
         data = self.early
