@@ -3,12 +3,13 @@
     python tests/authhelper.py [--concurrent] [--log FILE] [--acl]
 
 Basic auth mode (default), by user name (the password must be "pw" unless said):
-  alice     OK group=staff            bob     ERR message="no bob here"
-  carol     OK user=carol@corp tag=ops  slow   OK after 1.5 s
+  alice     OK group=staff            dave    OK
+  bob       ERR message="no such user"
+  carol     OK user=carol@corp tag=ops  slow   OK after 3 s
   hang      never answers            crash   exits at once (status 3)
   bh        BH message="backend down"  junk  a line that is not the protocol
 External ACL mode (--acl): fields ``user client host port``; OK unless the host
-starts with "deny" (ERR), "slow" (OK after 1.5 s) or "crash".
+starts with "deny" (ERR), "slow" (OK after 3 s) or "crash".
 
 With --concurrent the first field is a channel ID and each request is answered
 from its own thread, so a slow one does not hold the others (as a concurrent
@@ -22,7 +23,7 @@ import threading
 import time
 import urllib.parse
 
-SLOW_SECONDS = 1.5
+SLOW_SECONDS = 3.0
 
 
 def answer_auth(user: str, password: str) -> str | None:
@@ -45,6 +46,7 @@ def answer_auth(user: str, password: str) -> str | None:
         "alice": "OK group=staff",
         "carol": "OK user=carol@corp tag=ops",
         "slow": "OK",
+        "dave": "OK",
     }.get(user, 'ERR message="no such user"')
 
 
