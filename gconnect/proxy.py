@@ -110,7 +110,7 @@ class Proxy:
             listener = Listener(
                 sock,
                 self.serve,
-                count_open=tunnels.__len__,
+                count_open=tunnels.count,
                 limit=config.max_clients + REFUSAL_SLOTS,
                 on_full=self._listener_full,
             )

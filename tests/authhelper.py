@@ -60,6 +60,13 @@ def answer_acl(user: str, client: str, host: str, port: str) -> str | None:
     return "ERR" if host.startswith("deny") else "OK"
 
 
+def command(*args: str) -> str:
+    """This helper's command line for ``--auth-helper`` or ``--external-acl-helper``."""
+    import shlex
+
+    return shlex.join([sys.executable, __file__, *args])
+
+
 def main() -> None:
     args = sys.argv[1:]
     concurrent = "--concurrent" in args

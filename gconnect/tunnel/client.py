@@ -47,13 +47,10 @@ class RelayHandle(Protocol):
     #: time.monotonic() when the target's first byte reached the client (0: none).
     first_byte_at: float
 
-    @property
-    def bytes_up(self) -> int:
-        """Bytes delivered from the client to the target, early bytes included."""
-
-    @property
-    def bytes_down(self) -> int:
-        """Bytes delivered from the target to the client."""
+    #: Bytes delivered from the client to the target, early bytes included, and
+    #: from the target to the client: set when the relay ends.
+    bytes_up: int
+    bytes_down: int
 
     def abort(self, reason: str) -> None:
         """End the relay now with *reason*; ``on_done`` is called before this returns."""

@@ -194,6 +194,9 @@ class Relay(Deadlines):
 
     #: time.monotonic() when the first upstream byte reached the client (0: none yet).
     first_byte_at = 0.0
+    #: Bytes delivered each way, once the relay has ended (read them from the halves before).
+    bytes_up = 0
+    bytes_down = 0
 
     def __init__(
         self,
@@ -221,22 +224,15 @@ class Relay(Deadlines):
         self._hangups = hangups
         self.loop = get_hub().loop
 
-    @property
-    def bytes_up(self) -> int:
-        """Bytes delivered from the client to the upstream."""
-        return self.up.nbytes
-
-    @property
-    def bytes_down(self) -> int:
-        """Bytes delivered from the upstream to the client."""
-        return self.down.nbytes
-
     def start(self, first_bytes_up: int = 0, client_eof: bool = False) -> None:
         """Arm the watchers; *first_bytes_up* counts early data already sent,
         *client_eof* says the client's EOF already came with it (a TLS
         close_notify read with the head)."""
         loop = self.loop
-        self.start_clock()
+        # start_clock(), inline: once per tunnel.
+        self._started = self._last_activity = loop.now()
+        if self.limits.any:
+            self.arm_timer()
         up = self.up
         down = self.down
         if first_bytes_up:
@@ -353,6 +349,8 @@ class Relay(Deadlines):
                 half.mover.drop(half)
             if half.hangup:
                 self._hangups.forget(half)  # type: ignore[union-attr]
+        self.bytes_up = self.up.nbytes
+        self.bytes_down = self.down.nbytes
         try:
             self.on_done(self)
         except Exception:

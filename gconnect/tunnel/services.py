@@ -107,6 +107,8 @@ class OpenTunnels:
         self._empty = Event()
         self._empty.set()
         self.on_closed: Callable[[], None] | None = None
+        #: How many are open: the set's own len, for the listeners to call before each accept.
+        self.count: Callable[[], int] = self._tunnels.__len__
 
     def add(self, tunnel: OpenTunnel) -> None:
         tunnels = self._tunnels

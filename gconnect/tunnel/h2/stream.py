@@ -176,6 +176,9 @@ class StreamRelay(Deadlines):
     """Both directions of one stream tunnel (see the module docstring)."""
 
     first_byte_at = 0.0
+    #: Bytes delivered each way, once the relay has ended.
+    bytes_up = 0
+    bytes_down = 0
     _unacked = 0
 
     def __init__(
@@ -200,16 +203,6 @@ class StreamRelay(Deadlines):
         self.hangups = hangups
         self.on_done = on_done
         self.loop = session.loop
-
-    @property
-    def bytes_up(self) -> int:
-        """Bytes delivered from the client to the target."""
-        return self.up.nbytes
-
-    @property
-    def bytes_down(self) -> int:
-        """Bytes delivered from the target to the client."""
-        return self.down.nbytes
 
     def start(self) -> None:
         """Start reading the target; deliver the early DATA and END_STREAM."""
@@ -375,6 +368,8 @@ class StreamRelay(Deadlines):
             half.reader = half.writer = half.pending = None
         if self.down.hangup and self.hangups is not None:
             self.hangups.forget(self.down)
+        self.bytes_up = self.up.nbytes
+        self.bytes_down = self.down.nbytes
         try:
             self.on_done(self)
         except Exception:
