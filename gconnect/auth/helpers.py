@@ -114,6 +114,8 @@ class HelperChild:
             if result is not None:
                 result.set(reply)
         if proc is self.proc:
+            # Gone at once: a request arriving before the exit is reaped must not write to it.
+            self.proc = None
             code = proc.wait()
             self.pool.count("crash", f"#{self.index} (pid {proc.pid}) exited with status {code}")
             self._fail_pending()
