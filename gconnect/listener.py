@@ -221,7 +221,7 @@ class Listener(AcceptBackoff, StreamServer):
         except OSError as exc:
             if exc.errno == errno.EINVAL:
                 # Not listening any more: a supervisor that stops shuts the
-                # socket down under every worker (ops/listeners.stop_listening).
+                # socket down under every worker (ops/sockets.stop_listening).
                 log.info("listener on %s port %d was shut down: no longer accepting", *self.address[:2])
                 self.close()
                 return None

@@ -12,7 +12,7 @@ check, a trusted load balancer's PROXY header, the TLS handshake and the
 protocol the client picked by ALPN, all by one header deadline from accept.
 
 Ownership: the connection owns its socket and the watchers it made, from
-accept to :meth:`ClientConnection.close_socket`; a relay may take its read
+accept to :meth:`ClientConnection.close`; a relay may take its read
 watcher (:meth:`ClientConnection.take_reader`), and then closes that one itself.
 """
 
@@ -216,8 +216,10 @@ class ClientConnection:
         reader, self._reader = self._reader, None
         return reader
 
-    def close_socket(self) -> None:
-        """Close the watchers still held and the socket."""
+    def close(self, status: int = 0, end_reason: str = "") -> None:
+        """Close the watchers still held and the socket. (The arguments are the
+        ClientSide contract's, for the sides built on a connection; a connection
+        does not need them.)"""
         if self._reader is not None:
             self._reader.close()
         if self._writer is not None:

@@ -122,5 +122,3 @@ class HTTP1Side(ClientConnection):
         if self.on_drain is not None:
             self.on_drain()
 
-    def close(self, status: int, end_reason: str) -> None:
-        self.close_socket()

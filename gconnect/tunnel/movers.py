@@ -18,8 +18,9 @@ keeps what it could not deliver in the direction's :class:`Half`:
 Every mover does at most one read from ``src`` per wake-up (then as many
 writes as it takes to deliver it, or until ``dst`` is full): one busy
 direction goes back to the loop after a chunk, so other tunnels' small
-exchanges never wait behind a bulk burst (issue 14: other tunnels' echo p99
-reached 40-74 ms behind 50 bulk pushes that moved up to 4 MiB per callback).
+exchanges never wait behind a bulk burst (reading all there is per callback
+let 50 bulk pushes hold other tunnels' echoes for tens of milliseconds:
+docs/performance.rst, bursts).
 
 Errors: a failed read is the source's reset, a failed write the
 destination's; both raise :class:`Reset` naming that side.

@@ -150,7 +150,7 @@ class Tunnel:
     def read_request(self) -> ConnectRequest:
         """The request, as the client side reads it."""
         request = self.side.read_request()
-        self.target = request.target
+        self.target = hostport(request.host, request.port)
         return request
 
     def authenticate(self, request: ConnectRequest) -> None:
