@@ -190,6 +190,7 @@ class Listener(AcceptBackoff, StreamServer):
     ) -> None:
         super().__init__(listener, spawn=None)
         self._serve = serve
+        # The standard library socket's accept without its wrapper: the (fd, address) pair.
         self._accept = listener._accept
         self._family = int(listener.family)
         self._count_open = count_open

@@ -45,14 +45,15 @@ class Reset(Exception):
         self.side = side
 
 
-class Half:
-    """One direction of a tunnel: bytes from ``src`` to ``dst``, and what the
-    mover holds for ``dst`` meanwhile. ``name`` is the side that sends into
-    it ("client" or "upstream"), ``peer`` the side it delivers to.
+class Direction:
+    """One direction of a tunnel, as every relay keeps it: its state, and its
+    source ``src`` (a socket; None where the source is not one, as an HTTP/2
+    stream's client side). ``name`` is the side that sends into it ("client"
+    or "upstream"), ``peer`` the side it delivers to.
 
-    Only the five fields every direction has are set per instance; the rest
-    start as the class's defaults below (fewer stores per tunnel: this is
-    made twice for every tunnel opened).
+    Only the fields every direction has are set per instance; the rest start
+    as the class's defaults below (fewer stores per tunnel: this is made
+    twice for every tunnel opened).
     """
 
     #: libev watchers on src (read) and dst (write), owned by the relay.
@@ -78,7 +79,18 @@ class Half:
     #: The TLS session of a TLS mover's side.
     tls: Any = None
 
+    def __init__(self, name: str, peer: str, src: Any) -> None:
+        self.name = name
+        self.peer = peer
+        self.src = src
+
+
+class Half(Direction):
+    """A direction between two sockets, moved by a :class:`Mover`: bytes from
+    ``src`` to ``dst``, and what the mover holds for ``dst`` meanwhile."""
+
     def __init__(self, name: str, peer: str, src: Any, dst: Any, mover: Mover) -> None:
+        # Not through Direction.__init__: one call fewer, twice per tunnel.
         self.name = name
         self.peer = peer
         self.src = src
