@@ -98,6 +98,46 @@ DEFAULT_AUTH_CACHE_TTL = 300.0
 #: in a burst). sshd's MaxAuthTries is 6 per connection, fail2ban's maxretry 5 per
 #: 10 minutes; 10 a minute lets a mistyped password be retried, not guessed.
 DEFAULT_AUTH_FAILURES_PER_MINUTE = 10
+#: The providers --auth-chain may name, and the order they are tried in when it
+#: is not given (each only if configured): a client certificate costs nothing
+#: more once the handshake verified it; a token says by its shape whether it is
+#: one; the file knows its users; a helper answers for every name, so it goes last.
+AUTH_PROVIDERS = ("cert", "jwt", "htpasswd", "helper")
+#: Squid's ``auth_param basic children 5`` (its suggested config, and the default).
+DEFAULT_AUTH_HELPER_CHILDREN = 5
+#: Squid's helpers are serial unless ``concurrency=N`` is given: 0 (no channel IDs).
+DEFAULT_AUTH_HELPER_CONCURRENCY = 0
+#: Squid's ``auth_param basic credentialsttl 2 hours``.
+DEFAULT_AUTH_HELPER_TTL = 7200.0
+#: Squid's Basic scheme remembers no failed login (Auth::Basic::User::ttl() is -1
+#: for anything but OK): every retry asks the helper again; the failure limiter
+#: bounds how often.
+DEFAULT_AUTH_HELPER_NEGATIVE_TTL = 0.0
+#: How long a helper may take to answer before it is taken for hung, killed and
+#: restarted. LDAP and RADIUS helpers answer in milliseconds (pam_radius's own
+#: timeout is 3 s); well inside --header-timeout's 20 s so the 503 reaches the client.
+DEFAULT_AUTH_HELPER_TIMEOUT = 10.0
+#: Squid's external_acl_type ``ttl=3600``, and ``negative_ttl`` defaults to ttl.
+DEFAULT_EXTERNAL_ACL_TTL = 3600.0
+DEFAULT_EXTERNAL_ACL_NEGATIVE_TTL = 3600.0
+#: Squid's external_acl_type ``children-max=5``.
+DEFAULT_EXTERNAL_ACL_CHILDREN = 5
+#: A client certificate is asked for; without one the next provider decides.
+DEFAULT_TLS_CLIENT_CERT = "optional"
+#: Which part of a client certificate names the user: subject CN, the first
+#: subject OU (Smokescreen's role), or the first SAN URI (a SPIFFE ID).
+TLS_CLIENT_IDENTITIES = ("cn", "ou", "uri")
+DEFAULT_TLS_CLIENT_IDENTITY = "cn"
+#: The claim naming the user: RFC 7519 §4.1.2 "sub".
+DEFAULT_AUTH_JWT_CLAIM = "sub"
+#: Asymmetric algorithms only by default: the JWKS file then holds public keys,
+#: which may be read by anyone. "none" is never accepted, whatever is listed.
+DEFAULT_AUTH_JWT_ALGORITHMS = ("RS256", "ES256")
+JWT_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "EdDSA", "HS256", "HS384", "HS512",
+)  # fmt: skip
+
 #: How a pool of parents spreads tunnels: nginx's upstream default, and gost's.
 DEFAULT_STRATEGY = "round-robin"
 STRATEGIES = ("round-robin", "least-connections", "first", "hash")
@@ -227,6 +267,9 @@ class Config:
     tls_name_check_ports: tuple[tuple[int, int], ...] = DEFAULT_TLS_NAME_CHECK_PORTS
     #: Per-user policy tables; only the config file sets them (no option).
     users: tuple[UserRules, ...] = ()
+    #: Per-group policy tables ([groups.NAME]), chosen by the group a provider
+    #: names (a helper's group= or tag=, a token's group claim); only the config file sets them.
+    groups: tuple[UserRules, ...] = ()
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     dns_timeout: float = DEFAULT_DNS_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -278,12 +321,40 @@ class Config:
     auth_cache_ttl: float = DEFAULT_AUTH_CACHE_TTL
     auth_failures_per_minute: int = DEFAULT_AUTH_FAILURES_PER_MINUTE
     allow_plaintext_passwords: bool = False
+    #: Providers in the order tried (names of AUTH_PROVIDERS); empty: every configured one, in that order.
+    auth_chain: tuple[str, ...] = ()
+    #: A Squid basic auth helper's command line (shlex syntax); empty: none.
+    auth_helper: str = ""
+    auth_helper_children: int = DEFAULT_AUTH_HELPER_CHILDREN
+    auth_helper_concurrency: int = DEFAULT_AUTH_HELPER_CONCURRENCY
+    auth_helper_ttl: float = DEFAULT_AUTH_HELPER_TTL
+    auth_helper_negative_ttl: float = DEFAULT_AUTH_HELPER_NEGATIVE_TTL
+    auth_helper_timeout: float = DEFAULT_AUTH_HELPER_TIMEOUT
+    #: A Squid external_acl_type helper asked per tunnel (user, client, host, port); empty: none.
+    external_acl_helper: str = ""
+    external_acl_children: int = DEFAULT_EXTERNAL_ACL_CHILDREN
+    external_acl_ttl: float = DEFAULT_EXTERNAL_ACL_TTL
+    external_acl_negative_ttl: float = DEFAULT_EXTERNAL_ACL_NEGATIVE_TTL
+    #: JWKS file of the keys tokens are verified with; empty: no tokens.
+    auth_jwks: str = ""
+    auth_jwt_issuer: str = ""
+    auth_jwt_audience: str = ""
+    auth_jwt_claim: str = DEFAULT_AUTH_JWT_CLAIM
+    #: A claim naming the user's group (a [groups.NAME] table); empty: none.
+    auth_jwt_group_claim: str = ""
+    auth_jwt_algorithms: tuple[str, ...] = DEFAULT_AUTH_JWT_ALGORITHMS
     #: PEM certificate chain and key: every listener speaks TLS (an "HTTPS proxy").
     tls_cert: str = ""
     tls_key: str = ""
     #: HTTP/2 on the TLS listener (ALPN h2): streams per connection, and each stream's window.
     h2_max_streams: int = DEFAULT_H2_MAX_STREAMS
     h2_window_bytes: int = DEFAULT_H2_WINDOW_BYTES
+    #: CA bundle client certificates are verified against (and a CRL); empty: none asked for.
+    tls_client_ca: str = ""
+    tls_client_crl: str = ""
+    #: "optional": a client without a certificate goes to the next provider; "required": refused.
+    tls_client_cert: str = DEFAULT_TLS_CLIENT_CERT
+    tls_client_identity: str = DEFAULT_TLS_CLIENT_IDENTITY
 
     def __post_init__(self) -> None:
         for name in ("header_timeout", "dns_timeout", "connect_timeout", "ready_timeout"):
@@ -305,7 +376,7 @@ class Config:
         if self.host_rules_mode not in ("enforce", "report"):
             raise ValueError("host_rules_mode must be enforce or report")
         if self.tls_name_check not in TLS_NAME_CHECK_MODES or any(
-            rules.tls_name_check not in (None, *TLS_NAME_CHECK_MODES) for rules in self.users
+            rules.tls_name_check not in (None, *TLS_NAME_CHECK_MODES) for rules in (*self.users, *self.groups)
         ):
             raise ValueError("tls_name_check must be off, report or enforce")
         if self.log_format not in ("text", "json"):
@@ -329,11 +400,52 @@ class Config:
         if self.tls_cert and self.proxy_protocol:
             # The PROXY header comes before the handshake, in the clear; not supported together yet.
             raise ValueError("tls_cert cannot be combined with proxy_protocol")
+        self._check_auth()
         if self.h2_max_streams < 1:
             raise ValueError("h2_max_streams must be >= 1")
         # RFC 9113 §6.5.2: SETTINGS_INITIAL_WINDOW_SIZE is at least 65,535 and below 2**31.
         if not 65_535 <= self.h2_window_bytes < 2**31:
             raise ValueError("h2_window_bytes must be in 65535 .. 2147483647")
+
+    def auth_providers(self) -> tuple[str, ...]:
+        """The providers in the order they are tried: --auth-chain, or every configured one."""
+        configured = {
+            "cert": bool(self.tls_client_ca),
+            "jwt": bool(self.auth_jwks),
+            "htpasswd": bool(self.auth_file),
+            "helper": bool(self.auth_helper),
+        }
+        return self.auth_chain or tuple(name for name in AUTH_PROVIDERS if configured[name])
+
+    def _check_auth(self) -> None:
+        for name in self.auth_chain:
+            if name not in AUTH_PROVIDERS:
+                raise ValueError(f"auth_chain: unknown provider {name!r} (one of {', '.join(AUTH_PROVIDERS)})")
+        if len(set(self.auth_chain)) != len(self.auth_chain):
+            raise ValueError("auth_chain names a provider twice")
+        needs = {"cert": "tls_client_ca", "jwt": "auth_jwks", "htpasswd": "auth_file", "helper": "auth_helper"}
+        for name in self.auth_chain:
+            if not getattr(self, needs[name]):
+                raise ValueError(f"auth_chain names {name!r} but {needs[name]} is not set")
+        if self.auth_helper_children < 1 or self.external_acl_children < 1 or self.auth_helper_concurrency < 0:
+            raise ValueError("auth_helper_children and external_acl_children >= 1, auth_helper_concurrency >= 0")
+        for name in ("auth_helper_ttl", "auth_helper_negative_ttl", "external_acl_ttl", "external_acl_negative_ttl"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: not cached)")
+        if self.auth_helper_timeout <= 0:
+            raise ValueError("auth_helper_timeout must be > 0")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca needs tls_cert (client certificates are asked for on the TLS listener)")
+        if self.tls_client_crl and not self.tls_client_ca:
+            raise ValueError("tls_client_crl needs tls_client_ca")
+        if self.tls_client_cert not in ("optional", "required"):
+            raise ValueError("tls_client_cert must be optional or required")
+        if self.tls_client_identity not in TLS_CLIENT_IDENTITIES:
+            raise ValueError(f"tls_client_identity must be one of {', '.join(TLS_CLIENT_IDENTITIES)}")
+        if not self.auth_jwt_algorithms or any(a not in JWT_ALGORITHMS for a in self.auth_jwt_algorithms):
+            raise ValueError(f"auth_jwt_algorithms: one or more of {', '.join(JWT_ALGORITHMS)} ('none' never)")
+        if self.auth_jwks and not (self.auth_jwt_issuer and self.auth_jwt_audience):
+            raise ValueError("auth_jwks needs auth_jwt_issuer and auth_jwt_audience (tokens are checked against both)")
 
     def for_user(self, rules: UserRules) -> Config:
         """This configuration's policy as it applies to the user of *rules*."""
@@ -346,6 +458,7 @@ class Config:
             deny_dest=self.deny_dest + tuple(n for n in rules.deny_dest if n not in self.deny_dest),
             tls_name_check=self.tls_name_check if rules.tls_name_check is None else rules.tls_name_check,
             users=(),
+            groups=(),
         )
 
     def _check_routes(self) -> None:

@@ -73,6 +73,19 @@ class HostNotAllowedError(PolicyDeniedError):
     code = "host_not_allowed"
 
 
+class ClientCertificateRequiredError(PolicyDeniedError):
+    """Only a client certificate can name a user here, and the client sent none
+    (a 407 would ask for a password no provider could check)."""
+
+    code = "cert_required"
+
+
+class ExternalDeniedError(PolicyDeniedError):
+    """The external decision helper answered ERR for this user, client and target."""
+
+    code = "external_denied"
+
+
 class MethodNotAllowedError(ClientError):
     status = 405
     phrase = "Method Not Allowed"
@@ -241,6 +254,19 @@ class OutOfDescriptorsError(GConnectError):
     code = "no_descriptors"
     headers = (("Retry-After", "1"),)
     proxy_status = "connection_limit_reached"
+
+
+class AuthUnavailableError(GConnectError):
+    """A helper program the decision rests on crashed, did not answer in time, or
+    answered BH: the proxy cannot tell, so nobody is let in on its word (RFC 9110
+    §15.6.4: 503, the server's own trouble, not the client's)."""
+
+    status = 503
+    phrase = "Service Unavailable"
+    code = "auth_unavailable"
+    headers = (("Retry-After", "1"),)
+    # RFC 9209 §2.3.23: an internal error of the intermediary, unrelated to the origin.
+    proxy_status = "proxy_internal_error"
 
 
 class TooManyClientsPerAddressError(ClientError):

@@ -119,14 +119,21 @@ class Proxy:
         services = self.services
         if services.auth is not None:
             services.auth.start()
+            for line in services.auth.describe():
+                log.info("auth %s", line)
+        if services.external_acl is not None:
+            services.external_acl.start()
         if services.router is not None:
             services.router.start()
         return bound
 
     def reload_auth(self) -> None:
-        """Re-read the auth file (SIGHUP); open tunnels are not touched."""
+        """Re-read the providers' files (SIGHUP: the auth file, the JWKS file)
+        and forget the external ACL's answers; open tunnels are not touched."""
         if self.services.auth is not None:
             self.services.auth.reload()
+        if self.services.external_acl is not None:
+            self.services.external_acl.clear()
 
     #: What SIGHUP can change; everything else needs a restart.
     RELOADABLE = (
@@ -139,6 +146,7 @@ class Proxy:
         "tls_name_check",
         "tls_name_check_ports",
         "users",
+        "groups",
     )
 
     def reload(self, new: Config) -> list[str]:
@@ -173,6 +181,8 @@ class Proxy:
         self.close_listeners()
         if services.auth is not None:
             services.auth.stop()
+        if services.external_acl is not None:
+            services.external_acl.stop()
         if services.router is not None:
             services.router.stop()
         tunnels = services.tunnels

@@ -1,31 +1,39 @@
-"""Proxy authentication: RFC 7617 Basic credentials checked against an htpasswd
-file (RFC 9110 §11.7.1 Proxy-Authorization, §11.7.1 407 / Proxy-Authenticate).
+"""Proxy authentication: the provider chain behind RFC 9110 §11.7.1
+Proxy-Authorization (407 / Proxy-Authenticate), with one cache and one failure
+limiter in front of every provider.
 
-The file's formats are :mod:`gconnect.auth.htpasswd`'s. The hash functions are slow on purpose, so:
+Providers (:mod:`gconnect.auth.identity` states their contract) are tried in
+the configured order (``--auth-chain``, or every configured one in the order of
+:data:`gconnect.config.AUTH_PROVIDERS`); the first that knows the user decides:
 
-* they run in gevent's thread pool (bcrypt releases the GIL), and other tunnels'
-  bytes keep flowing while one client's password is checked;
-* a successful check is cached for ``auth_cache_ttl``, keyed by an HMAC of the
-  header value under a per-process random key: the cache never holds a password,
-  and a header value that was not seen before is never a hit;
+* ``cert`` (:mod:`gconnect.auth.certs`): the client certificate the TLS listener
+  verified. First in the chain, a certificate wins over any header; anywhere
+  else, it counts when the request carries no Proxy-Authorization.
+* ``jwt`` (:mod:`gconnect.auth.jwtprovider`): a signed token, as Bearer or as the Basic password.
+* ``htpasswd`` (:mod:`gconnect.auth.fileprovider`): the file's users, bcrypt in the thread pool.
+* ``helper`` (:mod:`gconnect.auth.helperprovider`): a Squid basic auth helper.
+
+In front of them, for credentials that came in a header:
+
+* a check's outcome is cached for the deciding provider's ``ttl`` (a success)
+  or ``negative_ttl`` (a refusal), never past a token's expiry, keyed by an HMAC
+  of the header value under a per-process random key: the cache never holds a
+  password, and a header value that was not seen before is never a hit;
 * connections that carry the same header while its first check runs wait for
   that check instead of starting their own (a browser opens several at once);
 * failed checks are rate-limited per client address by a token bucket, spent
-  *before* the hash runs (so parallel guesses cannot overdraw it) and refunded on
-  success; over the limit the answer is 429 without hashing anything. A cached
-  header still passes while its address is limited, so a user behind the same
-  NAT as a guesser keeps working.
+  *before* any provider runs (so parallel guesses cannot overdraw it) and
+  refunded on success; over the limit the answer is 429 without checking
+  anything. A cached header still passes while its address is limited, so a user
+  behind the same NAT as a guesser keeps working.
 
-A user name that is not in the file costs one bcrypt check against a dummy
-hash, so timing does not say which names exist. The file is re-read when its
-mtime, size or inode changes (polled) or on :meth:`Authenticator.reload`
-(SIGHUP); a file that fails to parse keeps the previous table in force.
+A provider that cannot decide (a helper crashed, hung, or answered BH) makes the
+answer 503, never a login. A reload (SIGHUP, the htpasswd file changing) re-reads
+every provider's files and clears the cache; a check that spans one is done again.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import logging
@@ -35,60 +43,37 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-import bcrypt
-import gevent
 from gevent.event import AsyncResult
 
 from ..config import Config
-from ..errors import AuthRateLimitedError, ProxyAuthFailedError, ProxyAuthMalformedError, ProxyAuthRequiredError
-from .htpasswd import (
-    DEFAULT_BCRYPT_ROUNDS,
-    WEAK_SCHEMES,
-    AuthFileError,
-    Entry,
-    load_htpasswd,
-    verify_password,
+from ..errors import (
+    AuthRateLimitedError,
+    AuthUnavailableError,
+    ClientCertificateRequiredError,
+    ProxyAuthFailedError,
+    ProxyAuthMalformedError,
+    ProxyAuthRequiredError,
 )
+from .certs import CertProvider
+from .identity import (
+    MAX_CREDENTIALS_BYTES,
+    AuthProvider,
+    Credentials,
+    Identity,
+    Rejected,
+    parse_basic_credentials,
+    parse_credentials,
+)
+
+__all__ = ["MAX_CREDENTIALS_BYTES", "Authenticator", "FailureLimiter", "log_safe", "parse_basic_credentials"]
 
 log = logging.getLogger(__name__)
 
-#: How often the auth file's mtime is polled (seconds): inotify-free and cheap.
-AUTH_FILE_POLL_SECONDS = 1.0
-#: Successful checks remembered at most; the oldest go first. One entry per
-#: distinct header value, about 150 bytes each.
+#: Checks remembered at most; the oldest go first. One entry per distinct
+#: header value, about 150 bytes each.
 MAX_CACHE_ENTRIES = 10_000
 #: Client addresses with a failure bucket at most; full buckets are dropped first.
 MAX_TRACKED_ADDRESSES = 65_536
-#: The longest Proxy-Authorization value looked at: a user and password of a few
-#: hundred bytes in base64. Longer is malformed, not decoded.
-MAX_CREDENTIALS_BYTES = 4096
-
-
-def parse_basic_credentials(value: bytes) -> tuple[str, bytes]:
-    """RFC 7617: ``Basic base64(user ":" password)`` -> (user, password).
-
-    Raises ProxyAuthMalformedError for another scheme, bad base64, no colon, or
-    a user name that is not UTF-8 (RFC 7617 §2.1: the charset is UTF-8).
-    """
-    if len(value) > MAX_CREDENTIALS_BYTES:
-        raise ProxyAuthMalformedError("Proxy-Authorization is too long")
-    scheme, _, token = value.strip(b" \t").partition(b" ")
-    if scheme.lower() != b"basic":
-        raise ProxyAuthMalformedError("Proxy-Authorization must use the Basic scheme")
-    try:
-        decoded = base64.b64decode(token.strip(b" \t"), validate=True)
-    except (binascii.Error, ValueError):
-        raise ProxyAuthMalformedError("Proxy-Authorization is not valid base64") from None
-    user_bytes, colon, password = decoded.partition(b":")
-    if not colon:
-        raise ProxyAuthMalformedError("Proxy-Authorization credentials have no ':'")
-    try:
-        user = user_bytes.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProxyAuthMalformedError("Proxy-Authorization user name is not UTF-8") from None
-    if not user:
-        raise ProxyAuthMalformedError("Proxy-Authorization has an empty user name")
-    return user, password
 
 
 def log_safe(user: str) -> str:
@@ -144,157 +129,186 @@ class FailureLimiter:
         return len(self._buckets)
 
 
-def _file_identity(path: str) -> tuple[int, int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns
+def build_providers(config: Config) -> list[AuthProvider]:
+    """The configured providers, in the order they are tried. Raises ValueError
+    (with the reason) when one cannot be set up: a file that does not parse, a
+    helper command line that does not split, PyJWT missing."""
+    providers: list[AuthProvider] = []
+    for name in config.auth_providers():
+        if name == "cert":
+            providers.append(CertProvider(config))
+        elif name == "htpasswd":
+            from .fileprovider import HtpasswdProvider
+
+            providers.append(HtpasswdProvider(config))
+        elif name == "helper":
+            from .helperprovider import HelperProvider
+
+            providers.append(HelperProvider(config))
+        else:
+            try:
+                from .jwtprovider import JwtProvider
+
+                providers.append(JwtProvider(config))
+            except ImportError as exc:
+                raise ValueError(f"--auth-jwks needs PyJWT: pip install 'gconnect[jwt]' ({exc})") from None
+    return providers
 
 
 class Authenticator:
-    """Who may use the proxy: one htpasswd table, a cache, a failure limiter."""
+    """Who may use the proxy: the provider chain, a cache, a failure limiter."""
 
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.path = config.auth_file
         self.realm = config.auth_realm
-        self.cache_ttl = config.auth_cache_ttl
-        self.allow_plaintext = config.allow_plaintext_passwords
         self._clock = clock
         self.limiter = FailureLimiter(config.auth_failures_per_minute, clock=clock)
+        self.providers = build_providers(config)
+        cert = [p for p in self.providers if isinstance(p, CertProvider)]
+        self.cert: CertProvider | None = cert[0] if cert else None
+        #: The providers that read Proxy-Authorization, in order.
+        self.header_providers = [p for p in self.providers if not isinstance(p, CertProvider)]
+        self._cert_first = bool(cert) and self.providers.index(cert[0]) == 0
+        self._bearer = any(p.name == "jwt" for p in self.providers)
         # Per process: a cache key means nothing outside this process.
         self._cache_key = os.urandom(32)
-        self._cache: dict[bytes, tuple[str, float]] = {}
-        #: Bumped by every successful reload: a check that spans one is done again.
+        #: HMAC of a header value -> (the identity, or None for a refusal; when it expires).
+        self._cache: dict[bytes, tuple[Identity | None, float]] = {}
+        #: Bumped by every reload: a check that spans one is done again.
         self._generation = 0
         #: Checks running now, by cache key: a burst of connections carrying the
         #: same new header (a browser opening six at once) waits for one check
         #: instead of running six and spending six attempts of the failure bucket.
         self._inflight: dict[bytes, AsyncResult] = {}
-        self._identity = _file_identity(self.path)
-        self._table = load_htpasswd(self.path, allow_plaintext=self.allow_plaintext)
-        self._dummy = self._dummy_entry(self._table)
-        self._watcher: Any = None
-        self._log_loaded("loaded")
+        for provider in self.providers:
+            if hasattr(provider, "on_change"):
+                provider.on_change = self._changed
 
-    def _log_loaded(self, verb: str) -> None:
-        log.info("auth file %s %s: %d users", self.path, verb, len(self._table))
-        weak: dict[str, list[str]] = {}
-        for entry in self._table.values():
-            if entry.scheme in WEAK_SCHEMES or entry.scheme == "plain":
-                weak.setdefault(entry.scheme, []).append(entry.user)
-        for scheme, users in sorted(weak.items()):
-            log.warning(
-                "auth file %s: %d users have weak %s passwords (%s); re-create them with 'gconnect passwd'",
-                self.path,
-                len(users),
-                scheme,
-                ", ".join(users[:5]) + (", ..." if len(users) > 5 else ""),
-            )
+    def describe(self) -> list[str]:
+        """One line per provider, in the order tried (check-config, the startup log)."""
+        return [f"{n}. {p.name}: {p.describe()}" for n, p in enumerate(self.providers, 1)]
 
-    @staticmethod
-    def _dummy_entry(table: dict[str, Entry]) -> Entry:
-        # Same cost as the real entries: an unknown name takes as long as a wrong password.
-        rounds = DEFAULT_BCRYPT_ROUNDS
-        for entry in table.values():
-            if entry.scheme == "bcrypt":
-                rounds = int(entry.hashed[4:6])
-                break
-        salt = bcrypt.gensalt(rounds).decode("ascii")
-        return Entry("", "bcrypt", salt + "." * 31)
-
-    @property
-    def users(self) -> int:
-        return len(self._table)
+    def helper_pools(self) -> list[Any]:
+        """The helper pools of the chain (their ``failures`` are counted for the metrics)."""
+        return [provider.pool for provider in self.providers if hasattr(provider, "pool")]
 
     def start(self) -> None:
-        """Poll the file for changes until :meth:`stop`."""
-        if self._watcher is None:
-            self._watcher = gevent.spawn(self._watch)
+        """Start the providers' background work (file polling, helper processes)."""
+        for provider in self.providers:
+            provider.start()
 
     def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.kill(block=False)
-            self._watcher = None
-
-    def _watch(self) -> None:
-        while True:
-            gevent.sleep(AUTH_FILE_POLL_SECONDS)
-            if _file_identity(self.path) != self._identity:
-                self.reload()
+        for provider in self.providers:
+            provider.stop()
 
     def reload(self) -> bool:
-        """Re-read the file. On failure keep the table in force and log why.
-        Open tunnels are not touched; the cache is cleared, so a removed user
-        or changed password takes effect at the next request."""
-        identity = _file_identity(self.path)
-        try:
-            table = load_htpasswd(self.path, allow_plaintext=self.allow_plaintext)
-        except AuthFileError as exc:
-            self._identity = identity  # one error line per change, not one per poll
-            log.error("%s; keeping the %d users loaded before", exc, len(self._table))
-            return False
-        self._identity = identity
-        self._table = table
+        """Re-read every provider's files (SIGHUP). On failure a provider keeps
+        what it had. Open tunnels are not touched; the cache is cleared, so a
+        removed user or changed password takes effect at the next request.
+        True if every provider reloaded."""
+        ok = all([provider.reload() for provider in self.providers])
+        self._changed()
+        return ok
+
+    def _changed(self) -> None:
         self._generation += 1
-        self._dummy = self._dummy_entry(table)
         self._cache.clear()
-        self._log_loaded("reloaded")
-        return True
 
     def challenge(self, message: str) -> ProxyAuthRequiredError:
         return ProxyAuthRequiredError(message, realm=self.realm)
 
     def authenticate(self, values: list[bytes], address: str) -> str:
         """The user named by the request's Proxy-Authorization *values*, or raise
-        407 (missing, malformed, wrong) or 429 (too many failures from *address*)."""
+        407 (missing, malformed, wrong), 429 (too many failures from *address*)
+        or 503 (a helper could not decide)."""
+        return self.identify(values, address).user
+
+    def identify(self, values: list[bytes], address: str, peer_cert: dict[str, Any] | None = None) -> Identity:
+        """Who is asking: the :class:`Identity` the chain finds in the request's
+        Proxy-Authorization *values* and the client's verified TLS certificate
+        *peer_cert* (``SSLObject.getpeercert()``; None or empty without one).
+        Raises as :meth:`authenticate` does."""
+        cert = self.cert
+        if cert is not None and (self._cert_first or not values):
+            identity = cert.identify_peer(peer_cert)
+            if identity is not None:
+                return identity
+        if not self.header_providers:
+            raise ClientCertificateRequiredError("a client certificate naming the user is required")
         if not values:
             raise self.challenge("proxy authentication required")
         if len(values) > 1:
             raise ProxyAuthMalformedError("more than one Proxy-Authorization header", realm=self.realm)
         value = values[0]
         key = hmac.new(self._cache_key, value, hashlib.sha256).digest()
-        now = self._clock()
         cached = self._cache.get(key)
         if cached is not None:
-            if cached[1] > now:
-                return cached[0]
+            if cached[1] > self._clock():
+                if cached[0] is not None:
+                    return cached[0]
+                self.limiter.take(address)  # a remembered refusal is still a failed attempt
+                raise ProxyAuthFailedError("proxy authentication failed", realm=self.realm)
             del self._cache[key]
         running = self._inflight.get(key)
         if running is not None:
-            if running.get():
-                return str(running.value)
-            raise ProxyAuthFailedError("proxy authentication failed", realm=self.realm)
+            return self._outcome(running.get())
         try:
-            user, password = parse_basic_credentials(value)
+            credentials = parse_credentials(value, bearer=self._bearer)
         except ProxyAuthMalformedError as exc:
             raise ProxyAuthMalformedError(str(exc), realm=self.realm) from None
         self.limiter.take(address)
         running = self._inflight[key] = AsyncResult()
-        ok = False
+        outcome: tuple[str, Any] = ("failed", None)
         try:
-            # A reload while the hash runs (SIGHUP, file change) must not let the
-            # old table's answer in: check again against the table now in force.
-            generation = -1
-            while generation != self._generation:
-                generation = self._generation
-                entry = self._table.get(user)
-                ok = self._verify_off_hub(entry or self._dummy, password) and entry is not None
+            outcome = self._check(credentials, key)
         finally:
             del self._inflight[key]
-            # Waiters learn the outcome (the user, or "" for a failure) without a check of their own.
-            running.set(user if ok else "")
-        if not ok:
-            raise ProxyAuthFailedError("proxy authentication failed", realm=self.realm)
-        self.limiter.refund(address)
-        if self.cache_ttl:
-            if len(self._cache) >= MAX_CACHE_ENTRIES:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = (user, self._clock() + self.cache_ttl)
-        return user
+            # Waiters learn the outcome without a check of their own.
+            running.set(outcome)
+        if outcome[0] != "failed":
+            self.limiter.refund(address)
+        return self._outcome(outcome)
 
-    @staticmethod
-    def _verify_off_hub(entry: Entry, password: bytes) -> bool:
-        # bcrypt holds a CPU for tens of ms and releases the GIL: the hub keeps
-        # serving other tunnels while a pool thread hashes.
-        return bool(gevent.get_hub().threadpool.spawn(verify_password, entry, password).get())
+    def _outcome(self, outcome: tuple[str, Any]) -> Identity:
+        kind, value = outcome
+        if kind == "ok":
+            return value  # type: ignore[no-any-return]
+        if kind == "unavailable":
+            raise AuthUnavailableError(value)
+        raise ProxyAuthFailedError("proxy authentication failed", realm=self.realm)
+
+    def _check(self, credentials: Credentials, key: bytes) -> tuple[str, Any]:
+        """Run the chain (again if a reload happens meanwhile) and cache the outcome."""
+        generation = -1
+        while generation != self._generation:
+            generation = self._generation
+            try:
+                identity, ttl = self._decide(credentials)
+            except AuthUnavailableError as exc:
+                return ("unavailable", str(exc))
+        if identity is None:
+            self._remember(key, None, ttl)
+            return ("failed", None)
+        self._remember(key, identity, ttl)
+        return ("ok", identity)
+
+    def _decide(self, credentials: Credentials) -> tuple[Identity | None, float]:
+        """The identity (or None: refused or unknown) and how long to remember it."""
+        for provider in self.header_providers:
+            try:
+                identity = provider.identify(credentials)
+            except Rejected as exc:
+                log.info("proxy login refused by %s: %s", exc.provider, exc)
+                return None, provider.negative_ttl
+            if identity is not None:
+                ttl = provider.ttl
+                if identity.lifetime is not None:
+                    ttl = min(ttl, identity.lifetime)
+                return identity, ttl
+        return None, 0.0
+
+    def _remember(self, key: bytes, identity: Identity | None, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        if len(self._cache) >= MAX_CACHE_ENTRIES:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[key] = (identity, self._clock() + ttl)

@@ -96,6 +96,8 @@ class TextAccessLog(AccessLog):
             f"up={tunnel.bytes_up} down={tunnel.bytes_down} "
             f"duration={time.monotonic() - tunnel.started:.3f} reason={tunnel.end_reason}{stream}"
             + (f" would_deny={tunnel.would_deny}" if tunnel.would_deny else "")
+            # Which provider vouched for the user: htpasswd, helper, jwt or cert.
+            + (f" auth={tunnel.identity.provider}" if tunnel.identity is not None else "")
             + (f" sni={tunnel.sni or '-'} sni_check={tunnel.sni_check}" if tunnel.sni_check else "")
         )
 
@@ -119,6 +121,8 @@ class JsonAccessLog(AccessLog):
         }
         if tunnel.would_deny:
             fields["would_deny"] = tunnel.would_deny
+        if tunnel.identity is not None:
+            fields["auth"] = tunnel.identity.provider
         if tunnel.sni_check:
             fields["sni"] = tunnel.sni
             fields["sni_check"] = tunnel.sni_check

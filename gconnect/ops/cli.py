@@ -24,6 +24,7 @@ from . import run, signals, sockets
 from .configfile import ConfigFileError
 from .notify import Notifier, UpgradeListener
 from .options import (
+    GROUPS_META_KEY,
     USERS_META_KEY,
     build_config,
     config_from_file,
@@ -75,7 +76,7 @@ def serve(**options: Any) -> None:
     supervisor (--supervise, --workers) in place."""
     signals.ignore_unused()  # first: no stray signal may end us while we start
     ctx = click.get_current_context()
-    config = build_config(**options, users=ctx.meta.get(USERS_META_KEY, ()))
+    config = build_config(**options, users=ctx.meta.get(USERS_META_KEY, ()), groups=ctx.meta.get(GROUPS_META_KEY, ()))
     setup_logging(config)
     command_line = given_on_command_line(ctx, options)
     config_path = options.get("config")
@@ -182,10 +183,23 @@ def check_config(path: str) -> None:
     except ConfigFileError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(configfile.render(config), nl=False)
-    if config.users:
+    if config.users or config.groups:
         click.echo(configfile.render_user_policies(config), nl=False)
+    click.echo(configfile.render_auth_chain(config, _auth_chain(config)), nl=False)
     for warning in configfile.user_table_warnings(config):
         click.echo(f"warning: {warning}", err=True)
+
+
+def _auth_chain(config: cfg.Config) -> list[str]:
+    """The chain as the proxy would build it (its files loaded, no helper started)."""
+    if not config.auth_providers():
+        return []
+    from ..auth.authenticator import Authenticator
+
+    try:
+        return Authenticator(config).describe()
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"the authentication chain cannot be built: {exc}") from None
 
 
 @main.command()

@@ -7,9 +7,12 @@ as a string or number; a repeatable option takes a list (a single value is a
 one-element list). The command line and ``GCONNECT_*`` variables override the
 file.
 
-With ``--auth-file``, ``[users.NAME]`` tables hold one user's policy, with the
+With authentication, ``[users.NAME]`` tables hold one user's policy, with the
 keys of :data:`USER_KEYS`; :func:`read` returns them under ``"users"`` as
-``{name: {option_name: [text, ...]}}`` (one text for :data:`USER_SINGLE_KEYS`).
+``{name: {option_name: [text, ...]}}`` (one text for :data:`USER_SINGLE_KEYS`). ``[groups.NAME]`` tables take the same
+keys and apply to users a provider puts in group NAME (a helper's ``group=`` or
+``tag=``, a token's group claim, a client certificate's OU), under ``"groups"``;
+a user's own table wins over their group's.
 
 This module never touches click's command objects itself: the caller passes
 a ``check(name, value)`` that converts one value the way the option does and
@@ -33,10 +36,12 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
-#: The keys a ``[users.NAME]`` table may hold (option names, underscore form).
+#: The keys a ``[users.NAME]`` or ``[groups.NAME]`` table may hold (option names, underscore form).
 USER_KEYS = ("allow_host", "deny_host", "allow_port", "allow_dest", "deny_dest", "tls_name_check")
 #: Of those, the keys that take one value, not a list.
 USER_SINGLE_KEYS = ("tls_name_check",)
+#: The per-identity rules tables: by user name, and by the group a provider names.
+TABLE_KINDS = ("users", "groups")
 
 
 class ConfigFileError(Exception):
@@ -85,8 +90,8 @@ def read(
     for key, value in data.items():
         name = key.replace("-", "_")
         where = _where(path, text, key)
-        if key == "users" and isinstance(value, dict):
-            values["users"] = _users(path, text, value, check)
+        if key in TABLE_KINDS and isinstance(value, dict):
+            values[key] = _users(path, text, value, check, key)
             continue
         if name not in known:
             raise ConfigFileError(f"{where}: unknown key {key!r}")
@@ -116,30 +121,32 @@ def read(
     return values
 
 
-def _users(path: str, text: str, tables: dict[str, Any], check: Callable[[str, Any], None]) -> dict[str, Any]:
-    """The ``[users.NAME]`` tables as ``{name: {option_name: [text, ...] or text}}``."""
+def _users(
+    path: str, text: str, tables: dict[str, Any], check: Callable[[str, Any], None], kind: str = "users"
+) -> dict[str, Any]:
+    """The ``[users.NAME]`` (or ``[groups.NAME]``) tables as ``{name: {option_name: [text, ...] or text}}``."""
     users: dict[str, Any] = {}
     for user, table in tables.items():
-        where = _where(path, text, f"users.{user}")
+        where = _where(path, text, f"{kind}.{user}")
         if not isinstance(table, dict):
-            raise ConfigFileError(f"{where}: 'users.{user}' must be a table ([users.{user}])")
+            raise ConfigFileError(f"{where}: '{kind}.{user}' must be a table ([{kind}.{user}])")
         rules: dict[str, Any] = {}
         for key, value in table.items():
             name = key.replace("-", "_")
             if name not in USER_KEYS:
-                raise ConfigFileError(f"{where}: [users.{user}]: unknown key {key!r} (one of {', '.join(USER_KEYS)})")
+                raise ConfigFileError(f"{where}: [{kind}.{user}]: unknown key {key!r} (one of {', '.join(USER_KEYS)})")
             if name in rules:
-                raise ConfigFileError(f"{where}: [users.{user}]: {key!r} is given twice (with '-' and with '_')")
+                raise ConfigFileError(f"{where}: [{kind}.{user}]: {key!r} is given twice (with '-' and with '_')")
             if name in USER_SINGLE_KEYS:
                 if isinstance(value, (list, dict)):
-                    raise ConfigFileError(f"{where}: [users.{user}] {key!r} takes one value, not a list")
+                    raise ConfigFileError(f"{where}: [{kind}.{user}] {key!r} takes one value, not a list")
                 value = _text(value)
             else:
                 value = [_text(v) for v in (value if isinstance(value, list) else [value])]
             try:
                 check(name, value)
             except ValueError as exc:
-                raise ConfigFileError(f"{where}: [users.{user}] {key}: {exc}") from None
+                raise ConfigFileError(f"{where}: [{kind}.{user}] {key}: {exc}") from None
             rules[name] = value
         users[user] = rules
     return users
@@ -221,16 +228,17 @@ def render(config: Config) -> str:
     (a parent proxy's password is shown as ``***``)."""
     lines = []
     for field in dataclasses.fields(config):
-        if field.name == "users" or (field.name in _TABLES and getattr(config, field.name)):
+        if field.name in TABLE_KINDS or (field.name in _TABLES and getattr(config, field.name)):
             continue  # tables come after every plain key
         name = field.name.replace("_", "-")
         lines.append(f"{name} = {_toml_value(field.name, getattr(config, field.name))}")
-    for rules in config.users:
-        lines += ["", f"[users.{_toml_key(rules.name)}]"]
-        for key in USER_KEYS:
-            value = getattr(rules, key)
-            if value is not None and (value or key.startswith("allow")):
-                lines.append(f"{key.replace('_', '-')} = {_toml_value(key, value)}")
+    for kind in TABLE_KINDS:
+        for rules in getattr(config, kind):
+            lines += ["", f"[{kind}.{_toml_key(rules.name)}]"]
+            for key in USER_KEYS:
+                value = getattr(rules, key)
+                if value is not None and (value or key.startswith("allow")):
+                    lines.append(f"{key.replace('_', '-')} = {_toml_value(key, value)}")
     for pool in config.upstreams:
         lines += ["", *_render_pool(pool)]
     for route in config.routes:
@@ -250,19 +258,32 @@ def render_user_policies(config: Config) -> str:
     """Each user's effective policy (the global one with the table applied), as
     TOML comments; users without a table get the global policy."""
     lines = ["", "# Effective policy per user (users without a table get the global policy):"]
-    for rules in config.users:
-        effective = config.for_user(rules)
-        values = "; ".join(f"{k.replace('_', '-')} = {_toml_value(k, getattr(effective, k))}" for k in USER_KEYS)
-        lines.append(f"#   {rules.name}: {values}")
+    for kind in TABLE_KINDS:
+        for rules in getattr(config, kind):
+            effective = config.for_user(rules)
+            values = "; ".join(f"{k.replace('_', '-')} = {_toml_value(k, getattr(effective, k))}" for k in USER_KEYS)
+            lines.append(f"#   {rules.name if kind == 'users' else 'group ' + rules.name}: {values}")
+    return "\n".join(lines) + "\n"
+
+
+def render_auth_chain(config: Config, providers: list[str]) -> str:
+    """The authentication chain as TOML comments: *providers* are the
+    authenticator's own lines, in the order tried (``Authenticator.describe``)."""
+    if not providers:
+        return "\n# Authentication: none (every client may use the proxy)\n"
+    lines = ["", "# Authentication chain (the first provider that knows the user decides):"]
+    lines += [f"#   {line}" for line in providers]
+    if config.external_acl_helper:
+        lines.append(f"# External ACL after the rules: {config.external_acl_helper!r}")
     return "\n".join(lines) + "\n"
 
 
 def user_table_warnings(config: Config) -> list[str]:
     """Tables that cannot apply: no --auth-file, or a user the file does not hold."""
-    if not config.users:
-        return []
-    if not config.auth_file:
-        return ["[users.*] tables have no effect without auth-file (no client has a user name)"]
+    if (config.users or config.groups) and not config.auth_providers():
+        return ["[users.*] and [groups.*] tables have no effect without authentication (no client has a user name)"]
+    if not config.users or config.auth_providers() != ("htpasswd",):
+        return []  # other providers' users cannot be listed
     try:
         with open(config.auth_file, encoding="utf-8", errors="replace") as f:
             known = {line.split(":", 1)[0] for line in f if ":" in line and not line.lstrip().startswith("#")}

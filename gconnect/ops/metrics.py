@@ -120,8 +120,17 @@ def snapshot(proxy: Any, observer: Any) -> dict[str, Any]:
         "access_log_dropped_lines": access_log.dropped_lines if access_log is not None else 0,
         "would_deny": [[reason, count] for reason, count in sorted(stats.would_deny_counts.items())],
         "tls_name_checks": [[outcome, action, count] for (outcome, action), count in sorted(stats.name_checks.items())],
+        "auth_helper_failures": auth_helper_failures(services),
         **upstream_figures(services.router),
     }
+
+
+def auth_helper_failures(services: Any) -> list[list[Any]]:
+    """``[helper, kind, count]``: helper answers that let no one in (crash, timeout, bh, protocol, start)."""
+    pools = services.auth.helper_pools() if services.auth is not None else []
+    if services.external_acl is not None:
+        pools.append(services.external_acl.pool)
+    return [[pool.name, kind, count] for pool in pools for kind, count in sorted(pool.failures.items())]
 
 
 def upstream_figures(router: Any) -> dict[str, list[list[Any]]]:
@@ -173,7 +182,8 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
     yield CounterMetricFamily(
         "gconnect_limit_rejections",
         "Clients refused by a limit (429, 503)",
-        sum(n for status, _, n in outcomes if status in LIMIT_STATUSES),
+        # A helper's failure is a 503 too, but no limit: it has its own family below.
+        sum(n for status, reason, n in outcomes if status in LIMIT_STATUSES and reason != "auth_unavailable"),
     )
     yield GaugeMetricFamily("gconnect_policy_generation", "Policy reloads applied (SIGHUP)", snap["policy_generation"])
     yield CounterMetricFamily(
@@ -182,6 +192,7 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
         snap["access_log_dropped_lines"],
     )
     yield from policy_families(snap)
+    yield auth_helper_family(snap)
     yield from upstream_families(snap)
 
 
@@ -205,6 +216,20 @@ def policy_families(snap: dict[str, Any]) -> Iterator[Any]:
     for outcome, action, count in snap.get("tls_name_checks", []):
         checks.add_metric((str(outcome), str(action)), count)
     yield checks
+
+
+def auth_helper_family(snap: dict[str, Any]) -> Any:
+    """gconnect_auth_helper_failures{helper,kind} from a snapshot."""
+    from prometheus_client.core import CounterMetricFamily
+
+    family = CounterMetricFamily(
+        "gconnect_auth_helper_failures",
+        "Auth and external ACL helper requests that failed (the client got 503), by helper and kind",
+        labels=("helper", "kind"),
+    )
+    for helper, kind, count in snap.get("auth_helper_failures", []):
+        family.add_metric((str(helper), str(kind)), count)
+    return family
 
 
 def upstream_families(snap: dict[str, Any]) -> Iterator[Any]:

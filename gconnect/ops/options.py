@@ -169,8 +169,44 @@ OPTIONS: tuple[Opt, ...] = (
     _count("auth_failures_per_minute", 1, cfg.DEFAULT_AUTH_FAILURES_PER_MINUTE,
            "Failed logins allowed per client address per minute; past it 429 without checking."),
     _flag("allow_plaintext_passwords", "Accept plaintext entries in --auth-file (refused by default)."),
+    _many("auth_chain", click.Choice(list(cfg.AUTH_PROVIDERS)), "PROVIDER",
+          "Providers to try, in order, repeatable: cert, jwt, htpasswd, helper; the first that knows the user "
+          "decides.  [default: every configured one, in that order]"),
+    _text("auth_helper", "", "Squid basic auth helper command line (auth_param basic program), e.g. "
+          "'/usr/lib/squid/basic_ncsa_auth /etc/squid/passwd'.", "CMD", show=False),
+    _count("auth_helper_children", 1, cfg.DEFAULT_AUTH_HELPER_CHILDREN, "Auth helper processes to run."),
+    _count("auth_helper_concurrency", 0, cfg.DEFAULT_AUTH_HELPER_CONCURRENCY,
+           "Requests each auth helper takes at once, with channel IDs (0: one at a time, no IDs)."),
+    _seconds("auth_helper_ttl", cfg.DEFAULT_AUTH_HELPER_TTL, "Remember a helper's OK this long (credentialsttl)."),
+    _seconds("auth_helper_negative_ttl", cfg.DEFAULT_AUTH_HELPER_NEGATIVE_TTL,
+             "Remember a helper's ERR this long (0: ask again every time)."),
+    Opt("auth_helper_timeout", click.FloatRange(min=0, min_open=True), cfg.DEFAULT_AUTH_HELPER_TIMEOUT,
+        "A helper that takes longer is killed and restarted; the client gets 503."),
+    _text("external_acl_helper", "", "Squid external ACL helper command line, asked 'user client host port' per "
+          "tunnel after the rules; ERR refuses (403).", "CMD", show=False),
+    _count("external_acl_children", 1, cfg.DEFAULT_EXTERNAL_ACL_CHILDREN, "External ACL helper processes to run."),
+    _seconds("external_acl_ttl", cfg.DEFAULT_EXTERNAL_ACL_TTL, "Remember the external ACL's OK this long."),
+    _seconds("external_acl_negative_ttl", cfg.DEFAULT_EXTERNAL_ACL_NEGATIVE_TTL,
+             "Remember the external ACL's ERR this long."),
+    _text("auth_jwks", "", "JWKS file of the keys signed tokens (JWT) are verified with; tokens come as "
+          "Proxy-Authorization: Bearer or as the Basic password (needs the 'jwt' extra).", "PATH", show=False),
+    _text("auth_jwt_issuer", "", "The iss every token must carry.", show=False),
+    _text("auth_jwt_audience", "", "The aud every token must carry.", show=False),
+    _text("auth_jwt_claim", cfg.DEFAULT_AUTH_JWT_CLAIM, "The claim naming the user."),
+    _text("auth_jwt_group_claim", "", "A claim naming the user's group ([groups.NAME] rules).", show=False),
+    _many("auth_jwt_algorithms", click.Choice(list(cfg.JWT_ALGORITHMS)), "ALG",
+          "Signature algorithms accepted, repeatable ('none' never).  [default: RS256, ES256]",
+          cfg.DEFAULT_AUTH_JWT_ALGORITHMS),
     _text("tls_cert", "", "Certificate chain: every listener speaks TLS (HTTPS proxy).", "PEM", show=False),
     _text("tls_key", "", "Private key for --tls-cert.", "PEM", show=False),
+    _text("tls_client_ca", "", "CA bundle client certificates are verified against: a certificate names "
+          "the user (the provider 'cert').", "PEM", show=False),
+    _text("tls_client_crl", "", "CRL file (PEM) for --tls-client-ca: revoked certificates fail the handshake.",
+          "PEM", show=False),
+    _choice("tls_client_cert", ["optional", "required"], cfg.DEFAULT_TLS_CLIENT_CERT,
+            "optional: a client without a certificate goes to the next provider; required: it is refused."),
+    _choice("tls_client_identity", list(cfg.TLS_CLIENT_IDENTITIES), cfg.DEFAULT_TLS_CLIENT_IDENTITY,
+            "The certificate's user: subject CN, first subject OU, or first SAN URI (a SPIFFE ID)."),
     _count("h2_max_streams", 1, cfg.DEFAULT_H2_MAX_STREAMS,
            "Concurrent CONNECT streams per HTTP/2 client connection (SETTINGS_MAX_CONCURRENT_STREAMS)."),
     Opt("h2_window_bytes", click.IntRange(min=65_535, max=2**31 - 1), cfg.DEFAULT_H2_WINDOW_BYTES,
@@ -178,10 +214,11 @@ OPTIONS: tuple[Opt, ...] = (
 )
 # fmt: on
 BY_NAME = {opt.name: opt for opt in OPTIONS}
-#: Config fields only the config file sets (its ``[users.NAME]`` tables): no option.
-FILE_ONLY = ("users",)
-#: Where the eager --config callback leaves the file's user tables for ``serve``.
+#: Config fields only the config file sets (its ``[users.NAME]`` and ``[groups.NAME]`` tables): no option.
+FILE_ONLY = ("users", "groups")
+#: Where the eager --config callback leaves the file's user and group tables for ``serve``.
 USERS_META_KEY = "gconnect.users"
+GROUPS_META_KEY = "gconnect.groups"
 
 
 def _use_config_file(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
@@ -192,6 +229,7 @@ def _use_config_file(ctx: click.Context, param: click.Parameter, path: str | Non
         except ConfigFileError as exc:
             raise click.BadParameter(str(exc), ctx=ctx, param_hint="'--config'") from None
         ctx.meta[USERS_META_KEY] = user_rules(values.pop("users", {}))
+        ctx.meta[GROUPS_META_KEY] = user_rules(values.pop("groups", {}))
         ctx.default_map = {**(ctx.default_map or {}), **values}
     return path
 
@@ -219,7 +257,7 @@ _COMMAND = click.Command("serve", params=list(_PARAMS.values()))
 def build_config(**options: Any) -> cfg.Config:
     """The Config from the serve command's options (click has converted them),
     and ``users`` (the config file's tables, see :func:`user_rules`) if given."""
-    values: dict[str, Any] = {"users": options["users"]} if options.get("users") else {}
+    values: dict[str, Any] = {name: options[name] for name in FILE_ONLY if options.get(name)}
     for field in dataclasses.fields(cfg.Config):
         if field.name in options and field.name not in FILE_ONLY:
             value = options[field.name]
@@ -251,8 +289,8 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 
 def user_rules(tables: dict[str, dict[str, list[Any]]]) -> tuple[cfg.UserRules, ...]:
-    """:class:`~gconnect.config.UserRules` from the file's ``[users.NAME]``
-    tables (values checked by :func:`read_config_file` already)."""
+    """:class:`~gconnect.config.UserRules` from the file's ``[users.NAME]`` (or
+    ``[groups.NAME]``) tables (values checked by :func:`read_config_file` already)."""
     context = click.Context(_COMMAND)
 
     def cast(name: str, value: Any) -> Any:
@@ -272,9 +310,10 @@ def config_from_file(path: str, overrides: dict[str, Any]) -> cfg.Config:
     """
     values = read_config_file(path)
     users = user_rules(values.pop("users", {}))
+    groups = user_rules(values.pop("groups", {}))
     converted = _COMMAND.make_context("serve", [], default_map=values).params
     converted.update(overrides)
-    return build_config(**converted, users=users)
+    return build_config(**converted, users=users, groups=groups)
 
 
 def given_on_command_line(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:

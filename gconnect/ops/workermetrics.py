@@ -107,6 +107,7 @@ def empty_snapshot() -> dict[str, Any]:
         "access_log_dropped_lines": 0,
         "would_deny": [],
         "tls_name_checks": [],
+        "auth_helper_failures": [],
         "rss_bytes": 0,
         "cpu_seconds": 0.0,
         "open_fds": 0,
@@ -135,6 +136,10 @@ def add_counters(into: dict[str, Any], snap: dict[str, Any]) -> None:
     for outcome, action, count in snap.get("tls_name_checks", []):
         checks[(outcome, action)] = checks.get((outcome, action), 0) + count
     into["tls_name_checks"] = [[*key, count] for key, count in sorted(checks.items())]
+    failures = {(helper, kind): count for helper, kind, count in into["auth_helper_failures"]}
+    for helper, kind, count in snap.get("auth_helper_failures", []):
+        failures[(helper, kind)] = failures.get((helper, kind), 0) + count
+    into["auth_helper_failures"] = [[*key, count] for key, count in sorted(failures.items())]
     tried = {(pool, url, outcome): count for pool, url, outcome, count in into["upstream_tunnels"]}
     # .get: a worker of the previous release (during an upgrade) writes no upstream figures.
     for pool, url, outcome, count in snap.get("upstream_tunnels", []):

@@ -79,6 +79,10 @@ class ClientSide(Protocol):
     def stream_id(self) -> int | None:
         """The HTTP/2 stream (0: the connection itself), or None for a connection's only request."""
 
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The client certificate the TLS handshake verified (``SSLObject.getpeercert()``),
+        None or empty without one; a stream answers with its connection's."""
+
     def admit(self) -> Callable[[], str] | None:
         """Make sure the client may be served at all (loop check, PROXY header,
         TLS handshake; for a stream, that its connection is still there).
@@ -173,6 +177,10 @@ class ClientConnection:
             self.tls = TLSSession(self.sock, services.tls_context)
             self.tls.handshake(self.reader(), self.writer(), self.deadline)
             self.alpn = self.tls.ssl.selected_alpn_protocol()
+
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The client certificate the TLS handshake verified; None on a plain listener or without one."""
+        return self.tls.ssl.getpeercert() if self.tls is not None else None
 
     def read_proxy_header(self) -> None:
         """Read the load balancer's PROXY header: from here on the client is the one it names."""

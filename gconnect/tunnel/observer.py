@@ -10,7 +10,10 @@ it. Observers run in the hub or the tunnel's greenlet: they must not block.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..auth.identity import Identity
 
 
 class SideRecord(Protocol):
@@ -32,6 +35,8 @@ class TunnelRecord(Protocol):
     address: tuple
     #: The authenticated user, or None.
     user: str | None
+    #: Who vouched for the user (its ``provider``: htpasswd, helper, jwt, cert), or None.
+    identity: Identity | None
     #: ``host:port`` asked for ("-" before the request was read).
     target: str
     #: The address connected to ("-" before the dial).

@@ -38,6 +38,7 @@ class Policy:
         "_ports",
         "_verdicts",
         "_wildcard_ports",
+        "groups",
         "hosts",
         "report",
         "tls_name_check",
@@ -60,12 +61,14 @@ class Policy:
         self.tls_name_ports = config.tls_name_check_ports
         #: user name -> that user's Policy (chosen after authentication).
         self.users = {rules.name: Policy(config.for_user(rules)) for rules in config.users}
+        #: group name -> that group's Policy (a provider named the group: helper group=, token claim, OU).
+        self.groups = {rules.name: Policy(config.for_user(rules)) for rules in config.groups}
         self.set_listening(listening)
 
     def set_listening(self, addresses: Iterable[tuple[str, int]]) -> None:
         """Record the proxy's own bound addresses: a tunnel to one is a loop."""
         addresses = list(addresses)
-        for policy in self.users.values():
+        for policy in (*self.users.values(), *self.groups.values()):
             policy.set_listening(addresses)
         self._listening = set()
         self._wildcard_ports = set()
@@ -76,6 +79,14 @@ class Policy:
                 self._wildcard_ports.add(port)
             else:
                 self._listening.add((version, value, port))
+
+    def for_identity(self, user: str, group: str | None) -> Policy:
+        """The policy for *user*: their own ``[users.NAME]`` table, else their
+        group's ``[groups.NAME]`` table, else this one."""
+        policy = self.users.get(user)
+        if policy is None and group is not None:
+            policy = self.groups.get(group)
+        return self if policy is None else policy
 
     def check_port(self, port: int) -> None:
         """Raise PolicyDeniedError unless *port* is in an allowed range."""

@@ -2,7 +2,7 @@
 
 :class:`TunnelServices` is what a :class:`~gconnect.tunnel.tunnel.Tunnel` and
 its client side see of the process: the configuration, the policy, the
-limits, the authenticator, the resolver, the router of parent pools, the
+limits, the authenticator and the external ACL helper, the resolver, the router of parent pools, the
 movers, the relay's deadlines, the hang-up watch, the observer that counts and
 logs, the loop check's memory, the open tunnels, the TLS context and the table
 of protocols a TLS client may pick by ALPN. A tunnel never sees the proxy that
@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import ssl
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gevent import get_hub
 from gevent.event import Event
@@ -41,6 +41,9 @@ from .relay import HangupWatch, RelayLimits
 from .resolver import Resolver
 from .tls import DecryptMover, EncryptMover, server_context
 
+if TYPE_CHECKING:
+    from ..auth.helperprovider import ExternalAcl
+
 #: --relay auto copies reads up to this size and hands a direction whose read
 #: fills it to splice. 64 KiB holds a request or a small answer whole; bursts of
 #: 50 bulk tunnels copying 512 KiB each before switching stalled other tunnels'
@@ -52,6 +55,16 @@ AUTO_COPY_BYTES = 64 * 1024
 #: and the services in the connection's greenlet once the handshake is done,
 #: it serves the connection to its end and returns the end reason.
 ConnectionProtocol = Callable[[Any, "TunnelServices"], str]
+
+
+def external_acl(config: Config) -> ExternalAcl | None:
+    """The external ACL helper's client, or None; imported only when configured
+    (a proxy without one loads no subprocess machinery)."""
+    if not config.external_acl_helper:
+        return None
+    from ..auth.helperprovider import ExternalAcl
+
+    return ExternalAcl(config)
 
 
 class OpenTunnel(Protocol):
@@ -130,6 +143,8 @@ class TunnelServices:
     policy: Policy
     limits: ClientLimits
     auth: Authenticator | None
+    #: The external ACL helper asked after the rules (--external-acl-helper); None without one.
+    external_acl: ExternalAcl | None
     resolver: Resolver
     #: Pools of parent proxies and the routes to them; None when every tunnel goes direct.
     router: Router | None
@@ -172,7 +187,8 @@ class TunnelServices:
             config=config,
             policy=Policy(config),
             limits=ClientLimits(config.max_clients, config.max_clients_per_ip),
-            auth=Authenticator(config) if config.auth_file else None,
+            auth=Authenticator(config) if config.auth_providers() else None,
+            external_acl=external_acl(config),
             resolver=resolver,
             router=Router(config, resolver, source) if config.upstream or config.routes else None,
             source=source,

@@ -48,11 +48,21 @@ _RECORD_BYTES = 16 * 1024
 def server_context(config: Config, alpn: Sequence[str] = ("http/1.1",)) -> ssl.SSLContext:
     """The listener's context: Python's defaults for a server (TLS 1.2 and up,
     the ssl module's cipher selection), with the configured certificate chain,
-    offering the *alpn* protocols in that order. Raises OSError/ssl.SSLError
-    if the files cannot be loaded."""
+    offering the *alpn* protocols in that order, and client certificates asked
+    for (verified against --tls-client-ca and its CRL) when configured. Raises
+    OSError/ssl.SSLError if the files cannot be loaded."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(config.tls_cert, config.tls_key)
+    if config.tls_client_ca:
+        # Only this bundle: a server context loads no system CAs, and must not,
+        # or any publicly issued certificate would name a user.
+        context.load_verify_locations(cafile=config.tls_client_ca)
+        if config.tls_client_crl:
+            context.load_verify_locations(cafile=config.tls_client_crl)
+            # The leaf's issuer must have a CRL in the file: a missing one fails closed.
+            context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        context.verify_mode = ssl.CERT_REQUIRED if config.tls_client_cert == "required" else ssl.CERT_OPTIONAL
     # Only what something here serves: HTTP/2 when its server is in the table
     # (many tunnels on one connection, RFC 9113 §8.5), HTTP/1.1 for the rest;
     # a client without ALPN gets HTTP/1.1.

@@ -4,8 +4,8 @@
 
     admit         the client side's way in (loop check, PROXY header, TLS), limits -> 400 / 403 / 429 / 503
     read request  one deadline from accept; the side's parser                      -> 400 / 405 / 408 / 431 / 505
-    authenticate  Basic, cached, bcrypt in the thread pool                         -> 407 / 429
-    check         port, name rules, the user's rules, the route                    -> 403
+    authenticate  the provider chain (file, helper, token, certificate), cached   -> 407 / 429 / 503
+    check         port, name rules, the user's or group's rules, external ACL, route -> 403 / 503
     resolve       IP literals skip DNS; every address checked                      -> 403 / 502 / 504
     dial          Happy Eyeballs, or a pool of parents                             -> 502 / 503 / 504
     answer        the 200 (the point of no return)
@@ -43,6 +43,7 @@ from .dial import open_connection
 from .limits import client_key
 
 if TYPE_CHECKING:
+    from ..auth.identity import Identity
     from .client import ClientSide, RelayHandle
     from .dial import Connection
     from .head import ConnectRequest
@@ -57,7 +58,7 @@ class Tunnel:
 
     Its public attributes are what observers read (the access log, the
     metrics): ``address`` (the client, or the one a PROXY header names),
-    ``user``, ``target`` (``host:port`` asked for), ``dialled`` (the address
+    ``user``, ``identity`` (who vouched for the user), ``target`` (``host:port`` asked for), ``dialled`` (the address
     connected to), ``via`` (the parent proxy's URL), ``status`` (0 until
     answered), ``end_reason``, ``would_deny``, ``bytes_up``/``bytes_down``,
     ``side`` (``protocol``, ``stream_id``) and the monotonic times
@@ -71,6 +72,8 @@ class Tunnel:
     target = "-"
     dialled = "-"
     user: str | None = None
+    #: Who the authenticator found (user, provider, group); None without authentication.
+    identity: Identity | None = None
     via: str | None = None
     #: The pool of parent proxies carrying this tunnel (None: direct), and the parent in it that does.
     pool: Pool | None = None
@@ -178,24 +181,31 @@ class Tunnel:
         return request
 
     def authenticate(self, request: ConnectRequest) -> None:
-        """Who the client is, if the proxy asks (407/429 otherwise)."""
+        """Who the client is, if the proxy asks (407/429/503 otherwise): the
+        chain reads Proxy-Authorization and the client side's verified certificate."""
         auth = self.services.auth
         if auth is not None:
             values = [v for k, v in request.headers if k.lower() == b"proxy-authorization"]
-            self.user = auth.authenticate(values, self.who)
+            identity = self.identity = auth.identify(values, self.who, self.side.peer_certificate())
+            self.user = identity.user
 
     def check(self, request: ConnectRequest) -> None:
-        """The user's policy, the port rule, the name rules (before any DNS
-        lookup, so a refused name is never queried), and which pool of parent
-        proxies (if any) carries this tunnel."""
+        """The user's (or their group's) policy, the port rule, the name rules
+        (before any DNS lookup, so a refused name is never queried), the
+        external ACL helper, and which pool of parent proxies (if any) carries
+        this tunnel."""
         policy = self.policy
-        if policy.users and self.user is not None:
-            policy = self.policy = policy.users.get(self.user, policy)
+        identity = self.identity
+        if identity is not None and (policy.users or policy.groups):
+            policy = self.policy = policy.for_identity(identity.user, identity.group)
         policy.check_port(request.port)
         if policy.hosts is not None:
             self.would_deny = policy.check_host(request.host, request.family)
             if self.would_deny:
                 self.services.observer.would_deny(self, self.would_deny)
+        external_acl = self.services.external_acl
+        if external_acl is not None:
+            external_acl.check(identity, self.address[0], request.host, request.port)
         router = self.services.router
         if router is not None:
             self.pool = router.route(request.host, request.family)

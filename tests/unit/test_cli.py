@@ -22,9 +22,9 @@ pytestmark = pytest.mark.timeout(60)
 def test_every_config_field_has_an_option_of_the_same_name():
     # --config says where the other options come from; it is not a setting itself.
     options = {p.name for p in serve.params if isinstance(p, click.Option)} - {"config"}
-    # The config file's [users.NAME] tables are the one setting with no option.
+    # The config file's [users.NAME] and [groups.NAME] tables are the settings with no option.
     fields = {f.name for f in dataclasses.fields(Config)} - set(FILE_ONLY)
-    assert FILE_ONLY == ("users",)
+    assert FILE_ONLY == ("users", "groups")
     assert options == fields
 
 

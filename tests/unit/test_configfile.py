@@ -99,5 +99,5 @@ def test_render_covers_every_field():
     from gconnect.config import Config
 
     rendered = configfile.render(Config())
-    # users are [users.NAME] tables, none here.
-    assert rendered.count("\n") == len(Config.__dataclass_fields__) - 1
+    # users and groups are [users.NAME] and [groups.NAME] tables, none here.
+    assert rendered.count("\n") == len(Config.__dataclass_fields__) - 2

@@ -17,7 +17,7 @@ import gevent
 import pytest
 from gevent.event import Event
 
-from gconnect.config import Config
+from gconnect.config import Config, UserRules
 from gconnect.errors import GConnectError
 from gconnect.tunnel.head import ConnectRequest
 from gconnect.tunnel.namecheck import UNRECOGNIZED_NAME_ALERT
@@ -54,9 +54,15 @@ class ScriptedSide:
     stream_id = None
 
     def __init__(
-        self, request: ConnectRequest | None, *, hold: Event | None = None, ahead: tuple[bytes | None, ...] = ()
+        self,
+        request: ConnectRequest | None,
+        *,
+        hold: Event | None = None,
+        cert: dict[str, Any] | None = None,
+        ahead: tuple[bytes | None, ...] = (),
     ) -> None:
         self.address = ("127.0.0.9", 40000)
+        self.cert = cert
         self.request = request
         self.hold = hold
         #: What read_ahead answers in turn (bytes, b"" at EOF, None past the deadline).
@@ -70,6 +76,9 @@ class ScriptedSide:
 
     def admit(self) -> None:
         self.calls.append("admit")
+
+    def peer_certificate(self) -> dict[str, Any] | None:
+        return self.cert
 
     def read_request(self) -> ConnectRequest:
         self.calls.append("read_request")
@@ -301,6 +310,32 @@ def test_cancel_after_the_answer_changes_nothing(target):
     assert tunnel.status == 200 and len(services.tunnels) == 1 and recorder.events[-1][0] == "opened"
     side.relay.abort("client_eof")  # type: ignore[union-attr]
     assert recorder.events[-1] == ("closed", (200, "client_eof"))
+
+
+# Who is asking: the authenticate and check steps with the provider chain
+
+
+def test_a_certificates_identity_chooses_its_groups_rules(target, proxy_cert, ca_file):
+    recorder = Recorder()
+    port = target.getsockname()[1]
+    settings = {
+        "tls_cert": proxy_cert[0],
+        "tls_key": proxy_cert[1],
+        "tls_client_ca": str(ca_file),
+        "allow_dest": LOOPBACK,
+        "allow_port": ((1, 1),),
+        "groups": (UserRules("staff", allow_port=((port, port),)),),
+    }
+    cert = {"subject": ((("organizationalUnitName", "staff"),), (("commonName", "svc-a"),))}
+    side = ScriptedSide(request_for(port), cert=cert)
+    tunnel = Tunnel(services_for(recorder, **settings), side)
+    run(tunnel)
+    assert tunnel.status == 200 and tunnel.user == "svc-a"
+    assert tunnel.identity is not None and (tunnel.identity.provider, tunnel.identity.group) == ("cert", "staff")
+    side.relay.abort("client_eof")  # type: ignore[union-attr]
+    other = ScriptedSide(request_for(port), cert={"subject": ((("commonName", "svc-b"),),)})
+    run(Tunnel(services_for(recorder, **settings), other))
+    assert other.refused is not None and other.refused.status == 403  # no group: the global port rule
 
 
 @pytest.mark.parametrize("mode", ["enforce", "report"])

@@ -102,6 +102,8 @@ class H2Session:
         self.sock = conn.sock
         assert conn.tls is not None
         self.tls = conn.tls
+        #: The client certificate the handshake verified: every stream's identity, read once.
+        self.peer_certificate = conn.peer_certificate()
         self.loop = services.loop
         config = services.config
         # Header validation is parse_h2_connect's: h2's would make a malformed

@@ -61,6 +61,8 @@ class StreamConnection(Protocol):
     loop: Any
     #: True once the connection ended: streams write nothing more.
     closed: bool
+    #: The client certificate the connection's handshake verified (None or empty: none).
+    peer_certificate: dict[str, Any] | None
     #: A buffer of ``chunk_bytes`` (and a view of it) the streams read their targets into.
     scratch: bytearray
     view: memoryview
@@ -118,6 +120,10 @@ class H2StreamSide:
         """The connection did the TLS: only make sure it is still there."""
         if self.session.closed:
             raise StreamResetError("the connection ended before the stream was served")
+
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The connection's certificate: the identity holds for every stream on it."""
+        return self.session.peer_certificate
 
     def read_request(self) -> ConnectRequest:
         """The request the stream's HEADERS carry."""
