@@ -200,7 +200,21 @@ class Proxy:
             self.auth.reload()
 
     #: What SIGHUP can change; everything else needs a restart.
-    RELOADABLE = ("allow_port", "allow_dest", "deny_dest", "allow_host", "deny_host", "host_rules_mode", "users")
+    RELOADABLE = (
+        "allow_port",
+        "allow_dest",
+        "deny_dest",
+        "allow_host",
+        "deny_host",
+        "host_rules_mode",
+        "users",
+        "forward_http",
+        "forward_port",
+        "via_name",
+        "forwarded_for",
+        "log_path",
+        "proxy_pac",
+    )
 
     def reload(self, new: Config) -> None:
         """Apply *new*'s policy (ports, destinations, names, users' tables) to tunnels that start from
