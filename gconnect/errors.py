@@ -321,3 +321,19 @@ class ResponseTimeoutError(UpstreamError):
     reason = "Gateway Timeout"
     code = "response_timeout"
     proxy_status = "http_response_timeout"
+
+
+class ResponseIncompleteError(UpstreamError):
+    """The origin closed (or reset) the connection before its response head was complete."""
+
+    status = 502
+    code = "upstream_reset"
+    proxy_status = "http_response_incomplete"
+
+
+class BodyTimeoutError(ClientError):
+    """The client stopped sending its request body for longer than the idle limit."""
+
+    status = 408
+    reason = "Request Timeout"
+    code = "idle_timeout"

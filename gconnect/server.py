@@ -29,6 +29,7 @@ from .ops.accesslog import AccessLog, open_access_log
 from .ops.configfile import user_table_warnings
 from .ops.metrics import MetricsServer, ProxyCollector, Stats
 from .tunnel.dial import SourceAddresses
+from .tunnel.forward.upstream import IdleConnections
 from .tunnel.limits import ClientLimits
 from .tunnel.movers import CopyMover, Mover, PipePool, SpliceMover, splice_supported
 from .tunnel.policy import Policy
@@ -101,6 +102,8 @@ class Proxy:
             self.source.check()
         #: Pools and routes; None when every tunnel goes direct.
         self.router = Router(config, self.resolver, self.source) if config.upstream or config.routes else None
+        #: Idle connections to origins, kept for forwarded requests to reuse.
+        self.forward_idle = IdleConnections(config.forward_idle_timeout, config.forward_idle_per_destination)
         self.metrics: MetricsServer | None = None
         self.metrics_address: tuple[str, int] | None = None
         self.bound: list[tuple[str, int]] = []
@@ -263,6 +266,7 @@ class Proxy:
                 elif tunnel.greenlet is not None and not tunnel.greenlet.dead:
                     kill_greenlet(tunnel.greenlet)
             self._no_tunnels.wait(KILL_WAIT_SECONDS)
+        self.forward_idle.close()
         if self.hangups is not None:
             self.hangups.close()
         if self.pipes is not None:

@@ -1,4 +1,6 @@
-"""The access log: one record per client, from the tunnel's attributes.
+"""The access log: one record per client (per request for forwarded
+http:// requests, with ``method``, ``scheme`` and, with ``--log-path``,
+``path``), from the tunnel's attributes.
 
 ``text`` (the default) is one ``key=value`` line per client, written when it
 is done (Squid's and nginx's habit). ``json`` writes one object per line:
@@ -33,6 +35,11 @@ def fmt_addr(address: object) -> str:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(address)
+
+
+def _quote_path(path: str) -> str:
+    """A path as one token of a key=value line: spaces, quotes and controls escaped."""
+    return "".join(ch if "!" <= ch <= "~" and ch not in '"\\' else f"%{ord(ch):02X}" for ch in path)
 
 
 def _since(start: float, moment: float) -> float | None:
@@ -86,6 +93,12 @@ class TextAccessLog(AccessLog):
         user = log_safe(tunnel.user) if tunnel.user else "-"
         # HTTP/2: the stream (0: the connection itself); HTTP/1.1 lines are as they were.
         h2 = "" if tunnel.stream_id is None else f" proto=h2 stream={tunnel.stream_id}"
+        # A forwarded http:// request: its method (and its path, when --log-path asks).
+        method = getattr(tunnel, "method", None)
+        if method is not None:
+            h2 += f" method={method} scheme={tunnel.scheme}"
+            if tunnel.path is not None:
+                h2 += f" path={_quote_path(tunnel.path)}"
         self.file.write(
             f"client={f'[{host}]' if ':' in host else host}:{port} user={user} target={tunnel.target} "
             f"addr={tunnel.dialled} via={tunnel.via or '-'} status={tunnel.status} "
@@ -117,6 +130,12 @@ class JsonAccessLog(AccessLog):
         if tunnel.stream_id is not None:
             fields["proto"] = "h2"
             fields["stream"] = tunnel.stream_id
+        method = getattr(tunnel, "method", None)
+        if method is not None:
+            fields["method"] = method
+            fields["scheme"] = tunnel.scheme
+            if tunnel.path is not None:
+                fields["path"] = tunnel.path
         return fields
 
     def _write(self, event: str, fields: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ metric) would cost a file write on every increment instead.
 from __future__ import annotations
 
 import logging
+import time
 from bisect import bisect_left as _bucket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 #: Seconds from accept to the 200: a loopback tunnel set-up is ~100 µs, a
 #: cached-DNS one to a near host 1-20 ms, a cold one 50 ms to the DNS timeout.
 HANDSHAKE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Seconds per forwarded request, head received to response sent: a cached
+#: loopback GET is ~200 µs, a small page over the internet 20-500 ms.
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: Statuses that mean a limit refused the client (429 per-client
 #: limits, 503 when the proxy is full).
 LIMIT_STATUSES = (429, 503)
@@ -41,6 +45,9 @@ class Stats:
         "handshake_counts",
         "handshake_sum",
         "outcomes",
+        "request_counts",
+        "request_outcomes",
+        "request_sum",
         "tunnels_open",
         "would_deny_counts",
     )
@@ -55,6 +62,10 @@ class Stats:
         self.handshake_sum = 0.0
         #: Report mode: name-rule reason -> tunnels let through that it would have refused
         self.would_deny_counts: dict[str, int] = {}
+        #: Forwarded requests: (status, reason) -> count, and their durations.
+        self.request_outcomes: dict[tuple[int, str], int] = {}
+        self.request_counts = [0] * (len(REQUEST_BUCKETS) + 1)
+        self.request_sum = 0.0
 
     def opened(self, handshake_seconds: float) -> None:
         """A tunnel got its 200 after *handshake_seconds*."""
@@ -79,6 +90,17 @@ class Stats:
         if bytes_down:
             self.bytes_down += bytes_down
 
+    def forwarded(self, record: Any) -> None:
+        """A forwarded request is done (answered, refused or cut off)."""
+        outcomes = self.request_outcomes
+        key = (record.status, record.reason)
+        outcomes[key] = outcomes.get(key, 0) + 1
+        seconds = time.monotonic() - record.started
+        self.request_counts[_bucket(REQUEST_BUCKETS, seconds)] += 1
+        self.request_sum += seconds
+        self.bytes_up += record.bytes_up
+        self.bytes_down += record.bytes_down
+
 
 def snapshot(proxy: Any) -> dict[str, Any]:
     """The proxy's figures as plain JSON-able data: what one scrape shows, and
@@ -92,6 +114,9 @@ def snapshot(proxy: Any) -> dict[str, Any]:
         "bytes_down": stats.bytes_down,
         "handshake_counts": list(stats.handshake_counts),
         "handshake_sum": stats.handshake_sum,
+        "request_outcomes": [[status, reason, n] for (status, reason), n in sorted(stats.request_outcomes.items())],
+        "request_counts": list(stats.request_counts),
+        "request_sum": stats.request_sum,
         "dns_lookups": proxy.resolver.lookups,
         "dns_cache_hits": proxy.resolver.cache_hits,
         "policy_generation": proxy.generation,
@@ -167,6 +192,30 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
         would_deny.add_metric((str(reason),), count)
     yield would_deny
     yield from upstream_families(snap)
+    yield from request_families(snap)
+
+
+def request_families(snap: dict[str, Any]) -> Iterator[Any]:
+    """Forwarded plain-HTTP requests: how they ended, and how long they took."""
+    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+    requests = CounterMetricFamily(
+        "gconnect_requests", "Forwarded http:// requests, by status and reason", labels=("status", "reason")
+    )
+    for status, reason, count in snap.get("request_outcomes", []):
+        requests.add_metric((str(status), str(reason)), count)
+    yield requests
+    buckets, cumulative = [], 0
+    counts = snap.get("request_counts") or [0] * (len(REQUEST_BUCKETS) + 1)
+    for bound, count in zip((*REQUEST_BUCKETS, float("inf")), counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    yield HistogramMetricFamily(
+        "gconnect_request_seconds",
+        "Forwarded request, head received to response sent",
+        buckets=buckets,
+        sum_value=snap.get("request_sum", 0.0),
+    )
 
 
 def upstream_families(snap: dict[str, Any]) -> Iterator[Any]:

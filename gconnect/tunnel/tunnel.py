@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ClientClosedError, GConnectError, HeadTimeoutError, LoopDetectedError
 from . import proxyproto
 from .dial import Connection, fmt, open_connection
+from .forward.request import FirstHeadParser, ForwardRequest
 from .head import RESPONSE_200, ConnectRequest, RequestParser, proxy_status, render_error
 from .limits import client_key
 from .relay import Relay
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 #: Bytes asked of recv() while reading the head: a typical head and a TLS
 #: ClientHello sent right behind it fit in one read.
 HEAD_RECV_BYTES = 8192
+#: Bytes asked of recv() for a forwarded request's body (as for the origin's side).
+FORWARD_RECV_BYTES = 64 * 1024
 #: After an error response, read and discard what the client still sends for at
 #: most this long / this much, so closing does not turn into a reset that
 #: destroys the response in flight (Apache's lingering close waits up to 2 s).
@@ -98,6 +101,8 @@ class Tunnel:
     #: HTTP/2 (ALPN h2): the connection's session, and the stream id (0 for the connection itself).
     h2: Any = None
     stream_id: int | None = None
+    #: Serving forwarded requests: each is its own access-log record, so the connection writes none.
+    forwarding = False
 
     def __init__(self, proxy: Proxy, client: _socket.socket, address: tuple) -> None:
         self.proxy = proxy
@@ -119,6 +124,15 @@ class Tunnel:
                 self.close()
                 return
             request = self.read_head()
+            if isinstance(request, ForwardRequest):
+                early = self.forward(request)
+                if early is None:
+                    self.close()
+                    return
+                # A CONNECT followed the forwarded requests: a tunnel from here on.
+                self._early = early
+                request = self.read_head()
+                assert isinstance(request, ConnectRequest)
             self.authenticate(request)
             self.check(request)
             addresses = self.resolve(request)
@@ -182,19 +196,66 @@ class Tunnel:
                 self._early = data[length:]
                 return
 
-    def read_head(self) -> ConnectRequest:
-        """The request head, by the header deadline."""
-        parser = RequestParser(self.proxy.config.max_header_bytes)
-        data = self._early
+    def read_head(self) -> ConnectRequest | ForwardRequest:
+        """The request head, by the header deadline: a CONNECT, or (with
+        --forward-http on) a plain HTTP request to forward."""
+        config = self.proxy.config
+        forwarding = config.forward_http == "on" and not self.forwarding
+        parser = FirstHeadParser(config.max_header_bytes) if forwarding else RequestParser(config.max_header_bytes)
+        self._deadline = self._loop.now() + config.header_timeout if self.forwarding else self._deadline
+        data, self._early = self._early, b""
         while True:
             if data:
                 request = parser.feed(data)
                 if request is not None:
-                    self.target = request.target
+                    if isinstance(request, ConnectRequest):
+                        self.target = request.target
                     return request
             data = self._recv_client("request head")
             if not data:
                 raise ClientClosedError("connection closed before the request head was complete")
+
+    def forward(self, request: ForwardRequest) -> bytes | None:
+        """Serve plain HTTP requests on this connection (one access-log record
+        each); the bytes of a CONNECT that followed them, or None when done."""
+        from .forward.context import ForwardContext
+        from .forward.session import ForwardSession
+
+        proxy = self.proxy
+        config = proxy.config
+        self.forwarding = True
+        ctx = ForwardContext(
+            config=config,
+            policy=lambda: proxy.policy,
+            auth=proxy.auth,
+            resolver=proxy.resolver,
+            router=proxy.router,
+            source=proxy.source,
+            own_connections=proxy.own_connections,
+            stats=proxy.stats,
+            access_log=proxy.access_log,
+            idle=proxy.forward_idle,
+            address=self.address,
+            who=self.who,
+            tls=self.tls is not None,
+        )
+        lifetime = config.max_tunnel_lifetime
+        ends_at = self._loop.now() + lifetime if lifetime else float("inf")
+        early = ForwardSession(ctx, self, ends_at).serve(request)
+        self.forwarding = early is None
+        return early
+
+    # The client connection as forwarding uses it (forward.context.ClientStream).
+
+    def recv_nowait(self) -> bytes:
+        """What the client sent (plaintext), b"" at EOF; BlockingIOError if nothing yet."""
+        return self.tls.recv() if self.tls is not None else self.client.recv(FORWARD_RECV_BYTES)  # type: ignore[no-any-return]
+
+    def client_reader(self) -> Any:
+        return self._reader()
+
+    def send(self, data: bytes, deadline: float) -> bool:
+        return self._send_client(data, deadline)
 
     def authenticate(self, request: ConnectRequest) -> None:
         """Who the client is, if the proxy asks (407/429 otherwise)."""
@@ -361,6 +422,8 @@ class Tunnel:
             upstream.sock.close()
         self.client.close()
         proxy.tunnel_closed(self)
+        if self.forwarding:
+            return
         proxy.stats.closed(self.status, self.reason, self.bytes_up, self.bytes_down)
         if proxy.access_log is not None:
             proxy.access_log.closed(self)

@@ -1,0 +1,169 @@
+"""The forwarded requests of one client connection, answered in order.
+
+A client may keep its connection and send requests one after another, or
+pipeline them (apt does): each is read only once the previous response is
+complete, so responses leave in request order, and what a client sends ahead
+simply waits in the socket. A CONNECT after forwarded requests ends the
+session and hands its bytes back to the tunnel. Origin-form requests are for
+the proxy itself: ``/proxy.pac`` when enabled, 404 otherwise.
+
+Every request, refused or forwarded, leaves one :class:`~.context.RequestRecord`
+for the access log and the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from gevent import get_hub
+
+from ...errors import GConnectError, HeadTimeoutError, NotFoundError
+from ..waiting import wait
+from .context import ClientStream, ForwardContext, RequestRecord
+from .exchange import Exchange
+from .fields import values
+from .pac import pac_file
+from .render import own_response
+from .request import ForwardRequest, ForwardRequestParser, is_connect
+
+log = logging.getLogger(__name__)
+
+#: How long a client's connection may sit idle between requests (Squid's
+#: client_idle_pconn_timeout is 2 minutes; nginx keepalive_timeout 75 s).
+CLIENT_IDLE_SECONDS = 120.0
+_AUTHORITY = re.compile(rb"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
+
+
+class ForwardSession:
+    """Serves forwarded requests on *client* until it closes, errs, or sends a CONNECT."""
+
+    def __init__(self, ctx: ForwardContext, client: ClientStream, ends_at: float) -> None:
+        self.ctx = ctx
+        self.client = client
+        #: The connection's end of life (loop time) under --max-tunnel-lifetime.
+        self.ends_at = ends_at
+        self.loop = get_hub().loop
+        self.requests = 0
+
+    def serve(self, request: ForwardRequest) -> bytes | None:
+        """Serve *request* and those after it; the bytes of a CONNECT that
+        followed them (the tunnel takes over), or None when the connection is done."""
+        while True:
+            keep, leftover = self.serve_one(request)
+            if not keep:
+                return None
+            following = self.read_next(leftover)
+            if not isinstance(following, ForwardRequest):
+                return following
+            request = following
+
+    def serve_one(self, request: ForwardRequest) -> tuple[bool, bytes]:
+        """One request, answered: whether the connection goes on, and the client's bytes after it."""
+        ctx = self.ctx
+        self.requests += 1
+        record = RequestRecord(ctx.address, request.method)
+        record.scheme = request.scheme or "-"
+        if request.scheme:
+            record.target = request.target
+        if ctx.config.log_path:
+            record.path = request.path.decode("ascii", "backslashreplace")
+        keep, leftover = False, b""
+        try:
+            if not request.scheme:
+                keep, leftover = self.own_path(request, record), request.trailing
+            else:
+                exchange = Exchange(ctx, self.client, request, record, self.ends_at)
+                keep, _ = exchange.run()
+                leftover = exchange.leftover
+        except GConnectError as exc:
+            record.status, record.reason = exc.status, exc.code
+            self.client.refuse(exc)
+        except OSError as exc:
+            record.status = record.status or 499
+            record.reason = "client_reset"
+            log.debug("client %s: %s", ctx.address, exc)
+        except Exception:
+            log.exception("bug while forwarding for %s (target %s)", ctx.address, record.target)
+            if not record.status:
+                record.status, record.reason = 500, "error"
+                self.client.refuse(GConnectError("internal error, see the proxy's log"))
+        finally:
+            ctx.stats.forwarded(record)
+            if ctx.access_log is not None:
+                ctx.access_log.closed(record)
+        return keep, leftover
+
+    def own_path(self, request: ForwardRequest, record: RequestRecord) -> bool:
+        """An origin-form request, for the proxy itself."""
+        config = self.ctx.config
+        path = request.path.partition(b"?")[0]
+        if not (config.proxy_pac and path == b"/proxy.pac" and request.method in (b"GET", b"HEAD")):
+            raise NotFoundError(f"{request.path[:80].decode('ascii', 'replace')}: this is a proxy; no such page here")
+        hosts = values(request.headers, b"host")
+        if hosts and _AUTHORITY.fullmatch(hosts[0]):
+            authority = hosts[0].decode("ascii")
+        else:
+            host, port = config.listen[0]
+            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if ":" not in authority.rpartition("]")[2]:
+            authority += ":80"
+        body = pac_file(authority, self.ctx.tls, config.allow_host)
+        headers = (("Content-Type", "application/x-ns-proxy-autoconfig"), ("Cache-Control", "max-age=300"))
+        answer = own_response(200, "OK", body, headers)
+        if request.method == b"HEAD":
+            answer = answer[: len(answer) - len(body)]
+        record.status, record.reason = 200, "own_path"
+        record.bytes_down = len(answer)
+        return self.client.send(answer, self.loop.now() + config.header_timeout) and request.keep_alive
+
+    def read_next(self, data: bytes) -> ForwardRequest | bytes | None:
+        """The next request head: a forwarded request, the bytes of a CONNECT,
+        or None (the client closed or stayed idle, or its head was refused)."""
+        config = self.ctx.config
+        loop = self.loop
+        deadline = min(loop.now() + CLIENT_IDLE_SECONDS, self.ends_at)
+        prefix = b""
+        parser: ForwardRequestParser | None = None
+        try:
+            while True:
+                if data:
+                    if parser is None:
+                        prefix += data
+                        connect = is_connect(prefix)
+                        if connect:
+                            return prefix
+                        if connect is None:
+                            data = b""
+                        else:
+                            parser, data = ForwardRequestParser(config.max_header_bytes), prefix
+                        # One header deadline from the first byte of a head.
+                        deadline = min(loop.now() + config.header_timeout, self.ends_at)
+                    if parser is not None and data:
+                        request = parser.feed(data)
+                        if request is not None:
+                            return request
+                data = self._recv(deadline, started=bool(prefix))
+                if not data:
+                    return None
+        except GConnectError as exc:
+            record = RequestRecord(self.ctx.address, b"-")
+            record.status, record.reason = exc.status, exc.code
+            self.client.refuse(exc)
+            self.ctx.stats.forwarded(record)
+            if self.ctx.access_log is not None:
+                self.ctx.access_log.closed(record)
+            return None
+
+    def _recv(self, deadline: float, started: bool) -> bytes:
+        """The client's next bytes; b"" when it closed, or went idle between requests."""
+        while True:
+            try:
+                return self.client.recv_nowait()
+            except BlockingIOError:
+                if not wait(self.client.client_reader(), deadline - self.loop.now()):
+                    if started:
+                        raise HeadTimeoutError("request head not received in time") from None
+                    return b""
+            except OSError:
+                return b""
