@@ -77,8 +77,12 @@ def h11_handler(seen: Seen) -> Callable[[socket.socket], None]:
 
 
 def _next(h: h11.Connection, conn: socket.socket):
+    """The next h11 event, or None when the proxy closed or broke off a message."""
     while True:
-        event = h.next_event()
+        try:
+            event = h.next_event()
+        except h11.RemoteProtocolError:
+            return None
         if event is not h11.NEED_DATA:
             return event
         try:

@@ -358,3 +358,61 @@ def test_reused_connection_found_closed_is_retried_once_if_idempotent(fwd, upstr
     else:
         # Not idempotent: never sent twice; the client is told.
         assert result.stdout == b"502" and origin.accepted == 1
+
+
+# --- listeners, parents, logs and limits ---------------------------------------------
+
+
+def test_forwarding_on_the_tls_listener(start_tls_proxy, upstream_factory, ca_file) -> None:
+    proxy = start_tls_proxy(*FORWARD_ANY_PORT)
+    origin, _ = h11_origin(upstream_factory)
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    cmd = ["curl", "-sS", "--max-time", "20", "--proxy-cacert", str(ca_file)]
+    cmd += ["-x", f"https://localhost:{proxy.port}", f"http://127.0.0.1:{origin.port}/over-tls"]
+    result = subprocess.run(cmd, capture_output=True, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["target"] == "/over-tls"
+
+
+def test_a_parent_gets_the_absolute_form(start_proxy, upstream_factory) -> None:
+    parent = start_proxy(*FORWARD_ANY_PORT, "--log-format", "json", "--log-path")
+    child = start_proxy(*FORWARD_ANY_PORT, "--upstream", f"http://127.0.0.1:{parent.port}")
+    origin, _ = h11_origin(upstream_factory)
+    got = json.loads(curl(child, f"http://127.0.0.1:{origin.port}/via-parent").stdout)
+    assert got["target"] == "/via-parent"
+    vias = [value for name, value in got["headers"] if name.lower() == "via"]
+    assert vias == ["1.1 gconnect", "1.1 gconnect"]  # the child's, then the parent's
+    record = json.loads(parent.wait_access('"path":"/via-parent"'))
+    assert record["method"] == "GET" and record["target"] == f"127.0.0.1:{origin.port}"
+    assert f"via=http://127.0.0.1:{parent.port}" in child.wait_access("method=GET")
+
+
+def test_path_logged_only_when_asked(fwd: ProxyProcess, upstream_factory) -> None:
+    origin, _ = h11_origin(upstream_factory)
+    curl(fwd, f"http://127.0.0.1:{origin.port}/secret-token")
+    line = fwd.wait_access("method=GET")
+    assert "secret-token" not in line and "path=" not in line
+
+
+def test_request_metrics(start_proxy, upstream_factory) -> None:
+    pytest.importorskip("prometheus_client")
+    from .test_metrics import metrics_url, scrape
+
+    proxy = start_proxy(*FORWARD_ANY_PORT, "--metrics-listen", "127.0.0.1:0")
+    origin, _ = h11_origin(upstream_factory)
+    for path in ("/a", "/b", "/status/404"):
+        curl(proxy, f"http://127.0.0.1:{origin.port}{path}")
+    values = scrape(metrics_url(proxy))
+    assert values['gconnect_requests_total{reason="complete",status="200"}'] == 2
+    assert values['gconnect_requests_total{reason="complete",status="404"}'] == 1
+    assert values["gconnect_request_seconds_count"] == 3
+
+
+def test_stalled_request_body_is_408(start_proxy, upstream_factory) -> None:
+    proxy = start_proxy(*FORWARD_ANY_PORT, "--idle-timeout", "0.5")
+    origin, _ = h11_origin(upstream_factory)
+    host = f"127.0.0.1:{origin.port}"
+    raw = f"POST http://{host}/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 10\r\n\r\nabc".encode()
+    status, _, _ = exchange(proxy, raw)
+    assert status == 408
+    assert "reason=idle_timeout" in proxy.wait_access(f"target={host}")
