@@ -30,7 +30,7 @@ DEFAULT_VIA_NAME = "gconnect"
 #: destination (nginx keepalive_timeout 60 s upstream; Squid
 #: server_idle_pconn_timeout 1 minute; Go's MaxIdleConnsPerHost is 2).
 DEFAULT_FORWARD_IDLE_TIMEOUT = 60.0
-DEFAULT_FORWARD_IDLE_PER_DESTINATION = 4
+DEFAULT_FORWARD_MAX_IDLE = 4
 DEFAULT_HEADER_TIMEOUT = 20.0
 #: glibc resolv.conf "timeout:5".
 DEFAULT_DNS_TIMEOUT = 5.0
@@ -294,7 +294,7 @@ class Config:
     proxy_pac: bool = False
     #: Idle connections to origins: seconds kept for reuse (0: none kept), and the most per destination.
     forward_idle_timeout: float = DEFAULT_FORWARD_IDLE_TIMEOUT
-    forward_idle_per_destination: int = DEFAULT_FORWARD_IDLE_PER_DESTINATION
+    forward_max_idle: int = DEFAULT_FORWARD_MAX_IDLE
 
     def __post_init__(self) -> None:
         for name in ("header_timeout", "dns_timeout", "connect_timeout", "ready_timeout"):
@@ -328,8 +328,8 @@ class Config:
             raise ValueError("forward_http must be on or off")
         if not _TOKEN.fullmatch(self.via_name):
             raise ValueError("via_name must be a token (letters, digits, !#$%&'*+-.^_`|~)")
-        if self.forward_idle_timeout < 0 or self.forward_idle_per_destination < 0:
-            raise ValueError("forward_idle_timeout and forward_idle_per_destination must be >= 0")
+        if self.forward_idle_timeout < 0 or self.forward_max_idle < 0:
+            raise ValueError("forward_idle_timeout and forward_max_idle must be >= 0")
         if self.max_tunnel_lifetime < 0 or self.auth_cache_ttl < 0:
             raise ValueError("max_tunnel_lifetime and auth_cache_ttl must be >= 0")
         if self.auth_failures_per_minute < 1:

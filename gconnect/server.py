@@ -103,7 +103,7 @@ class Proxy:
         #: Pools and routes; None when every tunnel goes direct.
         self.router = Router(config, self.resolver, self.source) if config.upstream or config.routes else None
         #: Idle connections to origins, kept for forwarded requests to reuse.
-        self.forward_idle = IdleConnections(config.forward_idle_timeout, config.forward_idle_per_destination)
+        self.forward_idle = IdleConnections(config.forward_idle_timeout, config.forward_max_idle)
         self.metrics: MetricsServer | None = None
         self.metrics_address: tuple[str, int] | None = None
         self.bound: list[tuple[str, int]] = []

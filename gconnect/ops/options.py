@@ -180,7 +180,7 @@ OPTIONS: tuple[Opt, ...] = (
     _flag("proxy_pac", "Serve a PAC file naming this proxy at http://<listener>/proxy.pac."),
     _seconds("forward_idle_timeout", cfg.DEFAULT_FORWARD_IDLE_TIMEOUT,
              "Keep idle connections to origins this long for reuse by the same user (0: none kept)."),
-    _count("forward_idle_per_destination", 0, cfg.DEFAULT_FORWARD_IDLE_PER_DESTINATION,
+    _count("forward_max_idle", 0, cfg.DEFAULT_FORWARD_MAX_IDLE,
            "Most idle connections kept per destination, user, source address and parent."),
 )
 # fmt: on
