@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 
 import h11
@@ -135,13 +136,16 @@ def test_pipelined_requests_answered_in_order(fwd: ProxyProcess, upstream_factor
     assert responses[1][1] == b""
 
 
-def test_connect_after_forwarded_request_on_one_connection(fwd: ProxyProcess, upstream_factory, echo) -> None:
+def test_connect_after_forwarded_request_on_one_connection(start_proxy, upstream_factory, echo) -> None:
+    proxy = start_proxy(*FORWARD_ANY_PORT, "--header-timeout", "1")
     origin, _ = h11_origin(upstream_factory)
     host = f"127.0.0.1:{origin.port}"
-    with fwd.connect() as sock:
+    with proxy.connect() as sock:
         sock.settimeout(10)
         sock.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         assert read_responses(sock, [b"GET"])[0][0].status_code == 200
+        # Past the first head's deadline: the CONNECT's head has a deadline of its own.
+        time.sleep(1.2)
         sock.sendall(f"CONNECT {echo.target} HTTP/1.1\r\nHost: {echo.target}\r\n\r\nping".encode())
         data = b""
         while not data.endswith(b"ping"):

@@ -200,9 +200,8 @@ class Tunnel:
         """The request head, by the header deadline: a CONNECT, or (with
         --forward-http on) a plain HTTP request to forward."""
         config = self.proxy.config
-        forwarding = config.forward_http == "on" and not self.forwarding
+        forwarding = config.forward_http == "on"
         parser = FirstHeadParser(config.max_header_bytes) if forwarding else RequestParser(config.max_header_bytes)
-        self._deadline = self._loop.now() + config.header_timeout if self.forwarding else self._deadline
         data, self._early = self._early, b""
         while True:
             if data:
@@ -242,7 +241,10 @@ class Tunnel:
         lifetime = config.max_tunnel_lifetime
         ends_at = self._loop.now() + lifetime if lifetime else float("inf")
         early = ForwardSession(ctx, self, ends_at).serve(request)
-        self.forwarding = early is None
+        if early is not None:
+            # The CONNECT's head gets a header deadline of its own.
+            self.forwarding = False
+            self._deadline = self._loop.now() + config.header_timeout
         return early
 
     # The client connection as forwarding uses it (forward.context.ClientStream).
