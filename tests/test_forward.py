@@ -420,3 +420,11 @@ def test_stalled_request_body_is_408(start_proxy, upstream_factory) -> None:
     status, _, _ = exchange(proxy, raw)
     assert status == 408
     assert "reason=idle_timeout" in proxy.wait_access(f"target={host}")
+
+
+def test_http10_client_gets_a_chunked_body_unwrapped(fwd: ProxyProcess, upstream_factory) -> None:
+    origin, _ = h11_origin(upstream_factory)
+    result = curl(fwd, "--http1.0", "-i", f"http://127.0.0.1:{origin.port}/bytes/100000")
+    head, _, body = result.stdout.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower() and b"\r\nConnection: close" in head
+    assert body == (bytes(range(256)) * 256 * 2)[:100_000]
