@@ -105,6 +105,9 @@ class Upstream:
         return False
 
     def close(self) -> None:
+        """Release everything; a second call does nothing."""
+        if self.sock.fileno() < 0:
+            return
         self.reader.close()
         self.writer.close()
         self.sock.close()
