@@ -428,3 +428,49 @@ def test_http10_client_gets_a_chunked_body_unwrapped(fwd: ProxyProcess, upstream
     head, _, body = result.stdout.partition(b"\r\n\r\n")
     assert b"transfer-encoding" not in head.lower() and b"\r\nConnection: close" in head
     assert body == (bytes(range(256)) * 256 * 2)[:100_000]
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+def test_back_pressure_a_slow_client_holds_the_origin(fwd: ProxyProcess, upstream_factory) -> None:
+    size = 256 * 1024 * 1024
+    sent = [0]
+
+    def big(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        block = b"x" * 65536
+        while sent[0] < size:
+            conn.sendall(block)
+            sent[0] += len(block)
+
+    origin = upstream_factory(big)
+    baseline = _rss_bytes(fwd.pid)
+    host = f"127.0.0.1:{origin.port}"
+    with fwd.connect() as sock:
+        sock.settimeout(20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        # The client reads nothing: the origin must stall once the socket buffers on both legs are full.
+        deadline = time.monotonic() + 10
+        while not _settled(sent) and time.monotonic() < deadline:
+            pass
+        assert sent[0] < size // 4, sent[0]
+        assert _rss_bytes(fwd.pid) - baseline < 32 * 1024 * 1024
+        received = 0
+        while received < size:
+            chunk = sock.recv(1 << 20)
+            assert chunk
+            received += len(chunk)
+    assert received >= size
+
+
+def _settled(sent: list[int]) -> bool:
+    """True once the origin has sent nothing more for 0.3 s."""
+    before = sent[0]
+    time.sleep(0.3)
+    return sent[0] == before and before > 0
