@@ -354,8 +354,9 @@ class Exchange:
                 record.reason = reason
                 return False, True
             record.reason = "complete"
-            # Only a connection whose two messages ended cleanly, and that has said nothing since.
-            reusable = keep_upstream and final.keep_alive and self.body.done and not rest and upstream.alive()
+            # Only a connection whose two messages ended cleanly; whether it said
+            # anything since is looked at when it is taken (IdleConnections.take).
+            reusable = keep_upstream and final.keep_alive and self.body.done and not rest
             return client_keep, True
         finally:
             if reusable:
