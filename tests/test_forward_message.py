@@ -470,3 +470,21 @@ def test_differential_responses_against_h11(seed: int) -> None:
         assert events and isinstance(events[0], h11.Response) and events[0].status_code == head.status, raw
         assert _h11_body(events) == body, raw
     assert accepted > 10
+
+
+def test_garbage_refused_at_its_first_bytes() -> None:
+    """No waiting for an empty line that will never come: a TLS ClientHello
+    sent to the plain listener is a 400 at once, as bytes from a non-HTTP
+    origin are a 502."""
+    with pytest.raises(ClientError) as info:
+        ForwardRequestParser(MAX).feed(bytes.fromhex("16030100c4010000c00303"))
+    assert info.value.status == 400
+    with pytest.raises(ClientError) as info:
+        ForwardRequestParser(MAX).feed(b"GET http://a.example/ HTTP/1.1\r\nX-A: a\x00")
+    assert info.value.status == 400
+    with pytest.raises(BadResponseError):
+        ResponseParser(MAX, False).feed(b"SSH-2.0-OpenSSH_9.2\r\n")
+    # Empty lines before a request-line are not garbage (RFC 9112 §2.2).
+    parser = ForwardRequestParser(MAX)
+    assert parser.feed(b"\r") is None and parser.feed(b"\n\r\nGET http://a.example/ HTTP/1.1\r\n") is None
+    assert parser.feed(b"Host: a.example\r\n\r\n").host == "a.example"

@@ -168,25 +168,36 @@ _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 class HeadBuffer:
     """Collects bytes until a head's empty line: :meth:`feed` returns
-    ``(head, rest)`` once it has one, None before. *too_large* and *malformed*
-    (functions of a message) make the exceptions raised past *max_bytes* and
-    for a bare LF."""
+    ``(head, rest)`` once it has one, None before. Each new byte of the head
+    goes to *tokenize* as it arrives (llhttp, which so refuses garbage at its
+    first byte rather than when a head that never ends hits a limit).
+    *too_large* and *malformed* (functions of a message) make the exceptions
+    raised past *max_bytes* and for a bare LF."""
 
-    __slots__ = ("_buffer", "_malformed", "_max", "_too_large", "skip_empty_lines")
+    __slots__ = ("_buffer", "_fed", "_malformed", "_max", "_tokenize", "_too_large", "skip_empty_lines")
 
     def __init__(
         self,
         max_bytes: int,
+        tokenize: Callable[[bytes], None],
         too_large: Callable[[str], Exception],
         malformed: Callable[[str], Exception],
         skip_empty_lines: bool = False,
     ) -> None:
         self._buffer = b""
+        #: Bytes of the buffer given to tokenize so far.
+        self._fed = 0
+        self._tokenize = tokenize
         self._max = max_bytes
         self._too_large = too_large
         self._malformed = malformed
         #: RFC 9112 §2.2: a server ignores empty lines before a request-line.
         self.skip_empty_lines = skip_empty_lines
+
+    @property
+    def pending(self) -> bytes:
+        """The bytes collected so far."""
+        return self._buffer
 
     def feed(self, data: bytes) -> tuple[bytes, bytes] | None:
         start = max(0, len(self._buffer) - 3)
@@ -199,11 +210,15 @@ class HeadBuffer:
         if _BARE_LF.search(buffer, start, len(buffer) if end < 0 else end):
             # Refused at once: a head with bare LFs may never have a CRLF CRLF to wait for.
             raise self._malformed("bare LF in the head (RFC 9112 §2.2)")
+        upto = len(buffer) if end < 0 else end + len(HEAD_END)
+        if upto > self._fed and buffer.lstrip(b"\r\n"):
+            # (Never only CR and LF: those may yet be empty lines to strip.)
+            self._tokenize(buffer[self._fed : upto])
+            self._fed = upto
         if end < 0:
             if len(buffer) > self._max:
                 raise self._too_large(f"head exceeds {self._max} bytes")
             return None
-        end += len(HEAD_END)
-        if end > self._max:
+        if upto > self._max:
             raise self._too_large(f"head exceeds {self._max} bytes")
-        return buffer[:end], buffer[end:]
+        return buffer[:upto], buffer[upto:]

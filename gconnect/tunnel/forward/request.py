@@ -131,13 +131,19 @@ class ForwardRequestParser:
     until the head is complete, then the :class:`ForwardRequest`; errors raise
     a ClientError whose ``status`` is the answer. One parser per request."""
 
-    __slots__ = ("_buffer", "_complete", "_headers", "_url")
+    __slots__ = ("_buffer", "_complete", "_headers", "_method_refused", "_parser", "_url")
 
     def __init__(self, max_header_bytes: int) -> None:
-        self._buffer = HeadBuffer(max_header_bytes, _head_too_large, MalformedRequestError, skip_empty_lines=True)
+        self._parser = httptools.HttpRequestParser(self)
+        self._buffer = HeadBuffer(
+            max_header_bytes, self._tokenize, _head_too_large, MalformedRequestError, skip_empty_lines=True
+        )
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._complete = False
+        # llhttp refuses a method it does not know at its first byte; whether
+        # it was a token (501) or garbage (400) is known once the token ends.
+        self._method_refused = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -152,24 +158,36 @@ class ForwardRequestParser:
     def feed(self, data: bytes) -> ForwardRequest | None:
         """Consume *data*; return the request once its head is complete."""
         cut = self._buffer.feed(data)
+        if self._method_refused:
+            self._judge_method(self._buffer.pending)
+            return None
         return None if cut is None else self._parse(*cut)
 
-    def _parse(self, head: bytes, trailing: bytes) -> ForwardRequest:
-        parser = httptools.HttpRequestParser(self)
+    def _judge_method(self, pending: bytes) -> None:
+        start = pending.lstrip(b"\r\n")
+        method = _TOKEN.match(start)
+        length = method.end() if method else 0
+        after = start[length : length + 1]
+        if after == b" " and length:
+            raise UnsupportedRequestError(f"method {show(start[:length])} not supported")
+        if after:
+            raise MalformedRequestError("malformed request line")
+
+    def _tokenize(self, data: bytes) -> None:
         try:
-            parser.feed_data(head)
+            self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            pass  # Upgrade with Connection: upgrade; refused below
+            pass  # Upgrade with Connection: upgrade; refused in _judge
         except httptools.HttpParserInvalidMethodError:
-            method = head.partition(b" ")[0]
-            if _TOKEN.fullmatch(method):
-                raise UnsupportedRequestError(f"method {show(method)} not supported") from None
-            raise MalformedRequestError("malformed request line") from None
+            self._method_refused = True  # judged by feed() once the method has ended
         except httptools.HttpParserError as exc:
             message = str(exc) or "malformed request head"
             if message.startswith("Invalid HTTP version"):
                 raise VersionNotSupportedError(f"{message}: only HTTP/1.1 and HTTP/1.0") from None
             raise MalformedRequestError(message) from None
+
+    def _parse(self, head: bytes, trailing: bytes) -> ForwardRequest:
+        parser = self._parser
         if not self._complete:
             raise MalformedRequestError("malformed request head")
         version = parser.get_http_version()
@@ -226,10 +244,10 @@ def is_connect(prefix: bytes) -> bool | None:
     method is not yet complete."""
     start = prefix.lstrip(b"\r\n")
     space = start.find(b" ")
-    if space < 0:
-        # Past a few bytes it is no CONNECT, whatever it is (the parser judges).
-        return None if len(start) < 16 and len(prefix) < 64 else False
-    return start[:space] == b"CONNECT"
+    if space >= 0:
+        return start[:space] == b"CONNECT"
+    # A method is a short token: anything else is no CONNECT, whatever it is (the parser judges).
+    return None if len(start) < 16 and len(prefix) < 64 and _TOKEN.fullmatch(start or b"C") else False
 
 
 class FirstHeadParser:

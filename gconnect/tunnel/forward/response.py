@@ -60,10 +60,11 @@ class ResponseParser:
     """Incremental parser for one response head to a request (*head_request*:
     the request was HEAD, so no body follows whatever the fields say)."""
 
-    __slots__ = ("_buffer", "_complete", "_head_request", "_headers", "_reason")
+    __slots__ = ("_buffer", "_complete", "_head_request", "_headers", "_parser", "_reason")
 
     def __init__(self, max_header_bytes: int, head_request: bool) -> None:
-        self._buffer = HeadBuffer(max_header_bytes, _too_large, BadResponseError)
+        self._parser = httptools.HttpResponseParser(self)
+        self._buffer = HeadBuffer(max_header_bytes, self._tokenize, _too_large, BadResponseError)
         self._head_request = head_request
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
@@ -83,14 +84,16 @@ class ResponseParser:
         cut = self._buffer.feed(data)
         return None if cut is None else self._parse(*cut)
 
-    def _parse(self, head: bytes, trailing: bytes) -> ResponseHead:
-        parser = httptools.HttpResponseParser(self)
+    def _tokenize(self, data: bytes) -> None:
         try:
-            parser.feed_data(head)
+            self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             raise BadResponseError("the origin answered with an upgrade, which was not asked for") from None
         except httptools.HttpParserError as exc:
             raise BadResponseError(f"malformed response head: {exc or 'parse error'}") from None
+
+    def _parse(self, head: bytes, trailing: bytes) -> ResponseHead:
+        parser = self._parser
         version = parser.get_http_version()
         if not self._complete or version not in _VERSIONS:
             raise BadResponseError(f"malformed response head (HTTP/{version})")

@@ -156,6 +156,9 @@ class IdleConnections:
             upstream.close()
             return
         loop = get_hub().loop
+        # The loop's cached time may be as old as its last iteration; starting
+        # the sweep timer below updates it, which would age this connection.
+        loop.update_now()
         upstream.idle_since = loop.now()
         conns = self._idle.setdefault(upstream.key, [])
         conns.append(upstream)
