@@ -2,12 +2,12 @@
 
     python -m bench.auth_rate [--seconds 10] [--conns 64] [--rounds 10] [--repeat 3]
 
-The proxy runs on CPU 0 (taskset), the C load generator and its echo server on
-CPU 1. Each run is loadgen's ``rate`` workload: CONNECT, a 64-byte echo, close,
+The proxy runs on CPU 0, the C load generator and its echo server on CPU 1
+(``--proxy-cpu``, ``--load-cpu``). Each run is loadgen's ``rate`` workload: CONNECT, a 64-byte echo, close,
 at a fixed concurrency. With auth every CONNECT carries the same
 Proxy-Authorization, as a browser or curl does, so after the first bcrypt check
 the cache answers. Prints one JSON line per run and a summary line with the
-ratio; needs gcc and taskset. Runs alternate (off, on, on, off, ...) and the summary
+ratio; needs gcc. Runs alternate (off, on, on, off, ...) and the summary
 takes medians, so a neighbour's burst on a shared machine skews one run, not the
 result. The proxy's own CPU time per tunnel (from /proc) is reported too: it does
 not depend on how busy the rest of the machine was.
@@ -18,77 +18,32 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import bcrypt
 
 from bench.harness.build import build_loadgen
+from bench.harness.loadgen import LoadGen
+from gconnect.testing.process import ProxyProcess, cpu_list
+from gconnect.testing.procfs import cpu_seconds
 
-LISTENING = re.compile(r"gconnect listening on (\S+):(\d+)")
-
-
-def start_proxy(extra: list[str], cpu: str) -> tuple[subprocess.Popen, int]:
-    cmd = [
-        "taskset",
-        "-c",
-        cpu,
-        sys.executable,
-        "-m",
-        "gconnect",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--allow-port",
-        "1-65535",
-        "--allow-dest",
-        "127.0.0.0/8",
-        "--access-log",
-        "",
-        "--log-level",
-        "warning",
-        *extra,
-    ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        match = LISTENING.search(line)
-        if match:
-            return proc, int(match.group(2))
-    raise RuntimeError("proxy did not start")
+#: The proxy as a user runs it, minus the access log (its writes would be measured too).
+SERVE_ARGS = ["--listen", "127.0.0.1:0", "--allow-port", "1-65535", "--allow-dest", "127.0.0.0/8"]
+SERVE_ARGS += ["--access-log", "", "--log-level", "warning"]
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def run(loadgen: Path, port: int, echo_port: int, args: argparse.Namespace, header: str | None) -> dict:
-    cmd = [
-        "taskset",
-        "-c",
-        args.load_cpu,
-        str(loadgen),
-        "rate",
-        "--proxy",
-        f"127.0.0.1:{port}",
-        "--target",
-        f"127.0.0.1:{echo_port}",
-        "--conns",
-        str(args.conns),
-        "--seconds",
-        str(args.seconds),
-    ]
+def run(lg: LoadGen, proxy: ProxyProcess, echo: str, args: argparse.Namespace, header: str | None) -> dict:
+    """One loadgen ``rate`` run through *proxy*, with the proxy's CPU per tunnel added."""
+    options: dict[str, object] = {"conns": args.conns, "seconds": args.seconds}
     if header:
-        cmd += ["--header", header]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.seconds + 60, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        options["header"] = header
+    cpu_before = sum(cpu_seconds(proxy.pid))
+    result = lg.run("rate", proxy.address, echo, args.seconds, **options)
+    cpu = sum(cpu_seconds(proxy.pid)) - cpu_before
+    result["proxy_cpu_us_per_tunnel"] = round(cpu * 1e6 / max(1, result["tunnels"]), 1)
+    return result
 
 
 def main() -> None:
@@ -96,43 +51,27 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--conns", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=10, help="bcrypt cost of the user's entry")
-    parser.add_argument("--proxy-cpu", default="0")
-    parser.add_argument("--load-cpu", default="1")
+    parser.add_argument("--proxy-cpu", type=cpu_list, default=frozenset({0}))
+    parser.add_argument("--load-cpu", type=cpu_list, default=frozenset({1}))
     parser.add_argument("--repeat", type=int, default=3, help="runs of each, alternating")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gconnect-auth-rate-"))
-    loadgen = build_loadgen(Path(tempfile.gettempdir()) / "gconnect-bench-build")
+    lg = LoadGen(build_loadgen(Path(tempfile.gettempdir()) / "gconnect-bench-build"), args.load_cpu)
     users = work / "users"
     users.write_text("bench:" + bcrypt.hashpw(b"secret", bcrypt.gensalt(args.rounds)).decode() + "\n")
     header = "Proxy-Authorization: Basic " + base64.b64encode(b"bench:secret").decode()
-    server = subprocess.Popen(
-        ["taskset", "-c", args.load_cpu, str(loadgen), "serve"], stdout=subprocess.PIPE, text=True
-    )
-    assert server.stdout is not None
-    echo_port = int(server.stdout.readline().split()[1])
     runs: dict[str, list[dict]] = {"auth_off": [], "auth_on": []}
     modes = {"auth_off": ([], None), "auth_on": (["--auth-file", str(users)], header)}
     order = []
     for i in range(args.repeat):
         order += ["auth_off", "auth_on"] if i % 2 == 0 else ["auth_on", "auth_off"]
-    try:
+    with lg.server() as ports:
         for name in order:
             extra, head = modes[name]
-            proxy, port = start_proxy(extra, args.proxy_cpu)
-            try:
-                cpu_before = cpu_seconds(proxy.pid)
-                result = run(loadgen, port, echo_port, args, head)
-                result["proxy_cpu_us_per_tunnel"] = round(
-                    (cpu_seconds(proxy.pid) - cpu_before) * 1e6 / max(1, result["tunnels"]), 1
-                )
-            finally:
-                proxy.terminate()
-                proxy.wait(30)
+            with ProxyProcess([*SERVE_ARGS, *extra], cpus=args.proxy_cpu) as proxy:
+                result = run(lg, proxy, ports.target("echo"), args, head)
             runs[name].append(result)
             print(json.dumps({"run": name, **result}), flush=True)
-    finally:
-        server.terminate()
-        server.wait(10)
 
     def median(name: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[name])

@@ -32,10 +32,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench.harness import procfs
 from bench.harness.build import build_loadgen
 from bench.harness.loadgen import LoadGen, hold_command, read_line, stop_process
 from bench.harness.targets import Environment, RunningProxy, TargetUnavailable, launch_plan, prepare
+from gconnect.testing import procfs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROBE_TUNNELS = 20

@@ -1,7 +1,7 @@
 """HTTP/2 against HTTP/1.1 on the TLS listener: the cost of opening tunnels and of moving bytes.
 
 ``python -m bench.h2 [--rounds 5] [--mib 256]`` starts gconnect with a TLS listener pinned to
-CPU 0 (``taskset``), runs the clients and targets on CPU 1 in this process, and measures:
+CPU 0, runs the clients and targets on CPU 1 in this process, and measures:
 
 * **open**: 100 tunnels over one HTTP/2 connection (one TCP and TLS handshake, 100 HEADERS sent
   at once) against 100 HTTP/1.1 TLS connections opened one after the other (each its own
@@ -12,7 +12,7 @@ CPU 0 (``taskset``), runs the clients and targets on CPU 1 in this process, and 
   kernel apart.
 
 Medians of ``--rounds`` rounds, the two kinds alternating within each round. Writes
-``bench/results/h2.json`` and ``bench/results/h2.md``.
+``h2.json`` and ``h2.md`` to ``--out`` (bench/results).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import os
 import socket
 import ssl
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,7 +35,8 @@ import h2.events
 import trustme
 from h2.settings import SettingCodes
 
-from .harness.procfs import tree_cpu_split
+from gconnect.testing.process import ProxyProcess
+from gconnect.testing.procfs import tree_cpu_split
 
 RESULTS = Path(__file__).parent / "results"
 TUNNELS = 100
@@ -195,16 +194,11 @@ def measured(pid: int, work) -> dict:
     return {"wall": wall, "user": user1 - user0, "sys": sys1 - sys0}
 
 
-def start_proxy(cert: str, key: str) -> tuple[subprocess.Popen, int]:
-    command = ["taskset", "-c", "0", sys.executable, "-m", "gconnect", "serve", "--listen", "127.0.0.1:0"]
-    command += ["--allow-port", "1-65535", "--allow-dest", "127.0.0.0/8", "--access-log", "", "--log-level", "warning"]
-    command += ["--tls-cert", cert, "--tls-key", key, "--h2-max-streams", str(TUNNELS)]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "listening on" in line:
-            return proc, int(line.rsplit(":", 1)[1])
-    raise RuntimeError("proxy did not start")
+def start_proxy(cert: str, key: str) -> ProxyProcess:
+    """gconnect with a TLS listener, pinned to CPU 0."""
+    args = ["--listen", "127.0.0.1:0", "--allow-port", "1-65535", "--allow-dest", "127.0.0.0/8", "--access-log", ""]
+    args += ["--log-level", "warning", "--tls-cert", cert, "--tls-key", key, "--h2-max-streams", str(TUNNELS)]
+    return ProxyProcess(args, cpus={0})
 
 
 def one_round(pid: int, port: int, context: ssl.SSLContext, targets: tuple[Target, Target, Target], mib: int) -> dict:
@@ -268,18 +262,14 @@ def run(rounds: int, mib: int) -> dict:
     ca.configure_trust(context)
     size = mib * 1024 * 1024
     targets = (Target("idle"), Target("source", size), Target("sink", size))
-    proc, port = start_proxy(str(tmp / "cert.pem"), str(tmp / "key.pem"))
     samples: dict[str, list[dict]] = {
         kind: [] for kind in ("open_h2", "open_h1", "bulk_h2", "bulk_h1", "up_h2", "up_h1")
     }
-    try:
+    with start_proxy(str(tmp / "cert.pem"), str(tmp / "key.pem")) as proxy:
         for _ in range(rounds):
-            for kind, sample in one_round(proc.pid, port, context, targets, mib).items():
+            for kind, sample in one_round(proxy.pid, proxy.port, context, targets, mib).items():
                 samples[kind].append(sample)
             time.sleep(0.5)  # the proxy closes the tunnels of this round
-    finally:
-        proc.terminate()
-        proc.wait()
     return summarise(samples, mib, rounds)
 
 
@@ -336,11 +326,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--mib", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     result = run(args.rounds, args.mib)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "h2.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "h2.md").write_text(markdown(result))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "h2.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "h2.md").write_text(markdown(result))
     print(markdown(result))
 
 

@@ -11,16 +11,15 @@ and ``.md``:
    CONNECT to a name from the hosts file, read the 200, close; variants run
    interleaved, repetitions' medians reported:
 
-   * ``before``: the code before the name rules (``--base DIR``, e.g. from
-     ``git archive 8a62e96 gconnect | tar -x -C /tmp/base``), no rules;
+   * ``before``: the code before the name rules (``--base COMMIT``, extracted with
+     ``git archive``, or ``--base DIR``), no rules;
    * ``none``: this code, no name rules (what a proxy without them pays);
    * ``rules-10`` / ``rules-10000``: this code with that many allow-host patterns,
      the target among them.
 
 Run from the repository root (nothing else busy on the two CPUs)::
 
-    git archive 8a62e96 gconnect | (mkdir -p /tmp/base && tar -x -C /tmp/base)
-    python bench/hostrules.py --base /tmp/base --tunnels 4000 --reps 5
+    python -m bench.hostrules --base 8a62e96 --tunnels 4000 --reps 5
 """
 
 from __future__ import annotations
@@ -28,25 +27,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import timeit
 from pathlib import Path
 
+from bench.harness.trees import extract
+from gconnect.testing.process import ProxyProcess, pin_to
+from gconnect.testing.procfs import cpu_seconds
+from gconnect.tunnel.hostrules import HostRules
+from gconnect.tunnel.names import parse_pattern
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from gconnect.tunnel.hostrules import HostRules  # noqa: E402
-from gconnect.tunnel.names import parse_pattern  # noqa: E402
-
-TICKS = os.sysconf("SC_CLK_TCK")
-LISTENING = re.compile(r"gconnect listening on (\S+):(\d+)")
 TARGET = "api.bench.test"
 
 
@@ -83,21 +80,30 @@ def matching(reps: int) -> list[dict]:
 
 
 #: Times Tunnel.check (the handshake step the name rules live in) in the tree on
-#: PYTHONPATH, for a name target, on a Tunnel with only what check reads.
+#: PYTHONPATH, for a name target: the tunnel is built on TunnelServices made from
+#: the Config in one call, with a client side that only has an address (check
+#: reads nothing of it). A tree from before TunnelServices is timed on the fake
+#: tunnel it needed then, so "before" rows stay comparable.
 CHECK_LOOP = """
 import statistics, sys, timeit, types
 from gconnect.config import Config
 from gconnect.tunnel.head import ConnectRequest
-from gconnect.tunnel.policy import Policy
 from gconnect.tunnel.tunnel import Tunnel
 extra = {}
 if len(sys.argv) > 1:
     from gconnect.tunnel.names import parse_pattern
     with open(sys.argv[1]) as f:
         extra["allow_host"] = tuple(parse_pattern(line) for line in f.read().split())
-tunnel = Tunnel.__new__(Tunnel)
-tunnel._policy = Policy(Config(allow_port=((1, 65535),), **extra))
-tunnel.proxy = types.SimpleNamespace(chain=None, router=None, stats=None)
+config = Config(allow_port=((1, 65535),), **extra)
+try:
+    from gconnect.tunnel.services import TunnelServices
+except ImportError:
+    from gconnect.tunnel.policy import Policy
+    tunnel = Tunnel.__new__(Tunnel)
+    tunnel._policy = Policy(config)
+    tunnel.proxy = types.SimpleNamespace(router=None, stats=None)
+else:
+    tunnel = Tunnel(TunnelServices.from_config(config), types.SimpleNamespace(address=("127.0.0.1", 1)))
 request = ConnectRequest("api.bench.test", 443, 0, "1.1", [])
 timer = timeit.Timer(lambda: tunnel.check(request))
 timer.timeit(100_000)
@@ -114,21 +120,15 @@ def check_cost(base: Path | None) -> dict[str, float]:
         variants = {"before": (base, []), **variants}
     result = {}
     for name, (code, args) in variants.items():
-        argv = ["taskset", "-c", "0", sys.executable, "-c", CHECK_LOOP, *args]
+        argv = [sys.executable, "-c", CHECK_LOOP, *args]
         # cwd too: python -c and -m put the working directory first on sys.path,
         # so from the repository root PYTHONPATH alone would run this tree.
         env = {**os.environ, "PYTHONPATH": str(code)}
-        done = subprocess.run(argv, env=env, cwd=code, capture_output=True, text=True)
+        done = subprocess.run(argv, env=env, cwd=code, capture_output=True, text=True, preexec_fn=pin_to({0}))
         if done.returncode:
             raise RuntimeError(f"check loop for {name} failed: {done.stderr[-500:]}")
         result[name] = round(float(done.stdout.split()[-1]), 1)
     return result
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 class Target:
@@ -146,32 +146,6 @@ class Target:
             except OSError:
                 return
             conn.close()
-
-
-class Proxy:
-    def __init__(self, code: Path, config: Path, cpu: int) -> None:
-        env = {**os.environ, "PYTHONPATH": str(code)}
-        cmd = ["taskset", "-c", str(cpu), sys.executable, "-m", "gconnect", "serve", "--config", str(config)]
-        # cwd=code: -m puts the working directory first on sys.path (see check_cost).
-        self.proc = subprocess.Popen(
-            cmd, env=env, cwd=code, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
-        )
-        deadline = time.monotonic() + 20
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            match = LISTENING.search(line)
-            if match:
-                self.port = int(match.group(2))
-                break
-            if time.monotonic() > deadline:
-                break
-        else:
-            raise RuntimeError("proxy did not start")
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
 
 
 def tunnels(port: int, target_port: int, count: int) -> None:
@@ -212,14 +186,12 @@ def handshake(base: Path | None, count: int, reps: int, warmup: int) -> dict:
         for name, (code, rules) in variants.items():
             config = work / f"{name}.toml"
             write_config(config, hosts, rules)
-            proxy = Proxy(code, config, cpu=0)
-            try:
+            # cwd=code: -m puts the working directory first on sys.path (see check_cost).
+            with ProxyProcess(["--config", str(config)], cpus={0}, cwd=code, env={"PYTHONPATH": str(code)}) as proxy:
                 tunnels(proxy.port, target.port, warmup)
-                user0, sys0 = cpu_seconds(proxy.proc.pid)
+                user0, sys0 = cpu_seconds(proxy.pid)
                 tunnels(proxy.port, target.port, count)
-                user1, sys1 = cpu_seconds(proxy.proc.pid)
-            finally:
-                proxy.stop()
+                user1, sys1 = cpu_seconds(proxy.pid)
             samples[name].append(((user1 - user0) / count * 1e6, (sys1 - sys0) / count * 1e6))
     result = {}
     for name, values in samples.items():
@@ -260,21 +232,28 @@ def markdown(data: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", type=Path, help="a tree of the code before the name rules (has gconnect/)")
+    parser.add_argument("--base", help="the code before the name rules: a commit, or a directory with gconnect/ in it")
     parser.add_argument("--tunnels", type=int, default=4000, help="tunnels per measurement")
     parser.add_argument("--warmup", type=int, default=300, help="tunnels before each measurement")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     options = parser.parse_args()
     os.sched_setaffinity(0, {1})  # the client loop and the target; the proxies get CPU 0
-    data = {
-        "command": " ".join(["python", "bench/hostrules.py", *sys.argv[1:]]),
-        "tunnels": options.tunnels,
-        "reps": options.reps,
-        "matching": matching(options.reps),
-        "check_ns": check_cost(options.base),
-        "handshake": handshake(options.base, options.tunnels, options.reps, options.warmup),
-    }
+    base = extracted = None
+    if options.base is not None:
+        base = Path(options.base) if Path(options.base).is_dir() else (extracted := extract(options.base))
+    try:
+        data = {
+            "command": " ".join(["python", "-m", "bench.hostrules", *sys.argv[1:]]),
+            "tunnels": options.tunnels,
+            "reps": options.reps,
+            "matching": matching(options.reps),
+            "check_ns": check_cost(base),
+            "handshake": handshake(base, options.tunnels, options.reps, options.warmup),
+        }
+    finally:
+        if extracted is not None:
+            shutil.rmtree(extracted, ignore_errors=True)
     options.out.mkdir(parents=True, exist_ok=True)
     (options.out / "hostrules.json").write_text(json.dumps(data, indent=1) + "\n")
     (options.out / "hostrules.md").write_text(markdown(data))

@@ -35,23 +35,29 @@ import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
-import re  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 
+from bench.harness.trees import extract  # noqa: E402
+from gconnect.testing.connections import accepting, client_ports_held_by  # noqa: E402
+from gconnect.testing.process import ProxyProcess  # noqa: E402
+from gconnect.testing.procfs import children, environ  # noqa: E402
+
 from .listeners_report import markdown  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"gconnect listening on (\S+):(\d+)$")
+#: Two workers importing gevent on a loaded machine: more than a single process needs.
+START_TIMEOUT_S = 60.0
+#: A draining supervisor waits for its workers' tunnels.
+STOP_TIMEOUT_S = 30.0
 STALL_SECONDS = 0.25
 #: Between two kills or upgrades: the stream runs on the survivors meanwhile.
 SETTLE_SECONDS = 1.0
@@ -64,42 +70,22 @@ def log(message: str) -> None:
     print(f"[listeners {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-class Proxy:
+class Proxy(ProxyProcess):
     """``python -m gconnect serve --workers 2`` from *source* (a directory with gconnect/ in it)."""
 
     def __init__(self, source: Path, extra: tuple[str, ...] = ()) -> None:
         args = ["--listen", "127.0.0.1:0", "--workers", "2", "--allow-port", "1-65535", "--allow-dest", "127.0.0.0/8"]
         args += ["--access-log", "", "--log-level", "warning", "--metrics-listen", "127.0.0.1:0", *extra]
-        env = {**os.environ, "PYTHONPATH": str(source)}
         self.source = source
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gconnect", "serve", *args], cwd=source, env=env, stderr=subprocess.PIPE, text=True
-        )
-        self.port = 0
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + 60
-        while not self.port and time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                raise RuntimeError(f"proxy from {source} exited with {self.proc.wait()}")
-            if match := LISTENING.search(line.strip()):
-                self.port = int(match.group(2))
-        gevent.spawn(self._drain_stderr)
-
-    def _drain_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for _ in self.proc.stderr:
-            pass
+        # cwd=source: -m puts the working directory first on sys.path, ahead of PYTHONPATH.
+        super().__init__(args, cwd=source, env={"PYTHONPATH": str(source)}, start_timeout=START_TIMEOUT_S)
 
     def workers(self) -> list[int]:
-        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-            return [int(p) for p in f.read().split()]
+        return children(self.pid)
 
     def snapshot_counts(self) -> dict[int, int]:
         """Tunnels each live worker has finished, from its metrics snapshot file."""
-        with open(f"/proc/{self.workers()[0]}/environ", "rb") as f:
-            env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-        directory = env[b"GCONNECT_METRICS_DIR"].decode()
+        directory = environ(self.workers()[0])["GCONNECT_METRICS_DIR"]
         counts = {}
         for name in os.listdir(directory):
             if name.endswith(".json"):
@@ -111,51 +97,8 @@ class Proxy:
                 counts[snap["pid"]] = sum(count for _, _, count in snap["outcomes"])
         return counts
 
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _fds(pid: int) -> dict[int, str]:
-    fds = {}
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            fds[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:
-            pass
-    return fds
-
-
-def _tcp_rows() -> list[list[str]]:
-    with open("/proc/net/tcp") as f:
-        return [line.split() for line in f.readlines()[1:]]
-
-
-def client_ports_held_by(pid: int, port: int) -> set[int]:
-    """Client ports of the connections to *port* that *pid* has accepted (see tests/traffic.py)."""
-    inodes = {link[8:-1] for link in _fds(pid).values() if link.startswith("socket:[")}
-    return {int(r[2].split(":")[1], 16) for r in _tcp_rows() if int(r[1].split(":")[1], 16) == port and r[9] in inodes}
-
-
-def accepting(pid: int, port: int) -> bool:
-    """*pid* has a listening socket on *port* in its epoll set (see tests/traffic.py)."""
-    fds = _fds(pid)
-    rows = _tcp_rows()
-    listening = {r[9] for r in rows if int(r[1].split(":")[1], 16) == port and r[3] == "0A"}
-    mine = {fd for fd, link in fds.items() if link[8:-1] in listening}
-    for fd, link in fds.items():
-        if link == "anon_inode:[eventpoll]":
-            try:
-                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                    if {int(line.split()[1]) for line in f if line.startswith("tfd:")} & mine:
-                        return True
-            except FileNotFoundError:
-                pass
-    return False
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
+        return super().stop(sig, timeout)
 
 
 class Stream:
@@ -296,14 +239,6 @@ def upgrades(source: Path, target: tuple[str, int], count: int) -> dict:
 def set_migrate(on: bool) -> None:
     with open("/proc/sys/net/ipv4/tcp_migrate_req", "w") as f:
         f.write("1" if on else "0")
-
-
-def extract(commit: str) -> Path:
-    """The gconnect package at *commit*, in a temporary directory."""
-    directory = Path(tempfile.mkdtemp(prefix="gconnect-baseline-"))
-    archive = subprocess.run(["git", "archive", commit, "gconnect"], cwd=REPO, capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True)
-    return directory
 
 
 def start_target() -> tuple[subprocess.Popen, tuple[str, int]]:

@@ -1,6 +1,6 @@
 """What pools and --bind-address cost per tunnel (issue 12): ``python -m bench.pools``.
 
-The proxy under test is pinned to CPU 0 (``taskset``); this process, its
+The proxy under test is pinned to CPU 0; this process, its
 clients, the echo target and the parent proxies run on CPU 1. Each round opens
 ``--tunnels`` tunnels one after another (CONNECT, the 200, 16 bytes echoed,
 close) through each configuration in turn, and reads the proxy's user and
@@ -24,21 +24,18 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from .harness.procfs import tree_cpu_split
+from bench.harness.trees import extract
+from gconnect.testing.process import ProxyProcess
+from gconnect.testing.procfs import tree_cpu_split
 
 REPO = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"gconnect listening on (\S+):(\d+)$")
 PAYLOAD = b"0123456789abcdef"
 
 
@@ -62,20 +59,12 @@ def echo_server() -> int:
     return listener.getsockname()[1]
 
 
-def start(args: list[str], cpu: int, root: Path = REPO) -> tuple[subprocess.Popen, int]:
-    """``gconnect serve`` from the tree at *root*, pinned to *cpu*; (process, port)."""
-    cmd = ["taskset", "-c", str(cpu), sys.executable, "-m", "gconnect", "serve", "--listen", "127.0.0.1:0"]
-    cmd += ["--allow-port", "1-65535", "--allow-dest", "127.0.0.0/8", "--access-log", "", "--log-level", "warning"]
+def start(args: list[str], cpu: int, root: Path = REPO) -> ProxyProcess:
+    """``gconnect serve`` from the tree at *root*, pinned to *cpu*."""
+    base = ["--listen", "127.0.0.1:0", "--allow-port", "1-65535", "--allow-dest", "127.0.0.0/8"]
+    base += ["--access-log", "", "--log-level", "warning"]
     # cwd=root: -m puts the working directory first on sys.path, ahead of PYTHONPATH.
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    proc = subprocess.Popen(cmd + args, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        match = LISTENING.search(line.strip())
-        if match:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining
-            return proc, int(match.group(2))
-    raise RuntimeError(f"proxy did not start: {cmd + args}")
+    return ProxyProcess([*base, *args], cpus={cpu}, cwd=root, env={"PYTHONPATH": str(root)})
 
 
 def tunnels(port: int, target: str, count: int) -> None:
@@ -100,13 +89,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--baseline", default="8a62e96", help="commit to compare with (before pools)")
     options = parser.parse_args()
-    before = Path(tempfile.mkdtemp(prefix="gconnect-baseline-"))
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", options.baseline], check=True, capture_output=True)
-    subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+    before = extract(options.baseline)
     os.sched_setaffinity(0, {1})
     target = f"127.0.0.1:{echo_server()}"
     parents = [start([], 1) for _ in range(3)]
-    urls = [f"http://127.0.0.1:{port}" for _, port in parents]
+    urls = [f"http://{parent.address}" for parent in parents]
     pool = [a for url in urls for a in ("--upstream", url)]
     misses = ["--routes", "*.a.example,10.0.0.0/8=direct", "--routes", "*.b.example=direct"]
     configs = {
@@ -121,19 +108,18 @@ def main() -> None:
     proxies["1 parent (before)"] = start(["--upstream", urls[0]], 0, before)
     samples: dict[str, dict[str, list[float]]] = {name: {"user": [], "kernel": []} for name in proxies}
     try:
-        for _, port in proxies.values():
-            tunnels(port, target, 200)  # warm up: imports, caches
+        for proxy in proxies.values():
+            tunnels(proxy.port, target, 200)  # warm up: imports, caches
         for _ in range(options.rounds):
-            for name, (proc, port) in proxies.items():
-                user0, kernel0 = tree_cpu_split(proc.pid)
-                tunnels(port, target, options.tunnels)
-                user1, kernel1 = tree_cpu_split(proc.pid)
+            for name, proxy in proxies.items():
+                user0, kernel0 = tree_cpu_split(proxy.pid)
+                tunnels(proxy.port, target, options.tunnels)
+                user1, kernel1 = tree_cpu_split(proxy.pid)
                 samples[name]["user"].append((user1 - user0) / options.tunnels * 1e6)
                 samples[name]["kernel"].append((kernel1 - kernel0) / options.tunnels * 1e6)
     finally:
-        for proc, _ in [*proxies.values(), *parents]:
-            proc.terminate()
-            proc.wait(10)
+        for proxy in [*proxies.values(), *parents]:
+            proxy.stop()
         shutil.rmtree(before, ignore_errors=True)
     medians = {
         name: {kind: round(statistics.median(values), 1) for kind, values in figures.items()}

@@ -128,6 +128,12 @@ DEFAULT_H2_MAX_STREAMS = 100
 DEFAULT_H2_WINDOW_BYTES = 1024 * 1024
 
 
+def hostport(host: str, port: int | str) -> str:
+    """``host:port``, with brackets around an IPv6 address (RFC 3986 §3.2.2): the
+    one way gconnect writes an authority."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclasses.dataclass(frozen=True)
 class ParentProxy:
     """A parent proxy reached with CONNECT: ``http://[user:pass@]host:port``."""
@@ -140,8 +146,7 @@ class ParentProxy:
     def __str__(self) -> str:
         # The password never reaches a log line or check-config's output.
         auth = f"{self.username}:***@" if self.username else ""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{auth}{host}:{self.port}"
+        return f"http://{auth}{hostport(self.host, self.port)}"
 
 
 #: Keys of a pool's settings (config file, --upstreams text) -> the UpstreamPool fields they set.

@@ -12,7 +12,8 @@ class GConnectError(Exception):
     """Base of every failure gconnect knows how to report."""
 
     status: int = 500
-    reason: str = "Internal Server Error"
+    #: The status line's phrase ("Bad Request"); not to be confused with an end reason.
+    phrase: str = "Internal Server Error"
     #: Short machine-readable cause, used as the access log's ``reason=``.
     code: str = "error"
     #: Extra response headers, e.g. ``Allow`` for 405.
@@ -30,20 +31,20 @@ class ClientError(GConnectError):
     """The client sent something we will not act on (4xx)."""
 
     status = 400
-    reason = "Bad Request"
+    phrase = "Bad Request"
     code = "bad_request"
     proxy_status = "http_request_error"
 
 
 class MalformedRequestError(ClientError):
     status = 400
-    reason = "Bad Request"
+    phrase = "Bad Request"
     code = "bad_request"
 
 
 class PolicyDeniedError(ClientError):
     status = 403
-    reason = "Forbidden"
+    phrase = "Forbidden"
     code = "denied"
     proxy_status = "http_request_denied"
 
@@ -74,14 +75,14 @@ class HostNotAllowedError(PolicyDeniedError):
 
 class MethodNotAllowedError(ClientError):
     status = 405
-    reason = "Method Not Allowed"
+    phrase = "Method Not Allowed"
     code = "bad_method"
     headers = (("Allow", "CONNECT"),)
 
 
 class ProxyAuthRequiredError(ClientError):
     status = 407
-    reason = "Proxy Authentication Required"
+    phrase = "Proxy Authentication Required"
     code = "auth_required"
     proxy_status = "http_request_denied"
 
@@ -105,33 +106,35 @@ class ProxyAuthMalformedError(ProxyAuthRequiredError):
 
 class HeadTimeoutError(ClientError):
     status = 408
-    reason = "Request Timeout"
+    phrase = "Request Timeout"
     code = "head_timeout"
 
 
 class HeadTooLargeError(ClientError):
     status = 431
-    reason = "Request Header Fields Too Large"
+    phrase = "Request Header Fields Too Large"
     code = "head_too_large"
 
 
 class VersionNotSupportedError(ClientError):
     # 505 is a 5xx by number, but it is the client's request that is at fault.
     status = 505
-    reason = "HTTP Version Not Supported"
+    phrase = "HTTP Version Not Supported"
     code = "bad_version"
 
 
-class UpstreamError(GConnectError):
-    """We could not reach the destination (5xx)."""
+class OutboundError(GConnectError):
+    """The way out failed: resolving the target, connecting to it, or a parent
+    proxy on the way (5xx). The code keeps its old name, ``upstream_error``:
+    operators' log queries and alerts match it."""
 
     status = 502
-    reason = "Bad Gateway"
+    phrase = "Bad Gateway"
     code = "upstream_error"
     proxy_status = "destination_unavailable"
 
 
-class ResolveError(UpstreamError):
+class ResolveError(OutboundError):
     status = 502
     code = "dns_error"
     proxy_status = "dns_error"
@@ -143,28 +146,28 @@ class NameNotFoundError(ResolveError):
     proxy_status = "destination_not_found"
 
 
-class ResolveTimeoutError(UpstreamError):
+class ResolveTimeoutError(OutboundError):
     status = 504
-    reason = "Gateway Timeout"
+    phrase = "Gateway Timeout"
     code = "dns_timeout"
     proxy_status = "dns_timeout"
 
 
-class UpstreamConnectError(UpstreamError):
+class OutboundConnectError(OutboundError):
     status = 502
     code = "connect_error"
     proxy_status = "connection_refused"
 
 
-class UnroutableError(UpstreamConnectError):
+class UnroutableError(OutboundConnectError):
     """No route to the destination's addresses (ENETUNREACH, EHOSTUNREACH)."""
 
     proxy_status = "destination_ip_unroutable"
 
 
-class UpstreamConnectTimeoutError(UpstreamError):
+class OutboundTimeoutError(OutboundError):
     status = 504
-    reason = "Gateway Timeout"
+    phrase = "Gateway Timeout"
     code = "connect_timeout"
     proxy_status = "connection_timeout"
 
@@ -183,7 +186,7 @@ class ProxyHeaderError(ClientError):
     code = "bad_proxy_header"
 
 
-class ParentProxyError(UpstreamError):
+class ParentProxyError(OutboundError):
     """The parent proxy refused the CONNECT; the message carries its status line."""
 
     status = 502
@@ -205,14 +208,14 @@ class ParentDeniedError(ParentProxyError):
     parent (407: our credentials) are about our request to it and stay 502."""
 
     status = 403
-    reason = "Forbidden"
+    phrase = "Forbidden"
     code = "parent_denied"
     proxy_status = "http_request_denied"
 
 
-class ParentProxyTimeoutError(UpstreamError):
+class ParentProxyTimeoutError(OutboundError):
     status = 504
-    reason = "Gateway Timeout"
+    phrase = "Gateway Timeout"
     code = "parent_timeout"
     proxy_status = "connection_timeout"
 
@@ -222,7 +225,7 @@ class TooManyClientsError(GConnectError):
 
     # RFC 9110 §15.6.4: 503 is the server's own overload, temporary by nature.
     status = 503
-    reason = "Service Unavailable"
+    phrase = "Service Unavailable"
     code = "too_many_clients"
     headers = (("Retry-After", "1"),)
     proxy_status = "connection_limit_reached"
@@ -234,7 +237,7 @@ class OutOfDescriptorsError(GConnectError):
     blame the target)."""
 
     status = 503
-    reason = "Service Unavailable"
+    phrase = "Service Unavailable"
     code = "no_descriptors"
     headers = (("Retry-After", "1"),)
     proxy_status = "connection_limit_reached"
@@ -244,7 +247,7 @@ class TooManyClientsPerAddressError(ClientError):
     # RFC 6585 §4: 429 is one client sending too much; nginx limit_conn uses 503,
     # but the fault here is the client's, and 429 says so.
     status = 429
-    reason = "Too Many Requests"
+    phrase = "Too Many Requests"
     code = "too_many_per_address"
     headers = (("Retry-After", "1"),)
     proxy_status = "connection_limit_reached"
@@ -254,7 +257,7 @@ class AuthRateLimitedError(ClientError):
     """Too many failed logins from one address: refused before any hash runs."""
 
     status = 429
-    reason = "Too Many Requests"
+    phrase = "Too Many Requests"
     code = "auth_rate_limited"
     proxy_status = "http_request_denied"
 
@@ -286,7 +289,7 @@ class UnsupportedRequestError(ClientError):
 
     # RFC 9110 §15.6.2: 501 is the answer to a method the server does not recognise.
     status = 501
-    reason = "Not Implemented"
+    phrase = "Not Implemented"
     code = "not_supported"
 
 
@@ -301,11 +304,11 @@ class NotFoundError(ClientError):
     """An origin-form request for a path the proxy does not serve."""
 
     status = 404
-    reason = "Not Found"
+    phrase = "Not Found"
     code = "not_found"
 
 
-class BadResponseError(UpstreamError):
+class BadResponseError(OutboundError):
     """The origin's (or parent's) response is malformed or framed ambiguously:
     nothing of it is passed on, and the connection is dropped."""
 
@@ -314,16 +317,16 @@ class BadResponseError(UpstreamError):
     proxy_status = "http_protocol_error"
 
 
-class ResponseTimeoutError(UpstreamError):
+class ResponseTimeoutError(OutboundError):
     """No response head from the origin within the idle limit."""
 
     status = 504
-    reason = "Gateway Timeout"
+    phrase = "Gateway Timeout"
     code = "response_timeout"
     proxy_status = "http_response_timeout"
 
 
-class ResponseIncompleteError(UpstreamError):
+class ResponseIncompleteError(OutboundError):
     """The origin closed (or reset) the connection before its response head was complete."""
 
     status = 502
@@ -335,5 +338,5 @@ class BodyTimeoutError(ClientError):
     """The client stopped sending its request body for longer than the idle limit."""
 
     status = 408
-    reason = "Request Timeout"
+    phrase = "Request Timeout"
     code = "idle_timeout"

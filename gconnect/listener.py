@@ -1,13 +1,16 @@
-"""Listening sockets and the accept loop: where a client becomes a Tunnel.
+"""Listening sockets and the accept loop: where a client is handed over.
 
-:class:`TunnelServer` is gevent's StreamServer with two changes on the hot path:
+:class:`Listener` is gevent's StreamServer with two changes on the hot path:
 an accepted client is a raw non-blocking ``_socket.socket`` (gevent's wrapper
-makes two watchers per socket that the handshake never uses), and each client
-runs in a plain greenlet switched to straight from the accept callback
-(``Greenlet.spawn`` would schedule it for a later loop callback and keep
-Pool/Group bookkeeping per client). :class:`AcceptBackoff` survives descriptor
-exhaustion; :class:`OwnConnections` remembers our upstream connections so a
-tunnel that loops back into this proxy is recognised when it arrives.
+makes two watchers per socket that the handshake never uses), handed at once,
+from the accept callback, to the *serve* callback it was given (the
+composition root's, which runs it in a plain greenlet: ``Greenlet.spawn``
+would schedule it for a later loop callback and keep Pool/Group bookkeeping
+per client). :class:`AcceptBackoff` survives descriptor exhaustion. The
+listener knows nothing of what a client becomes.
+
+Ownership: a Listener owns its listening socket and closes it in ``close()``;
+an accepted socket belongs to *serve* from the moment it is handed over.
 """
 
 from __future__ import annotations
@@ -16,16 +19,14 @@ import _socket
 import errno
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from gevent.monkey import get_original
 from gevent.server import StreamServer
 
 from .tunnel.dial import tune_socket
-from .tunnel.limits import EXHAUSTION_ERRNOS, REFUSAL_SLOTS
-
-if TYPE_CHECKING:
-    from .server import Proxy
+from .tunnel.limits import EXHAUSTION_ERRNOS
 
 log = logging.getLogger(__name__)
 
@@ -82,42 +83,6 @@ def adopt_listener(sock: Any) -> Any:
         own.close()
         raise
     return own
-
-
-class OwnConnections:
-    """Our upstream connections as (local, remote) address pairs. A client that
-    arrives from one of them, at that very address, is this proxy talking to
-    itself (a loop through a name or address the static check did not know)."""
-
-    def __init__(self) -> None:
-        #: Local address -> the remote addresses connected from it, with counts
-        #: (Linux lets one local port serve several destinations).
-        self._locals: dict[tuple, dict[tuple, int]] = {}
-
-    def add(self, pair: tuple) -> None:
-        local, remote = pair
-        remotes = self._locals.get(local)
-        if remotes is None:
-            self._locals[local] = {remote: 1}
-        else:
-            remotes[remote] = remotes.get(remote, 0) + 1
-
-    def remove(self, pair: tuple) -> None:
-        local, remote = pair
-        remotes = self._locals.get(local)
-        if remotes is None or remote not in remotes:
-            return
-        if remotes[remote] > 1:
-            remotes[remote] -= 1
-        elif len(remotes) > 1:
-            del remotes[remote]
-        else:
-            del self._locals[local]
-
-    def is_own(self, address: tuple, client: Any) -> bool:
-        # Cheap test first: getsockname() only when the client's address matches.
-        remotes = self._locals.get(address[:2])
-        return remotes is not None and client.getsockname()[:2] in remotes
 
 
 class AcceptBackoff:
@@ -208,26 +173,45 @@ class AcceptBackoff:
             self.start_accepting()  # type: ignore[attr-defined]
 
 
-class TunnelServer(AcceptBackoff, StreamServer):
+class Listener(AcceptBackoff, StreamServer):
     """One listening socket. Every accepted client is a raw non-blocking socket
-    handed to :meth:`Proxy.serve <gconnect.server.Proxy.serve>` at once, from
-    the accept callback; a full proxy stops accepting until a tunnel ends."""
+    handed to *serve* at once, from the accept callback. While *count_open*()
+    is at *limit* the listener stops accepting (the kernel's queue holds the
+    rest) and tells *on_full*; :meth:`resume_if_room` starts it again."""
 
-    def __init__(self, proxy: Proxy, listener: Any) -> None:
+    def __init__(
+        self,
+        listener: Any,
+        serve: Callable[[_socket.socket, Any], None],
+        *,
+        count_open: Callable[[], int],
+        limit: int,
+        on_full: Callable[[], None],
+    ) -> None:
         super().__init__(listener, spawn=None)
-        self.proxy = proxy
-        self._serve = proxy.serve
+        self._serve = serve
         self._accept = listener._accept
         self._family = int(listener.family)
-        self._limit = proxy.config.max_clients + REFUSAL_SLOTS
+        self._count_open = count_open
+        self._limit = limit
+        self._on_full = on_full
+        #: True while accepting is stopped because the limit was reached.
+        self.paused = False
 
     def full(self) -> bool:
-        # Past max_clients clients still get their 503 (limits.ClientLimits); past
-        # these few more slots for the refusals, accept() waits until a tunnel ends.
-        if len(self.proxy.tunnels) < self._limit:
+        """gevent asks before each accept, and stops accepting while this says True."""
+        if self._count_open() < self._limit:
             return False
-        self.proxy.paused = True
+        self.paused = True
+        self._on_full()
         return True
+
+    def resume_if_room(self) -> None:
+        """Accept again if a full listener has room now (an EMFILE back-off keeps
+        its pause: its own timer resumes)."""
+        if self.paused and self.started and not self.backing_off and self._count_open() < self._limit:
+            self.paused = False
+            self.start_accepting()
 
     def do_read(self) -> tuple[_socket.socket, Any] | None:
         try:
@@ -235,6 +219,12 @@ class TunnelServer(AcceptBackoff, StreamServer):
         except BlockingIOError:
             return None
         except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                # Not listening any more: a supervisor that stops shuts the
+                # socket down under every worker (ops/listeners.stop_listening).
+                log.info("listener on %s port %d was shut down: no longer accepting", *self.address[:2])
+                self.close()
+                return None
             if exc.errno not in EXHAUSTION_ERRNOS:
                 raise
             self._back_off(exc)

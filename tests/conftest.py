@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import selectors
-import signal
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,9 +20,9 @@ from pathlib import Path
 import pytest
 import trustme
 
-from .dnsserver import DNSServer
+from gconnect.testing import process, procfs
+from gconnect.testing.dns import DNSServer
 
-LISTENING = re.compile(r"gconnect listening on (\S+):(\d+)$")
 HAVE_IPV6 = socket.has_ipv6
 try:
     _s = socket.socket(socket.AF_INET6)
@@ -34,6 +30,24 @@ try:
     _s.close()
 except OSError:
     HAVE_IPV6 = False
+
+
+#: The folders a test may live in; each is also the marker its tests carry (pyproject.toml).
+SEAMS = ("unit", "e2e", "interop")
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its folder's name, and refuse a test outside the three folders, so
+    that ``-m unit`` and ``tests/unit`` always select the same tests."""
+    for item in items:
+        try:
+            seam = item.path.resolve().relative_to(TESTS_DIR).parts[0]
+        except ValueError:
+            continue  # not one of ours (a path given on the command line outside tests/)
+        if seam not in SEAMS:
+            raise pytest.UsageError(f"{item.nodeid}: a test belongs in one of tests/{{{','.join(SEAMS)}}}/")
+        item.add_marker(seam)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> object:
@@ -48,8 +62,8 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
         time.sleep(interval)
 
 
-class ProxyProcess:
-    """``python -m gconnect serve`` in a subprocess, its stderr collected."""
+class ProxyProcess(process.ProxyProcess):
+    """The CLI in a subprocess (gconnect.testing), its access log in the test's tmp_path."""
 
     def __init__(
         self,
@@ -61,50 +75,18 @@ class ProxyProcess:
         pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.access_log = tmp_path / f"access-{os.urandom(3).hex()}.log"
-        # *prefix* runs the CLI through another command (unshare ... exec "$@").
-        cmd = [*prefix, sys.executable, "-m", "gconnect", "serve", "--access-log", str(self.access_log), *args]
-        self.cmd = cmd
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-            preexec_fn=preexec_fn,
-            pass_fds=pass_fds,
-        )
-        self.lines: list[str] = []
         #: What the teardown expects the process to have exited with.
         self.expected_exit = 0
-        self.addresses: list[tuple[str, int]] = []
-        self._ready = threading.Event()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-        if not self._ready.wait(15):
-            self.stop()
-            raise AssertionError("proxy did not start:\n" + self.stderr)
-        if not self.addresses:
-            raise AssertionError("proxy exited:\n" + self.stderr)
-        self.host, self.port = self.addresses[0]
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            match = LISTENING.search(line.rstrip("\n"))
-            if match:
-                host = match.group(1).strip("[]")
-                self.addresses.append((host, int(match.group(2))))
-                self._ready.set()
-        self._ready.set()
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(self.lines)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        try:
+            super().__init__(
+                ["--access-log", str(self.access_log), *args],
+                prefix=prefix,
+                env=env,
+                preexec_fn=preexec_fn,
+                pass_fds=pass_fds,
+            )
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from None
 
     def access_lines(self) -> list[str]:
         try:
@@ -121,32 +103,18 @@ class ProxyProcess:
         return wait_until(find, timeout)  # type: ignore[return-value]
 
     def fd_count(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+        return len(procfs.open_fds(self.pid))
 
     def fd_kinds(self) -> dict[str, int]:
         """Open descriptors by kind: socket, pipe, file, other."""
         kinds = {"socket": 0, "pipe": 0, "file": 0, "other": 0}
-        for fd in os.listdir(f"/proc/{self.pid}/fd"):
-            try:
-                link = os.readlink(f"/proc/{self.pid}/fd/{fd}")
-            except FileNotFoundError:
-                continue
+        for link in procfs.open_fds(self.pid).values():
             kind = link.split(":", 1)[0] if ":[" in link else ("file" if link.startswith("/") else "other")
             kinds[kind if kind in kinds else "other"] += 1
         return kinds
 
     def connect(self) -> socket.socket:
         return socket.create_connection((self.host, self.port), timeout=10)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="session")
@@ -486,15 +454,6 @@ def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
     path = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(path))
     return path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now, for programs that cannot be told port 0
-    (HAProxy, tinyproxy). Racy in theory; the kernel does not hand it out again
-    at once."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:

@@ -22,9 +22,22 @@ class H2Client:
     """Streams over one connection to the proxy. Received DATA is acknowledged at
     once unless its stream is in ``held`` (a client that stops reading it)."""
 
-    def __init__(self, address: tuple[str, int], context: ssl.SSLContext, *, window: int = CLIENT_WINDOW) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int] | None,
+        context: ssl.SSLContext,
+        *,
+        window: int = CLIENT_WINDOW,
+        sock: socket.socket | None = None,
+    ) -> None:
+        """Connect to *address*, or speak over *sock*, a connected socket to the proxy."""
         context.set_alpn_protocols(["h2", "http/1.1"])
-        raw = socket.create_connection(address, timeout=10)
+        if sock is not None:
+            sock.settimeout(10)
+        else:
+            assert address is not None
+            sock = socket.create_connection(address, timeout=10)
+        raw = sock
         self.sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
         assert self.sock.selected_alpn_protocol() == "h2"
         self.conn = h2.connection.H2Connection(
@@ -100,6 +113,9 @@ class H2Client:
         self.flush()
 
     def reset(self, stream_id: int, code: int = 8) -> None:
+        """RST_STREAM (CANCEL unless *code*); what was queued for the stream is dropped."""
+        self.outgoing.pop(stream_id, None)
+        self.to_end.discard(stream_id)
         self.conn.reset_stream(stream_id, code)
         self.flush()
 
@@ -112,13 +128,30 @@ class H2Client:
             chunk = None
         except (ConnectionResetError, ssl.SSLEOFError):
             chunk = b""
-        if chunk == b"":
+        if chunk is not None:
+            self.receive(chunk)
+        else:
+            self._send_queued()
+
+    def receive(self, chunk: bytes) -> None:
+        """Handle *chunk*, read from the proxy (b"": its EOF), and send what may be sent."""
+        if not chunk:
             self.closed = True
             return
-        if chunk:
-            for event in self.conn.receive_data(chunk):
-                self._handle(event)
+        for event in self.conn.receive_data(chunk):
+            self._handle(event)
         self._send_queued()
+
+    def send_queued(self) -> None:
+        """Send what is queued, as the windows allow (pump() does it after each read)."""
+        self._send_queued()
+
+    def ack(self, stream_id: int, nbytes: int) -> None:
+        """*nbytes* of a held stream's DATA were read: give the proxy that window back."""
+        nbytes = min(nbytes, self.unacked[stream_id])
+        if nbytes:
+            self.unacked[stream_id] -= nbytes
+            self.conn.acknowledge_received_data(nbytes, stream_id)
 
     def _handle(self, event: object) -> None:
         if isinstance(event, h2.events.ResponseReceived):

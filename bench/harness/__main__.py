@@ -16,6 +16,7 @@ from bench.harness.report import render_markdown, update_readme, write_json
 from bench.harness.run import Options
 from bench.harness.targets import ALL_TARGETS, Environment
 from bench.harness.workloads import QuietGate, Settings
+from gconnect.testing.process import cpu_list
 
 WORKLOADS = ("bulk", "rate", "hold", "integrity")
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
@@ -34,10 +35,6 @@ class Preset:
 # tunnels is a good part of both).
 FULL = Preset(reps=3, seconds=3.0, hold_sizes="1000,5000,9000", rtt_rounds=2000, rtt_max_s=10.0)
 QUICK = Preset(reps=2, seconds=1.5, hold_sizes="1000,5000", rtt_rounds=1000, rtt_max_s=3.0)
-
-
-def _cpus(text: str) -> frozenset[int]:
-    return frozenset(int(c) for c in text.split(","))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -63,10 +60,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=Path("/tmp/gconnect-bench-venv"),
         help="venv for proxy.py and pproxy, created if missing",
     )
-    parser.add_argument("--proxy-cpus", type=_cpus, default=frozenset({0}), help="CPUs for the proxy (default 0)")
+    parser.add_argument("--proxy-cpus", type=cpu_list, default=frozenset({0}), help="CPUs for the proxy (default 0)")
     parser.add_argument(
         "--load-cpus",
-        type=_cpus,
+        type=cpu_list,
         default=frozenset({1}),
         help="CPUs for the load generator and echo server (default 1)",
     )

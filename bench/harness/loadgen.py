@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import select
 import signal
 import subprocess
@@ -12,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from gconnect.testing.process import pin_to
 
 SERVER_START_TIMEOUT_S = 10.0
 # A client command gets its own duration plus this much before the harness gives up on it.
@@ -32,20 +33,14 @@ class ServerPorts:
         return f"127.0.0.1:{getattr(self, kind)}"
 
 
-def _pin(cpus: frozenset[int] | None):
-    def apply() -> None:
-        if cpus is not None:
-            os.sched_setaffinity(0, cpus)
-
-    return apply
-
-
 class LoadGen:
     """The compiled loadgen binary, run on the load CPUs."""
 
     def __init__(self, binary: Path, cpus: frozenset[int] | None) -> None:
         self.binary = binary
         self.cpus = cpus
+        #: Every loadgen process starts pinned to the load CPUs (None: wherever the kernel puts it).
+        self.pin = pin_to(cpus) if cpus is not None else None
         self.server_pid: int | None = None
 
     @contextmanager
@@ -57,7 +52,7 @@ class LoadGen:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
-            preexec_fn=_pin(self.cpus),
+            preexec_fn=self.pin,
         )
         try:
             line = read_line(process, SERVER_START_TIMEOUT_S)
@@ -86,7 +81,7 @@ class LoadGen:
                 capture_output=True,
                 text=True,
                 timeout=limit + 5,
-                preexec_fn=_pin(self.cpus),
+                preexec_fn=self.pin,
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired as exc:
@@ -112,7 +107,7 @@ class LoadGen:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
-            preexec_fn=_pin(self.cpus),
+            preexec_fn=self.pin,
         )
 
     def start_bulk(self, proxy: str, target: str, conns: int, seconds: float) -> subprocess.Popen[str]:
@@ -126,7 +121,7 @@ class LoadGen:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             text=True,
-            preexec_fn=_pin(self.cpus),
+            preexec_fn=self.pin,
         )
 
 

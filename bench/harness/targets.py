@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.harness.procfs import process_tree
+from gconnect.testing.process import free_port, listening_address, pin_to
+from gconnect.testing.procfs import process_tree
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO_DIR = BENCH_DIR.parent
@@ -70,13 +71,6 @@ def _read_args(name: str) -> list[str]:
 
 def _render(template: str, port: int, rundir: Path) -> str:
     return template.replace("@PORT@", str(port)).replace("@RUNDIR@", str(rundir))
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the peers need one chosen for them)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -166,12 +160,13 @@ def launch_plan(name: str, rundir: Path, env: Environment) -> LaunchPlan:
 
 def _limits_and_affinity(cpus: frozenset[int] | None):
     """preexec_fn: every target gets the same descriptor limit (soft raised to hard) and its CPUs."""
+    pin = pin_to(cpus) if cpus is not None else None
 
     def apply() -> None:
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        if cpus is not None:
-            os.sched_setaffinity(0, cpus)
+        if pin is not None:
+            pin()
 
     return apply
 
@@ -253,11 +248,11 @@ class RunningProxy:
 
     def _wait_for_printed_port(self) -> int:
         deadline = time.monotonic() + START_TIMEOUT_S
-        pattern = re.compile(r"gconnect listening on 127\.0\.0\.1:(\d+)")
         while time.monotonic() < deadline:
-            match = pattern.search(self.log_path.read_text(errors="replace"))
-            if match:
-                return int(match.group(1))
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                address = listening_address(line)
+                if address is not None:
+                    return address[1]
             self.check_alive()
             time.sleep(0.05)
         raise TargetUnavailable(f"no 'gconnect listening on' line within {START_TIMEOUT_S:.0f} s")

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.harness import procfs
 from bench.harness.loadgen import LoadGen, LoadGenError, ServerPorts, hold_command, read_line, stop_process
+from gconnect.testing import procfs
 
 GIB = 1 << 30
 BULK_CASES = (("up", 1), ("down", 1), ("up", 8), ("down", 8))

@@ -11,8 +11,9 @@ could not be written, and why (``error``, e.g. ``ENOSPC``). Times (``dns``,
 ``connect``, ``first_byte``, ``duration``) are seconds from accept; ``time`` is
 the wall clock in UTC.
 
-Both read a finished :class:`~gconnect.tunnel.tunnel.Tunnel` once, in
-:meth:`AccessLog.closed`, the tunnel's one exit. Buffering, rotation (SIGUSR1,
+Both read a finished :class:`~gconnect.tunnel.tunnel.Tunnel`'s public
+attributes once, in :meth:`AccessLog.closed`, called from the tunnel's one
+exit through :class:`~gconnect.ops.observer.ProcessObserver`. Buffering, rotation (SIGUSR1,
 a moved file noticed within a second), ``copytruncate`` safety (append mode)
 and whole lines on a full disk are :class:`~gconnect.ops.logfile.LogFile`'s.
 """
@@ -21,10 +22,15 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..auth.authenticator import log_safe
+from ..config import hostport
 from .logfile import LogFile
+
+if TYPE_CHECKING:
+    from ..tunnel.observer import ForwardedRecord
+    from ..tunnel.observer import TunnelRecord as Tunnel
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -32,8 +38,7 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 def fmt_addr(address: object) -> str:
     """``host:port``, ``[v6]:port``; anything else as ``str()``."""
     if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        return hostport(str(address[0]), address[1])
     return str(address)
 
 
@@ -68,11 +73,15 @@ class AccessLog:
         """Lines lost to a full disk (or another write failure) so far."""
         return self.file.dropped_lines
 
-    def opened(self, tunnel: Any) -> None:
+    def opened(self, tunnel: Tunnel) -> None:
         """The 200 was sent."""
 
-    def closed(self, tunnel: Any) -> None:
+    def closed(self, tunnel: Tunnel) -> None:
         """The client is done, whatever the outcome."""
+        raise NotImplementedError
+
+    def forwarded(self, request: ForwardedRecord) -> None:
+        """A forwarded http:// request is done, whatever the outcome."""
         raise NotImplementedError
 
     def reopen(self) -> None:
@@ -88,24 +97,26 @@ class AccessLog:
 class TextAccessLog(AccessLog):
     """One ``key=value`` line per client, at its end."""
 
-    def closed(self, tunnel: Any) -> None:
-        host, port = tunnel.address[0], tunnel.address[1]
+    def closed(self, tunnel: Tunnel, extra: str = "") -> None:
         user = log_safe(tunnel.user) if tunnel.user else "-"
-        # HTTP/2: the stream (0: the connection itself); HTTP/1.1 lines are as they were.
-        h2 = "" if tunnel.stream_id is None else f" proto=h2 stream={tunnel.stream_id}"
-        # A forwarded http:// request: its method (and its path, when --log-path asks).
-        method = getattr(tunnel, "method", None)
-        if method is not None:
-            h2 += f" method={method} scheme={tunnel.scheme}"
-            if tunnel.path is not None:
-                h2 += f" path={_quote_path(tunnel.path)}"
+        # A stream of a connection (0: the connection itself); a connection's only request has none.
+        side = tunnel.side
+        stream = "" if side.stream_id is None else f" proto={side.protocol} stream={side.stream_id}"
+        stream += extra
         self.file.write(
-            f"client={f'[{host}]' if ':' in host else host}:{port} user={user} target={tunnel.target} "
+            f"client={fmt_addr(tunnel.address)} user={user} target={tunnel.target} "
             f"addr={tunnel.dialled} via={tunnel.via or '-'} status={tunnel.status} "
             f"up={tunnel.bytes_up} down={tunnel.bytes_down} "
-            f"duration={time.monotonic() - tunnel.started:.3f} reason={tunnel.reason}{h2}"
+            f"duration={time.monotonic() - tunnel.started:.3f} reason={tunnel.end_reason}{stream}"
             + (f" would_deny={tunnel.would_deny}" if tunnel.would_deny else "")
         )
+
+    def forwarded(self, request: ForwardedRecord) -> None:
+        # The method, and the path only when --log-path asks.
+        extra = f" method={request.method} scheme={request.scheme}"
+        if request.path is not None:
+            extra += f" path={_quote_path(request.path)}"
+        self.closed(request, extra)
 
 
 class JsonAccessLog(AccessLog):
@@ -113,7 +124,7 @@ class JsonAccessLog(AccessLog):
 
     file_class = JsonLogFile
 
-    def _common(self, tunnel: Any) -> dict[str, Any]:
+    def _common(self, tunnel: Tunnel) -> dict[str, Any]:
         started = tunnel.started
         fields: dict[str, Any] = {
             "id": f"{id(tunnel):x}-{started:.6f}",
@@ -127,34 +138,37 @@ class JsonAccessLog(AccessLog):
         }
         if tunnel.would_deny:
             fields["would_deny"] = tunnel.would_deny
-        if tunnel.stream_id is not None:
-            fields["proto"] = "h2"
-            fields["stream"] = tunnel.stream_id
-        method = getattr(tunnel, "method", None)
-        if method is not None:
-            fields["method"] = method
-            fields["scheme"] = tunnel.scheme
-            if tunnel.path is not None:
-                fields["path"] = tunnel.path
+        side = tunnel.side
+        if side.stream_id is not None:
+            fields["proto"] = side.protocol
+            fields["stream"] = side.stream_id
         return fields
 
     def _write(self, event: str, fields: dict[str, Any]) -> None:
         stamp = self.file.timestamp(time.time())
         self.file.write_raw(_dumps({"time": stamp, "event": event, **fields}) + "\n")
 
-    def opened(self, tunnel: Any) -> None:
+    def opened(self, tunnel: Tunnel) -> None:
         self._write("open", self._common(tunnel))
 
-    def closed(self, tunnel: Any) -> None:
+    def closed(self, tunnel: Tunnel, extra: dict[str, Any] | None = None) -> None:
         fields = self._common(tunnel)
+        if extra:
+            fields.update(extra)
         fields["status"] = tunnel.status
         fields["up"] = tunnel.bytes_up
         fields["down"] = tunnel.bytes_down
-        fields["reason"] = tunnel.reason
+        fields["reason"] = tunnel.end_reason
         # Accept to the first byte from the target reaching the client.
         fields["first_byte"] = _since(tunnel.started, tunnel.first_byte_at)
         fields["duration"] = round(time.monotonic() - tunnel.started, 6)
         self._write("close", fields)
+
+    def forwarded(self, request: ForwardedRecord) -> None:
+        extra = {"method": request.method, "scheme": request.scheme}
+        if request.path is not None:
+            extra["path"] = request.path
+        self.closed(request, extra)
 
 
 def open_access_log(path: str, log_format: str) -> AccessLog | None:

@@ -1,4 +1,4 @@
-"""The command line: ``serve``, ``upgrade``, ``check-config``, ``passwd``.
+"""The command line: ``serve``, ``upgrade``, ``check-config``, ``passwd``, ``loadtest``.
 
 The options are one table (``options``) of click parameter types
 (``paramtypes``); ``serve`` builds the one Config from them and runs the proxy
@@ -8,10 +8,12 @@ supervisor (``supervisor``), or alone (``run.serve_alone``).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -40,6 +42,7 @@ Examples:
   gconnect serve --allow-port 1-65535 --allow-dest 127.0.0.0/8 --dns-server 127.0.0.1:5353
   gconnect serve --supervise --config /etc/gconnect/gconnect.toml   # then: gconnect upgrade PID
   curl -x http://127.0.0.1:3128 https://example.com/
+  gconnect loadtest --users 200 --run-time 10s    # locust through a gconnect of its own
 """
 
 #: How long ``gconnect upgrade`` waits by default: the new workers' --ready-timeout (20 s) and a margin.
@@ -47,7 +50,7 @@ UPGRADE_WAIT_SECONDS = 60.0
 
 
 def setup_logging(config: cfg.Config) -> None:
-    """The diagnostic log on stderr. (The access log is server.Proxy's LogFile.)"""
+    """The diagnostic log on stderr. (The access log is ops/accesslog.py's.)"""
     # Records need no thread or process names here, and looking them up is not free.
     logging.logThreads = False
     logging.logMultiprocessing = False
@@ -97,7 +100,8 @@ def serve(**options: Any) -> None:
 def _supervise(config: cfg.Config, config_path: str | None, command_line: dict[str, Any], notifier: Notifier) -> None:
     from . import supervisor
 
-    socks = listeners.from_systemd(os.environ) or listeners.bind(config.listen, reuse_port=config.reuse_port)
+    activated = listeners.from_systemd(os.environ)
+    socks = activated or listeners.bind(config.listen, reuse_port=config.reuse_port)
     metrics = None
     try:
         if config.metrics_listen is not None:
@@ -109,8 +113,9 @@ def _supervise(config: cfg.Config, config_path: str | None, command_line: dict[s
         boss = supervisor.Supervisor(
             config,
             worker_arguments(command_line, config_path),
-            [sock.fileno() for sock in socks],
+            socks,
             notifier=notifier,
+            activated=activated is not None,
             config_path=config_path,
             command_line=command_line,
             metrics_dir=metrics.directory if metrics else None,
@@ -211,3 +216,82 @@ def passwd(path: str, user: str, rounds: int) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
     click.echo(f"{'added' if created else 'updated'} {user} in {path}", err=True)
+
+
+def _print_locustfile(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from ..loadtest.run import LOCUSTFILE
+
+        click.echo(str(LOCUSTFILE))
+        ctx.exit()
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--users", type=click.IntRange(min=1), default=5000, help="Concurrent tunnels.")
+@click.option(
+    "--spawn-rate", type=click.FloatRange(min=0, min_open=True), default=500.0, help="Users started per second."
+)
+@click.option("--run-time", default="60s", metavar="DURATION", help="The whole run, ramp-up included: 90, 60s, 1m30s.")
+@click.option("--locust-workers", type=click.IntRange(min=0), default=0, help="0 runs one locust process.")
+@click.option("--message-bytes", type=click.IntRange(min=1), default=64, help="Bytes per echo.")
+@click.option("--think-time", type=click.FloatRange(min=0), default=1.0, help="Seconds between messages per tunnel.")
+@click.option("--hold-time", type=click.FloatRange(min=0), default=0.0, help="Reopen tunnels after this; 0: never.")
+@click.option("--reopen-ratio", type=click.FloatRange(0, 1), default=0.0, help="Chance to reopen after each echo.")
+@click.option("--credentials", default="", metavar="USER:PASSWORD", help="Proxy Basic credentials.")
+@click.option(
+    "--results",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Default: loadtest-results/<UTC time>.",
+)
+@click.option(
+    "--proxy", default=None, metavar="HOST:PORT", help="Load this running proxy instead of starting a gconnect."
+)
+@click.option("--proxy-pid", type=click.IntRange(min=1), default=None, help="Sample this process as the proxy.")
+@click.option(
+    "--proxy-arg",
+    "proxy_args",
+    multiple=True,
+    metavar="ARG",
+    help="Extra argument for the gconnect serve this starts, repeatable (--proxy-arg=--idle-timeout=30).",
+)
+@click.option(
+    "--target", default=None, metavar="HOST:PORT", help="Use this running echo target instead of starting one."
+)
+@click.option(
+    "--source-addresses",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Spread tunnels over 127.0.0.2..N+1; default: only if ephemeral ports run short.",
+)
+@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, help="Seconds.")
+@click.option("--io-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, help="Seconds.")
+@click.option(
+    "--locustfile",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_locustfile,
+    help="Print the locustfile's path (for locust -f) and exit.",
+)
+def loadtest(run_time: str, proxy: str | None, target: str | None, **options: Any) -> None:
+    """Load a CONNECT proxy with locust: each user holds one tunnel to an echo
+    target and checks an echo through it every --think-time seconds.
+
+    Starts the echo target, a gconnect (unless --proxy names any running CONNECT
+    proxy) and locust on this machine; prints progress and a summary, and writes
+    locust's CSV and HTML, the proxy's access log and summary.json/summary.txt to
+    --results. Exits 0 when every CONNECT and echo succeeded, 1 when any failed,
+    2 when the test could not be set up. Needs locust: pip install 'gconnect[load]'.
+    """
+    if importlib.util.find_spec("locust") is None:
+        click.echo("gconnect loadtest needs locust, which is not installed: pip install 'gconnect[load]'", err=True)
+        sys.exit(2)
+    from ..loadtest import run as loadtest_run
+
+    try:
+        plan = loadtest_run.LoadTestOptions.from_text(run_time, proxy, target, **options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(loadtest_run.main(plan))

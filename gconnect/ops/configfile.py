@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..config import POOL_KEYS, Config, UpstreamPool
+from ..config import POOL_KEYS, Config, UpstreamPool, hostport
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -187,11 +187,6 @@ def _text(value: Any) -> Any:
     return str(value)
 
 
-def _hostport(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _toml_value(name: str, value: Any) -> str:
     if value is None:
         return '""'
@@ -200,9 +195,9 @@ def _toml_value(name: str, value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if name in ("listen", "dns_server"):
-        return "[" + ", ".join(f'"{_hostport(v)}"' for v in value) + "]"
+        return "[" + ", ".join(f'"{hostport(*v)}"' for v in value) + "]"
     if name == "metrics_listen":
-        return f'"{_hostport(value)}"'
+        return f'"{hostport(*value)}"'
     if name in ("allow_port", "forward_port"):
         return "[" + ", ".join(f'"{lo}"' if lo == hi else f'"{lo}-{hi}"' for lo, hi in value) + "]"
     if name == "upstream" and len(value) == 1:

@@ -3,13 +3,20 @@ inherited by every worker.
 
 Whoever holds a listening socket open keeps its accept queue alive. The
 supervisor binds each ``--listen`` address once (or takes the sockets systemd
-passed with ``LISTEN_FDS``) and holds them for its whole life; every worker of
+passed with ``LISTEN_FDS``) and holds them until it stops; every worker of
 every generation inherits the same sockets and accepts from them. A worker
 that dies or drains closes only its own descriptor: connections waiting in the
 queue stay there for the next ``accept()`` of another worker, so none is reset
 (the per-worker ``SO_REUSEPORT`` pitfall, nginx ticket 1300). How evenly the
 kernel spreads accepts over workers sharing one socket was measured before
 choosing this (README, Operations; ``bench/listeners.py``).
+
+The other side of sharing: a socket keeps listening while any process holds a
+copy, so a stop that only closes copies leaves new clients queueing, unserved,
+until the last worker has drained. :func:`stop_listening` ends the socket
+itself for every holder at once; the supervisor calls it when it stops (never
+on an upgrade, whose new workers accept from the same sockets), and only on
+sockets it bound itself: systemd's must keep queueing while we restart.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import os
 import socket as _stdlib_socket
 from collections.abc import Iterable, MutableMapping
 
+from ..config import hostport
 from ..listener import bind_listener
 
 log = logging.getLogger(__name__)
@@ -32,8 +40,8 @@ class ListenerError(Exception):
 
 
 def fmt(address: tuple[str, int]) -> str:
-    host, port = address[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """A socket address as ``host:port``."""
+    return hostport(*address[:2])
 
 
 def bind(addresses: Iterable[tuple[str, int]], *, reuse_port: bool = False) -> list[_stdlib_socket.socket]:
@@ -86,6 +94,23 @@ def from_systemd(environ: MutableMapping[str, str]) -> list[_stdlib_socket.socke
     socks = [adopt(SD_LISTEN_FDS_START + i) for i in range(int(count))]
     log.info("serving %d socket(s) passed by systemd%s", len(socks), f" ({names})" if names else "")
     return socks
+
+
+def stop_listening(socks: Iterable[_stdlib_socket.socket]) -> None:
+    """Stop *socks* listening in every process that holds them, then close ours.
+
+    On Linux ``shutdown(SHUT_RD)`` on a listening socket disconnects it
+    (inet_shutdown, tcp_disconnect): the clients in its accept queue are reset
+    at once, a new SYN finds no listener and is refused, every other holder's
+    accept() fails with EINVAL, and the port is free to bind again. A close()
+    alone does none of this while a worker still holds a copy.
+    """
+    for sock in socks:
+        try:
+            sock.shutdown(_stdlib_socket.SHUT_RD)
+        except OSError as exc:  # already shut down, or not listening: nothing left to stop
+            log.debug("shutdown of listener %d: %s", sock.fileno(), exc)
+        sock.close()
 
 
 def addresses(socks: Iterable[_stdlib_socket.socket]) -> list[tuple[str, int]]:

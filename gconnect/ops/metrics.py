@@ -67,33 +67,38 @@ class Stats:
         self.request_counts = [0] * (len(REQUEST_BUCKETS) + 1)
         self.request_sum = 0.0
 
-    def opened(self, handshake_seconds: float) -> None:
-        """A tunnel got its 200 after *handshake_seconds*."""
+    # The TunnelObserver contract (gconnect/tunnel/observer.py): Stats is the
+    # observer of a process without an access log, one call per moment.
+
+    def opened(self, tunnel: Any) -> None:
+        """A tunnel got its 200."""
+        handshake_seconds = time.monotonic() - tunnel.started
         self.tunnels_open += 1
         self.handshake_counts[_bucket(HANDSHAKE_BUCKETS, handshake_seconds)] += 1
         self.handshake_sum += handshake_seconds
 
-    def would_deny(self, reason: str) -> None:
+    def would_deny(self, tunnel: Any, reason: str) -> None:
         """Report mode let a tunnel through that the name rules refuse for *reason*."""
         counts = self.would_deny_counts
         counts[reason] = counts.get(reason, 0) + 1
 
-    def closed(self, status: int, reason: str, bytes_up: int, bytes_down: int) -> None:
+    def closed(self, tunnel: Any) -> None:
         """A client is done (tunnel or refusal); status 200 means it was counted open."""
+        status = tunnel.status
         if status == 200:
             self.tunnels_open -= 1
         outcomes = self.outcomes
-        key = (status, reason)
+        key = (status, tunnel.end_reason)
         outcomes[key] = outcomes.get(key, 0) + 1
-        if bytes_up:
-            self.bytes_up += bytes_up
-        if bytes_down:
-            self.bytes_down += bytes_down
+        if tunnel.bytes_up:
+            self.bytes_up += tunnel.bytes_up
+        if tunnel.bytes_down:
+            self.bytes_down += tunnel.bytes_down
 
     def forwarded(self, record: Any) -> None:
         """A forwarded request is done (answered, refused or cut off)."""
         outcomes = self.request_outcomes
-        key = (record.status, record.reason)
+        key = (record.status, record.end_reason)
         outcomes[key] = outcomes.get(key, 0) + 1
         seconds = time.monotonic() - record.started
         self.request_counts[_bucket(REQUEST_BUCKETS, seconds)] += 1
@@ -102,10 +107,14 @@ class Stats:
         self.bytes_down += record.bytes_down
 
 
-def snapshot(proxy: Any) -> dict[str, Any]:
-    """The proxy's figures as plain JSON-able data: what one scrape shows, and
-    what a worker writes for its supervisor (``workermetrics``)."""
-    stats: Stats = proxy.stats
+def snapshot(proxy: Any, observer: Any) -> dict[str, Any]:
+    """The figures of *proxy* (a :class:`gconnect.proxy.Proxy`) and of its
+    *observer* (:class:`gconnect.ops.observer.ProcessObserver`) as plain
+    JSON-able data: what one scrape shows, and what a worker writes for its
+    supervisor (``workermetrics``)."""
+    stats: Stats = observer.stats
+    services = proxy.services
+    access_log = observer.access_log
     return {
         "tunnels_open": stats.tunnels_open,
         "clients": proxy.open_count(),
@@ -117,12 +126,12 @@ def snapshot(proxy: Any) -> dict[str, Any]:
         "request_outcomes": [[status, reason, n] for (status, reason), n in sorted(stats.request_outcomes.items())],
         "request_counts": list(stats.request_counts),
         "request_sum": stats.request_sum,
-        "dns_lookups": proxy.resolver.lookups,
-        "dns_cache_hits": proxy.resolver.cache_hits,
+        "dns_lookups": services.resolver.lookups,
+        "dns_cache_hits": services.resolver.cache_hits,
         "policy_generation": proxy.generation,
-        "access_log_dropped_lines": proxy.access_log.dropped_lines if proxy.access_log is not None else 0,
+        "access_log_dropped_lines": access_log.dropped_lines if access_log is not None else 0,
         "would_deny": [[reason, count] for reason, count in sorted(stats.would_deny_counts.items())],
-        **upstream_figures(proxy.router),
+        **upstream_figures(services.router),
     }
 
 
@@ -241,13 +250,14 @@ def upstream_families(snap: dict[str, Any]) -> Iterator[Any]:
 
 
 class ProxyCollector:
-    """Reads one in-process proxy at scrape time."""
+    """Reads one in-process proxy and its observer at scrape time."""
 
-    def __init__(self, proxy: Any) -> None:
+    def __init__(self, proxy: Any, observer: Any) -> None:
         self.proxy = proxy
+        self.observer = observer
 
     def collect(self) -> Iterator[Any]:
-        return families(snapshot(self.proxy))
+        return families(snapshot(self.proxy, self.observer))
 
 
 class MetricsServer:

@@ -138,11 +138,6 @@ def parse_route(text: str) -> cfg.Route:
         raise click.BadParameter(str(exc)) from None
 
 
-def _hostport_text(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class ValueType(click.ParamType):
     """A type whose text is parsed by one function; ``""`` is None when *optional*."""
 
@@ -181,7 +176,7 @@ class HostPort(ValueType):
         return parse_hostport(text, default_port=self.default_port)
 
     def to_text(self, value: Any) -> str:
-        return "" if value is None else _hostport_text(value)
+        return "" if value is None else cfg.hostport(*value)
 
 
 class PortRange(ValueType):
@@ -210,7 +205,7 @@ def url_text(value: cfg.ParentProxy) -> str:
     """The parent's URL with its password: str(ParentProxy) hides it; this is the one place that spells it."""
     quote = urllib.parse.quote
     auth = f"{quote(value.username, safe='')}:{quote(value.password, safe='')}@" if value.username else ""
-    return f"http://{auth}{_hostport_text((value.host, value.port))}"
+    return f"http://{auth}{cfg.hostport(value.host, value.port)}"
 
 
 class UpstreamURL(ValueType):

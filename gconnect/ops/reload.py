@@ -12,18 +12,18 @@ from typing import Any
 
 import click
 
-from .configfile import ConfigFileError
+from .configfile import ConfigFileError, user_table_warnings
 from .options import config_from_file
 
 log = logging.getLogger("gconnect")
 
 
 def reload(proxy: Any, path: str | None, command_line: dict[str, Any]) -> None:
-    """Apply what SIGHUP applies to *proxy* (a server.Proxy); never raises for a bad file."""
+    """Apply what SIGHUP applies to *proxy* (a :class:`gconnect.proxy.Proxy`); never raises for a bad file."""
     # The auth file is re-read on every SIGHUP, with or without a config file.
     proxy.reload_auth()
     if not path:
-        if proxy.auth is None:
+        if proxy.services.auth is None:
             log.warning("SIGHUP: nothing to reload (no --config file)")
         return
     try:
@@ -32,4 +32,9 @@ def reload(proxy: Any, path: str | None, command_line: dict[str, Any]) -> None:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         log.error("SIGHUP: keeping the current configuration: %s", message)
         return
-    proxy.reload(new)
+    fixed = proxy.reload(new)
+    if fixed:
+        log.warning("SIGHUP: these need a restart and keep their running values: %s", ", ".join(fixed))
+    for warning in user_table_warnings(proxy.config):
+        log.warning("SIGHUP: %s", warning)
+    log.info("SIGHUP: policy reloaded (generation %d)", proxy.generation)

@@ -22,8 +22,12 @@ from gevent.server import StreamServer
 
 from ..config import Config
 from . import signals
+from .accesslog import open_access_log
+from .configfile import user_table_warnings
 from .listeners import fmt
+from .metrics import MetricsServer, ProxyCollector, Stats
 from .notify import Notifier, report_upgrade
+from .observer import ProcessObserver
 from .reload import reload
 from .workerlink import WorkerLink
 
@@ -50,6 +54,7 @@ class ProcessSignals:
     def __init__(
         self,
         proxy: Any,
+        observer: ProcessObserver,
         config_path: str | None,
         command_line: dict[str, Any],
         *,
@@ -57,6 +62,7 @@ class ProcessSignals:
         link: WorkerLink | None = None,
     ) -> None:
         self.proxy = proxy
+        self.observer = observer
         self.config_path = config_path
         self.command_line = command_line
         self.notifier = notifier or Notifier(None)
@@ -69,13 +75,15 @@ class ProcessSignals:
             gevent.signal_handler(signum, self.stop, signum)
         gevent.signal_handler(signal.SIGHUP, self.hup)
         gevent.signal_handler(signal.SIGUSR2, self.usr2)
-        if self.proxy.access_log is not None:
+        if self.observer.access_log is not None:
             # logrotate's postrotate: kill -USR1 (moving the file is also noticed within a second).
-            gevent.signal_handler(signal.SIGUSR1, self.proxy.access_log.reopen)
+            gevent.signal_handler(signal.SIGUSR1, self.observer.access_log.reopen)
 
     def stop(self, signum: int) -> None:
         if self.stop_requested.is_set():
             return
+        # Now, not in the stop greenlet: once the log says stopping, nobody is accepted.
+        self.proxy.close_listeners()
         log.info("signal %d: stopping", signum)
         self.notifier.stopping("draining open tunnels")
         self.stop_requested.set()
@@ -128,6 +136,34 @@ def self_check(config: Config, listeners: list[socket.socket]) -> None:
         raise SelfCheckError(f"self-check: the parser read {request!r}")
 
 
+def build_proxy(config: Config) -> tuple[Any, ProcessObserver]:
+    """This process's proxy, and the observer that counts and logs its tunnels."""
+    from ..proxy import Proxy  # imports dnspython: after the CLI has parsed
+
+    for warning in user_table_warnings(config):
+        log.warning("%s", warning)
+    observer = ProcessObserver(Stats(), open_access_log(config.access_log, config.log_format))
+    return Proxy(config, observer=observer.observer()), observer
+
+
+def start_metrics(config: Config, proxy: Any, observer: ProcessObserver) -> MetricsServer | None:
+    """``--metrics-listen``: serve /metrics from this process (None without it)."""
+    if config.metrics_listen is None:
+        return None
+    metrics = MetricsServer(ProxyCollector(proxy, observer), config.metrics_listen)
+    # Before the listening lines: whoever waits for those finds this one too.
+    click.echo(f"gconnect metrics on {fmt(metrics.start())}", err=True)
+    return metrics
+
+
+def finish(metrics: MetricsServer | None, observer: ProcessObserver) -> None:
+    """After the proxy stopped: the metrics endpoint, then the access log's last lines."""
+    if metrics is not None:
+        metrics.stop()
+    if observer.access_log is not None:
+        observer.access_log.close()
+
+
 def serve_alone(
     config: Config,
     *,
@@ -137,27 +173,22 @@ def serve_alone(
     listeners: list[socket.socket] | None,
 ) -> None:
     """Run the proxy in this process until it is stopped."""
-    from ..server import Proxy  # imports dnspython: after the CLI has parsed
-
-    proxy = Proxy(config)
-    ProcessSignals(proxy, config_path, command_line, notifier=notifier).install()
+    proxy, observer = build_proxy(config)
+    ProcessSignals(proxy, observer, config_path, command_line, notifier=notifier).install()
     bound = proxy.start(listeners)
-    if proxy.metrics_address is not None:
-        # Before the listening lines: whoever waits for those finds this one too.
-        click.echo(f"gconnect metrics on {fmt(proxy.metrics_address)}", err=True)
+    metrics = start_metrics(config, proxy, observer)
     announce(bound)
     notifier.ready(f"serving on {', '.join(map(fmt, bound))}")
-    log.info("relay=%s max_clients=%d", proxy.relay_mode, config.max_clients)
+    log.info("relay=%s max_clients=%d", proxy.services.relay_mode, config.max_clients)
     proxy.stopped.wait()
+    finish(metrics, observer)
     log.info("stopped")
 
 
 def serve_worker(config: Config, link: WorkerLink, *, config_path: str | None, command_line: dict[str, Any]) -> None:
     """Run as worker *link*: check, report ready, accept once told to, until stopped."""
-    from ..server import Proxy
-
-    proxy = Proxy(config)
-    handlers = ProcessSignals(proxy, config_path, command_line, link=link)
+    proxy, observer = build_proxy(config)
+    handlers = ProcessSignals(proxy, observer, config_path, command_line, link=link)
     handlers.install()
     listeners = link.listeners()
     self_check(config, listeners)
@@ -166,11 +197,13 @@ def serve_worker(config: Config, link: WorkerLink, *, config_path: str | None, c
         # The supervisor serves /metrics for all of us; we write snapshots for it to sum.
         from .workermetrics import SnapshotWriter
 
-        snapshots = SnapshotWriter(proxy, link.metrics_dir, link.index)
+        snapshots = SnapshotWriter(proxy, observer, link.metrics_dir, link.index)
         snapshots.start()
     link.ready()
+    metrics = None
     if _wait_for_go(link, handlers.stop_requested):
         bound = proxy.start(listeners)
+        metrics = start_metrics(config, proxy, observer)
         link.accepting()
         link.watch_supervisor(lambda: gevent.spawn(proxy.stop))
         log.info("worker %d (generation %d) accepting on %s", link.index, link.generation, ", ".join(map(fmt, bound)))
@@ -180,6 +213,7 @@ def serve_worker(config: Config, link: WorkerLink, *, config_path: str | None, c
     proxy.stopped.wait()
     if snapshots is not None:
         snapshots.stop()
+    finish(metrics, observer)
     log.info("stopped")
 
 

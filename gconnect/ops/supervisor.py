@@ -1,7 +1,7 @@
 """The supervisor: worker processes on listeners it owns, restarted when they
 die, replaced generation by generation on SIGUSR2.
 
-It holds every listening socket for its whole life (``listeners``) and starts
+It holds every listening socket until it stops (``listeners``) and starts
 each worker as ``python -m gconnect serve`` with them inherited
 (``workerlink``). Its PID never changes: systemd and scripts watch one process.
 
@@ -23,12 +23,19 @@ each worker as ``python -m gconnect serve`` with them inherited
   ``RELOADING=1`` and ``READY=1``, the latter once every worker has reloaded);
   SIGTERM, SIGINT and SIGQUIT drain every worker and exit 0; others are
   ignored (``signals``).
+- **Stop.** Before any worker hears of it, the sockets the supervisor bound
+  stop listening for every process (``listeners.stop_listening``): new clients
+  are refused and those queued but not accepted are reset, at once, instead of
+  waiting in a queue nobody accepts from until the drain ends. Sockets systemd
+  passed are only closed here: systemd holds them, and queueing while the
+  service restarts is what socket activation is for.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +45,7 @@ import gevent
 from gevent.event import Event
 
 from ..config import Config
-from . import notify, signals
+from . import listeners, notify, signals
 from .configfile import ConfigFileError
 from .workerlink import WorkerProcess
 
@@ -87,9 +94,10 @@ class Supervisor:
         self,
         config: Config,
         worker_args: list[str],
-        listener_fds: list[int],
+        sockets: list[socket.socket],
         *,
         notifier: notify.Notifier,
+        activated: bool = False,
         config_path: str | None = None,
         command_line: dict | None = None,
         metrics_dir: str | None = None,
@@ -97,7 +105,10 @@ class Supervisor:
     ) -> None:
         self.config = config
         self.worker_args = worker_args
-        self.listener_fds = listener_fds
+        #: The listening sockets every worker inherits; closed at stop().
+        self.sockets = sockets
+        #: True if systemd passed the sockets (it keeps them listening across our restarts).
+        self.activated = activated
         self.notifier = notifier
         self.config_path = config_path
         self.command_line = command_line or {}
@@ -130,9 +141,8 @@ class Supervisor:
         return f"generation {gen.number}: {len(gen.running())} workers serving" if gen else "starting"
 
     def spawn(self, gen: Generation, index: int) -> WorkerProcess:
-        worker = WorkerProcess(
-            self.argv(), self.listener_fds, index=index, generation=gen.number, metrics_dir=self.metrics_dir
-        )
+        fds = [sock.fileno() for sock in self.sockets]
+        worker = WorkerProcess(self.argv(), fds, index=index, generation=gen.number, metrics_dir=self.metrics_dir)
         worker.hups_at_start = self.hups
         gen.workers[index] = worker
         self.live.add(worker)
@@ -172,8 +182,12 @@ class Supervisor:
     def start_generation(self, size: int, ready_timeout: float, drain_timeout: float) -> tuple[Generation, str]:
         """A new generation of *size* workers, all accepting; or why not (it is stopped then)."""
         gen = Generation(next(self.numbers), size, ready_timeout, drain_timeout)
-        workers = [self.spawn(gen, index) for index in range(size)]
-        return gen, self._release(workers, ready_timeout)
+        workers: list[WorkerProcess] = []
+        for index in range(size):
+            if self.stopping:  # starting a worker yields: the listeners may be closed now
+                break
+            workers.append(self.spawn(gen, index))
+        return gen, self._release(workers, ready_timeout) or ("stopping" if self.stopping else "")
 
     def _watch(self, gen: Generation, worker: WorkerProcess) -> None:
         started = time.monotonic()
@@ -235,7 +249,13 @@ class Supervisor:
             return
         self.stopping = True
         self.stop_requested.set()
-        log.info("signal %d: stopping %d workers", signum, len(self.live))
+        # First, so that no client queues behind a worker already draining.
+        if self.activated:
+            for sock in self.sockets:
+                sock.close()
+        else:
+            listeners.stop_listening(self.sockets)
+        log.info("signal %d: listeners closed; stopping %d workers", signum, len(self.live))
         self.notifier.stopping("draining open tunnels")
         for worker in list(self.live):
             worker.send_signal(signal.SIGTERM) if worker.released else worker.kill()

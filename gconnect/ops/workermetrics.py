@@ -163,8 +163,11 @@ def add_gauges(into: dict[str, Any], snap: dict[str, Any]) -> None:
 class SnapshotWriter:
     """In a worker: write the proxy's snapshot to *directory* every interval and at stop."""
 
-    def __init__(self, proxy: Any, directory: str, index: int, *, interval: float = SNAPSHOT_INTERVAL_SECONDS) -> None:
+    def __init__(
+        self, proxy: Any, observer: Any, directory: str, index: int, *, interval: float = SNAPSHOT_INTERVAL_SECONDS
+    ) -> None:
         self.proxy = proxy
+        self.observer = observer
         self.index = index
         self.interval = interval
         self.path = os.path.join(directory, f"{os.getpid()}.json")
@@ -182,7 +185,12 @@ class SnapshotWriter:
         """Replace the snapshot file (a temporary file, then os.replace)."""
         temporary = self.path + ".tmp"
         try:
-            data = {**snapshot(self.proxy), **process_figures(), "pid": os.getpid(), "worker": self.index}
+            data = {
+                **snapshot(self.proxy, self.observer),
+                **process_figures(),
+                "pid": os.getpid(),
+                "worker": self.index,
+            }
             with open(temporary, "w") as f:
                 f.write(json.dumps(data))
             os.replace(temporary, self.path)

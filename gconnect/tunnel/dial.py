@@ -5,8 +5,8 @@ Attempts start one after another, ``attempt_delay`` apart or as soon as the
 previous one fails; the first to connect wins and the rest are closed. A single
 address (an IP literal, most names) is one connect and at most one wait, with
 no race set up. The winner comes back with the write watcher it was waited on,
-which the relay reuses. OS errors become UpstreamConnectError /
-UpstreamConnectTimeoutError / OutOfDescriptorsError here.
+which the relay reuses. OS errors become OutboundConnectError /
+OutboundTimeoutError / OutOfDescriptorsError here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any, NoReturn
 
 from gevent import get_hub
 
-from ..errors import OutOfDescriptorsError, UnroutableError, UpstreamConnectError, UpstreamConnectTimeoutError
+from ..config import hostport
+from ..errors import OutboundConnectError, OutboundTimeoutError, OutOfDescriptorsError, UnroutableError
 from .limits import EXHAUSTION_ERRNOS
 from .waiting import WRITE, wait, wait_any
 
@@ -65,11 +66,6 @@ def tune_socket(sock: Any) -> None:
     setsockopt = sock.setsockopt
     for setting in _TUNING:
         setsockopt(*setting)
-
-
-def fmt(address: str, port: int) -> str:
-    """``host:port``, or ``[v6]:port``."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def describe(code: int) -> str:
@@ -118,7 +114,7 @@ class SourceAddresses:
             sock.bind((address, 0))
         except OSError as exc:
             sock.close()
-            raise UpstreamConnectError(f"cannot bind to source address {address}: {exc.strerror}") from exc
+            raise OutboundConnectError(f"cannot bind to source address {address}: {exc.strerror}") from exc
 
 
 class Connection:
@@ -176,7 +172,7 @@ def _won(attempt: _Attempt, port: int) -> Connection:
         tune_socket(attempt.sock)
     except OSError as exc:
         attempt.close()
-        raise UpstreamConnectError(f"connect to {fmt(attempt.address, port)} failed: {exc.strerror}") from exc
+        raise OutboundConnectError(f"connect to {hostport(attempt.address, port)} failed: {exc.strerror}") from exc
     return Connection(attempt.sock, attempt.address, port, attempt.watcher)
 
 
@@ -191,12 +187,12 @@ def open_connection(
     """Connect to the first of *addresses* (canonical address text) that answers,
     from the next of *source*'s addresses when given.
 
-    Raises UpstreamConnectTimeoutError (504) when nothing connected within
-    *connect_timeout*, UpstreamConnectError (502) when every attempt failed,
+    Raises OutboundTimeoutError (504) when nothing connected within
+    *connect_timeout*, OutboundConnectError (502) when every attempt failed,
     OutOfDescriptorsError (503) when no socket could be opened at all.
     """
     if not addresses:
-        raise UpstreamConnectError("no address to connect to")
+        raise OutboundConnectError("no address to connect to")
     if len(addresses) == 1:
         return _dial_one(addresses[0], port, connect_timeout, source)
     return _race(addresses, port, connect_timeout, attempt_delay, source)
@@ -218,22 +214,22 @@ def _dial_one(address: str, port: int, connect_timeout: float, source: SourceAdd
         code = sock.connect_ex((address, port))
         if code:
             if code not in _IN_PROGRESS:
-                raise _connect_error(f"connect to {fmt(address, port)} failed: {describe(code)}", [code])
+                raise _connect_error(f"connect to {hostport(address, port)} failed: {describe(code)}", [code])
             writer = get_hub().loop.io(sock.fileno(), WRITE)
             if not wait(writer, connect_timeout):
-                raise UpstreamConnectTimeoutError(
-                    f"connect to {fmt(address, port)} timed out after {connect_timeout:g} s"
+                raise OutboundTimeoutError(
+                    f"connect to {hostport(address, port)} timed out after {connect_timeout:g} s"
                 )
             code = sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
             if code:
-                raise _connect_error(f"connect to {fmt(address, port)} failed: {describe(code)}", [code])
+                raise _connect_error(f"connect to {hostport(address, port)} failed: {describe(code)}", [code])
         tune_socket(sock)
     except BaseException as exc:
         if writer is not None:
             writer.close()
         sock.close()
         if isinstance(exc, OSError):
-            raise UpstreamConnectError(f"connect to {fmt(address, port)} failed: {exc.strerror}") from exc
+            raise OutboundConnectError(f"connect to {hostport(address, port)} failed: {exc.strerror}") from exc
         raise
     return Connection(sock, address, port, writer)
 
@@ -302,16 +298,16 @@ def _failure(
     if starved is not None:
         raise starved
     if len(errors) < len(addresses):
-        raise UpstreamConnectTimeoutError(
+        raise OutboundTimeoutError(
             f"connect to port {port} timed out after {connect_timeout:g} s "
             f"({len(addresses)} addresses, {len(errors)} failed)"
         )
-    detail = "; ".join(f"{fmt(address, port)}: {describe(code)}" for address, code in errors)
+    detail = "; ".join(f"{hostport(address, port)}: {describe(code)}" for address, code in errors)
     raise _connect_error(f"connect failed: {detail}", [code for _, code in errors])
 
 
-def _connect_error(message: str, codes: list[int]) -> UpstreamConnectError:
+def _connect_error(message: str, codes: list[int]) -> OutboundConnectError:
     """The error for failed attempts: unroutable when no attempt found a route."""
     if codes and all(code in _UNROUTABLE for code in codes):
         return UnroutableError(message)
-    return UpstreamConnectError(message)
+    return OutboundConnectError(message)

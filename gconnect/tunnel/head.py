@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
+from socket import AF_INET, AF_INET6
 
 import httptools
 
+from ..config import hostport
 from ..errors import (
     ClientError,
     GConnectError,
@@ -26,6 +27,8 @@ from ..errors import (
     MethodNotAllowedError,
     VersionNotSupportedError,
 )
+from .names import DOTTED_QUAD, LABEL, MAX_NAME_CHARS, NUMERIC_LABEL, HostNameError, canonical_address
+from .names import parse_host as parse_host_text
 
 #: The one success response. RFC 9110 §9.3.6: a 2xx to CONNECT has no content
 #: and no Content-Length or Transfer-Encoding.
@@ -34,20 +37,12 @@ RESPONSE_200 = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _VERSIONS = ("1.1", "1.0")
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _PORT = re.compile(rb"^[0-9]{1,5}$")
-_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_HOSTNAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
-_DOTTED_QUAD = re.compile(r"^[0-9]{1,3}(?:\.[0-9]{1,3}){3}$")
-# inet_aton() reads "127.1", "0x7f.1" and "2130706433" as addresses; WHATWG URL
-# treats a numeric last label as IPv4. A name like that is never a DNS name.
-_NUMERIC_LABEL = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)$")
-#: RFC 1035 §2.3.4: 255 octets on the wire, 253 characters written out.
-MAX_HOSTNAME_CHARS = 253
 # The common targets, matched whole by one expression each before the general
 # path (which gives the precise error): a dotted quad without leading zeros
 # (RFC 3986 dec-octet) and a lower-case name, each with a port.
 _DEC_OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
 _FAST_V4 = re.compile(rb"(" + rb"\.".join([_DEC_OCTET] * 4) + rb"):([0-9]{1,5})")
-_FAST_NAME = re.compile(rb"(" + _LABEL.encode() + rb"(?:\." + _LABEL.encode() + rb")*):([0-9]{1,5})")
+_FAST_NAME = re.compile(rb"(" + LABEL.encode() + rb"(?:\." + LABEL.encode() + rb")*):([0-9]{1,5})")
 
 
 @dataclasses.dataclass(slots=True)
@@ -70,9 +65,7 @@ class ConnectRequest:
     @property
     def target(self) -> str:
         """``host:port`` with brackets around an IPv6 address."""
-        if self.family == AF_INET6:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return hostport(self.host, self.port)
 
     def header(self, name: bytes) -> bytes | None:
         """The last value of header *name* (case-insensitive), or None."""
@@ -90,7 +83,7 @@ def parse_port(text: bytes) -> int:
     No sign, no hex, no wrap-around: ``+443``, ``0x1bb`` and ``65979`` are errors.
     """
     if not _PORT.match(text):
-        raise MalformedRequestError(f"invalid port {_show(text)} (1-65535 in digits)")
+        raise MalformedRequestError(f"invalid port {show(text)} (1-65535 in digits)")
     port = int(text)
     if not 1 <= port <= 65535:
         raise MalformedRequestError(f"port {port} out of range 1-65535")
@@ -99,31 +92,11 @@ def parse_port(text: bytes) -> int:
 
 def parse_host(text: str) -> tuple[str, int]:
     """Validate a reg-name or IPv4 literal (no brackets); return it normalised
-    with its family (AF_INET, or 0 for a name)."""
-    host = text.lower()
-    if host.endswith("."):
-        host = host[:-1]
-    if not host:
-        raise MalformedRequestError("empty host name")
-    if _DOTTED_QUAD.match(host):
-        try:
-            # inet_pton, unlike inet_aton, takes only four decimal octets and (in
-            # glibc) refuses leading zeros ("010.0.0.1"), which some C libraries
-            # read as octal: the ambiguity is refused rather than guessed at. It is
-            # also ~10x faster than parsing the text with ipaddress.
-            inet_pton(AF_INET, host)
-        except OSError:
-            raise MalformedRequestError(f"invalid IPv4 address {text!r}") from None
-        if any(len(octet) > 1 and octet[0] == "0" for octet in host.split(".")):
-            raise MalformedRequestError(f"invalid IPv4 address {text!r}")
-        return host, AF_INET
-    if len(host) > MAX_HOSTNAME_CHARS:
-        raise MalformedRequestError(f"host name longer than {MAX_HOSTNAME_CHARS} characters")
-    if _NUMERIC_LABEL.match(host.rpartition(".")[2]):
-        raise MalformedRequestError(f"ambiguous numeric host {text!r}: use a dotted-quad address")
-    if not _HOSTNAME.fullmatch(host):
-        raise MalformedRequestError(f"invalid host name {text!r}")
-    return host, 0
+    with its family (AF_INET, or 0 for a name). The grammar is names.py's."""
+    try:
+        return parse_host_text(text)
+    except HostNameError as exc:
+        raise MalformedRequestError(str(exc)) from None
 
 
 def parse_authority(target: bytes) -> tuple[str, int, int]:
@@ -139,17 +112,17 @@ def parse_authority(target: bytes) -> tuple[str, int, int]:
             return fast[1].decode("ascii"), port, AF_INET
     else:
         fast = _FAST_NAME.fullmatch(target)
-        if fast is not None and len(fast[1]) <= MAX_HOSTNAME_CHARS:
+        if fast is not None and len(fast[1]) <= MAX_NAME_CHARS:
             host = fast[1].decode("ascii")
             port = int(fast[2])
             if (
                 1 <= port <= 65535
-                and not _NUMERIC_LABEL.match(host.rpartition(".")[2])
-                and not _DOTTED_QUAD.match(host)
+                and not NUMERIC_LABEL.fullmatch(host.rpartition(".")[2])
+                and not DOTTED_QUAD.fullmatch(host)
             ):
                 return host, port, 0
     if b"/" in target or b"@" in target or b"?" in target or b"#" in target:
-        raise MalformedRequestError(f"request-target {_show(target)} is not authority-form host:port")
+        raise MalformedRequestError(f"request-target {show(target)} is not authority-form host:port")
     try:
         text = target.decode("ascii")
     except UnicodeDecodeError:
@@ -162,11 +135,10 @@ def parse_authority(target: bytes) -> tuple[str, int, int]:
         literal = text[1:close]
         if "%" in literal:
             raise MalformedRequestError("IPv6 zone identifiers are not accepted")
-        try:
-            # The canonical spelling (RFC 5952), so policy and logs see one form.
-            canonical = inet_ntop(AF_INET6, inet_pton(AF_INET6, literal))
-        except (OSError, ValueError):
-            raise MalformedRequestError(f"invalid IPv6 address {literal!r}") from None
+        # The canonical spelling (RFC 5952), so policy and logs see one form.
+        canonical = canonical_address(literal) if ":" in literal else None
+        if canonical is None:
+            raise MalformedRequestError(f"invalid IPv6 address {literal!r}")
         return canonical, port, AF_INET6
     host_text, colon, port_text = text.rpartition(":")
     if not colon:
@@ -178,7 +150,9 @@ def parse_authority(target: bytes) -> tuple[str, int, int]:
     return host, port, family
 
 
-def _check_host_header(value: bytes, target: bytes, host: str, port: int) -> None:
+def check_host_header(value: bytes, target: bytes, host: str, port: int) -> None:
+    """MalformedRequestError unless the Host header *value* names the request's
+    target (*host*, *port*; *target* as the request wrote it)."""
     # RFC 9112 §3.2: Host is mandatory in HTTP/1.1; the tunnel target always comes
     # from the request-target, so a Host naming anything else is an attempt to
     # make two parsers disagree.
@@ -193,9 +167,9 @@ def _check_host_header(value: bytes, target: bytes, host: str, port: int) -> Non
             h_host, _ = parse_host(value.decode("ascii"))
             h_port = port
     except (ClientError, UnicodeDecodeError):
-        raise MalformedRequestError(f"invalid Host header {_show(value)}") from None
+        raise MalformedRequestError(f"invalid Host header {show(value)}") from None
     if h_host != host or h_port != port:
-        raise MalformedRequestError(f"Host header {_show(value)} does not match the CONNECT target")
+        raise MalformedRequestError(f"Host header {show(value)} does not match the CONNECT target")
 
 
 class RequestParser:
@@ -206,7 +180,9 @@ class RequestParser:
     ``status`` is the response to send. One parser serves one request.
     """
 
-    __slots__ = ("_complete", "_headers", "_line_start", "_max", "_method_refused", "_parser", "_size", "_url")
+    __slots__ = (
+        "_complete", "_headers", "_line_ended", "_line_start", "_max", "_method_refused", "_parser", "_size", "_url",
+    )  # fmt: skip
 
     def __init__(self, max_header_bytes: int) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -215,10 +191,13 @@ class RequestParser:
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._complete = False
-        # The request line up to its first space. llhttp may refuse an unknown
+        # The request line, kept until its LF. llhttp may refuse an unknown
         # method at its first byte; whether it was a token (405) or garbage (400)
         # is only known once the token ends, whichever way the bytes were split.
-        self._line_start = b""
+        # And llhttp reads a line with no version at all as HTTP/0.9: only the
+        # line itself tells that from a written "HTTP/0.9".
+        self._line_start = bytearray()
+        self._line_ended = False
         self._method_refused = False
 
     # httptools callbacks
@@ -237,8 +216,11 @@ class RequestParser:
         if self._method_refused:
             self._judge_method(data)
             return None
-        if b" " not in self._line_start:
-            self._line_start += data
+        if not self._line_ended:
+            # RFC 9112 §2.2: empty lines before the request line are skipped.
+            kept = data if self._line_start else data.lstrip(b"\r\n")
+            self._line_start += kept
+            self._line_ended = b"\n" in kept
         trailing = b""
         try:
             self._parser.feed_data(data)
@@ -256,7 +238,7 @@ class RequestParser:
             if method != b"CONNECT":
                 # The method is known by now, and any method but CONNECT is a 405,
                 # whatever else is wrong (GET host:443 is not authority-form for GET).
-                raise MethodNotAllowedError(f"method {_show(method)} not allowed: only CONNECT") from None
+                raise MethodNotAllowedError(f"method {show(method)} not allowed: only CONNECT") from None
             message = str(exc) or "malformed request head"
             # llhttp says "Invalid HTTP version" for a well-formed but unknown
             # version; "Expected CRLF after version" and the like are syntax (400).
@@ -281,7 +263,7 @@ class RequestParser:
         if space:
             if not method:
                 raise MalformedRequestError("malformed request line")
-            raise MethodNotAllowedError(f"method {_show(method)} not allowed: only CONNECT")
+            raise MethodNotAllowedError(f"method {show(bytes(method))} not allowed: only CONNECT")
         if len(self._line_start) > self._max:
             raise HeadTooLargeError(f"request head exceeds {self._max} bytes")
 
@@ -289,8 +271,12 @@ class RequestParser:
         parser = self._parser
         method = parser.get_method()
         if method != b"CONNECT":
-            raise MethodNotAllowedError(f"method {_show(method)} not allowed: only CONNECT")
+            raise MethodNotAllowedError(f"method {show(method)} not allowed: only CONNECT")
         version = parser.get_http_version()
+        if version == "0.9" and b" HTTP/" not in self._line_start.partition(b"\n")[0]:
+            # RFC 9112 §3: request-line = method SP request-target SP HTTP-version;
+            # without one it is malformed, not a version we do not support.
+            raise MalformedRequestError("no HTTP version in the request line (expected HTTP/1.1)")
         if version not in _VERSIONS:
             raise VersionNotSupportedError(f"HTTP/{version} not supported: only HTTP/1.1 and HTTP/1.0")
         host, port, family = parse_authority(self._url)
@@ -302,17 +288,17 @@ class RequestParser:
             elif lname == b"transfer-encoding" or (lname == b"content-length" and value != b"0"):
                 # RFC 9110 §9.3.6: a CONNECT request has no content. Guessing at a
                 # body's framing is how request smuggling starts.
-                raise MalformedRequestError(f"CONNECT request must not have a body ({_show(name)})")
+                raise MalformedRequestError(f"CONNECT request must not have a body ({show(name)})")
         if len(hosts) > 1:
             raise MalformedRequestError("more than one Host header")
         if hosts:
-            _check_host_header(hosts[0], self._url, host, port)
+            check_host_header(hosts[0], self._url, host, port)
         elif version == "1.1":
             raise MalformedRequestError("missing Host header (required in HTTP/1.1)")
         return ConnectRequest(host, port, family, version, self._headers, trailing)
 
 
-def _show(raw: bytes) -> str:
+def show(raw: bytes) -> str:
     """Printable, bounded form of client-supplied bytes for a one-line message."""
     text = raw[:80].decode("ascii", "backslashreplace")
     text = "".join(ch if " " <= ch <= "~" else f"\\x{ord(ch):02x}" for ch in text)
@@ -334,13 +320,13 @@ def proxy_status(exc: GConnectError) -> str:
     return f"{exc.parent_proxy_status}, {ours}" if exc.parent_proxy_status else ours
 
 
-def render_error(status: int, reason: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+def render_error(status: int, phrase: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
     """An error response: one line of ``text/plain`` and ``Connection: close``."""
     line = message.replace("\r", " ").replace("\n", " ")
     body = (line + "\n").encode("utf-8", "backslashreplace")
     extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
     head = (
-        f"HTTP/1.1 {status} {reason}\r\n"
+        f"HTTP/1.1 {status} {phrase}\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Connection: close\r\n"

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..errors import HostDeniedError, HostNotAllowedError, PolicyDeniedError
+from .addresses import embedded_ipv4
 from .names import canonical_address
-from .policy import embedded_ipv4
 
 
 class _Table:

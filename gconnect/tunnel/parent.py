@@ -32,8 +32,8 @@ from typing import Any
 
 from gevent import get_hub
 
-from ..config import IPNetwork, ParentProxy
-from ..errors import ParentDeniedError, ParentProxyError, ParentProxyTimeoutError, UpstreamConnectError
+from ..config import IPNetwork, ParentProxy, hostport
+from ..errors import OutboundConnectError, ParentDeniedError, ParentProxyError, ParentProxyTimeoutError
 from .dial import Connection, open_connection
 from .waiting import READ, WRITE, recv, send_all
 
@@ -45,7 +45,7 @@ _MSG_PEEK = 2  # socket.MSG_PEEK
 
 def connect_request(host: str, port: int, parent: ParentProxy) -> bytes:
     """The CONNECT head sent to *parent* for ``host:port``."""
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    authority = hostport(host, port)
     lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
     if parent.username or parent.password:
         token = base64.b64encode(f"{parent.username}:{parent.password}".encode()).decode("ascii")
@@ -152,7 +152,7 @@ class Chain:
             status, reason = parse_status(head)
         except OSError as exc:
             _close(connection)
-            raise UpstreamConnectError(f"parent proxy {self.parent}: {exc.strerror or exc}") from exc
+            raise OutboundConnectError(f"parent proxy {self.parent}: {exc.strerror or exc}") from exc
         except BaseException:
             # A garbage status line or a timeout must not leave the socket to the GC.
             _close(connection)

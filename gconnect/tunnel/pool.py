@@ -43,11 +43,11 @@ from gevent import get_hub
 from ..config import DEFAULT_POOL, DIRECT, Config, UpstreamPool
 from ..errors import (
     GConnectError,
+    OutboundError,
+    OutboundTimeoutError,
     OutOfDescriptorsError,
     ParentProxyError,
     ParentProxyTimeoutError,
-    UpstreamConnectTimeoutError,
-    UpstreamError,
 )
 from .dial import Connection, SourceAddresses, open_connection
 from .parent import Chain, Patterns
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 OUTCOMES = ("ok", "status_4xx", "status_5xx", "connect_error", "timeout")
 
 
-class Member:
+class Parent:
     """One parent of a pool: how to reach it, its health, and what it carried."""
 
     __slots__ = ("active", "chain", "down_until", "fails", "outcomes", "pool", "probing", "up", "url")
@@ -92,30 +92,30 @@ class Pool:
     def __init__(self, spec: UpstreamPool, resolver: Any, source: SourceAddresses | None) -> None:
         self.spec = spec
         self.name = spec.name
-        self.members = [Member(Chain(url, (), resolver, source), spec.name) for url in spec.urls]
+        self.parents = [Parent(Chain(url, (), resolver, source), spec.name) for url in spec.urls]
         self._source = source
         self._turn = 0
         self._checker: gevent.Greenlet | None = None
 
-    def order(self, host: str) -> list[Member]:
+    def order(self, host: str) -> list[Parent]:
         """The parents in the order this tunnel tries them."""
-        members = self.members
+        parents = self.parents
         strategy = self.spec.strategy
-        if strategy == "first" or len(members) == 1:
-            return members
+        if strategy == "first" or len(parents) == 1:
+            return parents
         if strategy == "hash":
-            start = zlib.crc32(host.lower().encode()) % len(members)
+            start = zlib.crc32(host.lower().encode()) % len(parents)
         else:
-            start = self._turn % len(members)
+            start = self._turn % len(parents)
             self._turn += 1
-        order = members[start:] + members[:start]
+        order = parents[start:] + parents[:start]
         if strategy == "least-connections":
-            order.sort(key=lambda member: member.active)  # stable: ties stay in round-robin order
+            order.sort(key=lambda parent: parent.active)  # stable: ties stay in round-robin order
         return order
 
     def open(
-        self, host: str, port: int, *, connect_timeout: float, attempt_delay: float, tried: list[Member]
-    ) -> tuple[Connection, Member]:
+        self, host: str, port: int, *, connect_timeout: float, attempt_delay: float, tried: list[Parent]
+    ) -> tuple[Connection, Parent]:
         """A connection through the first parent that takes the tunnel to ``host:port``,
         all tries within *connect_timeout*; each parent tried is appended to *tried*
         (the last one carried the tunnel, or gave the error). Raises the last parent's error."""
@@ -123,82 +123,82 @@ class Pool:
         deadline = loop.now() + connect_timeout
         order = self.order(host)
         now = loop.now()
-        tries = [member for member in order if member.usable(now)]
+        tries = [parent for parent in order if parent.usable(now)]
         last_resort = not tries
         if last_resort:
             tries = order
-        error: GConnectError = UpstreamConnectTimeoutError(f"no parent of pool {self.name} answered in time")
-        for index, member in enumerate(tries):
+        error: GConnectError = OutboundTimeoutError(f"no parent of pool {self.name} answered in time")
+        for index, parent in enumerate(tries):
             # The first try's share is exact: its message names the figure configured.
             left = deadline - loop.now() if index else connect_timeout
             if left <= 0:
                 break
-            if not member.up and not last_resort:
-                if member.probing:
+            if not parent.up and not last_resort:
+                if parent.probing:
                     continue  # another tunnel took the probe meanwhile
-                member.probing = True  # this tunnel is the probe
+                parent.probing = True  # this tunnel is the probe
             share = left / (len(tries) - index)
-            tried.append(member)
+            tried.append(parent)
             try:
-                connection = member.chain.open(host, port, connect_timeout=share, attempt_delay=attempt_delay)
+                connection = parent.chain.open(host, port, connect_timeout=share, attempt_delay=attempt_delay)
             except OutOfDescriptorsError:
-                member.probing = False  # our shortage, not the parent's failure
+                parent.probing = False  # our shortage, not the parent's failure
                 raise
-            except UpstreamError as exc:
-                outcome = self._failed(member, exc)
+            except OutboundError as exc:
+                outcome = self._failed(parent, exc)
                 if outcome == "status_4xx":
                     raise
                 error = exc
-                log.debug("pool %s: parent %s failed (%s), trying the next", self.name, member.url, exc)
+                log.debug("pool %s: parent %s failed (%s), trying the next", self.name, parent.url, exc)
                 continue
             except BaseException:
-                member.probing = False
+                parent.probing = False
                 raise
-            member.outcomes["ok"] += 1
-            member.active += 1
-            self._healthy(member, "a tunnel got through")
-            return connection, member
+            parent.outcomes["ok"] += 1
+            parent.active += 1
+            self._healthy(parent, "a tunnel got through")
+            return connection, parent
         raise error
 
-    def _failed(self, member: Member, exc: UpstreamError) -> str:
+    def _failed(self, parent: Parent, exc: OutboundError) -> str:
         """Count a failed attempt; return its outcome."""
         status = exc.parent_status if isinstance(exc, ParentProxyError) else 0
         if status:
             outcome = "status_4xx" if status < 500 else "status_5xx"
             # It answered: alive, whatever it thinks of this target.
-            self._healthy(member, f"it answered {status}")
+            self._healthy(parent, f"it answered {status}")
         else:
-            timed_out = isinstance(exc, (ParentProxyTimeoutError, UpstreamConnectTimeoutError))
+            timed_out = isinstance(exc, (ParentProxyTimeoutError, OutboundTimeoutError))
             outcome = "timeout" if timed_out else "connect_error"
-            self._unhealthy(member, exc)
-        member.outcomes[outcome] += 1
+            self._unhealthy(parent, exc)
+        parent.outcomes[outcome] += 1
         return outcome
 
-    def _healthy(self, member: Member, why: str) -> None:
-        member.fails = 0
-        member.probing = False
-        if not member.up:
-            member.up = True
-            log.warning("pool %s: parent %s is back in rotation (%s)", self.name, member.url, why)
+    def _healthy(self, parent: Parent, why: str) -> None:
+        parent.fails = 0
+        parent.probing = False
+        if not parent.up:
+            parent.up = True
+            log.warning("pool %s: parent %s is back in rotation (%s)", self.name, parent.url, why)
 
-    def _unhealthy(self, member: Member, exc: Exception) -> None:
-        member.fails += 1
-        member.probing = False
-        if member.up and member.fails < self.spec.max_fails:
+    def _unhealthy(self, parent: Parent, exc: Exception) -> None:
+        parent.fails += 1
+        parent.probing = False
+        if parent.up and parent.fails < self.spec.max_fails:
             return
-        member.down_until = get_hub().loop.now() + self.spec.fail_timeout
-        if member.up:
-            member.up = False
+        parent.down_until = get_hub().loop.now() + self.spec.fail_timeout
+        if parent.up:
+            parent.up = False
             log.warning(
                 "pool %s: parent %s is out for %g s after %d failure(s) in a row: %s",
                 self.name,
-                member.url,
+                parent.url,
                 self.spec.fail_timeout,
-                member.fails,
+                parent.fails,
                 exc,
             )
         else:
-            log.debug("pool %s: parent %s is still out: %s", self.name, member.url, exc)
+            log.debug("pool %s: parent %s is still out: %s", self.name, parent.url, exc)
 
     # --- the active check -------------------------------------------------------------
 
@@ -216,25 +216,24 @@ class Pool:
         interval = self.spec.check_interval
         while True:
             gevent.sleep(interval)
-            for member in self.members:
-                if not member.up and not member.probing:
-                    self._check(member, interval)
+            for parent in self.parents:
+                if not parent.up and not parent.probing:
+                    self._check(parent, interval)
 
-    def _check(self, member: Member, timeout: float) -> None:
+    def _check(self, parent: Parent, timeout: float) -> None:
         """One TCP connect to a parent that is out; it is back if that works."""
-        parent = member.chain.parent
         try:
-            addresses = member.chain.parent_addresses()
+            addresses = parent.chain.parent_addresses()
             connection = open_connection(
-                addresses, parent.port, connect_timeout=timeout, attempt_delay=timeout, source=self._source
+                addresses, parent.chain.parent.port, connect_timeout=timeout, attempt_delay=timeout, source=self._source
             )
         except GConnectError as exc:
-            log.debug("pool %s: check of %s failed: %s", self.name, member.url, exc)
+            log.debug("pool %s: check of %s failed: %s", self.name, parent.url, exc)
             return
         if connection.writer is not None:
             connection.writer.close()
         connection.sock.close()
-        self._healthy(member, "its connect check succeeded")
+        self._healthy(parent, "its connect check succeeded")
 
 
 class Router:
@@ -272,7 +271,7 @@ class Router:
     def snapshot(self) -> list[list[Any]]:
         """``[pool, url, up, {outcome: count}]`` per parent, for the metrics."""
         return [
-            [pool.name, member.url, int(member.up), dict(member.outcomes)]
+            [pool.name, parent.url, int(parent.up), dict(parent.outcomes)]
             for pool in self.pools.values()
-            for member in pool.members
+            for parent in pool.parents
         ]

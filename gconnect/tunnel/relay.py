@@ -69,57 +69,99 @@ class RelayLimits:
 
 class Deadlines:
     """The idle, half-close and lifetime deadlines of one tunnel on one timer,
-    the end reason, and which side ended first: shared by :class:`Relay` and
-    the HTTP/2 stream relay. The class using it keeps ``limits``, ``_loop``,
-    ``_started``, ``_last_activity`` (loop times), its halves ``up`` and
-    ``down``, and ends the tunnel in ``_end(reason)``, which starts with
-    :meth:`_settle`."""
+    the end reason, and which side ended first: the life cycle every relay
+    shares (:class:`Relay`, and the HTTP/2 stream relay).
+
+    The contract for a relay built on it: keep ``limits`` (a
+    :class:`RelayLimits`), ``loop`` (the hub's loop) and halves ``up`` and
+    ``down``; call :meth:`start_clock` when relaying starts and :meth:`touch`
+    when bytes move; call :meth:`side_done` when a side's EOF has been passed
+    on and :meth:`half_closed` when a side is known to be finishing; end the
+    tunnel only in its own ``end(reason)``, which must begin with
+    ``if not self.settle(reason): return``. The timer calls ``end`` with the
+    deadline that fired: ``idle``, ``half_close_timeout`` or ``lifetime``.
+    """
 
     limits: RelayLimits
-    _loop: Any
+    loop: Any
     up: Half
     down: Half
     #: Why the tunnel ended; "" while it runs (see the module docstring).
-    reason = ""
+    end_reason = ""
     _timer: Any = None
     _half_closed = False
     _first_eof = ""
     _started = 0.0
     _last_activity = 0.0
 
-    def _end(self, reason: str) -> None:
+    def end(self, reason: str) -> None:
+        """End the tunnel with *reason* (the relay's own; starts with :meth:`settle`)."""
         raise NotImplementedError
 
-    def _settle(self, reason: str) -> bool:
+    def hung_up(self, half: Half, error: int) -> None:
+        """The source of *half* hung up while its reader was stopped (:class:`HangupWatch`):
+        *error* is its socket error (a reset), 0 for a FIN."""
+        raise NotImplementedError
+
+    def start_clock(self) -> None:
+        """Relaying starts now: the lifetime counts from here, and the idle limit too."""
+        self._started = self._last_activity = self.loop.now()
+        if self.limits.any and not self.end_reason:
+            self.arm_timer()
+
+    def touch(self) -> None:
+        """Bytes moved: the idle deadline starts again (no timer is re-armed for it)."""
+        self._last_activity = self.loop.now()
+
+    def settle(self, reason: str) -> bool:
         """Record the end *reason* once and stop the timer; False if it had ended already."""
-        if self.reason:
+        if self.end_reason:
             return False
-        self.reason = reason
+        self.end_reason = reason
         if self._timer is not None:
             self._timer.close()
             self._timer = None
         return True
 
-    def _side_done(self, side: str) -> None:
+    def side_done(self, side: str) -> None:
         """*side*'s EOF was passed on: the tunnel ends once both directions are
         done, named after the side that ended first; until then the half-close
         limit applies."""
         if not self._first_eof:
             self._first_eof = side
         if self.up.done and self.down.done:
-            self._end("client_eof" if self._first_eof == "client" else "upstream_eof")
+            self.end("client_eof" if self._first_eof == "client" else "upstream_eof")
         else:
             self._half_closed = True
             if self.limits.half_close_timeout:
-                self._arm_timer()
+                self.arm_timer()
+
+    def half_closed(self, side: str) -> None:
+        """*side* sent its EOF behind bytes not yet read: the tunnel is half-closed
+        from here on, and the shorter half-close limit applies."""
+        if not self._first_eof:
+            self._first_eof = side
+        self._half_closed = True
+        self.arm_timer()
+
+    def arm_timer(self) -> None:
+        """(Re)arm the one timer at the earliest deadline now; only when it fires
+        or a limit changes: traffic just moves the idle clock (:meth:`touch`)."""
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+        at, kind = self._next_deadline()
+        if kind:
+            self._timer = self.loop.timer(max(0.0, at - self.loop.now()))
+            self._timer.start(self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         at, kind = self._next_deadline()
-        if kind and self._loop.now() >= at - _TIMER_SLACK:
-            self._end(kind)
+        if kind and self.loop.now() >= at - _TIMER_SLACK:
+            self.end(kind)
         else:
-            self._arm_timer()
+            self.arm_timer()
 
     def _next_deadline(self) -> tuple[float, str]:
         """The earliest deadline now and the end reason it stands for ("" if none)."""
@@ -137,17 +179,6 @@ class Deadlines:
             return self._last_activity + idle, kind
         return 0.0, ""
 
-    def _arm_timer(self) -> None:
-        # One timer per tunnel, re-armed only when it fires or the limit changes;
-        # traffic just moves _last_activity.
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
-        at, kind = self._next_deadline()
-        if kind:
-            self._timer = self._loop.timer(max(0.0, at - self._loop.now()))
-            self._timer.start(self._on_timer)
-
 
 class Relay(Deadlines):
     """Pump bytes between two connected sockets until the tunnel ends.
@@ -157,12 +188,15 @@ class Relay(Deadlines):
     :meth:`abort` ends it early. *client_reader* and *upstream_writer* are
     watchers the handshake already made (read on the client, write on the
     upstream); the relay adopts them instead of making its own. After the
-    end, ``reason``, ``bytes_up``, ``bytes_down`` and ``first_byte_at`` say
+    end, ``end_reason``, ``bytes_up``, ``bytes_down`` and ``first_byte_at`` say
     what happened.
     """
 
     #: time.monotonic() when the first upstream byte reached the client (0: none yet).
     first_byte_at = 0.0
+    #: Bytes delivered each way, once the relay has ended (read them from the halves before).
+    bytes_up = 0
+    bytes_down = 0
 
     def __init__(
         self,
@@ -188,24 +222,17 @@ class Relay(Deadlines):
         self.limits = limits
         self.on_done = on_done
         self._hangups = hangups
-        self._loop = get_hub().loop
-
-    @property
-    def bytes_up(self) -> int:
-        """Bytes delivered from the client to the upstream."""
-        return self.up.nbytes
-
-    @property
-    def bytes_down(self) -> int:
-        """Bytes delivered from the upstream to the client."""
-        return self.down.nbytes
+        self.loop = get_hub().loop
 
     def start(self, first_bytes_up: int = 0, client_eof: bool = False) -> None:
         """Arm the watchers; *first_bytes_up* counts early data already sent,
         *client_eof* says the client's EOF already came with it (a TLS
         close_notify read with the head)."""
-        loop = self._loop
+        loop = self.loop
+        # start_clock(), inline: once per tunnel.
         self._started = self._last_activity = loop.now()
+        if self.limits.any:
+            self.arm_timer()
         up = self.up
         down = self.down
         if first_bytes_up:
@@ -220,19 +247,17 @@ class Relay(Deadlines):
             self._finish(up)
         else:
             reader.start(self._on_readable, up)
-        if self.limits.any and not self.reason:
-            self._arm_timer()
 
     def abort(self, reason: str) -> None:
         """End the tunnel now (e.g. at shutdown)."""
-        self._end(reason)
+        self.end(reason)
 
     # --- callbacks, run by the hub: a libev callback must not raise -----------------
 
     def _on_readable(self, half: Half) -> None:
         try:
             if half.mover.pump(half):
-                self._last_activity = self._loop.now()
+                self._last_activity = self.loop.now()  # touch(), inline: once per wake-up
                 if not self.first_byte_at and half is self.down:
                     self.first_byte_at = time.monotonic()
             if half.blocked:
@@ -244,7 +269,7 @@ class Relay(Deadlines):
             self._end_reset(reset.side)
         except Exception:
             log.exception("relay bug (pump, %s side)", half.name)
-            self._end("error")
+            self.end("error")
 
     def _on_writable(self, half: Half) -> None:
         try:
@@ -252,7 +277,7 @@ class Relay(Deadlines):
                 self._finish(half)
                 return
             if half.mover.flush(half):
-                self._last_activity = self._loop.now()
+                self._last_activity = self.loop.now()  # touch(), inline: once per wake-up
             if half.blocked:
                 return  # the writer stays armed
             half.writer.stop()
@@ -264,23 +289,18 @@ class Relay(Deadlines):
             self._end_reset(reset.side)
         except Exception:
             log.exception("relay bug (flush, %s side)", half.name)
-            self._end("error")
+            self.end("error")
 
     def hung_up(self, half: Half, error: int) -> None:
         """The source of *half* hung up while we were not reading it (HangupWatch)."""
-        if self.reason:
+        if self.end_reason:
             return
         if error:
             self._end_reset(half.name)
         elif not half.peer_fin:
-            # A FIN behind bytes we have not read yet (they are still delivered,
-            # then the EOF): the tunnel is half-closed from here on, and the
-            # shorter idle limit applies.
+            # A FIN behind bytes we have not read yet: they are still delivered, then the EOF.
             half.peer_fin = True
-            if not self._first_eof:
-                self._first_eof = half.name
-            self._half_closed = True
-            self._arm_timer()
+            self.half_closed(half.name)
 
     # --- state -----------------------------------------------------------------------
 
@@ -288,7 +308,7 @@ class Relay(Deadlines):
         # Back-pressure: stop reading this direction until dst drains.
         half.reader.stop()
         if half.writer is None:
-            half.writer = self._loop.io(half.dst.fileno(), WRITE)
+            half.writer = self.loop.io(half.dst.fileno(), WRITE)
         half.writer.start(self._on_writable, half)
         if self._hangups is not None and not half.hangup:
             half.hangup = True
@@ -298,14 +318,14 @@ class Relay(Deadlines):
         if not half.mover.finish(half):
             half.finishing = True
             if half.writer is None:
-                half.writer = self._loop.io(half.dst.fileno(), WRITE)
+                half.writer = self.loop.io(half.dst.fileno(), WRITE)
             half.writer.start(self._on_writable, half)
             return
         if half.finishing:
             half.finishing = False
             half.writer.stop()
         half.done = True
-        self._side_done(half.name)
+        self.side_done(half.name)
 
     def _end_reset(self, side: str) -> None:
         survivor = self.down.src if side == "client" else self.up.src
@@ -313,10 +333,10 @@ class Relay(Deadlines):
             survivor.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, _LINGER_ABORT)
         except OSError:
             pass
-        self._end(f"{side}_reset")
+        self.end(f"{side}_reset")
 
-    def _end(self, reason: str) -> None:
-        if not self._settle(reason):
+    def end(self, reason: str) -> None:
+        if not self.settle(reason):
             return
         for half in (self.up, self.down):
             if half.reader is not None:
@@ -329,6 +349,8 @@ class Relay(Deadlines):
                 half.mover.drop(half)
             if half.hangup:
                 self._hangups.forget(half)  # type: ignore[union-attr]
+        self.bytes_up = self.up.nbytes
+        self.bytes_down = self.down.nbytes
         try:
             self.on_done(self)
         except Exception:
@@ -351,11 +373,11 @@ class HangupWatch:
 
     def __init__(self) -> None:
         self._epoll = _epoll()
-        self._watched: dict[int, tuple[Relay, Half]] = {}
+        self._watched: dict[int, tuple[Deadlines, Half]] = {}
         self._watcher = get_hub().loop.io(self._epoll.fileno(), READ)
         self._watcher.start(self._on_events)
 
-    def watch(self, relay: Relay, half: Half) -> None:
+    def watch(self, relay: Deadlines, half: Half) -> None:
         fd = half.src.fileno()
         try:
             self._epoll.register(fd, select.EPOLLRDHUP | select.EPOLLET)

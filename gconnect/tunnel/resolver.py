@@ -24,7 +24,7 @@ import gevent
 from gevent.event import AsyncResult
 
 from ..config import Config
-from ..errors import NameNotFoundError, ResolveError, ResolveTimeoutError, UpstreamError
+from ..errors import NameNotFoundError, OutboundError, ResolveError, ResolveTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class Resolver:
             return result
         raise self._error(host, result)
 
-    def _error(self, host: str, failure: _Failure) -> UpstreamError:
+    def _error(self, host: str, failure: _Failure) -> OutboundError:
         if failure.kind == "timeout":
             return ResolveTimeoutError(f"DNS lookup of {host} timed out after {self._config.dns_timeout:g} s")
         if failure.kind == "nxdomain":

@@ -1,138 +1,116 @@
-"""One client, from accept to close.
+"""One request for a tunnel, from its client's arrival to its close.
 
 :meth:`Tunnel.run` is the handshake, one method per step, read top to bottom::
 
-    admit         loop check, PROXY header, TLS handshake, limits   -> 400 / 403 / 429 / 503
-    read_head     one deadline from accept; head.py parses          -> 400 / 405 / 408 / 431 / 505
-    authenticate  Basic, cached, bcrypt in the thread pool          -> 407 / 429
-    check         port; whether a parent proxy carries it           -> 403
-    resolve       IP literals skip DNS; every address checked       -> 403 / 502 / 504
-    dial          Happy Eyeballs, or the parent's CONNECT           -> 502 / 503 / 504
-    answer        "HTTP/1.1 200 Connection established"             (the point of no return)
-    relay         early bytes first, then the callback relay
+    admit         the client side's way in (loop check, PROXY header, TLS), limits -> 400 / 403 / 429 / 503
+    read request  one deadline from accept; the side's parser                      -> 400 / 405 / 408 / 431 / 505
+    authenticate  Basic, cached, bcrypt in the thread pool                         -> 407 / 429
+    check         port, name rules, the user's rules, the route                    -> 403
+    resolve       IP literals skip DNS; every address checked                      -> 403 / 502 / 504
+    dial          Happy Eyeballs, or a pool of parents                             -> 502 / 503 / 504
+    answer        the 200 (the point of no return)
+    relay         early bytes first, then the side's relay, driven by callbacks
     close         the one exit for every outcome
 
-Before ``answer`` any GConnectError becomes its HTTP response (:meth:`refuse`);
-anything else is a bug, logged with its traceback and answered 500.
+Before the answer any GConnectError becomes the side's refusal; anything else
+is a bug, logged with its traceback and answered 500. The steps are the same
+for every kind of client: what differs (how the request is read, how the
+answer is sent, how bytes are relayed) is the :class:`~gconnect.tunnel.client.ClientSide`'s.
 
-Ownership: the tunnel owns both sockets from accept to :meth:`close`, which
-closes them. The handshake runs in the tunnel's own greenlet on raw
-non-blocking sockets (:mod:`gconnect.tunnel.waiting`); after ``answer`` the
-greenlet ends and the :class:`~gconnect.tunnel.relay.Relay` drives the sockets
-from libev callbacks, adopting the watchers the handshake made, until its
-``on_done`` calls :meth:`close`. Refusals, ended relays (plain or TLS) and
-handshakes killed at shutdown all leave through :meth:`close`, which reads the
-tunnel's attributes once for the stats and the access log.
+Ownership: the tunnel owns its outbound connection from the dial to
+:meth:`close`, and its client side, which it closes there; the relay borrows
+both until its ``on_done``. The handshake runs in the tunnel's own greenlet
+(``greenlet``, set by whoever spawned it); after the answer the greenlet ends
+and callbacks drive the relay. Refusals, ended relays, takeovers by another
+protocol and handshakes killed at shutdown all leave through :meth:`close`,
+which releases what the tunnel held and tells the observer once.
 """
 
 from __future__ import annotations
 
-import _socket
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ClientClosedError, GConnectError, HeadTimeoutError, LoopDetectedError
-from . import proxyproto
-from .dial import Connection, fmt, open_connection
-from .forward.request import FirstHeadParser, ForwardRequest
-from .head import RESPONSE_200, ConnectRequest, RequestParser, proxy_status, render_error
+from gevent import kill as kill_greenlet
+
+from ..config import hostport
+from ..errors import GConnectError
+from .client import ClientServed
+from .dial import open_connection
 from .limits import client_key
-from .relay import Relay
-from .tls import TLSSession
-from .waiting import READ, WRITE, recv, send_all, wait
 
 if TYPE_CHECKING:
-    from ..server import Proxy
+    from .client import ClientSide, RelayHandle
+    from .dial import Connection
+    from .head import ConnectRequest
+    from .pool import Parent, Pool
+    from .services import TunnelServices
 
 log = logging.getLogger(__name__)
 
-#: Bytes asked of recv() while reading the head: a typical head and a TLS
-#: ClientHello sent right behind it fit in one read.
-HEAD_RECV_BYTES = 8192
-#: Bytes asked of recv() for a forwarded request's body (as for the origin's side).
-FORWARD_RECV_BYTES = 64 * 1024
-#: After an error response, read and discard what the client still sends for at
-#: most this long / this much, so closing does not turn into a reset that
-#: destroys the response in flight (Apache's lingering close waits up to 2 s).
-LINGER_SECONDS = 1.0
-LINGER_BYTES = 64 * 1024
-
 
 class Tunnel:
-    """One client connection: the handshake's steps, the relay, one exit.
+    """One tunnel: the handshake's steps, the relay, one exit.
 
-    Its attributes are what the access log and the metrics read at the end:
-    ``address`` (the client, or the one a PROXY header names), ``user``,
-    ``target``, ``dialled``, ``via``, ``status`` (0 until answered),
-    ``reason``, ``bytes_up``/``bytes_down`` and the monotonic times
+    Its public attributes are what observers read (the access log, the
+    metrics): ``address`` (the client, or the one a PROXY header names),
+    ``user``, ``target`` (``host:port`` asked for), ``dialled`` (the address
+    connected to), ``via`` (the parent proxy's URL), ``status`` (0 until
+    answered), ``end_reason``, ``would_deny``, ``bytes_up``/``bytes_down``,
+    ``side`` (``protocol``, ``stream_id``) and the monotonic times
     ``started``, ``resolved_at``, ``connected_at``, ``first_byte_at`` (0: not
     reached). Attributes most tunnels never change start as the class
     defaults below: a tunnel is made for every client, and each store counts.
     """
 
     status = 0
-    reason = "error"
+    end_reason = "error"
     target = "-"
     dialled = "-"
     user: str | None = None
     via: str | None = None
-    #: The pool carrying this tunnel (None: direct), and the parent of it that does.
-    parent: Any = None
+    #: The pool of parent proxies carrying this tunnel (None: direct), and the parent in it that does.
+    pool: Pool | None = None
+    parent: Parent | None = None
     #: Report mode: the name rules' reason this tunnel would have been refused for.
     would_deny: str | None = None
-    member: Any = None
     #: The client as the limits count it, once admitted.
     who = ""
-    #: Our (local, remote) addresses of the upstream connection, for the loop check.
+    #: Our (local, remote) addresses of the outbound connection, for the loop check.
     own: tuple | None = None
-    tls: TLSSession | None = None
-    upstream: Connection | None = None
-    relay: Relay | None = None
+    outbound: Connection | None = None
+    relay: RelayHandle | None = None
+    #: The greenlet running the handshake (None once it is done, or never spawned).
     greenlet: Any = None
     bytes_up = 0
     bytes_down = 0
     resolved_at = 0.0
     connected_at = 0.0
     first_byte_at = 0.0
-    _client_reader: Any = None
-    _client_writer: Any = None
-    _early = b""
-    #: HTTP/2 (ALPN h2): the connection's session, and the stream id (0 for the connection itself).
-    h2: Any = None
-    stream_id: int | None = None
-    #: Serving forwarded requests: each is its own access-log record, so the connection writes none.
-    forwarding = False
+    _abort_reason = "shutdown"
 
-    def __init__(self, proxy: Proxy, client: _socket.socket, address: tuple) -> None:
-        self.proxy = proxy
-        self.client = client
-        self.address = address
+    def __init__(self, services: TunnelServices, side: ClientSide) -> None:
+        self.services = services
+        self.side = side
+        #: The client; once the side is admitted (and at close), the one a PROXY header names.
+        self.address = side.address
         self.started = time.monotonic()
-        self._loop = loop = proxy.loop
-        #: One header deadline from accept for the PROXY header, TLS handshake and head.
-        self._deadline = loop.now() + proxy.config.header_timeout
-        # One policy for the whole handshake, even if SIGHUP swaps it meanwhile.
-        self._policy = proxy.policy
+        # One policy for the whole handshake (a user's own table replaces it in check()).
+        self.policy = services.policy
+        services.tunnels.add(self)
 
     def run(self) -> None:
         """Serve the client until the relay has the sockets or the tunnel is closed."""
         try:
-            self.admit()
-            if self.h2 is not None:
-                self.h2.serve()  # each stream is a tunnel of its own; this is the connection
+            takeover = self.side.admit()
+            self.address = self.side.address
+            if takeover is not None:
+                self.end_reason = takeover()  # another protocol served the connection to its end
                 self.close()
                 return
-            request = self.read_head()
-            if isinstance(request, ForwardRequest):
-                early = self.forward(request)
-                if early is None:
-                    self.close()
-                    return
-                # A CONNECT followed the forwarded requests: a tunnel from here on.
-                self._early = early
-                request = self.read_head()
-                assert isinstance(request, ConnectRequest)
+            self.admit()
+            request = self.read_request()
             self.authenticate(request)
             self.check(request)
             addresses = self.resolve(request)
@@ -140,18 +118,20 @@ class Tunnel:
             self.answer()
         except GConnectError as exc:
             self.refuse(exc)
+        except ClientServed as served:
+            self.end_reason = served.end_reason
         except OSError as exc:
             # A client that vanished while we wrote to it.
             self.status = self.status or 499
-            self.reason = "client_reset"
+            self.end_reason = "client_reset"
             log.debug("client %s: %s", self.address, exc)
         except Exception:
             log.exception("bug while serving %s (target %s)", self.address, self.target)
             if not self.status:
                 self.refuse(GConnectError("internal error, see the proxy's log"))
         except BaseException:
-            # Killed (the drain timed out at shutdown): release and log on the way out.
-            self.reason = "shutdown"
+            # Killed (abort(), or the drain timed out at shutdown): release and log on the way out.
+            self.end_reason = self._abort_reason
             self.close()
             raise
         else:
@@ -162,106 +142,20 @@ class Tunnel:
     # --- the steps -------------------------------------------------------------------
 
     def admit(self) -> None:
-        """The loop check, the load balancer's PROXY header, the TLS handshake,
-        then the client counted against the limits (429/503 past them)."""
-        proxy = self.proxy
-        if proxy.own_connections.is_own(self.address, self.client):
-            raise LoopDetectedError("tunnel loops back into this proxy")
-        if proxy.proxy_protocol and proxy.trusts_proxy_header(self.address):
-            self.read_proxy_header()
-        if proxy.tls_context is not None:
-            self.tls = TLSSession(self.client, proxy.tls_context)
-            self.tls.handshake(self._reader(), self._writer(), self._deadline)
-            if self.tls.ssl.selected_alpn_protocol() == "h2":
-                from .h2session import H2Session
-
-                self.h2 = H2Session(self)
-                return  # not counted as a client: each of its streams is
+        """Count the client against the limits (503 past the proxy's, 429 past its address's)."""
         who = client_key(self.address[0])
-        proxy.limits.admit(who)
+        self.services.limits.admit(who)
         self.who = who
 
-    def read_proxy_header(self) -> None:
-        """Read the load balancer's PROXY header: from here on the client is the one it names."""
-        data = b""
-        while True:
-            chunk = self._recv_client("PROXY header")
-            if not chunk:
-                raise ClientClosedError("connection closed before the PROXY header was complete")
-            data += chunk
-            parsed = proxyproto.parse(data)
-            if parsed is not None:
-                header, length = parsed
-                self.address = header.source or self.address
-                self._early = data[length:]
-                return
-
-    def read_head(self) -> ConnectRequest | ForwardRequest:
-        """The request head, by the header deadline: a CONNECT, or (with
-        --forward-http on) a plain HTTP request to forward."""
-        config = self.proxy.config
-        forwarding = config.forward_http == "on"
-        parser = FirstHeadParser(config.max_header_bytes) if forwarding else RequestParser(config.max_header_bytes)
-        data, self._early = self._early, b""
-        while True:
-            if data:
-                request = parser.feed(data)
-                if request is not None:
-                    if isinstance(request, ConnectRequest):
-                        self.target = request.target
-                    return request
-            data = self._recv_client("request head")
-            if not data:
-                raise ClientClosedError("connection closed before the request head was complete")
-
-    def forward(self, request: ForwardRequest) -> bytes | None:
-        """Serve plain HTTP requests on this connection (one access-log record
-        each); the bytes of a CONNECT that followed them, or None when done."""
-        from .forward.context import ForwardContext
-        from .forward.session import ForwardSession
-
-        proxy = self.proxy
-        config = proxy.config
-        self.forwarding = True
-        ctx = ForwardContext(
-            config=config,
-            policy=lambda: proxy.policy,
-            auth=proxy.auth,
-            resolver=proxy.resolver,
-            router=proxy.router,
-            source=proxy.source,
-            own_connections=proxy.own_connections,
-            stats=proxy.stats,
-            access_log=proxy.access_log,
-            idle=proxy.forward_idle,
-            address=self.address,
-            who=self.who,
-            tls=self.tls is not None,
-        )
-        lifetime = config.max_tunnel_lifetime
-        ends_at = self._loop.now() + lifetime if lifetime else float("inf")
-        early = ForwardSession(ctx, self, ends_at).serve(request)
-        if early is not None:
-            # The CONNECT's head gets a header deadline of its own.
-            self.forwarding = False
-            self._deadline = self._loop.now() + config.header_timeout
-        return early
-
-    # The client connection as forwarding uses it (forward.context.ClientStream).
-
-    def recv_nowait(self) -> bytes:
-        """What the client sent (plaintext), b"" at EOF; BlockingIOError if nothing yet."""
-        return self.tls.recv() if self.tls is not None else self.client.recv(FORWARD_RECV_BYTES)  # type: ignore[no-any-return]
-
-    def client_reader(self) -> Any:
-        return self._reader()
-
-    def send(self, data: bytes, deadline: float) -> bool:
-        return self._send_client(data, deadline)
+    def read_request(self) -> ConnectRequest:
+        """The request, as the client side reads it."""
+        request = self.side.read_request()
+        self.target = request.target
+        return request
 
     def authenticate(self, request: ConnectRequest) -> None:
         """Who the client is, if the proxy asks (407/429 otherwise)."""
-        auth = self.proxy.auth
+        auth = self.services.auth
         if auth is not None:
             values = [v for k, v in request.headers if k.lower() == b"proxy-authorization"]
             self.user = auth.authenticate(values, self.who)
@@ -270,38 +164,39 @@ class Tunnel:
         """The user's policy, the port rule, the name rules (before any DNS
         lookup, so a refused name is never queried), and which pool of parent
         proxies (if any) carries this tunnel."""
-        policy = self._policy
+        policy = self.policy
         if policy.users and self.user is not None:
-            policy = self._policy = policy.users.get(self.user, policy)
+            policy = self.policy = policy.users.get(self.user, policy)
         policy.check_port(request.port)
         if policy.hosts is not None:
             self.would_deny = policy.check_host(request.host, request.family)
             if self.would_deny:
-                self.proxy.stats.would_deny(self.would_deny)
-        router = self.proxy.router
+                self.services.observer.would_deny(self, self.would_deny)
+        router = self.services.router
         if router is not None:
-            self.parent = router.route(request.host, request.family)
+            self.pool = router.route(request.host, request.family)
 
     def resolve(self, request: ConnectRequest) -> list[str]:
         """The addresses that may be dialled, each checked by the policy. A name
-        a parent carries is the parent's to resolve (under its own policy)."""
+        a pool carries is its parents' to resolve (under their own policy)."""
         if request.family:
             addresses = [request.host]
-        elif self.parent is not None:
+        elif self.pool is not None:
             self.resolved_at = time.monotonic()
             return []
         else:
-            addresses = self.proxy.resolver.resolve(request.host)
+            addresses = self.services.resolver.resolve(request.host)
         self.resolved_at = time.monotonic()
-        return self._policy.filter_addresses(request.host, request.port, addresses)
+        return self.policy.filter_addresses(request.host, request.port, addresses)
 
     def dial(self, request: ConnectRequest, addresses: list[str]) -> None:
         """Connect: directly to the first address that answers, or through the pool's parents."""
-        config = self.proxy.config
-        if self.parent is not None:
+        services = self.services
+        config = services.config
+        if self.pool is not None:
             tried: list[Any] = []
             try:
-                upstream, self.member = self.parent.open(
+                outbound, self.parent = self.pool.open(
                     request.host,
                     request.port,
                     connect_timeout=config.connect_timeout,
@@ -312,152 +207,93 @@ class Tunnel:
                 # The parent that carried the tunnel, or the last one that failed it.
                 self.via = tried[-1].url if tried else None
         else:
-            upstream = open_connection(
+            outbound = open_connection(
                 addresses,
                 request.port,
                 connect_timeout=config.connect_timeout,
                 attempt_delay=config.attempt_delay,
-                source=self.proxy.source,
+                source=services.source,
             )
-        self.upstream = upstream
+        self.outbound = outbound
         self.connected_at = time.monotonic()
-        self.dialled = fmt(upstream.address, upstream.port)
-        self.own = (upstream.sock.getsockname()[:2], (upstream.address, upstream.port))
-        self.proxy.own_connections.add(self.own)
+        self.dialled = hostport(outbound.address, outbound.port)
+        self.own = (outbound.sock.getsockname()[:2], (outbound.address, outbound.port))
+        services.own_connections.add(self.own)
 
     def answer(self) -> None:
-        """Tell the client 200: from here on there is no HTTP to speak."""
-        if not self._send_client(RESPONSE_200, self._loop.now() + self.proxy.config.header_timeout):
-            raise ConnectionError("the client does not read: the 200 could not be sent")
+        """Tell the client its tunnel is open: from here on there is no HTTP to speak."""
+        self.side.established()
         self.status = 200
-        self.proxy.stats.opened(time.monotonic() - self.started)
-        if self.proxy.access_log is not None:
-            self.proxy.access_log.opened(self)
+        self.services.observer.opened(self)
 
     def start_relay(self, early: bytes) -> None:
-        """Forward the bytes that came with the head (RFC 9110 §9.3.6 lets the
-        client send early: they are tunnel data), then hand both sockets to
-        the relay; this greenlet ends here."""
-        proxy = self.proxy
-        upstream = self.upstream
-        assert upstream is not None
-        if early:
-            if upstream.writer is None:
-                upstream.writer = self._loop.io(upstream.sock.fileno(), WRITE)
-            try:
-                sent = send_all(upstream.sock, early, upstream.writer, self._loop.now() + proxy.config.connect_timeout)
-            except OSError:
-                sent = False
-            if not sent:
-                self.reason = "upstream_reset"
-                self.close()
-                return
-            self.bytes_up = len(early)
-        tls = self.tls
-        relay = self.relay = Relay(
-            self.client,
-            upstream.sock,
-            movers=proxy.plain_movers if tls is None else proxy.tls_movers,
-            limits=proxy.relay_limits,
-            on_done=self._relay_done,
-            client_reader=self._client_reader,
-            upstream_writer=upstream.writer,
-            tls=tls,
-            hangups=proxy.hangups,
-        )
-        # The relay owns these watchers now.
-        self._client_reader = upstream.writer = None
-        relay.start(len(early), tls is not None and tls.eof)
+        """Hand the client and the outbound connection to the side's relay,
+        *early* (bytes that came with the request) first; this greenlet ends here."""
+        outbound = self.outbound
+        assert outbound is not None
+        self.greenlet = None
+        try:
+            self.relay = self.side.start_relay(outbound, early, self._relay_done)
+        except OSError:
+            self.end_reason = "upstream_reset"
+            self.close()
 
-    def _relay_done(self, relay: Relay) -> None:
-        self.bytes_up = relay.up.nbytes
-        self.bytes_down = relay.down.nbytes
-        self.reason = relay.reason
+    def _relay_done(self, relay: RelayHandle) -> None:
+        self.bytes_up = relay.bytes_up
+        self.bytes_down = relay.bytes_down
+        self.end_reason = relay.end_reason
         self.first_byte_at = relay.first_byte_at
         self.close()
 
-    # --- refusing and closing --------------------------------------------------------
+    # --- ending --------------------------------------------------------------------------
 
     def refuse(self, exc: GConnectError) -> None:
-        """Answer *exc* as its HTTP error, then linger briefly so the response
-        is read before the connection goes."""
+        """Record *exc* as the outcome and let the client side answer it."""
         self.status = exc.status
-        self.reason = exc.code
-        if not exc.answerable:
-            return
-        headers = (*exc.headers, ("Proxy-Status", proxy_status(exc)))
-        body = render_error(exc.status, exc.reason, str(exc), headers)
-        deadline = self._loop.now() + LINGER_SECONDS
-        try:
-            if not self._send_client(body, deadline):
-                return
-            if self.tls is not None:
-                send_all(self.client, self.tls.close_notify(), self._writer(), deadline)
-            self.client.shutdown(_socket.SHUT_WR)
-            drained = 0
-            while drained < LINGER_BYTES:
-                chunk = recv(self.client, LINGER_BYTES, self._reader(), deadline)
-                if not chunk:  # the client's EOF, or the deadline (None)
-                    return
-                drained += len(chunk)
-        except OSError:
-            pass
+        self.end_reason = exc.code
+        self.side.refuse(exc)
+
+    def abort(self, reason: str) -> None:
+        """End the tunnel now, whatever step it is at (shutdown): the relay is
+        aborted, or the handshake's greenlet killed; either way it closes."""
+        if self.relay is not None:
+            self.relay.abort(reason)
+        elif self.greenlet is not None and not self.greenlet.dead:
+            self._abort_reason = reason
+            kill_greenlet(self.greenlet)
+
+    def interrupt(self, exc: GConnectError) -> None:
+        """Raise *exc* in the handshake's greenlet at its next wait (the client
+        gave up: an HTTP/2 stream reset before its 200); the tunnel then refuses
+        with it. Scheduled in order after the greenlet's own start."""
+
+        def throw() -> None:
+            greenlet = self.greenlet
+            if greenlet is not None and not greenlet.dead:
+                greenlet.throw(exc)
+
+        self.services.loop.run_callback(throw)
+
+    def drain(self) -> None:
+        """Shutdown has begun: ask the client side to finish (see ClientSide.drain)."""
+        self.side.drain()
 
     def close(self) -> None:
-        """The one exit: release what the tunnel held, close both sockets, count
-        the outcome and write its access-log record."""
-        proxy = self.proxy
+        """The one exit: release what the tunnel held, close the outbound
+        connection and the client side, and tell the observer."""
+        services = self.services
+        self.address = self.side.address  # a refusal may come after a PROXY header
         if self.who:
-            proxy.limits.release(self.who)
+            services.limits.release(self.who)
         if self.own is not None:
-            proxy.own_connections.remove(self.own)
-        if self.member is not None:
-            self.member.release()
-        if self._client_reader is not None:
-            self._client_reader.close()
-        if self._client_writer is not None:
-            self._client_writer.close()
-        upstream = self.upstream
-        if upstream is not None:
-            if upstream.writer is not None:
-                upstream.writer.close()
-            upstream.sock.close()
-        self.client.close()
-        proxy.tunnel_closed(self)
-        if self.forwarding:
-            return
-        proxy.stats.closed(self.status, self.reason, self.bytes_up, self.bytes_down)
-        if proxy.access_log is not None:
-            proxy.access_log.closed(self)
-
-    # --- the client socket during the handshake ---------------------------------------
-
-    def _reader(self) -> Any:
-        if self._client_reader is None:
-            self._client_reader = self._loop.io(self.client.fileno(), READ)
-        return self._client_reader
-
-    def _writer(self) -> Any:
-        if self._client_writer is None:
-            self._client_writer = self._loop.io(self.client.fileno(), WRITE)
-        return self._client_writer
-
-    def _recv_client(self, what: str) -> bytes:
-        """What the client sent next (plaintext on a TLS listener), by the header deadline."""
-        while True:
-            try:
-                return self.tls.recv() if self.tls is not None else self.client.recv(HEAD_RECV_BYTES)
-            except BlockingIOError:
-                if not wait(self._reader(), self._deadline - self._loop.now()):
-                    timeout = self.proxy.config.header_timeout
-                    raise HeadTimeoutError(f"{what} not received within {timeout:g} s") from None
-
-    def _send_client(self, data: bytes, deadline: float) -> bool:
-        """Write *data* to the client (encrypted on a TLS listener) by *deadline*."""
-        if self.tls is not None:
-            data = self.tls.encrypt(data)
-        try:
-            sent = self.client.send(data)
-        except BlockingIOError:
-            sent = 0
-        return sent == len(data) or send_all(self.client, data[sent:], self._writer(), deadline)
+            services.own_connections.remove(self.own)
+        if self.parent is not None:
+            self.parent.release()
+        outbound = self.outbound
+        if outbound is not None:
+            if outbound.writer is not None:
+                outbound.writer.close()
+            outbound.sock.close()
+        self.side.close(self.status, self.end_reason)
+        services.tunnels.discard(self)
+        services.observer.closed(self)

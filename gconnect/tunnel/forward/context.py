@@ -1,21 +1,29 @@
-"""What forwarding is given, and what it leaves behind for the log.
+"""What forwarding is given, and what it leaves behind for the observer.
 
-:class:`ForwardContext` is everything one client connection's forwarded
-requests may use (the same services a tunnel uses); :class:`ClientStream` is
-the contract the client's connection keeps (plain or TLS, the forwarding
-never knows which); :class:`RequestRecord` is one request's outcome, read
-once by the access log and the metrics, with the attributes a tunnel has.
+:class:`ForwardContext` is one client connection's view of the
+:class:`~gconnect.tunnel.services.TunnelServices` (the same services a tunnel
+uses) with who the client is; :class:`ClientStream` is what forwarding needs
+of the client's connection (plain or TLS, it never knows which), and
+:class:`ConnectionStream` provides it for an HTTP/1.1
+:class:`~gconnect.tunnel.client.ClientConnection`; :class:`RequestRecord` is
+one request's outcome, a :class:`~gconnect.tunnel.observer.ForwardedRecord`
+read once by the observer (the access log, the metrics).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ...config import Config
-from ...errors import GConnectError
+if TYPE_CHECKING:
+    from ...config import Config
+    from ...errors import GConnectError
+    from ..client import ClientConnection
+    from ..services import TunnelServices
+
+#: Bytes asked of one recv() from the client for a request body.
+CLIENT_RECV_BYTES = 64 * 1024
 
 
 class ClientStream(Protocol):
@@ -35,41 +43,67 @@ class ClientStream(Protocol):
         """Answer *exc* as an error response (the connection then closes)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class ForwardContext:
-    """The services of one client connection's forwarded requests."""
+class ConnectionStream:
+    """:class:`ClientStream` over an accepted connection (TCP or TLS)."""
 
-    config: Config
-    #: The proxy's policy now (read once per request: a reload applies to the next one).
-    policy: Callable[[], Any]
-    auth: Any
-    resolver: Any
-    router: Any
-    source: Any
-    own_connections: Any
-    stats: Any
-    access_log: Any
-    idle: Any
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+
+    def recv_nowait(self) -> bytes:
+        conn = self.conn
+        return conn.tls.recv() if conn.tls is not None else conn.sock.recv(CLIENT_RECV_BYTES)  # type: ignore[no-any-return]
+
+    def client_reader(self) -> Any:
+        return self.conn.reader()
+
+    def send(self, data: bytes, deadline: float) -> bool:
+        return self.conn.send(data, deadline)
+
+    def refuse(self, exc: GConnectError) -> None:
+        self.conn.refuse(exc)  # type: ignore[attr-defined]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ForwardContext:
+    """One client connection's forwarded requests: the services, and the client."""
+
+    services: TunnelServices
     #: The client's address (after any PROXY header) and its limits key.
     address: tuple
     who: str
     #: The client came through a TLS listener (the PAC file then says HTTPS).
     tls: bool = False
 
+    @property
+    def config(self) -> Config:
+        return self.services.config
+
+
+class SideOfRequest:
+    """The observer's view of a forwarded request's client side: HTTP/1.1, no stream."""
+
+    __slots__ = ()
+    protocol = "http/1.1"
+    stream_id = None
+
+
+_SIDE = SideOfRequest()
+
 
 class RequestRecord:
     """One forwarded request's outcome: the attributes a tunnel gives the
-    access log (``target``, ``status``, ``reason``, bytes, times), and
+    observer (``target``, ``status``, ``end_reason``, bytes, times), and
     ``method``, ``scheme`` and ``path`` (None unless paths are logged)."""
 
     status = 0
-    reason = "error"
+    end_reason = "error"
     target = "-"
     dialled = "-"
     user: str | None = None
     via: str | None = None
     would_deny: str | None = None
-    stream_id: int | None = None
     bytes_up = 0
     bytes_down = 0
     resolved_at = 0.0
@@ -79,6 +113,7 @@ class RequestRecord:
     path: str | None = None
     #: True when the connection to the origin was an idle one reused.
     reused = False
+    side = _SIDE
 
     def __init__(self, address: tuple, method: bytes) -> None:
         self.address = address

@@ -21,19 +21,20 @@ from typing import Any
 
 from gevent import get_hub
 
+from ...config import hostport
 from ...errors import (
     BadResponseError,
     BodyTimeoutError,
     ClientClosedError,
     GConnectError,
     MalformedRequestError,
+    OutboundConnectError,
+    OutboundTimeoutError,
     PolicyDeniedError,
     ResponseIncompleteError,
     ResponseTimeoutError,
-    UpstreamConnectError,
-    UpstreamConnectTimeoutError,
 )
-from ..dial import fmt, open_connection
+from ..dial import open_connection
 from ..waiting import wait, wait_any
 from .body import BodyError, BodyReader
 from .context import ClientStream, ForwardContext, RequestRecord
@@ -113,7 +114,7 @@ class Exchange:
                 raise
 
     def authenticate(self) -> None:
-        auth = self.ctx.auth
+        auth = self.ctx.services.auth
         if auth is not None:
             self.user = self.record.user = auth.authenticate(
                 values(self.request.headers, b"proxy-authorization"), self.ctx.who
@@ -123,7 +124,8 @@ class Exchange:
         """The user's policy, the forwarding port rule, the name rules (before
         DNS), and the pool of parents (if any) that carries the request."""
         request, ctx = self.request, self.ctx
-        policy = ctx.policy()
+        services = ctx.services
+        policy = services.policy
         if policy.users and self.user is not None:
             policy = policy.users.get(self.user, policy)
         self.policy = policy
@@ -131,9 +133,9 @@ class Exchange:
         if policy.hosts is not None:
             self.record.would_deny = policy.check_host(request.host, request.family)
             if self.record.would_deny:
-                ctx.stats.would_deny(self.record.would_deny)
-        if ctx.router is not None:
-            self.pool = ctx.router.route(request.host, request.family)
+                services.observer.would_deny(self.record, self.record.would_deny)
+        if services.router is not None:
+            self.pool = services.router.route(request.host, request.family)
 
     def resolve(self) -> list[str]:
         """Addresses that may be dialled, each checked; a parent resolves its own."""
@@ -144,13 +146,14 @@ class Exchange:
             self.record.resolved_at = time.monotonic()
             return []
         else:
-            addresses = self.ctx.resolver.resolve(request.host)
+            addresses = self.ctx.services.resolver.resolve(request.host)
         self.record.resolved_at = time.monotonic()
         return self.policy.filter_addresses(request.host, request.port, addresses)  # type: ignore[no-any-return]
 
     def connect(self, addresses: list[str], fresh: bool) -> Upstream:
         """An idle connection for the same key, or a new one (directly or to a parent)."""
         ctx, record = self.ctx, self.record
+        services = ctx.services
         sources = ctx.config.bind_address
         if self.pool is not None:
             upstream = self._connect_parent(fresh)
@@ -163,31 +166,35 @@ class Exchange:
                     self.request.port,
                     connect_timeout=config.connect_timeout,
                     attempt_delay=config.attempt_delay,
-                    source=ctx.source,
+                    source=services.source,
                 )
-                idle = Upstream(connection, self.user, "", ctx.own_connections, None)
+                idle = Upstream(connection, self.user, "", services.own_connections, None)
             upstream = idle
         self.reused = record.reused = upstream.idle_since > 0
         record.connected_at = time.monotonic()
-        record.dialled = fmt(upstream.address, upstream.port)
+        record.dialled = hostport(upstream.address, upstream.port)
         return upstream
 
     def _take_idle(self, addresses: list[str], sources: tuple[str, ...]) -> Upstream | None:
         for address in addresses:
-            upstream = self.ctx.idle.take(ReuseKey(self.user, address, self.request.port, ""), sources)
+            upstream = self.ctx.services.idle_upstreams.take(
+                ReuseKey(self.user, address, self.request.port, ""), sources
+            )
             if upstream is not None:
                 return upstream
         return None
 
     def _connect_parent(self, fresh: bool) -> Upstream:
         ctx, pool = self.ctx, self.pool
+        services = ctx.services
         members = pool.order(self.request.host)
         now = self.loop.now()
         tries = [member for member in members if member.usable(now)] or members
-        error: GConnectError = UpstreamConnectError(f"no parent of pool {pool.name} answered")
+        error: GConnectError = OutboundConnectError(f"no parent of pool {pool.name} answered")
         for member in tries:
             self.record.via = member.url
-            upstream = None if fresh else ctx.idle.take(ReuseKey(self.user, "", 0, member.url), ctx.config.bind_address)
+            key = ReuseKey(self.user, "", 0, member.url)
+            upstream = None if fresh else services.idle_upstreams.take(key, ctx.config.bind_address)
             if upstream is not None:
                 return upstream
             parent = member.chain.parent
@@ -197,13 +204,13 @@ class Exchange:
                     parent.port,
                     connect_timeout=ctx.config.connect_timeout,
                     attempt_delay=ctx.config.attempt_delay,
-                    source=ctx.source,
+                    source=services.source,
                 )
-            except (UpstreamConnectError, UpstreamConnectTimeoutError) as exc:
+            except (OutboundConnectError, OutboundTimeoutError) as exc:
                 error = exc
                 continue
             member.active += 1
-            upstream = Upstream(connection, self.user, member.url, ctx.own_connections, member)
+            upstream = Upstream(connection, self.user, member.url, services.own_connections, member)
             # Idle parent connections are found by the parent, whatever address it had.
             upstream.key = ReuseKey(self.user, "", 0, member.url)
             return upstream
@@ -223,7 +230,8 @@ class Exchange:
     # --- the exchange of messages ----------------------------------------------------
 
     def forward(self, upstream: Upstream) -> tuple[bool, bool]:
-        keep_upstream = self.ctx.idle.idle_timeout > 0 and self.ctx.idle.per_key > 0
+        idle = self.ctx.services.idle_upstreams
+        keep_upstream = idle.idle_timeout > 0 and idle.per_key > 0
         head = request_head(self.request, self.outgoing(upstream), keep_upstream)
         out, self.leftover = self._feed_body(self.request.trailing)
         final = self._send_up(upstream, head + out)
@@ -345,22 +353,22 @@ class Exchange:
         reusable = False
         try:
             if not self.client.send(head + out, self._deadline()):
-                record.reason = "client_timeout"
+                record.end_reason = "client_timeout"
                 return False, True
             record.first_byte_at = time.monotonic()
             record.bytes_down = len(head) + len(out)
             reason = self._pump_response(upstream, body)
             if reason:
-                record.reason = reason
+                record.end_reason = reason
                 return False, True
-            record.reason = "complete"
+            record.end_reason = "complete"
             # Only a connection whose two messages ended cleanly; whether it said
             # anything since is looked at when it is taken (IdleConnections.take).
             reusable = keep_upstream and final.keep_alive and self.body.done and not rest
             return client_keep, True
         finally:
             if reusable:
-                self.ctx.idle.put(upstream)
+                self.ctx.services.idle_upstreams.put(upstream)
             else:
                 upstream.close()
 

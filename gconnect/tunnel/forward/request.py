@@ -24,7 +24,7 @@ from ...errors import (
     UnsupportedRequestError,
     VersionNotSupportedError,
 )
-from ..head import ConnectRequest, RequestParser, parse_authority, parse_host
+from ..head import parse_authority, parse_host
 from .fields import EMPTY, Framing, FramingError, HeadBuffer, connection_options, request_framing, show, values
 
 HTTP_PORT = 80
@@ -248,26 +248,3 @@ def is_connect(prefix: bytes) -> bool | None:
         return start[:space] == b"CONNECT"
     # A method is a short token: anything else is no CONNECT, whatever it is (the parser judges).
     return None if len(start) < 16 and len(prefix) < 64 and _TOKEN.fullmatch(start or b"C") else False
-
-
-class FirstHeadParser:
-    """The first head on a connection: a CONNECT (for head.py's parser) or a
-    forwarded request (for :class:`ForwardRequestParser`), told apart by the method."""
-
-    __slots__ = ("_max", "_parser", "_prefix")
-
-    def __init__(self, max_header_bytes: int) -> None:
-        self._max = max_header_bytes
-        self._prefix = b""
-        self._parser: RequestParser | ForwardRequestParser | None = None
-
-    def feed(self, data: bytes) -> ConnectRequest | ForwardRequest | None:
-        """Consume *data*; the request once its head is complete."""
-        if self._parser is None:
-            self._prefix += data
-            connect = is_connect(self._prefix)
-            if connect is None:
-                return None
-            self._parser = RequestParser(self._max) if connect else ForwardRequestParser(self._max)
-            data, self._prefix = self._prefix, b""
-        return self._parser.feed(data)

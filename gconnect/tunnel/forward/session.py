@@ -18,9 +18,12 @@ import re
 
 from gevent import get_hub
 
-from ...errors import GConnectError, HeadTimeoutError, NotFoundError
+from ...errors import ClientClosedError, GConnectError, HeadTimeoutError, NotFoundError
+from ..client import ClientConnection, ClientServed
+from ..head import ConnectRequest, RequestParser
+from ..limits import client_key
 from ..waiting import wait
-from .context import ClientStream, ForwardContext, RequestRecord
+from .context import ClientStream, ConnectionStream, ForwardContext, RequestRecord
 from .exchange import Exchange
 from .fields import values
 from .pac import pac_file
@@ -77,21 +80,19 @@ class ForwardSession:
                 keep, _ = exchange.run()
                 leftover = exchange.leftover
         except GConnectError as exc:
-            record.status, record.reason = exc.status, exc.code
+            record.status, record.end_reason = exc.status, exc.code
             self.client.refuse(exc)
         except OSError as exc:
             record.status = record.status or 499
-            record.reason = "client_reset"
+            record.end_reason = "client_reset"
             log.debug("client %s: %s", ctx.address, exc)
         except Exception:
             log.exception("bug while forwarding for %s (target %s)", ctx.address, record.target)
             if not record.status:
-                record.status, record.reason = 500, "error"
+                record.status, record.end_reason = 500, "error"
                 self.client.refuse(GConnectError("internal error, see the proxy's log"))
         finally:
-            ctx.stats.forwarded(record)
-            if ctx.access_log is not None:
-                ctx.access_log.closed(record)
+            ctx.services.observer.forwarded(record)
         return keep, leftover
 
     def own_path(self, request: ForwardRequest, record: RequestRecord) -> bool:
@@ -113,7 +114,7 @@ class ForwardSession:
         answer = own_response(200, "OK", body, headers)
         if request.method == b"HEAD":
             answer = answer[: len(answer) - len(body)]
-        record.status, record.reason = 200, "own_path"
+        record.status, record.end_reason = 200, "own_path"
         record.bytes_down = len(answer)
         return self.client.send(answer, self.loop.now() + config.header_timeout) and request.keep_alive
 
@@ -148,11 +149,9 @@ class ForwardSession:
                     return None
         except GConnectError as exc:
             record = RequestRecord(self.ctx.address, b"-")
-            record.status, record.reason = exc.status, exc.code
+            record.status, record.end_reason = exc.status, exc.code
             self.client.refuse(exc)
-            self.ctx.stats.forwarded(record)
-            if self.ctx.access_log is not None:
-                self.ctx.access_log.closed(record)
+            self.ctx.services.observer.forwarded(record)
             return None
 
     def _recv(self, deadline: float, started: bool) -> bytes:
@@ -167,3 +166,36 @@ class ForwardSession:
                     return b""
             except OSError:
                 return b""
+
+
+def forward_requests(conn: ClientConnection, received: bytes) -> ConnectRequest:
+    """Serve the plain HTTP requests of *conn* (*received*: its bytes so far,
+    the start of the first one) in order, until it closes, errs or sends a
+    CONNECT: return that CONNECT, or raise ClientServed. A first head that
+    cannot be read raises its ClientError, answered like a CONNECT's."""
+    services = conn.services
+    config = services.config
+    parser = ForwardRequestParser(config.max_header_bytes)
+    request = parser.feed(received)
+    while request is None:
+        data = conn.recv("request head")
+        if not data:
+            raise ClientClosedError("connection closed before the request head was complete")
+        request = parser.feed(data)
+    ctx = ForwardContext(services, conn.address, client_key(conn.address[0]), conn.tls is not None)
+    lifetime = config.max_tunnel_lifetime
+    ends_at = conn.loop.now() + lifetime if lifetime else float("inf")
+    session = ForwardSession(ctx, ConnectionStream(conn), ends_at)
+    early = session.serve(request)
+    if early is None:
+        raise ClientServed("forwarded")
+    # A CONNECT followed the forwarded requests: its head gets a deadline of its own.
+    conn.deadline = conn.loop.now() + config.header_timeout
+    connect_parser = RequestParser(config.max_header_bytes)
+    connect = connect_parser.feed(early)
+    while connect is None:
+        data = conn.recv("request head")
+        if not data:
+            raise ClientClosedError("connection closed before the request head was complete")
+        connect = connect_parser.feed(data)
+    return connect

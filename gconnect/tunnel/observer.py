@@ -1,0 +1,103 @@
+"""What the data path tells the rest of the process: the observer contract.
+
+A tunnel reports three moments (and a forwarded http:// request one, its
+end), and nothing else of the process hears from it: the operations layer's
+counters and access log implement this interface
+(``gconnect.ops.observer``), a unit test or a benchmark may pass
+:class:`NullObserver`. The tunnel passes itself as a :class:`TunnelRecord`:
+an observer reads those attributes, and must not keep the tunnel or change
+it. Observers run in the hub or the tunnel's greenlet: they must not block.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class SideRecord(Protocol):
+    """What an observer may read of a tunnel's client side."""
+
+    @property
+    def protocol(self) -> str:
+        """ "http/1.1" or "h2"."""
+
+    @property
+    def stream_id(self) -> int | None:
+        """The HTTP/2 stream (0: the connection itself), None for a connection's only request."""
+
+
+class TunnelRecord(Protocol):
+    """What an observer may read of a tunnel (:class:`~gconnect.tunnel.tunnel.Tunnel`)."""
+
+    #: The client (the one a PROXY header names), as (host, port).
+    address: tuple
+    #: The authenticated user, or None.
+    user: str | None
+    #: ``host:port`` asked for ("-" before the request was read).
+    target: str
+    #: The address connected to ("-" before the dial).
+    dialled: str
+    #: The parent proxy's URL (None: direct).
+    via: str | None
+    #: The status answered (0 until answered; 200 once relaying).
+    status: int
+    #: Why the tunnel ended: a refusal's code, or the relay's end reason.
+    end_reason: str
+    #: Report mode: the name rules' reason this tunnel would have been refused for.
+    would_deny: str | None
+    bytes_up: int
+    bytes_down: int
+    #: Monotonic times: accept, DNS answered, connected, first byte to the client (0: not reached).
+    started: float
+    resolved_at: float
+    connected_at: float
+    first_byte_at: float
+
+    @property
+    def side(self) -> SideRecord:
+        """The client side (its protocol and stream)."""
+
+
+class TunnelObserver(Protocol):
+    """Told of every tunnel's answer, report-mode verdict and end."""
+
+    def opened(self, tunnel: TunnelRecord) -> None:
+        """The 200 was sent: the tunnel relays from now on."""
+
+    def would_deny(self, tunnel: TunnelRecord, reason: str) -> None:
+        """Report mode let *tunnel* through; the name rules would refuse it for *reason*."""
+
+    def closed(self, tunnel: TunnelRecord) -> None:
+        """The tunnel is done, whatever the outcome (refused, relayed, killed): called once."""
+
+    def forwarded(self, request: ForwardedRecord) -> None:
+        """A forwarded http:// request is done, whatever the outcome: called once per request."""
+
+
+class ForwardedRecord(TunnelRecord, Protocol):
+    """What an observer may read of a forwarded http:// request
+    (:class:`~gconnect.tunnel.forward.context.RequestRecord`): a tunnel's
+    attributes (``status`` is the response's), and the request's."""
+
+    #: The request method ("GET"), "-" for a head that could not be read.
+    method: str
+    #: "http", or "-" for a request to the proxy itself.
+    scheme: str
+    #: The path and query, only when --log-path asks (they can carry secrets); else None.
+    path: str | None
+
+
+class NullObserver:
+    """An observer that hears everything and keeps nothing."""
+
+    def opened(self, tunnel: TunnelRecord) -> None:
+        pass
+
+    def would_deny(self, tunnel: TunnelRecord, reason: str) -> None:
+        pass
+
+    def closed(self, tunnel: TunnelRecord) -> None:
+        pass
+
+    def forwarded(self, request: ForwardedRecord) -> None:
+        pass

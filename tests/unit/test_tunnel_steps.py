@@ -1,0 +1,218 @@
+"""A Tunnel's steps, in process: TunnelServices built from a Config in one call,
+a scripted client side, real sockets on loopback for the dial.
+
+The scripted side is a ClientSide (the contract in gconnect/tunnel/client.py)
+that hands the tunnel a ready request and records what the tunnel asked of it;
+the observer records what a tunnel reports. Nothing here is a fake socket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+import pytest
+from gevent.event import Event
+
+from gconnect.config import Config
+from gconnect.errors import GConnectError
+from gconnect.tunnel.head import ConnectRequest
+from gconnect.tunnel.services import TunnelServices
+from gconnect.tunnel.tunnel import Tunnel
+
+pytestmark = pytest.mark.timeout(30)
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+class ScriptedRelay:
+    """A relay handle the test ends by hand."""
+
+    end_reason = ""
+    first_byte_at = 0.0
+    bytes_down = 0
+
+    def __init__(self, early: bytes, on_done: Callable[[Any], None]) -> None:
+        self.bytes_up = len(early)
+        self.on_done = on_done
+
+    def abort(self, reason: str) -> None:
+        self.end_reason = reason
+        self.on_done(self)
+
+
+class ScriptedSide:
+    """A client side that asks for *request* and records the tunnel's calls."""
+
+    protocol = "http/1.1"
+    stream_id = None
+
+    def __init__(self, request: ConnectRequest | None, *, hold: Event | None = None) -> None:
+        self.address = ("127.0.0.9", 40000)
+        self.request = request
+        self.hold = hold
+        self.calls: list[str] = []
+        self.refused: GConnectError | None = None
+        self.outbound: Any = None
+        self.relay: ScriptedRelay | None = None
+        self.closed_with: tuple[int, str] | None = None
+
+    def admit(self) -> None:
+        self.calls.append("admit")
+
+    def read_request(self) -> ConnectRequest:
+        self.calls.append("read_request")
+        if self.hold is not None:
+            self.hold.wait()  # a client that never finishes its head
+        assert self.request is not None
+        return self.request
+
+    def established(self) -> None:
+        self.calls.append("established")
+
+    def refuse(self, exc: GConnectError) -> None:
+        self.calls.append("refuse")
+        self.refused = exc
+
+    def start_relay(self, outbound: Any, early: bytes, on_done: Callable[[Any], None]) -> ScriptedRelay:
+        self.calls.append("start_relay")
+        self.outbound = outbound
+        self.relay = ScriptedRelay(early, on_done)
+        return self.relay
+
+    def drain(self) -> None:
+        self.calls.append("drain")
+
+    def close(self, status: int, end_reason: str) -> None:
+        self.calls.append("close")
+        self.closed_with = (status, end_reason)
+
+
+class Recorder:
+    """An observer that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def opened(self, tunnel: Any) -> None:
+        self.events.append(("opened", tunnel.target))
+
+    def would_deny(self, tunnel: Any, reason: str) -> None:
+        self.events.append(("would_deny", reason))
+
+    def closed(self, tunnel: Any) -> None:
+        self.events.append(("closed", (tunnel.status, tunnel.end_reason)))
+
+
+@pytest.fixture
+def target() -> Iterator[socket.socket]:
+    """A listening socket on loopback: the kernel completes the dial, nobody accepts."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    yield sock
+    sock.close()
+
+
+def services_for(recorder: Recorder, **settings: Any) -> TunnelServices:
+    return TunnelServices.from_config(Config(**settings), observer=recorder)
+
+
+def run(tunnel: Tunnel) -> None:
+    greenlet = tunnel.greenlet = gevent.spawn(tunnel.run)
+    greenlet.join(timeout=10)
+    assert greenlet.dead
+
+
+def request_for(port: int, host: str = "127.0.0.1", early: bytes = b"") -> ConnectRequest:
+    family = socket.AF_INET if host[0].isdigit() else 0
+    return ConnectRequest(host, port, family, "1.1", [(b"Host", f"{host}:{port}".encode())], early)
+
+
+def test_a_tunnel_goes_through_every_step_and_leaves_through_close(target):
+    recorder = Recorder()
+    port = target.getsockname()[1]
+    services = services_for(recorder, allow_port=((port, port),), allow_dest=LOOPBACK)
+    side = ScriptedSide(request_for(port, early=b"hello"))
+    tunnel = Tunnel(services, side)
+    assert len(services.tunnels) == 1
+    run(tunnel)
+    assert side.calls == ["admit", "read_request", "established", "start_relay"]
+    assert side.outbound.sock.getpeername()[:2] == ("127.0.0.1", port)
+    assert tunnel.dialled == f"127.0.0.1:{port}" and tunnel.status == 200
+    assert services.limits.count("127.0.0.9") == 1
+    assert recorder.events == [("opened", f"127.0.0.1:{port}")]
+
+    side.relay.abort("shutdown")  # type: ignore[union-attr]
+    assert side.calls[-1] == "close" and side.closed_with == (200, "shutdown")
+    assert recorder.events[-1] == ("closed", (200, "shutdown"))
+    assert tunnel.bytes_up == 5
+    assert side.outbound.sock.fileno() == -1, "the outbound socket is closed"
+    assert services.limits.count("127.0.0.9") == 0 and len(services.tunnels) == 0
+
+
+def test_a_port_outside_the_rules_is_refused_before_any_dial(target):
+    recorder = Recorder()
+    port = target.getsockname()[1]
+    services = services_for(recorder, allow_dest=LOOPBACK)  # only port 443
+    side = ScriptedSide(request_for(port))
+    run(Tunnel(services, side))
+    assert side.calls == ["admit", "read_request", "refuse", "close"]
+    assert side.refused is not None and side.refused.status == 403
+    assert recorder.events == [("closed", (403, side.refused.code))]
+    assert services.limits.count("127.0.0.9") == 0
+
+
+def test_a_private_destination_is_refused_by_default(target):
+    recorder = Recorder()
+    port = target.getsockname()[1]
+    side = ScriptedSide(request_for(port))
+    run(Tunnel(services_for(recorder, allow_port=((port, port),)), side))
+    assert side.refused is not None and side.refused.status == 403
+    assert side.refused.code == "denied" and "127.0.0.1" in str(side.refused)
+
+
+def test_report_mode_tells_the_observer_and_lets_the_tunnel_through(target):
+    recorder = Recorder()
+    port = target.getsockname()[1]
+    services = services_for(
+        recorder,
+        allow_port=((port, port),),
+        allow_dest=LOOPBACK,
+        allow_host=("allowed.test",),
+        host_rules_mode="report",
+    )
+    side = ScriptedSide(request_for(port))
+    tunnel = Tunnel(services, side)
+    run(tunnel)
+    assert ("would_deny", "host_not_allowed") in recorder.events
+    assert tunnel.status == 200 and tunnel.would_deny == "host_not_allowed"
+    side.relay.abort("client_eof")  # type: ignore[union-attr]
+
+
+def test_abort_during_the_handshake_kills_it_and_closes_once():
+    recorder = Recorder()
+    services = services_for(recorder)
+    side = ScriptedSide(None, hold=Event())
+    tunnel = Tunnel(services, side)
+    tunnel.greenlet = gevent.spawn(tunnel.run)
+    gevent.sleep(0)  # the greenlet runs up to the held read
+    assert side.calls == ["admit", "read_request"]
+    tunnel.abort("shutdown")
+    tunnel.greenlet.join(timeout=5)
+    assert side.calls[-1] == "close" and side.closed_with == (0, "shutdown")
+    assert recorder.events == [("closed", (0, "shutdown"))]
+    assert len(services.tunnels) == 0
+
+
+def test_a_takeover_by_another_protocol_is_the_tunnel_s_only_record():
+    recorder = Recorder()
+    services = services_for(recorder)
+    side = ScriptedSide(None)
+    side.admit = lambda: lambda: "client_eof"  # type: ignore[method-assign]
+    tunnel = Tunnel(services, side)
+    run(tunnel)
+    assert side.calls == ["close"] and side.closed_with == (0, "client_eof")
+    assert recorder.events == [("closed", (0, "client_eof"))]
+    assert services.limits.count("127.0.0.9") == 0, "a connection taken over is not counted as a client"
