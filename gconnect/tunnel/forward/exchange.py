@@ -26,23 +26,20 @@ from ...errors import (
     BadResponseError,
     BodyTimeoutError,
     ClientClosedError,
-    GConnectError,
     MalformedRequestError,
-    OutboundConnectError,
-    OutboundTimeoutError,
     PolicyDeniedError,
     ResponseIncompleteError,
     ResponseTimeoutError,
 )
-from ..dial import open_connection
 from ..waiting import wait, wait_any
+from . import outbound
 from .body import BodyError, BodyReader
 from .context import ClientStream, ForwardContext, RequestRecord
 from .fields import NO_BODY, UNTIL_CLOSE, values
-from .render import Outgoing, max_forwards, own_response, request_head, response_head
+from .render import max_forwards, own_response, request_head, response_head
 from .request import ForwardRequest
 from .response import ResponseHead, ResponseParser
-from .upstream import ReuseKey, Upstream
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -152,87 +149,22 @@ class Exchange:
 
     def connect(self, addresses: list[str], fresh: bool) -> Upstream:
         """An idle connection for the same key, or a new one (directly or to a parent)."""
-        ctx, record = self.ctx, self.record
-        services = ctx.services
-        sources = ctx.config.bind_address
+        record, request = self.record, self.request
         if self.pool is not None:
-            upstream = self._connect_parent(fresh)
+            upstream = outbound.through_parent(self.ctx, self.user, self.pool, request.host, fresh, record)
         else:
-            idle = None if fresh else self._take_idle(addresses, sources)
-            if idle is None:
-                config = ctx.config
-                connection = open_connection(
-                    addresses,
-                    self.request.port,
-                    connect_timeout=config.connect_timeout,
-                    attempt_delay=config.attempt_delay,
-                    source=services.source,
-                )
-                idle = Upstream(connection, self.user, "", services.own_connections, None)
-            upstream = idle
+            upstream = outbound.direct(self.ctx, self.user, addresses, request.port, fresh)
         self.reused = record.reused = upstream.idle_since > 0
         record.connected_at = time.monotonic()
         record.dialled = hostport(upstream.address, upstream.port)
         return upstream
-
-    def _take_idle(self, addresses: list[str], sources: tuple[str, ...]) -> Upstream | None:
-        for address in addresses:
-            upstream = self.ctx.services.idle_upstreams.take(
-                ReuseKey(self.user, address, self.request.port, ""), sources
-            )
-            if upstream is not None:
-                return upstream
-        return None
-
-    def _connect_parent(self, fresh: bool) -> Upstream:
-        ctx, pool = self.ctx, self.pool
-        services = ctx.services
-        members = pool.order(self.request.host)
-        now = self.loop.now()
-        tries = [member for member in members if member.usable(now)] or members
-        error: GConnectError = OutboundConnectError(f"no parent of pool {pool.name} answered")
-        for member in tries:
-            self.record.via = member.url
-            key = ReuseKey(self.user, "", 0, member.url)
-            upstream = None if fresh else services.idle_upstreams.take(key, ctx.config.bind_address)
-            if upstream is not None:
-                return upstream
-            parent = member.chain.parent
-            try:
-                connection = open_connection(
-                    member.chain.parent_addresses(),
-                    parent.port,
-                    connect_timeout=ctx.config.connect_timeout,
-                    attempt_delay=ctx.config.attempt_delay,
-                    source=services.source,
-                )
-            except (OutboundConnectError, OutboundTimeoutError) as exc:
-                error = exc
-                continue
-            member.active += 1
-            upstream = Upstream(connection, self.user, member.url, services.own_connections, member)
-            # Idle parent connections are found by the parent, whatever address it had.
-            upstream.key = ReuseKey(self.user, "", 0, member.url)
-            return upstream
-        raise error
-
-    def outgoing(self, upstream: Upstream) -> Outgoing:
-        config = self.ctx.config
-        parent = upstream.member.chain.parent if upstream.member is not None else None
-        credentials = f"{parent.username}:{parent.password}" if parent and (parent.username or parent.password) else ""
-        return Outgoing(
-            via_name=config.via_name,
-            client=self.ctx.address[0] if config.forwarded_for else "",
-            absolute=parent is not None,
-            credentials=credentials,
-        )
 
     # --- the exchange of messages ----------------------------------------------------
 
     def forward(self, upstream: Upstream) -> tuple[bool, bool]:
         idle = self.ctx.services.idle_upstreams
         keep_upstream = idle.idle_timeout > 0 and idle.per_key > 0
-        head = request_head(self.request, self.outgoing(upstream), keep_upstream)
+        head = request_head(self.request, outbound.outgoing(self.ctx, upstream), keep_upstream)
         out, self.leftover = self._feed_body(self.request.trailing)
         final = self._send_up(upstream, head + out)
         if final is None:
