@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -474,3 +475,33 @@ def _settled(sent: list[int]) -> bool:
     before = sent[0]
     time.sleep(0.3)
     return sent[0] == before and before > 0
+
+
+def test_sigterm_closes_an_idle_kept_connection_at_once(start_proxy, upstream_factory) -> None:
+    proxy = start_proxy(*FORWARD_ANY_PORT, "--drain-timeout", "30")
+    origin, _ = h11_origin(upstream_factory)
+    host = f"127.0.0.1:{origin.port}"
+    with proxy.connect() as sock:
+        sock.settimeout(10)
+        sock.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert read_responses(sock, [b"GET"])[0][0].status_code == 200
+        # The connection is kept, idle: shutdown need not wait the 30 s drain for it.
+        started = time.monotonic()
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert sock.recv(100) == b""
+        assert proxy.proc.wait(10) == 0
+        assert time.monotonic() - started < 5
+
+
+def test_a_parents_407_is_our_502(start_proxy, upstream_factory, tmp_path) -> None:
+    import bcrypt
+
+    users = tmp_path / "users"
+    users.write_text("u:" + bcrypt.hashpw(b"p", bcrypt.gensalt(4)).decode() + "\n")
+    parent = start_proxy(*FORWARD_ANY_PORT, "--auth-file", str(users))
+    child = start_proxy(*FORWARD_ANY_PORT, "--upstream", f"http://127.0.0.1:{parent.port}")
+    origin, _ = h11_origin(upstream_factory)
+    host = f"127.0.0.1:{origin.port}"
+    status, headers, body = exchange(child, f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    assert status == 502 and "proxy-authenticate" not in headers and b"answered 407" in body
+    assert origin.accepted == 0

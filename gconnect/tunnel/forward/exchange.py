@@ -27,6 +27,7 @@ from ...errors import (
     BodyTimeoutError,
     ClientClosedError,
     MalformedRequestError,
+    ParentProxyError,
     PolicyDeniedError,
     ResponseIncompleteError,
     ResponseTimeoutError,
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 
 #: RFC 9110 §9.2.2: a request that may be sent twice.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+#: Largest response head taken from an origin (Squid's reply_header_max_size is
+#: 64 KB; responses carry more and longer Set-Cookie fields than requests do).
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 #: A wait with no idle limit (idle_timeout 0) still wakes up once a day.
 FOREVER_SECONDS = 86_400.0
 
@@ -77,7 +81,7 @@ class Exchange:
         #: Bytes the client sent after this request's body (pipelined requests).
         self.leftover = b""
         self.body = BodyReader(request.framing)
-        self.parser = ResponseParser(ctx.config.max_header_bytes, request.method == b"HEAD")
+        self.parser = ResponseParser(MAX_RESPONSE_HEAD_BYTES, request.method == b"HEAD")
         self.reused = False
         self.response_bytes = 0
 
@@ -259,7 +263,7 @@ class Exchange:
                 interim = response_head(head, self.ctx.config.via_name, "1.1", True)
                 if not self.client.send(interim, self._deadline()):
                     raise ClientClosedError("client gone while an interim response was relayed")
-            self.parser = ResponseParser(self.ctx.config.max_header_bytes, self.request.method == b"HEAD")
+            self.parser = ResponseParser(MAX_RESPONSE_HEAD_BYTES, self.request.method == b"HEAD")
             head = self.parser.feed(head.trailing) if head.trailing else None
         return head
 
@@ -274,6 +278,9 @@ class Exchange:
 
     def _relay_response(self, upstream: Upstream, final: ResponseHead, keep_upstream: bool) -> tuple[bool, bool]:
         request, record = self.request, self.record
+        if final.status == 407 and upstream.member is not None:
+            # The parent wants our credentials, not the client's: never ask the client for them.
+            raise ParentProxyError(f"parent proxy {upstream.member.url} answered 407 (check its credentials)", 407)
         client_keep = request.keep_alive and self.body.done and final.framing.kind != UNTIL_CLOSE
         head = response_head(final, self.ctx.config.via_name, request.version, client_keep)
         body = BodyReader(final.framing, rechunk=request.version == "1.1")

@@ -22,7 +22,7 @@ from ...errors import ClientClosedError, GConnectError, HeadTimeoutError, NotFou
 from ..client import ClientConnection, ClientServed
 from ..head import ConnectRequest, RequestParser
 from ..limits import client_key
-from ..waiting import wait
+from ..waiting import READ, wait
 from .context import ClientStream, ConnectionStream, ForwardContext, RequestRecord
 from .exchange import Exchange
 from .fields import values
@@ -48,13 +48,27 @@ class ForwardSession:
         self.ends_at = ends_at
         self.loop = get_hub().loop
         self.requests = 0
+        #: Shutdown has begun: answer the request under way, then close.
+        self.draining = False
+        #: True while waiting for the next request (nothing under way).
+        self._idle = False
+
+    def drain(self) -> None:
+        """Shutdown has begun (ClientSide.drain): finish the request under way,
+        take no other, and end a wait between requests now."""
+        self.draining = True
+        if self._idle:
+            # Wake the wait as if the socket were readable (with the callback
+            # it waits with): it finds nothing to read, and sees the flag.
+            reader = self.client.client_reader()
+            reader.feed(READ, reader.callback, *reader.args)
 
     def serve(self, request: ForwardRequest) -> bytes | None:
         """Serve *request* and those after it; the bytes of a CONNECT that
         followed them (the tunnel takes over), or None when the connection is done."""
         while True:
             keep, leftover = self.serve_one(request)
-            if not keep:
+            if not keep or self.draining:
                 return None
             following = self.read_next(leftover)
             if not isinstance(following, ForwardRequest):
@@ -155,12 +169,20 @@ class ForwardSession:
             return None
 
     def _recv(self, deadline: float, started: bool) -> bytes:
-        """The client's next bytes; b"" when it closed, or went idle between requests."""
+        """The client's next bytes; b"" when it closed, or went idle between
+        requests, or shutdown began before the next request started."""
         while True:
             try:
                 return self.client.recv_nowait()
             except BlockingIOError:
-                if not wait(self.client.client_reader(), deadline - self.loop.now()):
+                if self.draining and not started:
+                    return b""
+                self._idle = not started
+                try:
+                    ready = wait(self.client.client_reader(), deadline - self.loop.now())
+                finally:
+                    self._idle = False
+                if not ready:
                     if started:
                         raise HeadTimeoutError("request head not received in time") from None
                     return b""
@@ -186,7 +208,11 @@ def forward_requests(conn: ClientConnection, received: bytes) -> ConnectRequest:
     lifetime = config.max_tunnel_lifetime
     ends_at = conn.loop.now() + lifetime if lifetime else float("inf")
     session = ForwardSession(ctx, ConnectionStream(conn), ends_at)
-    early = session.serve(request)
+    conn.on_drain = session.drain
+    try:
+        early = session.serve(request)
+    finally:
+        conn.on_drain = None
     if early is None:
         raise ClientServed("forwarded")
     # A CONNECT followed the forwarded requests: its head gets a deadline of its own.
