@@ -505,3 +505,16 @@ def test_a_parents_407_is_our_502(start_proxy, upstream_factory, tmp_path) -> No
     status, headers, body = exchange(child, f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     assert status == 502 and "proxy-authenticate" not in headers and b"answered 407" in body
     assert origin.accepted == 0
+
+
+def test_bind_address_is_the_source_of_forwarded_requests(start_proxy, upstream_factory) -> None:
+    proxy = start_proxy(*FORWARD_ANY_PORT, "--bind-address", "127.0.0.2")
+    peers: list[str] = []
+
+    def record_peer(conn: socket.socket) -> None:
+        peers.append(conn.getpeername()[0])
+        recording_handler(Seen(), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")(conn)
+
+    origin = upstream_factory(record_peer)
+    assert curl(proxy, f"http://127.0.0.1:{origin.port}/").stdout == b"ok"
+    assert peers == ["127.0.0.2"]
