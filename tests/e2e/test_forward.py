@@ -518,3 +518,15 @@ def test_bind_address_is_the_source_of_forwarded_requests(start_proxy, upstream_
     origin = upstream_factory(record_peer)
     assert curl(proxy, f"http://127.0.0.1:{origin.port}/").stdout == b"ok"
     assert peers == ["127.0.0.2"]
+
+
+def test_options_with_max_forwards_zero_is_answered_here(fwd: ProxyProcess, upstream_factory) -> None:
+    origin, _ = h11_origin(upstream_factory)
+    host = f"127.0.0.1:{origin.port}"
+    raw = f"OPTIONS http://{host}/ HTTP/1.1\r\nHost: {host}\r\nMax-Forwards: 0\r\n\r\n".encode()
+    status, _, _ = _one(fwd, raw)
+    assert status == 200 and origin.accepted == 0
+    assert "reason=max_forwards" in fwd.wait_access("method=OPTIONS")
+    raw = raw.replace(b"Max-Forwards: 0", b"Max-Forwards: 5")
+    status, _, body = _one(fwd, raw)
+    assert status == 200 and ["Max-Forwards", "4"] in json.loads(body)["headers"]

@@ -95,7 +95,7 @@ class Exchange:
         self.check()
         if max_forwards(self.request) == 0:
             # RFC 9110 §7.6.2: the last hop Max-Forwards allows answers itself.
-            self.record.status = 200
+            self.record.status, self.record.end_reason = 200, "max_forwards"
             sent = self.client.send(
                 own_response(200, "OK", b"", (("Allow", "GET, HEAD, POST, OPTIONS"),)), self._deadline()
             )
