@@ -18,6 +18,7 @@ import re
 
 from gevent import get_hub
 
+from ...config import hostport
 from ...errors import ClientClosedError, GConnectError, HeadTimeoutError, NotFoundError
 from ..client import ClientConnection, ClientServed
 from ..head import ConnectRequest, RequestParser
@@ -119,8 +120,7 @@ class ForwardSession:
         if hosts and _AUTHORITY.fullmatch(hosts[0]):
             authority = hosts[0].decode("ascii")
         else:
-            host, port = config.listen[0]
-            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            authority = hostport(*config.listen[0])
         if ":" not in authority.rpartition("]")[2]:
             authority += ":80"
         body = pac_file(authority, self.ctx.tls, config.allow_host)
@@ -130,7 +130,9 @@ class ForwardSession:
             answer = answer[: len(answer) - len(body)]
         record.status, record.end_reason = 200, "own_path"
         record.bytes_down = len(answer)
-        return self.client.send(answer, self.loop.now() + config.header_timeout) and request.keep_alive
+        sent = self.client.send(answer, self.loop.now() + config.header_timeout)
+        # A body sent along is not read: the connection cannot go on after it.
+        return sent and request.keep_alive and not request.framing.has_body
 
     def read_next(self, data: bytes) -> ForwardRequest | bytes | None:
         """The next request head: a forwarded request, the bytes of a CONNECT,
