@@ -164,14 +164,10 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
     moved.add_metric(("up",), snap["bytes_up"])
     moved.add_metric(("down",), snap["bytes_down"])
     yield moved
-    buckets, cumulative = [], 0
-    for bound, count in zip((*HANDSHAKE_BUCKETS, float("inf")), snap["handshake_counts"], strict=True):
-        cumulative += count
-        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
     yield HistogramMetricFamily(
         "gconnect_handshake_seconds",
         "Accept to 200 sent",
-        buckets=buckets,
+        buckets=cumulative_buckets(HANDSHAKE_BUCKETS, snap["handshake_counts"]),
         sum_value=snap["handshake_sum"],
     )
     yield CounterMetricFamily("gconnect_dns_lookups", "DNS lookups sent", snap["dns_lookups"])
@@ -214,17 +210,22 @@ def request_families(snap: dict[str, Any]) -> Iterator[Any]:
     for status, reason, count in snap.get("request_outcomes", []):
         requests.add_metric((str(status), str(reason)), count)
     yield requests
-    buckets, cumulative = [], 0
     counts = snap.get("request_counts") or [0] * (len(REQUEST_BUCKETS) + 1)
-    for bound, count in zip((*REQUEST_BUCKETS, float("inf")), counts, strict=True):
-        cumulative += count
-        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
     yield HistogramMetricFamily(
         "gconnect_request_seconds",
         "Forwarded request, head received to response sent",
-        buckets=buckets,
+        buckets=cumulative_buckets(REQUEST_BUCKETS, counts),
         sum_value=snap.get("request_sum", 0.0),
     )
+
+
+def cumulative_buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:
+    """Prometheus histogram buckets (``le`` text, cumulative count) from per-bucket *counts*."""
+    buckets, cumulative = [], 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return buckets
 
 
 def upstream_families(snap: dict[str, Any]) -> Iterator[Any]:

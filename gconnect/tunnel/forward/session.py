@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from gevent import get_hub
 
@@ -199,13 +200,7 @@ def forward_requests(conn: ClientConnection, received: bytes) -> ConnectRequest:
     cannot be read raises its ClientError, answered like a CONNECT's."""
     services = conn.services
     config = services.config
-    parser = ForwardRequestParser(config.max_header_bytes)
-    request = parser.feed(received)
-    while request is None:
-        data = conn.recv("request head")
-        if not data:
-            raise ClientClosedError("connection closed before the request head was complete")
-        request = parser.feed(data)
+    request = _read_head(conn, ForwardRequestParser(config.max_header_bytes), received)
     ctx = ForwardContext(services, conn.address, client_key(conn.address[0]), conn.tls is not None)
     lifetime = config.max_tunnel_lifetime
     ends_at = conn.loop.now() + lifetime if lifetime else float("inf")
@@ -219,11 +214,15 @@ def forward_requests(conn: ClientConnection, received: bytes) -> ConnectRequest:
         raise ClientServed("forwarded")
     # A CONNECT followed the forwarded requests: its head gets a deadline of its own.
     conn.deadline = conn.loop.now() + config.header_timeout
-    connect_parser = RequestParser(config.max_header_bytes)
-    connect = connect_parser.feed(early)
-    while connect is None:
+    return _read_head(conn, RequestParser(config.max_header_bytes), early)
+
+
+def _read_head(conn: ClientConnection, parser: Any, data: bytes) -> Any:
+    """What *parser* makes of *data* and what *conn* sends next, by its header deadline."""
+    head = parser.feed(data)
+    while head is None:
         data = conn.recv("request head")
         if not data:
             raise ClientClosedError("connection closed before the request head was complete")
-        connect = connect_parser.feed(data)
-    return connect
+        head = parser.feed(data)
+    return head
