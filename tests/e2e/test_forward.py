@@ -530,3 +530,40 @@ def test_options_with_max_forwards_zero_is_answered_here(fwd: ProxyProcess, upst
     raw = raw.replace(b"Max-Forwards: 0", b"Max-Forwards: 5")
     status, _, body = _one(fwd, raw)
     assert status == 200 and ["Max-Forwards", "4"] in json.loads(body)["headers"]
+
+
+def test_an_early_answer_ends_the_upload_and_the_connection(fwd: ProxyProcess, upstream_factory) -> None:
+    def refuse_at_once(conn: socket.socket) -> None:
+        _read_head(conn)
+        conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
+        conn.shutdown(socket.SHUT_WR)
+
+    origin = upstream_factory(refuse_at_once)
+    host = f"127.0.0.1:{origin.port}"
+    with fwd.connect() as sock:
+        sock.settimeout(10)
+        sock.sendall(f"POST http://{host}/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100000000\r\n\r\n".encode())
+        sock.sendall(b"x" * 65536)  # the upload has begun; the rest never comes
+        response, body = read_responses(sock, [b"POST"])[0]
+        assert (response.status_code, body) == (413, b"big!")
+        assert (b"connection", b"close") in list(response.headers)
+    assert "status=413" in fwd.wait_access("method=POST")
+
+
+def test_a_response_cut_short_is_cut_short_for_the_client(fwd: ProxyProcess, upstream_factory) -> None:
+    def cut(conn: socket.socket) -> None:
+        _read_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        conn.close()
+
+    origin = upstream_factory(cut)
+    host = f"127.0.0.1:{origin.port}"
+    with fwd.connect() as sock:
+        sock.settimeout(10)
+        sock.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    # The client got what came, and no last chunk: it can tell the body is incomplete.
+    assert data.endswith(b"5\r\nhello\r\n") and b"0\r\n\r\n" not in data
+    assert "reason=upstream_reset" in fwd.wait_access("method=GET")
