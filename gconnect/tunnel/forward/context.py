@@ -75,6 +75,8 @@ class ForwardContext:
     who: str
     #: The client came through a TLS listener (the PAC file then says HTTPS).
     tls: bool = False
+    #: What the records name as the client side (protocol, stream); None: HTTP/1.1.
+    side: Any = None
 
     @property
     def config(self) -> Config:
@@ -113,7 +115,8 @@ class RequestRecord:
     path: str | None = None
     #: True when the connection to the origin was an idle one reused.
     reused = False
-    side = _SIDE
+    #: The client side as the observer sees it (protocol, stream).
+    side: Any = _SIDE
 
     def __init__(self, address: tuple, method: bytes) -> None:
         self.address = address

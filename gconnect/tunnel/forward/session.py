@@ -82,6 +82,8 @@ class ForwardSession:
         ctx = self.ctx
         self.requests += 1
         record = RequestRecord(ctx.address, request.method)
+        if ctx.side is not None:
+            record.side = ctx.side
         record.scheme = request.scheme or "-"
         if request.scheme:
             record.target = request.target
