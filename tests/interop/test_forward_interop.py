@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,3 +109,56 @@ def test_pip_download_from_an_http_index(start_proxy, web_root, tmp_path: Path) 
     assert (out / wheel.name).read_bytes() == wheel.read_bytes()
     line = proxy.wait_access("method=GET")
     assert f"target=127.0.0.1:{port}" in line and "status=200" in line
+
+
+def _page_origin(upstream_factory):
+    import socket as socketlib
+
+    def handler(conn: socketlib.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        path = data.split(b" ")[1]
+        body = b"<html><body><p>plain http through gconnect</p></body></html>" if path == b"/" else b""
+        status = b"200 OK" if body else b"404 Not Found"
+        conn.sendall(
+            b"HTTP/1.1 "
+            + status
+            + b"\r\nContent-Type: text/html\r\nContent-Length: %d\r\n" % len(body)
+            + b"Connection: close\r\n\r\n"
+            + body
+        )
+
+    return upstream_factory(handler)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+@pytest.mark.parametrize("listener", ["plain", "tls-h2"])
+def test_chromium_loads_an_http_page(start_proxy, start_tls_proxy, upstream_factory, tmp_path, listener) -> None:
+    web = _page_origin(upstream_factory)
+    if listener == "plain":
+        proxy = start_proxy("--forward-port", "1-65535")
+        proxy_url = f"http://127.0.0.1:{proxy.port}"
+    else:
+        proxy = start_tls_proxy("--forward-port", "1-65535")
+        proxy_url = f"https://127.0.0.1:{proxy.port}"
+    # web.test is in the proxy's hosts file: Chromium resolves nothing itself behind a proxy.
+    command = [
+        *("chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
+        *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
+        "--disable-features=HttpsUpgrades,HttpsFirstBalancedModeAutoEnable",
+        f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}",
+        f"--proxy-server={proxy_url}",
+        "--ignore-certificate-errors",
+        "--dump-dom",
+        f"http://web.test:{web.port}/",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=_clean_env())
+    assert "plain http through gconnect" in result.stdout, result.stderr[-2000:]
+    line = proxy.wait_access(f"target=web.test:{web.port}")
+    assert "method=GET" in line and "status=200" in line
+    if listener == "tls-h2":
+        assert " proto=h2 stream=" in line
