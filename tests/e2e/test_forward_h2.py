@@ -43,6 +43,7 @@ def test_get_head_and_bodies_both_ways(h2_client, upstream_factory) -> None:
     client.wait(lambda: get in client.ended)
     got = json.loads(client.data[get])
     assert got["target"] == "/a?b=1" and ["Host", authority] in got["headers"]
+    assert ["Via", "2 gconnect"] in got["headers"]
     assert client.responses[get][b"via"] == b"1.1 gconnect"
     head = request(client, "HEAD", authority, "/")
     assert client.status(head) == 200
@@ -93,3 +94,22 @@ def test_a_reset_stream_stops_its_request_and_not_the_others(h2_client, upstream
     assert client.status(other) == 200
     client.wait(lambda: other in client.ended)
     assert json.loads(client.data[other])["target"] == "/after"
+
+
+def test_each_stream_counts_against_the_limits(start_tls_proxy, client_context, upstream_factory) -> None:
+    proxy = start_tls_proxy("--forward-port", "1-65535", "--max-clients-per-ip", "1")
+    client = H2Client((proxy.host, proxy.port), client_context)
+    origin, _ = h11_origin(upstream_factory)
+    authority = f"127.0.0.1:{origin.port}"
+    try:
+        first = client.conn.get_next_available_stream_id()
+        client.held.add(first)  # unread: the first request stays under way
+        assert request(client, "GET", authority, "/bytes/50000000") == first
+        assert client.status(first) == 200
+        second = request(client, "GET", authority, "/")
+        assert client.status(second) == 429
+        client.reset(first)
+        third = request(client, "GET", authority, "/")
+        assert client.status(third) == 200
+    finally:
+        client.close()

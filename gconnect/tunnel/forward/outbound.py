@@ -81,4 +81,6 @@ def outgoing(ctx: ForwardContext, upstream: Upstream) -> Outgoing:
         client=ctx.address[0] if config.forwarded_for else "",
         absolute=parent is not None,
         credentials=credentials,
+        # RFC 9110 §7.6.3: Via names the protocol the request was received in.
+        received="2" if ctx.side is not None and ctx.side.protocol == "h2" else "",
     )

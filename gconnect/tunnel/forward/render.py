@@ -30,12 +30,15 @@ class Outgoing:
     """What the request head says besides the client's fields: ``via_name``
     (the Via pseudonym), ``client`` (the address for ``Forwarded: for=``, ""
     for none), ``absolute`` (a parent gets the absolute form) and
-    ``credentials`` (``user:pass`` for the parent, "" for none)."""
+    ``credentials`` (``user:pass`` for the parent, "" for none), ``received``
+    (the version the request came in when not its own, "2" for HTTP/2)."""
 
     via_name: str = "gconnect"
     client: str = ""
     absolute: bool = False
     credentials: str = ""
+    #: The protocol version the request came in, for Via, when not the request's own ("2": HTTP/2).
+    received: str = ""
 
 
 def max_forwards(request: ForwardRequest) -> int | None:
@@ -67,7 +70,7 @@ def request_head(request: ForwardRequest, out: Outgoing, keep_alive: bool) -> by
     hops = max_forwards(request)
     if hops is not None:
         lines.append(b"Max-Forwards: %d" % (hops - 1))
-    lines.append(f"Via: {request.version} {out.via_name}".encode("ascii"))
+    lines.append(f"Via: {out.received or request.version} {out.via_name}".encode("ascii"))
     if out.client:
         lines.append(b"Forwarded: " + _forwarded_for(out.client))
     framing = request.framing

@@ -135,26 +135,25 @@ class H2ForwardStream:
         session = self.session
         services = session.services
         address = session.address
-        ctx = ForwardContext(services, address, client_key(address[0]), tls=True, side=self)
+        who = client_key(address[0])
+        ctx = ForwardContext(services, address, who, tls=True, side=self)
         lifetime = services.config.max_tunnel_lifetime
         ends_at = self.loop.now() + lifetime if lifetime else float("inf")
-        forwarding = ForwardSession(ctx, self, ends_at)
+        admitted = False
         try:
             try:
                 # Ended with no DATA: no body (DATA and END_STREAM may both have come already).
                 no_body = self.ended and not self.inbox
                 request = parse_h2_forward(self.headers, no_body, services.config.max_header_bytes)
+                # Each stream is a client for the limits, as a CONNECT stream is.
+                services.limits.admit(who)
+                admitted = True
             except GConnectError as exc:
-                record = RequestRecord(address, dict(self.headers[:4]).get(b":method") or b"-")
-                record.side = self
-                record.status, record.end_reason = exc.status, exc.code
-                self.end_reason = exc.code
-                self.refuse(exc)
-                services.observer.forwarded(record)
+                self._refused(exc)
                 return
             self.chunked = request.framing.kind == CHUNKED
             self._head_request = request.method == b"HEAD"
-            forwarding.serve_one(request)
+            ForwardSession(ctx, self, ends_at).serve_one(request)
             body = self._body
             if body is not None and body.framing.kind == UNTIL_CLOSE and not self._response_ended:
                 self._end_response()  # a body that ended with the origin's connection
@@ -163,10 +162,21 @@ class H2ForwardStream:
         except BaseException as exc:  # a reset, the connection's end, shutdown
             self.end_reason = getattr(exc, "code", "shutdown")
         finally:
+            if admitted:
+                services.limits.release(who)
             self.wake.close()
             # An answered stream the client still sends on is reset NO_ERROR (RFC 9113 §8.1).
             status = self.status or 499
             self.session.forget(self.stream_id, status, "complete" if self._response_ended else self.end_reason)
+
+    def _refused(self, exc: GConnectError) -> None:
+        """A request refused before the exchange: answered and recorded here."""
+        record = RequestRecord(self.session.address, dict(self.headers[:4]).get(b":method") or b"-")
+        record.side = self
+        record.status, record.end_reason = exc.status, exc.code
+        self.end_reason = exc.code
+        self.refuse(exc)
+        self.session.services.observer.forwarded(record)
 
     # --- the ClientStream contract (for the exchange) ---------------------------------------
 
