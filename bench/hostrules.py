@@ -101,7 +101,7 @@ except ImportError:
     from gconnect.tunnel.policy import Policy
     tunnel = Tunnel.__new__(Tunnel)
     tunnel._policy = Policy(config)
-    tunnel.proxy = types.SimpleNamespace(router=None, stats=None)
+    tunnel.proxy = types.SimpleNamespace(chain=None, router=None, stats=None)
 else:
     tunnel = Tunnel(TunnelServices.from_config(config), types.SimpleNamespace(address=("127.0.0.1", 1)))
 request = ConnectRequest("api.bench.test", 443, 0, "1.1", [])

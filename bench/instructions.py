@@ -21,63 +21,35 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .pools import LISTENING, REPO, echo_server, tunnels
+from bench.harness.trees import extract
+from gconnect.testing.process import ProxyProcess
+
+from .pools import REPO, echo_server, tunnels
 
 TOTALS = re.compile(r"^totals:\s+(\d+)", re.MULTILINE)
-
-
-def extract(commit: str) -> Path:
-    """The tree at *commit*, unpacked into a temporary directory."""
-    where = Path(tempfile.mkdtemp(prefix="gconnect-baseline-"))
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], check=True, capture_output=True)
-    subprocess.run(["tar", "-x", "-C", str(where)], input=archive.stdout, check=True)
-    return where
+#: Starting the interpreter under callgrind takes a while, even uninstrumented.
+START_UNDER_VALGRIND_S = 180.0
 
 
 def count(root: Path, target: str, n: int, out: Path) -> int:
     """Instructions the proxy from *root* executed serving *n* tunnels."""
-    cmd = [
-        "valgrind",
-        "--tool=callgrind",
-        "--instr-atstart=no",
-        f"--callgrind-out-file={out}",
-        sys.executable,
-        "-m",
-        "gconnect",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--allow-port",
-        "1-65535",
-        "--allow-dest",
-        "127.0.0.0/8",
-        "--access-log",
-        "",
-        "--log-level",
-        "warning",
-    ]
-    env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin:/usr/local/bin"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
-    assert proc.stderr is not None
-    port = 0
-    for line in proc.stderr:
-        match = LISTENING.search(line.strip())
-        if match:
-            port = int(match.group(2))
-            break
-    if not port:
-        raise RuntimeError(f"proxy from {root} did not start")
-    tunnels(port, target, 20)  # warm: first-use imports and caches, not counted
-    subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
-    tunnels(port, target, n)
-    subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True)
-    proc.terminate()
-    proc.communicate(timeout=120)
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    args = ["--listen", "127.0.0.1:0", "--allow-port", "1-65535", "--allow-dest", "127.0.0.0/8"]
+    args += ["--access-log", "", "--log-level", "warning"]
+    proxy = ProxyProcess(
+        args, prefix=valgrind, cwd=root, env={"PYTHONPATH": str(root)}, start_timeout=START_UNDER_VALGRIND_S
+    )
+    try:
+        tunnels(proxy.port, target, 20)  # warm: first-use imports and caches, not counted
+        subprocess.run(["callgrind_control", "-i", "on", str(proxy.pid)], check=True, capture_output=True)
+        tunnels(proxy.port, target, n)
+        subprocess.run(["callgrind_control", "-i", "off", str(proxy.pid)], check=True, capture_output=True)
+    finally:
+        proxy.stop(timeout=START_UNDER_VALGRIND_S)  # callgrind writes its file on the way out
     match = TOTALS.search(out.read_text(errors="replace"))
     if match is None:
         raise RuntimeError(f"no totals in {out}")

@@ -70,13 +70,11 @@ DEFAULT_DNS_NEGATIVE_TTL = 5.0
 #: ready in well under a second here (bench/listeners.py); the margin is for a
 #: loaded machine, and a start must fit in systemd's DefaultTimeoutStartSec (90 s).
 DEFAULT_READY_TIMEOUT = 20.0
-#: How bytes are moved. copy, measured against auto and splice on this project's
-#: machine (Linux 6.18, loopback, proxy pinned; bench/results/issue9-bulk.md and
-#: burst*.md): one tunnel's bulk 2,601 / 2,961 MB/s up / down against auto's 1,993 /
-#: 2,241 at less core time with softirq counted (0.43 / 0.36 s/GiB against 0.48 /
-#: 0.44); other tunnels' echo p99 in the first bursts after a start 241-692 us where
-#: auto and splice reached 1.7-3.6 ms; handshakes and held tunnels alike. splice
-#: may still lead with many bulk tunnels on a CPU-bound proxy: --relay splice.
+#: How bytes are moved. copy, measured against auto and splice (docs/performance.rst):
+#: one tunnel's bulk moved faster for less core time, softirq counted, and other
+#: tunnels' echoes stayed fast in the bursts after a start where auto and splice
+#: stalled them; handshakes and held tunnels alike. splice may still lead with many
+#: bulk tunnels on a CPU-bound proxy: --relay splice.
 DEFAULT_RELAY = "copy"
 #: Pipes kept for the splice relay: a pipe is held only while bytes are in flight.
 DEFAULT_PIPE_POOL_SIZE = 256

@@ -190,6 +190,7 @@ class Listener(AcceptBackoff, StreamServer):
     ) -> None:
         super().__init__(listener, spawn=None)
         self._serve = serve
+        # The standard library socket's accept without its wrapper: the (fd, address) pair.
         self._accept = listener._accept
         self._family = int(listener.family)
         self._count_open = count_open
@@ -221,7 +222,7 @@ class Listener(AcceptBackoff, StreamServer):
         except OSError as exc:
             if exc.errno == errno.EINVAL:
                 # Not listening any more: a supervisor that stops shuts the
-                # socket down under every worker (ops/listeners.stop_listening).
+                # socket down under every worker (ops/sockets.stop_listening).
                 log.info("listener on %s port %d was shut down: no longer accepting", *self.address[:2])
                 self.close()
                 return None

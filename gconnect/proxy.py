@@ -22,7 +22,6 @@ from typing import Any
 
 from gevent import get_hub
 from gevent.event import Event
-from greenlet import greenlet as RawGreenlet
 
 from .config import Config
 from .listener import Listener, adopt_listener, make_listener
@@ -72,9 +71,7 @@ class Proxy:
     def serve(self, client: _socket.socket, address: Any) -> None:
         """Serve one accepted client in its own greenlet, switched to at once."""
         services = self.services
-        tunnel = Tunnel(services, HTTP1Side(services, client, address))
-        greenlet = tunnel.greenlet = RawGreenlet(tunnel.run, self._hub)
-        greenlet.switch()
+        Tunnel(services, HTTP1Side(services, client, address)).start(self._hub, at_once=True)
 
     def open_count(self) -> int:
         """Clients being served: handshakes in progress plus relaying tunnels."""
@@ -193,5 +190,9 @@ class Proxy:
             for tunnel in tunnels:
                 tunnel.abort("shutdown")
             tunnels.wait_empty(KILL_WAIT_SECONDS)
-        services.close()
+        if len(tunnels):
+            # Their relays may still use the pipes and the hang-up watch: the process exit releases them.
+            log.warning("%d tunnels did not close in time", len(tunnels))
+        else:
+            services.close()
         self.stopped.set()

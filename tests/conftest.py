@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from gconnect.config import hostport
 from gconnect.testing import process, procfs
 from gconnect.testing.dns import DNSServer
 
@@ -206,7 +207,7 @@ class Upstream:
 
     @property
     def target(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return hostport(self.host, self.port)
 
     def _accept(self) -> None:
         while not self._closed:

@@ -6,7 +6,9 @@
 2. No import cycle, inside a layer either.
 3. No private name crosses a module: ``from .x import _name`` is refused, and
    so is ``obj._name`` where ``_name`` is defined in other modules of the
-   package but not in the one that uses it.
+   package but not in the one that uses it. Names are matched, not types: a
+   module that defines a ``_name`` of its own may use another's by mistake,
+   and ``getattr`` is not seen. Good enough to stop the habit; review the rest.
 
 Usage: ``python tools/check_imports.py [ROOT]``; prints each violation and
 exits 1 if there is any. ``tox -e lint`` runs it, and so does a unit test.

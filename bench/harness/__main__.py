@@ -15,6 +15,7 @@ from pathlib import Path
 from bench.harness.report import render_markdown, update_readme, write_json
 from bench.harness.run import Options
 from bench.harness.targets import ALL_TARGETS, Environment
+from bench.harness.trees import extract
 from bench.harness.workloads import QuietGate, Settings
 from gconnect.testing.process import cpu_list
 
@@ -41,7 +42,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.harness", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions (a few minutes)")
     parser.add_argument(
-        "--targets", default=",".join(ALL_TARGETS), help="comma-separated, from: " + ", ".join(ALL_TARGETS)
+        "--targets",
+        default=",".join(t for t in ALL_TARGETS if t != "gconnect-base"),
+        help="comma-separated, from: " + ", ".join(ALL_TARGETS),
     )
     parser.add_argument(
         "--workloads", default=",".join(WORKLOADS), help="comma-separated, from: " + ", ".join(WORKLOADS)
@@ -77,6 +80,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--quiet-budget", type=float, default=120.0, help="seconds the whole run may spend waiting for a quiet machine"
     )
     parser.add_argument("--no-pin", action="store_true", help="let the scheduler place everything")
+    parser.add_argument("--baseline", help="commit that the gconnect-base target runs (before and after in one run)")
     return parser.parse_args(argv)
 
 
@@ -100,7 +104,8 @@ def options_from(args: argparse.Namespace) -> Options:
         load_cpus=None if args.no_pin else args.load_cpus,
         quiet=QuietGate(args.quiet_wait, args.quiet_budget),
     )
-    env = Environment(venv=args.venv, proxy_cpus=None if args.no_pin else args.proxy_cpus)
+    baseline = extract(args.baseline) if args.baseline else None
+    env = Environment(venv=args.venv, proxy_cpus=None if args.no_pin else args.proxy_cpus, baseline=baseline)
     return Options(
         targets=targets, workloads=workloads, settings=settings, env=env, build_dir=args.build_dir, quick=args.quick
     )

@@ -25,7 +25,8 @@ BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO_DIR = BENCH_DIR.parent
 PEERS_DIR = BENCH_DIR / "peers"
 
-GCONNECT_TARGETS = ("gconnect", "gconnect-splice", "gconnect-copy", "gconnect-2w")
+#: gconnect-base is the default gconnect from another commit (--baseline): before and after in one run.
+GCONNECT_TARGETS = ("gconnect", "gconnect-splice", "gconnect-copy", "gconnect-2w", "gconnect-base")
 PEER_TARGETS = ("squid", "tinyproxy", "proxy.py", "pproxy")
 ALL_TARGETS = ("direct", *GCONNECT_TARGETS, *PEER_TARGETS)
 
@@ -50,6 +51,8 @@ class Environment:
     venv: Path
     python: str = sys.executable
     proxy_cpus: frozenset[int] | None = frozenset({0})
+    #: The tree gconnect-base runs (--baseline, extracted); None without one.
+    baseline: Path | None = None
 
 
 @dataclass
@@ -73,8 +76,8 @@ def _render(template: str, port: int, rundir: Path) -> str:
     return template.replace("@PORT@", str(port)).replace("@RUNDIR@", str(rundir))
 
 
-def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+def _run(argv: list[str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, cwd=cwd)
 
 
 def ensure_debian_peers() -> None:
@@ -113,10 +116,13 @@ def prepare(name: str, env: Environment) -> str:
     if name == "direct":
         return "no proxy"
     if name in GCONNECT_TARGETS:
-        done = _run([env.python, "-c", "import gconnect; print(gconnect.__version__)"], 30)
+        if name == "gconnect-base" and env.baseline is None:
+            raise TargetUnavailable("gconnect-base needs --baseline COMMIT")
+        where = env.baseline if name == "gconnect-base" else REPO_DIR
+        done = _run([env.python, "-c", "import gconnect; print(gconnect.__version__)"], 30, cwd=where)
         if done.returncode != 0:
             raise TargetUnavailable(f"gconnect is not importable: {done.stderr.strip()[-200:]}")
-        return f"gconnect {done.stdout.strip()}"
+        return f"gconnect {done.stdout.strip()}" + (f" ({where.name})" if name == "gconnect-base" else "")
     if name in ("squid", "tinyproxy"):
         ensure_debian_peers()
         done = _run([name, "-v"], 30)
@@ -136,6 +142,10 @@ def launch_plan(name: str, rundir: Path, env: Environment) -> LaunchPlan:
         argv += ["--idle-timeout", "0"]
         # "gconnect" is the default (--relay copy since the issue 9 figures), as a user runs it.
         extra = {"gconnect": [], "gconnect-splice": ["--relay", "splice"], "gconnect-copy": ["--relay", "copy"]}
+        if name == "gconnect-base":
+            # cwd: python -m puts the working directory first on sys.path.
+            assert env.baseline is not None
+            return LaunchPlan(argv, None, env.proxy_cpus, cwd=env.baseline, notes=[f"tree {env.baseline.name}"])
         if name == "gconnect-2w":
             # Issue 4: 1 vs 2 workers is measured unpinned, the workers free to use both cores.
             return LaunchPlan([*argv, "--workers", "2"], None, None, notes=["proxy unpinned (2 workers)"])

@@ -20,7 +20,7 @@ import click
 
 from .. import __version__
 from .. import config as cfg
-from . import listeners, run, signals
+from . import run, signals, sockets
 from .configfile import ConfigFileError
 from .notify import Notifier, UpgradeListener
 from .options import (
@@ -89,19 +89,19 @@ def serve(**options: Any) -> None:
         elif config.supervise or workers_given or config.workers > 1:
             _supervise(config, config_path, command_line, notifier)
         else:
-            inherited = listeners.from_systemd(os.environ)
+            inherited = sockets.from_systemd(os.environ)
             run.serve_alone(
                 config, config_path=config_path, command_line=command_line, notifier=notifier, listeners=inherited
             )
-    except (OSError, RuntimeError, ValueError, listeners.ListenerError, run.SelfCheckError) as exc:
+    except (OSError, RuntimeError, ValueError, sockets.ListenerError, run.SelfCheckError) as exc:
         raise click.ClickException(f"cannot start: {exc}") from None
 
 
 def _supervise(config: cfg.Config, config_path: str | None, command_line: dict[str, Any], notifier: Notifier) -> None:
     from . import supervisor
 
-    activated = listeners.from_systemd(os.environ)
-    socks = activated or listeners.bind(config.listen, reuse_port=config.reuse_port)
+    activated = sockets.from_systemd(os.environ)
+    socks = activated or sockets.bind(config.listen, reuse_port=config.reuse_port)
     metrics = None
     try:
         if config.metrics_listen is not None:
@@ -109,7 +109,7 @@ def _supervise(config: cfg.Config, config_path: str | None, command_line: dict[s
 
             metrics = SupervisorMetrics(config.workers, config.metrics_listen)
             # Before the listening lines: whoever waits for those finds this one too.
-            click.echo(f"gconnect metrics on {listeners.fmt(metrics.address)}", err=True)
+            click.echo(f"gconnect metrics on {sockets.fmt(metrics.address)}", err=True)
         boss = supervisor.Supervisor(
             config,
             worker_arguments(command_line, config_path),
@@ -121,7 +121,7 @@ def _supervise(config: cfg.Config, config_path: str | None, command_line: dict[s
             metrics_dir=metrics.directory if metrics else None,
             on_worker_exit=metrics.collector.retire if metrics else None,
         )
-        supervisor.run(boss, lambda: run.announce(listeners.addresses(socks)))
+        supervisor.run(boss, lambda: run.announce(sockets.addresses(socks)))
     finally:
         if metrics is not None:
             metrics.close()

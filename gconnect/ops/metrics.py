@@ -229,7 +229,7 @@ def cumulative_buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tup
 
 
 def upstream_families(snap: dict[str, Any]) -> Iterator[Any]:
-    """The parent pools' families (issue 12): each parent's state and its tries by outcome."""
+    """The parent pools' families: each parent's state and its tries by outcome."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     up = GaugeMetricFamily(

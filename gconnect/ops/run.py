@@ -24,11 +24,11 @@ from ..config import Config
 from . import signals
 from .accesslog import open_access_log
 from .configfile import user_table_warnings
-from .listeners import fmt
 from .metrics import MetricsServer, ProxyCollector, Stats
 from .notify import Notifier, report_upgrade
 from .observer import ProcessObserver
 from .reload import reload
+from .sockets import fmt
 from .workerlink import WorkerLink
 
 log = logging.getLogger("gconnect")

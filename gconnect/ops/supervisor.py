@@ -24,7 +24,7 @@ each worker as ``python -m gconnect serve`` with them inherited
   SIGTERM, SIGINT and SIGQUIT drain every worker and exit 0; others are
   ignored (``signals``).
 - **Stop.** Before any worker hears of it, the sockets the supervisor bound
-  stop listening for every process (``listeners.stop_listening``): new clients
+  stop listening for every process (``sockets.stop_listening``): new clients
   are refused and those queued but not accepted are reset, at once, instead of
   waiting in a queue nobody accepts from until the drain ends. Sockets systemd
   passed are only closed here: systemd holds them, and queueing while the
@@ -45,7 +45,7 @@ import gevent
 from gevent.event import Event
 
 from ..config import Config
-from . import listeners, notify, signals
+from . import notify, signals, sockets
 from .configfile import ConfigFileError
 from .workerlink import WorkerProcess
 
@@ -254,7 +254,7 @@ class Supervisor:
             for sock in self.sockets:
                 sock.close()
         else:
-            listeners.stop_listening(self.sockets)
+            sockets.stop_listening(self.sockets)
         log.info("signal %d: listeners closed; stopping %d workers", signum, len(self.live))
         self.notifier.stopping("draining open tunnels")
         for worker in list(self.live):

@@ -33,7 +33,7 @@ import gevent
 from gevent.event import Event
 from gevent.os import nb_read
 
-from .listeners import adopt
+from .sockets import adopt
 
 log = logging.getLogger(__name__)
 

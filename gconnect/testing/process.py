@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from ..config import hostport
+
 #: What ``gconnect serve`` prints on stderr once a listener accepts, one line per listener. The
 #: host is printed as the listener was given (IPv6 in brackets).
 LISTENING = re.compile(r"gconnect listening on (\S+):(\d+)$")
@@ -141,7 +143,7 @@ class ProxyProcess:
     @property
     def address(self) -> str:
         """The first listener as ``HOST:PORT`` (brackets around an IPv6 host)."""
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return hostport(self.host, self.port)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
         """Send *sig* if it still runs, wait up to *timeout* (then SIGKILL); its exit code."""

@@ -12,7 +12,7 @@ check, a trusted load balancer's PROXY header, the TLS handshake and the
 protocol the client picked by ALPN, all by one header deadline from accept.
 
 Ownership: the connection owns its socket and the watchers it made, from
-accept to :meth:`ClientConnection.close_socket`; a relay may take its read
+accept to :meth:`ClientConnection.close`; a relay may take its read
 watcher (:meth:`ClientConnection.take_reader`), and then closes that one itself.
 """
 
@@ -51,7 +51,8 @@ class ClientServed(Exception):
 
 class RelayHandle(Protocol):
     """A relay that a client side started: it moves bytes until the tunnel ends,
-    then calls the ``on_done`` it was given with itself, once."""
+    then calls the ``on_done`` it was given with itself, once, from the hub (a
+    libev callback; possibly before ``start_relay`` has returned)."""
 
     #: Why the relay ended ("" while it runs): ``client_eof``, ``idle``, ``upstream_reset``...
     end_reason: str
@@ -64,7 +65,8 @@ class RelayHandle(Protocol):
     bytes_down: int
 
     def abort(self, reason: str) -> None:
-        """End the relay now with *reason*; ``on_done`` is called before this returns."""
+        """End the relay now with *reason*; ``on_done`` is called before this
+        returns. Nothing happens if the relay has ended already."""
 
 
 class ClientSide(Protocol):
@@ -104,12 +106,16 @@ class ClientSide(Protocol):
         """Tell the client its tunnel is open (the 200). OSError if it cannot be told."""
 
     def refuse(self, exc: GConnectError) -> None:
-        """Answer *exc* as its HTTP error where it is answerable, then let the client go."""
+        """Answer *exc* as its HTTP error where it is answerable, then let the
+        client go. It may wait (HTTP/1.1 lingers up to a second so the answer is
+        read) and may be killed there; ``close`` still follows."""
 
     def start_relay(self, outbound: Connection, early: bytes, on_done: Callable[[Any], None]) -> RelayHandle:
         """Relay between the client and *outbound*, first sending *early* (bytes
         that came with the request), and return at once; the relay calls
-        *on_done* with itself when it ends. OSError if *early* cannot be sent."""
+        *on_done* with itself when it ends (see :class:`RelayHandle`). OSError
+        if *early* cannot be sent: then no relay was started and the side holds
+        nothing more than before. Sending *early* may wait, and be killed."""
 
     def drain(self) -> None:
         """Ask the client to finish (shutdown): a connection carrying streams
@@ -143,6 +149,8 @@ class ClientConnection:
     alpn: str | None = None
     #: Bytes read past the PROXY header: the start of the client's own.
     early = b""
+    #: Shutdown has begun (drain() was called): a protocol served later drains from its start.
+    draining = False
     #: Set by a protocol that can drain (HTTP/2's GOAWAY); called at shutdown.
     on_drain: Callable[[], None] | None = None
     _reader: Any = None
@@ -221,8 +229,10 @@ class ClientConnection:
         reader, self._reader = self._reader, None
         return reader
 
-    def close_socket(self) -> None:
-        """Close the watchers still held and the socket."""
+    def close(self, status: int = 0, end_reason: str = "") -> None:
+        """Close the watchers still held and the socket. (The arguments are the
+        ClientSide contract's, for the sides built on a connection; a connection
+        does not need them.)"""
         if self._reader is not None:
             self._reader.close()
         if self._writer is not None:

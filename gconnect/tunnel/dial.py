@@ -118,7 +118,8 @@ class SourceAddresses:
 
 
 class Connection:
-    """A connected upstream socket: where it goes, and the watcher it was waited on."""
+    """A connected outbound socket (to the target, or to a parent proxy): where it
+    goes, and the watcher it was waited on."""
 
     __slots__ = ("address", "port", "sock", "writer")
 

@@ -122,7 +122,7 @@ class HTTP1Side(ClientConnection):
             limits=services.relay_limits,
             on_done=on_done,
             client_reader=self.take_reader(),
-            upstream_writer=outbound.writer,
+            outbound_writer=outbound.writer,
             tls=tls,
             hangups=services.hangups,
         )
@@ -131,8 +131,6 @@ class HTTP1Side(ClientConnection):
         return relay
 
     def drain(self) -> None:
+        self.draining = True
         if self.on_drain is not None:
             self.on_drain()
-
-    def close(self, status: int, end_reason: str) -> None:
-        self.close_socket()

@@ -8,7 +8,7 @@ from typing import Any
 
 
 class OwnConnections:
-    """Our upstream connections as (local, remote) address pairs. A client that
+    """Our outbound connections as (local, remote) address pairs. A client that
     arrives from one of them, at that very address, is this proxy talking to
     itself (a loop through a name or address the static check did not know)."""
 

@@ -18,8 +18,9 @@ keeps what it could not deliver in the direction's :class:`Half`:
 Every mover does at most one read from ``src`` per wake-up (then as many
 writes as it takes to deliver it, or until ``dst`` is full): one busy
 direction goes back to the loop after a chunk, so other tunnels' small
-exchanges never wait behind a bulk burst (issue 14: other tunnels' echo p99
-reached 40-74 ms behind 50 bulk pushes that moved up to 4 MiB per callback).
+exchanges never wait behind a bulk burst (reading all there is per callback
+let 50 bulk pushes hold other tunnels' echoes for tens of milliseconds:
+docs/performance.rst, bursts).
 
 Errors: a failed read is the source's reset, a failed write the
 destination's; both raise :class:`Reset` naming that side.
@@ -44,14 +45,15 @@ class Reset(Exception):
         self.side = side
 
 
-class Half:
-    """One direction of a tunnel: bytes from ``src`` to ``dst``, and what the
-    mover holds for ``dst`` meanwhile. ``name`` is the side that sends into
-    it ("client" or "upstream"), ``peer`` the side it delivers to.
+class Direction:
+    """One direction of a tunnel, as every relay keeps it: its state, and its
+    source ``src`` (a socket; None where the source is not one, as an HTTP/2
+    stream's client side). ``name`` is the side that sends into it ("client"
+    or "upstream"), ``peer`` the side it delivers to.
 
-    Only the five fields every direction has are set per instance; the rest
-    start as the class's defaults below (fewer stores per tunnel: this is
-    made twice for every tunnel opened).
+    Only the fields every direction has are set per instance; the rest start
+    as the class's defaults below (fewer stores per tunnel: this is made
+    twice for every tunnel opened).
     """
 
     #: libev watchers on src (read) and dst (write), owned by the relay.
@@ -77,7 +79,18 @@ class Half:
     #: The TLS session of a TLS mover's side.
     tls: Any = None
 
+    def __init__(self, name: str, peer: str, src: Any) -> None:
+        self.name = name
+        self.peer = peer
+        self.src = src
+
+
+class Half(Direction):
+    """A direction between two sockets, moved by a :class:`Mover`: bytes from
+    ``src`` to ``dst``, and what the mover holds for ``dst`` meanwhile."""
+
     def __init__(self, name: str, peer: str, src: Any, dst: Any, mover: Mover) -> None:
+        # Not through Direction.__init__: one call fewer, twice per tunnel.
         self.name = name
         self.peer = peer
         self.src = src

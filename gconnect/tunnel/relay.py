@@ -43,7 +43,7 @@ from typing import Any
 from gevent import get_hub
 from gevent.monkey import get_original
 
-from .movers import Half, Mover, Reset
+from .movers import Direction, Half, Mover, Reset
 from .waiting import READ, WRITE
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,8 @@ class Deadlines:
 
     limits: RelayLimits
     loop: Any
-    up: Half
-    down: Half
+    up: Direction
+    down: Direction
     #: Why the tunnel ended; "" while it runs (see the module docstring).
     end_reason = ""
     _timer: Any = None
@@ -98,7 +98,7 @@ class Deadlines:
         """End the tunnel with *reason* (the relay's own; starts with :meth:`settle`)."""
         raise NotImplementedError
 
-    def hung_up(self, half: Half, error: int) -> None:
+    def hung_up(self, half: Direction, error: int) -> None:
         """The source of *half* hung up while its reader was stopped (:class:`HangupWatch`):
         *error* is its socket error (a reset), 0 for a FIN."""
         raise NotImplementedError
@@ -185,13 +185,15 @@ class Relay(Deadlines):
 
     :meth:`start` arms the watchers and returns at once; the relay then drives
     both sockets until the tunnel ends, and calls *on_done* with itself.
-    :meth:`abort` ends it early. *client_reader* and *upstream_writer* are
+    :meth:`abort` ends it early. *client_reader* and *outbound_writer* are
     watchers the handshake already made (read on the client, write on the
     upstream); the relay adopts them instead of making its own. After the
     end, ``end_reason``, ``bytes_up``, ``bytes_down`` and ``first_byte_at`` say
     what happened.
     """
 
+    up: Half
+    down: Half
     #: time.monotonic() when the first upstream byte reached the client (0: none yet).
     first_byte_at = 0.0
     #: Bytes delivered each way, once the relay has ended (read them from the halves before).
@@ -201,22 +203,23 @@ class Relay(Deadlines):
     def __init__(
         self,
         client: Any,
-        upstream: Any,
+        outbound: Any,
         *,
         movers: tuple[Mover, Mover],
         limits: RelayLimits,
         on_done: Callable[[Relay], None],
         client_reader: Any = None,
-        upstream_writer: Any = None,
+        outbound_writer: Any = None,
         tls: Any = None,
         hangups: HangupWatch | None = None,
     ) -> None:
-        self.up = up = Half("client", "upstream", client, upstream, movers[0])
-        self.down = down = Half("upstream", "client", upstream, client, movers[1])
+        # The halves are named as the end reasons name the sides ("upstream_eof", "upstream_reset").
+        self.up = up = Half("client", "upstream", client, outbound, movers[0])
+        self.down = down = Half("upstream", "client", outbound, client, movers[1])
         if client_reader is not None:
             up.reader = client_reader
-        if upstream_writer is not None:
-            up.writer = upstream_writer
+        if outbound_writer is not None:
+            up.writer = outbound_writer
         if tls is not None:
             up.tls = down.tls = tls
         self.limits = limits
@@ -291,7 +294,7 @@ class Relay(Deadlines):
             log.exception("relay bug (flush, %s side)", half.name)
             self.end("error")
 
-    def hung_up(self, half: Half, error: int) -> None:
+    def hung_up(self, half: Direction, error: int) -> None:
         """The source of *half* hung up while we were not reading it (HangupWatch)."""
         if self.end_reason:
             return
@@ -373,11 +376,11 @@ class HangupWatch:
 
     def __init__(self) -> None:
         self._epoll = _epoll()
-        self._watched: dict[int, tuple[Deadlines, Half]] = {}
+        self._watched: dict[int, tuple[Deadlines, Direction]] = {}
         self._watcher = get_hub().loop.io(self._epoll.fileno(), READ)
         self._watcher.start(self._on_events)
 
-    def watch(self, relay: Deadlines, half: Half) -> None:
+    def watch(self, relay: Deadlines, half: Direction) -> None:
         fd = half.src.fileno()
         try:
             self._epoll.register(fd, select.EPOLLRDHUP | select.EPOLLET)
@@ -385,7 +388,7 @@ class HangupWatch:
             return
         self._watched[fd] = (relay, half)
 
-    def forget(self, half: Half) -> None:
+    def forget(self, half: Direction) -> None:
         """The relay ended; its sockets close next, which drops them from the epoll set."""
         fd = half.src.fileno()
         entry = self._watched.get(fd)

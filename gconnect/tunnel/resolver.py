@@ -21,7 +21,6 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 import gevent
-from gevent.event import AsyncResult
 
 from ..config import Config
 from ..errors import NameNotFoundError, OutboundError, ResolveError, ResolveTimeoutError
@@ -92,7 +91,7 @@ class Resolver:
         # Our own cache holds the combined A+AAAA answer; dnspython's would be a second copy.
         self._dns.cache = None
         self._cache: dict[str, tuple[float, Union[list[Address], _Failure]]] = {}
-        self._inflight: dict[str, AsyncResult] = {}
+        self._inflight: dict[str, gevent.Greenlet] = {}
         self._hosts: dict[str, list[Address]] = {}
         self._hosts_mtime: float | None = None
         self._hosts_checked = 0.0
@@ -136,19 +135,23 @@ class Resolver:
         pending = self._inflight.get(host)
         if pending is not None:
             self.cache_hits += 1
-            return self._unwrap(host, pending.get())
-        pending = self._inflight[host] = AsyncResult()
+        else:
+            # The lookup runs in a greenlet of its own, which every asker waits on
+            # (the first too): a tunnel killed or cancelled while it waits leaves
+            # the lookup running for the others, instead of failing them all.
+            pending = self._inflight[host] = gevent.spawn(self._shared_lookup, host)
+        return self._unwrap(host, pending.get())
+
+    def _shared_lookup(self, host: str) -> Union[list[Address], _Failure]:
         try:
             result, ttl = self._lookup(host)
-            self._store(host, result, ttl)
-            pending.set(result)
-        except BaseException as exc:
-            # Waiters must never hang on a lookup that died (e.g. killed at shutdown).
-            pending.set(_Failure("error", f"lookup aborted: {exc!r}"))
-            raise
+        except Exception as exc:
+            log.exception("DNS lookup of %s failed unexpectedly", host)
+            return _Failure("error", f"lookup failed: {exc!r}")  # not cached
         finally:
             del self._inflight[host]
-        return self._unwrap(host, result)
+        self._store(host, result, ttl)
+        return result
 
     def _store(self, host: str, result: Union[list[Address], _Failure], ttl: float) -> None:
         if len(self._cache) >= DNS_CACHE_MAX_ENTRIES:

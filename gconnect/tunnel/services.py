@@ -188,7 +188,7 @@ class TunnelServices:
             observer=observer if observer is not None else NullObserver(),
             own_connections=OwnConnections(),
             tunnels=OpenTunnels(),
-            tls_context=server_context(config) if config.tls_cert else None,
+            tls_context=server_context(config, (*(protocols or {}), "http/1.1")) if config.tls_cert else None,
             protocols=dict(protocols or {}),
             loop=get_hub().loop,
             idle_upstreams=IdleConnections(config.forward_idle_timeout, config.forward_max_idle),

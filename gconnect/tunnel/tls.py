@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import _socket
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 from ..config import Config
@@ -44,16 +45,18 @@ TLS_RECV_BYTES = 64 * 1024
 _RECORD_BYTES = 16 * 1024
 
 
-def server_context(config: Config) -> ssl.SSLContext:
+def server_context(config: Config, alpn: Sequence[str] = ("http/1.1",)) -> ssl.SSLContext:
     """The listener's context: Python's defaults for a server (TLS 1.2 and up,
-    the ssl module's cipher selection), with the configured certificate chain.
-    Raises OSError/ssl.SSLError if the files cannot be loaded."""
+    the ssl module's cipher selection), with the configured certificate chain,
+    offering the *alpn* protocols in that order. Raises OSError/ssl.SSLError
+    if the files cannot be loaded."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(config.tls_cert, config.tls_key)
-    # HTTP/2 for clients that pick it (many tunnels on one connection, RFC 9113
-    # §8.5), HTTP/1.1 for the rest; a client without ALPN gets HTTP/1.1.
-    context.set_alpn_protocols(["h2", "http/1.1"])
+    # Only what something here serves: HTTP/2 when its server is in the table
+    # (many tunnels on one connection, RFC 9113 §8.5), HTTP/1.1 for the rest;
+    # a client without ALPN gets HTTP/1.1.
+    context.set_alpn_protocols(list(alpn))
     return context
 
 

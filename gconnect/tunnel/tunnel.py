@@ -33,6 +33,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gevent import kill as kill_greenlet
+from greenlet import greenlet as RawGreenlet
 
 from ..config import hostport
 from ..errors import GConnectError
@@ -89,6 +90,7 @@ class Tunnel:
     connected_at = 0.0
     first_byte_at = 0.0
     _abort_reason = "shutdown"
+    _closed = False
 
     def __init__(self, services: TunnelServices, side: ClientSide) -> None:
         self.services = services
@@ -98,17 +100,44 @@ class Tunnel:
         self.started = time.monotonic()
         # One policy for the whole handshake (a user's own table replaces it in check()).
         self.policy = services.policy
+        # Open from here: a tunnel that is made must be run (or closed).
         services.tunnels.add(self)
+
+    def start(self, hub: Any, *, at_once: bool) -> None:
+        """Run the steps in a greenlet of the tunnel's own: switched to *at_once*
+        (from an accept callback), or scheduled for the loop's next turn (from
+        another greenlet, such as an HTTP/2 connection's reader)."""
+        greenlet = self.greenlet = RawGreenlet(self.run, hub)
+        if at_once:
+            greenlet.switch()
+        else:
+            self.services.loop.run_callback(greenlet.switch)
 
     def run(self) -> None:
         """Serve the client until the relay has the sockets or the tunnel is closed."""
+        try:
+            request = self.handshake()
+            if request is not None:
+                self.start_relay(request.trailing)
+                return
+        except BaseException:
+            # Killed (abort() at shutdown, or cancel()) at any wait, a refusal's
+            # linger and the early bytes' send included: release and log on the way out.
+            if self.status < 400:
+                self.end_reason = self._abort_reason
+            self.close()
+            raise
+        self.close()
+
+    def handshake(self) -> ConnectRequest | None:
+        """The steps up to the answer: the request once the 200 is sent, or None
+        when the tunnel ends here (refused, or served by another protocol)."""
         try:
             takeover = self.side.admit()
             self.address = self.side.address
             if takeover is not None:
                 self.end_reason = takeover()  # another protocol served the connection to its end
-                self.close()
-                return
+                return None
             self.admit()
             request = self.read_request()
             self.authenticate(request)
@@ -116,6 +145,7 @@ class Tunnel:
             addresses = self.resolve(request)
             self.dial(request, addresses)
             self.answer()
+            return request
         except GConnectError as exc:
             self.refuse(exc)
         except ClientServed as served:
@@ -129,15 +159,7 @@ class Tunnel:
             log.exception("bug while serving %s (target %s)", self.address, self.target)
             if not self.status:
                 self.refuse(GConnectError("internal error, see the proxy's log"))
-        except BaseException:
-            # Killed (abort(), or the drain timed out at shutdown): release and log on the way out.
-            self.end_reason = self._abort_reason
-            self.close()
-            raise
-        else:
-            self.start_relay(request.trailing)
-            return
-        self.close()
+        return None
 
     # --- the steps -------------------------------------------------------------------
 
@@ -150,7 +172,7 @@ class Tunnel:
     def read_request(self) -> ConnectRequest:
         """The request, as the client side reads it."""
         request = self.side.read_request()
-        self.target = request.target
+        self.target = hostport(request.host, request.port)
         return request
 
     def authenticate(self, request: ConnectRequest) -> None:
@@ -231,12 +253,16 @@ class Tunnel:
         *early* (bytes that came with the request) first; this greenlet ends here."""
         outbound = self.outbound
         assert outbound is not None
-        self.greenlet = None
         try:
+            # The greenlet stays ours until the side returns: abort() may kill it in the early bytes' send.
             self.relay = self.side.start_relay(outbound, early, self._relay_done)
         except OSError:
             self.end_reason = "upstream_reset"
             self.close()
+        except Exception:
+            log.exception("bug starting the relay for %s (target %s)", self.address, self.target)
+            self.close()
+        self.greenlet = None
 
     def _relay_done(self, relay: RelayHandle) -> None:
         self.bytes_up = relay.bytes_up
@@ -262,14 +288,15 @@ class Tunnel:
             self._abort_reason = reason
             kill_greenlet(self.greenlet)
 
-    def interrupt(self, exc: GConnectError) -> None:
-        """Raise *exc* in the handshake's greenlet at its next wait (the client
-        gave up: an HTTP/2 stream reset before its 200); the tunnel then refuses
-        with it. Scheduled in order after the greenlet's own start."""
+    def cancel(self, exc: GConnectError) -> None:
+        """The client gave up before its answer (any side may say so): raise
+        *exc* in the handshake's greenlet at its next wait, and the tunnel
+        refuses with it. Nothing happens once the 200 is sent (then the relay
+        hears of it). Scheduled in order after the greenlet's own start."""
 
         def throw() -> None:
             greenlet = self.greenlet
-            if greenlet is not None and not greenlet.dead:
+            if not self.status and greenlet is not None and not greenlet.dead:
                 greenlet.throw(exc)
 
         self.services.loop.run_callback(throw)
@@ -280,7 +307,11 @@ class Tunnel:
 
     def close(self) -> None:
         """The one exit: release what the tunnel held, close the outbound
-        connection and the client side, and tell the observer."""
+        connection and the client side, and tell the observer; once, whatever
+        calls it again."""
+        if self._closed:
+            return
+        self._closed = True
         services = self.services
         self.address = self.side.address  # a refusal may come after a PROXY header
         if self.who:

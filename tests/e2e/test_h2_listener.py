@@ -424,6 +424,29 @@ def test_a_client_that_vanishes_ends_every_stream_and_leaks_nothing(start_tls_pr
     echo_round(other, other.connect(echo.target), b"next client")
 
 
+def test_a_stream_reset_in_its_dns_step_leaves_the_shared_lookup_to_the_others(
+    start_tls_proxy, h2_client, echo, dns_server
+):
+    # Two streams wait on one lookup of a slow name; the first one's client gives up.
+    # The lookup goes on for the second, which gets its tunnel: a cancelled asker
+    # must not fail everyone waiting on the same name.
+    hold = threading.Event()
+    dns_server.add("sharedh2.test", a=["127.0.0.1"], hold=hold)
+    proxy = start_tls_proxy("--dns-timeout", "10")
+    client = h2_client(proxy)
+    doomed = client.connect(f"sharedh2.test:{echo.port}")
+    wait_until(lambda: dns_server.count("sharedh2.test"))
+    kept = client.connect(f"sharedh2.test:{echo.port}")
+    client.pump()  # both streams' HEADERS are with the proxy, both waiting on the lookup
+    client.reset(doomed)
+    line = proxy.wait_access(f"stream={doomed}")
+    assert "status=499" in line and "reason=client_reset" in line
+    hold.set()
+    client.wait(lambda: client.status(kept) == 200)
+    echo_round(client, kept, b"after the other gave up")
+    assert dns_server.count("sharedh2.test", "A") == 1
+
+
 def test_a_connection_without_streams_is_closed_at_the_idle_timeout(start_tls_proxy, h2_client, echo):
     proxy = start_tls_proxy("--idle-timeout", "0.3")
     client = h2_client(proxy)

@@ -26,10 +26,12 @@ from gconnect.errors import (
 )
 from gconnect.tunnel.head import ConnectRequest, RequestParser, parse_authority, parse_host, parse_port
 
+from .budget import examples
+
 pytestmark = pytest.mark.timeout(300)
 
 MAX_HEAD = 1024
-PROPS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # A valid head, built from parts an attacker would vary.
 label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
@@ -183,7 +185,7 @@ def authenticator(tmp_path_factory):
     return Authenticator(Config(auth_file=str(path), auth_failures_per_minute=1_000_000))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(
         st.one_of(

@@ -14,6 +14,8 @@ from gconnect.ops.workermetrics import add_counters, empty_snapshot
 from gconnect.tunnel.hostrules import HostRules
 from gconnect.tunnel.names import HostNameError, canonical_name, parse_pattern
 
+from .budget import examples
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -127,7 +129,7 @@ def spellings(draw, name: str) -> str:
     return ".".join(out) + ("." if draw(st.booleans()) else "")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.data(), names, names)
 def test_a_rule_never_matches_a_name_outside_its_suffix(data, suffix, name):
     canon_suffix, canon_name = canonical_name(suffix), canonical_name(name)
@@ -147,7 +149,7 @@ def test_a_rule_never_matches_a_name_outside_its_suffix(data, suffix, name):
         assert (judge(deny, canonical_name(spelled)) == "host_denied") == matches
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.data(), names)
 def test_every_spelling_has_one_canonical_form(data, name):
     canon = canonical_name(name)

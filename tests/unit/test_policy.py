@@ -13,6 +13,8 @@ from gconnect.errors import ClientError, PolicyDeniedError
 from gconnect.tunnel.addresses import embedded_ipv4, is_public
 from gconnect.tunnel.policy import Policy
 
+from .budget import examples
+
 net = ipaddress.ip_network
 
 
@@ -404,7 +406,7 @@ addresses = st.one_of(
 )
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(3000), deadline=None)
 @given(addresses)
 def test_is_public_never_more_permissive_than_the_stdlib(address):
     text = str(address)
@@ -414,7 +416,7 @@ def test_is_public_never_more_permissive_than_the_stdlib(address):
         assert not stdlib_public(text), text
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=examples(1000), deadline=None)
 @given(st.ip_addresses(v=6))
 def test_embedded_ipv4_matches_the_stdlib_properties(address):
     expected = []

@@ -21,6 +21,8 @@ from gconnect.config import Config
 from gconnect.tunnel.head import RESPONSE_200, ConnectRequest, RequestParser, render_error
 from gconnect.tunnel.names import MAX_NAME_CHARS as MAX_HOSTNAME_CHARS
 
+from .budget import examples
+
 MAX_HEADER_BYTES = Config().max_header_bytes
 CRLF = b"\r\n"
 
@@ -701,7 +703,7 @@ def h11_parse(data: bytes):
     return request, server.trailing_data[0]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(connect_heads())
 def test_differential_valid_heads_agree_with_h11(case):
     head, trailing, _ = case
@@ -767,7 +769,7 @@ def _mutations():
 MUTATIONS = _mutations()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(connect_heads(), st.sampled_from(sorted(MUTATIONS)), st.integers(0, 1000))
 def test_differential_heads_h11_rejects_are_rejected(case, mutation, x):
     head, _, _ = case

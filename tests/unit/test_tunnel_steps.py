@@ -96,6 +96,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, Any]] = []
+        self.done = Event()
 
     def opened(self, tunnel: Any) -> None:
         self.events.append(("opened", tunnel.target))
@@ -105,6 +106,7 @@ class Recorder:
 
     def closed(self, tunnel: Any) -> None:
         self.events.append(("closed", (tunnel.status, tunnel.end_reason)))
+        self.done.set()
 
 
 @pytest.fixture
@@ -216,3 +218,70 @@ def test_a_takeover_by_another_protocol_is_the_tunnel_s_only_record():
     assert side.calls == ["close"] and side.closed_with == (0, "client_eof")
     assert recorder.events == [("closed", (0, "client_eof"))]
     assert services.limits.count("127.0.0.9") == 0, "a connection taken over is not counted as a client"
+
+
+class HoldingSide(ScriptedSide):
+    """A side that waits inside refuse or start_relay, as HTTP/1.1's lingering
+    close and its send of the early bytes may, until the tunnel is aborted."""
+
+    def __init__(self, request: ConnectRequest, *, hold_in: str) -> None:
+        super().__init__(request)
+        self.hold_in = hold_in
+        self.holding = Event()
+
+    def _hold(self, step: str) -> None:
+        if step == self.hold_in:
+            self.holding.set()
+            Event().wait()  # until killed
+
+    def refuse(self, exc: GConnectError) -> None:
+        super().refuse(exc)
+        self._hold("refuse")
+
+    def start_relay(self, outbound: Any, early: bytes, on_done: Callable[[Any], None]) -> ScriptedRelay:
+        self.calls.append("start_relay")
+        self.outbound = outbound
+        self._hold("start_relay")
+        raise AssertionError("not reached")
+
+
+def test_abort_while_the_refusal_lingers_still_closes_once(target):
+    recorder = Recorder()
+    services = services_for(recorder, allow_dest=LOOPBACK)  # only port 443: a refusal
+    side = HoldingSide(request_for(target.getsockname()[1]), hold_in="refuse")
+    tunnel = Tunnel(services, side)
+    tunnel.start(gevent.get_hub(), at_once=False)
+    assert side.holding.wait(5)
+    tunnel.abort("shutdown")
+    assert recorder.done.wait(5)
+    assert side.calls == ["admit", "read_request", "refuse", "close"]
+    assert recorder.events == [("closed", (403, side.refused.code))]  # type: ignore[union-attr]
+    assert services.limits.count("127.0.0.9") == 0 and len(services.tunnels) == 0
+
+
+def test_abort_while_the_early_bytes_are_sent_closes_the_tunnel(target):
+    recorder = Recorder()
+    port = target.getsockname()[1]
+    services = services_for(recorder, allow_port=((port, port),), allow_dest=LOOPBACK)
+    side = HoldingSide(request_for(port, early=b"early"), hold_in="start_relay")
+    tunnel = Tunnel(services, side)
+    tunnel.start(gevent.get_hub(), at_once=False)
+    assert side.holding.wait(5)
+    tunnel.abort("shutdown")
+    assert recorder.done.wait(5)
+    assert recorder.events[-1] == ("closed", (200, "shutdown"))
+    assert side.outbound.sock.fileno() == -1 and len(services.tunnels) == 0
+
+
+def test_cancel_after_the_answer_changes_nothing(target):
+    recorder = Recorder()
+    port = target.getsockname()[1]
+    services = services_for(recorder, allow_port=((port, port),), allow_dest=LOOPBACK)
+    side = ScriptedSide(request_for(port))
+    tunnel = Tunnel(services, side)
+    run(tunnel)
+    tunnel.cancel(GConnectError("too late"))
+    gevent.sleep(0)  # the scheduled cancel runs, and finds the tunnel answered
+    assert tunnel.status == 200 and len(services.tunnels) == 1 and recorder.events[-1][0] == "opened"
+    side.relay.abort("client_eof")  # type: ignore[union-attr]
+    assert recorder.events[-1] == ("closed", (200, "client_eof"))

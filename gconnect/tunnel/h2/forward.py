@@ -80,14 +80,14 @@ class H2ForwardStream:
     """One ``:scheme http`` stream: the session's stream, and the exchange's client."""
 
     protocol = "h2"
-    #: For the session: no relay; a reset or the connection's end interrupts the greenlet.
+    #: For the session: no relay; a reset or the connection's end cancels the greenlet.
     relay = None
 
     def __init__(self, session: StreamConnection, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.session = session
         self.stream_id = stream_id
         self.headers = headers
-        self.tunnel = self  # the session interrupts a stream's "tunnel"
+        self.tunnel = self  # the session cancels a stream's "tunnel"
         self.loop = session.loop
         #: DATA not yet taken by the exchange, with its flow-controlled lengths.
         self.inbox: list[tuple[bytes, int]] = []
@@ -120,7 +120,7 @@ class H2ForwardStream:
     def resume(self) -> None:
         self.wake.send()
 
-    def interrupt(self, exc: GConnectError) -> None:
+    def cancel(self, exc: GConnectError) -> None:
         """The client reset the stream, or the connection ended: stop at the next wait."""
 
         def throw() -> None:

@@ -44,7 +44,6 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from gevent import get_hub
-from greenlet import greenlet as RawGreenlet
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame, SettingsFrame
@@ -132,6 +131,8 @@ class H2Session:
         reason = "shutdown"
         try:
             self._start()
+            if self.conn.draining:
+                self.drain()  # SIGTERM came during the TLS handshake: GOAWAY at once
             reason = self._read_frames()
         except Exception:
             log.exception("h2 session bug (client %s)", self.address)
@@ -247,9 +248,8 @@ class H2Session:
             return
         stream = H2StreamSide(self, stream_id, headers)
         self.streams[stream_id] = stream
-        tunnel = stream.tunnel = Tunnel(self.current(), stream)
-        greenlet = tunnel.greenlet = RawGreenlet(tunnel.run, get_hub())
-        self.loop.run_callback(greenlet.switch)
+        stream.tunnel = Tunnel(self.current(), stream)
+        stream.tunnel.start(get_hub(), at_once=False)
 
     def _data(self, stream_id: int, data: bytes, flow_length: int) -> None:
         stream = self.streams.get(stream_id)
@@ -265,7 +265,7 @@ class H2Session:
             self._kill(stream)
 
     def _kill(self, stream: H2StreamSide | H2ForwardStream) -> None:
-        stream.tunnel.interrupt(StreamResetError(f"stream {stream.stream_id} reset by the client"))
+        stream.tunnel.cancel(StreamResetError(f"stream {stream.stream_id} reset by the client"))
 
     def _resume(self) -> None:
         for stream in list(self.streams.values()):

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ...errors import GConnectError, StreamResetError
 from ..head import ConnectRequest
-from ..movers import Half
+from ..movers import Direction
 from ..relay import Deadlines, HangupWatch, RelayLimits
 from ..waiting import READ, WRITE
 from .head import parse_h2_connect
@@ -113,7 +113,7 @@ class H2StreamSide:
 
     def read_request(self) -> ConnectRequest:
         """The request the stream's HEADERS carry."""
-        return parse_h2_connect(self.headers, max_header_bytes=self.session.services.config.max_header_bytes)
+        return parse_h2_connect(self.headers, max_header_bytes=self.tunnel.services.config.max_header_bytes)
 
     def established(self) -> None:
         """HEADERS :status 200: the stream is a tunnel from here on."""
@@ -127,7 +127,8 @@ class H2StreamSide:
 
     def start_relay(self, outbound: Connection, early: bytes, on_done: Callable[[Any], None]) -> StreamRelay:
         """Relay the stream to *outbound*; the DATA that came early goes first."""
-        services = self.session.services
+        assert not early, "a stream's early bytes are its DATA, which the relay takes from the side"
+        services = self.tunnel.services
         relay = self.relay = StreamRelay(self, outbound, services.relay_limits, services.hangups, on_done)
         relay.start()
         return relay
@@ -189,9 +190,9 @@ class StreamRelay(Deadlines):
         self.sock = sock = outbound.sock
         # client -> target (``pending``: what the target has not taken yet) and
         # target -> client. The client's end is the stream, not a socket: the
-        # session moves its bytes, so the halves name no client socket or mover.
-        self.up = Half("client", "upstream", None, sock, None)  # type: ignore[arg-type]
-        self.down = Half("upstream", "client", sock, None, None)  # type: ignore[arg-type]
+        # session moves its bytes, so these are Directions, without a mover.
+        self.up = Direction("client", "upstream", None)
+        self.down = Direction("upstream", "client", sock)
         self.up.writer, outbound.writer = outbound.writer, None  # the relay owns it now
         self.limits = limits
         self.hangups = hangups
@@ -340,7 +341,7 @@ class StreamRelay(Deadlines):
             down.blocked = False
             down.reader.start(self._on_readable)
 
-    def hung_up(self, half: Half, error: int) -> None:
+    def hung_up(self, half: Direction, error: int) -> None:
         """The target reset (or sent its FIN) while we were not reading it (HangupWatch)."""
         if self.end_reason:
             return
