@@ -567,3 +567,9 @@ def test_a_response_cut_short_is_cut_short_for_the_client(fwd: ProxyProcess, ups
     # The client got what came, and no last chunk: it can tell the body is incomplete.
     assert data.endswith(b"5\r\nhello\r\n") and b"0\r\n\r\n" not in data
     assert "reason=upstream_reset" in fwd.wait_access("method=GET")
+
+
+def test_a_request_to_the_proxy_itself_is_a_loop(fwd: ProxyProcess) -> None:
+    target = f"127.0.0.1:{fwd.port}"
+    status, headers, _ = exchange(fwd, f"GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    assert status == 403 and "error=proxy_loop_detected" in headers["proxy-status"]
