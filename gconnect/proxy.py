@@ -145,6 +145,12 @@ class Proxy:
         "host_rules_mode",
         "users",
         "groups",
+        "forward_http",
+        "forward_port",
+        "via_name",
+        "forwarded_for",
+        "log_path",
+        "proxy_pac",
     )
 
     def reload(self, new: Config) -> list[str]:

@@ -37,6 +37,7 @@ from greenlet import greenlet as RawGreenlet
 
 from ..config import hostport
 from ..errors import GConnectError
+from .client import ClientServed
 from .dial import open_connection
 from .limits import client_key
 
@@ -150,6 +151,8 @@ class Tunnel:
             return request
         except GConnectError as exc:
             self.refuse(exc)
+        except ClientServed as served:
+            self.end_reason = served.end_reason
         except OSError as exc:
             # A client that vanished while we wrote to it.
             self.status = self.status or 499
