@@ -8,16 +8,29 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from typing import Union
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 #: Squid's default http_port, the port proxy clients expect.
 DEFAULT_LISTEN = ("127.0.0.1", 3128)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: Squid's SSL_ports ACL: CONNECT is for TLS unless the operator says otherwise.
 DEFAULT_ALLOW_PORTS = ((443, 443),)
 #: Apache mod_reqtimeout allows 20-40 s for the head, nginx client_header_timeout
 #: 60 s; a CONNECT head is one small packet, so the low end.
+#: Plain http:// URLs: port 80 only unless the operator says otherwise
+#: (Squid's Safe_ports is wider; CONNECT keeps its own list above).
+DEFAULT_FORWARD_PORTS = ((80, 80),)
+#: RFC 9110 §7.6.3 lets a proxy name itself by a pseudonym; no version, which
+#: would tell an attacker what to aim at (tinyproxy#134).
+DEFAULT_VIA_NAME = "gconnect"
+#: Idle connections to origins kept for reuse: how long, and how many per
+#: destination (nginx keepalive_timeout 60 s upstream; Squid
+#: server_idle_pconn_timeout 1 minute; Go's MaxIdleConnsPerHost is 2).
+DEFAULT_FORWARD_IDLE_TIMEOUT = 60.0
+DEFAULT_FORWARD_MAX_IDLE = 4
 DEFAULT_HEADER_TIMEOUT = 20.0
 #: glibc resolv.conf "timeout:5".
 DEFAULT_DNS_TIMEOUT = 5.0
@@ -355,6 +368,21 @@ class Config:
     #: "optional": a client without a certificate goes to the next provider; "required": refused.
     tls_client_cert: str = DEFAULT_TLS_CLIENT_CERT
     tls_client_identity: str = DEFAULT_TLS_CLIENT_IDENTITY
+    #: Plain HTTP forwarding of absolute-form http:// requests: "on" or "off" (405, as for any non-CONNECT).
+    forward_http: str = "on"
+    #: Destination ports forwarded http:// requests may use (CONNECT uses allow_port).
+    forward_port: tuple[tuple[int, int], ...] = DEFAULT_FORWARD_PORTS
+    #: The pseudonym in the Via field added to forwarded messages.
+    via_name: str = DEFAULT_VIA_NAME
+    #: Add "Forwarded: for=<client address>" to forwarded requests.
+    forwarded_for: bool = False
+    #: Write forwarded requests' paths (which may carry secrets) to the access log.
+    log_path: bool = False
+    #: Serve /proxy.pac (a PAC file naming this proxy) to origin-form requests.
+    proxy_pac: bool = False
+    #: Idle connections to origins: seconds kept for reuse (0: none kept), and the most per destination.
+    forward_idle_timeout: float = DEFAULT_FORWARD_IDLE_TIMEOUT
+    forward_max_idle: int = DEFAULT_FORWARD_MAX_IDLE
 
     def __post_init__(self) -> None:
         for name in ("header_timeout", "dns_timeout", "connect_timeout", "ready_timeout"):
@@ -388,6 +416,12 @@ class Config:
             raise ValueError("proxy_protocol needs proxy_protocol_from (the load balancers' networks to trust)")
         if self.max_clients_per_ip < 0:
             raise ValueError("max_clients_per_ip must be >= 0 (0 turns it off)")
+        if self.forward_http not in ("on", "off"):
+            raise ValueError("forward_http must be on or off")
+        if not _TOKEN.fullmatch(self.via_name):
+            raise ValueError("via_name must be a token (letters, digits, !#$%&'*+-.^_`|~)")
+        if self.forward_idle_timeout < 0 or self.forward_max_idle < 0:
+            raise ValueError("forward_idle_timeout and forward_max_idle must be >= 0")
         if self.max_tunnel_lifetime < 0 or self.auth_cache_ttl < 0:
             raise ValueError("max_tunnel_lifetime and auth_cache_ttl must be >= 0")
         if self.auth_failures_per_minute < 1:

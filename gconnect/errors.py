@@ -308,3 +308,61 @@ class StreamResetError(ClientError):
     status = 499
     code = "client_reset"
     answerable = False
+
+
+class UnsupportedRequestError(ClientError):
+    """A request the proxy does not forward: an unknown method, an Upgrade."""
+
+    # RFC 9110 §15.6.2: 501 is the answer to a method the server does not recognise.
+    status = 501
+    phrase = "Not Implemented"
+    code = "not_supported"
+
+
+class TraceRefusedError(MethodNotAllowedError):
+    """TRACE is not forwarded: it would echo the client's headers, credentials
+    included, to whoever answers it."""
+
+    headers = (("Allow", "CONNECT, GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"),)
+
+
+class NotFoundError(ClientError):
+    """An origin-form request for a path the proxy does not serve."""
+
+    status = 404
+    phrase = "Not Found"
+    code = "not_found"
+
+
+class BadResponseError(OutboundError):
+    """The origin's (or parent's) response is malformed or framed ambiguously:
+    nothing of it is passed on, and the connection is dropped."""
+
+    status = 502
+    code = "bad_response"
+    proxy_status = "http_protocol_error"
+
+
+class ResponseTimeoutError(OutboundError):
+    """No response head from the origin within the idle limit."""
+
+    status = 504
+    phrase = "Gateway Timeout"
+    code = "response_timeout"
+    proxy_status = "http_response_timeout"
+
+
+class ResponseIncompleteError(OutboundError):
+    """The origin closed (or reset) the connection before its response head was complete."""
+
+    status = 502
+    code = "upstream_reset"
+    proxy_status = "http_response_incomplete"
+
+
+class BodyTimeoutError(ClientError):
+    """The client stopped sending its request body for longer than the idle limit."""
+
+    status = 408
+    phrase = "Request Timeout"
+    code = "idle_timeout"

@@ -147,6 +147,12 @@ class Proxy:
         "tls_name_check_ports",
         "users",
         "groups",
+        "forward_http",
+        "forward_port",
+        "via_name",
+        "forwarded_for",
+        "log_path",
+        "proxy_pac",
     )
 
     def reload(self, new: Config) -> list[str]:

@@ -1,4 +1,6 @@
-"""The access log: one record per client, from the tunnel's attributes.
+"""The access log: one record per client (per request for forwarded
+http:// requests, with ``method``, ``scheme`` and, with ``--log-path``,
+``path``), from the tunnel's attributes.
 
 ``text`` (the default) is one ``key=value`` line per client, written when it
 is done (Squid's and nginx's habit). ``json`` writes one object per line:
@@ -27,6 +29,7 @@ from ..config import hostport
 from .logfile import LogFile
 
 if TYPE_CHECKING:
+    from ..tunnel.observer import ForwardedRecord
     from ..tunnel.observer import TunnelRecord as Tunnel
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -37,6 +40,11 @@ def fmt_addr(address: object) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         return hostport(str(address[0]), address[1])
     return str(address)
+
+
+def _quote_path(path: str) -> str:
+    """A path as one token of a key=value line: spaces, quotes and controls escaped."""
+    return "".join(ch if "!" <= ch <= "~" and ch not in '"\\' else f"%{ord(ch):02X}" for ch in path)
 
 
 def _since(start: float, moment: float) -> float | None:
@@ -72,6 +80,10 @@ class AccessLog:
         """The client is done, whatever the outcome."""
         raise NotImplementedError
 
+    def forwarded(self, request: ForwardedRecord) -> None:
+        """A forwarded http:// request is done, whatever the outcome."""
+        raise NotImplementedError
+
     def reopen(self) -> None:
         self.file.reopen()
 
@@ -85,11 +97,12 @@ class AccessLog:
 class TextAccessLog(AccessLog):
     """One ``key=value`` line per client, at its end."""
 
-    def closed(self, tunnel: Tunnel) -> None:
+    def closed(self, tunnel: Tunnel, extra: str = "") -> None:
         user = log_safe(tunnel.user) if tunnel.user else "-"
         # A stream of a connection (0: the connection itself); a connection's only request has none.
         side = tunnel.side
         stream = "" if side.stream_id is None else f" proto={side.protocol} stream={side.stream_id}"
+        stream += extra
         self.file.write(
             f"client={fmt_addr(tunnel.address)} user={user} target={tunnel.target} "
             f"addr={tunnel.dialled} via={tunnel.via or '-'} status={tunnel.status} "
@@ -100,6 +113,13 @@ class TextAccessLog(AccessLog):
             + (f" auth={tunnel.identity.provider}" if tunnel.identity is not None else "")
             + (f" sni={tunnel.sni or '-'} sni_check={tunnel.sni_check}" if tunnel.sni_check else "")
         )
+
+    def forwarded(self, request: ForwardedRecord) -> None:
+        # The method, and the path only when --log-path asks.
+        extra = f" method={request.method} scheme={request.scheme}"
+        if request.path is not None:
+            extra += f" path={_quote_path(request.path)}"
+        self.closed(request, extra)
 
 
 class JsonAccessLog(AccessLog):
@@ -139,8 +159,10 @@ class JsonAccessLog(AccessLog):
     def opened(self, tunnel: Tunnel) -> None:
         self._write("open", self._common(tunnel))
 
-    def closed(self, tunnel: Tunnel) -> None:
+    def closed(self, tunnel: Tunnel, extra: dict[str, Any] | None = None) -> None:
         fields = self._common(tunnel)
+        if extra:
+            fields.update(extra)
         fields["status"] = tunnel.status
         fields["up"] = tunnel.bytes_up
         fields["down"] = tunnel.bytes_down
@@ -149,6 +171,12 @@ class JsonAccessLog(AccessLog):
         fields["first_byte"] = _since(tunnel.started, tunnel.first_byte_at)
         fields["duration"] = round(time.monotonic() - tunnel.started, 6)
         self._write("close", fields)
+
+    def forwarded(self, request: ForwardedRecord) -> None:
+        extra = {"method": request.method, "scheme": request.scheme}
+        if request.path is not None:
+            extra["path"] = request.path
+        self.closed(request, extra)
 
 
 def open_access_log(path: str, log_format: str) -> AccessLog | None:

@@ -212,7 +212,7 @@ def _toml_value(name: str, value: Any) -> str:
         return "[" + ", ".join(f'"{hostport(*v)}"' for v in value) + "]"
     if name == "metrics_listen":
         return f'"{hostport(*value)}"'
-    if name in ("allow_port", "tls_name_check_ports"):
+    if name in ("allow_port", "forward_port", "tls_name_check_ports"):
         return "[" + ", ".join(f'"{lo}"' if lo == hi else f'"{lo}-{hi}"' for lo, hi in value) + "]"
     if name == "upstream" and len(value) == 1:
         return f'"{value[0]}"'  # one parent, as most files spell it

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 #: Seconds from accept to the 200: a loopback tunnel set-up is ~100 µs, a
 #: cached-DNS one to a near host 1-20 ms, a cold one 50 ms to the DNS timeout.
 HANDSHAKE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Seconds per forwarded request, head received to response sent: a cached
+#: loopback GET is ~200 µs, a small page over the internet 20-500 ms.
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: Statuses that mean a limit refused the client (429 per-client
 #: limits, 503 when the proxy is full).
 LIMIT_STATUSES = (429, 503)
@@ -45,6 +48,9 @@ class Stats:
         "handshake_sum",
         "name_checks",
         "outcomes",
+        "request_counts",
+        "request_outcomes",
+        "request_sum",
         "tunnels_open",
         "would_deny_counts",
     )
@@ -61,6 +67,10 @@ class Stats:
         self.would_deny_counts: dict[str, int] = {}
         #: The TLS name check: (outcome, "pass" or "close") -> tunnels
         self.name_checks: dict[tuple[str, str], int] = {}
+        #: Forwarded requests: (status, reason) -> count, and their durations.
+        self.request_outcomes: dict[tuple[int, str], int] = {}
+        self.request_counts = [0] * (len(REQUEST_BUCKETS) + 1)
+        self.request_sum = 0.0
 
     # The TunnelObserver contract (gconnect/tunnel/observer.py): Stats is the
     # observer of a process without an access log, one call per moment.
@@ -97,6 +107,17 @@ class Stats:
             key2 = (check, "close" if reason == NAME_CHECK_REFUSED else "pass")
             checks[key2] = checks.get(key2, 0) + 1
 
+    def forwarded(self, record: Any) -> None:
+        """A forwarded request is done (answered, refused or cut off)."""
+        outcomes = self.request_outcomes
+        key = (record.status, record.end_reason)
+        outcomes[key] = outcomes.get(key, 0) + 1
+        seconds = time.monotonic() - record.started
+        self.request_counts[_bucket(REQUEST_BUCKETS, seconds)] += 1
+        self.request_sum += seconds
+        self.bytes_up += record.bytes_up
+        self.bytes_down += record.bytes_down
+
 
 def snapshot(proxy: Any, observer: Any) -> dict[str, Any]:
     """The figures of *proxy* (a :class:`gconnect.proxy.Proxy`) and of its
@@ -114,6 +135,9 @@ def snapshot(proxy: Any, observer: Any) -> dict[str, Any]:
         "bytes_down": stats.bytes_down,
         "handshake_counts": list(stats.handshake_counts),
         "handshake_sum": stats.handshake_sum,
+        "request_outcomes": [[status, reason, n] for (status, reason), n in sorted(stats.request_outcomes.items())],
+        "request_counts": list(stats.request_counts),
+        "request_sum": stats.request_sum,
         "dns_lookups": services.resolver.lookups,
         "dns_cache_hits": services.resolver.cache_hits,
         "policy_generation": proxy.generation,
@@ -162,14 +186,10 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
     moved.add_metric(("up",), snap["bytes_up"])
     moved.add_metric(("down",), snap["bytes_down"])
     yield moved
-    buckets, cumulative = [], 0
-    for bound, count in zip((*HANDSHAKE_BUCKETS, float("inf")), snap["handshake_counts"], strict=True):
-        cumulative += count
-        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
     yield HistogramMetricFamily(
         "gconnect_handshake_seconds",
         "Accept to 200 sent",
-        buckets=buckets,
+        buckets=cumulative_buckets(HANDSHAKE_BUCKETS, snap["handshake_counts"]),
         sum_value=snap["handshake_sum"],
     )
     yield CounterMetricFamily("gconnect_dns_lookups", "DNS lookups sent", snap["dns_lookups"])
@@ -194,6 +214,7 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
     yield from policy_families(snap)
     yield auth_helper_family(snap)
     yield from upstream_families(snap)
+    yield from request_families(snap)
 
 
 def policy_families(snap: dict[str, Any]) -> Iterator[Any]:
@@ -216,6 +237,34 @@ def policy_families(snap: dict[str, Any]) -> Iterator[Any]:
     for outcome, action, count in snap.get("tls_name_checks", []):
         checks.add_metric((str(outcome), str(action)), count)
     yield checks
+
+
+def request_families(snap: dict[str, Any]) -> Iterator[Any]:
+    """Forwarded plain-HTTP requests: how they ended, and how long they took."""
+    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+    requests = CounterMetricFamily(
+        "gconnect_requests", "Forwarded http:// requests, by status and reason", labels=("status", "reason")
+    )
+    for status, reason, count in snap.get("request_outcomes", []):
+        requests.add_metric((str(status), str(reason)), count)
+    yield requests
+    counts = snap.get("request_counts") or [0] * (len(REQUEST_BUCKETS) + 1)
+    yield HistogramMetricFamily(
+        "gconnect_request_seconds",
+        "Forwarded request, head received to response sent",
+        buckets=cumulative_buckets(REQUEST_BUCKETS, counts),
+        sum_value=snap.get("request_sum", 0.0),
+    )
+
+
+def cumulative_buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:
+    """Prometheus histogram buckets (``le`` text, cumulative count) from per-bucket *counts*."""
+    buckets, cumulative = [], 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return buckets
 
 
 def auth_helper_family(snap: dict[str, Any]) -> Any:

@@ -16,6 +16,7 @@ from .accesslog import AccessLog
 from .metrics import Stats
 
 if TYPE_CHECKING:
+    from ..tunnel.observer import ForwardedRecord
     from ..tunnel.observer import TunnelRecord as Tunnel
 
 
@@ -54,3 +55,7 @@ class StatsAndLog:
     def closed(self, tunnel: Tunnel) -> None:
         self.stats.closed(tunnel)
         self.access_log.closed(tunnel)
+
+    def forwarded(self, request: ForwardedRecord) -> None:
+        self.stats.forwarded(request)
+        self.access_log.forwarded(request)

@@ -211,6 +211,19 @@ OPTIONS: tuple[Opt, ...] = (
            "Concurrent CONNECT streams per HTTP/2 client connection (SETTINGS_MAX_CONCURRENT_STREAMS)."),
     Opt("h2_window_bytes", click.IntRange(min=65_535, max=2**31 - 1), cfg.DEFAULT_H2_WINDOW_BYTES,
         "HTTP/2 receive window per stream: bytes a client may send ahead of its target."),
+    _choice("forward_http", ["on", "off"], "on",
+            "Forward plain http:// requests (absolute-form) through the same policy; off: 405 as for any non-CONNECT."),
+    _many("forward_port", PortRange(), "SPEC",
+          "Destination port or range forwarded http:// requests may use, repeatable.  [default: 80]",
+          cfg.DEFAULT_FORWARD_PORTS),
+    _text("via_name", cfg.DEFAULT_VIA_NAME, "Pseudonym in the Via field of forwarded messages (a token)."),
+    _flag("forwarded_for", "Add 'Forwarded: for=<client address>' to forwarded requests (off: no client address)."),
+    _flag("log_path", "Write forwarded requests' paths to the access log (they can carry secrets)."),
+    _flag("proxy_pac", "Serve a PAC file naming this proxy at http://<listener>/proxy.pac."),
+    _seconds("forward_idle_timeout", cfg.DEFAULT_FORWARD_IDLE_TIMEOUT,
+             "Keep idle connections to origins this long for reuse by the same user (0: none kept)."),
+    _count("forward_max_idle", 0, cfg.DEFAULT_FORWARD_MAX_IDLE,
+           "Most idle connections kept per destination, user, source address and parent."),
 )
 # fmt: on
 BY_NAME = {opt.name: opt for opt in OPTIONS}

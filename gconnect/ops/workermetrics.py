@@ -48,7 +48,7 @@ from typing import Any
 
 import gevent
 
-from .metrics import HANDSHAKE_BUCKETS, MetricsServer, families, snapshot
+from .metrics import HANDSHAKE_BUCKETS, REQUEST_BUCKETS, MetricsServer, families, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,9 @@ def empty_snapshot() -> dict[str, Any]:
         "max_fds": 0,
         "upstream_up": [],
         "upstream_tunnels": [],
+        "request_outcomes": [],
+        "request_counts": [0] * (len(REQUEST_BUCKETS) + 1),
+        "request_sum": 0.0,
     }
 
 
@@ -145,6 +148,14 @@ def add_counters(into: dict[str, Any], snap: dict[str, Any]) -> None:
     for pool, url, outcome, count in snap.get("upstream_tunnels", []):
         tried[(pool, url, outcome)] = tried.get((pool, url, outcome), 0) + count
     into["upstream_tunnels"] = [[*key, count] for key, count in sorted(tried.items())]
+    # .get: a worker of the previous release (during an upgrade) writes no request figures.
+    requests = {(status, reason): count for status, reason, count in into["request_outcomes"]}
+    for status, reason, count in snap.get("request_outcomes", []):
+        requests[(status, reason)] = requests.get((status, reason), 0) + count
+    into["request_outcomes"] = [[status, reason, count] for (status, reason), count in sorted(requests.items())]
+    counts = snap.get("request_counts") or [0] * len(into["request_counts"])
+    into["request_counts"] = [a + b for a, b in zip(into["request_counts"], counts, strict=True)]
+    into["request_sum"] += snap.get("request_sum", 0.0)
 
 
 def add_gauges(into: dict[str, Any], snap: dict[str, Any]) -> None:

@@ -38,6 +38,17 @@ if TYPE_CHECKING:
 HEAD_RECV_BYTES = 8192
 
 
+class ClientServed(Exception):
+    """Raised by :meth:`ClientSide.read_request` when the side served the
+    client itself and it is done: no tunnel to open, nothing to refuse (an
+    HTTP/1.1 connection whose plain http:// requests were forwarded, each
+    reported to the observer on its own). *end_reason* is the connection's."""
+
+    def __init__(self, end_reason: str) -> None:
+        super().__init__(end_reason)
+        self.end_reason = end_reason
+
+
 class RelayHandle(Protocol):
     """A relay that a client side started: it moves bytes until the tunnel ends,
     then calls the ``on_done`` it was given with itself, once, from the hub (a
@@ -91,7 +102,9 @@ class ClientSide(Protocol):
         steps; it serves the connection to its end and returns the end reason."""
 
     def read_request(self) -> ConnectRequest:
-        """The client's CONNECT request, by the header deadline. Raises GConnectError."""
+        """The client's CONNECT request, by the header deadline. Raises
+        GConnectError, or ClientServed when the side served the client's
+        requests itself (plain HTTP forwarding) and nothing is left to do."""
 
     def established(self) -> None:
         """Tell the client its tunnel is open (the 200). OSError if it cannot be told."""

@@ -1,4 +1,5 @@
-"""HTTP/1.1 over TCP or TLS: the client side of a connection's one CONNECT.
+"""HTTP/1.1 over TCP or TLS: the client side of a connection's one CONNECT
+(or, first, of the plain http:// requests it forwards: :mod:`.forward`).
 
 The head is read by :class:`~gconnect.tunnel.head.RequestParser` from what the
 :class:`~gconnect.tunnel.client.ClientConnection` receives; the answer is
@@ -21,8 +22,9 @@ import _socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ClientClosedError, GConnectError
+from ..errors import ClientClosedError, GConnectError, MethodNotAllowedError
 from .client import ClientConnection
+from .forward.session import forward_requests
 from .head import RESPONSE_200, ConnectRequest, RequestParser, proxy_status, render_error
 from .relay import Relay
 from .waiting import WRITE, recv, send_all
@@ -58,11 +60,21 @@ class HTTP1Side(ClientConnection):
         return lambda: serve(self, self.services)
 
     def read_request(self) -> ConnectRequest:
-        parser = RequestParser(self.services.config.max_header_bytes)
+        config = self.services.config
+        parser = RequestParser(config.max_header_bytes)
         data = self.early
+        received = b""
         while True:
             if data:
-                request = parser.feed(data)
+                if config.forward_http == "on":
+                    received += data
+                try:
+                    request = parser.feed(data)
+                except MethodNotAllowedError:
+                    if config.forward_http != "on":
+                        raise
+                    # Not a CONNECT: a plain HTTP request, for the forwarding side.
+                    return forward_requests(self, received)
                 if request is not None:
                     return request
             data = self.recv("request head")

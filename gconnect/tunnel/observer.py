@@ -1,7 +1,8 @@
 """What the data path tells the rest of the process: the observer contract.
 
-A tunnel reports three moments, and nothing else of the process hears from
-it: the operations layer's counters and access log implement this interface
+A tunnel reports three moments (and a forwarded http:// request one, its
+end), and nothing else of the process hears from it: the operations layer's
+counters and access log implement this interface
 (``gconnect.ops.observer``), a unit test or a benchmark may pass
 :class:`NullObserver`. The tunnel passes itself as a :class:`TunnelRecord`:
 an observer reads those attributes, and must not keep the tunnel or change
@@ -77,6 +78,22 @@ class TunnelObserver(Protocol):
     def closed(self, tunnel: TunnelRecord) -> None:
         """The tunnel is done, whatever the outcome (refused, relayed, killed): called once."""
 
+    def forwarded(self, request: ForwardedRecord) -> None:
+        """A forwarded http:// request is done, whatever the outcome: called once per request."""
+
+
+class ForwardedRecord(TunnelRecord, Protocol):
+    """What an observer may read of a forwarded http:// request
+    (:class:`~gconnect.tunnel.forward.context.RequestRecord`): a tunnel's
+    attributes (``status`` is the response's), and the request's."""
+
+    #: The request method ("GET"), "-" for a head that could not be read.
+    method: str
+    #: "http", or "-" for a request to the proxy itself.
+    scheme: str
+    #: The path and query, only when --log-path asks (they can carry secrets); else None.
+    path: str | None
+
 
 class NullObserver:
     """An observer that hears everything and keeps nothing."""
@@ -88,4 +105,7 @@ class NullObserver:
         pass
 
     def closed(self, tunnel: TunnelRecord) -> None:
+        pass
+
+    def forwarded(self, request: ForwardedRecord) -> None:
         pass

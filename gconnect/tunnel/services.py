@@ -31,6 +31,7 @@ from gevent.event import Event
 from ..auth.authenticator import Authenticator
 from ..config import Config
 from .dial import SourceAddresses
+from .forward.upstream import IdleConnections
 from .limits import ClientLimits
 from .loopcheck import OwnConnections
 from .movers import CopyMover, Mover, PipePool, SpliceMover, splice_supported
@@ -167,6 +168,8 @@ class TunnelServices:
     #: ALPN protocol name -> what serves a connection that picked it (HTTP/1.1 is not in it).
     protocols: Mapping[str, ConnectionProtocol]
     loop: Any
+    #: Idle connections to origins that forwarded http:// requests may reuse (kept across reloads).
+    idle_upstreams: IdleConnections
 
     @classmethod
     def from_config(
@@ -204,10 +207,13 @@ class TunnelServices:
             tls_context=server_context(config, (*(protocols or {}), "http/1.1")) if config.tls_cert else None,
             protocols=dict(protocols or {}),
             loop=get_hub().loop,
+            idle_upstreams=IdleConnections(config.forward_idle_timeout, config.forward_max_idle),
         )
 
     def close(self) -> None:
-        """Release the shared resources (the hang-up watch, the pipes); once, at the end."""
+        """Release the shared resources (the hang-up watch, the pipes, idle
+        connections to origins); once, at the end."""
+        self.idle_upstreams.close()
         if self.hangups is not None:
             self.hangups.close()
         if self.pipes is not None:

@@ -39,6 +39,7 @@ from greenlet import greenlet as RawGreenlet
 from ..config import hostport
 from ..errors import GConnectError
 from . import namecheck
+from .client import ClientServed
 from .dial import open_connection
 from .limits import client_key
 
@@ -155,6 +156,8 @@ class Tunnel:
             return request if self.check_name(request) else None
         except GConnectError as exc:
             self.refuse(exc)
+        except ClientServed as served:
+            self.end_reason = served.end_reason
         except OSError as exc:
             # A client that vanished while we wrote to it.
             self.status = self.status or 499

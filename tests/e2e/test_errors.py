@@ -19,6 +19,7 @@ REQUEST_ERRORS = {
     400: "http_request_error",
     405: "http_request_error",
     431: "http_request_error",
+    501: "http_request_error",
     505: "http_request_error",
 }
 
@@ -80,7 +81,8 @@ BAD_REQUESTS = [
     (head("127.1:443", "Host: 127.1:443"), 400, "ambiguous"),
     (head("a" * 300 + ".test:443", "Host: " + "a" * 300 + ".test:443"), 400, "host"),
     ("CONNECT bücher.test:443 HTTP/1.1\r\nHost: xn--bcher-kva.test:443\r\n\r\n".encode(), 400, ""),
-    (head("a.test:443", "Host: a.test:443", method="connect"), 405, "connect"),
+    # Methods are case-sensitive (RFC 9110 §9.1): not CONNECT, and not one gconnect forwards.
+    (head("a.test:443", "Host: a.test:443", method="connect"), 501, "connect"),
     # RFC 9112 §3: a request line without a version is malformed, not a 505 (Squid answers 400 too).
     (b"CONNECT a.test:443\r\n\r\n", 400, "no HTTP version"),
 ]
@@ -94,7 +96,8 @@ def test_bad_requests_get_4xx_and_nothing_is_relayed(proxy, echo, raw, status, r
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "OPTIONS", "PUT"])
-def test_other_methods_get_405_with_allow(proxy, echo, method):
+def test_other_methods_get_405_with_allow_when_forwarding_is_off(start_proxy, method):
+    proxy = start_proxy("--forward-http", "off")
     headers = assert_refused(proxy, head("http://a.test/", "Host: a.test", method=method), 405, reason_part=method)
     assert headers["allow"] == "CONNECT"
 
@@ -281,7 +284,8 @@ def test_client_closing_mid_head_is_logged_not_fatal(proxy, echo):
 
 
 def test_bytes_after_a_rejected_head_go_nowhere(proxy, echo):
+    # GET with an authority-form target: neither a CONNECT nor a request to forward.
     raw = head(echo.target, f"Host: {echo.target}", method="GET") + b"smuggled bytes"
-    assert_refused(proxy, raw, 405)
+    assert_refused(proxy, raw, 400)
     wait_until(lambda: len(proxy.access_lines()) >= 1)
     assert echo.accepted == 0

@@ -54,9 +54,10 @@ def test_trusted_source_without_a_header_is_400(start_proxy, echo):
 
 def test_untrusted_source_cannot_claim_an_address(start_proxy, echo):
     proxy = lb_proxy(start_proxy, trusted="10.0.0.0/8")
-    # Its header is not read as one: "PROXY" is just a method we do not serve.
+    # Its header is not read as one: "PROXY" is just a method we do not serve
+    # (neither CONNECT nor one gconnect forwards: 501; 405 with --forward-http off).
     status, _, _ = exchange(proxy, render_v1(SRC4, DST4) + b"CONNECT a.test:1 HTTP/1.1\r\n\r\n")
-    assert status == 405
+    assert status == 501
     assert "203.0.113.7" not in "\n".join(proxy.access_lines())
     # A direct client from there is served as itself.
     with open_tunnel(proxy, echo.target) as sock:

@@ -33,6 +33,29 @@ def parse_h2_connect(headers: list[tuple[bytes, bytes]], *, max_header_bytes: in
     MethodNotAllowedError (405) for any other method; HeadTooLargeError (431)
     past *max_header_bytes* counted as SETTINGS_MAX_HEADER_LIST_SIZE counts.
     """
+    pseudo, fields = split_block(headers, max_header_bytes)
+    method = pseudo.get(b":method")
+    if method is None:
+        raise MalformedRequestError("no :method")
+    if method != b"CONNECT":
+        raise MethodNotAllowedError(f"method {show(method)} not allowed: this proxy only tunnels (CONNECT)")
+    if b":scheme" in pseudo or b":path" in pseudo or b":protocol" in pseudo:
+        raise MalformedRequestError("CONNECT carries :authority only (RFC 9113 §8.5)")
+    authority = pseudo.get(b":authority")
+    if not authority:
+        raise MalformedRequestError("CONNECT without :authority (RFC 9113 §8.5)")
+    host, port, family = parse_authority(authority)
+    for name, value in fields:
+        if name == b"host":
+            check_host_header(value, authority, host, port)
+    return ConnectRequest(host, port, family, "2", fields)
+
+
+def split_block(
+    headers: list[tuple[bytes, bytes]], max_header_bytes: int
+) -> tuple[dict[bytes, bytes], list[tuple[bytes, bytes]]]:
+    """A request header block's pseudo-headers and fields, checked as RFC 9113
+    §8.2 and §8.3 ask of any request (MalformedRequestError, HeadTooLargeError)."""
     size = 0
     pseudo: dict[bytes, bytes] = {}
     fields: list[tuple[bytes, bytes]] = []
@@ -55,18 +78,4 @@ def parse_h2_connect(headers: list[tuple[bytes, bytes]], *, max_header_bytes: in
         if name in CONNECTION_FIELDS or (name == b"te" and value != b"trailers"):
             raise MalformedRequestError(f"connection-specific field {show(name)} (RFC 9113 §8.2.2)")
         fields.append((name, value))
-    method = pseudo.get(b":method")
-    if method is None:
-        raise MalformedRequestError("no :method")
-    if method != b"CONNECT":
-        raise MethodNotAllowedError(f"method {show(method)} not allowed: this proxy only tunnels (CONNECT)")
-    if b":scheme" in pseudo or b":path" in pseudo or b":protocol" in pseudo:
-        raise MalformedRequestError("CONNECT carries :authority only (RFC 9113 §8.5)")
-    authority = pseudo.get(b":authority")
-    if not authority:
-        raise MalformedRequestError("CONNECT without :authority (RFC 9113 §8.5)")
-    host, port, family = parse_authority(authority)
-    for name, value in fields:
-        if name == b"host":
-            check_host_header(value, authority, host, port)
-    return ConnectRequest(host, port, family, "2", fields)
+    return pseudo, fields

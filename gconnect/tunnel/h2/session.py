@@ -51,6 +51,7 @@ from hyperframe.frame import GoAwayFrame, SettingsFrame
 from ...errors import StreamResetError
 from ..tunnel import Tunnel
 from ..waiting import wait_any
+from .forward import H2ForwardStream, is_forwarded
 from .output import RecordOutput
 from .stream import H2StreamSide
 
@@ -111,7 +112,7 @@ class H2Session:
         self.h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, validate_inbound_headers=False, header_encoding=None)
         )
-        self.streams: dict[int, H2StreamSide] = {}
+        self.streams: dict[int, H2StreamSide | H2ForwardStream] = {}
         self.scratch = bytearray(config.chunk_bytes)
         self.view = memoryview(self.scratch)
         self._wake = self.loop.async_()
@@ -243,6 +244,10 @@ class H2Session:
             # (§5.1.2): not processed, so the client may retry it.
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
+        if is_forwarded(headers) and self.services.config.forward_http == "on":
+            forwarded = self.streams[stream_id] = H2ForwardStream(self, stream_id, headers)
+            forwarded.start()
+            return
         stream = H2StreamSide(self, stream_id, headers)
         self.streams[stream_id] = stream
         stream.tunnel = Tunnel(self.current(), stream)
@@ -255,14 +260,15 @@ class H2Session:
         else:
             stream.deliver(data, flow_length)
 
-    def _reset_by_client(self, stream: H2StreamSide) -> None:
+    def _reset_by_client(self, stream: H2StreamSide | H2ForwardStream) -> None:
         if stream.relay is not None:
             stream.relay.client_reset()
         else:
-            stream.reset_before_relay()  # after the 200, the name check may be reading ahead
+            if isinstance(stream, H2StreamSide):
+                stream.reset_before_relay()  # after the 200, the name check may be reading ahead
             self._kill(stream)
 
-    def _kill(self, stream: H2StreamSide) -> None:
+    def _kill(self, stream: H2StreamSide | H2ForwardStream) -> None:
         stream.tunnel.cancel(StreamResetError(f"stream {stream.stream_id} reset by the client"))
 
     def _resume(self) -> None:
@@ -290,7 +296,11 @@ class H2Session:
         if self.closed or self.output.lost:
             return False
         fields = [(b":status", str(status).encode())]
-        fields += [(name.lower().encode(), value.encode()) for name, value in headers]
+        # Our own fields are text; a forwarded response's are the origin's bytes.
+        fields += [
+            (name.lower().encode(), value.encode()) if isinstance(name, str) else (name, value)
+            for name, value in headers
+        ]
         try:
             self.h2.send_headers(stream_id, fields, end_stream=end_stream)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):

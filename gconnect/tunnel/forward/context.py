@@ -1,0 +1,130 @@
+"""What forwarding is given, and what it leaves behind for the observer.
+
+:class:`ForwardContext` is one client connection's view of the
+:class:`~gconnect.tunnel.services.TunnelServices` (the same services a tunnel
+uses) with who the client is; :class:`ClientStream` is what forwarding needs
+of the client's connection (plain or TLS, it never knows which), and
+:class:`ConnectionStream` provides it for an HTTP/1.1
+:class:`~gconnect.tunnel.client.ClientConnection`; :class:`RequestRecord` is
+one request's outcome, a :class:`~gconnect.tunnel.observer.ForwardedRecord`
+read once by the observer (the access log, the metrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ...auth.identity import Identity
+    from ...config import Config
+    from ...errors import GConnectError
+    from ..client import ClientConnection
+    from ..services import TunnelServices
+
+#: Bytes asked of one recv() from the client for a request body.
+CLIENT_RECV_BYTES = 64 * 1024
+
+
+class ClientStream(Protocol):
+    """The client's connection, as forwarding uses it."""
+
+    def recv_nowait(self) -> bytes:
+        """What the client sent (plaintext), b"" at EOF; BlockingIOError if
+        nothing has arrived yet."""
+
+    def client_reader(self) -> Any:
+        """The read watcher to wait on when :meth:`recv_nowait` would block."""
+
+    def send(self, data: bytes, deadline: float) -> bool:
+        """Write all of *data* by *deadline* (loop time); False if it passed."""
+
+    def refuse(self, exc: GConnectError) -> None:
+        """Answer *exc* as an error response (the connection then closes)."""
+
+
+class ConnectionStream:
+    """:class:`ClientStream` over an accepted connection (TCP or TLS)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+
+    def recv_nowait(self) -> bytes:
+        conn = self.conn
+        return conn.tls.recv() if conn.tls is not None else conn.sock.recv(CLIENT_RECV_BYTES)  # type: ignore[no-any-return]
+
+    def client_reader(self) -> Any:
+        return self.conn.reader()
+
+    def send(self, data: bytes, deadline: float) -> bool:
+        return self.conn.send(data, deadline)
+
+    def refuse(self, exc: GConnectError) -> None:
+        self.conn.refuse(exc)  # type: ignore[attr-defined]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ForwardContext:
+    """One client connection's forwarded requests: the services, and the client."""
+
+    services: TunnelServices
+    #: The client's address (after any PROXY header) and its limits key.
+    address: tuple
+    who: str
+    #: The client came through a TLS listener (the PAC file then says HTTPS).
+    tls: bool = False
+    #: What the records name as the client side (protocol, stream); None: HTTP/1.1.
+    side: Any = None
+
+    @property
+    def config(self) -> Config:
+        return self.services.config
+
+
+class SideOfRequest:
+    """The observer's view of a forwarded request's client side: HTTP/1.1, no stream."""
+
+    __slots__ = ()
+    protocol = "http/1.1"
+    stream_id = None
+
+
+_SIDE = SideOfRequest()
+
+
+class RequestRecord:
+    """One forwarded request's outcome: the attributes a tunnel gives the
+    observer (``target``, ``status``, ``end_reason``, bytes, times), and
+    ``method``, ``scheme`` and ``path`` (None unless paths are logged)."""
+
+    status = 0
+    end_reason = "error"
+    target = "-"
+    dialled = "-"
+    user: str | None = None
+    #: Who vouched for the user (the access log's auth=), or None.
+    identity: Identity | None = None
+    via: str | None = None
+    would_deny: str | None = None
+    #: No TLS name check: a forwarded request carries no ClientHello.
+    sni: str | None = None
+    sni_check: str | None = None
+    bytes_up = 0
+    bytes_down = 0
+    resolved_at = 0.0
+    connected_at = 0.0
+    first_byte_at = 0.0
+    scheme = "http"
+    path: str | None = None
+    #: True when the connection to the origin was an idle one reused.
+    reused = False
+    #: The client side as the observer sees it (protocol, stream).
+    side: Any = _SIDE
+
+    def __init__(self, address: tuple, method: bytes) -> None:
+        self.address = address
+        self.method = method.decode("ascii", "replace")
+        self.started = time.monotonic()

@@ -1,0 +1,195 @@
+"""Connections to origins (or parents) for forwarded requests, and the idle
+ones kept for reuse.
+
+Ownership: an :class:`Upstream` belongs to the exchange that dialled or took
+it; when the exchange is done it either closes it or gives it to
+:class:`IdleConnections`, which owns it until a later exchange takes it or it
+is closed (idle too long, over the cap, found closed, or at shutdown).
+:meth:`Upstream.close` is the one exit: watchers, socket, the loop-check
+entry and the parent's count.
+
+A connection is reused only under the same key: the user (never across
+users, so one user's request can never ride a connection another user's
+policy opened), the dialled address and port, and the parent ("" for
+direct); and only if it is bound to a source address the request may use.
+"""
+
+from __future__ import annotations
+
+import _socket
+import dataclasses
+import logging
+from typing import Any
+
+from gevent import get_hub
+
+from ..dial import Connection
+from ..waiting import READ, WRITE, send_all
+
+log = logging.getLogger(__name__)
+
+#: Bytes asked of one recv() from an origin (Squid's read buffer is 64 KiB too).
+UPSTREAM_RECV_BYTES = 64 * 1024
+#: How often idle connections are looked at for expiry.
+SWEEP_INTERVAL_SECONDS = 1.0
+_PEEK = _socket.MSG_PEEK | _socket.MSG_DONTWAIT
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReuseKey:
+    """What a connection may be reused for."""
+
+    user: str | None
+    address: str
+    port: int
+    #: The parent's URL (no password), or "" for a direct connection.
+    parent: str
+
+
+class Upstream:
+    """One connection to an origin or a parent, with its watchers."""
+
+    __slots__ = (
+        "_own_connections",
+        "address",
+        "idle_since",
+        "key",
+        "member",
+        "own",
+        "port",
+        "reader",
+        "sock",
+        "source",
+        "writer",
+    )
+
+    def __init__(
+        self, connection: Connection, user: str | None, parent: str, own_connections: Any, member: Any
+    ) -> None:
+        loop = get_hub().loop
+        sock = self.sock = connection.sock
+        self.address = connection.address
+        self.port = connection.port
+        self.writer = connection.writer or loop.io(sock.fileno(), WRITE)
+        self.reader = loop.io(sock.fileno(), READ)
+        local = sock.getsockname()[:2]
+        self.key = ReuseKey(user, connection.address, connection.port, parent)
+        #: The address this connection was bound to (ours, chosen from --bind-address or by the kernel).
+        self.source = local[0]
+        #: (local, remote): the loop check's record of this connection.
+        self.own = (local, (connection.address, connection.port))
+        self._own_connections = own_connections
+        own_connections.add(self.own)
+        #: The pool member (parent) this connection counts against, or None.
+        self.member = member
+        self.idle_since = 0.0
+
+    def recv(self) -> bytes:
+        """What has arrived (b"" at EOF); BlockingIOError if nothing yet."""
+        return self.sock.recv(UPSTREAM_RECV_BYTES)  # type: ignore[no-any-return]
+
+    def send(self, data: bytes, deadline: float) -> bool:
+        """All of *data* by *deadline* (loop time); False if it passed."""
+        return send_all(self.sock, data, self.writer, deadline)
+
+    def alive(self) -> bool:
+        """True if the peer has neither closed nor sent anything while idle
+        (an idle HTTP/1.1 connection has nothing to say: bytes there are a
+        close or garbage)."""
+        try:
+            self.sock.recv(1, _PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False
+
+    def close(self) -> None:
+        """Release everything; a second call does nothing."""
+        if self.sock.fileno() < 0:
+            return
+        self.reader.close()
+        self.writer.close()
+        self.sock.close()
+        self._own_connections.remove(self.own)
+        if self.member is not None:
+            self.member.release()
+            self.member = None
+
+
+class IdleConnections:
+    """Idle upstream connections by key: at most *per_key* each, none older
+    than *idle_timeout* seconds (0: none kept)."""
+
+    def __init__(self, idle_timeout: float, per_key: int) -> None:
+        self.idle_timeout = idle_timeout
+        self.per_key = per_key
+        self._idle: dict[ReuseKey, list[Upstream]] = {}
+        self._timer: Any = None
+        #: Connections taken for reuse, and those found closed when taken.
+        self.reused = 0
+        self.stale = 0
+
+    def __len__(self) -> int:
+        return sum(len(conns) for conns in self._idle.values())
+
+    def take(self, key: ReuseKey, sources: tuple[str, ...] = ()) -> Upstream | None:
+        """The most recently idle connection for *key* that is still open and
+        bound to one of *sources* (when --bind-address gives any), or None."""
+        conns = self._idle.get(key)
+        now = get_hub().loop.now()
+        while conns:
+            upstream = conns.pop()
+            if not conns:
+                del self._idle[key]
+            usable = not sources or upstream.source in sources
+            if usable and now - upstream.idle_since < self.idle_timeout and upstream.alive():
+                self.reused += 1
+                return upstream
+            self.stale += 1
+            upstream.close()
+        return None
+
+    def put(self, upstream: Upstream) -> None:
+        """Keep *upstream* for reuse (or close it, past the caps)."""
+        if self.idle_timeout <= 0 or self.per_key <= 0:
+            upstream.close()
+            return
+        loop = get_hub().loop
+        # The loop's cached time may be as old as its last iteration; starting
+        # the sweep timer below updates it, which would age this connection.
+        loop.update_now()
+        upstream.idle_since = loop.now()
+        conns = self._idle.setdefault(upstream.key, [])
+        conns.append(upstream)
+        if len(conns) > self.per_key:
+            conns.pop(0).close()
+        if self._timer is None:
+            self._timer = loop.timer(SWEEP_INTERVAL_SECONDS, SWEEP_INTERVAL_SECONDS)
+            self._timer.start(self._sweep)
+
+    def _sweep(self) -> None:
+        now = get_hub().loop.now()
+        for key in list(self._idle):
+            conns = self._idle[key]
+            keep = [c for c in conns if now - c.idle_since < self.idle_timeout]
+            for upstream in conns:
+                if upstream not in keep:
+                    upstream.close()
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        if not self._idle and self._timer is not None:
+            self._timer.close()
+            self._timer = None
+
+    def close(self) -> None:
+        """Close every idle connection (shutdown)."""
+        for conns in self._idle.values():
+            for upstream in conns:
+                upstream.close()
+        self._idle.clear()
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
