@@ -281,3 +281,13 @@ def test_external_acl_refuses_with_403_and_caches_per_key(start_proxy, echo, tmp
     assert "reason=external_denied" in proxy.wait_access("status=403")
     lines = log.read_text().splitlines()
     assert lines == [f"- 127.0.0.1 127.0.0.1 {echo.port}", f"- 127.0.0.1 deny.test {echo.port}"]
+
+
+def test_a_forwarded_request_goes_through_the_external_acl_too(start_proxy, tmp_path):
+    # Forwarding asks the same chain and the same decision helper as a tunnel (before any DNS or dial).
+    log = tmp_path / "acl.log"
+    proxy = start_proxy("--external-acl-helper", helper_cmd("--acl", "--log", str(log)))
+    status, headers, _ = exchange(proxy, b"GET http://deny.test/x HTTP/1.1\r\nHost: deny.test\r\n\r\n")
+    assert status == 403 and "error=http_request_denied" in headers["proxy-status"]
+    assert "reason=external_denied" in proxy.wait_access("status=403")
+    assert log.read_text().splitlines() == ["- 127.0.0.1 deny.test 80"]

@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from ...auth.identity import Identity
     from ...config import Config
     from ...errors import GConnectError
     from ..client import ClientConnection
@@ -77,6 +78,8 @@ class ForwardContext:
     tls: bool = False
     #: What the records name as the client side (protocol, stream); None: HTTP/1.1.
     side: Any = None
+    #: The client certificate its TLS handshake verified (None or empty without one).
+    peer_cert: dict[str, Any] | None = None
 
     @property
     def config(self) -> Config:
@@ -104,6 +107,7 @@ class RequestRecord:
     target = "-"
     dialled = "-"
     user: str | None = None
+    identity: Identity | None = None
     via: str | None = None
     would_deny: str | None = None
     bytes_up = 0

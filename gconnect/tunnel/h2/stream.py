@@ -59,6 +59,8 @@ class StreamConnection(Protocol):
     address: tuple
     services: TunnelServices
     loop: Any
+    #: The services in force now (a stream started after a SIGHUP gets the new policy).
+    current: Callable[[], TunnelServices]
     #: True once the connection ended: streams write nothing more.
     closed: bool
     #: The client certificate the connection's handshake verified (None or empty: none).
