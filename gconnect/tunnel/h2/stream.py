@@ -33,9 +33,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ...errors import GConnectError, StreamResetError
+from ..deadlines import Deadlines, RelayLimits
 from ..head import ConnectRequest
 from ..movers import Direction
-from ..relay import Deadlines, HangupWatch, RelayLimits
+from ..relay import HangupWatch
 from ..waiting import READ, WRITE
 from .head import parse_h2_connect
 
