@@ -172,7 +172,28 @@ def check_host_header(value: bytes, target: bytes, host: str, port: int) -> None
         raise MalformedRequestError(f"Host header {show(value)} does not match the CONNECT target")
 
 
-class RequestParser:
+class HeadFields:
+    """The httptools callbacks that collect a head: its target (``_url``), its
+    fields (``_headers``) and whether it is complete (``_complete``). A parser
+    built on it sets those three before it feeds llhttp."""
+
+    __slots__ = ("_complete", "_headers", "_url")
+    _url: bytes
+    _headers: list[tuple[bytes, bytes]]
+    _complete: bool
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # RFC 9110 §5.5: OWS around a value is not part of it; llhttp strips only the leading side.
+        self._headers.append((name, value.rstrip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        self._complete = True
+
+
+class RequestParser(HeadFields):
     """Incremental parser for one CONNECT request head.
 
     Feed it bytes as they arrive; :meth:`feed` returns None until the head is
@@ -181,7 +202,7 @@ class RequestParser:
     """
 
     __slots__ = (
-        "_complete", "_headers", "_line_ended", "_line_start", "_max", "_method_refused", "_parser", "_size", "_url",
+        "_line_ended", "_line_start", "_max", "_method_refused", "_parser", "_size",
     )  # fmt: skip
 
     def __init__(self, max_header_bytes: int) -> None:
@@ -199,17 +220,6 @@ class RequestParser:
         self._line_start = bytearray()
         self._line_ended = False
         self._method_refused = False
-
-    # httptools callbacks
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # RFC 9110 §5.5: OWS around a value is not part of it; llhttp strips only the leading side.
-        self._headers.append((name, value.rstrip(b" \t")))
-
-    def on_headers_complete(self) -> None:
-        self._complete = True
 
     def feed(self, data: bytes) -> ConnectRequest | None:
         """Consume *data*; return the request once its head is complete."""
