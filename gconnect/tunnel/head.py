@@ -158,18 +158,23 @@ def check_host_header(value: bytes, target: bytes, host: str, port: int) -> None
     # make two parsers disagree.
     if value == target:
         return  # the usual case: Host repeats the request-target byte for byte
+    if parse_host_header(value, port) != (host, port):
+        raise MalformedRequestError(f"Host header {show(value)} does not match the CONNECT target")
+
+
+def parse_host_header(value: bytes, default_port: int) -> tuple[str, int]:
+    """The (host, port) a Host header *value* names, *default_port* when it
+    names none; MalformedRequestError if it is not ``uri-host [":" port]``."""
     try:
         if value.startswith(b"["):
-            h_host, h_port, _ = parse_authority(value if b"]:" in value else value + b":" + str(port).encode())
-        elif b":" in value:
-            h_host, h_port, _ = parse_authority(value)
-        else:
-            h_host, _ = parse_host(value.decode("ascii"))
-            h_port = port
+            if not value.endswith(b"]"):
+                return parse_authority(value)[:2]
+            return parse_authority(value + b":%d" % default_port)[:2]
+        if b":" in value:
+            return parse_authority(value)[:2]
+        return parse_host(value.decode("ascii"))[0], default_port
     except (ClientError, UnicodeDecodeError):
         raise MalformedRequestError(f"invalid Host header {show(value)}") from None
-    if h_host != host or h_port != port:
-        raise MalformedRequestError(f"Host header {show(value)} does not match the CONNECT target")
 
 
 class HeadFields:

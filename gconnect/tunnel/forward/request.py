@@ -17,14 +17,13 @@ from socket import AF_INET6
 import httptools
 
 from ...errors import (
-    ClientError,
     HeadTooLargeError,
     MalformedRequestError,
     TraceRefusedError,
     UnsupportedRequestError,
     VersionNotSupportedError,
 )
-from ..head import HeadFields, parse_authority, parse_host
+from ..head import HeadFields, parse_authority, parse_host_header
 from .fields import EMPTY, Framing, FramingError, HeadBuffer, connection_options, request_framing, show, values
 
 HTTP_PORT = 80
@@ -110,19 +109,7 @@ def check_host(value: bytes, host: str, port: int) -> None:
     """RFC 9112 §3.2.2 has the proxy replace Host with the URI's authority; a
     Host naming another authority is refused instead, since it means the
     client and some parser behind us may disagree about the target."""
-    try:
-        if value.startswith(b"[") and not value.endswith(b"]"):
-            h_host, h_port, _ = parse_authority(value)
-        elif value.startswith(b"["):
-            h_host, h_port, _ = parse_authority(value + b":%d" % HTTP_PORT)
-        elif b":" in value:
-            h_host, h_port, _ = parse_authority(value)
-        else:
-            h_host, _ = parse_host(value.decode("ascii"))
-            h_port = HTTP_PORT
-    except (ClientError, UnicodeDecodeError):
-        raise MalformedRequestError(f"invalid Host header {show(value)}") from None
-    if h_host != host or h_port != port:
+    if parse_host_header(value, HTTP_PORT) != (host, port):
         raise MalformedRequestError(f"Host header {show(value)} does not match the request-target")
 
 
