@@ -16,11 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 
-from gconnect.config import hostport
+from gconnect.auth.authenticator import Authenticator
+from gconnect.config import Config, hostport
 from gconnect.testing import process, procfs
 from gconnect.testing.dns import DNSServer
 
@@ -479,3 +481,28 @@ def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
         return True
 
     wait_until(accepts, timeout, 0.05)
+
+
+@pytest.fixture
+def htpasswd(tmp_path: Path) -> str:
+    """An htpasswd file with alice (password pw) and carol (file-pw), bcrypt."""
+    from .unit.test_auth import bcrypt_line
+
+    path = tmp_path / "htpasswd"
+    path.write_text(bcrypt_line("alice", "pw") + "\n" + bcrypt_line("carol", "file-pw") + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def authenticators() -> Iterator[Callable[..., Authenticator]]:
+    """Make Authenticators from Config values; each is stopped (its helpers too) after the test."""
+    made: list[Authenticator] = []
+
+    def make(**values: Any) -> Authenticator:
+        auth = Authenticator(Config(**values))
+        made.append(auth)
+        return auth
+
+    yield make
+    for auth in made:
+        auth.stop()

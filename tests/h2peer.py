@@ -34,9 +34,10 @@ import gevent
 import h2.exceptions
 
 from gconnect.config import Config
+from gconnect.tunnel.deadlines import RelayLimits
 from gconnect.tunnel.h2 import H2Protocol
 from gconnect.tunnel.http1 import HTTP1Side
-from gconnect.tunnel.relay import HangupWatch, RelayLimits
+from gconnect.tunnel.relay import HangupWatch
 from gconnect.tunnel.services import TunnelServices
 from gconnect.tunnel.tunnel import Tunnel
 from tests.h2client import H2Client

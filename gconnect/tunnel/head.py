@@ -158,21 +158,47 @@ def check_host_header(value: bytes, target: bytes, host: str, port: int) -> None
     # make two parsers disagree.
     if value == target:
         return  # the usual case: Host repeats the request-target byte for byte
-    try:
-        if value.startswith(b"["):
-            h_host, h_port, _ = parse_authority(value if b"]:" in value else value + b":" + str(port).encode())
-        elif b":" in value:
-            h_host, h_port, _ = parse_authority(value)
-        else:
-            h_host, _ = parse_host(value.decode("ascii"))
-            h_port = port
-    except (ClientError, UnicodeDecodeError):
-        raise MalformedRequestError(f"invalid Host header {show(value)}") from None
-    if h_host != host or h_port != port:
+    if parse_host_header(value, port) != (host, port):
         raise MalformedRequestError(f"Host header {show(value)} does not match the CONNECT target")
 
 
-class RequestParser:
+def parse_host_header(value: bytes, default_port: int) -> tuple[str, int]:
+    """The (host, port) a Host header *value* names, *default_port* when it
+    names none; MalformedRequestError if it is not ``uri-host [":" port]``."""
+    try:
+        if value.startswith(b"["):
+            if not value.endswith(b"]"):
+                return parse_authority(value)[:2]
+            return parse_authority(value + b":%d" % default_port)[:2]
+        if b":" in value:
+            return parse_authority(value)[:2]
+        return parse_host(value.decode("ascii"))[0], default_port
+    except (ClientError, UnicodeDecodeError):
+        raise MalformedRequestError(f"invalid Host header {show(value)}") from None
+
+
+class HeadFields:
+    """The httptools callbacks that collect a head: its target (``_url``), its
+    fields (``_headers``) and whether it is complete (``_complete``). A parser
+    built on it sets those three before it feeds llhttp."""
+
+    __slots__ = ("_complete", "_headers", "_url")
+    _url: bytes
+    _headers: list[tuple[bytes, bytes]]
+    _complete: bool
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # RFC 9110 §5.5: OWS around a value is not part of it; llhttp strips only the leading side.
+        self._headers.append((name, value.rstrip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        self._complete = True
+
+
+class RequestParser(HeadFields):
     """Incremental parser for one CONNECT request head.
 
     Feed it bytes as they arrive; :meth:`feed` returns None until the head is
@@ -181,7 +207,7 @@ class RequestParser:
     """
 
     __slots__ = (
-        "_complete", "_headers", "_line_ended", "_line_start", "_max", "_method_refused", "_parser", "_size", "_url",
+        "_line_ended", "_line_start", "_max", "_method_refused", "_parser", "_size",
     )  # fmt: skip
 
     def __init__(self, max_header_bytes: int) -> None:
@@ -199,17 +225,6 @@ class RequestParser:
         self._line_start = bytearray()
         self._line_ended = False
         self._method_refused = False
-
-    # httptools callbacks
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # RFC 9110 §5.5: OWS around a value is not part of it; llhttp strips only the leading side.
-        self._headers.append((name, value.rstrip(b" \t")))
-
-    def on_headers_complete(self) -> None:
-        self._complete = True
 
     def feed(self, data: bytes) -> ConnectRequest | None:
         """Consume *data*; return the request once its head is complete."""

@@ -43,141 +43,14 @@ from typing import Any
 from gevent import get_hub
 from gevent.monkey import get_original
 
+from .deadlines import Deadlines, RelayLimits
 from .movers import Direction, Half, Mover, Reset
 from .waiting import READ, WRITE
 
 log = logging.getLogger(__name__)
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)
-#: libev timers may fire a hair early relative to loop.now().
-_TIMER_SLACK = 0.001
 _epoll = get_original("select", "epoll")
-
-
-class RelayLimits:
-    """The relay's deadlines in seconds; 0 turns one off. One object serves
-    every relay of a process."""
-
-    __slots__ = ("any", "half_close_timeout", "idle_timeout", "max_lifetime")
-
-    def __init__(self, idle_timeout: float, half_close_timeout: float, max_lifetime: float = 0.0) -> None:
-        self.idle_timeout = idle_timeout
-        self.half_close_timeout = half_close_timeout
-        self.max_lifetime = max_lifetime
-        self.any = bool(idle_timeout or half_close_timeout or max_lifetime)
-
-
-class Deadlines:
-    """The idle, half-close and lifetime deadlines of one tunnel on one timer,
-    the end reason, and which side ended first: the life cycle every relay
-    shares (:class:`Relay`, and the HTTP/2 stream relay).
-
-    The contract for a relay built on it: keep ``limits`` (a
-    :class:`RelayLimits`), ``loop`` (the hub's loop) and halves ``up`` and
-    ``down``; call :meth:`start_clock` when relaying starts and :meth:`touch`
-    when bytes move; call :meth:`side_done` when a side's EOF has been passed
-    on and :meth:`half_closed` when a side is known to be finishing; end the
-    tunnel only in its own ``end(reason)``, which must begin with
-    ``if not self.settle(reason): return``. The timer calls ``end`` with the
-    deadline that fired: ``idle``, ``half_close_timeout`` or ``lifetime``.
-    """
-
-    limits: RelayLimits
-    loop: Any
-    up: Direction
-    down: Direction
-    #: Why the tunnel ended; "" while it runs (see the module docstring).
-    end_reason = ""
-    _timer: Any = None
-    _half_closed = False
-    _first_eof = ""
-    _started = 0.0
-    _last_activity = 0.0
-
-    def end(self, reason: str) -> None:
-        """End the tunnel with *reason* (the relay's own; starts with :meth:`settle`)."""
-        raise NotImplementedError
-
-    def hung_up(self, half: Direction, error: int) -> None:
-        """The source of *half* hung up while its reader was stopped (:class:`HangupWatch`):
-        *error* is its socket error (a reset), 0 for a FIN."""
-        raise NotImplementedError
-
-    def start_clock(self) -> None:
-        """Relaying starts now: the lifetime counts from here, and the idle limit too."""
-        self._started = self._last_activity = self.loop.now()
-        if self.limits.any and not self.end_reason:
-            self.arm_timer()
-
-    def touch(self) -> None:
-        """Bytes moved: the idle deadline starts again (no timer is re-armed for it)."""
-        self._last_activity = self.loop.now()
-
-    def settle(self, reason: str) -> bool:
-        """Record the end *reason* once and stop the timer; False if it had ended already."""
-        if self.end_reason:
-            return False
-        self.end_reason = reason
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
-        return True
-
-    def side_done(self, side: str) -> None:
-        """*side*'s EOF was passed on: the tunnel ends once both directions are
-        done, named after the side that ended first; until then the half-close
-        limit applies."""
-        if not self._first_eof:
-            self._first_eof = side
-        if self.up.done and self.down.done:
-            self.end("client_eof" if self._first_eof == "client" else "upstream_eof")
-        else:
-            self._half_closed = True
-            if self.limits.half_close_timeout:
-                self.arm_timer()
-
-    def half_closed(self, side: str) -> None:
-        """*side* sent its EOF behind bytes not yet read: the tunnel is half-closed
-        from here on, and the shorter half-close limit applies."""
-        if not self._first_eof:
-            self._first_eof = side
-        self._half_closed = True
-        self.arm_timer()
-
-    def arm_timer(self) -> None:
-        """(Re)arm the one timer at the earliest deadline now; only when it fires
-        or a limit changes: traffic just moves the idle clock (:meth:`touch`)."""
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
-        at, kind = self._next_deadline()
-        if kind:
-            self._timer = self.loop.timer(max(0.0, at - self.loop.now()))
-            self._timer.start(self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        at, kind = self._next_deadline()
-        if kind and self.loop.now() >= at - _TIMER_SLACK:
-            self.end(kind)
-        else:
-            self.arm_timer()
-
-    def _next_deadline(self) -> tuple[float, str]:
-        """The earliest deadline now and the end reason it stands for ("" if none)."""
-        limits = self.limits
-        idle, kind = limits.idle_timeout, "idle"
-        close = limits.half_close_timeout
-        if self._half_closed and close and (not idle or close < idle):
-            idle, kind = close, "half_close_timeout"
-        lifetime = limits.max_lifetime
-        if lifetime:
-            end = self._started + lifetime
-            if not idle or end <= self._last_activity + idle:
-                return end, "lifetime"
-        if idle:
-            return self._last_activity + idle, kind
-        return 0.0, ""
 
 
 class Relay(Deadlines):

@@ -30,6 +30,7 @@ from gevent.event import Event
 
 from ..auth.authenticator import Authenticator
 from ..config import Config
+from .deadlines import RelayLimits
 from .dial import SourceAddresses
 from .forward.upstream import IdleConnections
 from .limits import ClientLimits
@@ -38,7 +39,7 @@ from .movers import CopyMover, Mover, PipePool, SpliceMover, splice_supported
 from .observer import NullObserver, TunnelObserver
 from .policy import Policy
 from .pool import Router
-from .relay import HangupWatch, RelayLimits
+from .relay import HangupWatch
 from .resolver import Resolver
 from .tls import DecryptMover, EncryptMover, server_context
 

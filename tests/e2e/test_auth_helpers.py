@@ -15,16 +15,14 @@ from pathlib import Path
 import gevent
 import pytest
 
-from gconnect.auth.authenticator import Authenticator
 from gconnect.auth.helperproto import Reply
 from gconnect.auth.helpers import RESTART_INTERVAL_SECONDS, HelperPool
-from gconnect.config import Config
 from gconnect.errors import AuthUnavailableError, ProxyAuthFailedError
 from gconnect.tunnel.tunnel import Tunnel
 
 from ..authhelper import command as helper_cmd
 from ..conftest import exchange, open_tunnel, read_head, recv_exactly, wait_until
-from ..unit.test_auth import basic, bcrypt_line
+from ..unit.test_auth import basic
 from ..unit.test_tunnel_steps import LOOPBACK, Recorder, ScriptedSide, request_for, run, services_for, target
 from .test_auth import auth_header, connect_head
 from .test_metrics import metrics_url, scrape
@@ -135,27 +133,6 @@ def test_a_command_that_cannot_start_is_503(tmp_path):
     with pytest.raises(AuthUnavailableError):
         pool.ask(["alice", b"pw"])
     assert pool.failures["start"] == 1
-
-
-@pytest.fixture
-def htpasswd(tmp_path):
-    path = tmp_path / "htpasswd"
-    path.write_text(bcrypt_line("alice", "pw") + "\n" + bcrypt_line("carol", "file-pw") + "\n")
-    return str(path)
-
-
-@pytest.fixture
-def authenticators():
-    made: list[Authenticator] = []
-
-    def make(**values) -> Authenticator:
-        auth = Authenticator(Config(**values))
-        made.append(auth)
-        return auth
-
-    yield make
-    for auth in made:
-        auth.stop()
 
 
 def test_htpasswd_then_helper_each_decides_for_its_users(authenticators, htpasswd):
@@ -281,3 +258,13 @@ def test_external_acl_refuses_with_403_and_caches_per_key(start_proxy, echo, tmp
     assert "reason=external_denied" in proxy.wait_access("status=403")
     lines = log.read_text().splitlines()
     assert lines == [f"- 127.0.0.1 127.0.0.1 {echo.port}", f"- 127.0.0.1 deny.test {echo.port}"]
+
+
+def test_a_forwarded_request_goes_through_the_external_acl_too(start_proxy, tmp_path):
+    # Forwarding asks the same chain and the same decision helper as a tunnel (before any DNS or dial).
+    log = tmp_path / "acl.log"
+    proxy = start_proxy("--external-acl-helper", helper_cmd("--acl", "--log", str(log)))
+    status, headers, _ = exchange(proxy, b"GET http://deny.test/x HTTP/1.1\r\nHost: deny.test\r\n\r\n")
+    assert status == 403 and "error=http_request_denied" in headers["proxy-status"]
+    assert "reason=external_denied" in proxy.wait_access("status=403")
+    assert log.read_text().splitlines() == ["- 127.0.0.1 deny.test 80"]

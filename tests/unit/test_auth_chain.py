@@ -9,13 +9,12 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from gconnect.auth.authenticator import Authenticator
 from gconnect.config import Config, UserRules
 from gconnect.errors import ClientCertificateRequiredError, ProxyAuthMalformedError, ProxyAuthRequiredError
 from gconnect.ops.cli import main
 from gconnect.tunnel.policy import Policy
 
-from .test_auth import basic, bcrypt_line
+from .test_auth import basic
 from .test_auth_certs import PEER
 from .test_auth_tokens import AUDIENCE, ISSUER, Keys
 
@@ -24,27 +23,6 @@ pytestmark = pytest.mark.timeout(60)
 HELPER = "/usr/lib/squid/basic_ncsa_auth"  # only named: nothing here starts a helper
 
 TLS = {"tls_cert": "proxy.pem", "tls_key": "proxy.key"}
-
-
-@pytest.fixture
-def htpasswd(tmp_path):
-    path = tmp_path / "htpasswd"
-    path.write_text(bcrypt_line("alice", "pw") + "\n" + bcrypt_line("carol", "file-pw") + "\n")
-    return str(path)
-
-
-@pytest.fixture
-def authenticators():
-    made: list[Authenticator] = []
-
-    def make(**values) -> Authenticator:
-        auth = Authenticator(Config(**values))
-        made.append(auth)
-        return auth
-
-    yield make
-    for auth in made:
-        auth.stop()
 
 
 def test_default_order_is_cert_jwt_htpasswd_helper_of_what_is_configured(tmp_path, htpasswd):

@@ -27,8 +27,9 @@ import gevent
 import pytest
 from gevent.event import Event
 
+from gconnect.tunnel.deadlines import RelayLimits
 from gconnect.tunnel.movers import CopyMover, Half, PipePool, SpliceMover
-from gconnect.tunnel.relay import HangupWatch, Relay, RelayLimits
+from gconnect.tunnel.relay import HangupWatch, Relay
 from gconnect.tunnel.tls import DecryptMover, EncryptMover, TLSSession
 from gconnect.tunnel.waiting import READ, WRITE
 from tests.h2peer import ServedStream

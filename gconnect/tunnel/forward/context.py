@@ -78,6 +78,8 @@ class ForwardContext:
     tls: bool = False
     #: What the records name as the client side (protocol, stream); None: HTTP/1.1.
     side: Any = None
+    #: The client certificate its TLS handshake verified (None or empty without one).
+    peer_cert: dict[str, Any] | None = None
 
     @property
     def config(self) -> Config:
@@ -105,7 +107,6 @@ class RequestRecord:
     target = "-"
     dialled = "-"
     user: str | None = None
-    #: Who vouched for the user (the access log's auth=), or None.
     identity: Identity | None = None
     via: str | None = None
     would_deny: str | None = None

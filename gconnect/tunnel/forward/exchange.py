@@ -115,11 +115,13 @@ class Exchange:
                 raise
 
     def authenticate(self) -> None:
+        """Who is asking: the same provider chain as a tunnel's, the client certificate included."""
         auth = self.ctx.services.auth
         if auth is not None:
-            self.user = self.record.user = auth.authenticate(
-                values(self.request.headers, b"proxy-authorization"), self.ctx.who
+            identity = self.record.identity = auth.identify(
+                values(self.request.headers, b"proxy-authorization"), self.ctx.who, self.ctx.peer_cert
             )
+            self.user = self.record.user = identity.user
 
     def check(self) -> None:
         """The user's policy, the forwarding port rule, the name rules (before
@@ -127,14 +129,17 @@ class Exchange:
         request, ctx = self.request, self.ctx
         services = ctx.services
         policy = services.policy
-        if policy.users and self.user is not None:
-            policy = policy.users.get(self.user, policy)
+        identity = self.record.identity
+        if identity is not None and (policy.users or policy.groups):
+            policy = policy.for_identity(identity.user, identity.group)
         self.policy = policy
         check_forward_port(request.port, ctx.config.forward_port)
         if policy.hosts is not None:
             self.record.would_deny = policy.check_host(request.host, request.family)
             if self.record.would_deny:
                 services.observer.would_deny(self.record, self.record.would_deny)
+        if services.external_acl is not None:
+            services.external_acl.check(identity, ctx.address[0], request.host, request.port)
         if services.router is not None:
             self.pool = services.router.route(request.host, request.family)
 

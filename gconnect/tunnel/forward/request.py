@@ -17,14 +17,13 @@ from socket import AF_INET6
 import httptools
 
 from ...errors import (
-    ClientError,
     HeadTooLargeError,
     MalformedRequestError,
     TraceRefusedError,
     UnsupportedRequestError,
     VersionNotSupportedError,
 )
-from ..head import parse_authority, parse_host
+from ..head import HeadFields, parse_authority, parse_host_header
 from .fields import EMPTY, Framing, FramingError, HeadBuffer, connection_options, request_framing, show, values
 
 HTTP_PORT = 80
@@ -110,28 +109,16 @@ def check_host(value: bytes, host: str, port: int) -> None:
     """RFC 9112 §3.2.2 has the proxy replace Host with the URI's authority; a
     Host naming another authority is refused instead, since it means the
     client and some parser behind us may disagree about the target."""
-    try:
-        if value.startswith(b"[") and not value.endswith(b"]"):
-            h_host, h_port, _ = parse_authority(value)
-        elif value.startswith(b"["):
-            h_host, h_port, _ = parse_authority(value + b":%d" % HTTP_PORT)
-        elif b":" in value:
-            h_host, h_port, _ = parse_authority(value)
-        else:
-            h_host, _ = parse_host(value.decode("ascii"))
-            h_port = HTTP_PORT
-    except (ClientError, UnicodeDecodeError):
-        raise MalformedRequestError(f"invalid Host header {show(value)}") from None
-    if h_host != host or h_port != port:
+    if parse_host_header(value, HTTP_PORT) != (host, port):
         raise MalformedRequestError(f"Host header {show(value)} does not match the request-target")
 
 
-class ForwardRequestParser:
+class ForwardRequestParser(HeadFields):
     """Incremental parser for one request head: :meth:`feed` returns None
     until the head is complete, then the :class:`ForwardRequest`; errors raise
     a ClientError whose ``status`` is the answer. One parser per request."""
 
-    __slots__ = ("_buffer", "_complete", "_headers", "_method_refused", "_parser", "_url")
+    __slots__ = ("_buffer", "_method_refused", "_parser")
 
     def __init__(self, max_header_bytes: int) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -144,16 +131,6 @@ class ForwardRequestParser:
         # llhttp refuses a method it does not know at its first byte; whether
         # it was a token (501) or garbage (400) is known once the token ends.
         self._method_refused = False
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # RFC 9110 §5.5: OWS around a value is not part of it; llhttp strips only the leading side.
-        self._headers.append((name, value.rstrip(b" \t")))
-
-    def on_headers_complete(self) -> None:
-        self._complete = True
 
     def feed(self, data: bytes) -> ForwardRequest | None:
         """Consume *data*; return the request once its head is complete."""

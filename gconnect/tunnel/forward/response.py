@@ -14,6 +14,7 @@ import re
 import httptools
 
 from ...errors import BadResponseError
+from ..head import HeadFields
 from .fields import (
     EMPTY,
     UNTIL_CLOSE,
@@ -56,11 +57,11 @@ class ResponseHead:
         return self.version == "1.1" and b"close" not in self.options and self.framing.kind != UNTIL_CLOSE
 
 
-class ResponseParser:
+class ResponseParser(HeadFields):
     """Incremental parser for one response head to a request (*head_request*:
     the request was HEAD, so no body follows whatever the fields say)."""
 
-    __slots__ = ("_buffer", "_complete", "_head_request", "_headers", "_parser", "_reason")
+    __slots__ = ("_buffer", "_head_request", "_parser", "_reason")
 
     def __init__(self, max_header_bytes: int, head_request: bool) -> None:
         self._parser = httptools.HttpResponseParser(self)
@@ -72,12 +73,6 @@ class ResponseParser:
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value.rstrip(b" \t")))
-
-    def on_headers_complete(self) -> None:
-        self._complete = True
 
     def feed(self, data: bytes) -> ResponseHead | None:
         """Consume *data*; return the head once it is complete."""

@@ -203,7 +203,9 @@ def forward_requests(conn: ClientConnection, received: bytes) -> ConnectRequest:
     services = conn.services
     config = services.config
     request = _read_head(conn, ForwardRequestParser(config.max_header_bytes), received)
-    ctx = ForwardContext(services, conn.address, client_key(conn.address[0]), conn.tls is not None)
+    ctx = ForwardContext(
+        services, conn.address, client_key(conn.address[0]), conn.tls is not None, peer_cert=conn.peer_certificate()
+    )
     lifetime = config.max_tunnel_lifetime
     ends_at = conn.loop.now() + lifetime if lifetime else float("inf")
     session = ForwardSession(ctx, ConnectionStream(conn), ends_at)

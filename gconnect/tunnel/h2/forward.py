@@ -133,10 +133,10 @@ class H2ForwardStream:
 
     def run(self) -> None:
         session = self.session
-        services = session.services
+        services = session.current()  # the policy in force now, as for a CONNECT stream
         address = session.address
         who = client_key(address[0])
-        ctx = ForwardContext(services, address, who, tls=True, side=self)
+        ctx = ForwardContext(services, address, who, tls=True, side=self, peer_cert=session.peer_certificate)
         lifetime = services.config.max_tunnel_lifetime
         ends_at = self.loop.now() + lifetime if lifetime else float("inf")
         admitted = False

@@ -33,9 +33,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ...errors import GConnectError, StreamResetError
+from ..deadlines import Deadlines, RelayLimits
 from ..head import ConnectRequest
 from ..movers import Direction
-from ..relay import Deadlines, HangupWatch, RelayLimits
+from ..relay import HangupWatch
 from ..waiting import READ, WRITE, wait
 from .head import parse_h2_connect
 
@@ -59,6 +60,8 @@ class StreamConnection(Protocol):
     address: tuple
     services: TunnelServices
     loop: Any
+    #: The services in force now (a stream started after a SIGHUP gets the new policy).
+    current: Callable[[], TunnelServices]
     #: True once the connection ended: streams write nothing more.
     closed: bool
     #: The client certificate the connection's handshake verified (None or empty: none).
