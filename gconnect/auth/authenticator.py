@@ -4,7 +4,7 @@ limiter in front of every provider.
 
 Providers (:mod:`gconnect.auth.identity` states their contract) are tried in
 the configured order (``--auth-chain``, or every configured one in the order of
-:data:`gconnect.config.AUTH_PROVIDERS`); the first that knows the user decides:
+:data:`gconnect.defaults.AUTH_PROVIDERS`); the first that knows the user decides:
 
 * ``cert`` (:mod:`gconnect.auth.certs`): the client certificate the TLS listener
   verified. First in the chain, a certificate wins over any header; anywhere

@@ -40,7 +40,8 @@ from typing import Any
 import gevent
 from gevent import get_hub
 
-from ..config import DEFAULT_POOL, DIRECT, Config, UpstreamPool
+from ..config import Config, UpstreamPool
+from ..defaults import DEFAULT_POOL, DIRECT
 from ..errors import (
     GConnectError,
     OutboundError,
