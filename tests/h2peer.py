@@ -6,7 +6,7 @@ TCP pair whose inner end is a :class:`~gconnect.tunnel.http1.HTTP1Side` (a Clien
 composition root serves it, so the ALPN table hands it to
 :class:`~gconnect.tunnel.h2.session.H2Protocol`; the stream's own tunnel dials
 a loopback listener, whose accepted socket is the upstream peer. The stream's
-relay (:class:`~gconnect.tunnel.h2.stream.StreamRelay`) is handed to
+relay (:class:`~gconnect.tunnel.h2.relay.StreamRelay`) is handed to
 *on_done* when its tunnel closes, as the observer hears it.
 
 :class:`H2StreamPeer` is the client peer: tests/h2client.py's client with one

@@ -4,7 +4,7 @@
 :class:`Deadlines` keeps one tunnel's idle, half-close and lifetime deadlines
 on one timer, records the end reason once, and knows which side ended first.
 The callback relay (:class:`~gconnect.tunnel.relay.Relay`) and the HTTP/2
-stream relay (:class:`~gconnect.tunnel.h2.stream.StreamRelay`) are built on
+stream relay (:class:`~gconnect.tunnel.h2.relay.StreamRelay`) are built on
 it; its docstring is the contract they keep. Sans I/O but for the loop's timer.
 """
 

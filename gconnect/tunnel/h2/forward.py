@@ -36,7 +36,7 @@ from ..waiting import wait
 from .head import split_block
 
 if TYPE_CHECKING:
-    from .stream import StreamConnection
+    from .relay import StreamConnection
 
 log = logging.getLogger(__name__)
 
