@@ -213,11 +213,14 @@ class ClientConnection:
     def recv(self, what: str) -> bytes:
         """What the client sent next (plaintext on a TLS listener), by the header
         deadline; b"" at its EOF. HeadTimeoutError names *what* was awaited."""
-        data = self.recv_by(self.deadline)
-        if data is None:
-            timeout = self.services.config.header_timeout
-            raise HeadTimeoutError(f"{what} not received within {timeout:g} s")
-        return data
+        # recv_by's loop, inline: this runs for every request head.
+        while True:
+            try:
+                return self.tls.recv() if self.tls is not None else self.sock.recv(HEAD_RECV_BYTES)
+            except BlockingIOError:
+                if not wait(self.reader(), self.deadline - self.loop.now()):
+                    timeout = self.services.config.header_timeout
+                    raise HeadTimeoutError(f"{what} not received within {timeout:g} s") from None
 
     def recv_by(self, deadline: float) -> bytes | None:
         """What the client sent next (plaintext on a TLS listener); b"" at its

@@ -153,7 +153,10 @@ class Tunnel:
             addresses = self.resolve(request)
             self.dial(request, addresses)
             self.answer()
-            return request if self.check_name(request) else None
+            policy = self.policy
+            if policy.tls_name_check != "off" and policy.name_check_mode(request.port) != "off":
+                return request if self.check_name(request) else None
+            return request
         except GConnectError as exc:
             self.refuse(exc)
         except ClientServed as served:
@@ -264,15 +267,13 @@ class Tunnel:
         self.services.observer.opened(self)
 
     def check_name(self, request: ConnectRequest) -> bool:
-        """On a port the TLS name check reads: one ClientHello, read ahead of
+        """On a port the TLS name check reads (the caller asked the policy): one ClientHello, read ahead of
         the relay by its own deadline, and the decision
         (:mod:`~gconnect.tunnel.namecheck`). True if the tunnel may relay (the
         side still delivers what was read); False if the check refused it (a
         TLS client is sent a fatal alert first)."""
         policy = self.policy
         mode = policy.name_check_mode(request.port)
-        if mode == "off":
-            return True
         services = self.services
         deadline = services.loop.now() + min(namecheck.NAME_CHECK_SECONDS, services.config.header_timeout)
         side = self.side
