@@ -74,7 +74,7 @@ class HTTP1Side(ClientConnection):
                     if config.forward_http != "on":
                         raise
                     # Not a CONNECT: a plain HTTP request, for the forwarding side.
-                    return forward_requests(self, received)
+                    return forward_requests(self, received, self.refuse)
                 if request is not None:
                     return request
             data = self.recv("request head")

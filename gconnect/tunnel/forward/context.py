@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -47,10 +48,12 @@ class ClientStream(Protocol):
 class ConnectionStream:
     """:class:`ClientStream` over an accepted connection (TCP or TLS)."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("_refuse", "conn")
 
-    def __init__(self, conn: ClientConnection) -> None:
+    def __init__(self, conn: ClientConnection, refuse: Callable[[GConnectError], None]) -> None:
         self.conn = conn
+        #: How the connection's side answers a refusal (HTTP/1.1's error response).
+        self._refuse = refuse
 
     def recv_nowait(self) -> bytes:
         conn = self.conn
@@ -63,7 +66,7 @@ class ConnectionStream:
         return self.conn.send(data, deadline)
 
     def refuse(self, exc: GConnectError) -> None:
-        self.conn.refuse(exc)  # type: ignore[attr-defined]
+        self._refuse(exc)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from gevent import get_hub
@@ -195,11 +196,14 @@ class ForwardSession:
                 return b""
 
 
-def forward_requests(conn: ClientConnection, received: bytes) -> ConnectRequest:
+def forward_requests(
+    conn: ClientConnection, received: bytes, refuse: Callable[[GConnectError], None]
+) -> ConnectRequest:
     """Serve the plain HTTP requests of *conn* (*received*: its bytes so far,
     the start of the first one) in order, until it closes, errs or sends a
-    CONNECT: return that CONNECT, or raise ClientServed. A first head that
-    cannot be read raises its ClientError, answered like a CONNECT's."""
+    CONNECT: return that CONNECT, or raise ClientServed. *refuse* answers a
+    refusal on the connection. A first head that cannot be read raises its
+    ClientError, answered like a CONNECT's."""
     services = conn.services
     config = services.config
     request = _read_head(conn, ForwardRequestParser(config.max_header_bytes), received)
@@ -208,7 +212,7 @@ def forward_requests(conn: ClientConnection, received: bytes) -> ConnectRequest:
     )
     lifetime = config.max_tunnel_lifetime
     ends_at = conn.loop.now() + lifetime if lifetime else float("inf")
-    session = ForwardSession(ctx, ConnectionStream(conn), ends_at)
+    session = ForwardSession(ctx, ConnectionStream(conn, refuse), ends_at)
     conn.on_drain = session.drain
     try:
         early = session.serve(request)
