@@ -223,8 +223,8 @@ class Relay(Deadlines):
                 half.writer = None
             if half.pending is not None or half.pipe is not None:
                 half.mover.drop(half)
-            if half.hangup:
-                self._hangups.forget(half)  # type: ignore[union-attr]
+            if half.hangup and self._hangups is not None:  # hangup is only set with a watch
+                self._hangups.forget(half)
         self.bytes_up = self.up.nbytes
         self.bytes_down = self.down.nbytes
         try:
