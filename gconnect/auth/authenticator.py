@@ -43,7 +43,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from gevent.event import AsyncResult
+import gevent
 
 from ..config import Config
 from ..errors import (
@@ -178,7 +178,7 @@ class Authenticator:
         #: Checks running now, by cache key: a burst of connections carrying the
         #: same new header (a browser opening six at once) waits for one check
         #: instead of running six and spending six attempts of the failure bucket.
-        self._inflight: dict[bytes, AsyncResult] = {}
+        self._inflight: dict[bytes, gevent.Greenlet] = {}
         for provider in self.providers:
             if hasattr(provider, "on_change"):
                 provider.on_change = self._changed
@@ -256,17 +256,21 @@ class Authenticator:
         except ProxyAuthMalformedError as exc:
             raise ProxyAuthMalformedError(str(exc), realm=self.realm) from None
         self.limiter.take(address)
-        running = self._inflight[key] = AsyncResult()
-        outcome: tuple[str, Any] = ("failed", None)
-        try:
-            outcome = self._check(credentials, key)
-        finally:
-            del self._inflight[key]
-            # Waiters learn the outcome without a check of their own.
-            running.set(outcome)
+        # The check runs in a greenlet of its own that every asker waits on (the
+        # first too): an asker killed or cancelled meanwhile (an HTTP/2 stream
+        # reset, a drain's end) leaves the check to the others instead of
+        # failing them all with a 407.
+        running = self._inflight[key] = gevent.spawn(self._shared_check, credentials, key)
+        outcome = running.get()
         if outcome[0] != "failed":
             self.limiter.refund(address)
         return self._outcome(outcome)
+
+    def _shared_check(self, credentials: Credentials, key: bytes) -> tuple[str, Any]:
+        try:
+            return self._check(credentials, key)
+        finally:
+            del self._inflight[key]
 
     def _outcome(self, outcome: tuple[str, Any]) -> Identity:
         kind, value = outcome

@@ -17,8 +17,10 @@ import pytest
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
+from ..authhelper import command as helper_cmd
 from ..conftest import connect_over, recv_all, recv_exactly, silent_listener, wait_until
 from ..h2client import H2Client
+from ..unit.test_auth import basic
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -445,6 +447,23 @@ def test_a_stream_reset_in_its_dns_step_leaves_the_shared_lookup_to_the_others(
     client.wait(lambda: client.status(kept) == 200)
     echo_round(client, kept, b"after the other gave up")
     assert dns_server.count("sharedh2.test", "A") == 1
+
+
+def test_a_stream_reset_during_its_login_check_leaves_the_check_to_the_others(start_tls_proxy, h2_client, echo):
+    # Two streams with the same credentials share one helper check (the helper takes
+    # 3 s for "slow"); the first one's client gives up meanwhile. The second must
+    # still be let in: a cancelled asker must not turn the shared answer into a 407.
+    proxy = start_tls_proxy("--auth-helper", helper_cmd())
+    client = h2_client(proxy)
+    credentials = [("proxy-authorization", basic("slow", "pw").decode())]
+    doomed = client.connect(echo.target, credentials)
+    kept = client.connect(echo.target, credentials)
+    client.pump()  # both streams' HEADERS are with the proxy, both waiting on the one check
+    client.reset(doomed)
+    line = proxy.wait_access(f"stream={doomed}")
+    assert "status=499" in line and "reason=client_reset" in line
+    client.wait(lambda: client.status(kept) == 200)
+    echo_round(client, kept, b"let in after the other gave up")
 
 
 def test_a_connection_without_streams_is_closed_at_the_idle_timeout(start_tls_proxy, h2_client, echo):
