@@ -26,7 +26,16 @@ REPO_DIR = BENCH_DIR.parent
 PEERS_DIR = BENCH_DIR / "peers"
 
 #: gconnect-base is the default gconnect from another commit (--baseline): before and after in one run.
-GCONNECT_TARGETS = ("gconnect", "gconnect-splice", "gconnect-copy", "gconnect-2w", "gconnect-base")
+#: gconnect-namecheck reads the TLS name check on every port (the echo target is not on 443, where
+#: the default checks), to measure the check beside a gconnect whose tunnels it leaves alone.
+GCONNECT_TARGETS = (
+    "gconnect",
+    "gconnect-splice",
+    "gconnect-copy",
+    "gconnect-2w",
+    "gconnect-base",
+    "gconnect-namecheck",
+)
 PEER_TARGETS = ("squid", "tinyproxy", "proxy.py", "pproxy")
 ALL_TARGETS = ("direct", *GCONNECT_TARGETS, *PEER_TARGETS)
 
@@ -141,7 +150,12 @@ def launch_plan(name: str, rundir: Path, env: Environment) -> LaunchPlan:
         argv += ["--allow-dest", "127.0.0.0/8", "--access-log", "/dev/null", "--log-level", "warning"]
         argv += ["--idle-timeout", "0"]
         # "gconnect" is the default (--relay copy since the issue 9 figures), as a user runs it.
-        extra = {"gconnect": [], "gconnect-splice": ["--relay", "splice"], "gconnect-copy": ["--relay", "copy"]}
+        extra = {
+            "gconnect": [],
+            "gconnect-splice": ["--relay", "splice"],
+            "gconnect-copy": ["--relay", "copy"],
+            "gconnect-namecheck": ["--tls-name-check", "report", "--tls-name-check-ports", "1-65535"],
+        }
         if name == "gconnect-base":
             # cwd: python -m puts the working directory first on sys.path.
             assert env.baseline is not None

@@ -31,7 +31,8 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 
 def state(pid: int) -> str:
-    """The one-letter state (R, S, T, Z, ...); FileNotFoundError once the process is reaped."""
+    """The one-letter state (R, S, T, Z, ...); FileNotFoundError once the process is
+    reaped, or ProcessLookupError when it is reaped while its stat is read."""
     with open(f"/proc/{pid}/stat") as f:
         raw = f.read()
     return raw[raw.rindex(")") + 2 :].split()[0]
@@ -41,7 +42,7 @@ def gone(pid: int) -> bool:
     """Exited (a zombie counts: its parent has not reaped it yet)."""
     try:
         return state(pid) == "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped, before or during the read
         return True
 
 
