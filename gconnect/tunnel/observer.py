@@ -95,6 +95,31 @@ class ForwardedRecord(TunnelRecord, Protocol):
     path: str | None
 
 
+class RecordDefaults:
+    """The starting values of what an observer reads (:class:`TunnelRecord`),
+    as class defaults, for a tunnel and a forwarded request alike: each is
+    made per client or request, and a store only happens when a step sets one."""
+
+    status = 0
+    end_reason = "error"
+    target = "-"
+    dialled = "-"
+    user: str | None = None
+    #: Who the authenticator found (user, provider, group); None without authentication.
+    identity: Identity | None = None
+    via: str | None = None
+    #: Report mode: the name rules' reason this would have been refused for.
+    would_deny: str | None = None
+    #: The TLS name check: the ClientHello's server name, and the outcome (None: not checked).
+    sni: str | None = None
+    sni_check: str | None = None
+    bytes_up = 0
+    bytes_down = 0
+    resolved_at = 0.0
+    connected_at = 0.0
+    first_byte_at = 0.0
+
+
 class NullObserver:
     """An observer that hears everything and keeps nothing."""
 

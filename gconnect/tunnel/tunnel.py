@@ -42,9 +42,9 @@ from . import namecheck
 from .client import ClientServed
 from .dial import open_connection
 from .limits import client_key
+from .observer import RecordDefaults
 
 if TYPE_CHECKING:
-    from ..auth.identity import Identity
     from .client import ClientSide, RelayHandle
     from .dial import Connection
     from .head import ConnectRequest
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Tunnel:
+class Tunnel(RecordDefaults):
     """One tunnel: the handshake's steps, the relay, one exit.
 
     Its public attributes are what observers read (the access log, the
@@ -68,22 +68,9 @@ class Tunnel:
     defaults below: a tunnel is made for every client, and each store counts.
     """
 
-    status = 0
-    end_reason = "error"
-    target = "-"
-    dialled = "-"
-    user: str | None = None
-    #: Who the authenticator found (user, provider, group); None without authentication.
-    identity: Identity | None = None
-    via: str | None = None
     #: The pool of parent proxies carrying this tunnel (None: direct), and the parent in it that does.
     pool: Pool | None = None
     parent: Parent | None = None
-    #: Report mode: the name rules' reason this tunnel would have been refused for.
-    would_deny: str | None = None
-    #: The TLS name check: the ClientHello's server name, and the outcome (None: not checked).
-    sni: str | None = None
-    sni_check: str | None = None
     #: The client as the limits count it, once admitted.
     who = ""
     #: Our (local, remote) addresses of the outbound connection, for the loop check.
@@ -92,11 +79,6 @@ class Tunnel:
     relay: RelayHandle | None = None
     #: The greenlet running the handshake (None once it is done, or never spawned).
     greenlet: Any = None
-    bytes_up = 0
-    bytes_down = 0
-    resolved_at = 0.0
-    connected_at = 0.0
-    first_byte_at = 0.0
     _abort_reason = "shutdown"
     _closed = False
 

@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..observer import RecordDefaults
+
 if TYPE_CHECKING:
-    from ...auth.identity import Identity
     from ...config import Config
     from ...errors import GConnectError
     from ..client import ClientConnection
@@ -100,27 +101,11 @@ class SideOfRequest:
 _SIDE = SideOfRequest()
 
 
-class RequestRecord:
+class RequestRecord(RecordDefaults):
     """One forwarded request's outcome: the attributes a tunnel gives the
     observer (``target``, ``status``, ``end_reason``, bytes, times), and
     ``method``, ``scheme`` and ``path`` (None unless paths are logged)."""
 
-    status = 0
-    end_reason = "error"
-    target = "-"
-    dialled = "-"
-    user: str | None = None
-    identity: Identity | None = None
-    via: str | None = None
-    would_deny: str | None = None
-    #: No TLS name check: a forwarded request carries no ClientHello.
-    sni: str | None = None
-    sni_check: str | None = None
-    bytes_up = 0
-    bytes_down = 0
-    resolved_at = 0.0
-    connected_at = 0.0
-    first_byte_at = 0.0
     scheme = "http"
     path: str | None = None
     #: True when the connection to the origin was an idle one reused.
