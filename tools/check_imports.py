@@ -35,6 +35,7 @@ LAYERS = (
     ("gconnect.tunnel.h2", 3.5),
     ("gconnect.tunnel", 3),
     ("gconnect.auth", 2),
+    ("gconnect.state", 1.5),
     ("gconnect.config", 1),
     ("gconnect.errors", 1),
     ("gconnect", 0),
