@@ -30,6 +30,7 @@ from gevent.event import Event
 
 from ..auth.authenticator import Authenticator
 from ..config import Config
+from ..state.tally import LocalTally, Tally
 from .deadlines import RelayLimits
 from .dial import SourceAddresses
 from .forward.upstream import IdleConnections
@@ -171,6 +172,10 @@ class TunnelServices:
     loop: Any
     #: Idle connections to origins that forwarded http:// requests may reuse (kept across reloads).
     idle_upstreams: IdleConnections
+    #: Counters shared with the other workers and instances (gconnect.state.tally): what is
+    #: open now (gauges) and what only grows, kept across restarts (totals). Kept across reloads.
+    gauges: Tally
+    totals: Tally
 
     @classmethod
     def from_config(
@@ -180,6 +185,8 @@ class TunnelServices:
         observer: TunnelObserver | None = None,
         protocols: Mapping[str, ConnectionProtocol] | None = None,
         hangups: HangupWatch | None = None,
+        gauges: Tally | None = None,
+        totals: Tally | None = None,
     ) -> TunnelServices:
         """Build every service from *config*, for this thread's gevent hub."""
         resolver = Resolver(config)
@@ -209,6 +216,8 @@ class TunnelServices:
             protocols=dict(protocols or {}),
             loop=get_hub().loop,
             idle_upstreams=IdleConnections(config.forward_idle_timeout, config.forward_max_idle),
+            gauges=gauges if gauges is not None else LocalTally(),
+            totals=totals if totals is not None else LocalTally(),
         )
 
     def close(self) -> None:
