@@ -43,6 +43,7 @@ from .pool import Router
 from .relay import HangupWatch
 from .resolver import Resolver
 from .tls import DecryptMover, EncryptMover, server_context
+from .usage import Usage, UsageObserver, needed
 
 if TYPE_CHECKING:
     from ..auth.helperprovider import ExternalAcl
@@ -176,6 +177,8 @@ class TunnelServices:
     #: open now (gauges) and what only grows, kept across restarts (totals). Kept across reloads.
     gauges: Tally
     totals: Tally
+    #: Bandwidth limits, quotas and per-user accounts (kept across reloads); None when none is asked for.
+    usage: Usage | None = None
 
     @classmethod
     def from_config(
@@ -194,6 +197,13 @@ class TunnelServices:
         if source is not None:
             source.check()
         mode, mover, pipes = relay_movers(config)
+        observer = observer if observer is not None else NullObserver()
+        gauges = gauges if gauges is not None else LocalTally()
+        totals = totals if totals is not None else LocalTally()
+        usage = None
+        if needed(config):
+            usage = Usage(config, gauges, totals, get_hub().loop)
+            observer = UsageObserver(observer, usage)
         return cls(
             config=config,
             policy=Policy(config),
@@ -209,21 +219,35 @@ class TunnelServices:
             tls_movers=(DecryptMover(config.chunk_bytes), EncryptMover(config.chunk_bytes)),
             relay_limits=RelayLimits(config.idle_timeout, config.half_close_timeout, config.max_tunnel_lifetime),
             hangups=hangups,
-            observer=observer if observer is not None else NullObserver(),
+            observer=observer,
             own_connections=OwnConnections(),
             tunnels=OpenTunnels(),
             tls_context=server_context(config, (*(protocols or {}), "http/1.1")) if config.tls_cert else None,
             protocols=dict(protocols or {}),
             loop=get_hub().loop,
             idle_upstreams=IdleConnections(config.forward_idle_timeout, config.forward_max_idle),
-            gauges=gauges if gauges is not None else LocalTally(),
-            totals=totals if totals is not None else LocalTally(),
+            gauges=gauges,
+            totals=totals,
+            usage=usage,
         )
+
+    def with_config(self, config: Config, policy: Policy) -> TunnelServices:
+        """A copy with *config*'s policy (SIGHUP), and its limits: the usage
+        follows the new configuration (made now if it asks for one the first time)."""
+        usage, observer = self.usage, self.observer
+        if usage is not None:
+            usage.configure(config)
+        elif needed(config):
+            usage = Usage(config, self.gauges, self.totals, self.loop)
+            observer = UsageObserver(observer, usage)
+        return dataclasses.replace(self, config=config, policy=policy, usage=usage, observer=observer)
 
     def close(self) -> None:
         """Release the shared resources (the hang-up watch, the pipes, idle
         connections to origins); once, at the end."""
         self.idle_upstreams.close()
+        if self.usage is not None:
+            self.usage.close()
         if self.hangups is not None:
             self.hangups.close()
         if self.pipes is not None:

@@ -138,6 +138,8 @@ class Exchange:
             self.record.would_deny = policy.check_host(request.host, request.family)
             if self.record.would_deny:
                 services.observer.would_deny(self.record, self.record.would_deny)
+        if services.usage is not None:
+            services.usage.check_quota(identity)
         if services.external_acl is not None:
             services.external_acl.check(identity, ctx.address[0], request.host, request.port)
         if services.router is not None:
