@@ -170,6 +170,13 @@ class Usage:
     def quota_of(self, user: str) -> int:
         return self.user_config(user, self.groups.get(user)).quota_bytes if self.quotas else 0
 
+    def quota_status(self, user: str) -> tuple[int, int] | None:
+        """(bytes used this period, the quota) of *user*, None without a quota."""
+        quota = self.quota_of(user)
+        if not quota:
+            return None
+        return self.totals.total(f"{QUOTA_PREFIX}{user}:{self.period()[0]}"), quota
+
     def period(self) -> tuple[str, int]:
         return period(self.config.quota_period, datetime.datetime.now(datetime.timezone.utc))
 

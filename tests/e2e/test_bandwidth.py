@@ -7,6 +7,7 @@ start, decides the speed; the tolerance is the issue's ±15 %.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 from ..conftest import open_tunnel, wait_until
 from .test_errors import proxy_status_error
+from .test_metrics import metrics_url, scrape
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -203,3 +205,36 @@ def test_uploads_are_limited_too(start_proxy, upstream_factory):
     assert int(sock.recv(64)) == len(payload)
     assert_near(len(payload) / (time.monotonic() - started), RATE)
     sock.close()
+
+
+def test_per_user_accounting_records_and_metrics(start_proxy, htpasswd, origin):
+    proxy = start_proxy(
+        "--auth-file", htpasswd, "--accounting-interval", "0.5", "--metrics-user-label",
+        "--metrics-listen", "127.0.0.1:0", "--quota-bytes", "1G", "--log-format", "json",
+    )  # fmt: skip
+    speed(curl(proxy, "alice", f"http://{origin.target}/300000"))
+    speed(curl(proxy, "alice", f"http://{origin.target}/200000"))
+    speed(curl(proxy, "carol", f"http://{origin.target}/100000"))
+
+    def accounts() -> dict[str, dict]:
+        totals: dict[str, dict] = {}
+        for line in proxy.access_lines():
+            record = json.loads(line)
+            if record["event"] == "account":
+                total = totals.setdefault(record["user"], {"down": 0, "tunnels": 0})
+                total["down"] += record["down"]
+                total["tunnels"] += record["tunnels"]
+                assert record["quota"] == 1_000_000_000 and record["quota_used"] >= record["down"]
+        return totals if {"alice", "carol"} <= set(totals) and totals["alice"]["tunnels"] == 2 else {}
+
+    found = wait_until(accounts)
+    assert 500_000 < found["alice"]["down"] < 501_000 and 100_000 < found["carol"]["down"] < 101_000
+    values = scrape(metrics_url(proxy))
+    assert values['gconnect_user_tunnels_total{user="alice"}'] == 2
+    assert 500_000 < values['gconnect_user_bytes_total{direction="down",user="alice"}'] < 501_000
+
+
+def test_no_user_label_without_the_option(start_proxy, htpasswd, origin):
+    proxy = start_proxy("--auth-file", htpasswd, "--rate-per-user", "100M", "--metrics-listen", "127.0.0.1:0")
+    speed(curl(proxy, "alice", f"http://{origin.target}/1000"))
+    assert not any("user=" in name for name in scrape(metrics_url(proxy)))
