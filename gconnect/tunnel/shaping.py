@@ -32,12 +32,11 @@ from .bucket import TokenBucket
 from .movers import Direction, Half, Mover
 
 #: The largest read a limited direction makes: the copy mover's buffer in
-#: ``--relay auto`` and a few TLS records; at 10 MB/s that is 160 reads a second.
+#: ``--relay auto`` and four TLS records; at 10 MB/s that is 160 reads a second.
 MAX_READ_BYTES = 64 * 1024
-#: A paused direction waits until it may read this much (one TLS record)...
-MIN_READ_BYTES = 16 * 1024
-#: ...or what its slowest bucket earns in this long, if that is less: a low
-#: rate wakes about 100 times a second, not once per 16 KiB.
+#: A paused direction waits until it may read what its slowest bucket earns in
+#: this long (at most one read): about 100 wake-ups a second at any rate up to
+#: 6.4 MB/s, where waiting for a few KiB would wake it a thousand times.
 WAKE_SECONDS = 0.01
 #: The longest a paused direction sleeps before it looks again, so a rate raised
 #: by SIGHUP or a larger share of a shared limit applies within it.
@@ -90,7 +89,7 @@ class Throttle:
 
     def refresh(self) -> None:
         """Recompute the least a read waits for, from the buckets' rates and bursts now."""
-        need = float(MIN_READ_BYTES)
+        need = float(MAX_READ_BYTES)
         for bucket in self.buckets:
             need = min(need, bucket.burst, bucket.rate * WAKE_SECONDS)
         self.need = max(1, int(need))
