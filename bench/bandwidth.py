@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import bcrypt
@@ -148,6 +149,19 @@ def bulk(proxy: ProxyProcess, origin: int, user: str, size: int) -> dict:
     }
 
 
+def settle(proxy: ProxyProcess) -> None:
+    """Wait until *proxy* has closed every tunnel: a bucket still used by the last
+    run's closing tunnel would carry its level into the next run."""
+    url = next(line.split()[-1] for line in proxy.lines if "metrics on" in line)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://{url}/metrics", timeout=5) as response:
+            if "\ngconnect_tunnels_open 0.0\n" in response.read().decode():
+                return
+        time.sleep(0.05)
+    raise RuntimeError("the proxy kept tunnels open for 30 s")
+
+
 def median(runs: list[dict]) -> dict:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
@@ -155,6 +169,7 @@ def median(runs: list[dict]) -> dict:
 def start(work: Path, *extra: str) -> ProxyProcess:
     args = ["--listen", "127.0.0.1:0", "--allow-port", "1-65535", "--allow-dest", "127.0.0.0/8"]
     args += ["--access-log", "", "--log-level", "warning", "--auth-file", str(work / "htpasswd"), *extra]
+    args += ["--metrics-listen", "127.0.0.1:0"]
     return ProxyProcess(args, cwd=REPO, env={"PYTHONPATH": str(REPO)}, cpus=[0])
 
 
@@ -183,7 +198,10 @@ def main() -> None:
             proxy = start(work, "--config", str(work / "limited.toml"), *extra)
             try:
                 for count in (1, 8) if name == "empty" else (1,):
-                    runs = [downloads(proxy, port, count, rate, seconds) for _ in range(options.repeat)]
+                    runs = []
+                    for _ in range(options.repeat):
+                        settle(proxy)
+                        runs.append(downloads(proxy, port, count, rate, seconds))
                     figures[f"limited_{count}_{name}"] = median(runs)
                     print(f"limited x{count} ({name} bucket): {figures[f'limited_{count}_{name}']}", flush=True)
                 if name == "empty":

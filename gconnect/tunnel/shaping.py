@@ -27,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+from gevent import sleep
+
 from ..state.tally import Tally
 from .bucket import TokenBucket
 from .movers import Direction, Half, Mover
@@ -184,6 +186,19 @@ class Shaper:
 
     def attach(self, owner: Any, halves: tuple[Half, Half], limits: Iterable[tuple[str, Limit]]) -> None:
         """Limit both *halves* of *owner*'s relay by *limits* (key, limit)."""
+        shared = self.acquire(limits)
+        up, down = halves
+        up.throttle = Throttle([b.up for b in shared], up.mover, self.loop)
+        down.throttle = Throttle([b.down for b in shared], down.mover, self.loop)
+        up.mover = down.mover = self.mover
+        self.shaped[owner] = Shaped(halves, tuple(shared))
+
+    def pacer(self, limits: Iterable[tuple[str, Limit]]) -> Pacer:
+        """The buckets of *limits* for a greenlet that moves bytes itself (a forwarded response)."""
+        return Pacer(self, self.acquire(limits))
+
+    def acquire(self, limits: Iterable[tuple[str, Limit]]) -> list[SharedBuckets]:
+        """The buckets of *limits* (key, limit), counted as used by one more tunnel here."""
         now = self.loop.now()
         shared = []
         for key, limit in limits:
@@ -195,11 +210,7 @@ class Shaper:
                 self._scale(buckets, now, total, self.gauges.mine(key))
             buckets.users += 1
             shared.append(buckets)
-        up, down = halves
-        up.throttle = Throttle([b.up for b in shared], up.mover, self.loop)
-        down.throttle = Throttle([b.down for b in shared], down.mover, self.loop)
-        up.mover = down.mover = self.mover
-        self.shaped[owner] = Shaped(halves, tuple(shared))
+        return shared
 
     def detach(self, owner: Any) -> None:
         """*owner*'s relay has ended: stop its timers and let go of its buckets."""
@@ -208,7 +219,11 @@ class Shaper:
             return
         for half in shaped.halves:
             half.throttle.cancel()
-        for buckets in shaped.shared:
+        self.release(shaped.shared)
+
+    def release(self, shared: Iterable[SharedBuckets]) -> None:
+        """One tunnel fewer uses *shared*; buckets no tunnel uses are forgotten."""
+        for buckets in shared:
             self.gauges.add(buckets.key, -1)
             buckets.users -= 1
             if not buckets.users:
@@ -242,3 +257,30 @@ class Shaper:
         if buckets.limit.rate <= 0:
             return
         buckets.scale(min(1.0, max(mine, 1) / max(total, 1)), now)
+
+
+class Pacer:
+    """A limit for a greenlet that moves the bytes itself (a forwarded
+    response): it sleeps where a relay's direction would stop its reader.
+    Limits the download direction only."""
+
+    def __init__(self, shaper: Shaper, shared: list[SharedBuckets]) -> None:
+        self.shaper = shaper
+        self.shared = shared
+        self.throttle = Throttle([b.down for b in shared], Mover(), shaper.loop)
+
+    def allowance(self) -> int:
+        """Bytes that may be read now, waiting (gevent.sleep) until it is worth a read."""
+        throttle, loop = self.throttle, self.shaper.loop
+        while True:
+            allow = throttle.allowance(loop.now())
+            if allow >= throttle.need:
+                return allow
+            wait = max(bucket.wait(throttle.need, loop.now()) for bucket in throttle.buckets)
+            sleep(min(max(wait, 0.001), MAX_WAIT_SECONDS))
+
+    def take(self, n: int) -> None:
+        self.throttle.take(n)
+
+    def close(self) -> None:
+        self.shaper.release(self.shared)

@@ -9,7 +9,9 @@ of them has none, and its tunnels pay nothing.
   tunnel with a limit, a quota or accounting to keep is *metered*: its bytes
   are read from its relay every :data:`TICK_SECONDS` and counted; a limited
   one also gets the :mod:`~gconnect.tunnel.shaping` movers. Any other tunnel
-  is counted once, at its close (through :class:`UsageObserver`).
+  is counted once, at its close (through :class:`UsageObserver`). A forwarded
+  request's response is limited by a :class:`~gconnect.tunnel.shaping.Pacer`
+  (:meth:`Usage.pacer`); its request body is not.
 * **Quotas**: the bytes a user moved, both ways, are added to the ``totals``
   tally under ``quota:USER:PERIOD`` (``2026-12-06`` or ``2026-12``, UTC), per
   user once a tick, never per read. :meth:`Usage.check_quota` refuses a new
@@ -36,7 +38,7 @@ from ..config import Config
 from ..errors import QuotaExceededError
 from ..state.tally import Tally
 from .movers import Half
-from .shaping import Limit, Shaper
+from .shaping import Limit, Pacer, Shaper
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +216,11 @@ class Usage:
         if limits and isinstance(relay.up, Half):
             # HTTP/2 streams have no movers to limit: they are metered only.
             self.shaper.attach(tunnel, (relay.up, relay.down), limits)
+
+    def pacer(self, user: str | None, identity: Any, who: str) -> Pacer | None:
+        """The download limit of a forwarded request's response; None if none applies."""
+        limits = self.limits_for(user, identity.group if identity is not None else None, who)
+        return self.shaper.pacer(limits) if limits else None
 
     def closed(self, record: Any) -> None:
         """A tunnel is done: count what it moved since the last tick."""
