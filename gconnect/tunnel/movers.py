@@ -104,6 +104,9 @@ class Mover:
     """The interface the relay drives. Movers hold no per-tunnel state: that
     lives in the :class:`Half`, so one mover serves every tunnel of a process."""
 
+    #: The most one read takes (a bandwidth limit's allowance is capped at it).
+    size = 64 * 1024
+
     def pump(self, half: Half, size: int = 0) -> int:
         """``src`` is readable: read once (at most *size* bytes; 0: the mover's
         own read size, which a bandwidth limit's *size* never exceeds) and
@@ -239,7 +242,7 @@ class SpliceMover(Mover):
 
     def __init__(self, pipes: PipePool, chunk_bytes: int) -> None:
         self.pipes = pipes
-        self.chunk = chunk_bytes
+        self.chunk = self.size = chunk_bytes
 
     def pump(self, half: Half, size: int = 0) -> int:
         pipe = half.pipe

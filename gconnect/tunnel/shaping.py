@@ -33,12 +33,10 @@ from ..state.tally import Tally
 from .bucket import TokenBucket
 from .movers import Direction, Half, Mover
 
-#: The largest read a limited direction makes: the copy mover's buffer in
-#: ``--relay auto`` and four TLS records; at 10 MB/s that is 160 reads a second.
-MAX_READ_BYTES = 64 * 1024
 #: A paused direction waits until it may read what its slowest bucket earns in
-#: this long (at most one read): about 100 wake-ups a second at any rate up to
-#: 6.4 MB/s, where waiting for a few KiB would wake it a thousand times.
+#: this long (at most one of its mover's reads, ``Mover.size``): about 100
+#: wake-ups a second at any rate, where waiting for a few KiB would wake a
+#: 10 MB/s download a thousand times.
 WAKE_SECONDS = 0.01
 #: The longest a paused direction sleeps before it looks again, so a rate raised
 #: by SIGHUP or a larger share of a shared limit applies within it.
@@ -81,6 +79,7 @@ class Throttle:
 
     def __init__(self, buckets: list[TokenBucket], mover: Mover, loop: Any) -> None:
         self.buckets = buckets
+        #: The direction's own mover; its read size caps the allowance.
         self.mover = mover
         self.loop = loop
         self.timer: Any = None
@@ -91,14 +90,14 @@ class Throttle:
 
     def refresh(self) -> None:
         """Recompute the least a read waits for, from the buckets' rates and bursts now."""
-        need = float(MAX_READ_BYTES)
+        need = float(self.mover.size)
         for bucket in self.buckets:
             need = min(need, bucket.burst, bucket.rate * WAKE_SECONDS)
         self.need = max(1, int(need))
 
     def allowance(self, now: float) -> int:
         """Bytes the direction may read now: what its emptiest bucket holds, at most a read."""
-        allow = MAX_READ_BYTES
+        allow = self.mover.size
         for bucket in self.buckets:
             level = bucket.available(now)
             if level < allow:
@@ -151,6 +150,7 @@ class LimitedMover(Mover):
             # --relay auto handed the direction from copy to splice: splice under the cap from now on.
             throttle.mover = half.mover
             half.mover = self
+            throttle.refresh()
         if n:
             throttle.take(n)
         return n

@@ -91,11 +91,10 @@ def period(kind: str, now: datetime.datetime) -> tuple[str, int]:
 class Meter:
     """A metered tunnel: its user, and the bytes of it counted so far."""
 
-    __slots__ = ("down", "group", "up", "user")
+    __slots__ = ("down", "up", "user")
 
-    def __init__(self, user: str | None, group: str | None) -> None:
+    def __init__(self, user: str | None) -> None:
         self.user = user
-        self.group = group
         self.up = 0
         self.down = 0
 
@@ -212,7 +211,7 @@ class Usage:
         limits = self.limits_for(user, group, tunnel.who)
         if not (limits or self.accounting or (user is not None and self.quota_of(user))):
             return
-        self.metered[tunnel] = Meter(user, group)
+        self.metered[tunnel] = Meter(user)
         if limits and isinstance(relay.up, Half):
             # HTTP/2 streams have no movers to limit: they are metered only.
             self.shaper.attach(tunnel, (relay.up, relay.down), limits)

@@ -19,7 +19,7 @@ from gconnect.ops.paramtypes import parse_bytes
 from gconnect.state.tally import LocalTally
 from gconnect.tunnel.bucket import TokenBucket
 from gconnect.tunnel.movers import CopyMover, Half
-from gconnect.tunnel.shaping import MAX_READ_BYTES, Limit, Shaper, Throttle
+from gconnect.tunnel.shaping import Limit, Shaper, Throttle
 from gconnect.tunnel.usage import Usage, limit, period
 
 CEST = datetime.timezone(datetime.timedelta(hours=2))
@@ -155,8 +155,8 @@ def test_one_process_gets_the_whole_rate_and_tunnels_share_one_bucket():
 def test_a_throttle_waits_for_a_useful_read():
     fast = TokenBucket(10_000_000, 10_000_000, 0, 0.0)
     slow = TokenBucket(10_000, 5_000, 0, 0.0)
-    assert Throttle([fast], CopyMover(1024), Loop()).need == MAX_READ_BYTES
-    assert Throttle([fast, slow], CopyMover(1024), Loop()).need == 100  # 10 ms of the slow rate
+    assert Throttle([fast], CopyMover(1024), Loop()).need == 1024  # one read of its mover
+    assert Throttle([fast, slow], CopyMover(65536), Loop()).need == 100  # 10 ms of the slow rate
 
 
 def test_limit_defaults_the_burst_to_a_second_of_the_rate():
