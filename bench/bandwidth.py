@@ -1,6 +1,6 @@
 """Bandwidth limits: what a limited user gets, and what a limit costs.
 
-    python -m bench.bandwidth [--rate 10M] [--seconds 10] [--repeat 3] [--bulk-mib 1024]
+    python -m bench.bandwidth [--rate 10M] [--seconds 10] [--repeat 3] [--bulk-mib 1024] [--baseline COMMIT]
 
 The proxy runs pinned to CPU 0; the origin (a Python process answering
 ``GET /N`` with N bytes) and the clients (threads of this process reading raw
@@ -13,8 +13,9 @@ tunnels) to CPU 1. Figures, medians of ``--repeat`` runs:
   rate + burst;
 * the proxy's CPU (user and system from /proc) per GB: the limited downloads
   above; ``--bulk-mib`` through an unlimited user of the same proxy (carol, no
-  table), through a proxy with no limit at all, and through a user limited far
-  above what the machine moves (the limited mover at full speed).
+  table), through a proxy with no limit at all, through a user limited far
+  above what the machine moves (the limited mover at full speed), and with
+  ``--baseline`` through the tree at that commit.
 
 Writes ``bandwidth-limits.json`` and ``bandwidth-limits.md`` to ``--out``.
 Not a test.
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import bcrypt
 
+from bench.harness.trees import extract
 from gconnect.ops.paramtypes import parse_bytes
 from gconnect.testing.process import ProxyProcess, free_port, pin_to
 from gconnect.testing.procfs import cpu_seconds
@@ -166,11 +168,11 @@ def median(runs: list[dict]) -> dict:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
-def start(work: Path, *extra: str) -> ProxyProcess:
+def start(work: Path, *extra: str, root: Path = REPO) -> ProxyProcess:
     args = ["--listen", "127.0.0.1:0", "--allow-port", "1-65535", "--allow-dest", "127.0.0.0/8"]
     args += ["--access-log", "", "--log-level", "warning", "--auth-file", str(work / "htpasswd"), *extra]
     args += ["--metrics-listen", "127.0.0.1:0"]
-    return ProxyProcess(args, cwd=REPO, env={"PYTHONPATH": str(REPO)}, cpus=[0])
+    return ProxyProcess(args, cwd=root, env={"PYTHONPATH": str(root)}, cpus=[0])
 
 
 def main() -> None:
@@ -180,6 +182,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--bulk-mib", type=int, default=1024)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--baseline", help="a commit whose bulk download (no limits) to measure too")
     options = parser.parse_args()
     rate, seconds, size = parse_bytes(options.rate), options.seconds, options.bulk_mib << 20
     pin_to([1])()  # the clients, and the origin started below
@@ -209,8 +212,12 @@ def main() -> None:
                     figures["unlimited_user_beside_limits"] = median(runs)
             finally:
                 proxy.stop()
-        for name, extra in (("no_limits", ()), ("limited_far_above", ("--config", str(work / "fast.toml")))):
-            proxy = start(work, *extra)
+        trees = [("no_limits", (), REPO), ("limited_far_above", ("--config", str(work / "fast.toml")), REPO)]
+        if options.baseline:
+            trees.append(("baseline", (), extract(options.baseline)))
+            figures["baseline_commit"] = options.baseline
+        for name, extra, root in trees:
+            proxy = start(work, *extra, root=root)
             user = "carol" if name == "no_limits" else "alice"
             try:
                 figures[name] = median([bulk(proxy, port, user, size) for _ in range(options.repeat)])
@@ -263,7 +270,10 @@ def write(out: Path, figures: dict) -> None:
         ("no_limits", "no limit configured"),
         ("unlimited_user_beside_limits", "an unlimited user, limits configured for another"),
         ("limited_far_above", f"a user limited to {100 * rate / 1e6:g} MB/s (the limited mover at speed)"),
+        ("baseline", f"at {figures.get('baseline_commit')}, before the limits"),
     ):
+        if key not in figures:
+            continue
         row = figures[key]
         lines.append(f"| {label} | {row['mb_per_s']:.0f} | {cpu(row)} |")
     (out / "bandwidth-limits.md").write_text("\n".join(lines) + "\n")
