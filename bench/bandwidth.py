@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import shutil
 import socket
 import statistics
 import subprocess
@@ -91,9 +92,11 @@ def read_for(sock: socket.socket, started: float, seconds: float, first: list[in
     """Bytes read in *seconds* from *started* (*first*: appended the bytes of the first second)."""
     total, first_second = 0, None
     while (left := started + seconds - time.monotonic()) > 0:
-        if first_second is None and time.monotonic() - started >= 1.0:
+        to_mark = started + 1.0 - time.monotonic()
+        if first_second is None and to_mark <= 0:
             first_second = total
-        sock.settimeout(min(left, 0.05) if first_second is None else left)
+        # Until the one-second mark, no wait runs past it: bytes after it are not the first second's.
+        sock.settimeout(min(left, to_mark) if first_second is None else left)
         try:
             data = sock.recv(1 << 20)
         except TimeoutError:
@@ -195,6 +198,7 @@ def main() -> None:
     port = free_port()
     origin = subprocess.Popen([sys.executable, "-c", ORIGIN, str(port)])
     time.sleep(0.5)
+    cleanup: list[Path] = []
     figures: dict = {"rate": rate, "burst": rate, "seconds": seconds, "repeat": options.repeat}
     try:
         for name, extra in (("empty", ()), ("full", ("--bucket-initial", "1"))):
@@ -212,13 +216,17 @@ def main() -> None:
                     figures["unlimited_user_beside_limits"] = median(runs)
             finally:
                 proxy.stop()
-        trees = [("no_limits", (), REPO), ("limited_far_above", ("--config", str(work / "fast.toml")), REPO)]
+        trees: list[tuple[str, tuple[str, ...], Path]] = [
+            ("no_limits", (), REPO),
+            ("limited_far_above", ("--config", str(work / "fast.toml")), REPO),
+        ]
         if options.baseline:
             trees.append(("baseline", (), extract(options.baseline)))
+            cleanup.append(trees[-1][2])
             figures["baseline_commit"] = options.baseline
-        for name, extra, root in trees:
-            proxy = start(work, *extra, root=root)
-            user = "carol" if name == "no_limits" else "alice"
+        for name, options_, root in trees:
+            proxy = start(work, *options_, root=root)
+            user = "alice" if name == "limited_far_above" else "carol"
             try:
                 figures[name] = median([bulk(proxy, port, user, size) for _ in range(options.repeat)])
                 print(f"{name}: {figures[name]}", flush=True)
@@ -227,6 +235,8 @@ def main() -> None:
     finally:
         origin.kill()
         origin.wait()
+        for directory in [work, *cleanup]:
+            shutil.rmtree(directory, ignore_errors=True)
     write(options.out, figures)
 
 
