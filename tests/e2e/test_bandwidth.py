@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ..conftest import open_tunnel, wait_until
+from ..conftest import open_tunnel, read_head, wait_until
 from .test_errors import proxy_status_error
 from .test_metrics import metrics_url, scrape
 
@@ -30,12 +30,9 @@ CHUNK = b"x" * 65536
 def bulk_handler(conn: socket.socket) -> None:
     """An HTTP/1.1 origin: ``GET /N`` answers N bytes, then the connection closes."""
     conn.settimeout(30)
-    head = b""
-    while b"\r\n\r\n" not in head:
-        data = conn.recv(4096)
-        if not data:
-            return
-        head += data
+    head, _ = read_head(conn)
+    if not head:
+        return
     size = int(head.split(b" ", 2)[1].strip(b"/") or b"0")
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
     while size > 0:
