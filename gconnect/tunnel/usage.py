@@ -234,7 +234,7 @@ class Usage:
             return
         if up or down:
             self.count(user, up, down)
-            if self.quotas:
+            if self.quota_of(user):
                 self.flush()  # at close, so the next tunnel is judged on this one's bytes
         if self.accounting and record.status == 200:
             self.account(user)[2] += 1
@@ -246,7 +246,7 @@ class Usage:
             return
         if record.bytes_up or record.bytes_down:
             self.count(user, record.bytes_up, record.bytes_down)
-            if self.quotas:
+            if self.quota_of(user):
                 self.flush()
         if self.accounting:
             self.account(user)[3] += 1

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from gconnect.auth.identity import Identity
 from gconnect.config import Config, UserRules
 from gconnect.errors import QuotaExceededError
+from gconnect.ops.accesslog import TextAccessLog
+from gconnect.ops.accounting import AccountingRecords
 from gconnect.ops.paramtypes import parse_bytes
 from gconnect.state.tally import LocalTally
 from gconnect.tunnel.bucket import TokenBucket
@@ -226,3 +228,34 @@ def test_a_spent_quota_refuses_with_retry_after_and_counts_survive_in_the_totals
         assert usage.accounts["alice"] == [100 + 1, 899, 1, 1]
     finally:
         usage.close()
+
+
+class Proxy:
+    """What the accounting records read of a proxy: its services' usage."""
+
+    def __init__(self, usage: Usage) -> None:
+        self.services = type("Services", (), {"usage": usage})()
+
+
+def test_accounting_records_say_what_each_user_moved_in_the_interval(tmp_path):
+    usage = Usage(Config(quota_bytes=10**6, accounting_interval=60), LocalTally(), LocalTally(), get_hub().loop)
+    log = TextAccessLog(str(tmp_path / "access.log"))
+    records = AccountingRecords(Proxy(usage), log, 60)
+    try:
+        usage.closed(Record("alice", 10, 2000))
+        usage.forwarded(Record("carol", 5, 50))
+        records.write()
+        usage.closed(Record("alice", 1, 100))
+        records.write()
+        records.write()  # nothing new: no record
+        log.flush()
+        lines = [line.split(" ", 1)[1] for line in (tmp_path / "access.log").read_text().splitlines()]
+    finally:
+        usage.close()
+        log.close()
+    assert [line.rsplit(" seconds=", 1)[0] for line in lines] == [
+        "event=account user=alice up=10 down=2000 tunnels=1 requests=0",
+        "event=account user=carol up=5 down=50 tunnels=0 requests=1",
+        "event=account user=alice up=1 down=100 tunnels=1 requests=0",
+    ]
+    assert lines[0].endswith("quota_used=2010 quota=1000000") and lines[2].endswith("quota_used=2111 quota=1000000")
