@@ -4,9 +4,9 @@
 its client side see of the process: the configuration, the policy, the
 limits, the authenticator and the external ACL helper, the resolver, the router of parent pools, the
 movers, the relay's deadlines, the hang-up watch, the observer that counts and
-logs, the loop check's memory, the open tunnels, the TLS context and the table
-of protocols a TLS client may pick by ALPN. A tunnel never sees the proxy that
-built it.
+logs, the bandwidth limits and quotas (``usage``), the loop check's memory, the
+open tunnels, the TLS context and the table of protocols a TLS client may pick
+by ALPN. A tunnel never sees the proxy that built it.
 
 The composition root (:mod:`gconnect.proxy`) builds one with
 :meth:`TunnelServices.from_config` and, on SIGHUP, swaps it whole for a copy
@@ -15,7 +15,8 @@ started with, so it sees the old policy or the new one, never half of each.
 A unit test or a benchmark builds one the same way, in one call.
 
 Ownership: the services own the shared resources (the pipe pool, the hang-up
-watch); :meth:`TunnelServices.close` releases them once no tunnel is left.
+watch, the usage's timer); :meth:`TunnelServices.close` releases them once no
+tunnel is left.
 """
 
 from __future__ import annotations
