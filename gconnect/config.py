@@ -86,6 +86,10 @@ class Route:
             raise ValueError(f"a route via {self.via!r} needs at least one pattern in 'for'")
 
 
+#: The limits a ``[users.NAME]`` or ``[groups.NAME]`` table may set for its users, replacing the global value.
+USER_LIMITS = ("rate_per_user", "burst_per_user", "quota_bytes")
+
+
 @dataclasses.dataclass(frozen=True)
 class UserRules:
     """One ``[users.NAME]`` table of the config file. An ``allow_*`` given
@@ -99,6 +103,10 @@ class UserRules:
     allow_dest: tuple[IPNetwork, ...] | None = None
     deny_dest: tuple[IPNetwork, ...] = ()
     tls_name_check: str | None = None
+    #: Bandwidth limit (bytes/s each way) and its burst, and the byte quota; None: the global value.
+    rate_per_user: int | None = None
+    burst_per_user: int | None = None
+    quota_bytes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +231,24 @@ class Config:
     #: Idle connections to origins: seconds kept for reuse (0: none kept), and the most per destination.
     forward_idle_timeout: float = d.DEFAULT_FORWARD_IDLE_TIMEOUT
     forward_max_idle: int = d.DEFAULT_FORWARD_MAX_IDLE
+    #: Bandwidth limits in bytes per second, each direction (0: none): one bucket per
+    #: user, per client address (an IPv6 /64) and for the service; bursts in bytes
+    #: (0: one second of the rate); what a new bucket holds, as a fraction of its burst.
+    rate_per_user: int = 0
+    rate_per_client: int = 0
+    rate_total: int = 0
+    burst_per_user: int = 0
+    burst_per_client: int = 0
+    burst_total: int = 0
+    bucket_initial: float = d.DEFAULT_BUCKET_INITIAL
+    #: Bytes a user may move (both ways) per UTC day or month (0: no quota); close open tunnels when spent.
+    quota_bytes: int = 0
+    quota_period: str = d.DEFAULT_QUOTA_PERIOD
+    quota_close: bool = False
+    #: Seconds between accounting records per user in the access log (0: none).
+    accounting_interval: float = 0.0
+    #: Per-user metrics (bytes, tunnels) with a ``user`` label.
+    metrics_user_label: bool = False
 
     def __post_init__(self) -> None:
         for name in ("header_timeout", "dns_timeout", "connect_timeout", "ready_timeout"):
@@ -280,6 +306,8 @@ class Config:
         # RFC 9113 §6.5.2: SETTINGS_INITIAL_WINDOW_SIZE is at least 65,535 and below 2**31.
         if not 65_535 <= self.h2_window_bytes < 2**31:
             raise ValueError("h2_window_bytes must be in 65535 .. 2147483647")
+        if self.quota_period not in d.QUOTA_PERIODS or not 0 <= self.bucket_initial <= 1:
+            raise ValueError("quota_period must be day or month, bucket_initial in 0 .. 1")
 
     def auth_providers(self) -> tuple[str, ...]:
         """The providers in the order they are tried: --auth-chain, or every configured one."""
@@ -331,6 +359,7 @@ class Config:
             allow_dest=self.allow_dest if rules.allow_dest is None else rules.allow_dest,
             deny_dest=self.deny_dest + tuple(n for n in rules.deny_dest if n not in self.deny_dest),
             tls_name_check=self.tls_name_check if rules.tls_name_check is None else rules.tls_name_check,
+            **{key: getattr(rules, key) for key in USER_LIMITS if getattr(rules, key) is not None},
             users=(),
             groups=(),
         )

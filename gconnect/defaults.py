@@ -171,3 +171,15 @@ DEFAULT_H2_MAX_STREAMS = 100
 #: 1 MiB is a loopback-to-LAN bandwidth-delay product at 1-10 Gbit/s and more than
 #: one --chunk-bytes; nghttpx defaults to 64 KiB, Chromium opens 6 MiB, Envoy 256 MiB.
 DEFAULT_H2_WINDOW_BYTES = 1024 * 1024
+
+#: Bandwidth limits: a bucket's burst when none is given is one second of its
+#: rate (Squid's delay pools are usually written restore/max with max = restore;
+#: golang.org/x/time/rate, gost's limiter, is mostly used with burst = rate).
+DEFAULT_BURST_SECONDS = 1.0
+#: What a new bucket holds, as a fraction of its burst: empty, so the first
+#: second moves at most the rate (a bucket that starts full let a whole burst
+#: through at once: go-gost/gost#555); whatever it is, at most rate + burst.
+DEFAULT_BUCKET_INITIAL = 0.0
+#: Quota periods (UTC) and the default: a month, as providers bill.
+QUOTA_PERIODS = ("day", "month")
+DEFAULT_QUOTA_PERIOD = "month"

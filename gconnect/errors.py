@@ -292,6 +292,21 @@ class AuthRateLimitedError(ClientError):
         self.headers = (("Retry-After", str(retry_after)),)
 
 
+class QuotaExceededError(ClientError):
+    """The user's byte quota for this period is spent: refused until the next
+    period starts (*retry_after* seconds from now); Proxy-Status' details name
+    the quota."""
+
+    status = 429
+    phrase = "Too Many Requests"
+    code = "quota_exceeded"
+    proxy_status = "http_request_denied"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = (("Retry-After", str(retry_after)),)
+
+
 class TLSHandshakeError(ClientError):
     """The client's TLS handshake failed: there is no channel to answer on."""
 

@@ -153,6 +153,16 @@ class Proxy:
         "forwarded_for",
         "log_path",
         "proxy_pac",
+        "rate_per_user",
+        "rate_per_client",
+        "rate_total",
+        "burst_per_user",
+        "burst_per_client",
+        "burst_total",
+        "bucket_initial",
+        "quota_bytes",
+        "quota_period",
+        "quota_close",
     )
 
     def reload(self, new: Config) -> list[str]:
@@ -168,7 +178,7 @@ class Proxy:
         ]
         config = dataclasses.replace(current, **{name: getattr(new, name) for name in self.RELOADABLE})
         # One assignment; each handshake holds the services it started with.
-        self.services = dataclasses.replace(self.services, config=config, policy=Policy(config, self.bound))
+        self.services = self.services.with_config(config, Policy(config, self.bound))
         self.generation += 1
         return fixed
 

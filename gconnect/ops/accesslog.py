@@ -9,7 +9,10 @@ they live, and ``"event": "close"`` at the end, both with the tunnel's ``id``
 so the two can be joined; ``"event": "dropped"`` says how many lines (``lines``)
 could not be written, and why (``error``, e.g. ``ENOSPC``). Times (``dns``,
 ``connect``, ``first_byte``, ``duration``) are seconds from accept; ``time`` is
-the wall clock in UTC.
+the wall clock in UTC. With ``--accounting-interval``, each user who moved
+bytes in an interval gets an ``event=account`` record (``"event": "account"``)
+with that interval's ``up``, ``down``, ``tunnels`` and ``requests``
+(:mod:`gconnect.ops.accounting`).
 
 Both read a finished :class:`~gconnect.tunnel.tunnel.Tunnel`'s public
 attributes once, in :meth:`AccessLog.closed`, called from the tunnel's one
@@ -84,6 +87,12 @@ class AccessLog:
         """A forwarded http:// request is done, whatever the outcome."""
         raise NotImplementedError
 
+    def account(self, user: str, figures: dict[str, Any]) -> None:
+        """The periodic accounting record of *user*: ``up``, ``down``, ``tunnels``,
+        ``requests`` and ``seconds`` of the interval, and ``quota_used`` and
+        ``quota`` (the period's bytes so far) when the user has a quota."""
+        raise NotImplementedError
+
     def reopen(self) -> None:
         self.file.reopen()
 
@@ -113,6 +122,10 @@ class TextAccessLog(AccessLog):
             + (f" auth={tunnel.identity.provider}" if tunnel.identity is not None else "")
             + (f" sni={tunnel.sni or '-'} sni_check={tunnel.sni_check}" if tunnel.sni_check else "")
         )
+
+    def account(self, user: str, figures: dict[str, Any]) -> None:
+        values = " ".join(f"{key}={value}" for key, value in figures.items())
+        self.file.write(f"event=account user={log_safe(user)} {values}")
 
     def forwarded(self, request: ForwardedRecord) -> None:
         # The method, and the path only when --log-path asks.
@@ -171,6 +184,9 @@ class JsonAccessLog(AccessLog):
         fields["first_byte"] = _since(tunnel.started, tunnel.first_byte_at)
         fields["duration"] = round(time.monotonic() - tunnel.started, 6)
         self._write("close", fields)
+
+    def account(self, user: str, figures: dict[str, Any]) -> None:
+        self._write("account", {"user": user, **figures})
 
     def forwarded(self, request: ForwardedRecord) -> None:
         extra = {"method": request.method, "scheme": request.scheme}

@@ -37,9 +37,19 @@ else:  # pragma: no cover - Python 3.10
 
 
 #: The keys a ``[users.NAME]`` or ``[groups.NAME]`` table may hold (option names, underscore form).
-USER_KEYS = ("allow_host", "deny_host", "allow_port", "allow_dest", "deny_dest", "tls_name_check")
+USER_KEYS = (
+    "allow_host",
+    "deny_host",
+    "allow_port",
+    "allow_dest",
+    "deny_dest",
+    "tls_name_check",
+    "rate_per_user",
+    "burst_per_user",
+    "quota_bytes",
+)
 #: Of those, the keys that take one value, not a list.
-USER_SINGLE_KEYS = ("tls_name_check",)
+USER_SINGLE_KEYS = ("tls_name_check", "rate_per_user", "burst_per_user", "quota_bytes")
 #: The per-identity rules tables: by user name, and by the group a provider names.
 TABLE_KINDS = ("users", "groups")
 
@@ -237,7 +247,7 @@ def render(config: Config) -> str:
             lines += ["", f"[{kind}.{_toml_key(rules.name)}]"]
             for key in USER_KEYS:
                 value = getattr(rules, key)
-                if value is not None and (value or key.startswith("allow")):
+                if value is not None and (value or key.startswith("allow") or key in USER_SINGLE_KEYS):
                     lines.append(f"{key.replace('_', '-')} = {_toml_value(key, value)}")
     for pool in config.upstreams:
         lines += ["", *_render_pool(pool)]

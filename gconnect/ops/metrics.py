@@ -146,7 +146,16 @@ def snapshot(proxy: Any, observer: Any) -> dict[str, Any]:
         "tls_name_checks": [[outcome, action, count] for (outcome, action), count in sorted(stats.name_checks.items())],
         "auth_helper_failures": auth_helper_failures(services),
         **upstream_figures(services.router),
+        "users": user_figures(services),
     }
+
+
+def user_figures(services: Any) -> list[list[Any]]:
+    """``[user, up, down, tunnels, requests]`` per user, only with --metrics-user-label."""
+    usage = services.usage
+    if usage is None or not services.config.metrics_user_label:
+        return []
+    return [[user, *account] for user, account in sorted(usage.accounts.items())]
 
 
 def auth_helper_failures(services: Any) -> list[list[Any]]:
@@ -215,6 +224,25 @@ def families(snap: dict[str, Any]) -> Iterator[Any]:
     yield auth_helper_family(snap)
     yield from upstream_families(snap)
     yield from request_families(snap)
+    if snap.get("users"):
+        yield from user_families(snap)
+
+
+def user_families(snap: dict[str, Any]) -> Iterator[Any]:
+    """Per-user bytes, tunnels and forwarded requests (--metrics-user-label: one series per user)."""
+    from prometheus_client.core import CounterMetricFamily
+
+    moved = CounterMetricFamily(
+        "gconnect_user_bytes", "Bytes moved per user (up: client to target)", labels=("user", "direction")
+    )
+    tunnels = CounterMetricFamily("gconnect_user_tunnels", "Tunnels opened per user", labels=("user",))
+    requests = CounterMetricFamily("gconnect_user_requests", "Forwarded http:// requests per user", labels=("user",))
+    for user, up, down, opened, forwarded in snap["users"]:
+        moved.add_metric((user, "up"), up)
+        moved.add_metric((user, "down"), down)
+        tunnels.add_metric((user,), opened)
+        requests.add_metric((user,), forwarded)
+    yield from (moved, tunnels, requests)
 
 
 def policy_families(snap: dict[str, Any]) -> Iterator[Any]:

@@ -19,6 +19,7 @@ from .. import defaults as d
 from . import configfile
 from .configfile import ConfigFileError
 from .paramtypes import (
+    ByteCount,
     HostPattern,
     HostPort,
     Network,
@@ -78,6 +79,10 @@ def _text(name: str, default: str, help_text: str, metavar: str | None = None, s
 
 def _many(name: str, param_type: click.ParamType, metavar: str, help_text: str, default: tuple = ()) -> Opt:
     return Opt(name, param_type, default, help_text, multiple=True, metavar=metavar)
+
+
+def _bytes(name: str, help_text: str) -> Opt:
+    return Opt(name, ByteCount(), 0, help_text, metavar="BYTES")
 
 
 def _choice(name: str, choices: list[str], default: str, help_text: str) -> Opt:
@@ -225,6 +230,22 @@ OPTIONS: tuple[Opt, ...] = (
              "Keep idle connections to origins this long for reuse by the same user (0: none kept)."),
     _count("forward_max_idle", 0, d.DEFAULT_FORWARD_MAX_IDLE,
            "Most idle connections kept per destination, user, source address and parent."),
+    _bytes("rate_per_user", "Bandwidth per user, bytes/s each way (2M, 500k, 10MiB), shared by all of a user's "
+           "tunnels; [users.NAME] may set its own (0: no limit)."),
+    _bytes("rate_per_client", "Bandwidth per client address (IPv6: per /64), bytes/s each way (0: no limit)."),
+    _bytes("rate_total", "Bandwidth of the whole service, bytes/s each way (0: no limit)."),
+    _bytes("burst_per_user", "Bytes a user's bucket may save up beyond its rate (0: one second of the rate)."),
+    _bytes("burst_per_client", "Bytes a client address's bucket may save up (0: one second of the rate)."),
+    _bytes("burst_total", "Bytes the service's bucket may save up (0: one second of the rate)."),
+    Opt("bucket_initial", click.FloatRange(0, 1), d.DEFAULT_BUCKET_INITIAL,
+        "What a new bucket holds, as a fraction of its burst (the first second moves at most rate + this)."),
+    _bytes("quota_bytes", "Bytes a user may move per --quota-period, both ways; past it 429 (0: no quota; "
+           "[users.NAME] may set its own)."),
+    _choice("quota_period", list(d.QUOTA_PERIODS), d.DEFAULT_QUOTA_PERIOD, "The quota's period, in UTC."),
+    _flag("quota_close", "Close a user's open tunnels when their quota is spent (else only new ones are refused)."),
+    _seconds("accounting_interval", 0.0,
+             "Write an accounting record per active user to the access log this often (0: none)."),
+    _flag("metrics_user_label", "Export per-user bytes and tunnels with a 'user' label (one series per user)."),
 )
 # fmt: on
 BY_NAME = {opt.name: opt for opt in OPTIONS}

@@ -10,6 +10,7 @@ already converted (click's defaults) pass through unchanged.
 from __future__ import annotations
 
 import ipaddress
+import re
 import urllib.parse
 from typing import Any
 
@@ -138,6 +139,23 @@ def parse_route(text: str) -> cfg.Route:
         raise click.BadParameter(str(exc)) from None
 
 
+#: Size suffixes: SI (k, M, G, T: powers of 1000, as "MB/s" on a link) and IEC (Ki, Mi, Gi, Ti).
+_BYTE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_BYTE_PATTERN = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([kmgt]?)(i?)(?:b|bytes?)?\s*", re.IGNORECASE)
+
+
+def parse_bytes(text: str) -> int:
+    """``1500000``, ``2M``, ``2MB``, ``10MiB``, ``1.5G`` -> a whole number of bytes."""
+    match = _BYTE_PATTERN.fullmatch(text)
+    if match is None:
+        raise click.BadParameter(f"{text!r}: expected a byte count such as 500k, 2M, 10MiB or 1500000")
+    number, prefix, binary = match.groups()
+    if binary and not prefix:
+        raise click.BadParameter(f"{text!r}: 'i' needs a prefix (KiB, MiB, GiB)")
+    unit = 1024 ** "kmgt".index(prefix.lower()) * 1024 if binary else _BYTE_UNITS[prefix.lower()]
+    return int(float(number) * unit)
+
+
 class ValueType(click.ParamType):
     """A type whose text is parsed by one function; ``""`` is None when *optional*."""
 
@@ -190,6 +208,15 @@ class PortRange(ValueType):
     def to_text(self, value: Any) -> str:
         low, high = value
         return str(low) if low == high else f"{low}-{high}"
+
+
+class ByteCount(ValueType):
+    """A byte count with an optional SI or IEC suffix (:func:`parse_bytes`) -> int."""
+
+    name = "BYTES"
+
+    def parse(self, text: str) -> int:
+        return parse_bytes(text)
 
 
 class Network(ValueType):

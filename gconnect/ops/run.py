@@ -23,6 +23,7 @@ from gevent.server import StreamServer
 from ..config import Config
 from . import signals
 from .accesslog import open_access_log
+from .accounting import start_accounting
 from .configfile import user_table_warnings
 from .metrics import MetricsServer, ProxyCollector, Stats
 from .notify import Notifier, report_upgrade
@@ -177,10 +178,13 @@ def serve_alone(
     ProcessSignals(proxy, observer, config_path, command_line, notifier=notifier).install()
     bound = proxy.start(listeners)
     metrics = start_metrics(config, proxy, observer)
+    accounting = start_accounting(config, proxy, observer.access_log)
     announce(bound)
     notifier.ready(f"serving on {', '.join(map(fmt, bound))}")
     log.info("relay=%s max_clients=%d", proxy.services.relay_mode, config.max_clients)
     proxy.stopped.wait()
+    if accounting is not None:
+        accounting.stop()
     finish(metrics, observer)
     log.info("stopped")
 
@@ -200,10 +204,11 @@ def serve_worker(config: Config, link: WorkerLink, *, config_path: str | None, c
         snapshots = SnapshotWriter(proxy, observer, link.metrics_dir, link.index)
         snapshots.start()
     link.ready()
-    metrics = None
+    metrics = accounting = None
     if _wait_for_go(link, handlers.stop_requested):
         bound = proxy.start(listeners)
         metrics = start_metrics(config, proxy, observer)
+        accounting = start_accounting(config, proxy, observer.access_log)
         link.accepting()
         link.watch_supervisor(lambda: gevent.spawn(proxy.stop))
         log.info("worker %d (generation %d) accepting on %s", link.index, link.generation, ", ".join(map(fmt, bound)))
@@ -213,6 +218,8 @@ def serve_worker(config: Config, link: WorkerLink, *, config_path: str | None, c
     proxy.stopped.wait()
     if snapshots is not None:
         snapshots.stop()
+    if accounting is not None:
+        accounting.stop()
     finish(metrics, observer)
     log.info("stopped")
 

@@ -117,6 +117,7 @@ def empty_snapshot() -> dict[str, Any]:
         "request_outcomes": [],
         "request_counts": [0] * (len(REQUEST_BUCKETS) + 1),
         "request_sum": 0.0,
+        "users": [],
     }
 
 
@@ -156,6 +157,10 @@ def add_counters(into: dict[str, Any], snap: dict[str, Any]) -> None:
     counts = snap.get("request_counts") or [0] * len(into["request_counts"])
     into["request_counts"] = [a + b for a, b in zip(into["request_counts"], counts, strict=True)]
     into["request_sum"] += snap.get("request_sum", 0.0)
+    users = {user: figures for user, *figures in into["users"]}
+    for user, *figures in snap.get("users", []):
+        users[user] = [a + b for a, b in zip(users.get(user, [0] * len(figures)), figures, strict=True)]
+    into["users"] = [[user, *figures] for user, figures in sorted(users.items())]
 
 
 def add_gauges(into: dict[str, Any], snap: dict[str, Any]) -> None:

@@ -78,6 +78,8 @@ class Direction:
     in_pipe = 0
     #: The TLS session of a TLS mover's side.
     tls: Any = None
+    #: A bandwidth limit's state (shaping.Throttle); None: unlimited.
+    throttle: Any = None
 
     def __init__(self, name: str, peer: str, src: Any) -> None:
         self.name = name
@@ -102,10 +104,15 @@ class Mover:
     """The interface the relay drives. Movers hold no per-tunnel state: that
     lives in the :class:`Half`, so one mover serves every tunnel of a process."""
 
-    def pump(self, half: Half) -> int:
-        """``src`` is readable: read once and deliver what can be delivered.
-        Sets ``half.eof`` at EOF and ``half.blocked`` when bytes wait for dst;
-        returns the bytes read (0: nothing there, or EOF)."""
+    #: The most one read takes (a bandwidth limit's allowance is capped at it).
+    size = 64 * 1024
+
+    def pump(self, half: Half, size: int = 0) -> int:
+        """``src`` is readable: read once (at most *size* bytes; 0: the mover's
+        own read size, which a bandwidth limit's *size* never exceeds) and
+        deliver what can be delivered. Sets ``half.eof`` at EOF and
+        ``half.blocked`` when bytes wait for dst; returns the bytes read (0:
+        nothing there, or EOF)."""
         raise NotImplementedError
 
     def flush(self, half: Half) -> int:
@@ -163,9 +170,9 @@ class CopyMover(Mover):
         self.size = chunk_bytes
         self.bulk = bulk
 
-    def pump(self, half: Half) -> int:
+    def pump(self, half: Half, size: int = 0) -> int:
         try:
-            n = half.src.recv_into(self.scratch)
+            n = half.src.recv_into(self.scratch, size)
         except BlockingIOError:
             return 0
         except OSError as exc:
@@ -235,14 +242,14 @@ class SpliceMover(Mover):
 
     def __init__(self, pipes: PipePool, chunk_bytes: int) -> None:
         self.pipes = pipes
-        self.chunk = chunk_bytes
+        self.chunk = self.size = chunk_bytes
 
-    def pump(self, half: Half) -> int:
+    def pump(self, half: Half, size: int = 0) -> int:
         pipe = half.pipe
         if pipe is None:
             pipe = half.pipe = self.pipes.get()
         try:
-            n = os.splice(half.src.fileno(), pipe[1], self.chunk, flags=SPLICE_FLAGS)
+            n = os.splice(half.src.fileno(), pipe[1], size or self.chunk, flags=SPLICE_FLAGS)
         except BlockingIOError:
             n = 0
         except OSError as exc:

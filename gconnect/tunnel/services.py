@@ -4,9 +4,9 @@
 its client side see of the process: the configuration, the policy, the
 limits, the authenticator and the external ACL helper, the resolver, the router of parent pools, the
 movers, the relay's deadlines, the hang-up watch, the observer that counts and
-logs, the loop check's memory, the open tunnels, the TLS context and the table
-of protocols a TLS client may pick by ALPN. A tunnel never sees the proxy that
-built it.
+logs, the bandwidth limits and quotas (``usage``), the loop check's memory, the
+open tunnels, the TLS context and the table of protocols a TLS client may pick
+by ALPN. A tunnel never sees the proxy that built it.
 
 The composition root (:mod:`gconnect.proxy`) builds one with
 :meth:`TunnelServices.from_config` and, on SIGHUP, swaps it whole for a copy
@@ -15,7 +15,8 @@ started with, so it sees the old policy or the new one, never half of each.
 A unit test or a benchmark builds one the same way, in one call.
 
 Ownership: the services own the shared resources (the pipe pool, the hang-up
-watch); :meth:`TunnelServices.close` releases them once no tunnel is left.
+watch, the usage's timer); :meth:`TunnelServices.close` releases them once no
+tunnel is left.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .pool import Router
 from .relay import HangupWatch
 from .resolver import Resolver
 from .tls import DecryptMover, EncryptMover, server_context
+from .usage import Usage, UsageObserver, needed
 
 if TYPE_CHECKING:
     from ..auth.helperprovider import ExternalAcl
@@ -176,6 +178,8 @@ class TunnelServices:
     #: open now (gauges) and what only grows, kept across restarts (totals). Kept across reloads.
     gauges: Tally
     totals: Tally
+    #: Bandwidth limits, quotas and per-user accounts (kept across reloads); None when none is asked for.
+    usage: Usage | None = None
 
     @classmethod
     def from_config(
@@ -194,6 +198,13 @@ class TunnelServices:
         if source is not None:
             source.check()
         mode, mover, pipes = relay_movers(config)
+        observer = observer if observer is not None else NullObserver()
+        gauges = gauges if gauges is not None else LocalTally()
+        totals = totals if totals is not None else LocalTally()
+        usage = None
+        if needed(config):
+            usage = Usage(config, gauges, totals, get_hub().loop)
+            observer = UsageObserver(observer, usage)
         return cls(
             config=config,
             policy=Policy(config),
@@ -209,21 +220,35 @@ class TunnelServices:
             tls_movers=(DecryptMover(config.chunk_bytes), EncryptMover(config.chunk_bytes)),
             relay_limits=RelayLimits(config.idle_timeout, config.half_close_timeout, config.max_tunnel_lifetime),
             hangups=hangups,
-            observer=observer if observer is not None else NullObserver(),
+            observer=observer,
             own_connections=OwnConnections(),
             tunnels=OpenTunnels(),
             tls_context=server_context(config, (*(protocols or {}), "http/1.1")) if config.tls_cert else None,
             protocols=dict(protocols or {}),
             loop=get_hub().loop,
             idle_upstreams=IdleConnections(config.forward_idle_timeout, config.forward_max_idle),
-            gauges=gauges if gauges is not None else LocalTally(),
-            totals=totals if totals is not None else LocalTally(),
+            gauges=gauges,
+            totals=totals,
+            usage=usage,
         )
+
+    def with_config(self, config: Config, policy: Policy) -> TunnelServices:
+        """A copy with *config*'s policy (SIGHUP), and its limits: the usage
+        follows the new configuration (made now if it asks for one the first time)."""
+        usage, observer = self.usage, self.observer
+        if usage is not None:
+            usage.configure(config)
+        elif needed(config):
+            usage = Usage(config, self.gauges, self.totals, self.loop)
+            observer = UsageObserver(observer, usage)
+        return dataclasses.replace(self, config=config, policy=policy, usage=usage, observer=observer)
 
     def close(self) -> None:
         """Release the shared resources (the hang-up watch, the pipes, idle
         connections to origins); once, at the end."""
         self.idle_upstreams.close()
+        if self.usage is not None:
+            self.usage.close()
         if self.hangups is not None:
             self.hangups.close()
         if self.pipes is not None:

@@ -179,10 +179,10 @@ class TLSSession:
 class DecryptMover(CopyMover):
     """client (TLS) -> upstream: ciphertext in, plaintext out."""
 
-    def pump(self, half: Half) -> int:
+    def pump(self, half: Half, size: int = 0) -> int:
         session: TLSSession = half.tls
         try:
-            n = half.src.recv_into(self.scratch)
+            n = half.src.recv_into(self.scratch, size)
         except BlockingIOError:
             return 0
         except OSError as exc:
@@ -209,9 +209,9 @@ class DecryptMover(CopyMover):
 class EncryptMover(CopyMover):
     """upstream -> client (TLS): plaintext in, records out, close_notify at EOF."""
 
-    def pump(self, half: Half) -> int:
+    def pump(self, half: Half, size: int = 0) -> int:
         try:
-            n = half.src.recv_into(self.scratch)
+            n = half.src.recv_into(self.scratch, size)
         except BlockingIOError:
             return 0
         except OSError as exc:

@@ -191,6 +191,8 @@ class Tunnel(RecordDefaults):
             self.would_deny = policy.check_host(request.host, request.family)
             if self.would_deny:
                 self.services.observer.would_deny(self, self.would_deny)
+        if self.services.usage is not None:
+            self.services.usage.check_quota(identity)
         external_acl = self.services.external_acl
         if external_acl is not None:
             external_acl.check(identity, self.address[0], request.host, request.port)
@@ -279,6 +281,8 @@ class Tunnel(RecordDefaults):
         try:
             # The greenlet stays ours until the side returns: abort() may kill it in the early bytes' send.
             self.relay = self.side.start_relay(outbound, early, self._relay_done)
+            if self.services.usage is not None:
+                self.services.usage.attach(self)
         except OSError:
             self.end_reason = "upstream_reset"
             self.close()

@@ -27,9 +27,11 @@ import gevent
 import pytest
 from gevent.event import Event
 
+from gconnect.state.tally import LocalTally
 from gconnect.tunnel.deadlines import RelayLimits
 from gconnect.tunnel.movers import CopyMover, Half, PipePool, SpliceMover
 from gconnect.tunnel.relay import HangupWatch, Relay
+from gconnect.tunnel.shaping import Limit, Shaper
 from gconnect.tunnel.tls import DecryptMover, EncryptMover, TLSSession
 from gconnect.tunnel.waiting import READ, WRITE
 from tests.h2peer import ServedStream
@@ -40,8 +42,12 @@ pytestmark = pytest.mark.timeout(60)
 #: (on loopback, sends go on without a pause while any buffer has room).
 FULL_AFTER_S = 0.2
 
-KINDS = ["copy", "splice", "auto", "tls", "h2"]
+#: "limited-*": that kind's movers under a bandwidth limit (gconnect.tunnel.shaping), low
+#: enough that a flood pauses many times, high enough that the suite's megabytes take
+#: a fraction of a second.
+KINDS = ["copy", "splice", "auto", "tls", "h2", "limited-auto", "limited-tls"]
 CHUNK = 256 * 1024
+LIMIT = Limit(100_000_000, 1_000_000)
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -163,7 +169,9 @@ class Harness:
     an HTTP/2 stream served by the proxy's own code, and the connection it dials."""
 
     def __init__(self, kind: str, ca, limits: RelayLimits, cert: tuple[str, str], context: ssl.SSLContext) -> None:
-        self.kind = kind
+        limited = kind.startswith("limited-")
+        self.kind = kind = kind.removeprefix("limited-")
+        self.shaper = Shaper(LocalTally(), gevent.get_hub().loop, 0.0) if limited else None
         self.done = Event()
         self.relay_result: Relay | None = None
         if kind == "h2":
@@ -197,6 +205,8 @@ class Harness:
             tls=session,
             hangups=self.hangups,
         )
+        if self.shaper is not None:
+            self.shaper.attach(self, (self.relay.up, self.relay.down), [("bw:test", LIMIT)])
         self.relay.start()
 
     def _tls(self, client_peer: socket.socket, ca) -> tuple[TLSSession, TLSPeer]:
@@ -217,6 +227,8 @@ class Harness:
         return session, peer
 
     def _done(self, relay: Relay) -> None:
+        if self.shaper is not None:
+            self.shaper.detach(self)  # as the tunnel's close does
         self.relay_result = relay
         self.client_end.close()
         self.upstream_end.close()
@@ -318,8 +330,12 @@ def test_both_ways_at_once_byte_exact(kind, harness):
         got["up"] = hashlib.sha256(recv_all(h.upstream)).hexdigest()
         sender.join()
 
+    started = time.monotonic()
     h.run(client, upstream)
     relay = h.wait()
+    if h.shaper is not None:
+        # From an empty bucket no direction moves more than the rate allows.
+        assert time.monotonic() - started >= len(up) / LIMIT.rate
     assert got == {"up": hashlib.sha256(up).hexdigest(), "down": hashlib.sha256(down).hexdigest()}
     assert (relay.bytes_up, relay.bytes_down) == (len(up), len(down))
     assert relay.end_reason in ("client_eof", "upstream_eof")
@@ -497,7 +513,7 @@ def test_an_upstream_reset_under_back_pressure_is_noticed_at_once(kind, harness)
     assert time.monotonic() - started < 1.0
 
 
-@pytest.mark.parametrize("kind", ["splice", "auto"])
+@pytest.mark.parametrize("kind", ["splice", "auto", "limited-auto"])
 def test_pipes_are_borrowed_only_while_bytes_wait(kind, harness):
     h = harness(kind)
     payload = os.urandom(8 << 20)
@@ -584,6 +600,9 @@ def test_the_relay_stops_every_watcher_and_closes_nothing(kind, harness):
     assert relay.end_reason == "shutdown"
     for half in (relay.up, relay.down):
         assert half.reader is None and half.writer is None and half.pipe is None
+        # A limited direction's pause timer is gone with the tunnel, and so are its buckets.
+        assert half.throttle is None or half.throttle.timer is None
+    assert h.shaper is None or not h.shaper.buckets
     if kind == "h2":
         # The client's socket is the HTTP/2 connection, shared by its streams: the
         # stream is let go and the connection stays; the tunnel closed the dialled socket.

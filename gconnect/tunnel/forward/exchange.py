@@ -32,6 +32,7 @@ from ...errors import (
     ResponseIncompleteError,
     ResponseTimeoutError,
 )
+from ..shaping import Pacer
 from ..waiting import wait, wait_any
 from . import outbound
 from .body import BodyError, BodyReader
@@ -138,6 +139,8 @@ class Exchange:
             self.record.would_deny = policy.check_host(request.host, request.family)
             if self.record.would_deny:
                 services.observer.would_deny(self.record, self.record.would_deny)
+        if services.usage is not None:
+            services.usage.check_quota(identity)
         if services.external_acl is not None:
             services.external_acl.check(identity, ctx.address[0], request.host, request.port)
         if services.router is not None:
@@ -317,11 +320,21 @@ class Exchange:
                 upstream.close()
 
     def _pump_response(self, upstream: Upstream, body: BodyReader) -> str:
-        """Origin to client until the body ends: "" when it did, else the reason it did not."""
+        """Origin to client until the body ends: "" when it did, else the reason it did not.
+        Under a bandwidth limit each read is what the user's buckets allow, waited for."""
+        usage = self.ctx.services.usage
+        pacer = usage.pacer(self.user, self.record.identity, self.ctx.who) if usage is not None else None
+        try:
+            return self._pump_response_body(upstream, body, pacer)
+        finally:
+            if pacer is not None:
+                pacer.close()
+
+    def _pump_response_body(self, upstream: Upstream, body: BodyReader, pacer: Pacer | None) -> str:
         client, record = self.client, self.record
         while not body.done:
             try:
-                data = upstream.recv()
+                data = upstream.recv() if pacer is None else upstream.recv(pacer.allowance())
             except BlockingIOError:
                 if not wait(upstream.reader, self._seconds_left()):
                     return "idle_timeout"
@@ -338,6 +351,8 @@ class Exchange:
                 return "upstream_reset" if not data else "bad_response"
             if rest:
                 return "bad_response"  # bytes after the body of a response nobody asked for
+            if pacer is not None:
+                pacer.take(len(data))
             if out:
                 if not client.send(out, self._deadline()):
                     return "client_timeout"

@@ -84,9 +84,9 @@ class Upstream:
         self.member = member
         self.idle_since = 0.0
 
-    def recv(self) -> bytes:
-        """What has arrived (b"" at EOF); BlockingIOError if nothing yet."""
-        return self.sock.recv(UPSTREAM_RECV_BYTES)  # type: ignore[no-any-return]
+    def recv(self, size: int = UPSTREAM_RECV_BYTES) -> bytes:
+        """What has arrived, at most *size* bytes (b"" at EOF); BlockingIOError if nothing yet."""
+        return self.sock.recv(size)  # type: ignore[no-any-return]
 
     def send(self, data: bytes, deadline: float) -> bool:
         """All of *data* by *deadline* (loop time); False if it passed."""
