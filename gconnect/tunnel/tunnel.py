@@ -280,9 +280,11 @@ class Tunnel(RecordDefaults):
         assert outbound is not None
         try:
             # The greenlet stays ours until the side returns: abort() may kill it in the early bytes' send.
-            self.relay = self.side.start_relay(outbound, early, self._relay_done)
-            if self.services.usage is not None:
-                self.services.usage.attach(self)
+            relay = self.side.start_relay(outbound, early, self._relay_done)
+            if not self._closed:  # it may have ended already, inside start_relay
+                self.relay = relay
+                if self.services.usage is not None:
+                    self.services.usage.attach(self)
         except OSError:
             self.end_reason = "upstream_reset"
             self.close()
@@ -339,6 +341,8 @@ class Tunnel(RecordDefaults):
         if self._closed:
             return
         self._closed = True
+        # The relay holds our _relay_done: without this, a cycle for the garbage collector.
+        self.relay = None
         services = self.services
         self.address = self.side.address  # a refusal may come after a PROXY header
         if self.who:
