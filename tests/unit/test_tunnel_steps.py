@@ -202,6 +202,20 @@ def test_a_closed_tunnel_is_freed_without_the_garbage_collector(target):
         gc.enable()
 
 
+def test_an_abort_after_the_handshake_leaves_its_runner_to_the_next_tunnel(target):
+    # The runner that ran a handshake serves the next one: a late abort must not reach it.
+    recorder = Recorder()
+    services = services_for(recorder)  # no port allowed: refused at once
+    first = Tunnel(services, ScriptedSide(request_for(target.getsockname()[1])))
+    first.start(gevent.get_hub(), at_once=False)
+    assert recorder.done.wait(5)
+    runner = services.runners.take(gevent.get_hub())
+    assert first.greenlet is None and not runner.dead
+    first.abort("shutdown")
+    gevent.sleep(0.01)  # the loop's callbacks run
+    assert not runner.dead and recorder.events[-1] == ("closed", (403, first.end_reason))
+
+
 def test_a_port_outside_the_rules_is_refused_before_any_dial(target):
     recorder = Recorder()
     port = target.getsockname()[1]
