@@ -183,6 +183,10 @@ class HeadFields:
     built on it sets those three before it feeds llhttp."""
 
     __slots__ = ("_complete", "_headers", "_url")
+    # httptools looks up every callback when a parser is made; one it does not
+    # find costs a raised and swallowed AttributeError, per client. None here
+    # says "not wanted" without one.
+    on_message_begin = on_body = on_message_complete = on_chunk_header = on_chunk_complete = None
     _url: bytes
     _headers: list[tuple[bytes, bytes]]
     _complete: bool
@@ -266,7 +270,11 @@ class RequestParser(HeadFields):
             raise HeadTooLargeError(f"request head exceeds {self._max} bytes")
         if not self._complete:
             return None
-        return self._finish(trailing)
+        request = self._finish(trailing)
+        # llhttp's parser holds our callbacks and we hold it: a cycle that only
+        # the garbage collector would free, for every client. The head is done.
+        del self._parser
+        return request
 
     def _judge_method(self, data: bytes) -> None:
         # llhttp refuses methods it does not know. A well-formed token is still a

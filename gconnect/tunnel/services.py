@@ -3,10 +3,11 @@
 :class:`TunnelServices` is what a :class:`~gconnect.tunnel.tunnel.Tunnel` and
 its client side see of the process: the configuration, the policy, the
 limits, the authenticator and the external ACL helper, the resolver, the router of parent pools, the
-movers, the relay's deadlines, the hang-up watch, the observer that counts and
-logs, the bandwidth limits and quotas (``usage``), the loop check's memory, the
-open tunnels, the TLS context and the table of protocols a TLS client may pick
-by ALPN. A tunnel never sees the proxy that built it.
+movers, the relay's deadlines, the hang-up watch, the handshakes' greenlets, the
+observer that counts and logs, the bandwidth limits and quotas (``usage``), the
+loop check's memory, the open tunnels, the TLS context and the table of
+protocols a TLS client may pick by ALPN. A tunnel never sees the proxy that
+built it.
 
 The composition root (:mod:`gconnect.proxy`) builds one with
 :meth:`TunnelServices.from_config` and, on SIGHUP, swaps it whole for a copy
@@ -43,6 +44,7 @@ from .policy import Policy
 from .pool import Router
 from .relay import HangupWatch
 from .resolver import Resolver
+from .runners import Runners
 from .tls import DecryptMover, EncryptMover, server_context
 from .usage import Usage, UsageObserver, needed
 
@@ -180,6 +182,8 @@ class TunnelServices:
     totals: Tally
     #: Bandwidth limits, quotas and per-user accounts (kept across reloads); None when none is asked for.
     usage: Usage | None = None
+    #: Greenlets that run handshakes, kept between them (kept across reloads).
+    runners: Runners = dataclasses.field(default_factory=Runners)
 
     @classmethod
     def from_config(

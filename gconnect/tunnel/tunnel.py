@@ -20,9 +20,10 @@ answer is sent, how bytes are relayed) is the :class:`~gconnect.tunnel.client.Cl
 
 Ownership: the tunnel owns its outbound connection from the dial to
 :meth:`close`, and its client side, which it closes there; the relay borrows
-both until its ``on_done``. The handshake runs in the tunnel's own greenlet
-(``greenlet``, set by whoever spawned it); after the answer the greenlet ends
-and callbacks drive the relay. Refusals, ended relays, takeovers by another
+both until its ``on_done``. The handshake runs in a greenlet that is the
+tunnel's until :meth:`Tunnel.run` returns (``greenlet``: a runner of
+:mod:`~gconnect.tunnel.runners`, which serves another tunnel next, or one
+set by whoever spawned it); after the answer callbacks drive the relay. Refusals, ended relays, takeovers by another
 protocol and handshakes killed at shutdown all leave through :meth:`close`,
 which releases what the tunnel held and tells the observer once.
 """
@@ -33,8 +34,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from gevent import kill as kill_greenlet
-from greenlet import greenlet as RawGreenlet
+from greenlet import GreenletExit
 
 from ..config import hostport
 from ..errors import GConnectError
@@ -94,14 +94,15 @@ class Tunnel(RecordDefaults):
         services.tunnels.add(self)
 
     def start(self, hub: Any, *, at_once: bool) -> None:
-        """Run the steps in a greenlet of the tunnel's own: switched to *at_once*
+        """Run the steps in a greenlet (a runner of the services', whose parent
+        is *hub*), the tunnel's until :meth:`run` returns: switched to *at_once*
         (from an accept callback), or scheduled for the loop's next turn (from
         another greenlet, such as an HTTP/2 connection's reader)."""
-        greenlet = self.greenlet = RawGreenlet(self.run, hub)
+        greenlet = self.greenlet = self.services.runners.take(hub)
         if at_once:
-            greenlet.switch()
+            greenlet.switch(self.run)
         else:
-            self.services.loop.run_callback(greenlet.switch)
+            self.services.loop.run_callback(greenlet.switch, self.run)
 
     def run(self) -> None:
         """Serve the client until the relay has the sockets or the tunnel is closed."""
@@ -117,6 +118,9 @@ class Tunnel(RecordDefaults):
                 self.end_reason = self._abort_reason
             self.close()
             raise
+        finally:
+            # The greenlet may serve another tunnel next: nothing of ours may throw into it.
+            self.greenlet = None
         self.close()
 
     def handshake(self) -> ConnectRequest | None:
@@ -280,16 +284,17 @@ class Tunnel(RecordDefaults):
         assert outbound is not None
         try:
             # The greenlet stays ours until the side returns: abort() may kill it in the early bytes' send.
-            self.relay = self.side.start_relay(outbound, early, self._relay_done)
-            if self.services.usage is not None:
-                self.services.usage.attach(self)
+            relay = self.side.start_relay(outbound, early, self._relay_done)
+            if not self._closed:  # it may have ended already, inside start_relay
+                self.relay = relay
+                if self.services.usage is not None:
+                    self.services.usage.attach(self)
         except OSError:
             self.end_reason = "upstream_reset"
             self.close()
         except Exception:
             log.exception("bug starting the relay for %s (target %s)", self.address, self.target)
             self.close()
-        self.greenlet = None
 
     def _relay_done(self, relay: RelayHandle) -> None:
         self.bytes_up = relay.bytes_up
@@ -313,17 +318,23 @@ class Tunnel(RecordDefaults):
             self.relay.abort(reason)
         elif self.greenlet is not None and not self.greenlet.dead:
             self._abort_reason = reason
-            kill_greenlet(self.greenlet)
+            self._throw_later(GreenletExit(), unless_answered=False)
 
     def cancel(self, exc: GConnectError) -> None:
         """The client gave up before its answer (any side may say so): raise
         *exc* in the handshake's greenlet at its next wait, and the tunnel
         refuses with it. Nothing happens once the 200 is sent (then the relay
         hears of it). Scheduled in order after the greenlet's own start."""
+        self._throw_later(exc, unless_answered=True)
+
+    def _throw_later(self, exc: BaseException, *, unless_answered: bool) -> None:
+        """Raise *exc* in the handshake's greenlet from the loop's next callback,
+        if the handshake still runs then (and, *unless_answered*, has no answer
+        yet): the greenlet serves another tunnel once :meth:`run` has returned."""
 
         def throw() -> None:
             greenlet = self.greenlet
-            if not self.status and greenlet is not None and not greenlet.dead:
+            if greenlet is not None and not greenlet.dead and not (unless_answered and self.status):
                 greenlet.throw(exc)
 
         self.services.loop.run_callback(throw)
@@ -339,6 +350,8 @@ class Tunnel(RecordDefaults):
         if self._closed:
             return
         self._closed = True
+        # The relay holds our _relay_done: without this, a cycle for the garbage collector.
+        self.relay = None
         services = self.services
         self.address = self.side.address  # a refusal may come after a PROXY header
         if self.who:

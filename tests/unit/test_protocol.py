@@ -6,6 +6,7 @@ TCP peer may split a head anywhere and the answer must not depend on where.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -142,6 +143,19 @@ def test_trailing_bytes_in_the_same_chunk_are_returned_by_feed():
     request = RequestParser(MAX_HEADER_BYTES).feed(make_head() + b"\x16\x03\x01")
     assert request is not None
     assert request.trailing == b"\x16\x03\x01"
+
+
+def test_a_parsed_head_leaves_nothing_for_the_garbage_collector():
+    # One parser per client: a reference cycle would be freed only by a collection.
+    gc.collect()
+    gc.disable()
+    try:
+        parser = RequestParser(MAX_HEADER_BYTES)
+        assert parser.feed(make_head()) is not None
+        del parser
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_every_split_point_gives_the_same_request():

@@ -8,8 +8,10 @@ the observer records what a tunnel reports. Nothing here is a fake socket.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import socket
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -177,6 +179,41 @@ def test_a_tunnel_goes_through_every_step_and_leaves_through_close(target):
     assert tunnel.bytes_up == 5
     assert side.outbound.sock.fileno() == -1, "the outbound socket is closed"
     assert services.limits.count("127.0.0.9") == 0 and len(services.tunnels) == 0
+
+
+def test_a_closed_tunnel_is_freed_without_the_garbage_collector(target):
+    # A tunnel per client: a reference cycle through it would wait for a collection.
+    recorder = Recorder()
+    port = target.getsockname()[1]
+    services = services_for(recorder, allow_port=((port, port),), allow_dest=LOOPBACK)
+    side = ScriptedSide(request_for(port))
+    tunnel = Tunnel(services, side)
+    run(tunnel)
+    gc.collect()
+    gc.disable()
+    try:
+        relay, side.relay = side.relay, None  # the scripted side's own reference, not the tunnel's
+        assert relay is not None
+        relay.abort("shutdown")
+        freed = weakref.ref(tunnel)
+        del tunnel, relay
+        assert freed() is None
+    finally:
+        gc.enable()
+
+
+def test_an_abort_after_the_handshake_leaves_its_runner_to_the_next_tunnel(target):
+    # The runner that ran a handshake serves the next one: a late abort must not reach it.
+    recorder = Recorder()
+    services = services_for(recorder)  # no port allowed: refused at once
+    first = Tunnel(services, ScriptedSide(request_for(target.getsockname()[1])))
+    first.start(gevent.get_hub(), at_once=False)
+    assert recorder.done.wait(5)
+    runner = services.runners.take(gevent.get_hub())
+    assert first.greenlet is None and not runner.dead
+    first.abort("shutdown")
+    gevent.sleep(0.01)  # the loop's callbacks run
+    assert not runner.dead and recorder.events[-1] == ("closed", (403, first.end_reason))
 
 
 def test_a_port_outside_the_rules_is_refused_before_any_dial(target):
