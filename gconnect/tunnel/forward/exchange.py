@@ -28,7 +28,6 @@ from ...errors import (
     ClientClosedError,
     MalformedRequestError,
     ParentProxyError,
-    PolicyDeniedError,
     ResponseIncompleteError,
     ResponseTimeoutError,
 )
@@ -56,12 +55,6 @@ FOREVER_SECONDS = 86_400.0
 
 class _Retry(Exception):
     """A reused connection was found closed before any of the response: send again on a new one."""
-
-
-def check_forward_port(port: int, ranges: tuple[tuple[int, int], ...]) -> None:
-    """PolicyDeniedError unless *port* is in --forward-port."""
-    if not any(low <= port <= high for low, high in ranges):
-        raise PolicyDeniedError(f"port {port} is not allowed for http:// requests (--forward-port)")
 
 
 class Exchange:
@@ -134,7 +127,7 @@ class Exchange:
         if identity is not None and (policy.users or policy.groups):
             policy = policy.for_identity(identity.user, identity.group)
         self.policy = policy
-        check_forward_port(request.port, ctx.config.forward_port)
+        policy.check_forward_port(request.port)
         if policy.hosts is not None:
             self.record.would_deny = policy.check_host(request.host, request.family)
             if self.record.would_deny:
