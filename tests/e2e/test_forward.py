@@ -415,6 +415,28 @@ def test_a_parent_gets_the_absolute_form(start_proxy, upstream_factory) -> None:
     assert f"via=http://127.0.0.1:{parent.port}" in child.wait_access("method=GET")
 
 
+def test_forwarding_fails_over_between_parents_and_counts_their_health(start_proxy, upstream_factory) -> None:
+    from gconnect.testing.process import free_port
+
+    from .test_metrics import metrics_url, scrape
+
+    alive = start_proxy(*FORWARD_ANY_PORT)
+    dead, alive_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{alive.port}"
+    # A pool's failover and health are the tunnel's own (the same Pool.open): the dead parent is tried
+    # first, counted, and the request goes on through the live one.
+    child = start_proxy(
+        *FORWARD_ANY_PORT, "--metrics-listen", "127.0.0.1:0", "--upstream", dead, "--upstream", alive_url
+    )
+    origin, _ = h11_origin(upstream_factory)
+    url = f"http://127.0.0.1:{origin.port}/"
+    for _ in range(3):
+        assert curl(child, "-o", "/dev/null", "-w", "%{http_code}", url).stdout == b"200"
+    values = scrape(metrics_url(child))
+    assert values[f'gconnect_upstream_tunnels_total{{outcome="connect_error",pool="default",url="{dead}"}}'] >= 1
+    assert values[f'gconnect_upstream_tunnels_total{{outcome="ok",pool="default",url="{alive_url}"}}'] >= 1
+    assert f"via={alive_url}" in child.wait_access("method=GET")
+
+
 def test_path_logged_only_when_asked(fwd: ProxyProcess, upstream_factory) -> None:
     origin, _ = h11_origin(upstream_factory)
     curl(fwd, f"http://127.0.0.1:{origin.port}/secret-token")

@@ -25,6 +25,7 @@ from greenlet import greenlet as RawGreenlet
 from h2.errors import ErrorCodes
 
 from ...errors import GConnectError, MalformedRequestError, MalformedStreamError, TraceRefusedError
+from .. import steps
 from ..forward.body import BodyReader
 from ..forward.context import ForwardContext, RequestRecord
 from ..forward.fields import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, Framing, FramingError, request_framing
@@ -32,7 +33,6 @@ from ..forward.request import ForwardRequest, parse_absolute
 from ..forward.response import ResponseParser
 from ..forward.session import ForwardSession
 from ..head import proxy_status
-from ..limits import client_key
 from ..waiting import wait
 from .head import split_block
 
@@ -165,11 +165,9 @@ class H2ForwardStream:
         session = self.session
         services = session.current()  # the policy in force now, as for a CONNECT stream
         address = session.address
-        who = client_key(address[0])
-        ctx = ForwardContext(services, address, who, tls=True, side=self, peer_cert=session.peer_certificate)
         lifetime = services.config.max_tunnel_lifetime
         ends_at = self.loop.now() + lifetime if lifetime else float("inf")
-        admitted = False
+        who: str | None = None  # once admitted: the client's limits key, released at the end
         try:
             try:
                 # Ended with no DATA: no body (DATA and END_STREAM may both have come already).
@@ -178,13 +176,13 @@ class H2ForwardStream:
                 if self.malformed_error is not None:
                     raise self.malformed_error  # before the greenlet ran: nothing was sent
                 # Each stream is a client for the limits, as a CONNECT stream is.
-                services.limits.admit(who)
-                admitted = True
+                who = steps.admit(services, address)
             except GConnectError as exc:
                 self._refused(exc)
                 return
             self.chunked = request.framing.kind == CHUNKED
             self._head_request = request.method == b"HEAD"
+            ctx = ForwardContext(services, address, who, tls=True, side=self, peer_cert=session.peer_certificate)
             ForwardSession(ctx, self, ends_at).serve_one(request)
             body = self._body
             if body is not None and body.framing.kind == UNTIL_CLOSE and not self._response_ended:
@@ -194,7 +192,7 @@ class H2ForwardStream:
         except BaseException as exc:  # a reset, the connection's end, shutdown
             self.end_reason = getattr(exc, "code", "shutdown")
         finally:
-            if admitted:
+            if who is not None:
                 services.limits.release(who)
             self.wake.close()
             # An answered stream the client still sends on is reset NO_ERROR (RFC 9113 §8.1).
