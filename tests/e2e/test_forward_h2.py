@@ -215,3 +215,17 @@ def test_a_response_cut_short_of_its_content_length_is_a_stream_error(h2_client,
     assert client.responses[stream_id][b"content-length"] == b"10" and bytes(client.data[stream_id]) == b"abcd"
     assert client.resets[stream_id] == PROTOCOL_ERROR and stream_id not in client.ended
     still_serves(client, upstream_factory)
+
+
+def test_two_different_content_lengths_are_a_stream_error(h2_client, upstream_factory) -> None:
+    _, client = h2_client
+    origin, _ = h11_origin(upstream_factory)
+    stream_id = client.conn.get_next_available_stream_id()
+    headers = [(":method", "POST"), (":scheme", "http"), (":authority", f"127.0.0.1:{origin.port}"), (":path", "/")]
+    headers += [("content-length", "5"), ("content-length", "6")]
+    client.conn.send_headers(stream_id, [(k.encode(), v.encode()) for k, v in headers])
+    client.flush()
+    client.wait(lambda: stream_id in client.resets)
+    assert client.resets[stream_id] == PROTOCOL_ERROR and stream_id not in client.responses
+    still_serves(client, upstream_factory)
+    assert origin.accepted == 0

@@ -85,3 +85,18 @@ def test_a_matching_content_length_is_left_alone():
     client.send_data(1, b"def", end_stream=True)
     events = server.receive_data(client.data_to_send())
     assert [type(e).__name__ for e in events] == ["RequestReceived", "DataReceived", "DataReceived", "StreamEnded"]
+
+
+@pytest.mark.parametrize("lengths", [["abc"], ["5", "6"]])
+def test_an_invalid_content_length_resets_that_stream_only(lengths):
+    client, server = pair()
+    headers = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a.test"), (b":path", b"/")]
+    client.send_headers(1, headers + [(b"content-length", v.encode()) for v in lengths])
+    client.send_headers(3, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a.test"), (b":path", b"/")])
+    events = server.receive_data(client.data_to_send())
+    assert [(type(e).__name__, e.stream_id) for e in events] == [("RequestReceived", 3)]
+    answer = client.receive_data(server.data_to_send())
+    assert [(e.stream_id, e.error_code) for e in answer if isinstance(e, h2.events.StreamReset)] == [
+        (1, ErrorCodes.PROTOCOL_ERROR)
+    ]
+    assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in answer)

@@ -13,9 +13,15 @@ DATA frame, resets that stream with PROTOCOL_ERROR instead and reports a
 is never delivered, and the frames before and after it in the same read are
 handled as usual.
 
-``_receive_data_frame`` is ``h2``'s own (private) dispatch method for a DATA
-frame, unchanged from 3.0 to 4.4; ``tests/unit/test_h2_connection.py`` feeds
-a connection bytes from an ``h2`` client and fails if a release moves it.
+A ``content-length`` that is not digits, or two that differ, are
+malformed the same way; ``h2`` raises a plain ``ProtocolError`` for them while
+it takes the HEADERS, and that stream alone is reset too (nothing of it was
+delivered: no event).
+
+``_receive_data_frame`` and ``_receive_headers_frame`` are ``h2``'s own
+(private) dispatch methods, unchanged from 3.0 to 4.4;
+``tests/unit/test_h2_connection.py`` feeds a connection bytes from an ``h2``
+client and fails if a release moves them.
 """
 
 from __future__ import annotations
@@ -45,6 +51,18 @@ class StreamMalformed:
 
 class ServerConnection(h2.connection.H2Connection):
     """An ``h2`` server connection whose content-length mismatches are stream errors."""
+
+    def _receive_headers_frame(self, frame: Any) -> tuple[list, list]:
+        try:
+            return super()._receive_headers_frame(frame)  # type: ignore[no-any-return]
+        except h2.exceptions.ProtocolError as exc:
+            # A content-length that is not digits, or two that differ: h2 raised after
+            # decoding the block (the HPACK state moved on) and opening the stream.
+            stream = self.streams.get(frame.stream_id)
+            if "content-length" not in str(exc) or stream is None or stream.closed:
+                raise
+            self.reset_stream(frame.stream_id, ErrorCodes.PROTOCOL_ERROR)
+            return [], []
 
     def _receive_data_frame(self, frame: Any) -> tuple[list, list]:
         try:
