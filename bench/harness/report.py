@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 # direct should beat every proxy by at least this much, or the load generator may be what limits them.
@@ -159,6 +160,77 @@ def direct_margins(results: dict) -> list[str]:
     return lines or ["no proxy figure to compare with direct."]
 
 
+@dataclass(frozen=True)
+class Limit:
+    """One figure of a gconnect target against the same figure of a reference in the same run."""
+
+    label: str
+    ours: str
+    reference: str
+    workload: str
+    case: dict  # the case's fields to match: {"conns": 64}, {"dir": "up", "conns": 1}
+    key: str
+    wanted: float  # the ratio ours / reference that meets the limit
+    at_most: bool  # True: ours should be at most wanted × the reference's (costs, latencies)
+
+
+_RATE64, _RATE1 = {"conns": 64}, {"conns": 1}
+#: The limits the harness reports: the floor proxy's user time, the best peers' handshake and bulk.
+LIMITS = (
+    Limit(
+        "user ms per tunnel, 64 concurrent", "gconnect", "floor", "rate", _RATE64, "proxy_user_ms_per_tunnel", 2, True
+    ),
+    Limit("new tunnels/s, 64 concurrent", "gconnect", "ats", "rate", _RATE64, "tunnels_per_s", 1, False),
+    Limit(
+        "proxy CPU ms per tunnel, 64 concurrent", "gconnect", "ats", "rate", _RATE64, "proxy_cpu_ms_per_tunnel", 1, True
+    ),
+    Limit("user ms per tunnel, 64 concurrent", "gconnect", "ats", "rate", _RATE64, "proxy_user_ms_per_tunnel", 1, True),
+    Limit("set-up p50 µs, 1 concurrent", "gconnect", "ats", "rate", _RATE1, "setup_p50_us", 1, True),
+    Limit("set-up p50 µs, 1 concurrent", "gconnect", "tinyproxy", "rate", _RATE1, "setup_p50_us", 1, True),
+    Limit("bulk MB/s, 1 tunnel, upload", "gconnect", "ats", "bulk", {"dir": "up", "conns": 1}, "mb_per_s", 1.5, False),
+    Limit(
+        "bulk MB/s, 1 tunnel, download", "gconnect", "ats", "bulk", {"dir": "down", "conns": 1}, "mb_per_s", 1.5, False
+    ),
+    Limit(
+        "new tunnels/s, 64 concurrent, unpinned", "gconnect-2w", "ats-2t", "rate", _RATE64, "tunnels_per_s", 1, False
+    ),
+)
+
+
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3f}"
+
+
+def limit_lines(results: dict) -> list[str]:
+    """gconnect against the floor proxy and the best peers, as ratios of medians of this run."""
+    targets = results["targets"]
+    ok = set(_ok_targets(results))
+    lines = []
+    for limit in LIMITS:
+        if limit.ours not in ok or limit.reference not in ok:
+            continue
+
+        def match(case: dict, want: dict = limit.case) -> bool:
+            return all(case.get(k) == v for k, v in want.items())
+
+        mine = _median(targets[limit.ours], limit.workload, match, limit.key)
+        theirs = _median(targets[limit.reference], limit.workload, match, limit.key)
+        if not mine or not theirs:
+            continue
+        ratio = mine / theirs
+        met = ratio <= limit.wanted if limit.at_most else ratio >= limit.wanted
+        goal = f"{'≤' if limit.at_most else '≥'} {limit.wanted:g}×"
+        summaries = [
+            (_case(targets[n], limit.workload, match) or {}).get("summary") for n in (limit.ours, limit.reference)
+        ]
+        marks = "".join(sorted(set(_marks(s) for s in summaries)))
+        lines.append(
+            f"- {limit.label}: {limit.ours} {_figure(mine)} against {limit.reference} {_figure(theirs)}: "
+            f"**{ratio:.2f}×** (wanted {goal}: {'met' if met else 'behind'}){' ' + marks if marks else ''}"
+        )
+    return lines
+
+
 def render_markdown(results: dict) -> str:
     """The results as a Markdown document: conditions, the table, skipped targets, notes."""
     names = _ok_targets(results)
@@ -190,6 +262,9 @@ def render_markdown(results: dict) -> str:
         *interference_lines(results),
     ]
     out += ["## Load generator headroom", "", *direct_margins(results), ""]
+    limits = limit_lines(results)
+    if limits:
+        out += ["## gconnect against the floor and the peers (medians of this run)", "", *limits, ""]
     skipped = [(n, e) for n, e in results["targets"].items() if e.get("status") != "ok"]
     if skipped:
         out += ["## Skipped", ""]
