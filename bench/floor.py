@@ -1,29 +1,39 @@
 """python -m bench.floor PORT: the least a gevent CONNECT proxy can do, as the harness's ``floor``.
 
-What gevent itself costs a tunnel, as ``direct`` is what the network costs: a greenlet per client
-reads the head up to CRLFCRLF, dials the host:port it names, answers 200, and then hands both
-sockets, detached from gevent as plain non-blocking sockets, to two pairs of libev watchers that
-relay until both directions end. No checks, no limits, no logging, no errors answered: a client
-that sends anything but a CONNECT to a reachable host:port is dropped. Not a proxy to run.
+What gevent itself costs a tunnel, as ``direct`` is what the network costs: a libev watcher on the
+listening socket accepts, a plain greenlet per client reads the head up to CRLFCRLF, connects to
+the IP literal it names and answers 200, waiting on one-shot watchers when a socket is not ready;
+then two read watchers (a write watcher only while a destination is full) relay until both
+directions end. Raw non-blocking ``_socket`` sockets throughout: gevent's socket wrapper, its
+StreamServer's per-client object and ``Greenlet.spawn``'s bookkeeping cost more per tunnel than
+gconnect's own handshake does, so a floor built on them would not be one. No checks, no limits,
+no logging, no answer but 200: a client that sends anything else is dropped. Not a proxy to run.
 """
 
-import socket
+import _socket
+import errno
 import sys
 
 import gevent
-import gevent.socket
-from gevent.server import StreamServer
+from greenlet import greenlet
 
 READ, WRITE = 1, 2
 CHUNK_BYTES = 65536
+HUB = gevent.get_hub()
+LOOP = HUB.loop
+
+
+def wait(sock: _socket.socket, event: int) -> None:
+    """Park this client's greenlet until sock is ready."""
+    HUB.wait(LOOP.io(sock.fileno(), event))
 
 
 class Pipe:
     """One direction: read src when it is readable, write dst; wait for dst when it is full."""
 
-    def __init__(self, loop, src: socket.socket, dst: socket.socket, tunnel: "Tunnel") -> None:
-        self.loop, self.src, self.dst, self.tunnel, self.pending = loop, src, dst, tunnel, b""
-        self.reader, self.writer = loop.io(src.fileno(), READ), None
+    def __init__(self, src: _socket.socket, dst: _socket.socket, tunnel: "Tunnel") -> None:
+        self.src, self.dst, self.tunnel, self.pending, self.writer = src, dst, tunnel, b"", None
+        self.reader = LOOP.io(src.fileno(), READ)
         self.reader.start(self.on_readable)
 
     def on_readable(self) -> None:
@@ -36,7 +46,7 @@ class Pipe:
         if not data:  # end of this direction: pass the half-close on
             self.reader.stop()
             try:
-                self.dst.shutdown(socket.SHUT_WR)
+                self.dst.shutdown(_socket.SHUT_WR)
             except OSError:
                 pass
             return self.tunnel.one_done()
@@ -53,7 +63,7 @@ class Pipe:
         if self.pending:  # dst is full: stop reading until it drains
             self.reader.stop()
             if self.writer is None:  # made once, the first time dst is full (bulk only)
-                self.writer = self.loop.io(self.dst.fileno(), WRITE)
+                self.writer = LOOP.io(self.dst.fileno(), WRITE)
             self.writer.start(self.on_writable)
         elif self.writer is not None and not self.reader.active:
             self.writer.stop()
@@ -69,10 +79,9 @@ class Pipe:
 
 
 class Tunnel:
-    def __init__(self, client: socket.socket, server: socket.socket) -> None:
-        loop = gevent.get_hub().loop
+    def __init__(self, client: _socket.socket, server: _socket.socket) -> None:
         self.sockets, self.running = (client, server), 2
-        self.pipes = (Pipe(loop, client, server, self), Pipe(loop, server, client, self))
+        self.pipes = (Pipe(client, server, self), Pipe(server, client, self))
 
     def one_done(self) -> None:
         self.running -= 1
@@ -86,28 +95,53 @@ class Tunnel:
             sock.close()
 
 
-def handle(client, _address) -> None:
+def handle(client: _socket.socket) -> None:
     head = b""
     while b"\r\n\r\n" not in head:
-        chunk = client.recv(4096)
+        try:
+            chunk = client.recv(4096)
+        except BlockingIOError:
+            wait(client, READ)
+            continue
         if not chunk:
-            return
+            return client.close()
         head += chunk
     head, _, early = head.partition(b"\r\n\r\n")
     host, _, port = head.split(b" ", 2)[1].rpartition(b":")
-    # An IP literal, connected without getaddrinfo (create_connection's thread-pool round trip).
     name = host.decode().strip("[]")
-    server = gevent.socket.socket(socket.AF_INET6 if ":" in name else socket.AF_INET)
-    server.connect((name, int(port)))
-    client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    server = _socket.socket(_socket.AF_INET6 if ":" in name else _socket.AF_INET, _socket.SOCK_STREAM)
+    server.setblocking(False)
+    if server.connect_ex((name, int(port))) == errno.EINPROGRESS:
+        wait(server, WRITE)
+    # Both sends fit in empty socket buffers; a failed connect shows as the relay's first error.
+    client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
     if early:
-        server.sendall(early)
-    # Detached from gevent: the watchers, not a greenlet, move the bytes from here on.
-    plain = [socket.socket(fileno=s.detach()) for s in (client, server)]
-    for sock in plain:
-        sock.setblocking(False)
-    Tunnel(*plain)
+        server.send(early)
+    Tunnel(client, server)
+
+
+def on_acceptable(listener: _socket.socket) -> None:
+    while True:
+        try:
+            fd, _address = listener._accept()
+        except BlockingIOError:
+            return
+        client = _socket.socket(fileno=fd)
+        client.setblocking(False)
+        greenlet(handle, parent=HUB).switch(client)
+
+
+def main(port: int) -> None:
+    listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(4096)
+    listener.setblocking(False)
+    accepting = LOOP.io(listener.fileno(), READ)
+    accepting.start(on_acceptable, listener)
+    while True:
+        gevent.sleep(3600)
 
 
 if __name__ == "__main__":
-    StreamServer(("127.0.0.1", int(sys.argv[1])), handle, backlog=4096).serve_forever()
+    main(int(sys.argv[1]))

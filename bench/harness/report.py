@@ -328,8 +328,9 @@ README_START = ".. latest-results-start"
 README_END = ".. latest-results-end"
 
 
-def render_rst(results: dict) -> str:
-    """The table and its conditions as reStructuredText, for bench/README.rst."""
+def render_rst(results: dict, name: str = "latest", plots: bool = True) -> str:
+    """The table and its conditions as reStructuredText, for bench/README.rst; name is the stem of
+    the result files it points to, plots whether their PNGs exist."""
     names = _ok_targets(results)
     machine, conditions, git = results["machine"], results["conditions"], results["git"]
     lines = [
@@ -337,33 +338,37 @@ def render_rst(results: dict) -> str:
         f"{' (dirty)' if git['dirty'] else ''}: {machine['cpu_model']}, {machine['cpus']} CPUs, Linux "
         f"{machine['kernel']}; proxy on CPU {conditions['proxy_cpus']}, load on CPU {conditions['load_cpus']}; "
         f"medians of {conditions['repetitions']} repetitions of {conditions['seconds_per_measurement']} s "
-        "(min–max). Full details: ``bench/results/latest.md`` and ``latest.json``.",
+        f"(min–max). Full details: ``bench/results/{name}.md`` and ``{name}.json``.",
         "",
         ".. list-table::",
         "   :header-rows: 1",
         "",
         "   * -",
     ]
-    lines += [f"     - {name}" for name in names]
+    lines += [f"     - {target}" for target in names]
     for label, cells in table_rows(results, names):
         lines.append(f"   * - {label}")
         lines += [f"     - {cell.replace('**', '')}" for cell in cells]
     lines += ["", "† load CPU saturated; ‡ other processes used the machine during the measurement.", ""]
     lines += [line for line in interference_lines(results) if line]
+    limits = limit_lines(results)
+    if limits:
+        lines += ["", "gconnect against the floor and the peers, medians of this run:", "", *limits]
     skipped = [(n, e) for n, e in results["targets"].items() if e.get("status") != "ok"]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{n} ({e.get('reason', 'unknown')})" for n, e in skipped) + "."]
-    lines += ["", ".. image:: results/latest-throughput.png", "", ".. image:: results/latest-tunnels-per-s.png", ""]
-    lines += [".. image:: results/latest-rss.png", ""]
+    lines.append("")
+    if plots:
+        lines += [f".. image:: results/{name}-{plot}.png\n" for plot in ("throughput", "tunnels-per-s", "rss")]
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, results: dict) -> bool:
+def update_readme(readme: Path, results: dict, name: str = "latest", plots: bool = True) -> bool:
     """Replace the block between the latest-results markers; False if the markers are missing."""
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         return False
     head, rest = text.split(README_START, 1)
     _old, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n\n{render_rst(results)}\n{README_END}{tail}")
+    readme.write_text(f"{head}{README_START}\n\n{render_rst(results, name, plots)}\n{README_END}{tail}")
     return True
