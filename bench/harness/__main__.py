@@ -32,7 +32,7 @@ class Preset:
     rtt_max_s: float
 
 
-# Full run: about 15 minutes for all eight targets; quick: about 7 (proxy.py's slow opening of held
+# Full run: about 25 minutes for all twelve targets; quick: about 10 (proxy.py's slow opening of held
 # tunnels is a good part of both).
 FULL = Preset(reps=3, seconds=3.0, hold_sizes="1000,5000,9000", rtt_rounds=2000, rtt_max_s=10.0)
 QUICK = Preset(reps=2, seconds=1.5, hold_sizes="1000,5000", rtt_rounds=1000, rtt_max_s=3.0)

@@ -34,6 +34,10 @@ def _fmt(value: float, digits: int) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _interleaved(conditions: dict) -> str:
+    return " interleaved" if conditions.get("interleaved") else ""
+
+
 def _marks(summary: dict | None) -> str:
     """† a repetition saturated the load CPU; ‡ other processes took CPU during a repetition."""
     if not summary:
@@ -240,7 +244,7 @@ def render_markdown(results: dict) -> str:
         f"{results['started']}, git {git['revision'][:12]}{' (dirty)' if git['dirty'] else ''}; "
         f"{machine['cpu_model']}, {machine['cpus']} CPUs, Linux {machine['kernel']}; "
         f"proxy on CPU {conditions['proxy_cpus']}, load generator and echo/sink/source server on CPU "
-        f"{conditions['load_cpus']}; medians of {conditions['repetitions']} repetitions of "
+        f"{conditions['load_cpus']}; medians of {conditions['repetitions']}{_interleaved(conditions)} repetitions of "
         f"{conditions['seconds_per_measurement']} s, (min–max); load average "
         f"{' '.join(machine['loadavg_at_start'])} at start."
     )
@@ -337,7 +341,8 @@ def render_rst(results: dict, name: str = "latest", plots: bool = True) -> str:
         f"{conditions['mode'].capitalize()} run of {results['started']}, git ``{git['revision'][:12]}``"
         f"{' (dirty)' if git['dirty'] else ''}: {machine['cpu_model']}, {machine['cpus']} CPUs, Linux "
         f"{machine['kernel']}; proxy on CPU {conditions['proxy_cpus']}, load on CPU {conditions['load_cpus']}; "
-        f"medians of {conditions['repetitions']} repetitions of {conditions['seconds_per_measurement']} s "
+        f"medians of {conditions['repetitions']}{_interleaved(conditions)} repetitions of "
+        f"{conditions['seconds_per_measurement']} s "
         f"(min–max). Full details: ``bench/results/{name}.md`` and ``{name}.json``.",
         "",
         ".. list-table::",
