@@ -2,12 +2,13 @@
 
 What gevent itself costs a tunnel, as ``direct`` is what the network costs: a libev watcher on the
 listening socket accepts, a plain greenlet per client reads the head up to CRLFCRLF, connects to
-the IP literal it names and answers 200, waiting on one-shot watchers when a socket is not ready;
-then two read watchers (a write watcher only while a destination is full) relay until both
-directions end. Raw non-blocking ``_socket`` sockets throughout: gevent's socket wrapper, its
-StreamServer's per-client object and ``Greenlet.spawn``'s bookkeeping cost more per tunnel than
-gconnect's own handshake does, so a floor built on them would not be one. No checks, no limits,
-no logging, no answer but 200: a client that sends anything else is dropped. Not a proxy to run.
+the IP literal it names and answers 200, parked on a watcher when a socket is not ready (the
+client's read watcher is made once and kept for the relay); then two read watchers (a write
+watcher only once a destination is full) relay until both directions end. Raw non-blocking
+``_socket`` sockets throughout: gevent's socket wrapper, its StreamServer's per-client object and
+``Greenlet.spawn``'s bookkeeping cost more per tunnel than gconnect's own handshake does, so a
+floor built on them would not be one. No checks, no limits, no logging, no answer but 200: a
+client that sends anything else is dropped. Not a proxy to run.
 """
 
 import _socket
@@ -23,17 +24,17 @@ HUB = gevent.get_hub()
 LOOP = HUB.loop
 
 
-def wait(sock: _socket.socket, event: int) -> None:
-    """Park this client's greenlet until sock is ready."""
-    HUB.wait(LOOP.io(sock.fileno(), event))
+def wait(watcher) -> None:
+    """Park this client's greenlet until the watcher's socket is ready."""
+    HUB.wait(watcher)
 
 
 class Pipe:
     """One direction: read src when it is readable, write dst; wait for dst when it is full."""
 
-    def __init__(self, src: _socket.socket, dst: _socket.socket, tunnel: "Tunnel") -> None:
+    def __init__(self, src: _socket.socket, dst: _socket.socket, tunnel: "Tunnel", reader=None) -> None:
         self.src, self.dst, self.tunnel, self.pending, self.writer = src, dst, tunnel, b"", None
-        self.reader = LOOP.io(src.fileno(), READ)
+        self.reader = reader or LOOP.io(src.fileno(), READ)
         self.reader.start(self.on_readable)
 
     def on_readable(self) -> None:
@@ -79,9 +80,9 @@ class Pipe:
 
 
 class Tunnel:
-    def __init__(self, client: _socket.socket, server: _socket.socket) -> None:
+    def __init__(self, client: _socket.socket, server: _socket.socket, client_reader) -> None:
         self.sockets, self.running = (client, server), 2
-        self.pipes = (Pipe(client, server, self), Pipe(server, client, self))
+        self.pipes = (Pipe(client, server, self, client_reader), Pipe(server, client, self))
 
     def one_done(self) -> None:
         self.running -= 1
@@ -96,12 +97,12 @@ class Tunnel:
 
 
 def handle(client: _socket.socket) -> None:
-    head = b""
+    head, reader = b"", LOOP.io(client.fileno(), READ)  # kept for the relay
     while b"\r\n\r\n" not in head:
         try:
             chunk = client.recv(4096)
         except BlockingIOError:
-            wait(client, READ)
+            wait(reader)
             continue
         if not chunk:
             return client.close()
@@ -109,15 +110,15 @@ def handle(client: _socket.socket) -> None:
     head, _, early = head.partition(b"\r\n\r\n")
     host, _, port = head.split(b" ", 2)[1].rpartition(b":")
     name = host.decode().strip("[]")
-    server = _socket.socket(_socket.AF_INET6 if ":" in name else _socket.AF_INET, _socket.SOCK_STREAM)
-    server.setblocking(False)
+    family = _socket.AF_INET6 if ":" in name else _socket.AF_INET
+    server = _socket.socket(family, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK)
     if server.connect_ex((name, int(port))) == errno.EINPROGRESS:
-        wait(server, WRITE)
+        wait(LOOP.io(server.fileno(), WRITE))
     # Both sends fit in empty socket buffers; a failed connect shows as the relay's first error.
     client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
     if early:
         server.send(early)
-    Tunnel(client, server)
+    Tunnel(client, server, reader)
 
 
 def on_acceptable(listener: _socket.socket) -> None:
