@@ -1,0 +1,134 @@
+"""The :class:`~gconnect.state.tally.Tally` of a process that owns a row of a
+:class:`~gconnect.state.table.Region`: its own share in its row, the total the
+sum of every row handed out (the base and fleet rows included).
+
+Keys are hashed to 64 bits with BLAKE2b, the same in every process and every
+instance (Python's ``hash`` is salted per process). A key that does not fit (a
+table full, a total's name longer than :data:`~gconnect.state.table.MAX_KEY_BYTES`)
+is counted in this process only, logged once and counted in ``overflows``.
+"""
+
+from __future__ import annotations
+
+import calendar
+import functools
+import hashlib
+import logging
+import re
+import time
+
+from .table import MAX_KEY_BYTES, Region, Table
+
+log = logging.getLogger(__name__)
+
+#: Hashes remembered: a handshake's keys (its address, its user) are hashed once.
+HASH_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=HASH_CACHE_SIZE)
+def key_hash(key: str) -> int:
+    """*key*'s 64-bit hash as a signed int, never 0 (an empty slot)."""
+    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little", signed=True)
+    return h or 1
+
+
+class SharedTally:
+    """A tally over a region's *kind* table (``"gauges"`` or ``"totals"``), this process owning *row*."""
+
+    def __init__(self, region: Region, kind: str, row: int) -> None:
+        self.region = region
+        self.kind = kind
+        self.row = row
+        self.own: Table = region.table(kind, row)
+        self._rows: list[Table] = []
+        self._handed_out = 0
+        #: Keys counted in this process only (no room in the table).
+        self.local: dict[str, int] = {}
+        #: Keys that did not fit, since the start.
+        self.overflows = 0
+        self._readers()
+
+    def _readers(self) -> list[Table]:
+        handed_out = self.region.handed_out
+        if handed_out != self._handed_out:
+            self._rows = [self.region.table(self.kind, row) for row in range(handed_out)]
+            self._handed_out = handed_out
+        return self._rows
+
+    def add(self, key: str, delta: int) -> int:
+        h = key_hash(key)
+        if key not in self.local:
+            name = key.encode() if self.own.named else b""
+            if len(name) <= MAX_KEY_BYTES and self.own.add(h, delta, name) is not None:
+                return self._sum(h)
+            self._overflow(key)
+        count = self.local.get(key, 0) + delta
+        self.local[key] = count
+        return self._sum(h) + count
+
+    def _overflow(self, key: str) -> None:
+        self.overflows += 1
+        if self.overflows == 1:
+            why = f"longer than {MAX_KEY_BYTES} bytes" if len(key.encode()) > MAX_KEY_BYTES else "the table is full"
+            log.warning(
+                "shared %s: no room for %r (%s): counting it and other such keys in this process only; "
+                "raise --state-table-slots",
+                self.kind,
+                key,
+                why,
+            )
+        self.local.setdefault(key, 0)
+
+    def _sum(self, h: int) -> int:
+        return sum([table.get(h) for table in self._readers()])
+
+    def total(self, key: str) -> int:
+        return self._sum(key_hash(key)) + self.local.get(key, 0)
+
+    def mine(self, key: str) -> int:
+        return self.own.get(key_hash(key)) + self.local.get(key, 0)
+
+
+# --- periods ----------------------------------------------------------------------------
+
+_MONTH = re.compile(r"(\d{4})-(\d{2})\Z")
+_DAY = re.compile(r"(\d{4})-(\d{2})-(\d{2})\Z")
+_WINDOW = re.compile(r"w(\d+)-(\d+)\Z")
+
+
+def period_bounds(key: str) -> tuple[float, float] | None:
+    """When the period *key* names in its last ``:`` field ends, and its length,
+    in seconds since the epoch (UTC): ``2026-12`` a month, ``2026-12-06`` a day,
+    ``w60-29612345`` the window of 60 s number 29612345. None for any other key."""
+    field = key.rpartition(":")[2]
+    if m := _WINDOW.match(field):
+        length, number = int(m[1]), int(m[2])
+        return float((number + 1) * length), float(length)
+    if m := _DAY.match(field):
+        start = calendar.timegm((int(m[1]), int(m[2]), int(m[3]), 0, 0, 0))
+        return float(start + 86400), 86400.0
+    if m := _MONTH.match(field):
+        year, month = int(m[1]), int(m[2])
+        start = calendar.timegm((year, month, 1, 0, 0, 0))
+        end = calendar.timegm((year + month // 12, month % 12 + 1, 1, 0, 0, 0))
+        return float(end), float(end - start)
+    return None
+
+
+def expired(key: str, now: float | None = None) -> bool:
+    """True once a whole period has passed since *key*'s period ended (a month's
+    total lives through the next month, a window through the next window, which
+    a sliding window reads); keys without a period never expire."""
+    bounds = period_bounds(key)
+    if bounds is None:
+        return False
+    end, length = bounds
+    return (time.time() if now is None else now) >= end + length
+
+
+def window_key(prefix: str, length: int, now: float) -> tuple[str, str, float]:
+    """The keys of the current and the previous window of *length* seconds, and
+    how far into the current one *now* is (0 to 1)."""
+    number, into = divmod(now, length)
+    n = int(number)
+    return f"{prefix}:w{length}-{n}", f"{prefix}:w{length}-{n - 1}", into / length
