@@ -125,7 +125,10 @@ class Keeper:
 
     def start(self) -> None:
         """Synchronise and persist from now on, in a thread of the hub's pool
-        (the fleet's connections are made and used in that thread only)."""
+        (the fleet's connections are made and used in that thread only).
+        Without a state directory or a fleet there is nothing to do."""
+        if self.store is None and self.fleet is None:
+            return
         self._next_flush = time.monotonic() + self.flush_seconds
         self._thread = get_hub().threadpool.spawn(self._run)
 
@@ -177,12 +180,14 @@ class Keeper:
             return not expired(name.decode(), now)
 
         with self.lock:
-            self.base.rebuild(keep)
+            if not all(keep(name) for _, _, name in self.base.items()):
+                self.base.rebuild(keep)
         gone = [key for key in self.pushed if expired(key, now)]
         for key in gone:
             del self.pushed[key]
         gone += [name.decode() for _, _, name in self.fleet_totals.items() if not keep(name)]
-        self.fleet_totals.rebuild(keep)
+        if gone:
+            self.fleet_totals.rebuild(keep)
         if self.fleet is not None and gone:
             try:
                 self.fleet.drop(gone)

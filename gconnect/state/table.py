@@ -207,17 +207,19 @@ class Table:
         """Every (hash, value, name) with a value other than 0; names are b"" in gauges."""
         words, stride, raw = self.words, self.stride, self.raw
         base = self._buffer(words[self.start])
+        end = base + self.slots * stride
+        # Slices copied in C: the loop below only looks at pairs.
+        pairs = zip(words[base:end:stride].tolist(), words[base + 1 : end : stride].tolist(), strict=True)
         found = []
-        for s in range(base, base + self.slots * stride, stride):
-            h = words[s]
-            if h and words[s + 1]:
+        for i, (h, value) in enumerate(pairs):
+            if h and value:
                 name = b""
                 if self.named:
-                    length = words[s + 2]
-                    name = bytes(raw[(s + 3) * 8 : (s + 3) * 8 + length])
-                value = words[s + 1]
-                if words[s] == h:  # not replaced while we read it
-                    found.append((h, value, name))
+                    s = base + i * stride
+                    name = bytes(raw[(s + 3) * 8 : (s + 3) * 8 + words[s + 2]])
+                    if words[s] != h:  # replaced while we read it
+                        continue
+                found.append((h, value, name))
         return found
 
     def clear(self) -> None:
