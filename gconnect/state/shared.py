@@ -17,7 +17,7 @@ import logging
 import re
 import time
 
-from .table import MAX_KEY_BYTES, Region, Table
+from .table import H_HANDED_OUT, MAX_KEY_BYTES, Region, Table
 
 log = logging.getLogger(__name__)
 
@@ -40,31 +40,54 @@ class SharedTally:
         self.kind = kind
         self.row = row
         self.own: Table = region.table(kind, row)
-        self._rows: list[Table] = []
+        self._words = self._header = self.own.words
+        #: Every other row handed out so far.
+        self._others: list[Table] = []
         self._handed_out = 0
+        #: key -> (its slot in our row, its hash): a handshake's add finds its slot in one read.
+        self._slots: dict[str, tuple[int, int]] = {}
         #: Keys counted in this process only (no room in the table).
         self.local: dict[str, int] = {}
         #: Keys that did not fit, since the start.
         self.overflows = 0
-        self._readers()
 
-    def _readers(self) -> list[Table]:
-        handed_out = self.region.handed_out
-        if handed_out != self._handed_out:
-            self._rows = [self.region.table(self.kind, row) for row in range(handed_out)]
-            self._handed_out = handed_out
-        return self._rows
+    def _sum_others(self, h: int) -> int:
+        if self._header[H_HANDED_OUT] != self._handed_out:
+            self._handed_out = handed_out = self.region.handed_out
+            self._others = [self.region.table(self.kind, row) for row in range(handed_out) if row != self.row]
+        total = 0
+        words = self._words
+        for table in self._others:
+            if words[table.used_at]:  # rows never written (the fleet's without a fleet) cost one read
+                total += table.get(h)
+        return total
 
     def add(self, key: str, delta: int) -> int:
+        words = self._words
+        cached = self._slots.get(key)
+        if cached is not None and words[cached[0]] == cached[1]:
+            slot, h = cached
+            value = words[slot + 1] + delta
+            words[slot + 1] = value
+            return value + self._sum_others(h)
+        return self._add_slowly(key, delta)
+
+    def _add_slowly(self, key: str, delta: int) -> int:
         h = key_hash(key)
         if key not in self.local:
             name = key.encode() if self.own.named else b""
-            if len(name) <= MAX_KEY_BYTES and self.own.add(h, delta, name) is not None:
-                return self._sum(h)
+            found = self.own.add_at(h, delta, name) if len(name) <= MAX_KEY_BYTES else None
+            if found is not None:
+                slot, value = found
+                if slot >= 0 and self._words[slot] == h:
+                    if len(self._slots) >= 2 * self.own.slots:
+                        self._slots.clear()  # keys of clients long gone
+                    self._slots[key] = (slot, h)
+                return value + self._sum_others(h)
             self._overflow(key)
         count = self.local.get(key, 0) + delta
         self.local[key] = count
-        return self._sum(h) + count
+        return self.own.get(h) + self._sum_others(h) + count
 
     def _overflow(self, key: str) -> None:
         self.overflows += 1
@@ -79,11 +102,9 @@ class SharedTally:
             )
         self.local.setdefault(key, 0)
 
-    def _sum(self, h: int) -> int:
-        return sum([table.get(h) for table in self._readers()])
-
     def total(self, key: str) -> int:
-        return self._sum(key_hash(key)) + self.local.get(key, 0)
+        h = key_hash(key)
+        return self.own.get(h) + self._sum_others(h) + self.local.get(key, 0)
 
     def mine(self, key: str) -> int:
         return self.own.get(key_hash(key)) + self.local.get(key, 0)

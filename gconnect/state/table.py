@@ -40,7 +40,7 @@ GAUGE_WORDS = 2
 TOTAL_WORDS = 16
 #: The longest key a total can carry by name: the slot's words after [hash, value, length].
 MAX_KEY_BYTES = (TOTAL_WORDS - 3) * 8
-#: Words before a table's buffers: [active buffer, used slots, live slots, full events].
+#: Words before a table's buffers: [active buffer, used slots, -, full events].
 TABLE_HEADER_WORDS = 8
 #: Words of the region's header: [magic, rows, slots, rows handed out, fleet state, ...].
 REGION_HEADER_WORDS = 64
@@ -53,7 +53,7 @@ FIRST_WORKER_ROW = 2
 #: Region header words.
 H_MAGIC, H_ROWS, H_SLOTS, H_HANDED_OUT, H_FLEET = 0, 1, 2, 3, 4
 #: Table header words.
-T_ACTIVE, T_USED, T_LIVE, T_FULL = 0, 1, 2, 3
+T_ACTIVE, T_USED, T_FULL = 0, 1, 3
 
 
 def table_words(slots: int, stride: int) -> int:
@@ -67,7 +67,7 @@ class Table:
     process calls :meth:`get` and :meth:`items`.
     """
 
-    __slots__ = ("mask", "named", "raw", "slots", "start", "stride", "words")
+    __slots__ = ("buffer_words", "first", "mask", "named", "raw", "slots", "start", "stride", "used_at", "words")
 
     def __init__(self, words: memoryview, raw: memoryview, start: int, slots: int, stride: int) -> None:
         self.words = words
@@ -77,23 +77,39 @@ class Table:
         self.stride = stride
         self.mask = slots - 1
         self.named = stride > GAUGE_WORDS
+        # Precomputed for get(), which every check calls once per row.
+        self.used_at = start + T_USED
+        self.first = start + TABLE_HEADER_WORDS
+        self.buffer_words = slots * stride
 
     def _buffer(self, which: int) -> int:
         return self.start + TABLE_HEADER_WORDS + which * self.slots * self.stride
 
     def get(self, h: int) -> int:
         """The value under hash *h* (0 if absent)."""
+        words = self.words
+        if not words[self.used_at]:
+            return 0  # a row never written (the fleet's without a fleet, a worker's not started): one read
+        base = self.first + words[self.start] * self.buffer_words
+        stride = self.stride
+        s = base + (h & self.mask) * stride
+        k = words[s]
+        if k == h:
+            return words[s + 1]
+        if k == 0:
+            return 0
+        return self._probe(h, base, h & self.mask)
+
+    def _probe(self, h: int, base: int, i: int) -> int:
         words, stride, mask = self.words, self.stride, self.mask
-        base = self.start + TABLE_HEADER_WORDS + words[self.start] * self.slots * stride
-        i = h & mask
         for _ in range(self.slots):
+            i = (i + 1) & mask
             s = base + i * stride
             k = words[s]
             if k == h:
                 return words[s + 1]
             if k == 0:
                 return 0
-            i = (i + 1) & mask
         return 0
 
     def _find(self, h: int) -> tuple[int, int]:
@@ -116,30 +132,33 @@ class Table:
 
     def add(self, h: int, delta: int, name: bytes = b"") -> int | None:
         """Add *delta* under *h* (owner only); the new value, or None if the table is full."""
+        found = self.add_at(h, delta, name)
+        return None if found is None else found[1]
+
+    def add_at(self, h: int, delta: int, name: bytes = b"") -> tuple[int, int] | None:
+        """As :meth:`add`, and the slot: (slot, new value). The slot holds *h*
+        until :meth:`rebuild`, or until its value is 0 and another key takes it
+        (``words[slot] == h`` says whether it still does)."""
         words = self.words
         found, free = self._find(h)
         if found >= 0:
-            old = words[found + 1]
-            value = old + delta
+            value = words[found + 1] + delta
             words[found + 1] = value
-            self._count_live(old, value)
-            return value
+            return found, value
         if not delta:
-            return 0
+            return free, 0
         slot = self._take(h, free)
         if slot < 0:
             words[self.start + T_FULL] += 1
             return None
         self._fill(slot, h, name)
         words[slot + 1] = delta
-        words[self.start + T_LIVE] += 1
-        return delta
+        return slot, delta
 
     def set(self, h: int, value: int, name: bytes = b"") -> bool:
         """Make *h*'s value *value* (owner only); False if the table is full."""
         found, free = self._find(h)
         if found >= 0:
-            self._count_live(self.words[found + 1], value)
             self.words[found + 1] = value
             return True
         if not value:
@@ -150,12 +169,7 @@ class Table:
             return False
         self._fill(slot, h, name)
         self.words[slot + 1] = value
-        self.words[self.start + T_LIVE] += 1
         return True
-
-    def _count_live(self, old: int, new: int) -> None:
-        if bool(old) != bool(new):
-            self.words[self.start + T_LIVE] += 1 if new else -1
 
     def _take(self, h: int, free: int) -> int:
         """The slot a new key *h* goes to (rebuilding first if the table is too full), or -1."""
@@ -164,8 +178,8 @@ class Table:
             return free  # a slot whose value went back to 0: no new slot used
         limit = int(self.slots * LOAD_LIMIT)
         if free < 0 or words[start + T_USED] + 1 > limit:
-            if words[start + T_LIVE] + 1 > limit:
-                return -1
+            if self.live + 1 > limit:
+                return -1  # a scan each time while full: a full table is a misconfiguration, logged
             self.rebuild()
             free = self._find(h)[1]
         words[start + T_USED] += 1
@@ -200,7 +214,6 @@ class Table:
             words[s + 1] = value
             words[s] = h
         words[start + T_USED] = len(entries)
-        words[start + T_LIVE] = len(entries)
         words[start + T_ACTIVE] = other
 
     def items(self) -> list[tuple[int, int, bytes]]:
@@ -228,13 +241,17 @@ class Table:
         self.raw[first : (self.start + table_words(self.slots, self.stride)) * 8] = bytes(
             (table_words(self.slots, self.stride) - TABLE_HEADER_WORDS) * 8
         )
-        for word in (T_ACTIVE, T_USED, T_LIVE):
+        for word in (T_ACTIVE, T_USED):
             self.words[self.start + word] = 0
 
     @property
     def live(self) -> int:
-        """Keys with a value other than 0."""
-        return self.words[self.start + T_LIVE]
+        """Keys with a value other than 0 (a scan: for the metrics and a full table)."""
+        words = self.words
+        base = self._buffer(words[self.start])
+        end = base + self.slots * self.stride
+        values = words[base + 1 : end : self.stride].tolist()
+        return sum(1 for h, value in zip(words[base : end : self.stride].tolist(), values, strict=True) if h and value)
 
     @property
     def full_events(self) -> int:

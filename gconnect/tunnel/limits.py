@@ -66,20 +66,23 @@ class ClientLimits:
         """Count one more client from *ip*, or raise 503/429 (nothing counted)."""
         if self.active >= self.max_clients:
             raise TooManyClientsError(f"proxy is serving its maximum of {self.max_clients} clients")
-        key = CLIENTS_KEY + ip
-        count = self.gauges.add(key, 1)
-        if self.max_clients_per_ip and count > self.max_clients_per_ip:
-            self.gauges.add(key, -1)
-            raise TooManyClientsPerAddressError(
-                f"address {ip} already has {count - 1} connections (limit {self.max_clients_per_ip})"
-            )
+        if self.max_clients_per_ip:
+            key = CLIENTS_KEY + ip
+            count = self.gauges.add(key, 1)
+            if count > self.max_clients_per_ip:
+                self.gauges.add(key, -1)
+                raise TooManyClientsPerAddressError(
+                    f"address {ip} already has {count - 1} connections (limit {self.max_clients_per_ip})"
+                )
         self.active += 1
 
     def release(self, ip: str) -> None:
         """Forget one client from *ip* admitted before."""
         self.active -= 1
-        self.gauges.add(CLIENTS_KEY + ip, -1)
+        if self.max_clients_per_ip:
+            self.gauges.add(CLIENTS_KEY + ip, -1)
 
     def count(self, ip: str) -> int:
-        """Clients from *ip* being served by every process sharing the gauges."""
+        """Clients from *ip* being served by every process sharing the gauges
+        (counted only with a per-address limit: without one nobody reads it)."""
         return self.gauges.total(CLIENTS_KEY + ip)
