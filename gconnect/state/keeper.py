@@ -226,6 +226,12 @@ class Keeper:
         self.pushed = {key: value for key, value in self.pushed.items() if value}
         now = time.time()
         others_totals = {k: v - self.pushed.get(k, 0) for k, v in fleet_totals.items() if not expired(k, now)}
+        stale = [key for key in fleet_totals if key not in others_totals]
+        if stale:  # periods gone by, left by any instance (one that stopped cannot drop its own)
+            try:
+                fleet.drop(stale)
+            except FleetError:
+                pass
         self._set_totals(others_totals)
         self._set_gauges(others)
         return True

@@ -29,13 +29,17 @@ class Store:
     """The state directory's SQLite file of totals."""
 
     def __init__(self, directory: str) -> None:
+        """Open (or create) the file; OSError if the directory or the file cannot be used."""
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.path = os.path.join(directory, FILE_NAME)
-        # Used by one thread at a time (the keeper's), not always the one that opened it.
-        self.db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        for statement in SCHEMA:
-            self.db.execute(statement)
+        try:
+            # Used by one thread at a time (the keeper's), not always the one that opened it.
+            self.db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            for statement in SCHEMA:
+                self.db.execute(statement)
+        except sqlite3.Error as exc:
+            raise OSError(f"state file {self.path}: {exc}") from exc
 
     def load(self) -> tuple[dict[str, tuple[int, int]], str]:
         """Every key's (value, pushed), and the fleet epoch "pushed" refers to ("" if none)."""

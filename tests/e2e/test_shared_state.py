@@ -6,7 +6,9 @@ which may stop and come back under load without changing any tunnel's outcome.""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -21,6 +23,7 @@ from gconnect.testing.process import free_port
 from ..conftest import connect_over, open_tunnel, read_head, recv_exactly, wait_until
 from .test_auth import auth_header
 from .test_metrics import metrics_url, scrape
+from .test_supervisor import upgrade
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -277,3 +280,32 @@ def test_redis_stopped_and_restarted_under_load_changes_no_tunnel(start_proxy, r
     with b.connect() as sock:
         assert status_of(sock, wrong) == 429
     assert a.stderr.count("unreachable") == 1, "logged once"
+
+
+def test_totals_survive_an_upgrade_and_a_worker_crash(start_proxy, htpasswd, echo):
+    # No --state-dir: the supervisor's memory carries them from worker to worker.
+    proxy = start_proxy("--workers", "2", "--auth-file", str(htpasswd), "--auth-failures-per-minute", "1")
+    wrong = connect_head(echo.target, auth_header("alice", "guess") + b"\r\n")
+    with proxy.connect() as sock:
+        assert status_of(sock, wrong) == 407
+    old = set(workers_of(proxy))
+    result = upgrade(proxy.pid)
+    assert result.returncode == 0, result.stdout + result.stderr
+    new = wait_until(lambda: (pids := set(procfs.children(proxy.pid))) and not pids & old and len(pids) == 2 and pids)
+    for _ in range(4):  # whichever new worker accepts
+        with proxy.connect() as sock:
+            assert status_of(sock, wrong) == 429
+    # A worker killed keeps its counts too: a failure from another address, on a worker we then kill.
+    other = socket.socket()
+    other.bind(("127.0.0.2", 0))
+    other.connect((proxy.host, proxy.port))
+    victim = owner(proxy, list(new), other)
+    assert status_of(other, wrong) == 407
+    other.close()
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len(set(procfs.children(proxy.pid)) - new) == 1)
+    for _ in range(4):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.2", 0))
+            sock.connect((proxy.host, proxy.port))
+            assert status_of(sock, wrong) == 429

@@ -137,3 +137,10 @@ def test_an_unreachable_fleet_loses_nothing_and_a_fleet_that_lost_its_data_is_to
     shared["epoch"] = "e2"
     assert ka.sync() and kb.sync() and ka.sync()
     assert shared["totals"][QUOTA] == 13 and ta.total(QUOTA) == tb.total(QUOTA) == 13
+
+
+def test_totals_of_periods_gone_by_are_dropped_from_the_fleet_by_any_instance():
+    shared: dict = {"totals": {"authfail:10.0.0.1:w60-1": 3, "quota:bob:2020-01": 9, QUOTA: 4}}
+    keeper, _, totals, _ = instance(shared, "a")
+    assert keeper.sync()
+    assert shared["totals"] == {QUOTA: 4} and totals.total(QUOTA) == 4
