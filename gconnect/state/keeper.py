@@ -73,6 +73,8 @@ class Keeper:
         self._thread: Any = None
         self._next_flush = 0.0
         self._said_down = False
+        #: What the state directory holds now (no write when nothing changed).
+        self._saved: tuple[dict[str, int], dict[str, int], str] | None = None
         region.fleet = -1 if fleet is None else 0
 
     # --- the rows ------------------------------------------------------------------------
@@ -167,8 +169,12 @@ class Keeper:
             return
         with self.lock:
             totals = self.local_totals()
+        saved = (totals, dict(self.pushed), self.epoch)
+        if saved == self._saved:
+            return
         try:
             self.store.save(totals, self.pushed, self.epoch)
+            self._saved = saved
         except Exception as exc:  # a full disk must not stop the proxy: the next flush tries again
             log.error("state: cannot write %s: %s", self.store.path, exc)
 

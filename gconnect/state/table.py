@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from itertools import compress
 
 #: Fraction of a table's slots in use (live or reusable) before it is rebuilt;
 #: linear probing stays short below 3/4 (Knuth's analysis: ~2.5 probes per hit).
@@ -221,14 +222,16 @@ class Table:
         words, stride, raw = self.words, self.stride, self.raw
         base = self._buffer(words[self.start])
         end = base + self.slots * stride
-        # Slices copied in C: the loop below only looks at pairs.
-        pairs = zip(words[base:end:stride].tolist(), words[base + 1 : end : stride].tolist(), strict=True)
+        hashes = words[base:end:stride].tolist()
         found = []
-        for i, (h, value) in enumerate(pairs):
-            if h and value:
+        # compress() finds the used slots in C: the loop only visits those.
+        for i in compress(range(self.slots), hashes):
+            s = base + i * stride
+            value = words[s + 1]
+            if value:
+                h = hashes[i]
                 name = b""
                 if self.named:
-                    s = base + i * stride
                     name = bytes(raw[(s + 3) * 8 : (s + 3) * 8 + words[s + 2]])
                     if words[s] != h:  # replaced while we read it
                         continue
@@ -247,11 +250,11 @@ class Table:
     @property
     def live(self) -> int:
         """Keys with a value other than 0 (a scan: for the metrics and a full table)."""
-        words = self.words
+        words, stride = self.words, self.stride
         base = self._buffer(words[self.start])
-        end = base + self.slots * self.stride
-        values = words[base + 1 : end : self.stride].tolist()
-        return sum(1 for h, value in zip(words[base : end : self.stride].tolist(), values, strict=True) if h and value)
+        end = base + self.slots * stride
+        used = compress(range(self.slots), words[base:end:stride].tolist())
+        return sum(1 for i in used if words[base + i * stride + 1])
 
     @property
     def full_events(self) -> int:
