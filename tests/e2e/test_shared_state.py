@@ -102,7 +102,10 @@ def exchange_status(proxy, target: str) -> int:
 
 
 def test_failed_login_limit_holds_across_two_workers(start_proxy, htpasswd, echo):
-    proxy = start_proxy("--workers", "2", "--auth-file", str(htpasswd), "--auth-failures-per-minute", "3")
+    # Idle connections wait while the others are sorted out: a header timeout longer than that.
+    proxy = start_proxy(
+        "--workers", "2", "--auth-file", str(htpasswd), "--auth-failures-per-minute", "3", "--header-timeout", "60"
+    )
     held = idle_connections_on_each(proxy, workers_of(proxy), 3)
     wrong = connect_head(echo.target, auth_header("alice", "guess") + b"\r\n")
     outcomes = [(pid, status_of(sock, wrong)) for pid, sock in alternate(held)]
