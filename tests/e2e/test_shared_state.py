@@ -71,7 +71,7 @@ def owner(proxy, workers: list[int], sock: socket.socket) -> int:
 
 def test_per_address_limit_holds_across_two_workers(start_proxy, echo):
     # A client counts from its accept: hold 3 tunnels, both workers holding some.
-    proxy = start_proxy("--workers", "2", "--max-clients-per-ip", "3")
+    proxy = start_proxy("--workers", "2", "--max-clients-per-ip", "3", "--metrics-listen", "127.0.0.1:0")
     workers = workers_of(proxy)
     held: list[tuple[int, socket.socket]] = []
     for _ in range(100):
@@ -86,6 +86,10 @@ def test_per_address_limit_holds_across_two_workers(start_proxy, echo):
     assert len({pid for pid, _ in held}) == 2, "both workers hold some tunnels"
     # Neither worker holds 3 itself: whichever accepts counts the other's too.
     assert [exchange_status(proxy, echo.target) for _ in range(10)] == [429] * 10
+    # The supervisor's /metrics reads the shared table: one key in each worker's row.
+    figures = scrape(metrics_url(proxy))
+    assert figures['gconnect_state_keys{table="gauges"}'] == 2
+    assert figures['gconnect_state_full_total{table="gauges"}'] == 0
     for _, sock in held:
         sock.sendall(b"ok")
         assert recv_exactly(sock, 2) == b"ok"
