@@ -239,13 +239,18 @@ class Table:
         return found
 
     def clear(self) -> None:
-        """Forget every entry (the owner, or the supervisor once the owner has exited)."""
-        first = (self.start + TABLE_HEADER_WORDS) * 8
-        self.raw[first : (self.start + table_words(self.slots, self.stride)) * 8] = bytes(
-            (table_words(self.slots, self.stride) - TABLE_HEADER_WORDS) * 8
-        )
-        for word in (T_ACTIVE, T_USED):
-            self.words[self.start + word] = 0
+        """Forget every entry (the owner, or the supervisor once the owner has exited).
+        Only slots ever used are written: pages never touched stay unallocated."""
+        words, stride = self.words, self.stride
+        words[self.used_at] = 0  # readers stop looking first
+        for which in (0, 1):
+            base = self._buffer(which)
+            hashes = words[base : base + self.slots * stride : stride].tolist()
+            for i in compress(range(self.slots), hashes):
+                s = base + i * stride
+                words[s] = 0
+                words[s + 1] = 0
+        words[self.start + T_ACTIVE] = 0
 
     @property
     def live(self) -> int:
