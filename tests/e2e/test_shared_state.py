@@ -316,3 +316,24 @@ def test_totals_survive_an_upgrade_and_a_worker_crash(start_proxy, htpasswd, ech
             sock.bind(("127.0.0.2", 0))
             sock.connect((proxy.host, proxy.port))
             assert status_of(sock, wrong) == 429
+
+
+def test_a_redis_that_never_answers_delays_no_handshake(start_proxy, echo):
+    # A port that accepts (the kernel's queue) and never answers: each Redis call
+    # of the keeper waits out its 1 s timeout, one after the other, in its thread.
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(64)
+        url = f"redis://127.0.0.1:{mute.getsockname()[1]}/0"
+        proxy = start_proxy("--shared-state", url, "--shared-state-period", "0.5", "--max-clients-per-ip", "5")
+        wait_until(lambda: "unreachable" in proxy.stderr, timeout=20)
+        slowest, deadline = 0.0, time.monotonic() + 3
+        for _ in range(300):
+            if time.monotonic() > deadline:
+                break
+            started = time.monotonic()
+            with open_tunnel(proxy, echo.target) as sock:
+                sock.sendall(b"x")
+                assert recv_exactly(sock, 1) == b"x"
+            slowest = max(slowest, time.monotonic() - started)
+        assert slowest < 0.5, f"a tunnel took {slowest:.3f} s while Redis hung"
