@@ -17,7 +17,7 @@ import logging
 import re
 import time
 
-from .table import H_HANDED_OUT, MAX_KEY_BYTES, Region, Table
+from .table import BASE_ROW, FIRST_WORKER_ROW, FLEET_ROW, H_HANDED_OUT, MAX_KEY_BYTES, Region, Table
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ class SharedTally:
         self.row = row
         self.own: Table = region.table(kind, row)
         self._words = self._header = self.own.words
-        #: Every other row handed out so far.
-        self._others: list[Table] = []
+        #: Every other row handed out so far: where its words are, and the row.
+        self._others: list[tuple[int, int, int, int, int, int, Table]] = []
         self._handed_out = 0
         #: key -> (its slot in our row, its hash): a handshake's add finds its slot in one read.
         self._slots: dict[str, tuple[int, int]] = {}
@@ -52,15 +52,33 @@ class SharedTally:
         self.overflows = 0
 
     def _sum_others(self, h: int) -> int:
-        if self._header[H_HANDED_OUT] != self._handed_out:
-            self._handed_out = handed_out = self.region.handed_out
-            self._others = [self.region.table(self.kind, row) for row in range(handed_out) if row != self.row]
-        total = 0
         words = self._words
-        for table in self._others:
-            if words[table.used_at]:  # rows never written (the fleet's without a fleet) cost one read
-                total += table.get(h)
+        if words[H_HANDED_OUT] != self._handed_out:
+            self._handed_out = handed_out = self.region.handed_out
+            others = [self.region.table(self.kind, row) for row in self._rows_to_read(handed_out)]
+            self._others = [(t.used_at, t.start, t.first, t.buffer_words, t.mask, t.stride, t) for t in others]
+        total = 0
+        # Table.get inlined: every check reads every row, and most reads end at the first slot.
+        for used_at, start, first, size, mask, stride, table in self._others:
+            if words[used_at]:  # a row never written (the fleet's without a fleet) costs one read
+                s = first + words[start] * size + (h & mask) * stride
+                k = words[s]
+                if k == h:
+                    total += words[s + 1]
+                elif k:
+                    total += table.get(h)
         return total
+
+    def _rows_to_read(self, handed_out: int) -> list[int]:
+        """The rows that may hold shares of our keys: the other workers', the
+        fleet's if there is a fleet, the base row's for totals (the keeper
+        never writes gauges there)."""
+        rows = [row for row in range(FIRST_WORKER_ROW, handed_out) if row != self.row]
+        if self.region.fleet >= 0:
+            rows.append(FLEET_ROW)
+        if self.kind == "totals":
+            rows.append(BASE_ROW)
+        return rows
 
     def add(self, key: str, delta: int) -> int:
         words = self._words
