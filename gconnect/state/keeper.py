@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 #: A real lock even under monkey-patching: it guards the base row between the
 #: keeper's thread and the supervisor's hub (retire), never the data path.
 allocate_lock = get_original("_thread", "allocate_lock")
+#: Totals of periods gone by are looked for at least this often, written or not.
+DROP_SECONDS = 60.0
 
 
 class Keeper:
@@ -73,6 +75,10 @@ class Keeper:
         self._thread: Any = None
         self._next_flush = 0.0
         self._said_down = False
+        self._flushed_writes: list[int] = []
+        #: The writes counts and the totals of the last sync (no scan when nothing was written).
+        self._synced: tuple[list[int], dict[str, int]] = ([], {})
+        self._next_drop = 0.0
         #: What the state directory holds now (no write when nothing changed).
         self._saved: tuple[dict[str, int], dict[str, int], str] | None = None
         region.fleet = -1 if fleet is None else 0
@@ -149,10 +155,19 @@ class Keeper:
     def tick(self) -> None:
         if self.fleet is not None:
             self.sync()
-        if time.monotonic() >= self._next_flush:
-            self._next_flush = time.monotonic() + self.flush_seconds
-            self.drop_expired()
-            self.flush()
+        now = time.monotonic()
+        if now >= self._next_flush:
+            self._next_flush = now + self.flush_seconds
+            # Nothing written since the last flush, and not yet time to drop: no scan at all.
+            writes = self._writes()
+            if writes != self._flushed_writes or now >= self._next_drop:
+                self._next_drop = now + DROP_SECONDS
+                self.drop_expired()
+                self.flush()
+                self._flushed_writes = writes
+
+    def _writes(self) -> list[int]:
+        return [table.writes for table in self._local_rows("totals")]
 
     def stop(self) -> None:
         """Stop the thread (after a last push), write a last time (after the workers exited)."""
@@ -213,7 +228,10 @@ class Keeper:
                     log.warning("shared state %s lost its data: telling it our totals again", fleet.url)
                 self.epoch, self.pushed = epoch, {}
             with self.lock:
-                totals, gauges = self.local_totals(), self.local_gauges()
+                writes = self._writes()
+                if writes != self._synced[0]:
+                    self._synced = (writes, self.local_totals())
+                totals, gauges = self._synced[1], self.local_gauges()
             deltas = {key: totals.get(key, 0) - self.pushed.get(key, 0) for key in {*totals, *self.pushed}}
             deltas = {key: delta for key, delta in deltas.items() if delta}
             fleet_totals, others = fleet.sync(deltas, gauges)

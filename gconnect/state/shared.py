@@ -40,7 +40,8 @@ class SharedTally:
         self.kind = kind
         self.row = row
         self.own: Table = region.table(kind, row)
-        self._words = self._header = self.own.words
+        self._words = self.own.words
+        self._writes_at = self.own.writes_at if kind == "totals" else 0
         #: Every other row handed out so far: where its words are, and the row.
         self._others: list[tuple[int, int, int, int, int, int, Table]] = []
         self._handed_out = 0
@@ -87,6 +88,8 @@ class SharedTally:
             slot, h = cached
             value = words[slot + 1] + delta
             words[slot + 1] = value
+            if self._writes_at:  # totals: the keeper persists them only after a change
+                words[self._writes_at] += 1
             return value + self._sum_others(h)
         return self._add_slowly(key, delta)
 

@@ -41,7 +41,7 @@ GAUGE_WORDS = 2
 TOTAL_WORDS = 16
 #: The longest key a total can carry by name: the slot's words after [hash, value, length].
 MAX_KEY_BYTES = (TOTAL_WORDS - 3) * 8
-#: Words before a table's buffers: [active buffer, used slots, -, full events].
+#: Words before a table's buffers: [active buffer, used slots, writes, full events].
 TABLE_HEADER_WORDS = 8
 #: Words of the region's header: [magic, rows, slots, rows handed out, fleet state, ...].
 REGION_HEADER_WORDS = 64
@@ -54,7 +54,7 @@ FIRST_WORKER_ROW = 2
 #: Region header words.
 H_MAGIC, H_ROWS, H_SLOTS, H_HANDED_OUT, H_FLEET = 0, 1, 2, 3, 4
 #: Table header words.
-T_ACTIVE, T_USED, T_FULL = 0, 1, 3
+T_ACTIVE, T_USED, T_WRITES, T_FULL = 0, 1, 2, 3
 
 
 def table_words(slots: int, stride: int) -> int:
@@ -141,6 +141,7 @@ class Table:
         until :meth:`rebuild`, or until its value is 0 and another key takes it
         (``words[slot] == h`` says whether it still does)."""
         words = self.words
+        words[self.start + T_WRITES] += 1
         found, free = self._find(h)
         if found >= 0:
             value = words[found + 1] + delta
@@ -158,6 +159,7 @@ class Table:
 
     def set(self, h: int, value: int, name: bytes = b"") -> bool:
         """Make *h*'s value *value* (owner only); False if the table is full."""
+        self.words[self.start + T_WRITES] += 1
         found, free = self._find(h)
         if found >= 0:
             self.words[found + 1] = value
@@ -216,6 +218,7 @@ class Table:
             words[s] = h
         words[start + T_USED] = len(entries)
         words[start + T_ACTIVE] = other
+        words[start + T_WRITES] += 1
 
     def items(self) -> list[tuple[int, int, bytes]]:
         """Every (hash, value, name) with a value other than 0; names are b"" in gauges."""
@@ -251,6 +254,7 @@ class Table:
                 words[s] = 0
                 words[s + 1] = 0
         words[self.start + T_ACTIVE] = 0
+        words[self.start + T_WRITES] += 1
 
     @property
     def live(self) -> int:
@@ -260,6 +264,16 @@ class Table:
         end = base + self.slots * stride
         used = compress(range(self.slots), words[base:end:stride].tolist())
         return sum(1 for i in used if words[base + i * stride + 1])
+
+    @property
+    def writes(self) -> int:
+        """Changes so far (the keeper writes the state directory only after some)."""
+        return self.words[self.start + T_WRITES]
+
+    @property
+    def writes_at(self) -> int:
+        """The word :attr:`writes` reads, for an owner that writes values itself."""
+        return self.start + T_WRITES
 
     @property
     def full_events(self) -> int:

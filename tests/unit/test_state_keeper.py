@@ -144,3 +144,33 @@ def test_totals_of_periods_gone_by_are_dropped_from_the_fleet_by_any_instance():
     keeper, _, totals, _ = instance(shared, "a")
     assert keeper.sync()
     assert shared["totals"] == {QUOTA: 4} and totals.total(QUOTA) == 4
+
+
+class CountingStore(Store):
+    def __init__(self, directory: str) -> None:
+        super().__init__(directory)
+        self.saves = 0
+
+    def save(self, *args, **kwargs) -> None:
+        self.saves += 1
+        super().save(*args, **kwargs)
+
+
+def test_the_state_directory_is_written_only_after_a_change(tmp_path):
+    region = service()
+    store = CountingStore(str(tmp_path))
+    keeper = Keeper(region, store=store, flush_seconds=0)
+    keeper.tick()
+    keeper.tick()
+    keeper.tick()
+    assert store.saves == 1
+    tally = SharedTally(region, "totals", ROW + 1)
+    tally.add(QUOTA, 5)  # a new key
+    keeper.tick()
+    assert store.saves == 2
+    tally.add(QUOTA, 5)  # a value written in place, through the remembered slot
+    keeper.tick()
+    keeper.tick()
+    assert store.saves == 3
+    keeper.stop()
+    assert Store(str(tmp_path)).load()[0] == {QUOTA: (10, 0)}
