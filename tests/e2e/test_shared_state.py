@@ -22,6 +22,7 @@ from gconnect.testing.process import free_port
 
 from ..conftest import connect_over, open_tunnel, read_head, recv_exactly, wait_until
 from .test_auth import auth_header
+from .test_bandwidth import bulk_handler
 from .test_metrics import metrics_url, scrape
 from .test_supervisor import upgrade
 
@@ -337,3 +338,45 @@ def test_a_redis_that_never_answers_delays_no_handshake(start_proxy, echo):
                 assert recv_exactly(sock, 1) == b"x"
             slowest = max(slowest, time.monotonic() - started)
         assert slowest < 0.5, f"a tunnel took {slowest:.3f} s while Redis hung"
+
+
+# --- the quotas of issue 21 on the shared state ---------------------------------------
+
+
+@pytest.fixture
+def bulk(upstream_factory):
+    """An origin that answers ``GET /N`` with N bytes (test_bandwidth's)."""
+    return upstream_factory(bulk_handler)
+
+
+def first_line(proxy, user: str, url: str) -> str:
+    """The status line curl gets for *url* through *proxy* as *user* (password pw)."""
+    proxy_url = f"http://{user}:pw@{proxy.host}:{proxy.port}"
+    result = subprocess.run(
+        ["curl", "-sS", "-p", "-D", "-", "-o", "/dev/null", "--max-time", "10", "-x", proxy_url, url],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    return result.stdout.split("\r\n", 1)[0]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_spent_quota_stays_spent_after_a_restart(start_proxy, htpasswd, bulk, tmp_path, workers):
+    args = ("--workers", workers, "--state-dir", str(tmp_path / "state"), "--auth-file", htpasswd)
+    args += ("--quota-bytes", "1M", "--quota-period", "day")
+    first = start_proxy(*args)
+    assert first_line(first, "alice", f"http://{bulk.target}/1500000").startswith("HTTP/1.1 200 ")
+    wait_until(lambda: first_line(first, "alice", f"http://{bulk.target}/1").startswith("HTTP/1.1 429 "))
+    assert first.stop() == 0
+    second = start_proxy(*args)
+    assert first_line(second, "alice", f"http://{bulk.target}/1").startswith("HTTP/1.1 429 ")
+
+
+def test_two_instances_share_one_users_quota(start_proxy, redis_server, htpasswd, bulk):
+    extra = ("--auth-file", htpasswd, "--quota-bytes", "1M", "--quota-period", "day")
+    a = fleet_member(start_proxy, redis_server, *extra)
+    b = fleet_member(start_proxy, redis_server, *extra)
+    assert first_line(a, "alice", f"http://{bulk.target}/1500000").startswith("HTTP/1.1 200 ")
+    # b never moved alice's bytes: it refuses her once the fleet's total reaches it.
+    wait_until(lambda: first_line(b, "alice", f"http://{bulk.target}/1").startswith("HTTP/1.1 429 "))
