@@ -13,9 +13,20 @@ For each target in turn (proxy on CPU 0, everything else on CPU 1):
 3. ``loadgen bulk --dir up --conns 50`` starts pushing into a target that
    accepts and never reads, and the probe measures again during the burst.
 
-Writes ``bench/results/burst.json`` and ``burst.md`` (``--out`` to change).
+Writes ``bench/results/burst.json`` and ``burst.md`` (``--out``, ``--name``).
 ``--gconnect-repo DIR`` runs gconnect from another checkout (for a before and
-after in one run; that checkout's result is labelled ``gconnect@DIR``).
+after in one run; that checkout's result is labelled ``gconnect@DIR``), and
+``--baseline COMMIT`` runs the target ``gconnect-base`` from that commit.
+
+``--from-start`` is issue 24's harder reading of the same burst: the probe
+starts its round trips as the pushers start, so it measures the first second,
+while every pusher's buffers fill (about 15 MiB each), on its own ("first")
+as well as the whole burst ("overall"). ``--bulk`` adds, per target, one
+tunnel's upload into loadgen's sink with the proxy's user and system CPU per
+GB from /proc: what a smaller read costs when a tunnel is alone.
+
+Targets are the harness's, plus the gconnect variants in :data:`VARIANTS`
+(the default gconnect with some options).
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ from pathlib import Path
 from bench.harness.build import build_loadgen
 from bench.harness.loadgen import LoadGen, hold_command, read_line, stop_process
 from bench.harness.targets import Environment, RunningProxy, TargetUnavailable, launch_plan, prepare
+from bench.harness.trees import extract
 from gconnect.testing import procfs
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -42,6 +54,23 @@ PROBE_TUNNELS = 20
 PUSHERS = 50
 BURST_S = 3.0
 ROUNDS = 3000
+#: --from-start: the probe runs for the whole burst (its round count is only a ceiling), and the
+#: round trips started in the first FIRST_S seconds are reported on their own.
+FROM_START_ROUNDS = 1_000_000
+FIRST_S = 1.0
+BULK_S = 3.0
+GB = 1e9
+#: gconnect with options: name -> the options added to the default gconnect's command line.
+VARIANTS = {
+    "gconnect-chunk64k": ["--chunk-bytes", "65536"],
+    "gconnect-fixed": ["--busy-chunk-bytes", "0"],
+    "gconnect-busy16k": ["--busy-chunk-bytes", "16384"],
+    "gconnect-busy32k": ["--busy-chunk-bytes", "32768"],
+    "gconnect-busy64k": ["--busy-chunk-bytes", "65536"],
+    "gconnect-auto": ["--relay", "auto"],
+    "gconnect-splice": ["--relay", "splice"],
+    "gconnect-copy": ["--relay", "copy"],
+}
 #: Other processes' CPU, in percent of one core, above which a repetition is marked disturbed
 #: (the harness's threshold): the machine is shared, and a p99 is what suffers first.
 DISTURBED_PERCENT = 10.0
@@ -81,19 +110,23 @@ class Blackhole:
         self.drop()
 
 
-def measure(lg: LoadGen, proxy: str, echo: str, sink: str, reps: int, hole: Blackhole) -> dict:
+def measure(lg: LoadGen, proxy: str, echo: str, sink: str, args, hole: Blackhole) -> dict:
     probe = lg.start_hold(proxy, echo, PROBE_TUNNELS, 30.0)
     try:
         opened = json.loads(read_line(probe, 60))
         if opened["held"] < PROBE_TUNNELS:
             raise TargetUnavailable(f"probe opened {opened['held']} of {PROBE_TUNNELS} tunnels")
         idle, burst = [], []
-        for _ in range(reps):
+        for _ in range(args.reps):
             idle.append(_watched(lambda: hold_command(probe, f"rtt {ROUNDS // 3} 2.0", 30)))
             pushers = lg.start_bulk(proxy, sink, PUSHERS, BURST_S)
-            try:
+            if args.from_start:
+                command = f"rtt {FROM_START_ROUNDS} {BURST_S} {FIRST_S}"
+            else:
                 time.sleep(0.05)  # the pushers' connects and CONNECTs are under way
-                burst.append(_watched(lambda: hold_command(probe, f"rtt {ROUNDS} {BURST_S - 0.5}", 30)))
+                command = f"rtt {ROUNDS} {BURST_S - 0.5}"
+            try:
+                burst.append(_watched(lambda c=command: hold_command(probe, c, 30)))
             finally:
                 stop_process(pushers)
             hole.drop()
@@ -101,6 +134,26 @@ def measure(lg: LoadGen, proxy: str, echo: str, sink: str, reps: int, hole: Blac
         return {"idle": idle, "burst": burst}
     finally:
         stop_process(probe)
+
+
+def measure_bulk(lg: LoadGen, proxy: str, sink: str, pid: int | None, reps: int) -> list[dict]:
+    """One tunnel's upload into a sink reading at full speed; the proxy's CPU from /proc."""
+    out = []
+    for _ in range(reps):
+        before = procfs.tree_cpu_split(pid) if pid else (0.0, 0.0)
+
+        def one() -> dict:
+            return lg.run("bulk", proxy, sink, BULK_S, dir="up", conns=1, seconds=BULK_S)
+
+        rep = _watched(one)
+        if pid:
+            user, system = procfs.tree_cpu_split(pid)
+            gigabytes = rep["bytes"] / GB
+            rep["user_s_per_gb"] = round((user - before[0]) / gigabytes, 4)
+            rep["sys_s_per_gb"] = round((system - before[1]) / gigabytes, 4)
+        out.append(rep)
+        time.sleep(0.5)
+    return out
 
 
 def _watched(measure_one) -> dict:
@@ -129,20 +182,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default="direct,gconnect,gconnect-splice,gconnect-copy,squid")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--gconnect-repo", type=Path, help="also run gconnect from this checkout")
+    parser.add_argument("--baseline", help="commit that the target gconnect-base runs")
     parser.add_argument(
         "--sink",
         choices=("blackhole", "reader"),
         default="blackhole",
         help="pushers' target: one that never reads (the issue's burst) or loadgen's sink, which reads at full speed",
     )
+    parser.add_argument("--from-start", action="store_true", help="probe from the burst's start; first second apart")
+    parser.add_argument("--bulk", action="store_true", help="also one tunnel's bulk upload, with CPU per GB")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", help="stem of the result files (default burst, or burst-reader)")
     args = parser.parse_args(argv)
-    env = Environment(venv=Path("/tmp/gconnect-bench-venv"))
+    baseline = extract(args.baseline) if args.baseline else None
+    env = Environment(venv=Path("/tmp/gconnect-bench-venv"), baseline=baseline)
     lg = LoadGen(build_loadgen(Path("/tmp/gconnect-bench-build")), frozenset({1}))
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.gconnect_repo:
         names.append(f"gconnect@{args.gconnect_repo}")
-    results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sink": args.sink, "targets": {}}
+    results: dict = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": "python -m bench.burst " + " ".join(sys.argv[1:] if argv is None else argv),
+        "sink": args.sink,
+        "from_start": args.from_start,
+        "baseline": args.baseline,
+        "targets": {},
+    }
     workdir = Path(tempfile.mkdtemp(prefix="gconnect-burst-"))
     hole = Blackhole()
     try:
@@ -156,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         hole.close()
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "burst" if args.sink == "blackhole" else "burst-reader"
+    stem = args.name or ("burst" if args.sink == "blackhole" else "burst-reader")
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     markdown = render(results)
     (args.out / f"{stem}.md").write_text(markdown)
@@ -167,25 +232,39 @@ def main(argv: list[str] | None = None) -> int:
 def run_target(name: str, env: Environment, lg: LoadGen, ports, hole: Blackhole, workdir: Path, args) -> dict:
     sink = hole.target if args.sink == "blackhole" else ports.target("sink")
     if name == "direct":
-        return measure(lg, "none", ports.target("echo"), sink, args.reps, hole)
+        entry = measure(lg, "none", ports.target("echo"), sink, args, hole)
+        if args.bulk:
+            entry["bulk"] = measure_bulk(lg, "none", ports.target("sink"), None, args.reps)
+        return entry
     base, _, repo = name.partition("@")
-    prepare(base, env)
+    launched = "gconnect" if base in VARIANTS else base
+    prepare(launched, env)
     rundir = Path(tempfile.mkdtemp(prefix=f"{base}-", dir=workdir))
-    plan = launch_plan(base, rundir, env)
+    plan = launch_plan(launched, rundir, env)
+    if base in VARIANTS:
+        plan = replace(plan, argv=plan.argv + VARIANTS[base])
     if repo:
         plan = replace(plan, cwd=Path(repo))
         os.environ["PYTHONPATH"] = repo  # the subprocess imports that checkout's gconnect
+    elif base == "gconnect-base":
+        os.environ["PYTHONPATH"] = str(env.baseline)
     try:
         with RunningProxy(name, plan, rundir) as proxy:
             address = proxy.start(ports.target("echo"))
-            return measure(lg, address, ports.target("echo"), sink, args.reps, hole)
+            entry = measure(lg, address, ports.target("echo"), sink, args, hole)
+            if args.bulk:
+                entry["bulk"] = measure_bulk(lg, address, ports.target("sink"), proxy.pid, args.reps)
+            return entry
     finally:
         os.environ.pop("PYTHONPATH", None)
 
 
 def render(results: dict) -> str:
+    from_start = results.get("from_start")
     lines = [
         f"# Echo latency through other tunnels during a burst ({results['started']})",
+        "",
+        f"`{results['command']}`" if "command" in results else "",
         "",
         f"{PROBE_TUNNELS} probe tunnels (their own process), {PUSHERS} pushers into "
         + ("targets that never read" if results["sink"] == "blackhole" else "a sink reading at full speed")
@@ -196,20 +275,63 @@ def render(results: dict) -> str:
         f"{DISTURBED_PERCENT:g}% of a core while the probe measured); the last column counts the disturbed ones, "
         "which are left out unless every repetition was.",
         "",
-        "| target | idle p50 | idle p99 | burst p50 | burst p99 | burst max | disturbed reps |",
-        "|---|---|---|---|---|---|---|",
     ]
+    if from_start:
+        lines += [
+            f"The probe starts as the pushers do and runs for the whole burst; *first* is its round trips "
+            f"started in the first {FIRST_S:g} s, *overall* all of them. *p99 per rep* lists each repetition's "
+            "first-second p99 (ms).",
+            "",
+            "| target | idle p99 | first p50 | first p99 | first max | overall p50 | overall p99 | overall max "
+            "| first p99 per rep (ms) | disturbed reps |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+    else:
+        lines += [
+            "| target | idle p50 | idle p99 | burst p50 | burst p99 | burst max | disturbed reps |",
+            "|---|---|---|---|---|---|---|",
+        ]
     for name, entry in results["targets"].items():
         if "skipped" in entry:
-            lines.append(f"| {name} | skipped: {entry['skipped']} | | | | | |")
+            lines.append(f"| {name} | skipped: {entry['skipped']} |")
             continue
         idle, burst = entry["idle"], entry["burst"]
-        cells = [summary(idle, "rtt_p50_us"), summary(idle, "rtt_p99_us")]
-        cells += [summary(burst, "rtt_p50_us"), summary(burst, "rtt_p99_us"), summary(burst, "rtt_max_us")]
         disturbed = sum(bool(r.get("disturbed")) for r in idle + burst)
         counted = f"{disturbed} of {len(idle + burst)}"
-        lines.append(f"| {name} | " + " | ".join(f"{c:,.0f}" for c in cells) + f" | {counted} |")
+        if from_start:
+            cells = [summary(idle, "rtt_p99_us")]
+            cells += [summary(burst, f"first_{k}_us") for k in ("p50", "p99", "max")]
+            cells += [summary(burst, f"rtt_{k}_us") for k in ("p50", "p99", "max")]
+            per_rep = ", ".join(f"{r['first_p99_us'] / 1000:.1f}" for r in burst)
+            row = " | ".join(f"{c:,.0f}" for c in cells) + f" | {per_rep}"
+        else:
+            cells = [summary(idle, "rtt_p50_us"), summary(idle, "rtt_p99_us")]
+            cells += [summary(burst, "rtt_p50_us"), summary(burst, "rtt_p99_us"), summary(burst, "rtt_max_us")]
+            row = " | ".join(f"{c:,.0f}" for c in cells)
+        lines.append(f"| {name} | {row} | {counted} |")
+    if any("bulk" in e for e in results["targets"].values()):
+        lines += render_bulk(results)
     return "\n".join(lines) + "\n"
+
+
+def render_bulk(results: dict) -> list[str]:
+    lines = [
+        "",
+        f"One tunnel's upload into a sink reading at full speed, {BULK_S:g} s, medians (proxy CPU from /proc):",
+        "",
+        "| target | MB/s | user s/GB | sys s/GB | disturbed reps |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in results["targets"].items():
+        reps = entry.get("bulk")
+        if not reps:
+            continue
+        cells = [f"{summary(reps, 'mb_per_s'):,.0f}"]
+        for key in ("user_s_per_gb", "sys_s_per_gb"):
+            cells.append(f"{summary(reps, key):.3f}" if "user_s_per_gb" in reps[0] else "")
+        disturbed = sum(bool(r.get("disturbed")) for r in reps)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {disturbed} of {len(reps)} |")
+    return lines
 
 
 if __name__ == "__main__":

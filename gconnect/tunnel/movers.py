@@ -22,6 +22,12 @@ exchanges never wait behind a bulk burst (reading all there is per callback
 let 50 bulk pushes hold other tunnels' echoes for tens of milliseconds:
 docs/performance.rst, bursts).
 
+How much that one read may take follows the load (:class:`ReadSize`): the
+full ``chunk_bytes`` when no other event waits in the same turn of the loop,
+``busy_chunk_bytes`` while some do. One wake-up's copying is what every other
+ready socket waits behind, and fifty full chunks are tens of milliseconds;
+a tunnel alone keeps the large read that makes bulk cheap per byte.
+
 Errors: a failed read is the source's reset, a failed write the
 destination's; both raise :class:`Reset` naming that side.
 """
@@ -32,6 +38,8 @@ import _socket
 import fcntl
 import os
 from typing import Any
+
+from gevent import get_hub
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if hasattr(os, "splice") else 0
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -100,6 +108,32 @@ class Half(Direction):
         self.mover = mover
 
 
+class ReadSize:
+    """The most one read may take: *full* while no other watcher waits in
+    this turn of the event loop, *busy* while any does (``busy`` 0: always
+    *full*).
+
+    libev runs a turn's ready watchers one after another, and its count of
+    those still to run (``pendingcnt``) is the number of sockets waiting
+    behind this read: reading a full chunk then would make each of them wait
+    for it. A tunnel alone in its turn finds none and reads in full.
+    """
+
+    __slots__ = ("busy", "full", "loop")
+
+    def __init__(self, full: int, busy: int = 0) -> None:
+        self.full = full
+        self.busy = min(busy, full) if busy else full
+        loop = get_hub().loop
+        # Only libev counts pending watchers (gevent's libuv loop does not): there every read is full.
+        self.loop = loop if self.busy < full and hasattr(loop, "pendingcnt") else None
+
+    def __call__(self) -> int:
+        """The size for the read about to be made."""
+        loop = self.loop
+        return self.busy if loop is not None and loop.pendingcnt else self.full
+
+
 class Mover:
     """The interface the relay drives. Movers hold no per-tunnel state: that
     lives in the :class:`Half`, so one mover serves every tunnel of a process."""
@@ -164,15 +198,16 @@ class CopyMover(Mover):
     never yields while it uses it); *bulk* takes over a direction whose read
     fills the buffer (``--relay auto``)."""
 
-    def __init__(self, chunk_bytes: int, bulk: Mover | None = None) -> None:
+    def __init__(self, chunk_bytes: int, bulk: Mover | None = None, busy_bytes: int = 0) -> None:
         self.scratch = bytearray(chunk_bytes)
         self.view = memoryview(self.scratch)
         self.size = chunk_bytes
+        self.read_size = ReadSize(chunk_bytes, busy_bytes)
         self.bulk = bulk
 
     def pump(self, half: Half, size: int = 0) -> int:
         try:
-            n = half.src.recv_into(self.scratch, size)
+            n = half.src.recv_into(self.scratch, size or self.read_size())
         except BlockingIOError:
             return 0
         except OSError as exc:
@@ -187,6 +222,7 @@ class CopyMover(Mover):
             half.pending = self.scratch[sent:n]
             half.blocked = True
         if n == self.size and self.bulk is not None:
+            # Only a full-size read hands over: a busy turn's smaller one says nothing of bulk.
             half.mover = self.bulk  # which delivers the remainder first
         return n
 
@@ -240,16 +276,17 @@ class PipePool:
 class SpliceMover(Mover):
     """socket -> pipe -> socket with splice(2); the pipe is held only while bytes sit in it."""
 
-    def __init__(self, pipes: PipePool, chunk_bytes: int) -> None:
+    def __init__(self, pipes: PipePool, chunk_bytes: int, busy_bytes: int = 0) -> None:
         self.pipes = pipes
         self.chunk = self.size = chunk_bytes
+        self.read_size = ReadSize(chunk_bytes, busy_bytes)
 
     def pump(self, half: Half, size: int = 0) -> int:
         pipe = half.pipe
         if pipe is None:
             pipe = half.pipe = self.pipes.get()
         try:
-            n = os.splice(half.src.fileno(), pipe[1], size or self.chunk, flags=SPLICE_FLAGS)
+            n = os.splice(half.src.fileno(), pipe[1], size or self.read_size(), flags=SPLICE_FLAGS)
         except BlockingIOError:
             n = 0
         except OSError as exc:
