@@ -32,15 +32,20 @@ Targets are the harness's, plus the gconnect variants in :data:`VARIANTS`
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import socket
 import statistics
+import struct
+import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
-from dataclasses import replace
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench.harness.build import build_loadgen
@@ -99,6 +104,16 @@ class Blackhole:
                 return
             self.held.append(conn)
 
+    def queued(self) -> int:
+        """Bytes waiting unread in the held connections: all the proxy delivered to them."""
+        total = 0
+        for conn in list(self.held):
+            try:
+                total += struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+            except OSError:
+                pass
+        return total
+
     def drop(self) -> None:
         """Close what the last burst left (its pushers are gone)."""
         held, self.held = self.held, []
@@ -110,50 +125,74 @@ class Blackhole:
         self.drop()
 
 
-def measure(lg: LoadGen, proxy: str, echo: str, sink: str, args, hole: Blackhole) -> dict:
+@dataclass
+class Subject:
+    """One target under measurement: where it listens, its process (None: no proxy) and its probe."""
+
+    name: str
+    address: str
+    pid: int | None
+    probe: subprocess.Popen[str]
+    idle: list[dict] = field(default_factory=list)
+    burst: list[dict] = field(default_factory=list)
+    bulk: list[dict] = field(default_factory=list)
+
+
+def open_probe(lg: LoadGen, proxy: str, echo: str) -> subprocess.Popen[str]:
     probe = lg.start_hold(proxy, echo, PROBE_TUNNELS, 30.0)
     try:
         opened = json.loads(read_line(probe, 60))
-        if opened["held"] < PROBE_TUNNELS:
-            raise TargetUnavailable(f"probe opened {opened['held']} of {PROBE_TUNNELS} tunnels")
-        idle, burst = [], []
-        for _ in range(args.reps):
-            idle.append(_watched(lambda: hold_command(probe, f"rtt {ROUNDS // 3} 2.0", 30)))
-            pushers = lg.start_bulk(proxy, sink, PUSHERS, BURST_S)
-            if args.from_start:
-                command = f"rtt {FROM_START_ROUNDS} {BURST_S} {FIRST_S}"
-            else:
-                time.sleep(0.05)  # the pushers' connects and CONNECTs are under way
-                command = f"rtt {ROUNDS} {BURST_S - 0.5}"
-            try:
-                burst.append(_watched(lambda c=command: hold_command(probe, c, 30)))
-            finally:
-                stop_process(pushers)
-            hole.drop()
-            time.sleep(1.0)
-        return {"idle": idle, "burst": burst}
-    finally:
+    except Exception:
         stop_process(probe)
+        raise
+    if opened["held"] < PROBE_TUNNELS:
+        stop_process(probe)
+        raise TargetUnavailable(f"probe opened {opened['held']} of {PROBE_TUNNELS} tunnels")
+    return probe
 
 
-def measure_bulk(lg: LoadGen, proxy: str, sink: str, pid: int | None, reps: int) -> list[dict]:
+def burst_once(lg: LoadGen, subject: Subject, sink: str, args, hole: Blackhole) -> None:
+    """One idle measurement and one burst through *subject*; appended to its lists."""
+    probe = subject.probe
+    subject.idle.append(_watched(lambda: hold_command(probe, f"rtt {ROUNDS // 3} 2.0", 30)))
+    before = _proxy_counters(subject.pid)
+    pushers = lg.start_bulk(subject.address, sink, PUSHERS, BURST_S)
+    if args.from_start:
+        command = f"rtt {FROM_START_ROUNDS} {BURST_S} {FIRST_S}"
+    else:
+        time.sleep(0.05)  # the pushers' connects and CONNECTs are under way
+        command = f"rtt {ROUNDS} {BURST_S - 0.5}"
+    try:
+        rep = _watched(lambda: hold_command(probe, command, 30))
+        after = _proxy_counters(subject.pid)
+        if sink == hole.target:
+            rep["delivered_mb"] = round(hole.queued() / 1e6, 1)
+    finally:
+        stop_process(pushers)
+    if subject.pid:
+        rep["proxy_user_s"] = round(after[0] - before[0], 3)
+        rep["proxy_sys_s"] = round(after[1] - before[1], 3)
+    subject.burst.append(rep)
+    hole.drop()
+    time.sleep(1.0)
+
+
+def _proxy_counters(pid: int | None) -> tuple[float, float]:
+    """(user s, system s) of the proxy's process tree."""
+    return procfs.tree_cpu_split(pid) if pid else (0.0, 0.0)
+
+
+def bulk_once(lg: LoadGen, subject: Subject, sink: str) -> None:
     """One tunnel's upload into a sink reading at full speed; the proxy's CPU from /proc."""
-    out = []
-    for _ in range(reps):
-        before = procfs.tree_cpu_split(pid) if pid else (0.0, 0.0)
-
-        def one() -> dict:
-            return lg.run("bulk", proxy, sink, BULK_S, dir="up", conns=1, seconds=BULK_S)
-
-        rep = _watched(one)
-        if pid:
-            user, system = procfs.tree_cpu_split(pid)
-            gigabytes = rep["bytes"] / GB
-            rep["user_s_per_gb"] = round((user - before[0]) / gigabytes, 4)
-            rep["sys_s_per_gb"] = round((system - before[1]) / gigabytes, 4)
-        out.append(rep)
-        time.sleep(0.5)
-    return out
+    before = procfs.tree_cpu_split(subject.pid) if subject.pid else (0.0, 0.0)
+    rep = _watched(lambda: lg.run("bulk", subject.address, sink, BULK_S, dir="up", conns=1, seconds=BULK_S))
+    if subject.pid and rep.get("bytes"):
+        user, system = procfs.tree_cpu_split(subject.pid)
+        gigabytes = rep["bytes"] / GB
+        rep["user_s_per_gb"] = round((user - before[0]) / gigabytes, 4)
+        rep["sys_s_per_gb"] = round((system - before[1]) / gigabytes, 4)
+    subject.bulk.append(rep)
+    time.sleep(0.5)
 
 
 def _watched(measure_one) -> dict:
@@ -211,13 +250,20 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gconnect-burst-"))
     hole = Blackhole()
     try:
-        with lg.server() as ports:
+        with lg.server() as ports, ExitStack() as stack:
+            subjects = []
             for name in names:
-                print(f"[burst] {name}", file=sys.stderr, flush=True)
+                print(f"[burst] starting {name}", file=sys.stderr, flush=True)
                 try:
-                    results["targets"][name] = run_target(name, env, lg, ports, hole, workdir, args)
+                    subjects.append(start_target(name, env, lg, ports, workdir, stack))
                 except TargetUnavailable as exc:
                     results["targets"][name] = {"skipped": str(exc)}
+            run_rounds(subjects, lg, ports, hole, args)
+            for subject in subjects:
+                entry = {"idle": subject.idle, "burst": subject.burst}
+                if args.bulk:
+                    entry["bulk"] = subject.bulk
+                results["targets"][subject.name] = entry
     finally:
         hole.close()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -229,13 +275,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_target(name: str, env: Environment, lg: LoadGen, ports, hole: Blackhole, workdir: Path, args) -> dict:
+def run_rounds(subjects: list[Subject], lg: LoadGen, ports, hole: Blackhole, args) -> None:
+    """Every repetition visits every target in turn, so the machine's noise falls on all of them alike."""
     sink = hole.target if args.sink == "blackhole" else ports.target("sink")
+    for rep in range(args.reps):
+        for subject in subjects:
+            print(f"[burst] rep {rep + 1}/{args.reps} {subject.name}", file=sys.stderr, flush=True)
+            burst_once(lg, subject, sink, args, hole)
+    if args.bulk:
+        for _ in range(args.reps):
+            for subject in subjects:
+                bulk_once(lg, subject, ports.target("sink"))
+
+
+def start_target(name: str, env: Environment, lg: LoadGen, ports, workdir: Path, stack: ExitStack) -> Subject:
+    """Start *name* (stopped when *stack* closes) and open its probe tunnels."""
+    echo = ports.target("echo")
     if name == "direct":
-        entry = measure(lg, "none", ports.target("echo"), sink, args, hole)
-        if args.bulk:
-            entry["bulk"] = measure_bulk(lg, "none", ports.target("sink"), None, args.reps)
-        return entry
+        probe = open_probe(lg, "none", echo)
+        stack.callback(stop_process, probe)
+        return Subject(name, "none", None, probe)
     base, _, repo = name.partition("@")
     launched = "gconnect" if base in VARIANTS else base
     prepare(launched, env)
@@ -245,18 +304,17 @@ def run_target(name: str, env: Environment, lg: LoadGen, ports, hole: Blackhole,
         plan = replace(plan, argv=plan.argv + VARIANTS[base])
     if repo:
         plan = replace(plan, cwd=Path(repo))
-        os.environ["PYTHONPATH"] = repo  # the subprocess imports that checkout's gconnect
-    elif base == "gconnect-base":
-        os.environ["PYTHONPATH"] = str(env.baseline)
+    path = repo or (str(env.baseline) if base == "gconnect-base" else "")
+    if path:
+        os.environ["PYTHONPATH"] = path  # the subprocess imports that checkout's gconnect
     try:
-        with RunningProxy(name, plan, rundir) as proxy:
-            address = proxy.start(ports.target("echo"))
-            entry = measure(lg, address, ports.target("echo"), sink, args, hole)
-            if args.bulk:
-                entry["bulk"] = measure_bulk(lg, address, ports.target("sink"), proxy.pid, args.reps)
-            return entry
+        proxy = stack.enter_context(RunningProxy(name, plan, rundir))
+        address = proxy.start(echo)
     finally:
         os.environ.pop("PYTHONPATH", None)
+    probe = open_probe(lg, address, echo)
+    stack.callback(stop_process, probe)
+    return Subject(name, address, proxy.pid, probe)
 
 
 def render(results: dict) -> str:
@@ -309,9 +367,36 @@ def render(results: dict) -> str:
             cells += [summary(burst, "rtt_p50_us"), summary(burst, "rtt_p99_us"), summary(burst, "rtt_max_us")]
             row = " | ".join(f"{c:,.0f}" for c in cells)
         lines.append(f"| {name} | {row} | {counted} |")
+    lines += render_burst_work(results)
     if any("bulk" in e for e in results["targets"].values()):
         lines += render_bulk(results)
     return "\n".join(lines) + "\n"
+
+
+def render_burst_work(results: dict) -> list[str]:
+    rows = []
+    for name, entry in results["targets"].items():
+        reps = [r for r in entry.get("burst", ()) if "delivered_mb" in r]
+        if not reps:
+            continue
+        moved = summary(reps, "delivered_mb")
+        cells = [f"{moved:,.0f}", "", "", ""]
+        if "proxy_user_s" in reps[0]:
+            user, system = summary(reps, "proxy_user_s"), summary(reps, "proxy_sys_s")
+            per_gb = f"{(user + system) / (moved / 1e3):.2f}" if moved else ""
+            cells[1:] = [f"{user:.2f}", f"{system:.2f}", per_gb]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [
+        "",
+        "The burst's own work (medians): MB the targets received from all pushers, and the proxy's CPU "
+        "seconds meanwhile:",
+        "",
+        "| target | MB delivered | user s | sys s | CPU s per GB delivered |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def render_bulk(results: dict) -> list[str]:
