@@ -64,6 +64,11 @@ ROUNDS = 3000
 FROM_START_ROUNDS = 1_000_000
 FIRST_S = 1.0
 BULK_S = 3.0
+#: --from-start's targets take this SO_RCVBUF (net.core.rmem_max here; the kernel doubles it): a
+#: target that never reads never grows its window, so without it each would hold ~128 KiB and the
+#: proxy would have little to move. With it a tunnel absorbs ~15 MiB (this, the proxy's send and
+#: receive buffers, the pusher's send buffer) in the burst's first second, as in issue 24.
+TARGET_RCVBUF = 4 * 1024 * 1024
 GB = 1e9
 #: gconnect with options: name -> the options added to the default gconnect's command line.
 VARIANTS = {
@@ -84,8 +89,12 @@ DISTURBED_PERCENT = 10.0
 class Blackhole:
     """A target that accepts and never reads: pushed bytes fill the buffers and stay."""
 
-    def __init__(self) -> None:
+    def __init__(self, rcvbuf: int = 0) -> None:
+        self.rcvbuf = rcvbuf
         self.sock = socket.socket()
+        if rcvbuf:
+            # Set before listen, so accepted sockets inherit it and the handshake scales the window to it.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(512)
         self.held: list[socket.socket] = []
@@ -229,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         help="pushers' target: one that never reads (the issue's burst) or loadgen's sink, which reads at full speed",
     )
     parser.add_argument("--from-start", action="store_true", help="probe from the burst's start; first second apart")
+    parser.add_argument(
+        "--target-rcvbuf",
+        type=int,
+        help=f"SO_RCVBUF of the never-reading targets (default {TARGET_RCVBUF} with --from-start, else the kernel's)",
+    )
     parser.add_argument("--bulk", action="store_true", help="also one tunnel's bulk upload, with CPU per GB")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="stem of the result files (default burst, or burst-reader)")
@@ -239,16 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.gconnect_repo:
         names.append(f"gconnect@{args.gconnect_repo}")
+    hole = Blackhole(args.target_rcvbuf if args.target_rcvbuf is not None else TARGET_RCVBUF * args.from_start)
     results: dict = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "python -m bench.burst " + " ".join(sys.argv[1:] if argv is None else argv),
         "sink": args.sink,
         "from_start": args.from_start,
+        "target_rcvbuf": hole.rcvbuf,
         "baseline": args.baseline,
         "targets": {},
     }
     workdir = Path(tempfile.mkdtemp(prefix="gconnect-burst-"))
-    hole = Blackhole()
     try:
         with lg.server() as ports, ExitStack() as stack:
             subjects = []

@@ -23,10 +23,11 @@ let 50 bulk pushes hold other tunnels' echoes for tens of milliseconds:
 docs/performance.rst, bursts).
 
 How much that one read may take follows the load (:class:`ReadSize`): the
-full ``chunk_bytes`` when no other event waits in the same turn of the loop,
-``busy_chunk_bytes`` while some do. One wake-up's copying is what every other
-ready socket waits behind, and fifty full chunks are tens of milliseconds;
-a tunnel alone keeps the large read that makes bulk cheap per byte.
+full ``chunk_bytes`` in a turn of the loop where this is the only ready
+watcher, ``busy_chunk_bytes`` in a turn shared with others. One turn's copying
+is what every socket that becomes ready meanwhile waits behind, and fifty
+full chunks are tens of milliseconds; a tunnel alone keeps the large read
+that makes bulk cheap per byte.
 
 Errors: a failed read is the source's reset, a failed write the
 destination's; both raise :class:`Reset` naming that side.
@@ -109,17 +110,20 @@ class Half(Direction):
 
 
 class ReadSize:
-    """The most one read may take: *full* while no other watcher waits in
-    this turn of the event loop, *busy* while any does (``busy`` 0: always
+    """The most one read may take: *busy* in a turn of the event loop where
+    other watchers wait or waited, *full* in a turn alone (``busy`` 0: always
     *full*).
 
-    libev runs a turn's ready watchers one after another, and its count of
-    those still to run (``pendingcnt``) is the number of sockets waiting
-    behind this read: reading a full chunk then would make each of them wait
-    for it. A tunnel alone in its turn finds none and reads in full.
+    libev runs a turn's ready watchers one after another; its count of those
+    still to run (``pendingcnt``) is the number of sockets waiting behind this
+    read, and a full chunk read now would make each of them wait for it. The
+    turn is remembered (``iteration``), so the last of a crowded turn reads
+    small too: the turn's work is then about ready sockets times *busy*. A
+    tunnel alone in its turn, as in single-tunnel bulk, finds none and reads
+    in full.
     """
 
-    __slots__ = ("busy", "full", "loop")
+    __slots__ = ("busy", "full", "loop", "turn")
 
     def __init__(self, full: int, busy: int = 0) -> None:
         self.full = full
@@ -127,11 +131,18 @@ class ReadSize:
         loop = get_hub().loop
         # Only libev counts pending watchers (gevent's libuv loop does not): there every read is full.
         self.loop = loop if self.busy < full and hasattr(loop, "pendingcnt") else None
+        #: The last turn (loop iteration) in which a read found others waiting.
+        self.turn = -1
 
     def __call__(self) -> int:
         """The size for the read about to be made."""
         loop = self.loop
-        return self.busy if loop is not None and loop.pendingcnt else self.full
+        if loop is None:
+            return self.full
+        if loop.pendingcnt:
+            self.turn = loop.iteration
+            return self.busy
+        return self.busy if self.turn == loop.iteration else self.full
 
 
 class Mover:

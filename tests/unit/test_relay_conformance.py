@@ -48,6 +48,9 @@ FULL_AFTER_S = 0.2
 KINDS = ["copy", "splice", "auto", "tls", "h2", "limited-auto", "limited-tls"]
 CHUNK = 256 * 1024
 LIMIT = Limit(100_000_000, 1_000_000)
+#: Reads in a turn shared with other ready watchers (both directions at once) take this much:
+#: every kind is checked with the read size following the load.
+BUSY = 16 * 1024
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -196,11 +199,15 @@ class Harness:
         session = None
         if kind == "tls":
             session, self.client = self._tls(client_peer, ca)
-            movers: tuple = (DecryptMover(CHUNK), EncryptMover(CHUNK))
+            movers: tuple = (DecryptMover(CHUNK, busy_bytes=BUSY), EncryptMover(CHUNK, busy_bytes=BUSY))
         else:
             self.client = client_peer
-            splice = SpliceMover(self.pipes, CHUNK)
-            mover = {"copy": CopyMover(CHUNK), "splice": splice, "auto": CopyMover(CHUNK, bulk=splice)}[kind]
+            splice = SpliceMover(self.pipes, CHUNK, BUSY)
+            mover = {
+                "copy": CopyMover(CHUNK, busy_bytes=BUSY),
+                "splice": splice,
+                "auto": CopyMover(CHUNK, bulk=splice, busy_bytes=BUSY),
+            }[kind]
             movers = (mover, mover)
         self.relay = Relay(
             self.client_end,

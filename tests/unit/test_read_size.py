@@ -1,0 +1,186 @@
+"""The read size follows the load (movers.ReadSize): while other watchers wait
+in the same turn of the loop a read takes ``busy`` bytes at most, alone it
+takes the full chunk. Real relays on loopback TCP pairs in this process's hub;
+what each direction moved is read between turns by a prepare watcher (libev
+runs prepare watchers once per turn, before it polls)."""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import socket
+import struct
+import termios
+
+import gevent
+import gevent.event
+import pytest
+
+from gconnect.tunnel.deadlines import RelayLimits
+from gconnect.tunnel.movers import CopyMover, PipePool, ReadSize, SpliceMover
+from gconnect.tunnel.relay import Relay
+from gconnect.tunnel.tls import DecryptMover, EncryptMover
+
+from .test_relay_conformance import raw, tcp_pair
+
+pytestmark = pytest.mark.timeout(60)
+
+CHUNK = 256 * 1024
+BUSY = 4096
+TUNNELS = 8
+
+
+def queued(sock) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def fill(peer: socket.socket) -> None:
+    """Send from *peer* until its buffers are full (never blocks)."""
+    peer.setblocking(False)
+    block = b"x" * 65536
+    try:
+        while True:
+            peer.send(block)
+    except BlockingIOError:
+        pass
+
+
+class Tunnels:
+    """*count* relays between loopback pairs, every client peer's bytes queued before they start."""
+
+    def __init__(self, count: int, mover) -> None:
+        self.peers: list[socket.socket] = []
+        self.relays: list[Relay] = []
+        self.ends = []
+        for _ in range(count):
+            client_peer, client_end = tcp_pair()
+            upstream_end, upstream_peer = tcp_pair()
+            fill(client_peer)
+            ends = (raw(client_end), raw(upstream_end))
+            self.peers += [client_peer, upstream_peer]
+            self.ends += ends
+            limits = RelayLimits(10.0, 10.0, 0.0)
+            self.relays.append(Relay(*ends, movers=(mover, mover), limits=limits, on_done=lambda relay: None))
+        # Every source holds more than a busy read, so a read's size shows in what it moved.
+        assert all(queued(end) > 4 * BUSY for end in self.ends[::2])
+
+    def turns(self, count: int) -> list[list[int]]:
+        """Start every relay at once and return, after each of *count* turns, the bytes each moved up."""
+        loop = gevent.get_hub().loop
+        seen: list[list[int]] = []
+        done = gevent.event.Event()
+
+        def snapshot() -> None:
+            seen.append([relay.up.nbytes for relay in self.relays])
+            if len(seen) > count:
+                done.set()
+
+        watcher = loop.prepare()
+        watcher.start(snapshot)
+        try:
+            for relay in self.relays:
+                relay.start()
+            assert done.wait(10)
+        finally:
+            watcher.close()
+        return seen
+
+    def close(self) -> None:
+        for relay in self.relays:
+            relay.abort("test over")
+        for sock in self.peers + self.ends:
+            sock.close()
+
+
+@pytest.fixture
+def tunnels():
+    made: list[Tunnels] = []
+
+    def make(count: int, mover) -> Tunnels:
+        made.append(Tunnels(count, mover))
+        return made[-1]
+
+    yield make
+    for t in made:
+        t.close()
+
+
+def moved_per_turn(seen: list[list[int]]) -> list[list[int]]:
+    return [[b - a for a, b in zip(before, after, strict=True)] for before, after in itertools.pairwise(seen)]
+
+
+def movers() -> dict:
+    pipes = PipePool(TUNNELS, CHUNK)
+    return {
+        "copy": CopyMover(CHUNK, busy_bytes=BUSY),
+        "splice": SpliceMover(pipes, CHUNK, BUSY),
+        "auto": CopyMover(CHUNK, bulk=SpliceMover(pipes, CHUNK, BUSY), busy_bytes=BUSY),
+    }
+
+
+@pytest.mark.parametrize("kind", ["copy", "splice", "auto"])
+def test_many_ready_directions_read_at_most_the_busy_size(kind, tunnels):
+    t = tunnels(TUNNELS, movers()[kind])
+    turns = [moved for moved in moved_per_turn(t.turns(4)) if any(moved)]
+    assert turns, "nothing moved"
+    # All were ready in that turn: the first reads saw others still waiting, the
+    # last ones that others had waited in the same turn.
+    assert all(0 < n <= BUSY for n in turns[0]), turns[0]
+
+
+def test_a_direction_alone_reads_the_full_chunk(tunnels):
+    t = tunnels(1, CopyMover(CHUNK, busy_bytes=BUSY))
+    turns = [moved for moved in moved_per_turn(t.turns(4)) if any(moved)]
+    assert turns and turns[0][0] > BUSY
+
+
+def test_without_a_busy_size_every_read_is_full(tunnels):
+    t = tunnels(TUNNELS, CopyMover(CHUNK))
+    turns = [moved for moved in moved_per_turn(t.turns(4)) if any(moved)]
+    assert all(n > BUSY for n in turns[0])
+
+
+def sizes_in_one_turn(size: ReadSize, count: int) -> list[int]:
+    """What *size* says in each callback of one turn where *count* sockets are readable."""
+    pairs = [socket.socketpair() for _ in range(count)]
+    loop = gevent.get_hub().loop
+    sizes: list[int] = []
+    done = gevent.event.Event()
+
+    def readable(sock) -> None:
+        sizes.append(size())
+        sock.recv(16)
+        if len(sizes) == len(pairs):
+            done.set()
+
+    watchers = []
+    try:
+        for _, b in pairs:
+            b.send(b"x")
+        for a, _ in pairs:
+            watcher = loop.io(a.fileno(), 1)
+            watcher.start(readable, a)
+            watchers.append(watcher)
+        assert done.wait(10)
+    finally:
+        for watcher in watchers:
+            watcher.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
+    return sizes
+
+
+def test_read_size_inside_a_turn():
+    # The callbacks of one turn run one after another; libev's count of those still to run
+    # is what ReadSize reads, and the last of them knows others went before it.
+    size = ReadSize(CHUNK, BUSY)
+    assert sizes_in_one_turn(size, 5) == [BUSY] * 5
+    assert sizes_in_one_turn(size, 1) == [CHUNK]  # a later turn, alone
+    assert sizes_in_one_turn(ReadSize(CHUNK), 5) == [CHUNK] * 5
+    assert ReadSize(CHUNK, 0).busy == CHUNK and ReadSize(CHUNK, 2 * CHUNK).busy == CHUNK
+
+
+def test_tls_movers_take_the_busy_size():
+    assert DecryptMover(CHUNK, busy_bytes=BUSY).read_size.busy == BUSY
+    assert EncryptMover(CHUNK, busy_bytes=BUSY).read_size.busy == BUSY
