@@ -73,10 +73,11 @@ GB = 1e9
 #: gconnect with options: name -> the options added to the default gconnect's command line.
 VARIANTS = {
     "gconnect-chunk64k": ["--chunk-bytes", "65536"],
-    "gconnect-fixed": ["--busy-chunk-bytes", "0"],
-    "gconnect-busy16k": ["--busy-chunk-bytes", "16384"],
-    "gconnect-busy32k": ["--busy-chunk-bytes", "32768"],
-    "gconnect-busy64k": ["--busy-chunk-bytes", "65536"],
+    "gconnect-fixed": ["--turn-budget-bytes", "0"],
+    "gconnect-turn256k": ["--turn-budget-bytes", str(256 * 1024)],
+    "gconnect-turn512k": ["--turn-budget-bytes", str(512 * 1024)],
+    "gconnect-turn1m": ["--turn-budget-bytes", str(1024 * 1024)],
+    "gconnect-turn2m": ["--turn-budget-bytes", str(2048 * 1024)],
     "gconnect-auto": ["--relay", "auto"],
     "gconnect-splice": ["--relay", "splice"],
     "gconnect-copy": ["--relay", "copy"],

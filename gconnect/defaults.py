@@ -66,9 +66,9 @@ DEFAULT_MAX_CLIENTS = 9_900
 #: s/GiB, 256 KiB 0.25-0.29, 512 KiB 0.23-0.26, 1 MiB (pipe-max-size) 0.22-0.24.
 #: Pipe pages are only allocated while bytes sit in them.
 DEFAULT_CHUNK_BYTES = 512 * 1024
-#: The read size while other sockets wait in the same turn of the event loop
-#: (movers.ReadSize). Provisional; measured in bench/burst.py.
-DEFAULT_BUSY_CHUNK_BYTES = 64 * 1024
+#: Bytes the relays read in one turn of the event loop, shared by the sockets
+#: ready in it (movers.ReadSize). Provisional; measured in bench/burst.py.
+DEFAULT_TURN_BUDGET_BYTES = 1024 * 1024
 #: RFC 8305 §5: "A recommended value for the Connection Attempt Delay is 250 ms".
 DEFAULT_ATTEMPT_DELAY = 0.25
 #: Clamp DNS TTLs: Chromium's host cache caps at 1 min for its own resolver; unbound

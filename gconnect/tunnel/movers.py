@@ -22,12 +22,12 @@ exchanges never wait behind a bulk burst (reading all there is per callback
 let 50 bulk pushes hold other tunnels' echoes for tens of milliseconds:
 docs/performance.rst, bursts).
 
-How much that one read may take follows the load (:class:`ReadSize`): the
-full ``chunk_bytes`` in a turn of the loop where this is the only ready
-watcher, ``busy_chunk_bytes`` in a turn shared with others. One turn's copying
-is what every socket that becomes ready meanwhile waits behind, and fifty
-full chunks are tens of milliseconds; a tunnel alone keeps the large read
-that makes bulk cheap per byte.
+How much that one read may take follows the load (:class:`ReadSize`): a
+share of ``turn_budget_bytes`` per turn of the event loop, split among the
+sockets ready in it, at most ``chunk_bytes``. One turn's copying is what
+every socket that becomes ready meanwhile waits behind, and fifty full
+chunks are tens of milliseconds; a tunnel alone keeps the large read that
+makes bulk cheap per byte.
 
 Errors: a failed read is the source's reset, a failed write the
 destination's; both raise :class:`Reset` naming that side.
@@ -110,39 +110,43 @@ class Half(Direction):
 
 
 class ReadSize:
-    """The most one read may take: *busy* in a turn of the event loop where
-    other watchers wait or waited, *full* in a turn alone (``busy`` 0: always
-    *full*).
+    """The most one read may take: a share of *budget* bytes per turn of the
+    event loop, split among the watchers ready in that turn, no more than
+    *full* and no less than *floor* (``budget`` 0: always *full*).
 
-    libev runs a turn's ready watchers one after another; its count of those
-    still to run (``pendingcnt``) is the number of sockets waiting behind this
-    read, and a full chunk read now would make each of them wait for it. The
-    turn is remembered (``iteration``), so the last of a crowded turn reads
-    small too: the turn's work is then about ready sockets times *busy*. A
-    tunnel alone in its turn, as in single-tunnel bulk, finds none and reads
-    in full.
+    libev runs a turn's ready watchers one after another, and every socket
+    that becomes ready meanwhile waits for the turn to end; so the turn's
+    reads together, not each one, are what to bound. The first read of a turn
+    counts the watchers still to run (``pendingcnt``) and fixes the share for
+    the rest of it (``iteration`` tells turns apart). A tunnel alone in its
+    turn, as in single-tunnel bulk, reads *full*; fifty ready ones read a
+    fiftieth of the budget each.
     """
 
-    __slots__ = ("busy", "full", "loop", "turn")
+    __slots__ = ("budget", "floor", "full", "loop", "share", "turn")
 
-    def __init__(self, full: int, busy: int = 0) -> None:
+    def __init__(self, full: int, budget: int = 0, floor: int = 4096) -> None:
         self.full = full
-        self.busy = min(busy, full) if busy else full
+        self.budget = budget
+        self.floor = min(floor, full)
+        self.share = full
+        #: The loop iteration ``share`` was fixed in.
+        self.turn = -1
         loop = get_hub().loop
         # Only libev counts pending watchers (gevent's libuv loop does not): there every read is full.
-        self.loop = loop if self.busy < full and hasattr(loop, "pendingcnt") else None
-        #: The last turn (loop iteration) in which a read found others waiting.
-        self.turn = -1
+        self.loop = loop if budget and hasattr(loop, "pendingcnt") else None
 
     def __call__(self) -> int:
         """The size for the read about to be made."""
         loop = self.loop
         if loop is None:
             return self.full
-        if loop.pendingcnt:
-            self.turn = loop.iteration
-            return self.busy
-        return self.busy if self.turn == loop.iteration else self.full
+        turn = loop.iteration
+        if turn != self.turn:
+            self.turn = turn
+            share = self.budget // (loop.pendingcnt + 1)
+            self.share = self.full if share >= self.full else max(share, self.floor)
+        return self.share
 
 
 class Mover:
@@ -209,11 +213,11 @@ class CopyMover(Mover):
     never yields while it uses it); *bulk* takes over a direction whose read
     fills the buffer (``--relay auto``)."""
 
-    def __init__(self, chunk_bytes: int, bulk: Mover | None = None, busy_bytes: int = 0) -> None:
+    def __init__(self, chunk_bytes: int, bulk: Mover | None = None, budget_bytes: int = 0) -> None:
         self.scratch = bytearray(chunk_bytes)
         self.view = memoryview(self.scratch)
         self.size = chunk_bytes
-        self.read_size = ReadSize(chunk_bytes, busy_bytes)
+        self.read_size = ReadSize(chunk_bytes, budget_bytes)
         self.bulk = bulk
 
     def pump(self, half: Half, size: int = 0) -> int:
@@ -233,7 +237,7 @@ class CopyMover(Mover):
             half.pending = self.scratch[sent:n]
             half.blocked = True
         if n == self.size and self.bulk is not None:
-            # Only a full-size read hands over: a busy turn's smaller one says nothing of bulk.
+            # Only a full-size read hands over: a crowded turn's smaller share says nothing of bulk.
             half.mover = self.bulk  # which delivers the remainder first
         return n
 
@@ -287,10 +291,10 @@ class PipePool:
 class SpliceMover(Mover):
     """socket -> pipe -> socket with splice(2); the pipe is held only while bytes sit in it."""
 
-    def __init__(self, pipes: PipePool, chunk_bytes: int, busy_bytes: int = 0) -> None:
+    def __init__(self, pipes: PipePool, chunk_bytes: int, budget_bytes: int = 0) -> None:
         self.pipes = pipes
         self.chunk = self.size = chunk_bytes
-        self.read_size = ReadSize(chunk_bytes, busy_bytes)
+        self.read_size = ReadSize(chunk_bytes, budget_bytes)
 
     def pump(self, half: Half, size: int = 0) -> int:
         pipe = half.pipe

@@ -92,13 +92,13 @@ def relay_movers(config: Config) -> tuple[str, Mover, PipePool | None]:
             raise RuntimeError("--relay splice: splice(2) does not work here")
         mode = "copy"
     if mode == "copy":
-        return mode, CopyMover(config.chunk_bytes, busy_bytes=config.busy_chunk_bytes), None
+        return mode, CopyMover(config.chunk_bytes, budget_bytes=config.turn_budget_bytes), None
     pipes = PipePool(config.pipe_pool_size, config.chunk_bytes)
-    splice = SpliceMover(pipes, config.chunk_bytes, config.busy_chunk_bytes)
+    splice = SpliceMover(pipes, config.chunk_bytes, config.turn_budget_bytes)
     if mode == "splice":
         return mode, splice, pipes
     # auto: copy what fits in AUTO_COPY_BYTES, splice a direction once a read fills it.
-    copy = CopyMover(min(AUTO_COPY_BYTES, config.chunk_bytes), bulk=splice, busy_bytes=config.busy_chunk_bytes)
+    copy = CopyMover(min(AUTO_COPY_BYTES, config.chunk_bytes), bulk=splice, budget_bytes=config.turn_budget_bytes)
     return mode, copy, pipes
 
 
@@ -223,8 +223,8 @@ class TunnelServices:
             pipes=pipes,
             plain_movers=(mover, mover),
             tls_movers=(
-                DecryptMover(config.chunk_bytes, busy_bytes=config.busy_chunk_bytes),
-                EncryptMover(config.chunk_bytes, busy_bytes=config.busy_chunk_bytes),
+                DecryptMover(config.chunk_bytes, budget_bytes=config.turn_budget_bytes),
+                EncryptMover(config.chunk_bytes, budget_bytes=config.turn_budget_bytes),
             ),
             relay_limits=RelayLimits(config.idle_timeout, config.half_close_timeout, config.max_tunnel_lifetime),
             hangups=hangups,

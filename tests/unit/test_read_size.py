@@ -1,6 +1,6 @@
-"""The read size follows the load (movers.ReadSize): while other watchers wait
-in the same turn of the loop a read takes ``busy`` bytes at most, alone it
-takes the full chunk. Real relays on loopback TCP pairs in this process's hub;
+"""The read size follows the load (movers.ReadSize): the reads of one turn of
+the loop share a budget, so with many sockets ready each takes a small share,
+and alone one takes up to the full chunk. Real relays on loopback TCP pairs in this process's hub;
 what each direction moved is read between turns by a prepare watcher (libev
 runs prepare watchers once per turn, before it polls)."""
 
@@ -26,8 +26,10 @@ from .test_relay_conformance import raw, tcp_pair
 pytestmark = pytest.mark.timeout(60)
 
 CHUNK = 256 * 1024
-BUSY = 4096
+BUDGET = 64 * 1024
 TUNNELS = 8
+#: What each of TUNNELS ready sockets may read in one turn.
+SHARE = BUDGET // TUNNELS
 
 
 def queued(sock) -> int:
@@ -61,8 +63,8 @@ class Tunnels:
             self.ends += ends
             limits = RelayLimits(10.0, 10.0, 0.0)
             self.relays.append(Relay(*ends, movers=(mover, mover), limits=limits, on_done=lambda relay: None))
-        # Every source holds more than a busy read, so a read's size shows in what it moved.
-        assert all(queued(end) > 4 * BUSY for end in self.ends[::2])
+        # Every source holds more than a share, so a read's size shows in what it moved.
+        assert all(queued(end) > 4 * SHARE for end in self.ends[::2])
 
     def turns(self, count: int) -> list[list[int]]:
         """Start every relay at once and return, after each of *count* turns, the bytes each moved up."""
@@ -112,32 +114,31 @@ def moved_per_turn(seen: list[list[int]]) -> list[list[int]]:
 def movers() -> dict:
     pipes = PipePool(TUNNELS, CHUNK)
     return {
-        "copy": CopyMover(CHUNK, busy_bytes=BUSY),
-        "splice": SpliceMover(pipes, CHUNK, BUSY),
-        "auto": CopyMover(CHUNK, bulk=SpliceMover(pipes, CHUNK, BUSY), busy_bytes=BUSY),
+        "copy": CopyMover(CHUNK, budget_bytes=BUDGET),
+        "splice": SpliceMover(pipes, CHUNK, BUDGET),
+        "auto": CopyMover(CHUNK, bulk=SpliceMover(pipes, CHUNK, BUDGET), budget_bytes=BUDGET),
     }
 
 
 @pytest.mark.parametrize("kind", ["copy", "splice", "auto"])
-def test_many_ready_directions_read_at_most_the_busy_size(kind, tunnels):
+def test_many_ready_directions_share_the_turn_budget(kind, tunnels):
     t = tunnels(TUNNELS, movers()[kind])
     turns = [moved for moved in moved_per_turn(t.turns(4)) if any(moved)]
     assert turns, "nothing moved"
-    # All were ready in that turn: the first reads saw others still waiting, the
-    # last ones that others had waited in the same turn.
-    assert all(0 < n <= BUSY for n in turns[0]), turns[0]
+    # All were ready in that turn, and each read its share of the budget at most.
+    assert all(0 < n <= SHARE for n in turns[0]), turns[0]
 
 
-def test_a_direction_alone_reads_the_full_chunk(tunnels):
-    t = tunnels(1, CopyMover(CHUNK, busy_bytes=BUSY))
+def test_a_direction_alone_reads_more_than_a_share(tunnels):
+    t = tunnels(1, CopyMover(CHUNK, budget_bytes=BUDGET))
     turns = [moved for moved in moved_per_turn(t.turns(4)) if any(moved)]
-    assert turns and turns[0][0] > BUSY
+    assert turns and turns[0][0] > SHARE
 
 
-def test_without_a_busy_size_every_read_is_full(tunnels):
+def test_without_a_budget_every_read_is_full(tunnels):
     t = tunnels(TUNNELS, CopyMover(CHUNK))
     turns = [moved for moved in moved_per_turn(t.turns(4)) if any(moved)]
-    assert all(n > BUSY for n in turns[0])
+    assert all(n > SHARE for n in turns[0])
 
 
 def sizes_in_one_turn(size: ReadSize, count: int) -> list[int]:
@@ -172,15 +173,17 @@ def sizes_in_one_turn(size: ReadSize, count: int) -> list[int]:
 
 
 def test_read_size_inside_a_turn():
-    # The callbacks of one turn run one after another; libev's count of those still to run
-    # is what ReadSize reads, and the last of them knows others went before it.
-    size = ReadSize(CHUNK, BUSY)
-    assert sizes_in_one_turn(size, 5) == [BUSY] * 5
-    assert sizes_in_one_turn(size, 1) == [CHUNK]  # a later turn, alone
-    assert sizes_in_one_turn(ReadSize(CHUNK), 5) == [CHUNK] * 5
-    assert ReadSize(CHUNK, 0).busy == CHUNK and ReadSize(CHUNK, 2 * CHUNK).busy == CHUNK
+    # The callbacks of one turn run one after another; the first read counts those still to
+    # run (libev's pendingcnt) and the share holds for the whole turn, the last read included.
+    size = ReadSize(CHUNK, BUDGET)
+    assert sizes_in_one_turn(size, 5) == [BUDGET // 5] * 5
+    assert sizes_in_one_turn(size, 1) == [BUDGET]  # a later turn, alone: the whole budget
+    assert sizes_in_one_turn(ReadSize(CHUNK, 4 * CHUNK), 1) == [CHUNK]  # never above the chunk
+    assert sizes_in_one_turn(ReadSize(CHUNK, 4 * CHUNK), 2) == [CHUNK] * 2
+    assert sizes_in_one_turn(ReadSize(CHUNK, 8192), 5) == [4096] * 5  # nor below the floor
+    assert sizes_in_one_turn(ReadSize(CHUNK), 5) == [CHUNK] * 5  # no budget: always full
 
 
-def test_tls_movers_take_the_busy_size():
-    assert DecryptMover(CHUNK, busy_bytes=BUSY).read_size.busy == BUSY
-    assert EncryptMover(CHUNK, busy_bytes=BUSY).read_size.busy == BUSY
+def test_tls_movers_take_the_budget():
+    assert DecryptMover(CHUNK, budget_bytes=BUDGET).read_size.budget == BUDGET
+    assert EncryptMover(CHUNK, budget_bytes=BUDGET).read_size.budget == BUDGET

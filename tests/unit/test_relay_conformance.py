@@ -48,9 +48,9 @@ FULL_AFTER_S = 0.2
 KINDS = ["copy", "splice", "auto", "tls", "h2", "limited-auto", "limited-tls"]
 CHUNK = 256 * 1024
 LIMIT = Limit(100_000_000, 1_000_000)
-#: Reads in a turn shared with other ready watchers (both directions at once) take this much:
-#: every kind is checked with the read size following the load.
-BUSY = 16 * 1024
+#: A turn's reads share this (both directions at once split it): every kind is checked with
+#: the read size following the load.
+BUDGET = 32 * 1024
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -199,14 +199,14 @@ class Harness:
         session = None
         if kind == "tls":
             session, self.client = self._tls(client_peer, ca)
-            movers: tuple = (DecryptMover(CHUNK, busy_bytes=BUSY), EncryptMover(CHUNK, busy_bytes=BUSY))
+            movers: tuple = (DecryptMover(CHUNK, budget_bytes=BUDGET), EncryptMover(CHUNK, budget_bytes=BUDGET))
         else:
             self.client = client_peer
-            splice = SpliceMover(self.pipes, CHUNK, BUSY)
+            splice = SpliceMover(self.pipes, CHUNK, BUDGET)
             mover = {
-                "copy": CopyMover(CHUNK, busy_bytes=BUSY),
+                "copy": CopyMover(CHUNK, budget_bytes=BUDGET),
                 "splice": splice,
-                "auto": CopyMover(CHUNK, bulk=splice, busy_bytes=BUSY),
+                "auto": CopyMover(CHUNK, bulk=splice, budget_bytes=BUDGET),
             }[kind]
             movers = (mover, mover)
         self.relay = Relay(
