@@ -78,6 +78,7 @@ VARIANTS = {
     "gconnect-turn512k": ["--turn-budget-bytes", str(512 * 1024)],
     "gconnect-turn1m": ["--turn-budget-bytes", str(1024 * 1024)],
     "gconnect-turn2m": ["--turn-budget-bytes", str(2048 * 1024)],
+    "gconnect-turn4m": ["--turn-budget-bytes", str(4096 * 1024)],
     "gconnect-auto": ["--relay", "auto"],
     "gconnect-splice": ["--relay", "splice"],
     "gconnect-copy": ["--relay", "copy"],
@@ -192,10 +193,10 @@ def _proxy_counters(pid: int | None) -> tuple[float, float]:
     return procfs.tree_cpu_split(pid) if pid else (0.0, 0.0)
 
 
-def bulk_once(lg: LoadGen, subject: Subject, sink: str) -> None:
-    """One tunnel's upload into a sink reading at full speed; the proxy's CPU from /proc."""
+def bulk_once(lg: LoadGen, subject: Subject, sink: str, conns: int) -> None:
+    """*conns* tunnels' upload into a sink reading at full speed; the proxy's CPU from /proc."""
     before = procfs.tree_cpu_split(subject.pid) if subject.pid else (0.0, 0.0)
-    rep = _watched(lambda: lg.run("bulk", subject.address, sink, BULK_S, dir="up", conns=1, seconds=BULK_S))
+    rep = _watched(lambda: lg.run("bulk", subject.address, sink, BULK_S, dir="up", conns=conns, seconds=BULK_S))
     if subject.pid and rep.get("bytes"):
         user, system = procfs.tree_cpu_split(subject.pid)
         gigabytes = rep["bytes"] / GB
@@ -244,7 +245,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help=f"SO_RCVBUF of the never-reading targets (default {TARGET_RCVBUF} with --from-start, else the kernel's)",
     )
-    parser.add_argument("--bulk", action="store_true", help="also one tunnel's bulk upload, with CPU per GB")
+    parser.add_argument("--bulk", action="store_true", help="also bulk uploads, with the proxy's CPU per GB")
+    parser.add_argument(
+        "--bulk-conns",
+        type=lambda v: [int(n) for n in v.split(",")],
+        default=[1],
+        help="tunnels per bulk upload, comma-separated (default 1)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", help="stem of the result files (default burst, or burst-reader)")
     args = parser.parse_args(argv)
@@ -300,8 +307,9 @@ def run_rounds(subjects: list[Subject], lg: LoadGen, ports, hole: Blackhole, arg
             burst_once(lg, subject, sink, args, hole)
     if args.bulk:
         for _ in range(args.reps):
-            for subject in subjects:
-                bulk_once(lg, subject, ports.target("sink"))
+            for conns in args.bulk_conns:
+                for subject in subjects:
+                    bulk_once(lg, subject, ports.target("sink"), conns)
 
 
 def start_target(name: str, env: Environment, lg: LoadGen, ports, workdir: Path, stack: ExitStack) -> Subject:
@@ -418,20 +426,21 @@ def render_burst_work(results: dict) -> list[str]:
 def render_bulk(results: dict) -> list[str]:
     lines = [
         "",
-        f"One tunnel's upload into a sink reading at full speed, {BULK_S:g} s, medians (proxy CPU from /proc):",
+        f"Bulk uploads into a sink reading at full speed, {BULK_S:g} s each, medians (proxy CPU from /proc):",
         "",
-        "| target | MB/s | user s/GB | sys s/GB | disturbed reps |",
-        "|---|---|---|---|---|",
+        "| target | tunnels | MB/s | user s/GB | sys s/GB | disturbed reps |",
+        "|---|---|---|---|---|---|",
     ]
     for name, entry in results["targets"].items():
-        reps = entry.get("bulk")
-        if not reps:
-            continue
-        cells = [f"{summary(reps, 'mb_per_s'):,.0f}"]
-        for key in ("user_s_per_gb", "sys_s_per_gb"):
-            cells.append(f"{summary(reps, key):.3f}" if "user_s_per_gb" in reps[0] else "")
-        disturbed = sum(bool(r.get("disturbed")) for r in reps)
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {disturbed} of {len(reps)} |")
+        by_conns: dict[int, list[dict]] = {}
+        for rep in entry.get("bulk", ()):
+            by_conns.setdefault(rep.get("conns", 1), []).append(rep)
+        for conns, reps in sorted(by_conns.items()):
+            cells = [str(conns), f"{summary(reps, 'mb_per_s'):,.0f}"]
+            for key in ("user_s_per_gb", "sys_s_per_gb"):
+                cells.append(f"{summary(reps, key):.3f}" if key in reps[0] else "")
+            disturbed = sum(bool(r.get("disturbed")) for r in reps)
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {disturbed} of {len(reps)} |")
     return lines
 
 
