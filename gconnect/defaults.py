@@ -68,7 +68,7 @@ DEFAULT_MAX_CLIENTS = 9_900
 DEFAULT_CHUNK_BYTES = 512 * 1024
 #: Bytes the relays read in one turn of the event loop, shared by the sockets
 #: ready in it (movers.ReadSize). Provisional; measured in bench/burst.py.
-DEFAULT_TURN_BUDGET_BYTES = 1024 * 1024
+DEFAULT_TURN_BUDGET_BYTES = 2 * 1024 * 1024
 #: RFC 8305 §5: "A recommended value for the Connection Attempt Delay is 250 ms".
 DEFAULT_ATTEMPT_DELAY = 0.25
 #: Clamp DNS TTLs: Chromium's host cache caps at 1 min for its own resolver; unbound
