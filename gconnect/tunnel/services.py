@@ -97,9 +97,10 @@ def relay_movers(config: Config) -> tuple[str, Mover, PipePool | None]:
     splice = SpliceMover(pipes, config.chunk_bytes, config.turn_budget_bytes)
     if mode == "splice":
         return mode, splice, pipes
-    # auto: copy what fits in AUTO_COPY_BYTES, splice a direction once a read fills it.
-    copy = CopyMover(min(AUTO_COPY_BYTES, config.chunk_bytes), bulk=splice, budget_bytes=config.turn_budget_bytes)
-    return mode, copy, pipes
+    # auto: copy what fits in AUTO_COPY_BYTES, splice a direction once a read fills it. Those
+    # reads are small already, and a share below AUTO_COPY_BYTES would never fill one: only the
+    # splice that takes over reads a share of the turn's budget.
+    return mode, CopyMover(min(AUTO_COPY_BYTES, config.chunk_bytes), bulk=splice), pipes
 
 
 class OpenTunnels:

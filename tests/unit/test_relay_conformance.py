@@ -206,7 +206,7 @@ class Harness:
             mover = {
                 "copy": CopyMover(CHUNK, budget_bytes=BUDGET),
                 "splice": splice,
-                "auto": CopyMover(CHUNK, bulk=splice, budget_bytes=BUDGET),
+                "auto": CopyMover(CHUNK, bulk=splice),
             }[kind]
             movers = (mover, mover)
         self.relay = Relay(
