@@ -136,17 +136,18 @@ class ReadSize:
         # Only libev counts pending watchers (gevent's libuv loop does not): there every read is full.
         self.loop = loop if budget and hasattr(loop, "pendingcnt") else None
 
-    def __call__(self) -> int:
-        """The size for the read about to be made."""
+    def __call__(self, cap: int = 0) -> int:
+        """The size for the read about to be made, no more than *cap* if given
+        (a bandwidth limit's allowance: :meth:`Mover.pump`'s *size*)."""
         loop = self.loop
         if loop is None:
-            return self.full
+            return cap or self.full
         turn = loop.iteration
         if turn != self.turn:
             self.turn = turn
             share = self.budget // (loop.pendingcnt + 1)
             self.share = self.full if share >= self.full else max(share, self.floor)
-        return self.share
+        return cap if cap and cap < self.share else self.share
 
 
 class Mover:
@@ -222,7 +223,7 @@ class CopyMover(Mover):
 
     def pump(self, half: Half, size: int = 0) -> int:
         try:
-            n = half.src.recv_into(self.scratch, size or self.read_size())
+            n = half.src.recv_into(self.scratch, self.read_size(size))
         except BlockingIOError:
             return 0
         except OSError as exc:
@@ -301,7 +302,7 @@ class SpliceMover(Mover):
         if pipe is None:
             pipe = half.pipe = self.pipes.get()
         try:
-            n = os.splice(half.src.fileno(), pipe[1], size or self.read_size(), flags=SPLICE_FLAGS)
+            n = os.splice(half.src.fileno(), pipe[1], self.read_size(size), flags=SPLICE_FLAGS)
         except BlockingIOError:
             n = 0
         except OSError as exc:
