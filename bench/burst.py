@@ -13,28 +13,44 @@ For each target in turn (proxy on CPU 0, everything else on CPU 1):
 3. ``loadgen bulk --dir up --conns 50`` starts pushing into a target that
    accepts and never reads, and the probe measures again during the burst.
 
-Writes ``bench/results/burst.json`` and ``burst.md`` (``--out`` to change).
+Writes ``bench/results/burst.json`` and ``burst.md`` (``--out``, ``--name``).
 ``--gconnect-repo DIR`` runs gconnect from another checkout (for a before and
-after in one run; that checkout's result is labelled ``gconnect@DIR``).
+after in one run; that checkout's result is labelled ``gconnect@DIR``), and
+``--baseline COMMIT`` runs the target ``gconnect-base`` from that commit.
+
+``--from-start`` is issue 24's harder reading of the same burst: the probe
+starts its round trips as the pushers start, so it measures the first second,
+while every pusher's buffers fill (about 15 MiB each), on its own ("first")
+as well as the whole burst ("overall"). ``--bulk`` adds, per target, one
+tunnel's upload into loadgen's sink with the proxy's user and system CPU per
+GB from /proc: what a smaller read costs when a tunnel is alone.
+
+Targets are the harness's, plus the gconnect variants in :data:`VARIANTS`
+(the default gconnect with some options).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import socket
-import statistics
+import struct
+import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
-from dataclasses import replace
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench.harness.build import build_loadgen
 from bench.harness.loadgen import LoadGen, hold_command, read_line, stop_process
 from bench.harness.targets import Environment, RunningProxy, TargetUnavailable, launch_plan, prepare
+from bench.harness.trees import extract
 from gconnect.testing import procfs
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -42,6 +58,30 @@ PROBE_TUNNELS = 20
 PUSHERS = 50
 BURST_S = 3.0
 ROUNDS = 3000
+#: --from-start: the probe runs for the whole burst (its round count is only a ceiling), and the
+#: round trips started in the first FIRST_S seconds are reported on their own.
+FROM_START_ROUNDS = 1_000_000
+FIRST_S = 1.0
+BULK_S = 3.0
+#: --from-start's targets take this SO_RCVBUF (net.core.rmem_max here; the kernel doubles it): a
+#: target that never reads never grows its window, so without it each would hold ~128 KiB and the
+#: proxy would have little to move. With it a tunnel absorbs ~15 MiB (this, the proxy's send and
+#: receive buffers, the pusher's send buffer) in the burst's first second, as in issue 24.
+TARGET_RCVBUF = 4 * 1024 * 1024
+GB = 1e9
+#: gconnect with options: name -> the options added to the default gconnect's command line.
+VARIANTS = {
+    "gconnect-chunk64k": ["--chunk-bytes", "65536"],
+    "gconnect-fixed": ["--turn-budget-bytes", "0"],
+    "gconnect-turn256k": ["--turn-budget-bytes", str(256 * 1024)],
+    "gconnect-turn512k": ["--turn-budget-bytes", str(512 * 1024)],
+    "gconnect-turn1m": ["--turn-budget-bytes", str(1024 * 1024)],
+    "gconnect-turn2m": ["--turn-budget-bytes", str(2048 * 1024)],
+    "gconnect-turn4m": ["--turn-budget-bytes", str(4096 * 1024)],
+    "gconnect-auto": ["--relay", "auto"],
+    "gconnect-splice": ["--relay", "splice"],
+    "gconnect-copy": ["--relay", "copy"],
+}
 #: Other processes' CPU, in percent of one core, above which a repetition is marked disturbed
 #: (the harness's threshold): the machine is shared, and a p99 is what suffers first.
 DISTURBED_PERCENT = 10.0
@@ -50,8 +90,12 @@ DISTURBED_PERCENT = 10.0
 class Blackhole:
     """A target that accepts and never reads: pushed bytes fill the buffers and stay."""
 
-    def __init__(self) -> None:
+    def __init__(self, rcvbuf: int = 0) -> None:
+        self.rcvbuf = rcvbuf
         self.sock = socket.socket()
+        if rcvbuf:
+            # Set before listen, so accepted sockets inherit it and the handshake scales the window to it.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(512)
         self.held: list[socket.socket] = []
@@ -70,6 +114,16 @@ class Blackhole:
                 return
             self.held.append(conn)
 
+    def queued(self) -> int:
+        """Bytes waiting unread in the held connections: all the proxy delivered to them."""
+        total = 0
+        for conn in list(self.held):
+            try:
+                total += struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+            except OSError:
+                pass
+        return total
+
     def drop(self) -> None:
         """Close what the last burst left (its pushers are gone)."""
         held, self.held = self.held, []
@@ -81,26 +135,74 @@ class Blackhole:
         self.drop()
 
 
-def measure(lg: LoadGen, proxy: str, echo: str, sink: str, reps: int, hole: Blackhole) -> dict:
+@dataclass
+class Subject:
+    """One target under measurement: where it listens, its process (None: no proxy) and its probe."""
+
+    name: str
+    address: str
+    pid: int | None
+    probe: subprocess.Popen[str]
+    idle: list[dict] = field(default_factory=list)
+    burst: list[dict] = field(default_factory=list)
+    bulk: list[dict] = field(default_factory=list)
+
+
+def open_probe(lg: LoadGen, proxy: str, echo: str) -> subprocess.Popen[str]:
     probe = lg.start_hold(proxy, echo, PROBE_TUNNELS, 30.0)
     try:
         opened = json.loads(read_line(probe, 60))
-        if opened["held"] < PROBE_TUNNELS:
-            raise TargetUnavailable(f"probe opened {opened['held']} of {PROBE_TUNNELS} tunnels")
-        idle, burst = [], []
-        for _ in range(reps):
-            idle.append(_watched(lambda: hold_command(probe, f"rtt {ROUNDS // 3} 2.0", 30)))
-            pushers = lg.start_bulk(proxy, sink, PUSHERS, BURST_S)
-            try:
-                time.sleep(0.05)  # the pushers' connects and CONNECTs are under way
-                burst.append(_watched(lambda: hold_command(probe, f"rtt {ROUNDS} {BURST_S - 0.5}", 30)))
-            finally:
-                stop_process(pushers)
-            hole.drop()
-            time.sleep(1.0)
-        return {"idle": idle, "burst": burst}
-    finally:
+    except Exception:
         stop_process(probe)
+        raise
+    if opened["held"] < PROBE_TUNNELS:
+        stop_process(probe)
+        raise TargetUnavailable(f"probe opened {opened['held']} of {PROBE_TUNNELS} tunnels")
+    return probe
+
+
+def burst_once(lg: LoadGen, subject: Subject, sink: str, args, hole: Blackhole) -> None:
+    """One idle measurement and one burst through *subject*; appended to its lists."""
+    probe = subject.probe
+    subject.idle.append(_watched(lambda: hold_command(probe, f"rtt {ROUNDS // 3} 2.0", 30)))
+    before = _proxy_counters(subject.pid)
+    pushers = lg.start_bulk(subject.address, sink, PUSHERS, BURST_S)
+    if args.from_start:
+        command = f"rtt {FROM_START_ROUNDS} {BURST_S} {FIRST_S}"
+    else:
+        time.sleep(0.05)  # the pushers' connects and CONNECTs are under way
+        command = f"rtt {ROUNDS} {BURST_S - 0.5}"
+    try:
+        rep = _watched(lambda: hold_command(probe, command, 30))
+        after = _proxy_counters(subject.pid)
+        if sink == hole.target:
+            rep["delivered_mb"] = round(hole.queued() / 1e6, 1)
+    finally:
+        stop_process(pushers)
+    if subject.pid:
+        rep["proxy_user_s"] = round(after[0] - before[0], 3)
+        rep["proxy_sys_s"] = round(after[1] - before[1], 3)
+    subject.burst.append(rep)
+    hole.drop()
+    time.sleep(1.0)
+
+
+def _proxy_counters(pid: int | None) -> tuple[float, float]:
+    """(user s, system s) of the proxy's process tree."""
+    return procfs.tree_cpu_split(pid) if pid else (0.0, 0.0)
+
+
+def bulk_once(lg: LoadGen, subject: Subject, sink: str, conns: int) -> None:
+    """*conns* tunnels' upload into a sink reading at full speed; the proxy's CPU from /proc."""
+    before = procfs.tree_cpu_split(subject.pid) if subject.pid else (0.0, 0.0)
+    rep = _watched(lambda: lg.run("bulk", subject.address, sink, BULK_S, dir="up", conns=conns, seconds=BULK_S))
+    if subject.pid and rep.get("bytes"):
+        user, system = procfs.tree_cpu_split(subject.pid)
+        gigabytes = rep["bytes"] / GB
+        rep["user_s_per_gb"] = round((user - before[0]) / gigabytes, 4)
+        rep["sys_s_per_gb"] = round((system - before[1]) / gigabytes, 4)
+    subject.bulk.append(rep)
+    time.sleep(0.5)
 
 
 def _watched(measure_one) -> dict:
@@ -115,101 +217,120 @@ def _watched(measure_one) -> dict:
     return result
 
 
-def quiet(reps: list[dict]) -> list[dict]:
-    """The undisturbed repetitions, or all of them when every one was disturbed."""
-    return [r for r in reps if not r.get("disturbed")] or reps
-
-
-def summary(reps: list[dict], key: str) -> float:
-    return statistics.median(r[key] for r in quiet(reps))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.burst", description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="direct,gconnect,gconnect-splice,gconnect-copy,squid")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--gconnect-repo", type=Path, help="also run gconnect from this checkout")
+    parser.add_argument("--baseline", help="commit that the target gconnect-base runs")
     parser.add_argument(
         "--sink",
         choices=("blackhole", "reader"),
         default="blackhole",
         help="pushers' target: one that never reads (the issue's burst) or loadgen's sink, which reads at full speed",
     )
+    parser.add_argument("--from-start", action="store_true", help="probe from the burst's start; first second apart")
+    parser.add_argument(
+        "--target-rcvbuf",
+        type=int,
+        help=f"SO_RCVBUF of the never-reading targets (default {TARGET_RCVBUF} with --from-start, else the kernel's)",
+    )
+    parser.add_argument("--bulk", action="store_true", help="also bulk uploads, with the proxy's CPU per GB")
+    parser.add_argument(
+        "--bulk-conns",
+        type=lambda v: [int(n) for n in v.split(",")],
+        default=[1],
+        help="tunnels per bulk upload, comma-separated (default 1)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", help="stem of the result files (default burst, or burst-reader)")
     args = parser.parse_args(argv)
-    env = Environment(venv=Path("/tmp/gconnect-bench-venv"))
+    baseline = extract(args.baseline) if args.baseline else None
+    env = Environment(venv=Path("/tmp/gconnect-bench-venv"), baseline=baseline)
     lg = LoadGen(build_loadgen(Path("/tmp/gconnect-bench-build")), frozenset({1}))
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.gconnect_repo:
         names.append(f"gconnect@{args.gconnect_repo}")
-    results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sink": args.sink, "targets": {}}
+    hole = Blackhole(args.target_rcvbuf if args.target_rcvbuf is not None else TARGET_RCVBUF * args.from_start)
+    results: dict = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": "python -m bench.burst " + " ".join(sys.argv[1:] if argv is None else argv),
+        "sink": args.sink,
+        "from_start": args.from_start,
+        "target_rcvbuf": hole.rcvbuf,
+        "baseline": args.baseline,
+        "targets": {},
+    }
     workdir = Path(tempfile.mkdtemp(prefix="gconnect-burst-"))
-    hole = Blackhole()
     try:
-        with lg.server() as ports:
+        with lg.server() as ports, ExitStack() as stack:
+            subjects = []
             for name in names:
-                print(f"[burst] {name}", file=sys.stderr, flush=True)
+                print(f"[burst] starting {name}", file=sys.stderr, flush=True)
                 try:
-                    results["targets"][name] = run_target(name, env, lg, ports, hole, workdir, args)
+                    subjects.append(start_target(name, env, lg, ports, workdir, stack))
                 except TargetUnavailable as exc:
                     results["targets"][name] = {"skipped": str(exc)}
+            run_rounds(subjects, lg, ports, hole, args)
+            for subject in subjects:
+                entry = {"idle": subject.idle, "burst": subject.burst}
+                if args.bulk:
+                    entry["bulk"] = subject.bulk
+                results["targets"][subject.name] = entry
     finally:
         hole.close()
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "burst" if args.sink == "blackhole" else "burst-reader"
+    stem = args.name or ("burst" if args.sink == "blackhole" else "burst-reader")
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    from bench.burst_report import render  # it reads this module's constants
+
     markdown = render(results)
     (args.out / f"{stem}.md").write_text(markdown)
     print(markdown)
     return 0
 
 
-def run_target(name: str, env: Environment, lg: LoadGen, ports, hole: Blackhole, workdir: Path, args) -> dict:
+def run_rounds(subjects: list[Subject], lg: LoadGen, ports, hole: Blackhole, args) -> None:
+    """Every repetition visits every target in turn, so the machine's noise falls on all of them alike."""
     sink = hole.target if args.sink == "blackhole" else ports.target("sink")
+    for rep in range(args.reps):
+        for subject in subjects:
+            print(f"[burst] rep {rep + 1}/{args.reps} {subject.name}", file=sys.stderr, flush=True)
+            burst_once(lg, subject, sink, args, hole)
+    if args.bulk:
+        for _ in range(args.reps):
+            for conns in args.bulk_conns:
+                for subject in subjects:
+                    bulk_once(lg, subject, ports.target("sink"), conns)
+
+
+def start_target(name: str, env: Environment, lg: LoadGen, ports, workdir: Path, stack: ExitStack) -> Subject:
+    """Start *name* (stopped when *stack* closes) and open its probe tunnels."""
+    echo = ports.target("echo")
     if name == "direct":
-        return measure(lg, "none", ports.target("echo"), sink, args.reps, hole)
+        probe = open_probe(lg, "none", echo)
+        stack.callback(stop_process, probe)
+        return Subject(name, "none", None, probe)
     base, _, repo = name.partition("@")
-    prepare(base, env)
+    launched = "gconnect" if base in VARIANTS else base
+    prepare(launched, env)
     rundir = Path(tempfile.mkdtemp(prefix=f"{base}-", dir=workdir))
-    plan = launch_plan(base, rundir, env)
+    plan = launch_plan(launched, rundir, env)
+    if base in VARIANTS:
+        plan = replace(plan, argv=plan.argv + VARIANTS[base])
     if repo:
         plan = replace(plan, cwd=Path(repo))
-        os.environ["PYTHONPATH"] = repo  # the subprocess imports that checkout's gconnect
+    path = repo or (str(env.baseline) if base == "gconnect-base" else "")
+    if path:
+        os.environ["PYTHONPATH"] = path  # the subprocess imports that checkout's gconnect
     try:
-        with RunningProxy(name, plan, rundir) as proxy:
-            address = proxy.start(ports.target("echo"))
-            return measure(lg, address, ports.target("echo"), sink, args.reps, hole)
+        proxy = stack.enter_context(RunningProxy(name, plan, rundir))
+        address = proxy.start(echo)
     finally:
         os.environ.pop("PYTHONPATH", None)
-
-
-def render(results: dict) -> str:
-    lines = [
-        f"# Echo latency through other tunnels during a burst ({results['started']})",
-        "",
-        f"{PROBE_TUNNELS} probe tunnels (their own process), {PUSHERS} pushers into "
-        + ("targets that never read" if results["sink"] == "blackhole" else "a sink reading at full speed")
-        + ", "
-        f"{BURST_S:g} s bursts; proxy on CPU 0, the rest on CPU 1; medians of the repetitions (µs).",
-        "",
-        "Medians are over the repetitions no other process disturbed (other processes' CPU under "
-        f"{DISTURBED_PERCENT:g}% of a core while the probe measured); the last column counts the disturbed ones, "
-        "which are left out unless every repetition was.",
-        "",
-        "| target | idle p50 | idle p99 | burst p50 | burst p99 | burst max | disturbed reps |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, entry in results["targets"].items():
-        if "skipped" in entry:
-            lines.append(f"| {name} | skipped: {entry['skipped']} | | | | | |")
-            continue
-        idle, burst = entry["idle"], entry["burst"]
-        cells = [summary(idle, "rtt_p50_us"), summary(idle, "rtt_p99_us")]
-        cells += [summary(burst, "rtt_p50_us"), summary(burst, "rtt_p99_us"), summary(burst, "rtt_max_us")]
-        disturbed = sum(bool(r.get("disturbed")) for r in idle + burst)
-        counted = f"{disturbed} of {len(idle + burst)}"
-        lines.append(f"| {name} | " + " | ".join(f"{c:,.0f}" for c in cells) + f" | {counted} |")
-    return "\n".join(lines) + "\n"
+    probe = open_probe(lg, address, echo)
+    stack.callback(stop_process, probe)
+    return Subject(name, address, proxy.pid, probe)
 
 
 if __name__ == "__main__":

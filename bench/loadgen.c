@@ -10,7 +10,7 @@
  *   loadgen rate                      new tunnels per second (CONNECT,
  *                                     64-byte echo, close) at concurrency C
  *   loadgen hold                      hold N idle tunnels, then answer
- *                                     "rtt R [S]", "alive" and "quit" on stdin
+ *                                     "rtt R [S [F]]", "alive" and "quit" on stdin
  *   loadgen integrity --bytes B       B bytes both ways through one tunnel,
  *                                     sha256 of what was sent and received
  *
@@ -948,13 +948,17 @@ static void hold_open(const struct opts *o, int *held, int *failed, double *secs
 }
 
 /* Sequential 64-byte round trips through one held tunnel: rounds of them,
- * or as many as fit in max_s seconds (a slow proxy must not stall the run). */
-static void hold_rtt(int idx, int rounds, double max_s)
+ * or as many as fit in max_s seconds (a slow proxy must not stall the run).
+ * With first_s > 0 the round trips started in the first first_s seconds are
+ * also reported on their own ("first_*": the start of a burst). */
+static void hold_rtt(int idx, int rounds, double max_s, double first_s)
 {
-    struct lat l = {0};
+    struct lat l = {0}, first = {0};
     int errors = 0;
     int fd = cc[idx].fd;
-    uint64_t deadline = now_ns() + (uint64_t)(max_s * 1e9);
+    uint64_t t0 = now_ns();
+    uint64_t deadline = t0 + (uint64_t)(max_s * 1e9);
+    uint64_t first_end = t0 + (uint64_t)(first_s * 1e9);
     for (int r = 0; r < rounds && errors == 0 && now_ns() < deadline; r++) {
         uint64_t t = now_ns();
         if (write(fd, cbuf, ECHO_BYTES) != ECHO_BYTES) {
@@ -976,15 +980,25 @@ static void hold_rtt(int idx, int rounds, double max_s)
             if (n > 0)
                 got += (size_t)n;
         }
-        if (got == ECHO_BYTES)
+        if (got == ECHO_BYTES) {
             lat_push(&l, now_ns() - t);
+            if (t < first_end)
+                lat_push(&first, now_ns() - t);
+        }
     }
     lat_sort(&l);
+    lat_sort(&first);
     printf("{\"mode\": \"rtt\", \"rounds\": %zu, \"errors\": %d, \"rtt_p50_us\": %.1f, "
-           "\"rtt_p99_us\": %.1f, \"rtt_max_us\": %.1f}\n",
+           "\"rtt_p99_us\": %.1f, \"rtt_max_us\": %.1f",
            l.n, errors, lat_pct_us(&l, 50), lat_pct_us(&l, 99), lat_pct_us(&l, 100));
+    if (first_s > 0)
+        printf(", \"first_s\": %.3f, \"first_rounds\": %zu, \"first_p50_us\": %.1f, "
+               "\"first_p99_us\": %.1f, \"first_max_us\": %.1f",
+               first_s, first.n, lat_pct_us(&first, 50), lat_pct_us(&first, 99), lat_pct_us(&first, 100));
+    printf("}\n");
     fflush(stdout);
     free(l.v);
+    free(first.v);
 }
 
 /* How many held tunnels the proxy has not closed: a proxy that drops idle
@@ -1024,9 +1038,9 @@ static int cmd_hold(const struct opts *o)
     char line[128];
     while (fgets(line, sizeof line, stdin)) {
         int rounds;
-        double max_s = 10;
-        if (sscanf(line, "rtt %d %lf", &rounds, &max_s) >= 1 && probe >= 0)
-            hold_rtt(probe, rounds, max_s);
+        double max_s = 10, first_s = 0;
+        if (sscanf(line, "rtt %d %lf %lf", &rounds, &max_s, &first_s) >= 1 && probe >= 0)
+            hold_rtt(probe, rounds, max_s, first_s);
         else if (strncmp(line, "alive", 5) == 0)
             hold_alive();
         else if (strncmp(line, "quit", 4) == 0)

@@ -150,6 +150,7 @@ class Config:
     max_clients: int = d.DEFAULT_MAX_CLIENTS
     relay: str = d.DEFAULT_RELAY
     chunk_bytes: int = d.DEFAULT_CHUNK_BYTES
+    turn_budget_bytes: int = d.DEFAULT_TURN_BUDGET_BYTES
     pipe_pool_size: int = d.DEFAULT_PIPE_POOL_SIZE
     #: Worker processes sharing the supervisor's listeners, each its own hub.
     workers: int = 1

@@ -136,6 +136,8 @@ OPTIONS: tuple[Opt, ...] = (
         "How bytes are moved: a copy loop, splice(2) zero-copy, or copy turning to splice for bulk.",
     ),
     _count("chunk_bytes", 4096, d.DEFAULT_CHUNK_BYTES, "Most bytes moved per read (and splice pipe size)."),
+    _count("turn_budget_bytes", 0, d.DEFAULT_TURN_BUDGET_BYTES,
+           "Bytes read per turn of the event loop, shared by the sockets ready in it (0: each reads --chunk-bytes)."),
     _count("pipe_pool_size", 0, d.DEFAULT_PIPE_POOL_SIZE, "Spare splice pipes kept for reuse."),
     _count("workers", 1, 1, "Worker processes sharing the listeners, under a supervisor (also for 1 when given)."),
     _flag("supervise", "Run a supervisor even for one worker, so SIGUSR2 can upgrade it in place."),

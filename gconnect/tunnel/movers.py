@@ -22,6 +22,13 @@ exchanges never wait behind a bulk burst (reading all there is per callback
 let 50 bulk pushes hold other tunnels' echoes for tens of milliseconds:
 docs/performance.rst, bursts).
 
+How much that one read may take follows the load (:class:`ReadSize`): a
+share of ``turn_budget_bytes`` per turn of the event loop, split among the
+sockets ready in it, at most ``chunk_bytes``. One turn's copying is what
+every socket that becomes ready meanwhile waits behind, and fifty full
+chunks are tens of milliseconds; a tunnel alone keeps the large read that
+makes bulk cheap per byte.
+
 Errors: a failed read is the source's reset, a failed write the
 destination's; both raise :class:`Reset` naming that side.
 """
@@ -32,6 +39,8 @@ import _socket
 import fcntl
 import os
 from typing import Any
+
+from gevent import get_hub
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if hasattr(os, "splice") else 0
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -100,6 +109,47 @@ class Half(Direction):
         self.mover = mover
 
 
+class ReadSize:
+    """The most one read may take: a share of *budget* bytes per turn of the
+    event loop, split among the watchers ready in that turn, no more than
+    *full* and no less than *floor* (``budget`` 0: always *full*).
+
+    libev runs a turn's ready watchers one after another, and every socket
+    that becomes ready meanwhile waits for the turn to end; so the turn's
+    reads together, not each one, are what to bound. The first read of a turn
+    counts the watchers still to run (``pendingcnt``) and fixes the share for
+    the rest of it (``iteration`` tells turns apart). A tunnel alone in its
+    turn, as in single-tunnel bulk, reads *full*; fifty ready ones read a
+    fiftieth of the budget each.
+    """
+
+    __slots__ = ("budget", "floor", "full", "loop", "share", "turn")
+
+    def __init__(self, full: int, budget: int = 0, floor: int = 4096) -> None:
+        self.full = full
+        self.budget = budget
+        self.floor = min(floor, full)
+        self.share = full
+        #: The loop iteration ``share`` was fixed in.
+        self.turn = -1
+        loop = get_hub().loop
+        # Only libev counts pending watchers (gevent's libuv loop does not): there every read is full.
+        self.loop = loop if budget and hasattr(loop, "pendingcnt") else None
+
+    def __call__(self, cap: int = 0) -> int:
+        """The size for the read about to be made, no more than *cap* if given
+        (a bandwidth limit's allowance: :meth:`Mover.pump`'s *size*)."""
+        loop = self.loop
+        if loop is None:
+            return cap or self.full
+        turn = loop.iteration
+        if turn != self.turn:
+            self.turn = turn
+            share = self.budget // (loop.pendingcnt + 1)
+            self.share = self.full if share >= self.full else max(share, self.floor)
+        return cap if cap and cap < self.share else self.share
+
+
 class Mover:
     """The interface the relay drives. Movers hold no per-tunnel state: that
     lives in the :class:`Half`, so one mover serves every tunnel of a process."""
@@ -164,15 +214,16 @@ class CopyMover(Mover):
     never yields while it uses it); *bulk* takes over a direction whose read
     fills the buffer (``--relay auto``)."""
 
-    def __init__(self, chunk_bytes: int, bulk: Mover | None = None) -> None:
+    def __init__(self, chunk_bytes: int, bulk: Mover | None = None, budget_bytes: int = 0) -> None:
         self.scratch = bytearray(chunk_bytes)
         self.view = memoryview(self.scratch)
         self.size = chunk_bytes
+        self.read_size = ReadSize(chunk_bytes, budget_bytes)
         self.bulk = bulk
 
     def pump(self, half: Half, size: int = 0) -> int:
         try:
-            n = half.src.recv_into(self.scratch, size)
+            n = half.src.recv_into(self.scratch, self.read_size(size))
         except BlockingIOError:
             return 0
         except OSError as exc:
@@ -187,6 +238,7 @@ class CopyMover(Mover):
             half.pending = self.scratch[sent:n]
             half.blocked = True
         if n == self.size and self.bulk is not None:
+            # Only a full-size read hands over: a crowded turn's smaller share says nothing of bulk.
             half.mover = self.bulk  # which delivers the remainder first
         return n
 
@@ -240,16 +292,17 @@ class PipePool:
 class SpliceMover(Mover):
     """socket -> pipe -> socket with splice(2); the pipe is held only while bytes sit in it."""
 
-    def __init__(self, pipes: PipePool, chunk_bytes: int) -> None:
+    def __init__(self, pipes: PipePool, chunk_bytes: int, budget_bytes: int = 0) -> None:
         self.pipes = pipes
         self.chunk = self.size = chunk_bytes
+        self.read_size = ReadSize(chunk_bytes, budget_bytes)
 
     def pump(self, half: Half, size: int = 0) -> int:
         pipe = half.pipe
         if pipe is None:
             pipe = half.pipe = self.pipes.get()
         try:
-            n = os.splice(half.src.fileno(), pipe[1], size or self.chunk, flags=SPLICE_FLAGS)
+            n = os.splice(half.src.fileno(), pipe[1], self.read_size(size), flags=SPLICE_FLAGS)
         except BlockingIOError:
             n = 0
         except OSError as exc:

@@ -92,12 +92,14 @@ def relay_movers(config: Config) -> tuple[str, Mover, PipePool | None]:
             raise RuntimeError("--relay splice: splice(2) does not work here")
         mode = "copy"
     if mode == "copy":
-        return mode, CopyMover(config.chunk_bytes), None
+        return mode, CopyMover(config.chunk_bytes, budget_bytes=config.turn_budget_bytes), None
     pipes = PipePool(config.pipe_pool_size, config.chunk_bytes)
-    splice = SpliceMover(pipes, config.chunk_bytes)
+    splice = SpliceMover(pipes, config.chunk_bytes, config.turn_budget_bytes)
     if mode == "splice":
         return mode, splice, pipes
-    # auto: copy what fits in AUTO_COPY_BYTES, splice a direction once a read fills it.
+    # auto: copy what fits in AUTO_COPY_BYTES, splice a direction once a read fills it. Those
+    # reads are small already, and a share below AUTO_COPY_BYTES would never fill one: only the
+    # splice that takes over reads a share of the turn's budget.
     return mode, CopyMover(min(AUTO_COPY_BYTES, config.chunk_bytes), bulk=splice), pipes
 
 
@@ -221,7 +223,10 @@ class TunnelServices:
             relay_mode=mode,
             pipes=pipes,
             plain_movers=(mover, mover),
-            tls_movers=(DecryptMover(config.chunk_bytes), EncryptMover(config.chunk_bytes)),
+            tls_movers=(
+                DecryptMover(config.chunk_bytes, budget_bytes=config.turn_budget_bytes),
+                EncryptMover(config.chunk_bytes, budget_bytes=config.turn_budget_bytes),
+            ),
             relay_limits=RelayLimits(config.idle_timeout, config.half_close_timeout, config.max_tunnel_lifetime),
             hangups=hangups,
             observer=observer,

@@ -182,7 +182,7 @@ class DecryptMover(CopyMover):
     def pump(self, half: Half, size: int = 0) -> int:
         session: TLSSession = half.tls
         try:
-            n = half.src.recv_into(self.scratch, size)
+            n = half.src.recv_into(self.scratch, self.read_size(size))
         except BlockingIOError:
             return 0
         except OSError as exc:
@@ -211,7 +211,7 @@ class EncryptMover(CopyMover):
 
     def pump(self, half: Half, size: int = 0) -> int:
         try:
-            n = half.src.recv_into(self.scratch, size)
+            n = half.src.recv_into(self.scratch, self.read_size(size))
         except BlockingIOError:
             return 0
         except OSError as exc:

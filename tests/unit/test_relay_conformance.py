@@ -48,6 +48,9 @@ FULL_AFTER_S = 0.2
 KINDS = ["copy", "splice", "auto", "tls", "h2", "limited-auto", "limited-tls"]
 CHUNK = 256 * 1024
 LIMIT = Limit(100_000_000, 1_000_000)
+#: A turn's reads share this (both directions at once split it): every kind is checked with
+#: the read size following the load.
+BUDGET = 32 * 1024
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -196,11 +199,15 @@ class Harness:
         session = None
         if kind == "tls":
             session, self.client = self._tls(client_peer, ca)
-            movers: tuple = (DecryptMover(CHUNK), EncryptMover(CHUNK))
+            movers: tuple = (DecryptMover(CHUNK, budget_bytes=BUDGET), EncryptMover(CHUNK, budget_bytes=BUDGET))
         else:
             self.client = client_peer
-            splice = SpliceMover(self.pipes, CHUNK)
-            mover = {"copy": CopyMover(CHUNK), "splice": splice, "auto": CopyMover(CHUNK, bulk=splice)}[kind]
+            splice = SpliceMover(self.pipes, CHUNK, BUDGET)
+            mover = {
+                "copy": CopyMover(CHUNK, budget_bytes=BUDGET),
+                "splice": splice,
+                "auto": CopyMover(CHUNK, bulk=splice),
+            }[kind]
             movers = (mover, mover)
         self.relay = Relay(
             self.client_end,
