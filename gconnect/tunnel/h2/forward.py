@@ -109,8 +109,8 @@ class H2ForwardStream:
         self.greenlet = RawGreenlet(self.run, get_hub())
         self.loop.run_callback(self.greenlet.switch)
 
-    def deliver(self, data: bytes, flow_length: int) -> None:
-        self.inbox.append((data, flow_length))
+    def deliver(self, data: bytes | memoryview, flow_length: int) -> None:
+        self.inbox.append((bytes(data), flow_length))  # the exchange works on bytes
         self.wake.send()
 
     def client_ended(self) -> None:

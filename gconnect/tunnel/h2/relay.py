@@ -135,7 +135,7 @@ class StreamRelay(Deadlines):
 
     # --- client -> upstream: called by the session for the stream's frames ----------
 
-    def deliver(self, data: bytes, flow_length: int) -> None:
+    def deliver(self, data: bytes | memoryview, flow_length: int) -> None:
         """A DATA frame's payload: to the target, acknowledged as it is taken."""
         if self.end_reason:
             return

@@ -51,7 +51,9 @@ from hyperframe.frame import GoAwayFrame, SettingsFrame
 from ...errors import StreamResetError
 from ..tunnel import Tunnel
 from ..waiting import wait_any
+from .flow import InboundWindows
 from .forward import H2ForwardStream, is_forwarded
+from .frames import DataRun, FrameError, FrameReader, data_frames, window_update
 from .output import RecordOutput
 from .stream import H2StreamSide
 
@@ -113,6 +115,10 @@ class H2Session:
             h2.config.H2Configuration(client_side=False, validate_inbound_headers=False, header_encoding=None)
         )
         self.streams: dict[int, H2StreamSide | H2ForwardStream] = {}
+        # DATA is parsed and framed here, the rest by h2 (frames.py says why).
+        self.frames = FrameReader(self.h2.max_inbound_frame_size)
+        window = min(MAX_WINDOW_BYTES, config.h2_window_bytes * config.h2_max_streams)
+        self.windows = InboundWindows(config.h2_window_bytes, window)
         self.scratch = bytearray(config.chunk_bytes)
         self.view = memoryview(self.scratch)
         self._wake = self.loop.async_()
@@ -154,17 +160,17 @@ class H2Session:
         # h2 is told a higher stream limit than the client: past its own limit h2
         # ends the whole connection, where RFC 9113 §5.1.2 wants the one stream
         # refused (REFUSED_STREAM, in _open); so the client is sent our own SETTINGS.
-        conn.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={**settings, SettingCodes.MAX_CONCURRENT_STREAMS: 2 * config.h2_max_streams},  # type: ignore[dict-item]
-        )
+        # Its receive windows are the largest there are: ours are kept in .windows,
+        # and h2 counts only a forwarded request's DATA (see _receive_run).
+        h2_values = {SettingCodes.MAX_CONCURRENT_STREAMS: 2 * config.h2_max_streams}
+        h2_values[SettingCodes.INITIAL_WINDOW_SIZE] = MAX_WINDOW_BYTES
+        conn.local_settings = h2.settings.Settings(client=False, initial_values={**settings, **h2_values})  # type: ignore[dict-item]
         conn.initiate_connection()
-        conn.data_to_send()  # h2's SETTINGS, replaced by:
+        conn.increment_flow_control_window(MAX_WINDOW_BYTES - DEFAULT_WINDOW_BYTES)
+        conn.data_to_send()  # h2's SETTINGS and WINDOW_UPDATE, replaced by:
         settings[SettingCodes.MAX_CONCURRENT_STREAMS] = config.h2_max_streams
         self._send(SettingsFrame(0, settings=settings).serialize())
-        window = min(MAX_WINDOW_BYTES, config.h2_window_bytes * config.h2_max_streams)
-        conn.increment_flow_control_window(window - DEFAULT_WINDOW_BYTES)
-        self.flush()
+        self._send(window_update(0, self.windows.connection_left - DEFAULT_WINDOW_BYTES))
 
     def _read_frames(self) -> str:
         """Read and dispatch until the connection ends; return the end reason."""
@@ -186,35 +192,49 @@ class H2Session:
             if not data:
                 return "client_eof"
             try:
-                events = self.h2.receive_data(data)
+                self._receive(data)
             except h2.exceptions.ProtocolError as exc:
                 log.info("h2 client %s: protocol error: %s", self.address, exc)
                 self.flush()  # h2's GOAWAY
                 return "protocol_error"
-            self._dispatch_all(events)
+            except FrameError as exc:
+                log.info("h2 client %s: protocol error: %s", self.address, exc)
+                self._goaway(exc.code)
+                return "protocol_error"
             self.flush()
         return "client_reset"
 
-    def _dispatch_all(self, events: list) -> None:
-        # A stream's DATA frames of one read go to its target as one write (a
-        # frame is 16 KiB at most; a read holds several).
-        data: dict[int, list] = {}
-        for event in events:
-            if isinstance(event, h2.events.DataReceived):
-                chunks = data.setdefault(event.stream_id, [b"", 0])
-                chunks[0] += event.data
-                chunks[1] += event.flow_controlled_length
-                continue
-            if data:
-                self._deliver(data)
-                data = {}
-            self._dispatch(event)
-        if data:
-            self._deliver(data)
+    def _receive(self, data: bytes) -> None:
+        for item in self.frames.feed(data):
+            if isinstance(item, DataRun):
+                self._receive_run(item)
+            else:
+                for event in self.h2.receive_data(item):
+                    self._dispatch(event)
 
-    def _deliver(self, data: dict[int, list]) -> None:
-        for stream_id, (payload, flow_length) in data.items():
-            self._data(stream_id, payload, flow_length)
+    def _receive_run(self, run: DataRun) -> None:
+        """A run of DATA frames on one stream (one write to its target): h2 sees an
+        empty DATA frame for the stream's state, the windows are kept here. A
+        forwarded request's body is h2's too: it checks it against the content-length."""
+        stream_id = run.stream_id
+        taken = False
+        forwarded = isinstance(self.streams.get(stream_id), H2ForwardStream)
+        for event in self.h2.receive_data(run.frames() if forwarded else run.h2_frame()):
+            if isinstance(event, h2.events.DataReceived):
+                if taken:
+                    continue  # the run's later frames: delivered with the first
+                stream = self.streams.get(stream_id)
+                self.windows.take(stream_id if stream is not None else 0, run.flow_length)
+                taken = True
+                if stream is None:
+                    self.ack(0, run.flow_length)  # a stream we ended: give the window back
+                else:
+                    stream.deliver(run.payload(), run.flow_length)
+            else:
+                self._dispatch(event)
+        if not taken:  # a closed stream (h2 answered RST_STREAM): the connection's window still counts it
+            self.windows.take(0, run.flow_length)
+            self.ack(0, run.flow_length)
 
     def _dispatch(self, event: Any) -> None:
         if isinstance(event, h2.events.RequestReceived):
@@ -252,13 +272,6 @@ class H2Session:
         self.streams[stream_id] = stream
         stream.tunnel = Tunnel(self.current(), stream)
         stream.tunnel.start(get_hub(), at_once=False)
-
-    def _data(self, stream_id: int, data: bytes, flow_length: int) -> None:
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            self.ack(stream_id, flow_length)  # a stream we ended: give the window back
-        else:
-            stream.deliver(data, flow_length)
 
     def _reset_by_client(self, stream: H2StreamSide | H2ForwardStream) -> None:
         if stream.relay is not None:
@@ -310,10 +323,20 @@ class H2Session:
 
     def send_data(self, stream_id: int, data: memoryview) -> None:
         """*data* as DATA frames (the caller kept to the window), sent at once."""
-        size = self.h2.max_outbound_frame_size
-        for at in range(0, len(data), size):
-            self.h2.send_data(stream_id, data[at : at + size])  # type: ignore[arg-type]
-        self.flush()
+        conn = self.h2
+        size = conn.max_outbound_frame_size
+        if len(data) > conn.local_flow_control_window(stream_id):
+            raise h2.exceptions.FlowControlError(f"{len(data)} octets past stream {stream_id}'s send window")
+        # h2 sends the first frame, checking the stream's state; the others, as
+        # the same checks hold for them, are framed here and h2's windows kept in step.
+        conn.send_data(stream_id, data[:size])
+        rest = len(data) - size
+        if rest <= 0:
+            self.flush()
+            return
+        conn.outbound_flow_control_window -= rest
+        conn.streams[stream_id].outbound_flow_control_window -= rest
+        self._send(b"".join([conn.data_to_send(), *data_frames(stream_id, data[size:], size)]))
 
     def end_with(self, stream_id: int, data: bytes) -> None:
         """*data* as the stream's last DATA (END_STREAM), if the stream and the connection are still there."""
@@ -337,11 +360,24 @@ class H2Session:
     def ack(self, stream_id: int, flow_length: int) -> None:
         """*flow_length* bytes of *stream_id* were taken: give the client its window back."""
         if flow_length and not self.closed:
-            try:
+            if isinstance(self.streams.get(stream_id), H2ForwardStream):
+                self._h2_window(stream_id, flow_length)
+            frames = self.windows.give_back(stream_id, flow_length)
+            if frames:
+                self._send(frames)
+
+    def _h2_window(self, stream_id: int, flow_length: int) -> None:
+        # h2 counted a forwarded body's octets too: its windows get them back, and
+        # the WINDOW_UPDATEs it would send for them are dropped (ours are sent).
+        self.flush()
+        try:
+            if stream_id:
                 self.h2.acknowledge_received_data(flow_length, stream_id)
-            except h2.exceptions.StreamClosedError:
+            else:
                 self.h2.increment_flow_control_window(flow_length)
-            self.flush()
+        except h2.exceptions.StreamClosedError:
+            self.h2.increment_flow_control_window(flow_length)
+        self.h2.clear_outbound_data_buffer()
 
     def congested(self) -> bool:
         """True while the output buffer is at its high-water mark."""
@@ -350,9 +386,14 @@ class H2Session:
     def forget(self, stream_id: int, status: int, end_reason: str) -> None:
         """The stream's tunnel closed with *status* and *end_reason*: reset the
         stream if it did not end cleanly."""
-        self.streams.pop(stream_id, None)
+        held = self.windows.held(stream_id)
+        if isinstance(self.streams.pop(stream_id, None), H2ForwardStream) and held and not self.closed:
+            self._h2_window(0, held)
+        given_back = self.windows.forget(stream_id)
         if self.closed or self.output.lost:
             return
+        if given_back:
+            self._send(given_back)
         state = self.h2.streams.get(stream_id)
         if state is not None and not state.closed:
             if status != 200:

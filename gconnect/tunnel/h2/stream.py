@@ -126,12 +126,12 @@ class H2StreamSide:
 
     # --- the stream's frames, from the session -------------------------------------------
 
-    def deliver(self, data: bytes, flow_length: int) -> None:
+    def deliver(self, data: bytes | memoryview, flow_length: int) -> None:
         """A DATA payload from the client."""
         if self.relay is not None:
             self.relay.deliver(data, flow_length)
         else:
-            self.early.append((data, flow_length))
+            self.early.append((bytes(data), flow_length))
             self._wake()
 
     def client_ended(self) -> None:
