@@ -17,6 +17,8 @@ import pytest
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
+from gconnect.tunnel.h2.frames import data_frames
+
 from ..authhelper import command as helper_cmd
 from ..conftest import connect_over, recv_all, recv_exactly, silent_listener, wait_until
 from ..h2client import H2Client
@@ -383,6 +385,21 @@ def test_a_protocol_error_ends_the_connection_with_goaway(start_tls_proxy, clien
     client.wait(lambda: client.goaway is not None)
     assert client.goaway.error_code == ErrorCodes.PROTOCOL_ERROR
     assert "reason=protocol_error proto=h2 stream=0" in proxy.wait_access("stream=0")
+
+
+def test_data_past_a_stream_window_is_a_flow_control_error(start_tls_proxy, h2_client):
+    # The target's SYNs vanish, so nothing the stream holds is handed on: its window
+    # (65,535, RFC 9113's initial one) only shrinks, and one octet more ends the connection.
+    with silent_listener() as port:
+        proxy = start_tls_proxy("--h2-window-bytes", "65535")
+        client = h2_client(proxy)
+        stream_id = client.connect(f"127.0.0.1:{port}")
+        frames = data_frames(stream_id, memoryview(b"x" * 65_535), 16_384)
+        client.sock.sendall(b"".join(frames))  # past h2's own checks: raw frames
+        client.sock.sendall(b"".join(data_frames(stream_id, memoryview(b"y"), 16_384)))
+        client.wait(lambda: client.goaway is not None)
+        assert client.goaway.error_code == ErrorCodes.FLOW_CONTROL_ERROR
+        assert "reason=protocol_error proto=h2 stream=0" in proxy.wait_access("stream=0")
 
 
 def test_sigterm_sends_goaway_and_open_streams_drain(start_tls_proxy, h2_client, echo):

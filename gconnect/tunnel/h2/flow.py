@@ -37,7 +37,6 @@ class InboundWindows:
         (0: on a stream that is gone, so the connection's window only)."""
         if length > self.connection_left:
             raise FrameError(FLOW_CONTROL_ERROR, f"DATA past the connection's window ({self.connection_left})")
-        self.connection_left -= length
         if stream_id:
             window = self.streams.get(stream_id)
             if window is None:
@@ -45,6 +44,7 @@ class InboundWindows:
             if length > window[0]:
                 raise FrameError(FLOW_CONTROL_ERROR, f"DATA past stream {stream_id}'s window ({window[0]})")
             window[0] -= length
+        self.connection_left -= length
 
     def give_back(self, stream_id: int, length: int) -> bytes:
         """*length* octets of *stream_id* were handed on (0: octets of a stream that

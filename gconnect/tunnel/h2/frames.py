@@ -114,9 +114,10 @@ class FrameReader:
     its payload (§6.1).
     """
 
-    def __init__(self, max_frame_bytes: int) -> None:
+    def __init__(self, max_frame_bytes: int, *, preface: bool = True) -> None:
         self.max_frame_bytes = max_frame_bytes
-        self._preface_left = len(PREFACE)
+        #: A server reads the client's preface first (a client reader has none to read).
+        self._preface_left = len(PREFACE) if preface else 0
         self._rest = b""
 
     def feed(self, data: bytes) -> list[bytes | DataRun]:
