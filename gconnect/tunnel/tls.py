@@ -155,7 +155,7 @@ class TLSSession:
         except ssl.SSLError as exc:
             raise ConnectionResetError(f"TLS: {exc}") from exc
 
-    def encrypt(self, data: bytes) -> bytes:
+    def encrypt(self, data: bytes | memoryview) -> bytes:
         """The records carrying *data*, with whatever else the session queued."""
         self.ssl.write(data)  # memory BIO: always takes all of it
         return self.outgoing.read()

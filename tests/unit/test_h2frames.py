@@ -14,6 +14,7 @@ from gconnect.tunnel.h2.frames import (
     FRAME_SIZE_ERROR,
     PREFACE,
     PROTOCOL_ERROR,
+    DataFramer,
     DataRun,
     FrameError,
     FrameReader,
@@ -175,3 +176,22 @@ def test_a_forgotten_stream_gives_back_what_it_held_once() -> None:
     (update,) = parse_all(windows.give_back(0, 600))
     assert (update.stream_id, update.window_increment) == (0, 600)
     assert windows.connection_left == 2000
+
+
+@pytest.mark.parametrize(("room", "max_frame"), [(1, MAX_FRAME), (3 * MAX_FRAME, MAX_FRAME), (100_000, 1_000_000)])
+def test_the_framer_lays_a_scatter_read_out_as_data_frames(room: int, max_frame: int) -> None:
+    framer = DataFramer(65_536)
+    payload = random.Random(room).randbytes(min(room, 65_536))
+    slots = framer.slots(room, max_frame)
+    assert sum(len(slot) for slot in slots) == len(payload)
+    at = 0
+    for slot in slots:  # what recvmsg_into does
+        slot[:] = payload[at : at + len(slot)]
+        at += len(slot)
+    frames = parse_all(bytes(framer.frames(11, len(payload))))
+    assert b"".join(f.data for f in frames) == payload
+    assert all(isinstance(f, DataFrame) and f.stream_id == 11 and len(f.data) <= max_frame for f in frames)
+    # A short read fills the first slots only.
+    framer.slots(room, max_frame)[0][:1] = b"z"
+    (frame,) = parse_all(bytes(framer.frames(13, 1)))
+    assert (frame.stream_id, frame.data) == (13, b"z")

@@ -66,6 +66,52 @@ def data_frames(stream_id: int, data: memoryview, max_frame_bytes: int) -> list[
     return parts
 
 
+class DataFramer:
+    """A buffer laid out as DATA frames, reused: a stream's bytes are read straight
+    into its payload slots (:meth:`slots`, for one scatter read), and
+    :meth:`frames` writes the headers around what came, so they are sent as they
+    lie. Holds *payload_bytes* at most; what :meth:`frames` returns is valid until
+    the next :meth:`slots`."""
+
+    def __init__(self, payload_bytes: int) -> None:
+        self.payload_bytes = payload_bytes
+        self._frame_bytes = 0
+        self._buffer = bytearray()
+        self._view = memoryview(self._buffer)
+        self._slots: list[memoryview] = []
+
+    def slots(self, room: int, max_frame_bytes: int) -> list[memoryview]:
+        """Where up to *room* octets go, in frames of at most *max_frame_bytes*."""
+        size = min(max_frame_bytes, self.payload_bytes)
+        if size != self._frame_bytes:
+            count = -(-self.payload_bytes // size)
+            step = HEADER_BYTES + size
+            self._frame_bytes = size
+            self._buffer = bytearray(count * step)
+            self._view = view = memoryview(self._buffer)
+            self._slots = [view[at + HEADER_BYTES : at + step] for at in range(0, len(view), step)]
+        full, last = divmod(min(room, self.payload_bytes), size)
+        slots = self._slots[:full]
+        if last:
+            slots.append(self._slots[full][:last])
+        return slots
+
+    def frames(self, stream_id: int, length: int) -> memoryview:
+        """The frames carrying the *length* octets read into the slots."""
+        size = self._frame_bytes
+        step = HEADER_BYTES + size
+        full, last = divmod(length, size)
+        pack = _HEADER.pack_into
+        buffer = self._buffer
+        for at in range(0, full * step, step):
+            pack(buffer, at, size >> 8, size & 0xFF, DATA, 0, stream_id)
+        end = full * step
+        if last:
+            pack(buffer, end, last >> 8, last & 0xFF, DATA, 0, stream_id)
+            end += HEADER_BYTES + last
+        return self._view[:end]
+
+
 def window_update(stream_id: int, increment: int) -> bytes:
     """A WINDOW_UPDATE frame (RFC 9113 §6.9) for *stream_id* (0: the connection)."""
     return frame_header(4, WINDOW_UPDATE, 0, stream_id) + increment.to_bytes(4, "big")

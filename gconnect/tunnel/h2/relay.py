@@ -54,15 +54,18 @@ class StreamConnection(Protocol):
     closed: bool
     #: The client certificate the connection's handshake verified (None or empty: none).
     peer_certificate: dict[str, Any] | None
-    #: A buffer of ``chunk_bytes`` (and a view of it) the streams read their targets into.
-    scratch: bytearray
-    view: memoryview
 
     def respond(self, stream_id: int, status: int, headers: tuple, *, end_stream: bool = False) -> bool:
         """HEADERS with *status*; False if the stream or the connection is gone."""
 
     def send_data(self, stream_id: int, data: memoryview) -> None:
         """*data* as DATA frames; the caller kept to the send window."""
+
+    def read_slots(self, room: int) -> list[memoryview]:
+        """Buffers for one scatter read of up to *room* octets (valid until the next call)."""
+
+    def send_read(self, stream_id: int, length: int) -> None:
+        """The *length* octets read into read_slots() as DATA frames; the caller kept to the send window."""
 
     def end_stream(self, stream_id: int) -> None:
         """END_STREAM toward the client."""
@@ -235,7 +238,7 @@ class StreamRelay(Deadlines):
                 hangups.watch(self, down)
             return
         try:
-            n = self.sock.recv_into(session.scratch, min(room, len(session.scratch)))
+            n = self.sock.recvmsg_into(session.read_slots(room))[0]
         except BlockingIOError:
             return
         except OSError:
@@ -251,7 +254,7 @@ class StreamRelay(Deadlines):
         self.touch()
         if not self.first_byte_at:
             self.first_byte_at = time.monotonic()
-        session.send_data(self.stream_id, session.view[:n])
+        session.send_read(self.stream_id, n)
 
     def resume(self) -> None:
         """The client opened its window, or the connection's output drained."""

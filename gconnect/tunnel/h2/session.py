@@ -53,7 +53,7 @@ from ..tunnel import Tunnel
 from ..waiting import wait_any
 from .flow import InboundWindows
 from .forward import H2ForwardStream, is_forwarded
-from .frames import DataRun, FrameError, FrameReader, data_frames, window_update
+from .frames import DataFramer, DataRun, FrameError, FrameReader, data_frames, window_update
 from .output import RecordOutput
 from .stream import H2StreamSide
 
@@ -119,8 +119,7 @@ class H2Session:
         self.frames = FrameReader(self.h2.max_inbound_frame_size)
         window = min(MAX_WINDOW_BYTES, config.h2_window_bytes * config.h2_max_streams)
         self.windows = InboundWindows(config.h2_window_bytes, window)
-        self.scratch = bytearray(config.chunk_bytes)
-        self.view = memoryview(self.scratch)
+        self.framer = DataFramer(config.chunk_bytes)
         self._wake = self.loop.async_()
         self.output = RecordOutput(
             self.sock,
@@ -338,6 +337,25 @@ class H2Session:
         conn.streams[stream_id].outbound_flow_control_window -= rest
         self._send(b"".join([conn.data_to_send(), *data_frames(stream_id, data[size:], size)]))
 
+    def read_slots(self, room: int) -> list[memoryview]:
+        """Where a stream relay reads up to *room* octets of its target (see send_read)."""
+        return self.framer.slots(room, self.h2.max_outbound_frame_size)
+
+    def send_read(self, stream_id: int, length: int) -> None:
+        """The *length* octets just read into read_slots() as DATA frames (the caller
+        kept to the window), sent at once."""
+        conn = self.h2
+        if length > conn.local_flow_control_window(stream_id):
+            raise h2.exceptions.FlowControlError(f"{length} octets past stream {stream_id}'s send window")
+        # h2's checks of the connection's and the stream's state, as for any DATA
+        # frame; the empty frame they queue is not needed on the wire.
+        self.flush()
+        conn.send_data(stream_id, b"")
+        conn.data_to_send()
+        conn.outbound_flow_control_window -= length
+        conn.streams[stream_id].outbound_flow_control_window -= length
+        self._send(self.framer.frames(stream_id, length))
+
     def end_with(self, stream_id: int, data: bytes) -> None:
         """*data* as the stream's last DATA (END_STREAM), if the stream and the connection are still there."""
         if self.closed or self.output.lost:
@@ -433,6 +451,6 @@ class H2Session:
         if data:
             self._send(data)
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes | memoryview) -> None:
         if not self.closed:
             self.output.send(data)
