@@ -96,11 +96,11 @@ def test_reader_splits_as_hyperframe_parses_and_joins_runs_of_data(chunking: str
             continue
         last = merged[-1] if merged else None
         if isinstance(last, list) and last[0] == item.stream_id and not last[3]:
-            last[1] += bytes(item.payload())
+            last[1] += b"".join(item.parts)
             last[2] += item.flow_length
             last[3] = item.end_stream
         else:
-            merged.append([item.stream_id, bytes(item.payload()), item.flow_length, item.end_stream])
+            merged.append([item.stream_id, b"".join(item.parts), item.flow_length, item.end_stream])
     f = frames
     assert merged == [
         "bytes",

@@ -18,6 +18,7 @@ and lets the stream go (:meth:`StreamConnection.forget`) at the end.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from gevent import get_hub
@@ -109,8 +110,8 @@ class H2ForwardStream:
         self.greenlet = RawGreenlet(self.run, get_hub())
         self.loop.run_callback(self.greenlet.switch)
 
-    def deliver(self, data: bytes | memoryview, flow_length: int) -> None:
-        self.inbox.append((bytes(data), flow_length))  # the exchange works on bytes
+    def deliver(self, parts: Sequence[bytes | memoryview], flow_length: int) -> None:
+        self.inbox.append((b"".join(parts), flow_length))
         self.wake.send()
 
     def client_ended(self) -> None:

@@ -129,12 +129,6 @@ class DataRun:
         self.flow_length = 0
         self.end_stream = False
 
-    def payload(self) -> bytes | memoryview:
-        """The run's octets: the one frame's slice as it is, or several joined."""
-        if len(self.parts) == 1:
-            return self.parts[0]
-        return b"".join(self.parts)
-
     def frames(self) -> bytes:
         """The run as DATA frames again, one a payload (without padding), END_STREAM on the last."""
         last = len(self.parts) - 1
@@ -166,19 +160,46 @@ class FrameReader:
         self._preface_left = len(PREFACE) if preface else 0
         self._rest = b""
 
-    def feed(self, data: bytes) -> list[bytes | DataRun]:
-        if self._rest:
-            data = self._rest + data
-        items: list[bytes | DataRun] = []
+    def feed(self, data: bytes | memoryview) -> list[bytes | memoryview | DataRun]:
+        """The frames *data* completes (see the class docstring). What is returned
+        may be slices of *data*; what waits for the next call is a copy."""
+        items: list[bytes | memoryview | DataRun] = []
         at = 0
         if self._preface_left:
             at = min(self._preface_left, len(data))
             self._preface_left -= at
             items.append(data[:at])  # h2 checks it
+        run = None
+        if self._rest:
+            # Only the frame the last read left unfinished is copied, not this whole read.
+            length = self._frame_length(self._rest + data[:HEADER_BYTES])
+            if length is None or len(self._rest) + len(data) < HEADER_BYTES + length:
+                self._rest += data
+                return items
+            at = HEADER_BYTES + length - len(self._rest)
+            first, self._rest = self._rest + data[:at], b""
+            run = self._split(first, 0, items, None)[1]
+        at, _ = self._split(data, at, items, run)
+        self._rest = bytes(data[at:])
+        return items
+
+    def _frame_length(self, header: bytes) -> int | None:
+        if len(header) < HEADER_BYTES:
+            return None
+        high, low = header[0] << 16, header[1] << 8 | header[2]
+        length = high | low
+        if length > self.max_frame_bytes:
+            raise FrameError(FRAME_SIZE_ERROR, f"a frame of {length} octets (at most {self.max_frame_bytes})")
+        return length
+
+    def _split(
+        self, data: bytes | memoryview, at: int, items: list[bytes | memoryview | DataRun], run: DataRun | None
+    ) -> tuple[int, DataRun | None]:
+        """The whole frames of *data* from *at* into *items* (continuing *run*);
+        returns where the first unfinished frame starts, and the run then open."""
         view = memoryview(data)
         size = len(data)
         others = at  # the start of frames for h2 not yet handed on
-        run: DataRun | None = None
         while size - at >= HEADER_BYTES:
             high, low, kind, flags, stream_id = _HEADER.unpack_from(data, at)
             length = high << 8 | low
@@ -211,5 +232,4 @@ class FrameReader:
             at = others = end
         if others < at:
             items.append(data[others:at])
-        self._rest = data[at:]
-        return items
+        return at, run

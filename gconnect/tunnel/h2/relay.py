@@ -21,7 +21,7 @@ import _socket
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..deadlines import Deadlines, RelayLimits
@@ -128,7 +128,7 @@ class StreamRelay(Deadlines):
         reader.start(self._on_readable)
         early, ended = self.take_early()
         for data, flow_length in early:
-            self.deliver(data, flow_length)
+            self.deliver((data,), flow_length)
         if ended:
             self.client_ended()
 
@@ -138,30 +138,37 @@ class StreamRelay(Deadlines):
 
     # --- client -> upstream: called by the session for the stream's frames ----------
 
-    def deliver(self, data: bytes | memoryview, flow_length: int) -> None:
-        """A DATA frame's payload: to the target, acknowledged as it is taken."""
+    def deliver(self, parts: Sequence[bytes | memoryview], flow_length: int) -> None:
+        """DATA frames' payloads (as they lie in what was read): to the target in
+        one gathering write, acknowledged as it is taken."""
         if self.end_reason:
             return
         self.touch()
         up = self.up
         if up.pending is not None:
-            up.pending += data
+            for part in parts:
+                up.pending += part
             self._unacked += flow_length
             return
+        size = sum(map(len, parts))
         try:
-            sent = self.sock.send(data) if data else 0
+            sent = self.sock.sendmsg(parts) if size else 0
         except BlockingIOError:
             sent = 0
         except OSError:
             self.end("upstream_reset")
             return
         up.nbytes += sent
-        if sent == len(data):
+        if sent == size:
             self.session.ack(self.stream_id, flow_length)
             return
         self.session.ack(self.stream_id, sent)
-        up.pending = bytearray(memoryview(data)[sent:])
-        self._unacked = flow_length - sent
+        up.pending = pending = bytearray()
+        for part in parts:
+            if sent < len(part):
+                pending += part[sent:]
+            sent = max(0, sent - len(part))
+        self._unacked = flow_length - (size - len(pending))
         if up.writer is None:
             up.writer = self.loop.io(self.sock.fileno(), WRITE)
         up.writer.start(self._on_writable)

@@ -120,6 +120,10 @@ class H2Session:
         window = min(MAX_WINDOW_BYTES, config.h2_window_bytes * config.h2_max_streams)
         self.windows = InboundWindows(config.h2_window_bytes, window)
         self.framer = DataFramer(config.chunk_bytes)
+        # What is read from the client, ciphertext and plaintext; DATA payloads are
+        # handed on (or copied) before the next read.
+        self._ciphertext = memoryview(bytearray(READ_BYTES))
+        self._plaintext = memoryview(bytearray(READ_BYTES))
         self._wake = self.loop.async_()
         self.output = RecordOutput(
             self.sock,
@@ -179,7 +183,7 @@ class H2Session:
             if self.draining and not self.streams:
                 return "goaway"
             try:
-                data = self.tls.recv(READ_BYTES)
+                n = self.tls.recv_into(self._ciphertext, self._plaintext)
             except BlockingIOError:
                 timeout = idle if idle and not self.streams else WAKE_SECONDS
                 if wait_any((reader, self._wake), timeout) < 0 and idle and not self.streams:
@@ -188,10 +192,10 @@ class H2Session:
                 continue
             except OSError:
                 return "client_reset"
-            if not data:
+            if not n:
                 return "client_eof"
             try:
-                self._receive(data)
+                self._receive(self._plaintext[:n])
             except h2.exceptions.ProtocolError as exc:
                 log.info("h2 client %s: protocol error: %s", self.address, exc)
                 self.flush()  # h2's GOAWAY
@@ -203,7 +207,7 @@ class H2Session:
             self.flush()
         return "client_reset"
 
-    def _receive(self, data: bytes) -> None:
+    def _receive(self, data: memoryview) -> None:
         for item in self.frames.feed(data):
             if isinstance(item, DataRun):
                 self._receive_run(item)
@@ -228,7 +232,7 @@ class H2Session:
                 if stream is None:
                     self.ack(0, run.flow_length)  # a stream we ended: give the window back
                 else:
-                    stream.deliver(run.payload(), run.flow_length)
+                    stream.deliver(run.parts, run.flow_length)
             else:
                 self._dispatch(event)
         if not taken:  # a closed stream (h2 answered RST_STREAM): the connection's window still counts it
