@@ -20,6 +20,8 @@ Flow control that does not throttle: each stream's receive window is
 ``h2_window_bytes`` and the connection's is that times ``h2_max_streams``, so
 streams whose targets stall can never use up the connection's window and hold
 the others back; DATA is acknowledged (WINDOW_UPDATE) as targets take it.
+DATA itself is framed and parsed apart from h2, and those windows kept there
+(:mod:`gconnect.tunnel.h2.data`); h2 keeps every state.
 
 Ends: the client's EOF or reset ends every stream (``client_reset``); a
 protocol error ends the connection with h2's GOAWAY; :meth:`H2Session.drain`
@@ -51,9 +53,9 @@ from hyperframe.frame import GoAwayFrame, SettingsFrame
 from ...errors import StreamResetError
 from ..tunnel import Tunnel
 from ..waiting import wait_any
-from .flow import InboundWindows
+from .data import MAX_WINDOW_BYTES, DataPath
 from .forward import H2ForwardStream, is_forwarded
-from .frames import DataFramer, DataRun, FrameError, FrameReader, data_frames, window_update
+from .frames import DataRun, FrameError, window_update
 from .output import RecordOutput
 from .stream import H2StreamSide
 
@@ -63,8 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: RFC 9113 §6.9.1: a flow-control window is at most 2**31 - 1 octets.
-MAX_WINDOW_BYTES = 2**31 - 1
 #: RFC 9113 §6.5.2: every window starts at 65,535 octets.
 DEFAULT_WINDOW_BYTES = 65_535
 #: With streams open the connection has no deadline of its own (they have);
@@ -115,11 +115,11 @@ class H2Session:
             h2.config.H2Configuration(client_side=False, validate_inbound_headers=False, header_encoding=None)
         )
         self.streams: dict[int, H2StreamSide | H2ForwardStream] = {}
-        # DATA is parsed and framed here, the rest by h2 (frames.py says why).
-        self.frames = FrameReader(self.h2.max_inbound_frame_size)
-        window = min(MAX_WINDOW_BYTES, config.h2_window_bytes * config.h2_max_streams)
-        self.windows = InboundWindows(config.h2_window_bytes, window)
-        self.framer = DataFramer(config.chunk_bytes)
+        # DATA is parsed and framed apart from h2 (frames.py says why).
+        self.data = DataPath(self.h2, config, self._send, self.flush)
+        self.send_data = self.data.send_data
+        self.read_slots = self.data.read_slots
+        self.send_read = self.data.send_read
         # What is read from the client, ciphertext and plaintext; DATA payloads are
         # handed on (or copied) before the next read.
         self._ciphertext = memoryview(bytearray(READ_BYTES))
@@ -163,8 +163,7 @@ class H2Session:
         # h2 is told a higher stream limit than the client: past its own limit h2
         # ends the whole connection, where RFC 9113 §5.1.2 wants the one stream
         # refused (REFUSED_STREAM, in _open); so the client is sent our own SETTINGS.
-        # Its receive windows are the largest there are: ours are kept in .windows,
-        # and h2 counts only a forwarded request's DATA (see _receive_run).
+        # Its receive windows are the largest there are (data.py says why).
         h2_values = {SettingCodes.MAX_CONCURRENT_STREAMS: 2 * config.h2_max_streams}
         h2_values[SettingCodes.INITIAL_WINDOW_SIZE] = MAX_WINDOW_BYTES
         conn.local_settings = h2.settings.Settings(client=False, initial_values={**settings, **h2_values})  # type: ignore[dict-item]
@@ -173,7 +172,7 @@ class H2Session:
         conn.data_to_send()  # h2's SETTINGS and WINDOW_UPDATE, replaced by:
         settings[SettingCodes.MAX_CONCURRENT_STREAMS] = config.h2_max_streams
         self._send(SettingsFrame(0, settings=settings).serialize())
-        self._send(window_update(0, self.windows.connection_left - DEFAULT_WINDOW_BYTES))
+        self._send(window_update(0, self.data.windows.connection_left - DEFAULT_WINDOW_BYTES))
 
     def _read_frames(self) -> str:
         """Read and dispatch until the connection ends; return the end reason."""
@@ -208,7 +207,7 @@ class H2Session:
         return "client_reset"
 
     def _receive(self, data: memoryview) -> None:
-        for item in self.frames.feed(data):
+        for item in self.data.reader.feed(data):
             if isinstance(item, DataRun):
                 self._receive_run(item)
             else:
@@ -227,7 +226,7 @@ class H2Session:
                 if taken:
                     continue  # the run's later frames: delivered with the first
                 stream = self.streams.get(stream_id)
-                self.windows.take(stream_id if stream is not None else 0, run.flow_length)
+                self.data.windows.take(stream_id if stream is not None else 0, run.flow_length)
                 taken = True
                 if stream is None:
                     self.ack(0, run.flow_length)  # a stream we ended: give the window back
@@ -236,7 +235,7 @@ class H2Session:
             else:
                 self._dispatch(event)
         if not taken:  # a closed stream (h2 answered RST_STREAM): the connection's window still counts it
-            self.windows.take(0, run.flow_length)
+            self.data.windows.take(0, run.flow_length)
             self.ack(0, run.flow_length)
 
     def _dispatch(self, event: Any) -> None:
@@ -324,42 +323,6 @@ class H2Session:
         self.flush()
         return True
 
-    def send_data(self, stream_id: int, data: memoryview) -> None:
-        """*data* as DATA frames (the caller kept to the window), sent at once."""
-        conn = self.h2
-        size = conn.max_outbound_frame_size
-        if len(data) > conn.local_flow_control_window(stream_id):
-            raise h2.exceptions.FlowControlError(f"{len(data)} octets past stream {stream_id}'s send window")
-        # h2 sends the first frame, checking the stream's state; the others, as
-        # the same checks hold for them, are framed here and h2's windows kept in step.
-        conn.send_data(stream_id, data[:size])
-        rest = len(data) - size
-        if rest <= 0:
-            self.flush()
-            return
-        conn.outbound_flow_control_window -= rest
-        conn.streams[stream_id].outbound_flow_control_window -= rest
-        self._send(b"".join([conn.data_to_send(), *data_frames(stream_id, data[size:], size)]))
-
-    def read_slots(self, room: int) -> list[memoryview]:
-        """Where a stream relay reads up to *room* octets of its target (see send_read)."""
-        return self.framer.slots(room, self.h2.max_outbound_frame_size)
-
-    def send_read(self, stream_id: int, length: int) -> None:
-        """The *length* octets just read into read_slots() as DATA frames (the caller
-        kept to the window), sent at once."""
-        conn = self.h2
-        if length > conn.local_flow_control_window(stream_id):
-            raise h2.exceptions.FlowControlError(f"{length} octets past stream {stream_id}'s send window")
-        # h2's checks of the connection's and the stream's state, as for any DATA
-        # frame; the empty frame they queue is not needed on the wire.
-        self.flush()
-        conn.send_data(stream_id, b"")
-        conn.data_to_send()
-        conn.outbound_flow_control_window -= length
-        conn.streams[stream_id].outbound_flow_control_window -= length
-        self._send(self.framer.frames(stream_id, length))
-
     def end_with(self, stream_id: int, data: bytes) -> None:
         """*data* as the stream's last DATA (END_STREAM), if the stream and the connection are still there."""
         if self.closed or self.output.lost:
@@ -382,24 +345,8 @@ class H2Session:
     def ack(self, stream_id: int, flow_length: int) -> None:
         """*flow_length* bytes of *stream_id* were taken: give the client its window back."""
         if flow_length and not self.closed:
-            if isinstance(self.streams.get(stream_id), H2ForwardStream):
-                self._h2_window(stream_id, flow_length)
-            frames = self.windows.give_back(stream_id, flow_length)
-            if frames:
-                self._send(frames)
-
-    def _h2_window(self, stream_id: int, flow_length: int) -> None:
-        # h2 counted a forwarded body's octets too: its windows get them back, and
-        # the WINDOW_UPDATEs it would send for them are dropped (ours are sent).
-        self.flush()
-        try:
-            if stream_id:
-                self.h2.acknowledge_received_data(flow_length, stream_id)
-            else:
-                self.h2.increment_flow_control_window(flow_length)
-        except h2.exceptions.StreamClosedError:
-            self.h2.increment_flow_control_window(flow_length)
-        self.h2.clear_outbound_data_buffer()
+            forwarded = isinstance(self.streams.get(stream_id), H2ForwardStream)
+            self.data.give_back(stream_id, flow_length, forwarded=forwarded)
 
     def congested(self) -> bool:
         """True while the output buffer is at its high-water mark."""
@@ -408,10 +355,8 @@ class H2Session:
     def forget(self, stream_id: int, status: int, end_reason: str) -> None:
         """The stream's tunnel closed with *status* and *end_reason*: reset the
         stream if it did not end cleanly."""
-        held = self.windows.held(stream_id)
-        if isinstance(self.streams.pop(stream_id, None), H2ForwardStream) and held and not self.closed:
-            self._h2_window(0, held)
-        given_back = self.windows.forget(stream_id)
+        forwarded = isinstance(self.streams.pop(stream_id, None), H2ForwardStream)
+        given_back = self.data.forget(stream_id, forwarded=forwarded and not self.closed)
         if self.closed or self.output.lost:
             return
         if given_back:
