@@ -204,6 +204,36 @@ def test_a_stream_the_client_does_not_read_stalls_alone(start_tls_proxy, h2_clie
     assert bytes(client.data[stalled]) == payload
 
 
+def test_a_stream_whose_target_does_not_read_stalls_alone(start_tls_proxy, h2_client, upstream_factory, echo):
+    payload = os.urandom(32 * MiB)
+    reading = threading.Event()
+    got = bytearray()
+
+    def handler(conn: socket.socket) -> None:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # no receive-side autotuning
+        reading.wait(60)
+        while chunk := conn.recv(MiB):
+            got.extend(chunk)
+
+    server = upstream_factory(handler)
+    proxy = start_tls_proxy()  # a stream's window: 1 MiB
+    client = h2_client(proxy)
+    stalled = client.connect(server.target)
+    assert client.status(stalled) == 200
+    client.send(stalled, payload, end=True)
+    other = client.connect(echo.target)
+    client.wait(lambda: client.conn.local_flow_control_window(stalled) == 0)
+    for _ in range(20):  # the other stream keeps flowing meanwhile
+        echo_round(client, other, os.urandom(16 * 1024))
+    # The proxy gives the window back only as the target takes the bytes: the
+    # client sent its window and what the target's socket buffers hold, no more.
+    assert client.conn.local_flow_control_window(stalled) == 0
+    assert len(payload) - len(client.outgoing[stalled]) < 8 * MiB
+    reading.set()
+    client.wait(lambda: len(got) == len(payload), timeout=60)
+    assert got == payload
+
+
 def test_a_target_that_resets_while_its_stream_is_stalled_is_noticed_at_once(
     start_tls_proxy, h2_client, upstream_factory
 ):
