@@ -55,7 +55,7 @@ from ..tunnel import Tunnel
 from ..waiting import wait_any
 from .data import MAX_WINDOW_BYTES, DataPath
 from .forward import H2ForwardStream, is_forwarded
-from .frames import DataRun, FrameError, window_update
+from .frames import FrameError, window_update
 from .output import RecordOutput
 from .stream import H2StreamSide
 
@@ -117,6 +117,7 @@ class H2Session:
         self.streams: dict[int, H2StreamSide | H2ForwardStream] = {}
         # DATA is parsed and framed apart from h2 (frames.py says why).
         self.data = DataPath(self.h2, config, self._send, self.flush)
+        self.data.serve(self.streams, self._dispatch, self.ack)
         self.send_data = self.data.send_data
         self.read_slots = self.data.read_slots
         self.send_read = self.data.send_read
@@ -194,7 +195,7 @@ class H2Session:
             if not n:
                 return "client_eof"
             try:
-                self._receive(self._plaintext[:n])
+                self.data.receive(self._plaintext[:n])
             except h2.exceptions.ProtocolError as exc:
                 log.info("h2 client %s: protocol error: %s", self.address, exc)
                 self.flush()  # h2's GOAWAY
@@ -205,38 +206,6 @@ class H2Session:
                 return "protocol_error"
             self.flush()
         return "client_reset"
-
-    def _receive(self, data: memoryview) -> None:
-        for item in self.data.reader.feed(data):
-            if isinstance(item, DataRun):
-                self._receive_run(item)
-            else:
-                for event in self.h2.receive_data(item):
-                    self._dispatch(event)
-
-    def _receive_run(self, run: DataRun) -> None:
-        """A run of DATA frames on one stream (one write to its target): h2 sees an
-        empty DATA frame for the stream's state, the windows are kept here. A
-        forwarded request's body is h2's too: it checks it against the content-length."""
-        stream_id = run.stream_id
-        taken = False
-        forwarded = isinstance(self.streams.get(stream_id), H2ForwardStream)
-        for event in self.h2.receive_data(run.frames() if forwarded else run.h2_frame()):
-            if isinstance(event, h2.events.DataReceived):
-                if taken:
-                    continue  # the run's later frames: delivered with the first
-                stream = self.streams.get(stream_id)
-                self.data.windows.take(stream_id if stream is not None else 0, run.flow_length)
-                taken = True
-                if stream is None:
-                    self.ack(0, run.flow_length)  # a stream we ended: give the window back
-                else:
-                    stream.deliver(run.parts, run.flow_length)
-            else:
-                self._dispatch(event)
-        if not taken:  # a closed stream (h2 answered RST_STREAM): the connection's window still counts it
-            self.data.windows.take(0, run.flow_length)
-            self.ack(0, run.flow_length)
 
     def _dispatch(self, event: Any) -> None:
         if isinstance(event, h2.events.RequestReceived):
