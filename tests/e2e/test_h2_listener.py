@@ -432,6 +432,39 @@ def test_data_past_a_stream_window_is_a_flow_control_error(start_tls_proxy, h2_c
         assert "reason=protocol_error proto=h2 stream=0" in proxy.wait_access("stream=0")
 
 
+def padded(stream_id: int, payload: bytes, pad: int) -> bytes:
+    """A DATA frame with PADDED set and *pad* octets of padding (RFC 9113 §6.1)."""
+    body = bytes([pad]) + payload + b"\0" * pad
+    return len(body).to_bytes(3, "big") + b"\x00\x08" + stream_id.to_bytes(4, "big") + body
+
+
+def test_padded_data_reaches_the_target_without_its_padding(start_tls_proxy, h2_client, echo):
+    proxy = start_tls_proxy()
+    client = h2_client(proxy)
+    stream_id = client.connect(echo.target)
+    assert client.status(stream_id) == 200
+    payloads = [os.urandom(n) for n in (1, 1000, 16_000)]
+    client.sock.sendall(b"".join(padded(stream_id, p, pad) for p, pad in zip(payloads, (0, 255, 17), strict=True)))
+    client.wait(lambda: len(client.data[stream_id]) == sum(map(len, payloads)))
+    assert bytes(client.data[stream_id]) == b"".join(payloads)
+
+
+def test_data_on_a_closed_stream_gives_the_connection_window_back(start_tls_proxy, h2_client, echo):
+    # Two streams of 65,535: a connection window of 131,070, which three windows'
+    # worth of DATA on a refused stream would exceed if it were not given back.
+    proxy = start_tls_proxy("--h2-max-streams", "2", "--h2-window-bytes", "65535")
+    client = h2_client(proxy)
+    refused = client.connect("127.0.0.1:1")  # nothing listens there: 502
+    assert client.status(refused) == 502
+    client.wait(lambda: refused in client.resets or refused in client.ended)
+    for _ in range(3):
+        client.sock.sendall(b"".join(data_frames(refused, memoryview(os.urandom(65_535)), 16_384)))
+    stream_id = client.connect(echo.target)
+    assert client.status(stream_id) == 200
+    echo_round(client, stream_id, os.urandom(50_000))
+    assert client.goaway is None
+
+
 def test_sigterm_sends_goaway_and_open_streams_drain(start_tls_proxy, h2_client, echo):
     proxy = start_tls_proxy("--drain-timeout", "20")
     client = h2_client(proxy)

@@ -173,7 +173,8 @@ class H2Session:
         conn.data_to_send()  # h2's SETTINGS and WINDOW_UPDATE, replaced by:
         settings[SettingCodes.MAX_CONCURRENT_STREAMS] = config.h2_max_streams
         self._send(SettingsFrame(0, settings=settings).serialize())
-        self._send(window_update(0, self.data.windows.connection_left - DEFAULT_WINDOW_BYTES))
+        if self.data.windows.connection_left > DEFAULT_WINDOW_BYTES:  # RFC 9113 §6.9: never an increment of 0
+            self._send(window_update(0, self.data.windows.connection_left - DEFAULT_WINDOW_BYTES))
 
     def _read_frames(self) -> str:
         """Read and dispatch until the connection ends; return the end reason."""
