@@ -465,6 +465,30 @@ def test_data_on_a_closed_stream_gives_the_connection_window_back(start_tls_prox
     assert client.goaway is None
 
 
+def test_data_after_end_stream_is_a_stream_error_and_not_delivered(start_tls_proxy, h2_client, upstream_factory):
+    got = bytearray()
+    done = threading.Event()
+
+    def handler(conn: socket.socket) -> None:
+        while chunk := conn.recv(65536):
+            got.extend(chunk)
+        done.set()
+
+    server = upstream_factory(handler)
+    proxy = start_tls_proxy()
+    client = h2_client(proxy)
+    stream_id = client.connect(server.target)
+    assert client.status(stream_id) == 200
+    frames = [*data_frames(stream_id, memoryview(b"a" * 20_000), 16_384), padded(stream_id, b"b", 0)]
+    client.sock.sendall(b"".join(frames))  # two runs of DATA: the stream's DATA is h2's no more
+    client.wait(lambda: len(got) == 20_001)
+    end = b"\x00\x00\x01\x00\x01" + stream_id.to_bytes(4, "big") + b"c"  # DATA with END_STREAM
+    client.sock.sendall(end + b"".join(data_frames(stream_id, memoryview(b"late"), 16_384)))
+    client.wait(lambda: stream_id in client.resets)
+    assert client.resets[stream_id] == ErrorCodes.STREAM_CLOSED  # RFC 9113 §5.1, half-closed (remote)
+    assert done.wait(10) and bytes(got) == b"a" * 20_000 + b"bc"
+
+
 def test_sigterm_sends_goaway_and_open_streams_drain(start_tls_proxy, h2_client, echo):
     proxy = start_tls_proxy("--drain-timeout", "20")
     client = h2_client(proxy)

@@ -124,6 +124,7 @@ class DataPath:
         empty DATA frame, for the stream's state; a forwarded body, the frames."""
         stream_id = run.stream_id
         taken = False
+        self._open_for_data.discard(stream_id)  # an END_STREAM, say, changes its answer
         forwarded = isinstance(self._streams.get(stream_id), H2ForwardStream)
         for event in self.h2.receive_data(run.frames() if forwarded else run.h2_frame()):
             if isinstance(event, h2.events.DataReceived):
