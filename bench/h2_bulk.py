@@ -17,6 +17,7 @@ import os
 import shutil
 import ssl
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -58,7 +59,15 @@ def run(rounds: int, mib: int, baseline: str | None) -> dict:
             proxy.stop()
         if tree is not None:
             shutil.rmtree(tree, ignore_errors=True)
-    return summarise(samples, mib, rounds)
+    result = summarise(samples, mib, rounds)
+    result["tree"] = tree_commit()
+    return result
+
+
+def tree_commit() -> str:
+    """This tree's commit (and whether it has changes not committed)."""
+    done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=30)
+    return done.stdout.strip() or "unknown"
 
 
 def summarise(samples: dict[str, dict[str, list[dict]]], mib: int, rounds: int) -> dict:
@@ -85,7 +94,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"# HTTP/2 stream against HTTP/1.1 TLS tunnel: proxy CPU per GB (medians of {result['rounds']} rounds)",
         "",
-        f"One tunnel moving {result['mib']} MiB each way; proxy pinned to CPU 0, clients and targets on CPU 1;",
+        f"This tree: {result.get('tree', 'unknown')}. One tunnel moving {result['mib']} MiB each way;",
+        "proxy pinned to CPU 0, clients and targets on CPU 1;",
         "proxy CPU seconds per GB from /proc/PID/stat (user / kernel); ratio: HTTP/2 over HTTP/1.1.",
         "",
         "| proxy | way | HTTP/2 user / kernel | HTTP/1.1 TLS user / kernel | ratio user | ratio user+kernel |",
