@@ -1,30 +1,51 @@
 """Plain HTTP forwarding: small GETs on keep-alive connections and one bulk
-GET, through gconnect, tinyproxy and Squid, against one origin on loopback.
+GET, through gconnect and its peers (Squid, Apache Traffic Server, tinyproxy),
+against one origin on loopback.
 
 Reported per proxy: requests/s (wall), the proxy's CPU per request (user and
 system, from /proc, so other load on the machine inflates the wall figure but
-not this one), and for the bulk GET MB/s and CPU seconds per GB.
+not this one), and for the bulk GET MB/s and CPU seconds per GB. With
+``--repeat N`` the proxies take turns N times (so they share the machine's
+noise) and the medians are reported, with gconnect's CPU per request as a
+ratio of each peer's in the same round; ``--pin`` puts the proxy on CPU 0 and
+the client and origin on CPU 1.
 
-    python -m bench.forward [--requests 4000] [--connections 16] [--bulk-mib 256] [--proxies gconnect,tinyproxy,squid]
+    python -m bench.forward [--requests 4000] [--connections 16] [--bulk-mib 256]
+        [--proxies gconnect,squid,ats,tinyproxy] [--repeat 1] [--pin] [--json PATH]
+        [--gconnect-args "..."] [--baseline DIR]
 
-Not a test: figures, written as a Markdown table to stdout.
+``--baseline DIR`` adds a row for gconnect from another tree (``python -c "from
+bench.harness.trees import extract; print(extract('REF'))"`` makes one), so a
+change is measured against what it changes in the same run.
+
+Not a test: figures, written as a Markdown table to stdout (and JSON to PATH).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import selectors
+import shlex
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.harness.procfs import tree_cpu_split
 from bench.harness.targets import free_port
+from gconnect.testing.procfs import tree_cpu_split
+
+#: Names the proxies go by on the command line, and the executable each needs.
+EXECUTABLES = {"gconnect": sys.executable, "squid": "squid", "ats": "traffic_server", "tinyproxy": "tinyproxy"}
+#: The row of gconnect from another tree (--baseline), for a before/after in one run.
+BASELINE = "gconnect-baseline"
+#: Requests sent through each proxy before measuring (connections opened, caches warm).
+WARMUP_REQUESTS = 400
 
 SMALL_BODY = b"x" * 100
 ORIGIN = r"""
@@ -68,9 +89,60 @@ def _get(origin_port: int, path: str) -> bytes:
     return f"GET http://127.0.0.1:{origin_port}{path} HTTP/1.1\r\nHost: 127.0.0.1:{origin_port}\r\n\r\n".encode()
 
 
-def start_proxy(name: str, rundir: Path, origin_port: int) -> tuple[subprocess.Popen, int]:
+ATS_RECORDS = """\
+CONFIG proxy.config.admin.user_id STRING trafficserver
+CONFIG proxy.config.exec_thread.autoconfig INT 0
+CONFIG proxy.config.exec_thread.limit INT 1
+CONFIG proxy.config.accept_threads INT 0
+CONFIG proxy.config.task_threads INT 1
+CONFIG proxy.config.http.server_ports STRING {port}
+CONFIG proxy.config.url_remap.remap_required INT 0
+CONFIG proxy.config.reverse_proxy.enabled INT 0
+CONFIG proxy.config.http.cache.http INT 0
+CONFIG proxy.config.cache.ram_cache.size INT 0
+CONFIG proxy.config.http.insert_request_via_str INT 1
+CONFIG proxy.config.http.insert_response_via_str INT 0
+CONFIG proxy.config.http.insert_client_ip INT 0
+CONFIG proxy.config.http.insert_squid_x_forwarded_for INT 0
+CONFIG proxy.config.log.logging_enabled INT 0
+CONFIG proxy.config.http.keep_alive_no_activity_timeout_in INT 120
+CONFIG proxy.config.http.keep_alive_no_activity_timeout_out INT 120
+"""
+
+
+def ats_argv(rundir: Path, port: int) -> list[str]:
+    """A forward-proxy Apache Traffic Server of our own: a runroot under
+    *rundir* (binaries linked from the system's, configuration and state
+    here), one event thread, no cache, no logs."""
+    root = rundir / "ats"
+    subprocess.run(["traffic_layout", "init", "--path", str(root)], check=True, capture_output=True, timeout=120)
+    dirs = {name: root / name for name in ("etc", "var", "run", "cache", "log")}
+    for path in dirs.values():
+        path.mkdir(exist_ok=True)
+    for conf in Path("/etc/trafficserver").iterdir():
+        if conf.is_file():
+            shutil.copy(conf, dirs["etc"] / conf.name)
+    (dirs["etc"] / "records.config").write_text(ATS_RECORDS.format(port=port))
+    (dirs["etc"] / "storage.config").write_text(f"{dirs['cache']} 64M\n")
+    for name in ("remap.config", "plugin.config", "parent.config"):
+        (dirs["etc"] / name).write_text("")
+    places = {"sysconfdir": "etc", "datadir": "cache", "localstatedir": "var", "runtimedir": "run"}
+    places |= {"logdir": "log", "cachedir": "cache"}
+    lines = (root / "runroot.yaml").read_text().splitlines()
+    lines = [f"{k}: {dirs[places[k]]}" if (k := line.split(":")[0]) in places else line for line in lines]
+    (root / "runroot.yaml").write_text("\n".join(lines) + "\n")
+    for name in ("var", "run", "cache", "log"):
+        shutil.chown(dirs[name], "trafficserver")
+    os.chmod(rundir, 0o755)
+    return ["traffic_server", f"--run-root={root}"]
+
+
+def start_proxy(
+    name: str, rundir: Path, origin_port: int, pin: bool = False, extra: tuple[str, ...] = (), tree: str = ""
+) -> tuple[subprocess.Popen, int]:
+    """Start proxy *name* on a free port; gconnect from *tree* (default: the one this file is in)."""
     port = free_port()
-    if name == "gconnect":
+    if name in ("gconnect", BASELINE):
         argv = [sys.executable, "-m", "gconnect", "serve", "--listen", f"127.0.0.1:{port}"]
         argv += [
             "--allow-dest",
@@ -81,6 +153,7 @@ def start_proxy(name: str, rundir: Path, origin_port: int) -> tuple[subprocess.P
             "",
             "--log-level",
             "warning",
+            *extra,
         ]
     elif name == "tinyproxy":
         conf = rundir / "tinyproxy.conf"
@@ -100,9 +173,15 @@ def start_proxy(name: str, rundir: Path, origin_port: int) -> tuple[subprocess.P
         )
         os.chmod(rundir, 0o777)
         argv = ["squid", "-N", "-f", str(conf)]
+    elif name == "ats":
+        argv = ats_argv(rundir, port)
     else:
         raise ValueError(name)
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=rundir)
+    if pin:
+        argv = ["taskset", "-c", "0", *argv]
+    # gconnect from this tree (the one the bench was started from), whatever is installed.
+    env = {**os.environ, "PYTHONPATH": tree or str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=rundir, env=env)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -189,49 +268,107 @@ def bulk_get(port: int, origin_port: int, size: int) -> float:
         return time.monotonic() - start
 
 
+def measure(name: str, origin_port: int, args: argparse.Namespace, bulk: int) -> dict:
+    """One round of one proxy: CPU and wall per small request, and the bulk GET if asked."""
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = tuple(shlex.split(args.gconnect_args)) if name in ("gconnect", BASELINE) else ()
+        tree = args.baseline if name == BASELINE else ""
+        proc, port = start_proxy(name, Path(tmp), origin_port, args.pin, extra, tree)
+        try:
+            small_gets(port, origin_port, WARMUP_REQUESTS, args.connections)
+            user0, sys0 = tree_cpu_split(proc.pid)
+            wall = small_gets(port, origin_port, args.requests, args.connections)
+            user1, sys1 = tree_cpu_split(proc.pid)
+            row = {
+                "requests_per_s": args.requests / wall,
+                "user_us_per_request": (user1 - user0) * 1e6 / args.requests,
+                "sys_us_per_request": (sys1 - sys0) * 1e6 / args.requests,
+            }
+            if bulk:
+                bulk_wall = bulk_get(port, origin_port, bulk)
+                user2, sys2 = tree_cpu_split(proc.pid)
+                row |= {
+                    "bulk_mb_per_s": bulk / bulk_wall / 1e6,
+                    "bulk_user_s_per_gb": (user2 - user1) / (bulk / 1e9),
+                    "bulk_sys_s_per_gb": (sys2 - sys1) / (bulk / 1e9),
+                }
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    row["cpu_us_per_request"] = row["user_us_per_request"] + row["sys_us_per_request"]
+    return row
+
+
+def summarise(rounds: list[dict[str, dict]]) -> dict[str, dict]:
+    """Medians per proxy over the rounds, and gconnect's CPU per request over each peer's, round by round."""
+    names = list(rounds[0])
+    summary: dict[str, dict] = {}
+    for name in names:
+        rows = [r[name] for r in rounds if name in r]
+        summary[name] = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+        if name != "gconnect" and "gconnect" in names:
+            ratios = [r["gconnect"]["cpu_us_per_request"] / r[name]["cpu_us_per_request"] for r in rounds]
+            summary[name]["gconnect_cpu_ratio"] = statistics.median(ratios)
+    return summary
+
+
+def table(summary: dict[str, dict], bulk: bool) -> str:
+    head = "| proxy | requests/s | CPU µs/request user / sys (total) | gconnect's CPU / this |"
+    rule = "|---|---|---|---|"
+    if bulk:
+        head, rule = head + " bulk MB/s | CPU s/GB user / sys |", rule + "---|---|"
+    lines = [head, rule]
+    for name, row in summary.items():
+        ratio = f"{row['gconnect_cpu_ratio']:.2f}" if "gconnect_cpu_ratio" in row else ""
+        line = (
+            f"| {name} | {row['requests_per_s']:,.0f} | {row['user_us_per_request']:.0f} / "
+            f"{row['sys_us_per_request']:.0f} ({row['cpu_us_per_request']:.0f}) | {ratio} |"
+        )
+        if bulk:
+            line += f" {row['bulk_mb_per_s']:,.0f} | {row['bulk_user_s_per_gb']:.2f} / {row['bulk_sys_s_per_gb']:.2f} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--bulk-mib", type=int, default=256)
-    parser.add_argument("--proxies", default="gconnect,tinyproxy,squid")
+    parser.add_argument("--bulk-mib", type=int, default=256, help="0: no bulk GET")
+    parser.add_argument("--proxies", default="gconnect,squid,ats,tinyproxy")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds, the proxies taking turns in each")
+    parser.add_argument("--pin", action="store_true", help="proxy on CPU 0; client and origin on CPU 1")
+    parser.add_argument("--json", help="also write every round and the medians here")
+    parser.add_argument("--gconnect-args", default="", help="more options for gconnect serve")
+    parser.add_argument("--baseline", default="", help=f"a gconnect tree (a directory) to run as {BASELINE} too")
     args = parser.parse_args()
+    if args.pin:
+        os.sched_setaffinity(0, {1})  # the client, and the origin started below
     bulk = args.bulk_mib * 1024 * 1024
+    names = [n for n in args.proxies.split(",") if shutil.which(EXECUTABLES[n])]
+    if args.baseline:
+        names.insert(1, BASELINE)
+    skipped = [n for n in args.proxies.split(",") if n not in names]
     origin_port = free_port()
     origin = subprocess.Popen([sys.executable, "-c", ORIGIN, str(origin_port), str(bulk)])
-    rows = []
+    rounds: list[dict[str, dict]] = []
     try:
         time.sleep(0.5)
-        for name in args.proxies.split(","):
-            if name != "gconnect" and shutil.which(name) is None:
-                continue
-            with tempfile.TemporaryDirectory() as tmp:
-                try:
-                    proc, port = start_proxy(name, Path(tmp), origin_port)
-                except RuntimeError as exc:
-                    rows.append(f"| {name} | not run: {exc} | | | | |")
-                    continue
-                try:
-                    user0, sys0 = tree_cpu_split(proc.pid)
-                    wall = small_gets(port, origin_port, args.requests, args.connections)
-                    user1, sys1 = tree_cpu_split(proc.pid)
-                    bulk_wall = bulk_get(port, origin_port, bulk)
-                    user2, sys2 = tree_cpu_split(proc.pid)
-                finally:
-                    proc.terminate()
-                    proc.wait(10)
-            per = 1e6 / args.requests
-            gb = bulk / 1e9
-            rows.append(
-                f"| {name} | {args.requests / wall:,.0f} | {(user1 - user0) * per:.0f} / {(sys1 - sys0) * per:.0f} "
-                f"| {bulk / bulk_wall / 1e6:,.0f} | {(user2 - user1) / gb:.2f} / {(sys2 - sys1) / gb:.2f} |"
-            )
+        for _ in range(args.repeat):
+            rounds.append({name: measure(name, origin_port, args, bulk) for name in names})
     finally:
         origin.terminate()
-    print(f"{args.requests} small GETs over {args.connections} keep-alive connections; one {args.bulk_mib} MiB GET\n")
-    print("| proxy | requests/s | CPU µs/request user / sys | bulk MB/s | CPU s/GB user / sys |")
-    print("|---|---|---|---|---|")
-    print("\n".join(rows))
+    summary = summarise(rounds)
+    print(f"{args.requests} small GETs over {args.connections} keep-alive connections", end="")
+    print(f"; one {args.bulk_mib} MiB GET" if bulk else "", end="")
+    print(f"; medians of {args.repeat} rounds{', pinned' if args.pin else ''}\n")
+    print(table(summary, bool(bulk)))
+    if skipped:
+        print(f"\nnot installed: {', '.join(skipped)}")
+    if args.json:
+        conditions = {k: v for k, v in vars(args).items() if k != "json"}
+        report = {"conditions": conditions, "rounds": rounds, "medians": summary}
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

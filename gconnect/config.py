@@ -107,6 +107,8 @@ class UserRules:
     rate_per_user: int | None = None
     burst_per_user: int | None = None
     quota_bytes: int | None = None
+    #: Replaces --forward-port (the ports of forwarded http:// requests) for this user.
+    forward_port: tuple[tuple[int, int], ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +362,7 @@ class Config:
             deny_dest=self.deny_dest + tuple(n for n in rules.deny_dest if n not in self.deny_dest),
             tls_name_check=self.tls_name_check if rules.tls_name_check is None else rules.tls_name_check,
             **{key: getattr(rules, key) for key in USER_LIMITS if getattr(rules, key) is not None},
+            forward_port=self.forward_port if rules.forward_port is None else rules.forward_port,
             users=(),
             groups=(),
         )

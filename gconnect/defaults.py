@@ -26,9 +26,12 @@ DEFAULT_FORWARD_PORTS = ((80, 80),)
 DEFAULT_VIA_NAME = "gconnect"
 #: Idle connections to origins kept for reuse: how long, and how many per
 #: destination (nginx keepalive_timeout 60 s upstream; Squid
-#: server_idle_pconn_timeout 1 minute; Go's MaxIdleConnsPerHost is 2).
+#: server_idle_pconn_timeout 1 minute). Squid and Traffic Server cap idle
+#: connections per destination at nothing by default; a cap below the requests
+#: in flight to one origin dials and closes a connection for most requests
+#: (Go's MaxIdleConnsPerHost of 2 is for one client's own requests, not a proxy's).
 DEFAULT_FORWARD_IDLE_TIMEOUT = 60.0
-DEFAULT_FORWARD_MAX_IDLE = 4
+DEFAULT_FORWARD_MAX_IDLE = 32
 DEFAULT_HEADER_TIMEOUT = 20.0
 #: glibc resolv.conf "timeout:5".
 DEFAULT_DNS_TIMEOUT = 5.0

@@ -325,6 +325,15 @@ class StreamResetError(ClientError):
     answerable = False
 
 
+class MalformedStreamError(ClientError):
+    """An HTTP/2 request whose ``content-length`` disagrees with its DATA
+    (RFC 9113 §8.1.1): a stream error of type PROTOCOL_ERROR, no response."""
+
+    status = 400
+    code = "malformed_stream"
+    answerable = False
+
+
 class UnsupportedRequestError(ClientError):
     """A request the proxy does not forward: an unknown method, an Upgrade."""
 

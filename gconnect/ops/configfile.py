@@ -47,6 +47,7 @@ USER_KEYS = (
     "rate_per_user",
     "burst_per_user",
     "quota_bytes",
+    "forward_port",
 )
 #: Of those, the keys that take one value, not a list.
 USER_SINGLE_KEYS = ("tls_name_check", "rate_per_user", "burst_per_user", "quota_bytes")
@@ -247,7 +248,7 @@ def render(config: Config) -> str:
             lines += ["", f"[{kind}.{_toml_key(rules.name)}]"]
             for key in USER_KEYS:
                 value = getattr(rules, key)
-                if value is not None and (value or key.startswith("allow") or key in USER_SINGLE_KEYS):
+                if value is not None and (value or not key.startswith("deny")):
                     lines.append(f"{key.replace('_', '-')} = {_toml_value(key, value)}")
     for pool in config.upstreams:
         lines += ["", *_render_pool(pool)]

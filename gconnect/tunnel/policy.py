@@ -34,6 +34,7 @@ class Policy:
     __slots__ = (
         "_allow",
         "_deny",
+        "_forward_ports",
         "_listening",
         "_ports",
         "_verdicts",
@@ -48,6 +49,7 @@ class Policy:
 
     def __init__(self, config: Config, listening: Sequence[tuple[str, int]] = ()) -> None:
         self._ports = config.allow_port
+        self._forward_ports = config.forward_port
         self._allow = Networks(config.allow_dest)
         self._deny = Networks(config.deny_dest)
         self._listening: set[tuple[int, int, int]] = set()
@@ -94,6 +96,13 @@ class Policy:
             if low <= port <= high:
                 return
         raise PolicyDeniedError(f"port {port} is not allowed")
+
+    def check_forward_port(self, port: int) -> None:
+        """Raise PolicyDeniedError unless *port* is one forwarded http:// requests may use."""
+        for low, high in self._forward_ports:
+            if low <= port <= high:
+                return
+        raise PolicyDeniedError(f"port {port} is not allowed for http:// requests (--forward-port)")
 
     def name_check_mode(self, port: int) -> str:
         """The TLS name check's mode for a tunnel to *port*: ``off`` unless listed."""

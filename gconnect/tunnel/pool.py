@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -50,7 +51,7 @@ from ..errors import (
     ParentProxyError,
     ParentProxyTimeoutError,
 )
-from .dial import Connection, SourceAddresses, open_connection
+from .dial import SourceAddresses, open_connection
 from .parent import Chain, Patterns
 
 log = logging.getLogger(__name__)
@@ -115,11 +116,23 @@ class Pool:
         return order
 
     def open(
-        self, host: str, port: int, *, connect_timeout: float, attempt_delay: float, tried: list[Parent]
-    ) -> tuple[Connection, Parent]:
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float,
+        attempt_delay: float,
+        tried: list[Parent],
+        through: Callable[[Parent, float], Any] | None = None,
+    ) -> tuple[Any, Parent]:
         """A connection through the first parent that takes the tunnel to ``host:port``,
         all tries within *connect_timeout*; each parent tried is appended to *tried*
-        (the last one carried the tunnel, or gave the error). Raises the last parent's error."""
+        (the last one carried the tunnel, or gave the error). Raises the last parent's error.
+
+        *through(parent, seconds)* asks one parent instead of a ``CONNECT`` to
+        ``host:port`` (a forwarded request's plain connection to it): it counts
+        what it opens in ``parent.active`` and raises an OutboundError as a
+        ``CONNECT`` would, which counts toward the parent's health the same way."""
         loop = get_hub().loop
         deadline = loop.now() + connect_timeout
         order = self.order(host)
@@ -141,7 +154,11 @@ class Pool:
             share = left / (len(tries) - index)
             tried.append(parent)
             try:
-                connection = parent.chain.open(host, port, connect_timeout=share, attempt_delay=attempt_delay)
+                if through is None:
+                    connection = parent.chain.open(host, port, connect_timeout=share, attempt_delay=attempt_delay)
+                    parent.active += 1
+                else:
+                    connection = through(parent, share)
             except OutOfDescriptorsError:
                 parent.probing = False  # our shortage, not the parent's failure
                 raise
@@ -156,7 +173,6 @@ class Pool:
                 parent.probing = False
                 raise
             parent.outcomes["ok"] += 1
-            parent.active += 1
             self._healthy(parent, "a tunnel got through")
             return connection, parent
         raise error

@@ -38,10 +38,8 @@ from greenlet import GreenletExit
 
 from ..config import hostport
 from ..errors import GConnectError
-from . import namecheck
+from . import namecheck, steps
 from .client import ClientServed
-from .dial import open_connection
-from .limits import client_key
 from .observer import RecordDefaults
 
 if TYPE_CHECKING:
@@ -162,9 +160,7 @@ class Tunnel(RecordDefaults):
 
     def admit(self) -> None:
         """Count the client against the limits (503 past the proxy's, 429 past its address's)."""
-        who = client_key(self.address[0])
-        self.services.limits.admit(who)
-        self.who = who
+        self.who = steps.admit(self.services, self.address)
 
     def read_request(self) -> ConnectRequest:
         """The request, as the client side reads it."""
@@ -173,80 +169,24 @@ class Tunnel(RecordDefaults):
         return request
 
     def authenticate(self, request: ConnectRequest) -> None:
-        """Who the client is, if the proxy asks (407/429/503 otherwise): the
-        chain reads Proxy-Authorization and the client side's verified certificate."""
-        auth = self.services.auth
-        if auth is not None:
-            values = [v for k, v in request.headers if k.lower() == b"proxy-authorization"]
-            identity = self.identity = auth.identify(values, self.who, self.side.peer_certificate())
-            self.user = identity.user
+        """Who the client is, if the proxy asks: :func:`.steps.authenticate`."""
+        steps.authenticate(self.services, request, self, self.who, self.side.peer_certificate)
 
     def check(self, request: ConnectRequest) -> None:
-        """The user's (or their group's) policy, the port rule, the name rules
-        (before any DNS lookup, so a refused name is never queried), the
-        external ACL helper, and which pool of parent proxies (if any) carries
-        this tunnel."""
-        policy = self.policy
-        identity = self.identity
-        if identity is not None and (policy.users or policy.groups):
-            policy = self.policy = policy.for_identity(identity.user, identity.group)
-        policy.check_port(request.port)
-        if policy.hosts is not None:
-            self.would_deny = policy.check_host(request.host, request.family)
-            if self.would_deny:
-                self.services.observer.would_deny(self, self.would_deny)
-        if self.services.usage is not None:
-            self.services.usage.check_quota(identity)
-        external_acl = self.services.external_acl
-        if external_acl is not None:
-            external_acl.check(identity, self.address[0], request.host, request.port)
-        router = self.services.router
-        if router is not None:
-            self.pool = router.route(request.host, request.family)
+        """The user's policy, ``--allow-port``, the name rules, the byte quota,
+        the external ACL and the route: :func:`.steps.check`."""
+        self.policy, self.pool = steps.check(self.services, request, self, steps.CONNECT_PORTS)
 
     def resolve(self, request: ConnectRequest) -> list[str]:
-        """The addresses that may be dialled, each checked by the policy. A name
-        a pool carries is its parents' to resolve (under their own policy)."""
-        if request.family:
-            addresses = [request.host]
-        elif self.pool is not None:
-            self.resolved_at = time.monotonic()
-            return []
-        else:
-            addresses = self.services.resolver.resolve(request.host)
-        self.resolved_at = time.monotonic()
-        return self.policy.filter_addresses(request.host, request.port, addresses)
+        """The addresses that may be dialled: :func:`.steps.resolve`."""
+        return steps.resolve(self.services, request, self, self.policy, self.pool)
 
     def dial(self, request: ConnectRequest, addresses: list[str]) -> None:
-        """Connect: directly to the first address that answers, or through the pool's parents."""
-        services = self.services
-        config = services.config
-        if self.pool is not None:
-            tried: list[Any] = []
-            try:
-                outbound, self.parent = self.pool.open(
-                    request.host,
-                    request.port,
-                    connect_timeout=config.connect_timeout,
-                    attempt_delay=config.attempt_delay,
-                    tried=tried,
-                )
-            finally:
-                # The parent that carried the tunnel, or the last one that failed it.
-                self.via = tried[-1].url if tried else None
-        else:
-            outbound = open_connection(
-                addresses,
-                request.port,
-                connect_timeout=config.connect_timeout,
-                attempt_delay=config.attempt_delay,
-                source=services.source,
-            )
+        """Connect, directly or through the pool's parents: :func:`.steps.dial`."""
+        outbound, self.parent = steps.dial(self.services, request, self, addresses, self.pool)
         self.outbound = outbound
-        self.connected_at = time.monotonic()
-        self.dialled = hostport(outbound.address, outbound.port)
         self.own = (outbound.sock.getsockname()[:2], (outbound.address, outbound.port))
-        services.own_connections.add(self.own)
+        self.services.own_connections.add(self.own)
 
     def answer(self) -> None:
         """Tell the client its tunnel is open: from here on there is no HTTP to speak."""

@@ -329,6 +329,29 @@ def test_users_authenticated_and_connections_not_shared(start_proxy, upstream_fa
     assert "user=bob" in proxy.wait_access("user=bob")
 
 
+def test_a_users_own_forward_port(start_proxy, upstream_factory, tmp_path) -> None:
+    import bcrypt
+
+    users = tmp_path / "users"
+    users.write_text("".join(f"{u}:{bcrypt.hashpw(b'pw', bcrypt.gensalt(4)).decode()}\n" for u in ("ann", "bob")))
+    origin, seen = h11_origin(upstream_factory)
+    other, _ = h11_origin(upstream_factory)
+    config = tmp_path / "gconnect.toml"
+    # The global forward-port stays the default (80); ann's table opens the origin's port.
+    config.write_text(f'[users.ann]\nforward-port = ["{origin.port}"]\n')
+    proxy = start_proxy("--config", str(config), "--auth-file", str(users))
+
+    def status(user: str, port: int) -> bytes:
+        url = f"http://127.0.0.1:{port}/{user}"
+        return curl(proxy, "-U", f"{user}:pw", "-o", "/dev/null", "-w", "%{http_code}", url).stdout
+
+    assert status("ann", origin.port) == b"200"
+    assert status("ann", other.port) == b"403"  # her table replaces the global list, it does not add to it
+    assert status("bob", origin.port) == b"403"  # no table: the global --forward-port
+    assert [r["target"] for r in seen.requests] == ["/ann"] and other.accepted == 0
+    assert "status=403" in proxy.wait_access("user=bob") and "reason=denied" in proxy.wait_access("user=bob")
+
+
 def _read_head(conn: socket.socket) -> bytes:
     data = b""
     while b"\r\n\r\n" not in data:
@@ -390,6 +413,28 @@ def test_a_parent_gets_the_absolute_form(start_proxy, upstream_factory) -> None:
     record = json.loads(parent.wait_access('"path":"/via-parent"'))
     assert record["method"] == "GET" and record["target"] == f"127.0.0.1:{origin.port}"
     assert f"via=http://127.0.0.1:{parent.port}" in child.wait_access("method=GET")
+
+
+def test_forwarding_fails_over_between_parents_and_counts_their_health(start_proxy, upstream_factory) -> None:
+    from gconnect.testing.process import free_port
+
+    from .test_metrics import metrics_url, scrape
+
+    alive = start_proxy(*FORWARD_ANY_PORT)
+    dead, alive_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{alive.port}"
+    # A pool's failover and health are the tunnel's own (the same Pool.open): the dead parent is tried
+    # first, counted, and the request goes on through the live one.
+    child = start_proxy(
+        *FORWARD_ANY_PORT, "--metrics-listen", "127.0.0.1:0", "--upstream", dead, "--upstream", alive_url
+    )
+    origin, _ = h11_origin(upstream_factory)
+    url = f"http://127.0.0.1:{origin.port}/"
+    for _ in range(3):
+        assert curl(child, "-o", "/dev/null", "-w", "%{http_code}", url).stdout == b"200"
+    values = scrape(metrics_url(child))
+    assert values[f'gconnect_upstream_tunnels_total{{outcome="connect_error",pool="default",url="{dead}"}}'] >= 1
+    assert values[f'gconnect_upstream_tunnels_total{{outcome="ok",pool="default",url="{alive_url}"}}'] >= 1
+    assert f"via={alive_url}" in child.wait_access("method=GET")
 
 
 def test_path_logged_only_when_asked(fwd: ProxyProcess, upstream_factory) -> None:

@@ -101,3 +101,29 @@ def test_render_covers_every_field():
     rendered = configfile.render(Config())
     # users and groups are [users.NAME] and [groups.NAME] tables, none here.
     assert rendered.count("\n") == len(Config.__dataclass_fields__) - 2
+
+
+def test_a_users_forward_port_replaces_the_global_one_for_that_user(tmp_path):
+    from gconnect.errors import PolicyDeniedError
+    from gconnect.tunnel.policy import Policy
+
+    path = write(
+        tmp_path,
+        'forward-port = ["80"]\n\n[users.ci]\nforward-port = ["8080", "9000-9001"]\n\n[users.ops]\nallow-port = [22]\n',
+    )
+    config = config_from_file(str(path), {})
+    policy = Policy(config)
+    ci, ops = policy.for_identity("ci", None), policy.for_identity("ops", None)
+    for port in (8080, 9001):
+        ci.check_forward_port(port)
+    for refused, port in ((ci, 80), (policy, 8080), (ops, 8080)):
+        with pytest.raises(PolicyDeniedError, match="--forward-port"):
+            refused.check_forward_port(port)
+    ops.check_forward_port(80)  # a table without forward-port keeps the global one
+    # CONNECT's ports are a separate table: ci's forward-port does not widen them.
+    with pytest.raises(PolicyDeniedError):
+        ci.check_port(8080)
+    rendered = configfile.render(config)
+    assert '[users.ci]\nforward-port = ["8080", "9000-9001"]' in rendered
+    assert '[users.ops]\nallow-port = ["22"]\n' in rendered + "\n"
+    assert config_from_file(str(write(tmp_path, rendered, "again.toml")), {}) == config

@@ -89,6 +89,10 @@ class ForwardContext:
     def config(self) -> Config:
         return self.services.config
 
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The client certificate (a ClientSide's ``peer_certificate``, for the shared steps)."""
+        return self.peer_cert
+
 
 class SideOfRequest:
     """The observer's view of a forwarded request's client side: HTTP/1.1, no stream."""

@@ -28,16 +28,16 @@ from ...errors import (
     ClientClosedError,
     MalformedRequestError,
     ParentProxyError,
-    PolicyDeniedError,
     ResponseIncompleteError,
     ResponseTimeoutError,
 )
+from .. import steps
 from ..shaping import Pacer
 from ..waiting import wait, wait_any
 from . import outbound
 from .body import BodyError, BodyReader
 from .context import ClientStream, ForwardContext, RequestRecord
-from .fields import NO_BODY, UNTIL_CLOSE, values
+from .fields import NO_BODY, UNTIL_CLOSE
 from .render import max_forwards, own_response, request_head, response_head
 from .request import ForwardRequest
 from .response import ResponseHead, ResponseParser
@@ -56,12 +56,6 @@ FOREVER_SECONDS = 86_400.0
 
 class _Retry(Exception):
     """A reused connection was found closed before any of the response: send again on a new one."""
-
-
-def check_forward_port(port: int, ranges: tuple[tuple[int, int], ...]) -> None:
-    """PolicyDeniedError unless *port* is in --forward-port."""
-    if not any(low <= port <= high for low, high in ranges):
-        raise PolicyDeniedError(f"port {port} is not allowed for http:// requests (--forward-port)")
 
 
 class Exchange:
@@ -116,59 +110,34 @@ class Exchange:
                 raise
 
     def authenticate(self) -> None:
-        """Who is asking: the same provider chain as a tunnel's, the client certificate included."""
-        auth = self.ctx.services.auth
-        if auth is not None:
-            identity = self.record.identity = auth.identify(
-                values(self.request.headers, b"proxy-authorization"), self.ctx.who, self.ctx.peer_cert
-            )
-            self.user = self.record.user = identity.user
+        """Who is asking: :func:`~gconnect.tunnel.steps.authenticate`, as for a tunnel."""
+        ctx = self.ctx
+        steps.authenticate(ctx.services, self.request, self.record, ctx.who, ctx.peer_certificate)
+        self.user = self.record.user
 
     def check(self) -> None:
-        """The user's policy, the forwarding port rule, the name rules (before
-        DNS), and the pool of parents (if any) that carries the request."""
-        request, ctx = self.request, self.ctx
-        services = ctx.services
-        policy = services.policy
-        identity = self.record.identity
-        if identity is not None and (policy.users or policy.groups):
-            policy = policy.for_identity(identity.user, identity.group)
-        self.policy = policy
-        check_forward_port(request.port, ctx.config.forward_port)
-        if policy.hosts is not None:
-            self.record.would_deny = policy.check_host(request.host, request.family)
-            if self.record.would_deny:
-                services.observer.would_deny(self.record, self.record.would_deny)
-        if services.usage is not None:
-            services.usage.check_quota(identity)
-        if services.external_acl is not None:
-            services.external_acl.check(identity, ctx.address[0], request.host, request.port)
-        if services.router is not None:
-            self.pool = services.router.route(request.host, request.family)
+        """The user's policy, ``--forward-port``, the name rules (before DNS),
+        the byte quota, the external ACL and the route: :func:`~gconnect.tunnel.steps.check`."""
+        self.policy, self.pool = steps.check(self.ctx.services, self.request, self.record, steps.FORWARD_PORTS)
 
     def resolve(self) -> list[str]:
         """Addresses that may be dialled, each checked; a parent resolves its own."""
-        request = self.request
-        if request.family:
-            addresses = [request.host]
-        elif self.pool is not None:
-            self.record.resolved_at = time.monotonic()
-            return []
-        else:
-            addresses = self.ctx.services.resolver.resolve(request.host)
-        self.record.resolved_at = time.monotonic()
-        return self.policy.filter_addresses(request.host, request.port, addresses)  # type: ignore[no-any-return]
+        return steps.resolve(self.ctx.services, self.request, self.record, self.policy, self.pool)
 
     def connect(self, addresses: list[str], fresh: bool) -> Upstream:
-        """An idle connection for the same key, or a new one (directly or to a parent)."""
-        record, request = self.record, self.request
-        if self.pool is not None:
-            upstream = outbound.through_parent(self.ctx, self.user, self.pool, request.host, fresh, record)
+        """An idle connection for the same key, or a new one (directly or to a
+        parent): :func:`~gconnect.tunnel.steps.dial`, as for a tunnel."""
+        ctx, record, request = self.ctx, self.record, self.request
+        pool = self.pool
+        upstream = None if fresh or pool is not None else outbound.idle(ctx, self.user, addresses, request.port)
+        if upstream is None:
+            through = outbound.through_parent(ctx, self.user, fresh) if pool is not None else None
+            connection, _ = steps.dial(ctx.services, request, record, addresses, pool, through)
+            upstream = connection if pool is not None else outbound.direct(ctx, self.user, connection)
         else:
-            upstream = outbound.direct(self.ctx, self.user, addresses, request.port, fresh)
+            record.connected_at = time.monotonic()
+            record.dialled = hostport(upstream.address, upstream.port)
         self.reused = record.reused = upstream.idle_since > 0
-        record.connected_at = time.monotonic()
-        record.dialled = hostport(upstream.address, upstream.port)
         return upstream
 
     # --- the exchange of messages ----------------------------------------------------

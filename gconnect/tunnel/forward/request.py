@@ -30,6 +30,8 @@ HTTP_PORT = 80
 _VERSIONS = ("1.1", "1.0")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SCHEME = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://")
+#: An authority that ends in a port (or an empty one): the part after its last colon is digits.
+_PORT_AT_END = re.compile(rb":[0-9]*$")
 
 
 @dataclasses.dataclass(slots=True)
@@ -99,7 +101,7 @@ def parse_absolute(url: bytes) -> tuple[str, int, int, bytes]:
         raise MalformedRequestError("http:// URL without a host")
     if authority.endswith(b":"):
         authority += b"%d" % HTTP_PORT  # RFC 3986 §3.2.3: an empty port is the default
-    elif not re.search(rb":[0-9]*$", authority) or authority.endswith(b"]"):
+    elif not _PORT_AT_END.search(authority) or authority.endswith(b"]"):
         authority += b":%d" % HTTP_PORT
     host, port, family = parse_authority(authority)
     return host, port, family, path

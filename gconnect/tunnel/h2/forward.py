@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from gevent import get_hub
 from greenlet import greenlet as RawGreenlet
+from h2.errors import ErrorCodes
 
-from ...errors import GConnectError, MalformedRequestError, TraceRefusedError
+from ...errors import GConnectError, MalformedRequestError, MalformedStreamError, TraceRefusedError
+from .. import steps
 from ..forward.body import BodyReader
 from ..forward.context import ForwardContext, RequestRecord
 from ..forward.fields import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, Framing, FramingError, request_framing
@@ -32,7 +34,6 @@ from ..forward.request import ForwardRequest, parse_absolute
 from ..forward.response import ResponseParser
 from ..forward.session import ForwardSession
 from ..head import proxy_status
-from ..limits import client_key
 from ..waiting import wait
 from .head import split_block
 
@@ -69,6 +70,8 @@ def parse_h2_forward(headers: list[tuple[bytes, bytes]], ended: bool, max_header
         raise MalformedRequestError(str(exc)) from None
     if framing.kind == NO_BODY and not ended:
         framing = Framing(CHUNKED)  # DATA frames to come: sent on chunked
+    elif ended and framing.kind == LENGTH and framing.length:
+        raise MalformedStreamError(f"content-length {framing.length}, and the stream ended without DATA")
     headers_out = [(b"host", authority), *[(n, v) for n, v in fields if n not in (b"host", b"content-length")]]
     if framing.kind == LENGTH:
         headers_out.append((b"content-length", b"%d" % framing.length))
@@ -103,6 +106,14 @@ class H2ForwardStream:
         self._body: BodyReader | None = None
         self._response_ended = False
         self._head_request = False
+        #: The request's content-length (None: none), and the DATA bytes taken so far.
+        self.declared: int | None = None
+        for name, value in headers:
+            if name == b"content-length":
+                self.declared = int(value)  # h2 has checked it is digits, and the same if repeated
+        self.received = 0
+        #: Set once the stream is found malformed (RFC 9113 §8.1.1); it is reset PROTOCOL_ERROR.
+        self.malformed_error: MalformedStreamError | None = None
 
     # --- the session's calls -------------------------------------------------------------
 
@@ -111,12 +122,32 @@ class H2ForwardStream:
         self.loop.run_callback(self.greenlet.switch)
 
     def deliver(self, parts: Sequence[bytes | memoryview], flow_length: int) -> None:
-        self.inbox.append((b"".join(parts), flow_length))
+        if self.malformed_error is not None:
+            self.session.ack(self.stream_id, flow_length)
+            return
+        data = b"".join(parts)
+        self.received += len(data)
+        self.inbox.append((data, flow_length))
         self.wake.send()
 
     def client_ended(self) -> None:
+        if self.declared is not None and self.received != self.declared:
+            # h2 counts DATA frames only: trailers can end the stream short.
+            self.malformed(f"content-length {self.declared}, DATA {self.received} bytes")
+            return
         self.ended = True
         self.wake.send()
+
+    def malformed(self, why: str) -> None:
+        """The request's DATA disagrees with its content-length: nothing more
+        of it goes to the origin, and the exchange stops at its next wait."""
+        if self.malformed_error is not None:
+            return
+        error = self.malformed_error = MalformedStreamError(f"stream {self.stream_id}: {why}")
+        for _, flow_length in self.inbox:
+            self.session.ack(self.stream_id, flow_length)
+        self.inbox.clear()
+        self.cancel(error)
 
     def resume(self) -> None:
         self.wake.send()
@@ -136,24 +167,24 @@ class H2ForwardStream:
         session = self.session
         services = session.current()  # the policy in force now, as for a CONNECT stream
         address = session.address
-        who = client_key(address[0])
-        ctx = ForwardContext(services, address, who, tls=True, side=self, peer_cert=session.peer_certificate)
         lifetime = services.config.max_tunnel_lifetime
         ends_at = self.loop.now() + lifetime if lifetime else float("inf")
-        admitted = False
+        who: str | None = None  # once admitted: the client's limits key, released at the end
         try:
             try:
                 # Ended with no DATA: no body (DATA and END_STREAM may both have come already).
                 no_body = self.ended and not self.inbox
                 request = parse_h2_forward(self.headers, no_body, services.config.max_header_bytes)
+                if self.malformed_error is not None:
+                    raise self.malformed_error  # before the greenlet ran: nothing was sent
                 # Each stream is a client for the limits, as a CONNECT stream is.
-                services.limits.admit(who)
-                admitted = True
+                who = steps.admit(services, address)
             except GConnectError as exc:
                 self._refused(exc)
                 return
             self.chunked = request.framing.kind == CHUNKED
             self._head_request = request.method == b"HEAD"
+            ctx = ForwardContext(services, address, who, tls=True, side=self, peer_cert=session.peer_certificate)
             ForwardSession(ctx, self, ends_at).serve_one(request)
             body = self._body
             if body is not None and body.framing.kind == UNTIL_CLOSE and not self._response_ended:
@@ -163,12 +194,20 @@ class H2ForwardStream:
         except BaseException as exc:  # a reset, the connection's end, shutdown
             self.end_reason = getattr(exc, "code", "shutdown")
         finally:
-            if admitted:
+            if who is not None:
                 services.limits.release(who)
             self.wake.close()
             # An answered stream the client still sends on is reset NO_ERROR (RFC 9113 §8.1).
             status = self.status or 499
-            self.session.forget(self.stream_id, status, "complete" if self._response_ended else self.end_reason)
+            reason = "complete" if self._response_ended else self.end_reason
+            self.session.forget(self.stream_id, status, reason, self._malformed_code())
+
+    def _malformed_code(self) -> int | None:
+        """PROTOCOL_ERROR for a malformed request, or for a response cut short
+        of the content-length its HEADERS gave (RFC 9113 §8.1.1); else None."""
+        body = self._body
+        cut_short = body is not None and body.framing.kind == LENGTH and not self._response_ended
+        return ErrorCodes.PROTOCOL_ERROR if self.malformed_error is not None or cut_short else None
 
     def _refused(self, exc: GConnectError) -> None:
         """A request refused before the exchange: answered and recorded here."""
@@ -176,12 +215,16 @@ class H2ForwardStream:
         record.side = self
         record.status, record.end_reason = exc.status, exc.code
         self.end_reason = exc.code
+        if isinstance(exc, MalformedStreamError):
+            self.malformed_error = exc
         self.refuse(exc)
         self.session.services.observer.forwarded(record)
 
     # --- the ClientStream contract (for the exchange) ---------------------------------------
 
     def recv_nowait(self) -> bytes:
+        if self.malformed_error is not None:
+            raise self.malformed_error
         if self.inbox:
             data, flow_length = self.inbox.pop(0)
             self.session.ack(self.stream_id, flow_length)

@@ -82,8 +82,9 @@ class StreamConnection(Protocol):
     def congested(self) -> bool:
         """True while the connection's output buffer is at its high-water mark."""
 
-    def forget(self, stream_id: int, status: int, end_reason: str) -> None:
-        """The stream's tunnel closed: reset the stream unless it ended cleanly."""
+    def forget(self, stream_id: int, status: int, end_reason: str, code: int | None = None) -> None:
+        """The stream's tunnel closed: reset the stream unless it ended cleanly
+        (with the error *code* if given, else one its status and reason imply)."""
 
 
 class StreamRelay(Deadlines):

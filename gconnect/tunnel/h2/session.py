@@ -24,7 +24,9 @@ DATA itself is framed and parsed apart from h2, and those windows kept there
 (:mod:`gconnect.tunnel.h2.data`); h2 keeps every state.
 
 Ends: the client's EOF or reset ends every stream (``client_reset``); a
-protocol error ends the connection with h2's GOAWAY; :meth:`H2Session.drain`
+protocol error ends the connection with h2's GOAWAY, but a stream whose DATA
+disagrees with its ``content-length`` is reset alone (PROTOCOL_ERROR,
+:mod:`gconnect.tunnel.h2.connection`); :meth:`H2Session.drain`
 (SIGTERM) sends GOAWAY with NO_ERROR, refuses newer streams and closes the
 connection once its streams are done. The connection's own access-log record
 has ``stream=0`` and ``status=0``; its streams have one each.
@@ -53,6 +55,7 @@ from hyperframe.frame import GoAwayFrame, SettingsFrame
 from ...errors import StreamResetError
 from ..tunnel import Tunnel
 from ..waiting import wait_any
+from .connection import ServerConnection, StreamMalformed
 from .data import MAX_WINDOW_BYTES, DataPath
 from .forward import H2ForwardStream, is_forwarded
 from .frames import FrameError, window_update
@@ -111,7 +114,7 @@ class H2Session:
         config = services.config
         # Header validation is parse_h2_connect's: h2's would make a malformed
         # CONNECT a connection error instead of the one stream's 400.
-        self.h2 = h2.connection.H2Connection(
+        self.h2 = ServerConnection(
             h2.config.H2Configuration(client_side=False, validate_inbound_headers=False, header_encoding=None)
         )
         self.streams: dict[int, H2StreamSide | H2ForwardStream] = {}
@@ -227,6 +230,8 @@ class H2Session:
                 stream.resume()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._resume()  # a new initial window or frame size
+        elif isinstance(event, StreamMalformed):
+            self._malformed(event)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.draining = True  # the client's GOAWAY: open streams go on
 
@@ -252,6 +257,15 @@ class H2Session:
             if isinstance(stream, H2StreamSide):
                 stream.reset_before_relay()  # after the 200, the name check may be reading ahead
             self._kill(stream)
+
+    def _malformed(self, event: StreamMalformed) -> None:
+        # h2 has reset the stream (PROTOCOL_ERROR) and will deliver none of its DATA
+        # again; the run the event came with gives its window back (DataPath).
+        stream = self.streams.get(event.stream_id)
+        if isinstance(stream, H2ForwardStream):
+            stream.malformed(event.why)
+        elif stream is not None:
+            self._reset_by_client(stream)  # a CONNECT stream with a content-length: gone all the same
 
     def _kill(self, stream: H2StreamSide | H2ForwardStream) -> None:
         stream.tunnel.cancel(StreamResetError(f"stream {stream.stream_id} reset by the client"))
@@ -322,9 +336,9 @@ class H2Session:
         """True while the output buffer is at its high-water mark."""
         return self.output.congested()
 
-    def forget(self, stream_id: int, status: int, end_reason: str) -> None:
+    def forget(self, stream_id: int, status: int, end_reason: str, code: int | None = None) -> None:
         """The stream's tunnel closed with *status* and *end_reason*: reset the
-        stream if it did not end cleanly."""
+        stream if it did not end cleanly (with *code* if given)."""
         forwarded = isinstance(self.streams.pop(stream_id, None), H2ForwardStream)
         given_back = self.data.forget(stream_id, forwarded=forwarded and not self.closed)
         if self.closed or self.output.lost:
@@ -333,12 +347,13 @@ class H2Session:
             self._send(given_back)
         state = self.h2.streams.get(stream_id)
         if state is not None and not state.closed:
-            if status != 200:
-                code = ErrorCodes.NO_ERROR  # answered: the rest of the request is not needed (§8.1)
-            elif end_reason == "upstream_reset":
-                code = ErrorCodes.CONNECT_ERROR  # RFC 9113 §8.5
-            else:
-                code = ErrorCodes.CANCEL  # a deadline, shutdown, or a bug
+            if code is None:
+                if status != 200:
+                    code = ErrorCodes.NO_ERROR  # answered: the rest of the request is not needed (§8.1)
+                elif end_reason == "upstream_reset":
+                    code = ErrorCodes.CONNECT_ERROR  # RFC 9113 §8.5
+                else:
+                    code = ErrorCodes.CANCEL  # a deadline, shutdown, or a bug
             try:
                 self.h2.reset_stream(stream_id, code)
             except h2.exceptions.ProtocolError:
