@@ -237,13 +237,17 @@ def one_round(pid: int, port: int, context: ssl.SSLContext, targets: tuple[Targe
     return out
 
 
-def bulk_round(pid: int, port: int, context: ssl.SSLContext, targets: tuple[Target, Target], size: int) -> dict:
-    """One sample of each bulk measurement (*size* bytes down, then up), the HTTP/2 one first."""
+def bulk_round(
+    pid: int, port: int, context: ssl.SSLContext, targets: tuple[Target, Target], size: int, measure=None
+) -> dict:
+    """One sample of each bulk measurement (*size* bytes down, then up), the HTTP/2 one first;
+    *measure* (pid, work) -> sample: measured() unless given."""
+    measure = measure or measured
     source, sink = targets
     out = {}
     client = H2Tunnels(port, context)
     (stream_id,) = client.open(f"127.0.0.1:{source.port}", 1)
-    out["bulk_h2"] = measured(pid, functools.partial(client.download, stream_id))
+    out["bulk_h2"] = measure(pid, functools.partial(client.download, stream_id))
     assert client.received == size
     client.close()
     sock = h1_tunnel(port, context, f"127.0.0.1:{source.port}")
@@ -253,13 +257,13 @@ def bulk_round(pid: int, port: int, context: ssl.SSLContext, targets: tuple[Targ
         while chunk := sock.recv(1024 * 1024):
             got.append(len(chunk))
 
-    out["bulk_h1"] = measured(pid, drain)
+    out["bulk_h1"] = measure(pid, drain)
     assert sum(got) == size
     sock.close()
     sink.received.clear()
     client = H2Tunnels(port, context)
     (stream_id,) = client.open(f"127.0.0.1:{sink.port}", 1)
-    out["up_h2"] = measured(pid, functools.partial(client.upload, stream_id, size, sink))
+    out["up_h2"] = measure(pid, functools.partial(client.upload, stream_id, size, sink))
     assert sink.received.is_set()
     client.close()
     sink.received.clear()
@@ -271,7 +275,7 @@ def bulk_round(pid: int, port: int, context: ssl.SSLContext, targets: tuple[Targ
             sock.sendall(block)
         sink.received.wait(120)
 
-    out["up_h1"] = measured(pid, push)
+    out["up_h1"] = measure(pid, push)
     assert sink.received.is_set()
     sock.close()
     return out
