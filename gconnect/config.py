@@ -159,6 +159,14 @@ class Config:
     ready_timeout: float = d.DEFAULT_READY_TIMEOUT
     #: Bind with SO_REUSEPORT so several processes can share a port.
     reuse_port: bool = False
+    #: Where totals (quota counts) are kept across restarts, as SQLite; empty: in memory only.
+    state_dir: str = ""
+    #: A redis:// (or rediss://, unix://) URL the fleet's instances share their counters through.
+    shared_state: str = ""
+    #: How often an instance synchronises with --shared-state (the bound of the fleet's error).
+    shared_state_period: float = d.DEFAULT_SHARED_STATE_PERIOD
+    #: Slots of each shared table (a power of two).
+    state_table_slots: int = d.DEFAULT_STATE_TABLE_SLOTS
     #: "-" is stderr; "" turns the access log off.
     access_log: str = "-"
     log_level: str = "info"
@@ -267,6 +275,7 @@ class Config:
             raise ValueError("max_clients must be >= 1")
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        self._check_state()
         if not self.listen:
             raise ValueError("at least one listen address is needed")
         if self.host_rules_mode not in ("enforce", "report"):
@@ -366,6 +375,15 @@ class Config:
             users=(),
             groups=(),
         )
+
+    def _check_state(self) -> None:
+        slots = self.state_table_slots
+        if slots < 64 or slots & (slots - 1):
+            raise ValueError("state_table_slots must be a power of two >= 64")
+        if self.shared_state and not self.shared_state.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("shared_state must be a redis://, rediss:// or unix:// URL")
+        if self.shared_state_period <= 0:
+            raise ValueError("shared_state_period must be > 0")
 
     def _check_routes(self) -> None:
         names = [pool.name for pool in self.upstreams]

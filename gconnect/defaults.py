@@ -186,3 +186,20 @@ DEFAULT_BUCKET_INITIAL = 0.0
 #: Quota periods (UTC) and the default: a month, as providers bill.
 QUOTA_PERIODS = ("day", "month")
 DEFAULT_QUOTA_PERIOD = "month"
+
+#: Slots of each shared-memory table row (gauges and totals, per worker): a
+#: power of two. 8192 keys live at once per worker (addresses with clients open,
+#: users' quota periods, addresses' failure windows) at 3/4 load; nginx's
+#: limit_conn_zone of 1 MiB holds about 8,000 addresses (its docs' figure).
+DEFAULT_STATE_TABLE_SLOTS = 8192
+#: --shared-state: how often an instance pushes its deltas and reads the fleet's
+#: sums, the bound of the fleet's error. A second is what the issue asks for
+#: bandwidth shares, and one small Redis exchange a second per instance is nothing.
+DEFAULT_SHARED_STATE_PERIOD = 1.0
+#: How often the totals are written to --state-dir (and at stop): a crash loses
+#: at most this much counting, as a quota that counts a few seconds short.
+STATE_FLUSH_SECONDS = 5.0
+#: The failed-login limiter's window: --auth-failures-per-minute is counted in
+#: a sliding window of a minute (two fixed windows, the previous one weighted by
+#: how much of it still overlaps: Cloudflare's and nginx-plus's approximation).
+AUTH_FAILURE_WINDOW_SECONDS = 60

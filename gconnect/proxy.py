@@ -25,6 +25,7 @@ from gevent.event import Event
 
 from .config import Config
 from .listener import Listener, adopt_listener, make_listener
+from .state.tally import Tally
 from .tunnel.http1 import HTTP1Side
 from .tunnel.limits import REFUSAL_SLOTS
 from .tunnel.observer import TunnelObserver
@@ -42,7 +43,15 @@ KILL_WAIT_SECONDS = 5.0
 class Proxy:
     """One process's proxy: its services, its listeners, and their life cycle."""
 
-    def __init__(self, config: Config, *, observer: TunnelObserver | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        observer: TunnelObserver | None = None,
+        gauges: Tally | None = None,
+        totals: Tally | None = None,
+    ) -> None:
+        """*gauges* and *totals*: the tallies shared with the other workers (in-process ones if None)."""
         protocols: dict[str, ConnectionProtocol] = {}
         if config.tls_cert:
             # Imported only for a TLS listener, and now, not in the hub on the first h2 client.
@@ -50,7 +59,9 @@ class Proxy:
 
             protocols["h2"] = H2Protocol(self.current_services)
         #: What tunnels use; replaced whole by reload().
-        self.services = TunnelServices.from_config(config, observer=observer, protocols=protocols)
+        self.services = TunnelServices.from_config(
+            config, observer=observer, protocols=protocols, gauges=gauges, totals=totals
+        )
         self.listeners: list[Listener] = []
         self.bound: list[tuple[str, int]] = []
         #: Policy reloads applied so far (SIGHUP).

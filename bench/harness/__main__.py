@@ -32,7 +32,7 @@ class Preset:
     rtt_max_s: float
 
 
-# Full run: about 15 minutes for all eight targets; quick: about 7 (proxy.py's slow opening of held
+# Full run: about 25 minutes for all twelve targets; quick: about 10 (proxy.py's slow opening of held
 # tunnels is a good part of both).
 FULL = Preset(reps=3, seconds=3.0, hold_sizes="1000,5000,9000", rtt_rounds=2000, rtt_max_s=10.0)
 QUICK = Preset(reps=2, seconds=1.5, hold_sizes="1000,5000", rtt_rounds=1000, rtt_max_s=3.0)
@@ -79,6 +79,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quiet-budget", type=float, default=120.0, help="seconds the whole run may spend waiting for a quiet machine"
     )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="bulk and rate one repetition at a time, round-robin over all targets started at once",
+    )
     parser.add_argument("--no-pin", action="store_true", help="let the scheduler place everything")
     parser.add_argument("--baseline", help="commit that the gconnect-base target runs (before and after in one run)")
     return parser.parse_args(argv)
@@ -107,7 +112,13 @@ def options_from(args: argparse.Namespace) -> Options:
     baseline = extract(args.baseline) if args.baseline else None
     env = Environment(venv=args.venv, proxy_cpus=None if args.no_pin else args.proxy_cpus, baseline=baseline)
     return Options(
-        targets=targets, workloads=workloads, settings=settings, env=env, build_dir=args.build_dir, quick=args.quick
+        targets=targets,
+        workloads=workloads,
+        settings=settings,
+        env=env,
+        build_dir=args.build_dir,
+        quick=args.quick,
+        interleave=args.interleave,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 # direct should beat every proxy by at least this much, or the load generator may be what limits them.
@@ -31,6 +32,10 @@ def _stat(summary: dict | None, key: str) -> dict | None:
 
 def _fmt(value: float, digits: int) -> str:
     return f"{value:,.{digits}f}"
+
+
+def _interleaved(conditions: dict) -> str:
+    return " interleaved" if conditions.get("interleaved") else ""
 
 
 def _marks(summary: dict | None) -> str:
@@ -159,6 +164,77 @@ def direct_margins(results: dict) -> list[str]:
     return lines or ["no proxy figure to compare with direct."]
 
 
+@dataclass(frozen=True)
+class Limit:
+    """One figure of a gconnect target against the same figure of a reference in the same run."""
+
+    label: str
+    ours: str
+    reference: str
+    workload: str
+    case: dict  # the case's fields to match: {"conns": 64}, {"dir": "up", "conns": 1}
+    key: str
+    wanted: float  # the ratio ours / reference that meets the limit
+    at_most: bool  # True: ours should be at most wanted × the reference's (costs, latencies)
+
+
+_RATE64, _RATE1 = {"conns": 64}, {"conns": 1}
+#: The limits the harness reports: the floor proxy's user time, the best peers' handshake and bulk.
+LIMITS = (
+    Limit(
+        "user ms per tunnel, 64 concurrent", "gconnect", "floor", "rate", _RATE64, "proxy_user_ms_per_tunnel", 2, True
+    ),
+    Limit("new tunnels/s, 64 concurrent", "gconnect", "ats", "rate", _RATE64, "tunnels_per_s", 1, False),
+    Limit(
+        "proxy CPU ms per tunnel, 64 concurrent", "gconnect", "ats", "rate", _RATE64, "proxy_cpu_ms_per_tunnel", 1, True
+    ),
+    Limit("user ms per tunnel, 64 concurrent", "gconnect", "ats", "rate", _RATE64, "proxy_user_ms_per_tunnel", 1, True),
+    Limit("set-up p50 µs, 1 concurrent", "gconnect", "ats", "rate", _RATE1, "setup_p50_us", 1, True),
+    Limit("set-up p50 µs, 1 concurrent", "gconnect", "tinyproxy", "rate", _RATE1, "setup_p50_us", 1, True),
+    Limit("bulk MB/s, 1 tunnel, upload", "gconnect", "ats", "bulk", {"dir": "up", "conns": 1}, "mb_per_s", 1.5, False),
+    Limit(
+        "bulk MB/s, 1 tunnel, download", "gconnect", "ats", "bulk", {"dir": "down", "conns": 1}, "mb_per_s", 1.5, False
+    ),
+    Limit(
+        "new tunnels/s, 64 concurrent, unpinned", "gconnect-2w", "ats-2t", "rate", _RATE64, "tunnels_per_s", 1, False
+    ),
+)
+
+
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3f}"
+
+
+def limit_lines(results: dict) -> list[str]:
+    """gconnect against the floor proxy and the best peers, as ratios of medians of this run."""
+    targets = results["targets"]
+    ok = set(_ok_targets(results))
+    lines = []
+    for limit in LIMITS:
+        if limit.ours not in ok or limit.reference not in ok:
+            continue
+
+        def match(case: dict, want: dict = limit.case) -> bool:
+            return all(case.get(k) == v for k, v in want.items())
+
+        mine = _median(targets[limit.ours], limit.workload, match, limit.key)
+        theirs = _median(targets[limit.reference], limit.workload, match, limit.key)
+        if not mine or not theirs:
+            continue
+        ratio = mine / theirs
+        met = ratio <= limit.wanted if limit.at_most else ratio >= limit.wanted
+        goal = f"{'≤' if limit.at_most else '≥'} {limit.wanted:g}×"
+        summaries = [
+            (_case(targets[n], limit.workload, match) or {}).get("summary") for n in (limit.ours, limit.reference)
+        ]
+        marks = "".join(sorted(set(_marks(s) for s in summaries)))
+        lines.append(
+            f"- {limit.label}: {limit.ours} {_figure(mine)} against {limit.reference} {_figure(theirs)}: "
+            f"**{ratio:.2f}×** (wanted {goal}: {'met' if met else 'behind'}){' ' + marks if marks else ''}"
+        )
+    return lines
+
+
 def render_markdown(results: dict) -> str:
     """The results as a Markdown document: conditions, the table, skipped targets, notes."""
     names = _ok_targets(results)
@@ -168,7 +244,7 @@ def render_markdown(results: dict) -> str:
         f"{results['started']}, git {git['revision'][:12]}{' (dirty)' if git['dirty'] else ''}; "
         f"{machine['cpu_model']}, {machine['cpus']} CPUs, Linux {machine['kernel']}; "
         f"proxy on CPU {conditions['proxy_cpus']}, load generator and echo/sink/source server on CPU "
-        f"{conditions['load_cpus']}; medians of {conditions['repetitions']} repetitions of "
+        f"{conditions['load_cpus']}; medians of {conditions['repetitions']}{_interleaved(conditions)} repetitions of "
         f"{conditions['seconds_per_measurement']} s, (min–max); load average "
         f"{' '.join(machine['loadavg_at_start'])} at start."
     )
@@ -190,6 +266,9 @@ def render_markdown(results: dict) -> str:
         *interference_lines(results),
     ]
     out += ["## Load generator headroom", "", *direct_margins(results), ""]
+    limits = limit_lines(results)
+    if limits:
+        out += ["## gconnect against the floor and the peers (medians of this run)", "", *limits, ""]
     skipped = [(n, e) for n, e in results["targets"].items() if e.get("status") != "ok"]
     if skipped:
         out += ["## Skipped", ""]
@@ -253,42 +332,48 @@ README_START = ".. latest-results-start"
 README_END = ".. latest-results-end"
 
 
-def render_rst(results: dict) -> str:
-    """The table and its conditions as reStructuredText, for bench/README.rst."""
+def render_rst(results: dict, name: str = "latest", plots: bool = True) -> str:
+    """The table and its conditions as reStructuredText, for bench/README.rst; name is the stem of
+    the result files it points to, plots whether their PNGs exist."""
     names = _ok_targets(results)
     machine, conditions, git = results["machine"], results["conditions"], results["git"]
     lines = [
         f"{conditions['mode'].capitalize()} run of {results['started']}, git ``{git['revision'][:12]}``"
         f"{' (dirty)' if git['dirty'] else ''}: {machine['cpu_model']}, {machine['cpus']} CPUs, Linux "
         f"{machine['kernel']}; proxy on CPU {conditions['proxy_cpus']}, load on CPU {conditions['load_cpus']}; "
-        f"medians of {conditions['repetitions']} repetitions of {conditions['seconds_per_measurement']} s "
-        "(min–max). Full details: ``bench/results/latest.md`` and ``latest.json``.",
+        f"medians of {conditions['repetitions']}{_interleaved(conditions)} repetitions of "
+        f"{conditions['seconds_per_measurement']} s "
+        f"(min–max). Full details: ``bench/results/{name}.md`` and ``{name}.json``.",
         "",
         ".. list-table::",
         "   :header-rows: 1",
         "",
         "   * -",
     ]
-    lines += [f"     - {name}" for name in names]
+    lines += [f"     - {target}" for target in names]
     for label, cells in table_rows(results, names):
         lines.append(f"   * - {label}")
         lines += [f"     - {cell.replace('**', '')}" for cell in cells]
     lines += ["", "† load CPU saturated; ‡ other processes used the machine during the measurement.", ""]
     lines += [line for line in interference_lines(results) if line]
+    limits = limit_lines(results)
+    if limits:
+        lines += ["", "gconnect against the floor and the peers, medians of this run:", "", *limits]
     skipped = [(n, e) for n, e in results["targets"].items() if e.get("status") != "ok"]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{n} ({e.get('reason', 'unknown')})" for n, e in skipped) + "."]
-    lines += ["", ".. image:: results/latest-throughput.png", "", ".. image:: results/latest-tunnels-per-s.png", ""]
-    lines += [".. image:: results/latest-rss.png", ""]
+    lines.append("")
+    if plots:
+        lines += [f".. image:: results/{name}-{plot}.png\n" for plot in ("throughput", "tunnels-per-s", "rss")]
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, results: dict) -> bool:
+def update_readme(readme: Path, results: dict, name: str = "latest", plots: bool = True) -> bool:
     """Replace the block between the latest-results markers; False if the markers are missing."""
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         return False
     head, rest = text.split(README_START, 1)
     _old, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n\n{render_rst(results)}\n{README_END}{tail}")
+    readme.write_text(f"{head}{README_START}\n\n{render_rst(results, name, plots)}\n{README_END}{tail}")
     return True

@@ -17,8 +17,8 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -46,6 +46,9 @@ class Options:
     env: Environment
     build_dir: Path
     quick: bool
+    #: Bulk and rate one repetition at a time, round-robin over targets all started at once, so
+    #: each repetition of every target is measured within a minute of the others'.
+    interleave: bool = False
 
 
 def log(message: str) -> None:
@@ -135,6 +138,52 @@ def measure_target(name: str, options: Options, lg: LoadGen, workdir: Path) -> d
     return entry
 
 
+INTERLEAVED = {"bulk": (workloads.bulk, workloads.BULK_KEYS), "rate": (workloads.rate, workloads.RATE_KEYS)}
+
+
+def measure_interleaved(names: tuple[str, ...], options: Options, lg: LoadGen, workdir: Path) -> dict[str, dict]:
+    """Bulk and rate round-robin over the targets (--interleave); then hold and integrity per target."""
+    entries: dict[str, dict] = {}
+    chosen = [w for w in INTERLEAVED if w in options.workloads]
+    one_rep = replace(options.settings, reps=1)
+    with lg.server() as ports, ExitStack() as stack:
+        subjects: dict[str, Subject] = {}
+        for name in names:
+            entry: dict = {"name": name, "status": "ok"}
+            entries[name] = entry
+            try:
+                entry["version"] = prepare(name, options.env)
+                subjects[name] = stack.enter_context(started(name, options, ports, workdir, entry))
+            except TargetUnavailable as exc:
+                log(f"{name}: skipped: {exc}")
+                entries[name] = {"name": name, "status": "skipped", "reason": str(exc)}
+        rounds: dict[str, dict[str, list]] = {name: {w: [] for w in chosen} for name in subjects}
+        for round_no in range(options.settings.reps):
+            for name, subject in subjects.items():
+                for workload in chosen:
+                    if isinstance(entries[name].get(workload), dict):
+                        continue  # failed in an earlier round
+                    action = partial(INTERLEAVED[workload][0], lg, subject, ports, one_rep)
+                    result = guarded(f"{name} {workload} round {round_no + 1}", subject, action)
+                    if isinstance(result, dict):
+                        entries[name][workload] = result
+                    else:
+                        rounds[name][workload].append(result)
+        for name, per_workload in rounds.items():
+            for workload, done in per_workload.items():
+                if done and workload not in entries[name]:
+                    entries[name][workload] = workloads.merge_rounds(done, INTERLEAVED[workload][1])
+    rest = replace(options, workloads=tuple(w for w in options.workloads if w not in INTERLEAVED))
+    for name, entry in entries.items():
+        if entry["status"] != "ok" or not rest.workloads:
+            continue
+        try:
+            entry.update({k: v for k, v in measure_target(name, rest, lg, workdir).items() if k not in entry})
+        except TargetUnavailable as exc:
+            log(f"{name}: {', '.join(rest.workloads)} skipped: {exc}")
+    return entries
+
+
 def hold_one(
     name: str, options: Options, lg: LoadGen, ports: ServerPorts, workdir: Path, entry: dict, count: int
 ) -> object:
@@ -164,6 +213,7 @@ def run_benchmark(options: Options) -> dict:
         "git": git_info(),
         "conditions": {
             "mode": "quick" if options.quick else "full",
+            "interleaved": options.interleave,
             "workloads": list(options.workloads),
             "repetitions": settings.reps,
             "seconds_per_measurement": settings.seconds,
@@ -183,7 +233,9 @@ def run_benchmark(options: Options) -> dict:
     }
     workdir = Path(tempfile.mkdtemp(prefix="gconnect-bench-"))
     try:
-        for name in options.targets:
+        if options.interleave:
+            results["targets"] = measure_interleaved(options.targets, options, lg, workdir)
+        for name in options.targets if not options.interleave else ():
             try:
                 results["targets"][name] = measure_target(name, options, lg, workdir)
             except TargetUnavailable as exc:

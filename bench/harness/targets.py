@@ -18,12 +18,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.harness import debian
+from bench.harness.debian import PEERS, PEERS_DIR, InstallFailed
 from gconnect.testing.process import free_port, listening_address, pin_to
 from gconnect.testing.procfs import process_tree
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO_DIR = BENCH_DIR.parent
-PEERS_DIR = BENCH_DIR / "peers"
 
 #: gconnect-base is the default gconnect from another commit (--baseline): before and after in one run.
 #: gconnect-namecheck reads the TLS name check on every port (the echo target is not on 443, where
@@ -36,10 +37,13 @@ GCONNECT_TARGETS = (
     "gconnect-base",
     "gconnect-namecheck",
 )
-PEER_TARGETS = ("squid", "tinyproxy", "proxy.py", "pproxy")
-ALL_TARGETS = ("direct", *GCONNECT_TARGETS, *PEER_TARGETS)
+#: ats-2t is Traffic Server with two event threads, unpinned: the peer of gconnect-2w.
+PEER_TARGETS = (*PEERS, "proxy.py", "pproxy")
+#: floor is bench/floor.py, the least a gevent CONNECT proxy does: what gevent itself costs.
+ALL_TARGETS = ("direct", "floor", *GCONNECT_TARGETS, *PEER_TARGETS)
+#: Targets that run unpinned, their threads or workers free to use every core.
+UNPINNED_TARGETS = ("gconnect-2w", "ats-2t")
 
-APT_TIMEOUT_S = 900.0
 PIP_TIMEOUT_S = 600.0
 START_TIMEOUT_S = 20.0
 # Squid finishes open transactions before it exits; shutdown_lifetime 0 keeps that short.
@@ -81,29 +85,8 @@ def _read_args(name: str) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _render(template: str, port: int, rundir: Path) -> str:
-    return template.replace("@PORT@", str(port)).replace("@RUNDIR@", str(rundir))
-
-
 def _run(argv: list[str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, cwd=cwd)
-
-
-def ensure_debian_peers() -> None:
-    """Install squid and tinyproxy from Debian if either is missing."""
-    if shutil.which("squid") and shutil.which("tinyproxy"):
-        return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    done = subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", "squid", "tinyproxy"],
-        capture_output=True,
-        text=True,
-        timeout=APT_TIMEOUT_S,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
-    if done.returncode != 0:
-        raise TargetUnavailable(f"apt-get install squid tinyproxy failed: {done.stderr.strip()[-300:]}")
 
 
 def ensure_python_peers(venv: Path) -> None:
@@ -132,10 +115,16 @@ def prepare(name: str, env: Environment) -> str:
         if done.returncode != 0:
             raise TargetUnavailable(f"gconnect is not importable: {done.stderr.strip()[-200:]}")
         return f"gconnect {done.stdout.strip()}" + (f" ({where.name})" if name == "gconnect-base" else "")
-    if name in ("squid", "tinyproxy"):
-        ensure_debian_peers()
-        done = _run([name, "-v"], 30)
-        return done.stdout.splitlines()[0].strip() if done.stdout else "unknown"
+    if name == "floor":
+        done = _run([env.python, "-c", "import gevent; print(gevent.__version__)"], 30, cwd=REPO_DIR)
+        if done.returncode != 0:
+            raise TargetUnavailable(f"gevent is not importable: {done.stderr.strip()[-200:]}")
+        return f"bench/floor.py, gevent {done.stdout.strip()}"
+    if name in PEERS:
+        try:
+            return debian.version(name)
+        except InstallFailed as exc:
+            raise TargetUnavailable(str(exc)) from exc
     ensure_python_peers(env.venv)
     package = {"proxy.py": "proxy.py", "pproxy": "pproxy"}[name]
     done = _run([str(env.venv / "bin" / "pip"), "show", package], 60)
@@ -165,14 +154,14 @@ def launch_plan(name: str, rundir: Path, env: Environment) -> LaunchPlan:
             return LaunchPlan([*argv, "--workers", "2"], None, None, notes=["proxy unpinned (2 workers)"])
         return LaunchPlan(argv + extra[name], None, env.proxy_cpus)
     port = free_port()
-    if name == "squid":
-        conf = rundir / "squid.conf"
-        conf.write_text(_render((PEERS_DIR / "squid.conf").read_text(), port, rundir))
-        return LaunchPlan(["squid", "-N", "-f", str(conf)], port, env.proxy_cpus, run_as="proxy")
-    if name == "tinyproxy":
-        conf = rundir / "tinyproxy.conf"
-        conf.write_text(_render((PEERS_DIR / "tinyproxy.conf").read_text(), port, rundir))
-        return LaunchPlan(["tinyproxy", "-d", "-c", str(conf)], port, env.proxy_cpus)
+    if name == "floor":
+        return LaunchPlan([env.python, "-m", "bench.floor", str(port)], port, env.proxy_cpus)
+    if name in PEERS:
+        argv, run_as = debian.command(name, port, rundir)
+        if name in UNPINNED_TARGETS:
+            notes = [f"proxy unpinned ({PEERS[name].threads} threads)"]
+            return LaunchPlan(argv, port, None, run_as=run_as, notes=notes)
+        return LaunchPlan(argv, port, env.proxy_cpus, run_as=run_as)
     if name == "proxy.py":
         argv = [str(env.venv / "bin" / "proxy"), *_read_args("proxy.py.args")]
         return LaunchPlan([*argv, "--hostname", "127.0.0.1", "--port", str(port)], port, env.proxy_cpus)

@@ -24,6 +24,18 @@ from gconnect.testing import procfs
 GIB = 1 << 30
 BULK_CASES = (("up", 1), ("down", 1), ("up", 8), ("down", 8))
 RATE_CONCURRENCY = (1, 64)
+BULK_KEYS = ("mb_per_s", "proxy_cpu_s_per_gib", "proxy_cpu_softirq_s_per_gib", "proxy_cores_busy_s_per_gib")
+RATE_KEYS = (
+    "tunnels_per_s",
+    "setup_p50_us",
+    "setup_p99_us",
+    "cycle_p50_us",
+    "cycle_p99_us",
+    "errors",
+    "proxy_cpu_ms_per_tunnel",
+    "proxy_user_ms_per_tunnel",
+    "proxy_sys_ms_per_tunnel",
+)
 HOLD_OPEN_TIMEOUT_S = 90.0
 # After the last tunnel opened, give the proxy a moment to finish lazy allocations before RSS is read.
 HOLD_SETTLE_S = 1.0
@@ -195,8 +207,7 @@ def bulk(lg: LoadGen, subject: Subject, ports: ServerPorts, settings: Settings) 
                     if key in rep:
                         rep[f"{key}_per_gib"] = round(rep[key] / (rep["bytes"] / GIB), 4)
             reps.append(rep)
-        keys = ("mb_per_s", "proxy_cpu_s_per_gib", "proxy_cpu_softirq_s_per_gib", "proxy_cores_busy_s_per_gib")
-        summary = summarise(reps, keys)
+        summary = summarise(reps, BULK_KEYS)
         cases.append({"dir": direction, "conns": conns, "reps": reps, "summary": summary})
     return cases
 
@@ -224,19 +235,19 @@ def rate(lg: LoadGen, subject: Subject, ports: ServerPorts, settings: Settings) 
                     rep[f"{key}_ms_per_tunnel"] = round(1000 * rep[f"{key}_s"] / rep["tunnels"], 4)
             reps.append(rep)
             time.sleep(0.5)  # let the TIME_WAIT sockets of the last burst age before the next
-        keys = (
-            "tunnels_per_s",
-            "setup_p50_us",
-            "setup_p99_us",
-            "cycle_p50_us",
-            "cycle_p99_us",
-            "errors",
-            "proxy_cpu_ms_per_tunnel",
-            "proxy_user_ms_per_tunnel",
-            "proxy_sys_ms_per_tunnel",
-        )
-        cases.append({"conns": conns, "reps": reps, "summary": summarise(reps, keys)})
+        cases.append({"conns": conns, "reps": reps, "summary": summarise(reps, RATE_KEYS)})
     return cases
+
+
+def merge_rounds(rounds: list[list[dict]], keys: tuple[str, ...]) -> list[dict]:
+    """One workload's cases from several rounds of one repetition each (--interleave): every
+    case's repetitions together, summarised again."""
+    merged = []
+    for cases in zip(*rounds, strict=True):
+        first = {k: v for k, v in cases[0].items() if k not in ("reps", "summary")}
+        reps = [rep for case in cases for rep in case["reps"]]
+        merged.append({**first, "reps": reps, "summary": summarise(reps, keys)})
+    return merged
 
 
 def integrity(lg: LoadGen, subject: Subject, ports: ServerPorts, settings: Settings) -> dict:

@@ -21,7 +21,8 @@ In front of them, for credentials that came in a header:
   password, and a header value that was not seen before is never a hit;
 * connections that carry the same header while its first check runs wait for
   that check instead of starting their own (a browser opens several at once);
-* failed checks are rate-limited per client address by a token bucket, spent
+* failed checks are rate-limited per client address in a sliding minute,
+  counted in the totals every worker shares (:class:`FailureLimiter`), spent
   *before* any provider runs (so parallel guesses cannot overdraw it) and
   refunded on success; over the limit the answer is 429 without checking
   anything. A cached header still passes while its address is limited, so a user
@@ -45,6 +46,7 @@ from typing import Any
 
 import gevent
 
+from .. import defaults as d
 from ..config import Config
 from ..errors import (
     AuthRateLimitedError,
@@ -54,6 +56,8 @@ from ..errors import (
     ProxyAuthMalformedError,
     ProxyAuthRequiredError,
 )
+from ..state.shared import window_key
+from ..state.tally import LocalTally, Tally
 from .certs import CertProvider
 from .identity import (
     MAX_CREDENTIALS_BYTES,
@@ -72,8 +76,8 @@ log = logging.getLogger(__name__)
 #: Checks remembered at most; the oldest go first. One entry per distinct
 #: header value, about 150 bytes each.
 MAX_CACHE_ENTRIES = 10_000
-#: Client addresses with a failure bucket at most; full buckets are dropped first.
-MAX_TRACKED_ADDRESSES = 65_536
+#: The failure windows' keys in the totals (the client's address follows).
+FAILURES_KEY = "authfail:"
 
 
 def log_safe(user: str) -> str:
@@ -83,50 +87,63 @@ def log_safe(user: str) -> str:
 
 
 class FailureLimiter:
-    """A token bucket per client address: *per_minute* failures in a burst,
-    refilled at *per_minute* a minute."""
+    """*per_minute* failed logins per client address in a sliding minute, counted
+    in the *totals* tally (so every worker, and a fleet, share the count).
 
-    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.capacity = float(per_minute)
-        self.rate = per_minute / 60.0
+    The count is the current fixed window's plus the previous one's weighted by
+    how much of it the sliding minute still covers; the windows are keys of
+    their own (``authfail:ADDRESS:w60-N``) that the state drops once past."""
+
+    def __init__(
+        self,
+        per_minute: int,
+        *,
+        clock: Callable[[], float] = time.time,
+        totals: Tally | None = None,
+        window: int = d.AUTH_FAILURE_WINDOW_SECONDS,
+    ) -> None:
+        self.capacity = per_minute
+        self.window = window
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self.totals: Tally = totals if totals is not None else LocalTally()
 
-    def _tokens(self, address: str, now: float) -> float:
-        tokens, stamp = self._buckets.get(address, (self.capacity, now))
-        return min(self.capacity, tokens + (now - stamp) * self.rate)
+    def _count(self, address: str) -> tuple[str, float, int, int]:
+        """(the current window's key, how far into it, its count, the previous window's count)."""
+        current, previous, into = window_key(FAILURES_KEY + address, self.window, self._clock())
+        return current, into, self.totals.total(current), self.totals.total(previous)
 
-    def take(self, address: str) -> None:
-        """Spend one attempt; AuthRateLimitedError (nothing spent) if none is left."""
-        now = self._clock()
-        tokens = self._tokens(address, now)
-        if tokens < 1.0:
-            retry_after = max(1, int((1.0 - tokens) / self.rate + 0.999))
+    def take(self, address: str) -> str:
+        """Spend one attempt; AuthRateLimitedError (nothing spent) if none is left.
+        Returns what :meth:`refund` needs to give it back."""
+        key, into, now_count, before = self._count(address)
+        if now_count + before * (1.0 - into) + 1 > self.capacity:
+            retry_after = self._retry_after(into, now_count, before)
             raise AuthRateLimitedError(
                 f"too many failed proxy logins from {address}; retry in {retry_after} s", retry_after
             )
-        if len(self._buckets) >= MAX_TRACKED_ADDRESSES and address not in self._buckets:
-            self._prune(now)
-        self._buckets[address] = (tokens - 1.0, now)
+        self.totals.add(key, 1)
+        return key
 
-    def refund(self, address: str) -> None:
-        """Give back the attempt taken for a check that succeeded."""
-        now = self._clock()
-        tokens = self._tokens(address, now) + 1.0
-        if tokens >= self.capacity:
-            self._buckets.pop(address, None)
+    def _retry_after(self, into: float, now_count: int, before: int) -> int:
+        """Seconds until one more attempt fits in the sliding window."""
+        room = self.capacity - 1 - now_count
+        if room >= 0 and before:
+            # The previous window's weight must fall to room / before.
+            wait = (1.0 - room / before - into) * self.window
         else:
-            self._buckets[address] = (tokens, now)
+            # Only when this window becomes the previous one and its weight falls enough.
+            weight = (self.capacity - 1) / now_count if now_count else 1.0
+            wait = (1.0 - into) * self.window + (1.0 - weight) * self.window
+        return max(1, int(wait + 0.999))
 
-    def _prune(self, now: float) -> None:
-        for address in [a for a in self._buckets if self._tokens(a, now) >= self.capacity]:
-            del self._buckets[address]
-        while len(self._buckets) >= MAX_TRACKED_ADDRESSES:
-            # Still full of active guessers: forget the oldest entry (dicts keep insertion order).
-            del self._buckets[next(iter(self._buckets))]
+    def refund(self, taken: str) -> None:
+        """Give back the attempt *take* returned *taken* for, once the check succeeded."""
+        self.totals.add(taken, -1)
 
-    def __len__(self) -> int:
-        return len(self._buckets)
+    def count(self, address: str) -> float:
+        """The failures counted against *address* in the sliding minute now."""
+        _, into, now_count, before = self._count(address)
+        return now_count + before * (1.0 - into)
 
 
 def build_providers(config: Config) -> list[AuthProvider]:
@@ -158,10 +175,12 @@ def build_providers(config: Config) -> list[AuthProvider]:
 class Authenticator:
     """Who may use the proxy: the provider chain, a cache, a failure limiter."""
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, config: Config, *, clock: Callable[[], float] = time.monotonic, totals: Tally | None = None
+    ) -> None:
         self.realm = config.auth_realm
         self._clock = clock
-        self.limiter = FailureLimiter(config.auth_failures_per_minute, clock=clock)
+        self.limiter = FailureLimiter(config.auth_failures_per_minute, totals=totals)
         self.providers = build_providers(config)
         cert = [p for p in self.providers if isinstance(p, CertProvider)]
         self.cert: CertProvider | None = cert[0] if cert else None
@@ -255,7 +274,7 @@ class Authenticator:
             credentials = parse_credentials(value, bearer=self._bearer)
         except ProxyAuthMalformedError as exc:
             raise ProxyAuthMalformedError(str(exc), realm=self.realm) from None
-        self.limiter.take(address)
+        taken = self.limiter.take(address)
         # The check runs in a greenlet of its own that every asker waits on (the
         # first too): an asker killed or cancelled meanwhile (an HTTP/2 stream
         # reset, a drain's end) leaves the check to the others instead of
@@ -263,7 +282,7 @@ class Authenticator:
         running = self._inflight[key] = gevent.spawn(self._shared_check, credentials, key)
         outcome = running.get()
         if outcome[0] != "failed":
-            self.limiter.refund(address)
+            self.limiter.refund(taken)
         return self._outcome(outcome)
 
     def _shared_check(self, credentials: Credentials, key: bytes) -> tuple[str, Any]:

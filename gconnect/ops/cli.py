@@ -100,15 +100,19 @@ def serve(**options: Any) -> None:
 
 def _supervise(config: cfg.Config, config_path: str | None, command_line: dict[str, Any], notifier: Notifier) -> None:
     from . import supervisor
+    from .state import ServiceState, StateCollector
 
     activated = sockets.from_systemd(os.environ)
     socks = activated or sockets.bind(config.listen, reuse_port=config.reuse_port)
     metrics = None
+    state = None
     try:
+        state = ServiceState(config, workers=config.workers)
         if config.metrics_listen is not None:
             from .workermetrics import SupervisorMetrics
 
             metrics = SupervisorMetrics(config.workers, config.metrics_listen)
+            metrics.server.registry.register(StateCollector(state.region))
             # Before the listening lines: whoever waits for those finds this one too.
             click.echo(f"gconnect metrics on {sockets.fmt(metrics.address)}", err=True)
         boss = supervisor.Supervisor(
@@ -121,9 +125,13 @@ def _supervise(config: cfg.Config, config_path: str | None, command_line: dict[s
             command_line=command_line,
             metrics_dir=metrics.directory if metrics else None,
             on_worker_exit=metrics.collector.retire if metrics else None,
+            state=state,
         )
+        state.start()
         supervisor.run(boss, lambda: run.announce(sockets.addresses(socks)))
     finally:
+        if state is not None:
+            state.stop()  # every worker has exited: their totals are in the base row
         if metrics is not None:
             metrics.close()
         for sock in socks:

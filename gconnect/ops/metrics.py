@@ -356,7 +356,8 @@ class MetricsServer:
             raise RuntimeError("--metrics-listen needs prometheus-client: pip install 'gconnect[metrics]'") from exc
         from gevent.pywsgi import WSGIServer
 
-        registry = prometheus_client.CollectorRegistry()
+        #: More collectors may be registered (the shared state's).
+        self.registry = registry = prometheus_client.CollectorRegistry()
         registry.register(collector)
         if process_metrics:
             # process_open_fds, process_max_fds, CPU and memory, from /proc.

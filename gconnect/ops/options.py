@@ -142,6 +142,14 @@ OPTIONS: tuple[Opt, ...] = (
     _seconds("ready_timeout", d.DEFAULT_READY_TIMEOUT,
              "How long a new worker may take to check itself and accept; past it a start or upgrade fails."),
     _flag("reuse_port", "Bind with SO_REUSEPORT so several processes can share the port."),
+    _text("state_dir", "", "Keep totals (quota counts) across restarts in SQLite in this directory; empty: in "
+          "memory only.", "DIR", show=False),
+    _text("shared_state", "", "redis://HOST:PORT/DB (Redis or Valkey): share limits and totals with the other "
+          "instances of a fleet (needs the 'redis' extra).", "URL", show=False),
+    _seconds("shared_state_period", d.DEFAULT_SHARED_STATE_PERIOD,
+             "How often --shared-state is synchronised: the fleet's counts lag by at most this."),
+    _count("state_table_slots", 64, d.DEFAULT_STATE_TABLE_SLOTS,
+           "Keys each worker's shared table holds (a power of two); past it a key counts per process."),
     _text("access_log", "-", "Access log file, '-' for stderr, '' for none.", "PATH|-"),
     _choice("log_level", ["debug", "info", "warning", "error"], "info", "Level of the diagnostic log (stderr)."),
     _choice("log_format", ["text", "json"], d.DEFAULT_LOG_FORMAT,

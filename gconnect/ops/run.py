@@ -21,6 +21,7 @@ from gevent.event import AsyncResult, Event
 from gevent.server import StreamServer
 
 from ..config import Config
+from ..state.tally import Tally
 from . import signals
 from .accesslog import open_access_log
 from .accounting import start_accounting
@@ -30,6 +31,7 @@ from .notify import Notifier, report_upgrade
 from .observer import ProcessObserver
 from .reload import reload
 from .sockets import fmt
+from .state import ServiceState, StateCollector, worker_tallies
 from .workerlink import WorkerLink
 
 log = logging.getLogger("gconnect")
@@ -137,21 +139,27 @@ def self_check(config: Config, listeners: list[socket.socket]) -> None:
         raise SelfCheckError(f"self-check: the parser read {request!r}")
 
 
-def build_proxy(config: Config) -> tuple[Any, ProcessObserver]:
-    """This process's proxy, and the observer that counts and logs its tunnels."""
+def build_proxy(config: Config, tallies: tuple[Tally, Tally] | None = None) -> tuple[Any, ProcessObserver]:
+    """This process's proxy, and the observer that counts and logs its tunnels;
+    *tallies* are the shared (gauges, totals)."""
     from ..proxy import Proxy  # imports dnspython: after the CLI has parsed
 
     for warning in user_table_warnings(config):
         log.warning("%s", warning)
     observer = ProcessObserver(Stats(), open_access_log(config.access_log, config.log_format))
-    return Proxy(config, observer=observer.observer()), observer
+    gauges, totals = tallies if tallies is not None else (None, None)
+    return Proxy(config, observer=observer.observer(), gauges=gauges, totals=totals), observer
 
 
-def start_metrics(config: Config, proxy: Any, observer: ProcessObserver) -> MetricsServer | None:
+def start_metrics(
+    config: Config, proxy: Any, observer: ProcessObserver, state: ServiceState | None = None
+) -> MetricsServer | None:
     """``--metrics-listen``: serve /metrics from this process (None without it)."""
     if config.metrics_listen is None:
         return None
     metrics = MetricsServer(ProxyCollector(proxy, observer), config.metrics_listen)
+    if state is not None:
+        metrics.registry.register(StateCollector(state.region))
     # Before the listening lines: whoever waits for those finds this one too.
     click.echo(f"gconnect metrics on {fmt(metrics.start())}", err=True)
     return metrics
@@ -174,10 +182,14 @@ def serve_alone(
     listeners: list[socket.socket] | None,
 ) -> None:
     """Run the proxy in this process until it is stopped."""
-    proxy, observer = build_proxy(config)
+    state = ServiceState(config, workers=0)
+    row = state.take_row()
+    assert row is not None
+    proxy, observer = build_proxy(config, state.tallies(row))
     ProcessSignals(proxy, observer, config_path, command_line, notifier=notifier).install()
+    state.start()
     bound = proxy.start(listeners)
-    metrics = start_metrics(config, proxy, observer)
+    metrics = start_metrics(config, proxy, observer, state)
     accounting = start_accounting(config, proxy, observer.access_log)
     announce(bound)
     notifier.ready(f"serving on {', '.join(map(fmt, bound))}")
@@ -186,12 +198,14 @@ def serve_alone(
     if accounting is not None:
         accounting.stop()
     finish(metrics, observer)
+    state.stop()
     log.info("stopped")
 
 
 def serve_worker(config: Config, link: WorkerLink, *, config_path: str | None, command_line: dict[str, Any]) -> None:
     """Run as worker *link*: check, report ready, accept once told to, until stopped."""
-    proxy, observer = build_proxy(config)
+    # The supervisor owns the state directory and the fleet link; we write our row.
+    proxy, observer = build_proxy(config, worker_tallies(*link.state) if link.state is not None else None)
     handlers = ProcessSignals(proxy, observer, config_path, command_line, link=link)
     handlers.install()
     listeners = link.listeners()

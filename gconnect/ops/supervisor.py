@@ -47,6 +47,7 @@ from gevent.event import Event
 from ..config import Config
 from . import notify, signals, sockets
 from .configfile import ConfigFileError
+from .state import ServiceState
 from .workerlink import WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class Supervisor:
         command_line: dict | None = None,
         metrics_dir: str | None = None,
         on_worker_exit: Callable[[int, int, bool], None] | None = None,
+        state: ServiceState | None = None,
     ) -> None:
         self.config = config
         self.worker_args = worker_args
@@ -115,6 +117,8 @@ class Supervisor:
         self.metrics_dir = metrics_dir
         #: Called with (index, pid, restarted) when a worker exits, before any stop.
         self.on_worker_exit = on_worker_exit
+        #: The shared state whose rows the workers write (``ops.state``).
+        self.state = state
         self.current: Generation | None = None
         self.live: set[WorkerProcess] = set()
         self.numbers = iter(range(1, sys.maxsize))
@@ -142,7 +146,17 @@ class Supervisor:
 
     def spawn(self, gen: Generation, index: int) -> WorkerProcess:
         fds = [sock.fileno() for sock in self.sockets]
-        worker = WorkerProcess(self.argv(), fds, index=index, generation=gen.number, metrics_dir=self.metrics_dir)
+        state = None
+        if self.state is not None and (row := self.state.take_row()) is not None:
+            state = (self.state.region.fd, row)
+        try:
+            worker = WorkerProcess(
+                self.argv(), fds, index=index, generation=gen.number, metrics_dir=self.metrics_dir, state=state
+            )
+        except BaseException:
+            if self.state is not None and state is not None:
+                self.state.give_back(state[1])
+            raise
         worker.hups_at_start = self.hups
         gen.workers[index] = worker
         self.live.add(worker)
@@ -193,6 +207,8 @@ class Supervisor:
         started = time.monotonic()
         code = worker.wait()
         worker.close()
+        if self.state is not None:
+            self.state.give_back(worker.state_row)  # before a replacement starts: its totals kept
         self.live.discard(worker)
         crashed = not self.stopping and gen is self.current and gen.workers[worker.index] is worker
         crashed = crashed and worker.released

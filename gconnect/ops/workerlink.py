@@ -15,7 +15,9 @@ A worker is ``python -m gconnect serve`` with these in its environment:
     the worker's slot (its metrics ``worker`` label) and generation;
 ``GCONNECT_METRICS_DIR``
     where to write metrics snapshots (``workermetrics``), when the supervisor
-    serves ``/metrics``.
+    serves ``/metrics``;
+``GCONNECT_STATE_FD``, ``GCONNECT_STATE_ROW``
+    the shared state's memfd and the row this worker writes (``ops.state``).
 
 A worker accepts nothing before ``g``: a generation whose workers do not all
 become ready is discarded without having touched a client.
@@ -43,6 +45,8 @@ CONTROL_FD_ENV = "GCONNECT_CONTROL_FD"
 WORKER_INDEX_ENV = "GCONNECT_WORKER_INDEX"
 GENERATION_ENV = "GCONNECT_GENERATION"
 METRICS_DIR_ENV = "GCONNECT_METRICS_DIR"
+STATE_FD_ENV = "GCONNECT_STATE_FD"
+STATE_ROW_ENV = "GCONNECT_STATE_ROW"
 
 READY, ACCEPTING, RELOADED = b"R", b"A", b"H"
 GO = b"g"
@@ -67,8 +71,12 @@ class WorkerProcess:
         index: int,
         generation: int,
         metrics_dir: str | None = None,
+        state: tuple[int, int] | None = None,
     ) -> None:
+        """*state*: the shared state's (descriptor, row) for this worker, if any."""
         self.index = index
+        #: The shared state's row this worker writes (None: it counts alone).
+        self.state_row = state[1] if state is not None else None
         self.generation = generation
         self.ready = Event()
         self.accepting = Event()
@@ -92,12 +100,16 @@ class WorkerProcess:
         }
         if metrics_dir is not None:
             env[METRICS_DIR_ENV] = metrics_dir
+        extra_fds: tuple[int, ...] = ()
+        if state is not None:
+            env[STATE_FD_ENV], env[STATE_ROW_ENV] = str(state[0]), str(state[1])
+            extra_fds = (state[0],)
         try:
             self.proc = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                pass_fds=(*listener_fds, status_w, control_r),
+                pass_fds=(*listener_fds, status_w, control_r, *extra_fds),
                 env=env,
                 preexec_fn=_ignore_until_handled,
             )
@@ -169,6 +181,9 @@ class WorkerLink:
         self.index = int(environ.pop(WORKER_INDEX_ENV, "0"))
         self.generation = int(environ.pop(GENERATION_ENV, "1"))
         self.metrics_dir = environ.pop(METRICS_DIR_ENV, None)
+        state_fd, state_row = environ.pop(STATE_FD_ENV, None), environ.pop(STATE_ROW_ENV, None)
+        #: The shared state's (descriptor, row), if the supervisor gave us one.
+        self.state = (int(state_fd), int(state_row)) if state_fd and state_row else None
         os.set_blocking(self._control_fd, False)
 
     @classmethod

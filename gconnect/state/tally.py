@@ -15,7 +15,23 @@ Two tallies serve a proxy, for two kinds of counter:
   directory. The key names its period (``quota:alice:2026-12``), so a new
   period is a new counter; a backend may drop keys of periods gone by.
 
-:class:`LocalTally` is the one-process case, in memory.
+:class:`LocalTally` is the simplest case, a dict in one process (tests, and
+anything built without the operations layer). A proxy started by the CLI gets
+:class:`gconnect.state.shared.SharedTally` on a shared-memory table (an
+anonymous one when alone), kept, loaded and synchronised by
+:mod:`gconnect.state.keeper`.
+
+Keys, for the backends that persist and share them:
+
+* a period is the key's last ``:`` field, in UTC: ``2026-12`` (a month),
+  ``2026-12-06`` (a day) or ``w60-29612345`` (window number 29612345 of 60 s).
+  A total is dropped once a whole period has passed since its period ended
+  (:func:`gconnect.state.shared.expired`). Keys without such a field never
+  expire.
+* a total's key is at most :data:`gconnect.state.table.MAX_KEY_BYTES` bytes
+  of UTF-8. A longer one is counted in its process only, and the log says so.
+* an ``add`` costs about a microsecond (a hash, a shared-memory write, a read
+  per other worker). Add per read or per second, not per byte.
 """
 
 from __future__ import annotations

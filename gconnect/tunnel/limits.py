@@ -2,8 +2,10 @@
 
 * :class:`ClientLimits` counts clients being served, globally and per address,
   and refuses the one over a limit with 503 (global) or 429 (per address). The
-  accept loop keeps running: a refusal is an answer, not silence. The listener
-  accepts up to :data:`REFUSAL_SLOTS` clients above ``max_clients`` so that
+  per-address count is a gauge shared by every worker (and the fleet); the
+  global count, ``max_clients``, is this process's own (it guards this
+  process's descriptors). The accept loop keeps running: a refusal is an
+  answer, not silence. The listener accepts up to :data:`REFUSAL_SLOTS` clients above ``max_clients`` so that
   refusals can still be written while the proxy is full; past that it stops
   accepting (the backpressure of last resort).
 * running out of descriptors at accept() is the listener's business
@@ -17,6 +19,7 @@ import errno
 import ipaddress
 
 from ..errors import TooManyClientsError, TooManyClientsPerAddressError
+from ..state.tally import LocalTally, Tally
 
 #: Pool slots above max_clients, for the greenlets that only write a 503/429 and
 #: linger (at most LINGER_SECONDS each). HAProxy's maxconn likewise leaves the
@@ -25,6 +28,9 @@ REFUSAL_SLOTS = 64
 #: accept() errors that mean "no resources right now", not "this listener is broken".
 EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
+
+#: The gauge of clients being served from one address (its client_key follows).
+CLIENTS_KEY = "clients:"
 
 #: Prefix length that counts as one IPv6 client: RFC 4291 §2.5.4 / RFC 7421 give
 #: a site a /64 at least, so one host can rotate through 2**64 addresses.
@@ -47,34 +53,36 @@ def client_key(host: str) -> str:
 
 
 class ClientLimits:
-    """Clients being served, globally and per address."""
+    """Clients being served: globally in this process, and per address in the
+    *gauges* tally (every worker's, and the fleet's with ``--shared-state``)."""
 
-    def __init__(self, max_clients: int, max_clients_per_ip: int) -> None:
+    def __init__(self, max_clients: int, max_clients_per_ip: int, gauges: Tally | None = None) -> None:
         self.max_clients = max_clients
         self.max_clients_per_ip = max_clients_per_ip
         self.active = 0
-        self._per_ip: dict[str, int] = {}
+        self.gauges: Tally = gauges if gauges is not None else LocalTally()
 
     def admit(self, ip: str) -> None:
         """Count one more client from *ip*, or raise 503/429 (nothing counted)."""
         if self.active >= self.max_clients:
             raise TooManyClientsError(f"proxy is serving its maximum of {self.max_clients} clients")
-        count = self._per_ip.get(ip, 0)
-        if self.max_clients_per_ip and count >= self.max_clients_per_ip:
-            raise TooManyClientsPerAddressError(
-                f"address {ip} already has {count} connections (limit {self.max_clients_per_ip})"
-            )
+        if self.max_clients_per_ip:
+            key = CLIENTS_KEY + ip
+            count = self.gauges.add(key, 1)
+            if count > self.max_clients_per_ip:
+                self.gauges.add(key, -1)
+                raise TooManyClientsPerAddressError(
+                    f"address {ip} already has {count - 1} connections (limit {self.max_clients_per_ip})"
+                )
         self.active += 1
-        self._per_ip[ip] = count + 1
 
     def release(self, ip: str) -> None:
         """Forget one client from *ip* admitted before."""
         self.active -= 1
-        count = self._per_ip[ip] - 1
-        if count:
-            self._per_ip[ip] = count
-        else:
-            del self._per_ip[ip]
+        if self.max_clients_per_ip:
+            self.gauges.add(CLIENTS_KEY + ip, -1)
 
     def count(self, ip: str) -> int:
-        return self._per_ip.get(ip, 0)
+        """Clients from *ip* being served by every process sharing the gauges
+        (counted only with a per-address limit: without one nobody reads it)."""
+        return self.gauges.total(CLIENTS_KEY + ip)

@@ -212,8 +212,8 @@ class TunnelServices:
         return cls(
             config=config,
             policy=Policy(config),
-            limits=ClientLimits(config.max_clients, config.max_clients_per_ip),
-            auth=Authenticator(config) if config.auth_providers() else None,
+            limits=ClientLimits(config.max_clients, config.max_clients_per_ip, gauges),
+            auth=Authenticator(config, totals=totals) if config.auth_providers() else None,
             external_acl=external_acl(config),
             resolver=resolver,
             router=Router(config, resolver, source) if config.upstream or config.routes else None,

@@ -24,6 +24,8 @@ from gconnect.auth.htpasswd import (
 from gconnect.config import Config
 from gconnect.errors import AuthRateLimitedError, ProxyAuthFailedError, ProxyAuthMalformedError, ProxyAuthRequiredError
 from gconnect.ops.cli import main
+from gconnect.state.shared import SharedTally
+from gconnect.state.table import FIRST_WORKER_ROW, Region
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -265,22 +267,47 @@ def test_log_safe_keeps_one_token():
 # The limiter and the cache, with a fake clock
 
 
-def test_failure_limiter_bucket_refills_and_refunds():
+def test_failure_limiter_counts_a_sliding_minute_and_refunds():
     clock = FakeClock()
+    clock.now = 600.0  # the start of a minute window
     limiter = FailureLimiter(3, clock=clock)
     for _ in range(3):
         limiter.take("10.0.0.1")
     with pytest.raises(AuthRateLimitedError) as info:
         limiter.take("10.0.0.1")
     assert info.value.status == 429
-    assert dict(info.value.headers)["Retry-After"] == "20"  # one token per 20 s at 3/minute
+    # This window's 3 must become the previous one and weigh 2: 60 s, then a third of the next.
+    assert dict(info.value.headers)["Retry-After"] == "80"
     limiter.take("10.0.0.2")  # another address is not affected
-    clock.now += 20
-    limiter.take("10.0.0.1")
+    clock.now += 79
     with pytest.raises(AuthRateLimitedError):
         limiter.take("10.0.0.1")
-    limiter.refund("10.0.0.1")
+    clock.now += 1
+    taken = limiter.take("10.0.0.1")  # 3 * (1 - 1/3) + 1 = 3
+    with pytest.raises(AuthRateLimitedError):
+        limiter.take("10.0.0.1")
+    limiter.refund(taken)
     limiter.take("10.0.0.1")
+    clock.now += 120  # two windows later nothing is left
+    assert limiter.count("10.0.0.1") == 0
+
+
+def test_failure_limiters_of_two_workers_share_one_count():
+    region = Region.create(4, 64, shared=True)
+    region.hand_out(FIRST_WORKER_ROW + 1)
+    clock = FakeClock()
+    clock.now = 600.0
+    one, two = (
+        FailureLimiter(4, clock=clock, totals=SharedTally(region, "totals", row))
+        for row in (FIRST_WORKER_ROW, FIRST_WORKER_ROW + 1)
+    )
+    one.take("10.0.0.1")
+    two.take("10.0.0.1")
+    one.take("10.0.0.1")
+    two.take("10.0.0.1")
+    for limiter in (one, two):
+        with pytest.raises(AuthRateLimitedError):
+            limiter.take("10.0.0.1")
 
 
 def make_authenticator(tmp_path, text: str, clock=None, **overrides) -> Authenticator:

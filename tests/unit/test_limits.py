@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gconnect.errors import TooManyClientsError, TooManyClientsPerAddressError
+from gconnect.state.shared import SharedTally
+from gconnect.state.table import FIRST_WORKER_ROW, Region
 from gconnect.tunnel.limits import ClientLimits, client_key
 
 pytestmark = pytest.mark.timeout(90)
@@ -40,3 +42,22 @@ def test_client_limits_count_and_release():
     for who in ("a", "b", "c"):
         limits.release(who)
     assert limits.active == 0 and limits.count("a") == 0
+
+
+def test_the_per_address_limit_holds_across_workers_sharing_the_gauges():
+    region = Region.create(FIRST_WORKER_ROW + 2, 64, shared=True)
+    region.hand_out(FIRST_WORKER_ROW + 1)
+    one, two = (
+        ClientLimits(max_clients=10, max_clients_per_ip=3, gauges=SharedTally(region, "gauges", row))
+        for row in (FIRST_WORKER_ROW, FIRST_WORKER_ROW + 1)
+    )
+    one.admit("a")
+    two.admit("a")
+    one.admit("a")
+    for limits in (one, two):
+        with pytest.raises(TooManyClientsPerAddressError):
+            limits.admit("a")
+    assert (one.active, two.active, two.count("a")) == (2, 1, 3)  # --max-clients counts each process alone
+    one.release("a")
+    two.admit("a")
+    assert one.count("a") == 3

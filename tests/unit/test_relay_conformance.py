@@ -171,7 +171,13 @@ class Harness:
     def __init__(self, kind: str, ca, limits: RelayLimits, cert: tuple[str, str], context: ssl.SSLContext) -> None:
         limited = kind.startswith("limited-")
         self.kind = kind = kind.removeprefix("limited-")
-        self.shaper = Shaper(LocalTally(), gevent.get_hub().loop, 0.0) if limited else None
+        loop = gevent.get_hub().loop
+        # The relay's deadlines count from loop.now(), the time the loop's current
+        # iteration began. The proxy starts a relay inside an iteration; a test
+        # starts it after the hub stood still through the tests before it, and a
+        # clock older than the idle limit ended the tunnel at its first iteration.
+        loop.update_now()
+        self.shaper = Shaper(LocalTally(), loop, 0.0) if limited else None
         self.done = Event()
         self.relay_result: Relay | None = None
         if kind == "h2":
@@ -340,6 +346,24 @@ def test_both_ways_at_once_byte_exact(kind, harness):
     assert (relay.bytes_up, relay.bytes_down) == (len(up), len(down))
     assert relay.end_reason in ("client_eof", "upstream_eof")
     assert relay.first_byte_at > 0
+
+
+def test_a_relay_made_after_the_hub_stood_still_gets_its_whole_idle_limit(harness):
+    # The hub's clock stops while the test's own thread runs (here, this sleep):
+    # the harness must not start a relay whose idle deadline passed already.
+    gevent.sleep(0.001)  # back from the hub through a timer, as Harness.run comes back
+    time.sleep(0.6)
+    h = harness("copy", idle=0.5)
+
+    def echo() -> None:
+        h.client.sendall(b"ping")
+        assert recv_exactly(h.upstream, 4) == b"ping"
+        h.upstream.sendall(b"pong")
+        assert recv_exactly(h.client, 4) == b"pong"
+
+    h.run(echo)
+    assert not h.done.is_set()
+    assert h.wait().end_reason == "idle"
 
 
 @pytest.mark.parametrize("kind", KINDS)

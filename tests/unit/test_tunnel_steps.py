@@ -145,6 +145,8 @@ def target() -> Iterator[socket.socket]:
 
 
 def services_for(recorder: Recorder, **settings: Any) -> TunnelServices:
+    # A per-address limit, so that the tests can see each step count and release the client.
+    settings.setdefault("max_clients_per_ip", 1000)
     return TunnelServices.from_config(Config(**settings), observer=recorder)
 
 

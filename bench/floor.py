@@ -1,0 +1,148 @@
+"""python -m bench.floor PORT: the least a gevent CONNECT proxy can do, as the harness's ``floor``.
+
+What gevent itself costs a tunnel, as ``direct`` is what the network costs: a libev watcher on the
+listening socket accepts, a plain greenlet per client reads the head up to CRLFCRLF, connects to
+the IP literal it names and answers 200, parked on a watcher when a socket is not ready (the
+client's read watcher is made once and kept for the relay); then two read watchers (a write
+watcher only once a destination is full) relay until both directions end. Raw non-blocking
+``_socket`` sockets throughout: gevent's socket wrapper, its StreamServer's per-client object and
+``Greenlet.spawn``'s bookkeeping cost more per tunnel than gconnect's own handshake does, so a
+floor built on them would not be one. No checks, no limits, no logging, no answer but 200: a
+client that sends anything else is dropped. Not a proxy to run.
+"""
+
+import _socket
+import errno
+import sys
+
+import gevent
+from greenlet import greenlet
+
+READ, WRITE = 1, 2
+CHUNK_BYTES = 65536
+HUB = gevent.get_hub()
+LOOP = HUB.loop
+
+
+def wait(watcher) -> None:
+    """Park this client's greenlet until the watcher's socket is ready."""
+    HUB.wait(watcher)
+
+
+class Pipe:
+    """One direction: read src when it is readable, write dst; wait for dst when it is full."""
+
+    def __init__(self, src: _socket.socket, dst: _socket.socket, tunnel: "Tunnel", reader=None) -> None:
+        self.src, self.dst, self.tunnel, self.pending, self.writer = src, dst, tunnel, b"", None
+        self.reader = reader or LOOP.io(src.fileno(), READ)
+        self.reader.start(self.on_readable)
+
+    def on_readable(self) -> None:
+        try:
+            data = self.src.recv(CHUNK_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            return self.tunnel.close()
+        if not data:  # end of this direction: pass the half-close on
+            self.reader.stop()
+            try:
+                self.dst.shutdown(_socket.SHUT_WR)
+            except OSError:
+                pass
+            return self.tunnel.one_done()
+        self.send(data)
+
+    def send(self, data: bytes) -> None:
+        try:
+            sent = self.dst.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return self.tunnel.close()
+        self.pending = data[sent:]
+        if self.pending:  # dst is full: stop reading until it drains
+            self.reader.stop()
+            if self.writer is None:  # made once, the first time dst is full (bulk only)
+                self.writer = LOOP.io(self.dst.fileno(), WRITE)
+            self.writer.start(self.on_writable)
+        elif self.writer is not None and not self.reader.active:
+            self.writer.stop()
+            self.reader.start(self.on_readable)
+
+    def on_writable(self) -> None:
+        self.send(self.pending)
+
+    def stop(self) -> None:
+        self.reader.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Tunnel:
+    def __init__(self, client: _socket.socket, server: _socket.socket, client_reader) -> None:
+        self.sockets, self.running = (client, server), 2
+        self.pipes = (Pipe(client, server, self, client_reader), Pipe(server, client, self))
+
+    def one_done(self) -> None:
+        self.running -= 1
+        if not self.running:
+            self.close()
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            pipe.stop()
+        for sock in self.sockets:
+            sock.close()
+
+
+def handle(client: _socket.socket) -> None:
+    head, reader = b"", LOOP.io(client.fileno(), READ)  # kept for the relay
+    while b"\r\n\r\n" not in head:
+        try:
+            chunk = client.recv(4096)
+        except BlockingIOError:
+            wait(reader)
+            continue
+        if not chunk:
+            return client.close()
+        head += chunk
+    head, _, early = head.partition(b"\r\n\r\n")
+    host, _, port = head.split(b" ", 2)[1].rpartition(b":")
+    name = host.decode().strip("[]")
+    family = _socket.AF_INET6 if ":" in name else _socket.AF_INET
+    server = _socket.socket(family, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK)
+    if server.connect_ex((name, int(port))) == errno.EINPROGRESS:
+        wait(LOOP.io(server.fileno(), WRITE))
+    # Both sends fit in empty socket buffers; a failed connect shows as the relay's first error.
+    client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    if early:
+        server.send(early)
+    Tunnel(client, server, reader)
+
+
+def on_acceptable(listener: _socket.socket) -> None:
+    while True:
+        try:
+            fd, _address = listener._accept()
+        except BlockingIOError:
+            return
+        client = _socket.socket(fileno=fd)
+        client.setblocking(False)
+        greenlet(handle, parent=HUB).switch(client)
+
+
+def main(port: int) -> None:
+    listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(4096)
+    listener.setblocking(False)
+    accepting = LOOP.io(listener.fileno(), READ)
+    accepting.start(on_acceptable, listener)
+    while True:
+        gevent.sleep(3600)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
