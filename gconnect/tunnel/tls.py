@@ -149,13 +149,48 @@ class TLSSession:
             return plain
         raise BlockingIOError
 
+    def recv_into(self, scratch: memoryview, plain: memoryview) -> int:
+        """As :meth:`recv`, allocating nothing: ciphertext is read into *scratch*,
+        plaintext decrypted into *plain* (what does not fit waits in the session);
+        returns its length, 0 at EOF. For a reader done with *plain* before its next call."""
+        n, eof = self._decrypt_into(plain)
+        if not (n or eof):
+            got = self.sock.recv_into(scratch)
+            if got:
+                self.incoming.write(scratch[:got])
+            else:
+                self.incoming.write_eof()
+            n, eof = self._decrypt_into(plain)
+        if eof:
+            self.eof = True
+        if n or eof:
+            return n
+        raise BlockingIOError
+
+    def _decrypt_into(self, plain: memoryview) -> tuple[int, bool]:
+        n = 0
+        try:
+            while n < len(plain):
+                # With a buffer the ssl module returns a count (typeshed says bytes).
+                got: int = self.ssl.read(len(plain) - n, plain[n:])  # type: ignore[assignment]
+                if not got:  # close_notify
+                    return n, True
+                n += got
+        except ssl.SSLWantReadError:
+            pass
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return n, True
+        except ssl.SSLError as exc:
+            raise ConnectionResetError(f"TLS: {exc}") from exc
+        return n, False
+
     def _decrypt_or_reset(self) -> tuple[bytes, bool]:
         try:
             return self.decrypt()
         except ssl.SSLError as exc:
             raise ConnectionResetError(f"TLS: {exc}") from exc
 
-    def encrypt(self, data: bytes) -> bytes:
+    def encrypt(self, data: bytes | memoryview) -> bytes:
         """The records carrying *data*, with whatever else the session queued."""
         self.ssl.write(data)  # memory BIO: always takes all of it
         return self.outgoing.read()

@@ -17,6 +17,8 @@ import pytest
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
+from gconnect.tunnel.h2.frames import data_frames
+
 from ..authhelper import command as helper_cmd
 from ..conftest import connect_over, recv_all, recv_exactly, silent_listener, wait_until
 from ..h2client import H2Client
@@ -202,6 +204,36 @@ def test_a_stream_the_client_does_not_read_stalls_alone(start_tls_proxy, h2_clie
     assert bytes(client.data[stalled]) == payload
 
 
+def test_a_stream_whose_target_does_not_read_stalls_alone(start_tls_proxy, h2_client, upstream_factory, echo):
+    payload = os.urandom(32 * MiB)
+    reading = threading.Event()
+    got = bytearray()
+
+    def handler(conn: socket.socket) -> None:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # no receive-side autotuning
+        reading.wait(60)
+        while chunk := conn.recv(MiB):
+            got.extend(chunk)
+
+    server = upstream_factory(handler)
+    proxy = start_tls_proxy()  # a stream's window: 1 MiB
+    client = h2_client(proxy)
+    stalled = client.connect(server.target)
+    assert client.status(stalled) == 200
+    client.send(stalled, payload, end=True)
+    other = client.connect(echo.target)
+    client.wait(lambda: client.conn.local_flow_control_window(stalled) == 0)
+    for _ in range(20):  # the other stream keeps flowing meanwhile
+        echo_round(client, other, os.urandom(16 * 1024))
+    # The proxy gives the window back only as the target takes the bytes: the
+    # client sent its window and what the target's socket buffers hold, no more.
+    assert client.conn.local_flow_control_window(stalled) == 0
+    assert len(payload) - len(client.outgoing[stalled]) < 8 * MiB
+    reading.set()
+    client.wait(lambda: len(got) == len(payload), timeout=60)
+    assert got == payload
+
+
 def test_a_target_that_resets_while_its_stream_is_stalled_is_noticed_at_once(
     start_tls_proxy, h2_client, upstream_factory
 ):
@@ -383,6 +415,78 @@ def test_a_protocol_error_ends_the_connection_with_goaway(start_tls_proxy, clien
     client.wait(lambda: client.goaway is not None)
     assert client.goaway.error_code == ErrorCodes.PROTOCOL_ERROR
     assert "reason=protocol_error proto=h2 stream=0" in proxy.wait_access("stream=0")
+
+
+def test_data_past_a_stream_window_is_a_flow_control_error(start_tls_proxy, h2_client):
+    # The target's SYNs vanish, so nothing the stream holds is handed on: its window
+    # (65,535, RFC 9113's initial one) only shrinks, and one octet more ends the connection.
+    with silent_listener() as port:
+        proxy = start_tls_proxy("--h2-window-bytes", "65535")
+        client = h2_client(proxy)
+        stream_id = client.connect(f"127.0.0.1:{port}")
+        frames = data_frames(stream_id, memoryview(b"x" * 65_535), 16_384)
+        client.sock.sendall(b"".join(frames))  # past h2's own checks: raw frames
+        client.sock.sendall(b"".join(data_frames(stream_id, memoryview(b"y"), 16_384)))
+        client.wait(lambda: client.goaway is not None)
+        assert client.goaway.error_code == ErrorCodes.FLOW_CONTROL_ERROR
+        assert "reason=protocol_error proto=h2 stream=0" in proxy.wait_access("stream=0")
+
+
+def padded(stream_id: int, payload: bytes, pad: int) -> bytes:
+    """A DATA frame with PADDED set and *pad* octets of padding (RFC 9113 §6.1)."""
+    body = bytes([pad]) + payload + b"\0" * pad
+    return len(body).to_bytes(3, "big") + b"\x00\x08" + stream_id.to_bytes(4, "big") + body
+
+
+def test_padded_data_reaches_the_target_without_its_padding(start_tls_proxy, h2_client, echo):
+    proxy = start_tls_proxy()
+    client = h2_client(proxy)
+    stream_id = client.connect(echo.target)
+    assert client.status(stream_id) == 200
+    payloads = [os.urandom(n) for n in (1, 1000, 16_000)]
+    client.sock.sendall(b"".join(padded(stream_id, p, pad) for p, pad in zip(payloads, (0, 255, 17), strict=True)))
+    client.wait(lambda: len(client.data[stream_id]) == sum(map(len, payloads)))
+    assert bytes(client.data[stream_id]) == b"".join(payloads)
+
+
+def test_data_on_a_closed_stream_gives_the_connection_window_back(start_tls_proxy, h2_client, echo):
+    # Two streams of 65,535: a connection window of 131,070, which three windows'
+    # worth of DATA on a refused stream would exceed if it were not given back.
+    proxy = start_tls_proxy("--h2-max-streams", "2", "--h2-window-bytes", "65535")
+    client = h2_client(proxy)
+    refused = client.connect("127.0.0.1:1")  # nothing listens there: 502
+    assert client.status(refused) == 502
+    client.wait(lambda: refused in client.resets or refused in client.ended)
+    for _ in range(3):
+        client.sock.sendall(b"".join(data_frames(refused, memoryview(os.urandom(65_535)), 16_384)))
+    stream_id = client.connect(echo.target)
+    assert client.status(stream_id) == 200
+    echo_round(client, stream_id, os.urandom(50_000))
+    assert client.goaway is None
+
+
+def test_data_after_end_stream_is_a_stream_error_and_not_delivered(start_tls_proxy, h2_client, upstream_factory):
+    got = bytearray()
+    done = threading.Event()
+
+    def handler(conn: socket.socket) -> None:
+        while chunk := conn.recv(65536):
+            got.extend(chunk)
+        done.set()
+
+    server = upstream_factory(handler)
+    proxy = start_tls_proxy()
+    client = h2_client(proxy)
+    stream_id = client.connect(server.target)
+    assert client.status(stream_id) == 200
+    frames = [*data_frames(stream_id, memoryview(b"a" * 20_000), 16_384), padded(stream_id, b"b", 0)]
+    client.sock.sendall(b"".join(frames))  # two runs of DATA: the stream's DATA is h2's no more
+    client.wait(lambda: len(got) == 20_001)
+    end = b"\x00\x00\x01\x00\x01" + stream_id.to_bytes(4, "big") + b"c"  # DATA with END_STREAM
+    client.sock.sendall(end + b"".join(data_frames(stream_id, memoryview(b"late"), 16_384)))
+    client.wait(lambda: stream_id in client.resets)
+    assert client.resets[stream_id] == ErrorCodes.STREAM_CLOSED  # RFC 9113 §5.1, half-closed (remote)
+    assert done.wait(10) and bytes(got) == b"a" * 20_000 + b"bc"
 
 
 def test_sigterm_sends_goaway_and_open_streams_drain(start_tls_proxy, h2_client, echo):

@@ -35,8 +35,8 @@ from h2.errors import ErrorCodes
 
 class StreamMalformed:
     """A stream's DATA disagreed with its ``content-length``: ``h2`` has
-    reset the stream (PROTOCOL_ERROR); the frame's ``flow_controlled_length``
-    is the connection window its owner gives back."""
+    reset the stream (PROTOCOL_ERROR); ``flow_controlled_length`` is the frame's
+    (the session gives back the window of the run of DATA it came in)."""
 
     __slots__ = ("flow_controlled_length", "stream_id", "why")
 

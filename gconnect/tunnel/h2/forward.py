@@ -18,6 +18,7 @@ and lets the stream go (:meth:`StreamConnection.forget`) at the end.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from gevent import get_hub
@@ -120,10 +121,11 @@ class H2ForwardStream:
         self.greenlet = RawGreenlet(self.run, get_hub())
         self.loop.run_callback(self.greenlet.switch)
 
-    def deliver(self, data: bytes, flow_length: int) -> None:
+    def deliver(self, parts: Sequence[bytes | memoryview], flow_length: int) -> None:
         if self.malformed_error is not None:
             self.session.ack(self.stream_id, flow_length)
             return
+        data = b"".join(parts)
         self.received += len(data)
         self.inbox.append((data, flow_length))
         self.wake.send()

@@ -46,7 +46,7 @@ class RecordOutput:
         self.out: bytearray | None = None
         self._writer: Any = None
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
         """Encrypt *data* and send it, or queue what the socket does not take."""
         if self.lost:
             return

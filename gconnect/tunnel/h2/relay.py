@@ -21,7 +21,7 @@ import _socket
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..deadlines import Deadlines, RelayLimits
@@ -54,15 +54,18 @@ class StreamConnection(Protocol):
     closed: bool
     #: The client certificate the connection's handshake verified (None or empty: none).
     peer_certificate: dict[str, Any] | None
-    #: A buffer of ``chunk_bytes`` (and a view of it) the streams read their targets into.
-    scratch: bytearray
-    view: memoryview
 
     def respond(self, stream_id: int, status: int, headers: tuple, *, end_stream: bool = False) -> bool:
         """HEADERS with *status*; False if the stream or the connection is gone."""
 
     def send_data(self, stream_id: int, data: memoryview) -> None:
         """*data* as DATA frames; the caller kept to the send window."""
+
+    def read_slots(self, room: int) -> list[memoryview]:
+        """Buffers for one scatter read of up to *room* octets (valid until the next call)."""
+
+    def send_read(self, stream_id: int, length: int) -> None:
+        """The *length* octets read into read_slots() as DATA frames; the caller kept to the send window."""
 
     def end_stream(self, stream_id: int) -> None:
         """END_STREAM toward the client."""
@@ -126,7 +129,7 @@ class StreamRelay(Deadlines):
         reader.start(self._on_readable)
         early, ended = self.take_early()
         for data, flow_length in early:
-            self.deliver(data, flow_length)
+            self.deliver((data,), flow_length)
         if ended:
             self.client_ended()
 
@@ -136,30 +139,37 @@ class StreamRelay(Deadlines):
 
     # --- client -> upstream: called by the session for the stream's frames ----------
 
-    def deliver(self, data: bytes, flow_length: int) -> None:
-        """A DATA frame's payload: to the target, acknowledged as it is taken."""
+    def deliver(self, parts: Sequence[bytes | memoryview], flow_length: int) -> None:
+        """DATA frames' payloads (as they lie in what was read): to the target in
+        one gathering write, acknowledged as it is taken."""
         if self.end_reason:
             return
         self.touch()
         up = self.up
         if up.pending is not None:
-            up.pending += data
+            for part in parts:
+                up.pending += part
             self._unacked += flow_length
             return
+        size = sum(map(len, parts))
         try:
-            sent = self.sock.send(data) if data else 0
+            sent = self.sock.sendmsg(parts) if size else 0
         except BlockingIOError:
             sent = 0
         except OSError:
             self.end("upstream_reset")
             return
         up.nbytes += sent
-        if sent == len(data):
+        if sent == size:
             self.session.ack(self.stream_id, flow_length)
             return
         self.session.ack(self.stream_id, sent)
-        up.pending = bytearray(memoryview(data)[sent:])
-        self._unacked = flow_length - sent
+        up.pending = pending = bytearray()
+        for part in parts:
+            if sent < len(part):
+                pending += part[sent:]
+            sent = max(0, sent - len(part))
+        self._unacked = flow_length - (size - len(pending))
         if up.writer is None:
             up.writer = self.loop.io(self.sock.fileno(), WRITE)
         up.writer.start(self._on_writable)
@@ -236,7 +246,7 @@ class StreamRelay(Deadlines):
                 hangups.watch(self, down)
             return
         try:
-            n = self.sock.recv_into(session.scratch, min(room, len(session.scratch)))
+            n = self.sock.recvmsg_into(session.read_slots(room))[0]
         except BlockingIOError:
             return
         except OSError:
@@ -252,7 +262,7 @@ class StreamRelay(Deadlines):
         self.touch()
         if not self.first_byte_at:
             self.first_byte_at = time.monotonic()
-        session.send_data(self.stream_id, session.view[:n])
+        session.send_read(self.stream_id, n)
 
     def resume(self) -> None:
         """The client opened its window, or the connection's output drained."""

@@ -20,6 +20,8 @@ Flow control that does not throttle: each stream's receive window is
 ``h2_window_bytes`` and the connection's is that times ``h2_max_streams``, so
 streams whose targets stall can never use up the connection's window and hold
 the others back; DATA is acknowledged (WINDOW_UPDATE) as targets take it.
+DATA itself is framed and parsed apart from h2, and those windows kept there
+(:mod:`gconnect.tunnel.h2.data`); h2 keeps every state.
 
 Ends: the client's EOF or reset ends every stream (``client_reset``); a
 protocol error ends the connection with h2's GOAWAY, but a stream whose DATA
@@ -54,7 +56,9 @@ from ...errors import StreamResetError
 from ..tunnel import Tunnel
 from ..waiting import wait_any
 from .connection import ServerConnection, StreamMalformed
+from .data import MAX_WINDOW_BYTES, DataPath
 from .forward import H2ForwardStream, is_forwarded
+from .frames import FrameError, window_update
 from .output import RecordOutput
 from .stream import H2StreamSide
 
@@ -64,8 +68,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: RFC 9113 §6.9.1: a flow-control window is at most 2**31 - 1 octets.
-MAX_WINDOW_BYTES = 2**31 - 1
 #: RFC 9113 §6.5.2: every window starts at 65,535 octets.
 DEFAULT_WINDOW_BYTES = 65_535
 #: With streams open the connection has no deadline of its own (they have);
@@ -116,8 +118,16 @@ class H2Session:
             h2.config.H2Configuration(client_side=False, validate_inbound_headers=False, header_encoding=None)
         )
         self.streams: dict[int, H2StreamSide | H2ForwardStream] = {}
-        self.scratch = bytearray(config.chunk_bytes)
-        self.view = memoryview(self.scratch)
+        # DATA is parsed and framed apart from h2 (frames.py says why).
+        self.data = DataPath(self.h2, config, self._send, self.flush)
+        self.data.serve(self.streams, self._dispatch, self.ack)
+        self.send_data = self.data.send_data
+        self.read_slots = self.data.read_slots
+        self.send_read = self.data.send_read
+        # What is read from the client, ciphertext and plaintext; DATA payloads are
+        # handed on (or copied) before the next read.
+        self._ciphertext = memoryview(bytearray(READ_BYTES))
+        self._plaintext = memoryview(bytearray(READ_BYTES))
         self._wake = self.loop.async_()
         self.output = RecordOutput(
             self.sock,
@@ -157,17 +167,17 @@ class H2Session:
         # h2 is told a higher stream limit than the client: past its own limit h2
         # ends the whole connection, where RFC 9113 §5.1.2 wants the one stream
         # refused (REFUSED_STREAM, in _open); so the client is sent our own SETTINGS.
-        conn.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={**settings, SettingCodes.MAX_CONCURRENT_STREAMS: 2 * config.h2_max_streams},  # type: ignore[dict-item]
-        )
+        # Its receive windows are the largest there are (data.py says why).
+        h2_values = {SettingCodes.MAX_CONCURRENT_STREAMS: 2 * config.h2_max_streams}
+        h2_values[SettingCodes.INITIAL_WINDOW_SIZE] = MAX_WINDOW_BYTES
+        conn.local_settings = h2.settings.Settings(client=False, initial_values={**settings, **h2_values})  # type: ignore[dict-item]
         conn.initiate_connection()
-        conn.data_to_send()  # h2's SETTINGS, replaced by:
+        conn.increment_flow_control_window(MAX_WINDOW_BYTES - DEFAULT_WINDOW_BYTES)
+        conn.data_to_send()  # h2's SETTINGS and WINDOW_UPDATE, replaced by:
         settings[SettingCodes.MAX_CONCURRENT_STREAMS] = config.h2_max_streams
         self._send(SettingsFrame(0, settings=settings).serialize())
-        window = min(MAX_WINDOW_BYTES, config.h2_window_bytes * config.h2_max_streams)
-        conn.increment_flow_control_window(window - DEFAULT_WINDOW_BYTES)
-        self.flush()
+        if self.data.windows.connection_left > DEFAULT_WINDOW_BYTES:  # RFC 9113 §6.9: never an increment of 0
+            self._send(window_update(0, self.data.windows.connection_left - DEFAULT_WINDOW_BYTES))
 
     def _read_frames(self) -> str:
         """Read and dispatch until the connection ends; return the end reason."""
@@ -177,7 +187,7 @@ class H2Session:
             if self.draining and not self.streams:
                 return "goaway"
             try:
-                data = self.tls.recv(READ_BYTES)
+                n = self.tls.recv_into(self._ciphertext, self._plaintext)
             except BlockingIOError:
                 timeout = idle if idle and not self.streams else WAKE_SECONDS
                 if wait_any((reader, self._wake), timeout) < 0 and idle and not self.streams:
@@ -186,38 +196,20 @@ class H2Session:
                 continue
             except OSError:
                 return "client_reset"
-            if not data:
+            if not n:
                 return "client_eof"
             try:
-                events = self.h2.receive_data(data)
+                self.data.receive(self._plaintext[:n])
             except h2.exceptions.ProtocolError as exc:
                 log.info("h2 client %s: protocol error: %s", self.address, exc)
                 self.flush()  # h2's GOAWAY
                 return "protocol_error"
-            self._dispatch_all(events)
+            except FrameError as exc:
+                log.info("h2 client %s: protocol error: %s", self.address, exc)
+                self._goaway(exc.code)
+                return "protocol_error"
             self.flush()
         return "client_reset"
-
-    def _dispatch_all(self, events: list) -> None:
-        # A stream's DATA frames of one read go to its target as one write (a
-        # frame is 16 KiB at most; a read holds several).
-        data: dict[int, list] = {}
-        for event in events:
-            if isinstance(event, h2.events.DataReceived):
-                chunks = data.setdefault(event.stream_id, [b"", 0])
-                chunks[0] += event.data
-                chunks[1] += event.flow_controlled_length
-                continue
-            if data:
-                self._deliver(data)
-                data = {}
-            self._dispatch(event)
-        if data:
-            self._deliver(data)
-
-    def _deliver(self, data: dict[int, list]) -> None:
-        for stream_id, (payload, flow_length) in data.items():
-            self._data(stream_id, payload, flow_length)
 
     def _dispatch(self, event: Any) -> None:
         if isinstance(event, h2.events.RequestReceived):
@@ -258,13 +250,6 @@ class H2Session:
         stream.tunnel = Tunnel(self.current(), stream)
         stream.tunnel.start(get_hub(), at_once=False)
 
-    def _data(self, stream_id: int, data: bytes, flow_length: int) -> None:
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            self.ack(stream_id, flow_length)  # a stream we ended: give the window back
-        else:
-            stream.deliver(data, flow_length)
-
     def _reset_by_client(self, stream: H2StreamSide | H2ForwardStream) -> None:
         if stream.relay is not None:
             stream.relay.client_reset()
@@ -274,8 +259,8 @@ class H2Session:
             self._kill(stream)
 
     def _malformed(self, event: StreamMalformed) -> None:
-        # h2 has reset the stream (PROTOCOL_ERROR) and will deliver none of its DATA again.
-        self.ack(event.stream_id, event.flow_controlled_length)
+        # h2 has reset the stream (PROTOCOL_ERROR) and will deliver none of its DATA
+        # again; the run the event came with gives its window back (DataPath).
         stream = self.streams.get(event.stream_id)
         if isinstance(stream, H2ForwardStream):
             stream.malformed(event.why)
@@ -322,13 +307,6 @@ class H2Session:
         self.flush()
         return True
 
-    def send_data(self, stream_id: int, data: memoryview) -> None:
-        """*data* as DATA frames (the caller kept to the window), sent at once."""
-        size = self.h2.max_outbound_frame_size
-        for at in range(0, len(data), size):
-            self.h2.send_data(stream_id, data[at : at + size])  # type: ignore[arg-type]
-        self.flush()
-
     def end_with(self, stream_id: int, data: bytes) -> None:
         """*data* as the stream's last DATA (END_STREAM), if the stream and the connection are still there."""
         if self.closed or self.output.lost:
@@ -351,11 +329,8 @@ class H2Session:
     def ack(self, stream_id: int, flow_length: int) -> None:
         """*flow_length* bytes of *stream_id* were taken: give the client its window back."""
         if flow_length and not self.closed:
-            try:
-                self.h2.acknowledge_received_data(flow_length, stream_id)
-            except h2.exceptions.StreamClosedError:
-                self.h2.increment_flow_control_window(flow_length)
-            self.flush()
+            forwarded = isinstance(self.streams.get(stream_id), H2ForwardStream)
+            self.data.give_back(stream_id, flow_length, forwarded=forwarded)
 
     def congested(self) -> bool:
         """True while the output buffer is at its high-water mark."""
@@ -364,9 +339,12 @@ class H2Session:
     def forget(self, stream_id: int, status: int, end_reason: str, code: int | None = None) -> None:
         """The stream's tunnel closed with *status* and *end_reason*: reset the
         stream if it did not end cleanly (with *code* if given)."""
-        self.streams.pop(stream_id, None)
+        forwarded = isinstance(self.streams.pop(stream_id, None), H2ForwardStream)
+        given_back = self.data.forget(stream_id, forwarded=forwarded and not self.closed)
         if self.closed or self.output.lost:
             return
+        if given_back:
+            self._send(given_back)
         state = self.h2.streams.get(stream_id)
         if state is not None and not state.closed:
             if code is None:
@@ -407,6 +385,6 @@ class H2Session:
         if data:
             self._send(data)
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes | memoryview) -> None:
         if not self.closed:
             self.output.send(data)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...errors import GConnectError, StreamResetError
@@ -126,12 +126,12 @@ class H2StreamSide:
 
     # --- the stream's frames, from the session -------------------------------------------
 
-    def deliver(self, data: bytes, flow_length: int) -> None:
-        """A DATA payload from the client."""
+    def deliver(self, parts: Sequence[bytes | memoryview], flow_length: int) -> None:
+        """DATA payloads from the client (one run of frames, as they lie in what was read)."""
         if self.relay is not None:
-            self.relay.deliver(data, flow_length)
+            self.relay.deliver(parts, flow_length)
         else:
-            self.early.append((data, flow_length))
+            self.early.append((b"".join(parts), flow_length))
             self._wake()
 
     def client_ended(self) -> None:
