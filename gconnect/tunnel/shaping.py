@@ -13,8 +13,9 @@ this module.
 
 Across processes (``--workers``, a fleet) each key's active limited tunnels
 are counted in the ``gauges`` tally (``bw:user:alice``, ``bw:client:ADDR``,
-``bw:total``), and once a second every bucket's rate and burst are scaled by
-this process's share of them (mine / total); in one process that is 1.
+``bw:total``), and every bucket's rate and burst are scaled by this process's
+share of them (mine / total; in one process that is 1) when a tunnel here
+starts using it and at each :meth:`Shaper.rebalance` (the usage tick).
 
 Ownership: the :class:`Shaper` owns the buckets and the rebalancing timer;
 a throttle owns its timer. :meth:`Shaper.attach` takes a relay's halves and
@@ -206,9 +207,10 @@ class Shaper:
             if buckets is None:
                 buckets = self.buckets[key] = SharedBuckets(key, limit, self.initial, now)
             total = self.gauges.add(key, 1)
-            if buckets.users == 0:
-                self._scale(buckets, now, total, self.gauges.mine(key))
             buckets.users += 1
+            # Every new tunnel, not only a key's first here: the other processes'
+            # tunnels opened meanwhile shrink our share before the next rebalance.
+            self._scale(buckets, now, total, self.gauges.mine(key))
             shared.append(buckets)
         return shared
 
@@ -243,7 +245,7 @@ class Shaper:
         self.rebalance()
 
     def rebalance(self) -> None:
-        """Scale every bucket to this process's share of its key's tunnels (once a second)."""
+        """Scale every bucket to this process's share of its key's tunnels (each usage tick)."""
         now = self.loop.now()
         gauges = self.gauges
         for key, buckets in self.buckets.items():

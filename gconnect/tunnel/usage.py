@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 #: How often open tunnels' bytes are counted (and quotas checked): the bound on
 #: a quota's overshoot, in seconds of the user's traffic. Bandwidth shares are
-#: rebalanced every other tick, once a second.
+#: rebalanced every tick: until then a fleet's instances that each see only
+#: their own tunnels of a user each take the whole rate.
 TICK_SECONDS = 0.5
 #: Key prefixes in the tallies.
 QUOTA_PREFIX = "quota:"
@@ -116,7 +117,6 @@ class Usage:
         self.groups: dict[str, str | None] = {}
         #: Users whose quota this process found spent, by period (logged once).
         self.spent: set[tuple[str, str]] = set()
-        self._ticks = 0
         self.configure(config)
         self._timer = loop.timer(TICK_SECONDS, TICK_SECONDS)
         self._timer.ref = False  # counting never keeps a stopping process alive
@@ -277,9 +277,7 @@ class Usage:
                     self.count(meter.user, up - meter.up, down - meter.down)
                     meter.up, meter.down = up, down
             self.flush()
-            self._ticks += 1
-            if not self._ticks % 2:
-                self.shaper.rebalance()
+            self.shaper.rebalance()
         except Exception:
             log.exception("usage tick failed")
 

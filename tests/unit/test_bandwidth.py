@@ -138,6 +138,20 @@ def test_a_process_gets_its_share_of_a_limit_by_its_tunnels():
     assert gauges.total("bw:user:alice") == 0 and not shaper.buckets
 
 
+def test_each_new_tunnel_rescales_its_buckets_before_the_rebalance():
+    # Two workers' downloads starting together: ours first alone (the whole rate), then
+    # the other worker opens four and we a second; our share is 2 of 6 at once.
+    gauges = FleetTally({})
+    shaper = Shaper(gauges, Loop(), 0.0)
+    limits = [("bw:user:alice", Limit(6_000_000, 6_000_000))]
+    first = halves()
+    shaper.attach("t1", first, limits)
+    assert first[1].throttle.buckets[0].rate == 6_000_000
+    gauges.theirs["bw:user:alice"] = 4
+    shaper.attach("t2", halves(), limits)
+    assert first[1].throttle.buckets[0].rate == 2_000_000
+
+
 def test_one_process_gets_the_whole_rate_and_tunnels_share_one_bucket():
     gauges = LocalTally()
     shaper = Shaper(gauges, Loop(), 0.0)
