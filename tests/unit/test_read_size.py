@@ -127,10 +127,12 @@ def movers() -> dict:
 @pytest.mark.parametrize("kind", ["copy", "splice"])
 def test_many_ready_directions_share_the_turn_budget(kind, tunnels):
     t = tunnels(TUNNELS, movers()[kind])
-    turns = [moved for moved in moved_per_turn(t.turns(4)) if any(moved)]
-    assert turns, "nothing moved"
+    # The turns in which every direction read; in a long test run a stale event for a
+    # reused descriptor number may let one of them read alone first, in a turn of its own.
+    turns = [moved for moved in moved_per_turn(t.turns(4)) if all(moved)]
+    assert turns, "no turn in which every direction read"
     # All were ready in that turn, and each read its share of the budget at most.
-    assert all(0 < n <= SHARE for n in turns[0]), turns[0]
+    assert all(n <= SHARE for n in turns[0]), turns[0]
 
 
 def test_a_direction_alone_reads_more_than_a_share(tunnels):
