@@ -60,7 +60,8 @@ class Relay(Deadlines):
     both sockets until the tunnel ends, and calls *on_done* with itself.
     :meth:`abort` ends it early. *client_reader* and *outbound_writer* are
     watchers the handshake already made (read on the client, write on the
-    upstream); the relay adopts them instead of making its own. After the
+    upstream), stopped; the relay adopts them instead of making its own (the
+    writer becomes the upstream's reader). After the
     end, ``end_reason``, ``bytes_up``, ``bytes_down`` and ``first_byte_at`` say
     what happened.
     """
@@ -92,7 +93,11 @@ class Relay(Deadlines):
         if client_reader is not None:
             up.reader = client_reader
         if outbound_writer is not None:
-            up.writer = outbound_writer
+            # Re-targeted, not kept as up's writer: a short tunnel needs a reader there
+            # and never a writer, and changing a stopped watcher's events is a fraction of
+            # making one (no Python object, no fcntl check of the descriptor).
+            outbound_writer.events = READ
+            down.reader = outbound_writer
         if tls is not None:
             up.tls = down.tls = tls
         self.limits = limits
@@ -113,7 +118,9 @@ class Relay(Deadlines):
         down = self.down
         if first_bytes_up:
             up.nbytes = first_bytes_up
-        reader = down.reader = loop.io(down.src.fileno(), READ)
+        reader = down.reader
+        if reader is None:
+            reader = down.reader = loop.io(down.src.fileno(), READ)
         reader.start(self._on_readable, down)
         reader = up.reader
         if reader is None:
