@@ -112,8 +112,10 @@ class Relay(Deadlines):
         loop = self.loop
         # start_clock(), inline: once per tunnel.
         self._started = self._last_activity = loop.now()
-        if self.limits.any:
-            self.arm_timer()
+        first = self.limits.first_deadline
+        if first:
+            self._timer = timer = loop.timer(first)
+            timer.start(self.on_timer)
         up = self.up
         down = self.down
         if first_bytes_up:
