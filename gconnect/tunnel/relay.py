@@ -64,6 +64,9 @@ class Relay(Deadlines):
     writer becomes the upstream's reader). After the
     end, ``end_reason``, ``bytes_up``, ``bytes_down`` and ``first_byte_at`` say
     what happened.
+
+    The arguments may be passed by position: keywords to a class call cost a
+    dictionary per call (the client side makes one relay per tunnel).
     """
 
     up: Half
@@ -78,7 +81,6 @@ class Relay(Deadlines):
         self,
         client: Any,
         outbound: Any,
-        *,
         movers: tuple[Mover, Mover],
         limits: RelayLimits,
         on_done: Callable[[Relay], None],
