@@ -147,6 +147,7 @@ class HTTP1Side(ClientConnection):
             outbound.writer,  # outbound_writer
             tls,
             services.hangups,
+            self.loop,
         )
         outbound.writer = None  # the relay owns it now
         relay.start(len(early), tls is not None and tls.eof)

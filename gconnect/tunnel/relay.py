@@ -88,6 +88,7 @@ class Relay(Deadlines):
         outbound_writer: Any = None,
         tls: Any = None,
         hangups: HangupWatch | None = None,
+        loop: Any = None,
     ) -> None:
         # The halves are named as the end reasons name the sides ("upstream_eof", "upstream_reset").
         self.up = up = Half("client", "upstream", client, outbound, movers[0])
@@ -105,7 +106,8 @@ class Relay(Deadlines):
         self.limits = limits
         self.on_done = on_done
         self._hangups = hangups
-        self.loop = get_hub().loop
+        # The hub's loop; given by a caller that has it at hand (get_hub() costs a call).
+        self.loop = loop if loop is not None else get_hub().loop
 
     def start(self, first_bytes_up: int = 0, client_eof: bool = False) -> None:
         """Arm the watchers; *first_bytes_up* counts early data already sent,
