@@ -22,13 +22,16 @@ class RelayLimits:
     """The relay's deadlines in seconds; 0 turns one off. One object serves
     every relay of a process."""
 
-    __slots__ = ("any", "half_close_timeout", "idle_timeout", "max_lifetime")
+    __slots__ = ("first_deadline", "half_close_timeout", "idle_timeout", "max_lifetime")
 
     def __init__(self, idle_timeout: float, half_close_timeout: float, max_lifetime: float = 0.0) -> None:
         self.idle_timeout = idle_timeout
         self.half_close_timeout = half_close_timeout
         self.max_lifetime = max_lifetime
-        self.any = bool(idle_timeout or half_close_timeout or max_lifetime)
+        #: Seconds from the start of relaying to the first deadline (0: none): the
+        #: earlier of the idle and lifetime limits, as :meth:`Deadlines._next_deadline`
+        #: finds it then; computed once, as every relay starts its timer with it.
+        self.first_deadline = min(idle_timeout or max_lifetime, max_lifetime or idle_timeout)
 
 
 class Deadlines:
@@ -44,6 +47,8 @@ class Deadlines:
     tunnel only in its own ``end(reason)``, which must begin with
     ``if not self.settle(reason): return``. The timer calls ``end`` with the
     deadline that fired: ``idle``, ``half_close_timeout`` or ``lifetime``.
+    A relay may start its first timer itself, for ``limits.first_deadline``
+    seconds with :meth:`on_timer` as its callback, as :meth:`start_clock` does.
     """
 
     limits: RelayLimits
@@ -70,8 +75,10 @@ class Deadlines:
     def start_clock(self) -> None:
         """Relaying starts now: the lifetime counts from here, and the idle limit too."""
         self._started = self._last_activity = self.loop.now()
-        if self.limits.any and not self.end_reason:
-            self.arm_timer()
+        first = self.limits.first_deadline
+        if first and not self.end_reason:
+            self._timer = timer = self.loop.timer(first)
+            timer.start(self.on_timer)
 
     def touch(self) -> None:
         """Bytes moved: the idle deadline starts again (no timer is re-armed for it)."""
@@ -117,9 +124,11 @@ class Deadlines:
         at, kind = self._next_deadline()
         if kind:
             self._timer = self.loop.timer(max(0.0, at - self.loop.now()))
-            self._timer.start(self._on_timer)
+            self._timer.start(self.on_timer)
 
-    def _on_timer(self) -> None:
+    def on_timer(self) -> None:
+        """The timer's callback (a relay that starts its timer itself passes it):
+        end the tunnel if a deadline is due, else arm the timer for the next."""
         self._timer = None
         at, kind = self._next_deadline()
         if kind and self.loop.now() >= at - _TIMER_SLACK:

@@ -136,16 +136,18 @@ class HTTP1Side(ClientConnection):
                 if not send_all(outbound.sock, early[sent:], outbound.writer, deadline):
                     raise ConnectionResetError("the target did not take the early bytes")
         tls = self.tls
+        # By position, in Relay's order: keywords to a class call cost a dictionary per tunnel.
         relay = Relay(
             self.sock,
             outbound.sock,
-            movers=services.plain_movers if tls is None else services.tls_movers,
-            limits=services.relay_limits,
-            on_done=on_done,
-            client_reader=self.take_reader(),
-            outbound_writer=outbound.writer,
-            tls=tls,
-            hangups=services.hangups,
+            services.plain_movers if tls is None else services.tls_movers,
+            services.relay_limits,
+            on_done,
+            self.take_reader(),  # client_reader
+            outbound.writer,  # outbound_writer
+            tls,
+            services.hangups,
+            self.loop,
         )
         outbound.writer = None  # the relay owns it now
         relay.start(len(early), tls is not None and tls.eof)

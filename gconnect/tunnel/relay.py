@@ -60,9 +60,13 @@ class Relay(Deadlines):
     both sockets until the tunnel ends, and calls *on_done* with itself.
     :meth:`abort` ends it early. *client_reader* and *outbound_writer* are
     watchers the handshake already made (read on the client, write on the
-    upstream); the relay adopts them instead of making its own. After the
+    upstream), stopped; the relay adopts them instead of making its own (the
+    writer becomes the upstream's reader). After the
     end, ``end_reason``, ``bytes_up``, ``bytes_down`` and ``first_byte_at`` say
     what happened.
+
+    The arguments may be passed by position: keywords to a class call cost a
+    dictionary per call (the client side makes one relay per tunnel).
     """
 
     up: Half
@@ -77,7 +81,6 @@ class Relay(Deadlines):
         self,
         client: Any,
         outbound: Any,
-        *,
         movers: tuple[Mover, Mover],
         limits: RelayLimits,
         on_done: Callable[[Relay], None],
@@ -85,6 +88,7 @@ class Relay(Deadlines):
         outbound_writer: Any = None,
         tls: Any = None,
         hangups: HangupWatch | None = None,
+        loop: Any = None,
     ) -> None:
         # The halves are named as the end reasons name the sides ("upstream_eof", "upstream_reset").
         self.up = up = Half("client", "upstream", client, outbound, movers[0])
@@ -92,13 +96,18 @@ class Relay(Deadlines):
         if client_reader is not None:
             up.reader = client_reader
         if outbound_writer is not None:
-            up.writer = outbound_writer
+            # Re-targeted, not kept as up's writer: a short tunnel needs a reader there
+            # and never a writer, and changing a stopped watcher's events is a fraction of
+            # making one (no Python object, no fcntl check of the descriptor).
+            outbound_writer.events = READ
+            down.reader = outbound_writer
         if tls is not None:
             up.tls = down.tls = tls
         self.limits = limits
         self.on_done = on_done
         self._hangups = hangups
-        self.loop = get_hub().loop
+        # The hub's loop; given by a caller that has it at hand (get_hub() costs a call).
+        self.loop = loop if loop is not None else get_hub().loop
 
     def start(self, first_bytes_up: int = 0, client_eof: bool = False) -> None:
         """Arm the watchers; *first_bytes_up* counts early data already sent,
@@ -107,13 +116,17 @@ class Relay(Deadlines):
         loop = self.loop
         # start_clock(), inline: once per tunnel.
         self._started = self._last_activity = loop.now()
-        if self.limits.any:
-            self.arm_timer()
+        first = self.limits.first_deadline
+        if first:
+            self._timer = timer = loop.timer(first)
+            timer.start(self.on_timer)
         up = self.up
         down = self.down
         if first_bytes_up:
             up.nbytes = first_bytes_up
-        reader = down.reader = loop.io(down.src.fileno(), READ)
+        reader = down.reader
+        if reader is None:
+            reader = down.reader = loop.io(down.src.fileno(), READ)
         reader.start(self._on_readable, down)
         reader = up.reader
         if reader is None:
