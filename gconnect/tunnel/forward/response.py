@@ -22,6 +22,7 @@ from .fields import (
     FramingError,
     HeadBuffer,
     connection_options,
+    names_of,
     response_framing,
     show,
     values,
@@ -100,10 +101,11 @@ class ResponseParser(HeadFields):
         if status == 101 or status < 100:
             raise BadResponseError(f"status {status} was not asked for")
         try:
-            if version == "1.0" and values(headers, b"transfer-encoding"):
+            names = names_of(headers)
+            if version == "1.0" and values(headers, b"transfer-encoding", names):
                 raise FramingError("Transfer-Encoding in an HTTP/1.0 response")
-            framing = response_framing(headers, status, self._head_request)
-            options = connection_options(headers)
+            framing = response_framing(headers, status, self._head_request, names)
+            options = connection_options(headers, names)
         except FramingError as exc:
             raise BadResponseError(f"response framing: {exc}") from None
         return ResponseHead(status, self._reason, version, headers, framing, options, trailing)
