@@ -175,6 +175,7 @@ def end_to_end(headers: list[tuple[bytes, bytes]], options: frozenset[bytes]) ->
 #: Where a head ends. llhttp refuses bare LF and a CR inside a line, so the
 #: first CRLF CRLF is the end of any head it accepts.
 HEAD_END = b"\r\n\r\n"
+_CR_LF = (13, 10)
 
 
 class HeadBuffer:
@@ -211,8 +212,12 @@ class HeadBuffer:
         return self._buffer
 
     def feed(self, data: bytes) -> tuple[bytes, bytes] | None:
-        start = max(0, len(self._buffer) - 3)
-        buffer = self._buffer = self._buffer + data
+        if self._buffer:
+            start = max(0, len(self._buffer) - 3)
+            buffer = self._buffer = self._buffer + data
+        else:
+            start = 0
+            buffer = self._buffer = data
         if self.skip_empty_lines and buffer.startswith(b"\r\n"):
             # Without this, the first CRLF CRLF could be two empty lines.
             buffer = self._buffer = buffer.lstrip(b"\r\n")
@@ -225,9 +230,9 @@ class HeadBuffer:
             # Refused at once: a head with bare LFs may never have a CRLF CRLF to wait for.
             raise self._malformed("bare LF in the head (RFC 9112 §2.2)")
         upto = len(buffer) if end < 0 else end + len(HEAD_END)
-        if upto > self._fed and buffer.lstrip(b"\r\n"):
+        if upto > self._fed and (buffer[0] not in _CR_LF or buffer.lstrip(b"\r\n")):
             # (Never only CR and LF: those may yet be empty lines to strip.)
-            self._tokenize(buffer[self._fed : upto])
+            self._tokenize(buffer if upto == len(buffer) and not self._fed else buffer[self._fed : upto])
             self._fed = upto
         if end < 0:
             if len(buffer) > self._max:
