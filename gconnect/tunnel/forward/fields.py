@@ -186,7 +186,7 @@ class HeadBuffer:
     *too_large* and *malformed* (functions of a message) make the exceptions
     raised past *max_bytes* and for a bare LF."""
 
-    __slots__ = ("_buffer", "_fed", "_malformed", "_max", "_tokenize", "_too_large", "skip_empty_lines")
+    __slots__ = ("_buffer", "_fed", "_malformed", "_tokenize", "_too_large", "max_bytes", "skip_empty_lines")
 
     def __init__(
         self,
@@ -200,11 +200,16 @@ class HeadBuffer:
         #: Bytes of the buffer given to tokenize so far.
         self._fed = 0
         self._tokenize = tokenize
-        self._max = max_bytes
+        self.max_bytes = max_bytes
         self._too_large = too_large
         self._malformed = malformed
         #: RFC 9112 §2.2: a server ignores empty lines before a request-line.
         self.skip_empty_lines = skip_empty_lines
+
+    def clear(self) -> None:
+        """Empty, for the next head."""
+        self._buffer = b""
+        self._fed = 0
 
     @property
     def pending(self) -> bytes:
@@ -235,9 +240,9 @@ class HeadBuffer:
             self._tokenize(buffer if upto == len(buffer) and not self._fed else buffer[self._fed : upto])
             self._fed = upto
         if end < 0:
-            if len(buffer) > self._max:
-                raise self._too_large(f"head exceeds {self._max} bytes")
+            if len(buffer) > self.max_bytes:
+                raise self._too_large(f"head exceeds {self.max_bytes} bytes")
             return None
-        if upto > self._max:
-            raise self._too_large(f"head exceeds {self._max} bytes")
+        if upto > self.max_bytes:
+            raise self._too_large(f"head exceeds {self.max_bytes} bytes")
         return buffer[:upto], buffer[upto:]

@@ -26,6 +26,7 @@ from ...errors import (
 from ..head import HeadFields, parse_authority, parse_host_header
 from .fields import (
     EMPTY,
+    NO_BODY,
     Framing,
     FramingError,
     HeadBuffer,
@@ -137,7 +138,8 @@ def check_host(value: bytes, host: str, port: int) -> None:
 class ForwardRequestParser(HeadFields):
     """Incremental parser for one request head: :meth:`feed` returns None
     until the head is complete, then the :class:`ForwardRequest`; errors raise
-    a ClientError whose ``status`` is the answer. One parser per request."""
+    a ClientError whose ``status`` is the answer. One parser per head;
+    :meth:`renew` gives the one for the next head on the same connection."""
 
     __slots__ = ("_buffer", "_method_refused", "_parser")
 
@@ -152,6 +154,20 @@ class ForwardRequestParser(HeadFields):
         # llhttp refuses a method it does not know at its first byte; whether
         # it was a token (501) or garbage (400) is known once the token ends.
         self._method_refused = False
+
+    def renew(self, request: ForwardRequest) -> ForwardRequestParser:
+        """The parser for the next head on this connection, after *request*
+        (which this parser returned): this one, emptied, when llhttp ended
+        the message with the head (no body, and a keep-alive request, so it
+        is waiting for a new request line), else a new one. A head is only
+        ever fed up to its empty line, so llhttp never saw a byte past it."""
+        if request.framing.kind != NO_BODY or not request.keep_alive or not self._complete:
+            return ForwardRequestParser(self._buffer.max_bytes)
+        self._buffer.clear()
+        self._url = b""
+        self._headers = []
+        self._complete = False
+        return self
 
     def feed(self, data: bytes) -> ForwardRequest | None:
         """Consume *data*; return the request once its head is complete."""

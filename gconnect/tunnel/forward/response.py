@@ -78,7 +78,13 @@ class ResponseParser(HeadFields):
     def feed(self, data: bytes) -> ResponseHead | None:
         """Consume *data*; return the head once it is complete."""
         cut = self._buffer.feed(data)
-        return None if cut is None else self._parse(*cut)
+        if cut is None:
+            return None
+        head = self._parse(*cut)
+        # llhttp holds our callbacks and the buffer our _tokenize: two cycles
+        # the garbage collector would free, for every response. The head is done.
+        del self._parser, self._buffer
+        return head
 
     def _tokenize(self, data: bytes) -> None:
         try:
