@@ -293,6 +293,52 @@ def test_good_request(name: str, bytewise: bool) -> None:
     assert (got_body, got_rest) == (body, rest)
 
 
+def _renewed() -> ForwardRequestParser:
+    """A parser that has read one bodyless keep-alive request, renewed for the next."""
+    parser = ForwardRequestParser(MAX)
+    first = parser.feed(GET + b"\r\n")
+    assert first is not None
+    renewed = parser.renew(first)
+    assert renewed is parser  # llhttp is at a message boundary: the same parser goes on
+    return renewed
+
+
+@pytest.mark.parametrize("name", sorted(BAD_REQUESTS))
+def test_renewed_parser_refuses_what_a_new_one_does(name: str) -> None:
+    raw, status = BAD_REQUESTS[name]
+    with pytest.raises(ClientError) as info:
+        read_message(_renewed(), raw, False)
+    assert info.value.status == status, str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(GOOD_REQUESTS))
+def test_renewed_parser_reads_what_a_new_one_does(name: str) -> None:
+    raw, method, host, port, path, kind, body, rest = GOOD_REQUESTS[name]
+    head, got_body, got_rest = read_message(_renewed(), raw, False)
+    assert (head.method, head.host, head.port, head.path, head.framing.kind) == (method, host, port, path, kind)
+    assert (got_body, got_rest) == (body, rest)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        GET + b"Content-Length: 3\r\n\r\nabc",
+        GET + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        GET + b"Connection: close\r\n\r\n",
+        b"GET http://example.com/x HTTP/1.0\r\n\r\n",
+    ],
+    ids=["length", "chunked", "close", "http10"],
+)
+def test_parser_not_renewed_after_a_body_or_a_last_request(first: bytes) -> None:
+    # llhttp would read the next bytes as this body (or refuse them after a close).
+    parser = ForwardRequestParser(MAX)
+    head = parser.feed(first)
+    assert head is not None
+    renewed = parser.renew(head)
+    assert renewed is not parser
+    assert renewed.feed(GET + b"\r\n") is not None
+
+
 def test_response_framing() -> None:
     head, body, _ = response(resp(b"Content-Length: 5", body=b"hello"), head_request=True)
     assert head.framing.kind == NO_BODY and body == b""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Set
 
 #: RFC 9112 §6.3: how the body of a message ends.
 NO_BODY = 0
@@ -74,9 +74,19 @@ def show(raw: bytes) -> str:
     return repr(text + ("..." if len(raw) > 80 else ""))
 
 
-def values(headers: list[tuple[bytes, bytes]], lname: bytes) -> list[bytes]:
-    """Every value of field *lname* (lower-case), in order."""
+def values(headers: list[tuple[bytes, bytes]], lname: bytes, names: Set[bytes] | None = None) -> list[bytes]:
+    """Every value of field *lname* (lower-case), in order. *names*, when
+    given, is every name in *headers*, lower-cased (:func:`names_of`): a field
+    not among them is not looked for."""
+    if names is not None and lname not in names:
+        return []
     return [value for name, value in headers if name.lower() == lname]
+
+
+def names_of(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
+    """The lower-cased names in *headers*, for :func:`values`: made once per
+    head, so each field asked after is one set lookup, not a scan."""
+    return {name.lower() for name, _ in headers}
 
 
 def list_items(items: list[bytes]) -> list[bytes]:
@@ -85,19 +95,19 @@ def list_items(items: list[bytes]) -> list[bytes]:
     return [part.strip(b" \t").lower() for value in items for part in value.split(b",") if part.strip(b" \t")]
 
 
-def connection_options(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+def connection_options(headers: list[tuple[bytes, bytes]], names: Set[bytes] | None = None) -> frozenset[bytes]:
     """The lower-cased names the Connection fields list; FramingError for one
     that is not a token (a name with a space or a colon in it cannot be a field
     name, and guessing what was meant is how two parsers come to disagree)."""
-    options = list_items(values(headers, b"connection"))
+    options = list_items(values(headers, b"connection", names))
     for option in options:
         if not _TOKEN.fullmatch(option):
             raise FramingError(f"invalid Connection option {show(option)}")
     return frozenset(options)
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    found = values(headers, b"content-length")
+def _content_length(headers: list[tuple[bytes, bytes]], names: Set[bytes] | None) -> int | None:
+    found = values(headers, b"content-length", names)
     if not found:
         return None
     if len(found) > 1:
@@ -110,9 +120,9 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return int(value)
 
 
-def _chunked(headers: list[tuple[bytes, bytes]], error: Callable[[str], Exception]) -> bool:
+def _chunked(headers: list[tuple[bytes, bytes]], error: Callable[[str], Exception], names: Set[bytes] | None) -> bool:
     """Whether Transfer-Encoding is present; it must say ``chunked`` and nothing else."""
-    found = values(headers, b"transfer-encoding")
+    found = values(headers, b"transfer-encoding", names)
     if not found:
         return False
     # RFC 9112 §6.1: chunked is applied once and last; anything else leaves the
@@ -124,10 +134,10 @@ def _chunked(headers: list[tuple[bytes, bytes]], error: Callable[[str], Exceptio
     return True
 
 
-def request_framing(headers: list[tuple[bytes, bytes]]) -> Framing:
+def request_framing(headers: list[tuple[bytes, bytes]], names: Set[bytes] | None = None) -> Framing:
     """RFC 9112 §6.3 for a request; FramingError where it would be a guess."""
-    chunked = _chunked(headers, FramingError)
-    length = _content_length(headers)
+    chunked = _chunked(headers, FramingError, names)
+    length = _content_length(headers, names)
     if chunked and length is not None:
         raise FramingError("Transfer-Encoding together with Content-Length")
     if chunked:
@@ -137,10 +147,12 @@ def request_framing(headers: list[tuple[bytes, bytes]]) -> Framing:
     return EMPTY
 
 
-def response_framing(headers: list[tuple[bytes, bytes]], status: int, head_request: bool) -> Framing:
+def response_framing(
+    headers: list[tuple[bytes, bytes]], status: int, head_request: bool, names: Set[bytes] | None = None
+) -> Framing:
     """RFC 9112 §6.3 for a response to a request (HEAD or not)."""
-    chunked = _chunked(headers, FramingError)
-    length = _content_length(headers)
+    chunked = _chunked(headers, FramingError, names)
+    length = _content_length(headers, names)
     if chunked and length is not None:
         raise FramingError("Transfer-Encoding together with Content-Length")
     if head_request or status < 200 or status in (204, 304):
@@ -156,13 +168,14 @@ def end_to_end(headers: list[tuple[bytes, bytes]], options: frozenset[bytes]) ->
     """*headers* without the hop-by-hop fields and those the Connection
     *options* name. An option naming a field we generate ourselves (Host,
     framing, Via) changes nothing: those are re-made from what we parsed."""
-    drop = HOP_BY_HOP | options
+    drop = HOP_BY_HOP | options if options else HOP_BY_HOP
     return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
 #: Where a head ends. llhttp refuses bare LF and a CR inside a line, so the
 #: first CRLF CRLF is the end of any head it accepts.
 HEAD_END = b"\r\n\r\n"
+_CR_LF = (13, 10)
 
 
 class HeadBuffer:
@@ -173,7 +186,7 @@ class HeadBuffer:
     *too_large* and *malformed* (functions of a message) make the exceptions
     raised past *max_bytes* and for a bare LF."""
 
-    __slots__ = ("_buffer", "_fed", "_malformed", "_max", "_tokenize", "_too_large", "skip_empty_lines")
+    __slots__ = ("_buffer", "_fed", "_malformed", "_tokenize", "_too_large", "max_bytes", "skip_empty_lines")
 
     def __init__(
         self,
@@ -187,11 +200,16 @@ class HeadBuffer:
         #: Bytes of the buffer given to tokenize so far.
         self._fed = 0
         self._tokenize = tokenize
-        self._max = max_bytes
+        self.max_bytes = max_bytes
         self._too_large = too_large
         self._malformed = malformed
         #: RFC 9112 §2.2: a server ignores empty lines before a request-line.
         self.skip_empty_lines = skip_empty_lines
+
+    def clear(self) -> None:
+        """Empty, for the next head."""
+        self._buffer = b""
+        self._fed = 0
 
     @property
     def pending(self) -> bytes:
@@ -199,8 +217,12 @@ class HeadBuffer:
         return self._buffer
 
     def feed(self, data: bytes) -> tuple[bytes, bytes] | None:
-        start = max(0, len(self._buffer) - 3)
-        buffer = self._buffer = self._buffer + data
+        if self._buffer:
+            start = max(0, len(self._buffer) - 3)
+            buffer = self._buffer = self._buffer + data
+        else:
+            start = 0
+            buffer = self._buffer = data
         if self.skip_empty_lines and buffer.startswith(b"\r\n"):
             # Without this, the first CRLF CRLF could be two empty lines.
             buffer = self._buffer = buffer.lstrip(b"\r\n")
@@ -213,14 +235,14 @@ class HeadBuffer:
             # Refused at once: a head with bare LFs may never have a CRLF CRLF to wait for.
             raise self._malformed("bare LF in the head (RFC 9112 §2.2)")
         upto = len(buffer) if end < 0 else end + len(HEAD_END)
-        if upto > self._fed and buffer.lstrip(b"\r\n"):
+        if upto > self._fed and (buffer[0] not in _CR_LF or buffer.lstrip(b"\r\n")):
             # (Never only CR and LF: those may yet be empty lines to strip.)
-            self._tokenize(buffer[self._fed : upto])
+            self._tokenize(buffer if upto == len(buffer) and not self._fed else buffer[self._fed : upto])
             self._fed = upto
         if end < 0:
-            if len(buffer) > self._max:
-                raise self._too_large(f"head exceeds {self._max} bytes")
+            if len(buffer) > self.max_bytes:
+                raise self._too_large(f"head exceeds {self.max_bytes} bytes")
             return None
-        if upto > self._max:
-            raise self._too_large(f"head exceeds {self._max} bytes")
+        if upto > self.max_bytes:
+            raise self._too_large(f"head exceeds {self.max_bytes} bytes")
         return buffer[:upto], buffer[upto:]

@@ -64,9 +64,23 @@ def through_parent(ctx: ForwardContext, user: str | None, fresh: bool) -> Callab
     return through
 
 
+#: The Outgoing of direct requests without Forwarded, by (Via name, received version): a frozen
+#: value made from exactly these inputs, so one per pair serves every request (a frozen
+#: dataclass costs as much to make as rendering the head it describes).
+_DIRECT: dict[tuple[str, str], Outgoing] = {}
+
+
 def outgoing(ctx: ForwardContext, upstream: Upstream) -> Outgoing:
     """What the request head sent on *upstream* says besides the client's fields."""
     config = ctx.config
+    # RFC 9110 §7.6.3: Via names the protocol the request was received in.
+    received = "2" if ctx.side is not None and ctx.side.protocol == "h2" else ""
+    if upstream.member is None and not config.forwarded_for:
+        key = (config.via_name, received)
+        out = _DIRECT.get(key)
+        if out is None:
+            out = _DIRECT[key] = Outgoing(via_name=config.via_name, received=received)
+        return out
     parent = upstream.member.chain.parent if upstream.member is not None else None
     credentials = f"{parent.username}:{parent.password}" if parent and (parent.username or parent.password) else ""
     return Outgoing(
@@ -74,6 +88,5 @@ def outgoing(ctx: ForwardContext, upstream: Upstream) -> Outgoing:
         client=ctx.address[0] if config.forwarded_for else "",
         absolute=parent is not None,
         credentials=credentials,
-        # RFC 9110 §7.6.3: Via names the protocol the request was received in.
-        received="2" if ctx.side is not None and ctx.side.protocol == "h2" else "",
+        received=received,
     )

@@ -24,7 +24,18 @@ from ...errors import (
     VersionNotSupportedError,
 )
 from ..head import HeadFields, parse_authority, parse_host_header
-from .fields import EMPTY, Framing, FramingError, HeadBuffer, connection_options, request_framing, show, values
+from .fields import (
+    EMPTY,
+    NO_BODY,
+    Framing,
+    FramingError,
+    HeadBuffer,
+    connection_options,
+    names_of,
+    request_framing,
+    show,
+    values,
+)
 
 HTTP_PORT = 80
 _VERSIONS = ("1.1", "1.0")
@@ -83,18 +94,7 @@ class ForwardRequest:
 def parse_absolute(url: bytes) -> tuple[str, int, int, bytes]:
     """``(host, port, family, rest)`` of an ``http://`` absolute-form target;
     *rest* is what follows the authority: a path, a query, or nothing."""
-    scheme = _SCHEME.match(url)
-    if scheme is None:
-        raise MalformedRequestError(f"request-target {show(url)} is neither absolute-form nor origin-form")
-    if scheme[1].lower() != b"http":
-        raise MalformedRequestError(
-            f"scheme {show(scheme[1])} is not forwarded: only http:// (https:// URLs go through CONNECT)"
-        )
-    rest = url[scheme.end() :]
-    if b"#" in rest:
-        raise MalformedRequestError("a request-target has no fragment (RFC 9112 §3.2)")
-    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
-    authority, path = rest[:cut], rest[cut:]
+    authority, path = split_absolute(url)
     if b"@" in authority:
         raise MalformedRequestError("userinfo in the URL is not forwarded (RFC 9110 §4.2.4)")
     if not authority:
@@ -105,6 +105,26 @@ def parse_absolute(url: bytes) -> tuple[str, int, int, bytes]:
         authority += b":%d" % HTTP_PORT
     host, port, family = parse_authority(authority)
     return host, port, family, path
+
+
+def split_absolute(url: bytes) -> tuple[bytes, bytes]:
+    """``(authority, rest)`` of an ``http://`` absolute-form target, unparsed."""
+    if url[:7].lower() == b"http://":
+        rest = url[7:]
+    else:
+        scheme = _SCHEME.match(url)
+        if scheme is None:
+            raise MalformedRequestError(f"request-target {show(url)} is neither absolute-form nor origin-form")
+        raise MalformedRequestError(
+            f"scheme {show(scheme[1])} is not forwarded: only http:// (https:// URLs go through CONNECT)"
+        )
+    if b"#" in rest:
+        raise MalformedRequestError("a request-target has no fragment (RFC 9112 §3.2)")
+    slash, query = rest.find(b"/"), rest.find(b"?")
+    cut = slash if query < 0 or 0 <= slash < query else query
+    if cut < 0:
+        return rest, b""
+    return rest[:cut], rest[cut:]
 
 
 def check_host(value: bytes, host: str, port: int) -> None:
@@ -118,7 +138,8 @@ def check_host(value: bytes, host: str, port: int) -> None:
 class ForwardRequestParser(HeadFields):
     """Incremental parser for one request head: :meth:`feed` returns None
     until the head is complete, then the :class:`ForwardRequest`; errors raise
-    a ClientError whose ``status`` is the answer. One parser per request."""
+    a ClientError whose ``status`` is the answer. One parser per head;
+    :meth:`renew` gives the one for the next head on the same connection."""
 
     __slots__ = ("_buffer", "_method_refused", "_parser")
 
@@ -133,6 +154,20 @@ class ForwardRequestParser(HeadFields):
         # llhttp refuses a method it does not know at its first byte; whether
         # it was a token (501) or garbage (400) is known once the token ends.
         self._method_refused = False
+
+    def renew(self, request: ForwardRequest) -> ForwardRequestParser:
+        """The parser for the next head on this connection, after *request*
+        (which this parser returned): this one, emptied, when llhttp ended
+        the message with the head (no body, and a keep-alive request, so it
+        is waiting for a new request line), else a new one. A head is only
+        ever fed up to its empty line, so llhttp never saw a byte past it."""
+        if request.framing.kind != NO_BODY or not request.keep_alive or not self._complete:
+            return ForwardRequestParser(self._buffer.max_bytes)
+        self._buffer.clear()
+        self._url = b""
+        self._headers = []
+        self._complete = False
+        return self
 
     def feed(self, data: bytes) -> ForwardRequest | None:
         """Consume *data*; return the request once its head is complete."""
@@ -181,22 +216,23 @@ class ForwardRequestParser(HeadFields):
 
     def _judge(self, method: bytes, version: str, trailing: bytes) -> ForwardRequest:
         headers, url = self._headers, self._url
+        names = names_of(headers)
         if method == b"CONNECT":
             raise MalformedRequestError("CONNECT reached the forwarding parser")
         if method == b"TRACE":
             raise TraceRefusedError("TRACE is not forwarded")
-        if values(headers, b"upgrade"):
+        if values(headers, b"upgrade", names):
             # RFC 6455 §4.1: WebSocket clients behind a proxy use CONNECT.
             raise UnsupportedRequestError("Upgrade is not forwarded: WebSocket clients use CONNECT through a proxy")
         try:
-            options = connection_options(headers)
-            if version == "1.0" and values(headers, b"transfer-encoding"):
+            options = connection_options(headers, names)
+            if version == "1.0" and values(headers, b"transfer-encoding", names):
                 # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing.
                 raise FramingError("Transfer-Encoding in an HTTP/1.0 request")
-            framing = request_framing(headers)
+            framing = request_framing(headers, names)
         except FramingError as exc:
             raise MalformedRequestError(str(exc)) from None
-        hosts = values(headers, b"host")
+        hosts = values(headers, b"host", names)
         if len(hosts) > 1:
             raise MalformedRequestError("more than one Host header")
         if not hosts and version == "1.1":
@@ -204,7 +240,10 @@ class ForwardRequestParser(HeadFields):
         if url.startswith(b"/") or url == b"*":
             return ForwardRequest(method, "", "", 0, 0, url, version, headers, framing, options, trailing)
         host, port, family, path = parse_absolute(url)
-        if hosts:
+        # The same bytes as the URI's authority name the same host and port:
+        # only a Host spelled otherwise is parsed and compared (and an empty
+        # port, which the URI grammar allows and the Host check refuses).
+        if hosts and (hosts[0] != url[7 : len(url) - len(path)] or hosts[0].endswith(b":")):
             check_host(hosts[0], host, port)
         if not path:
             # RFC 9112 §3.2.4: OPTIONS for the server as a whole is sent as "*".

@@ -22,6 +22,7 @@ from .fields import (
     FramingError,
     HeadBuffer,
     connection_options,
+    names_of,
     response_framing,
     show,
     values,
@@ -77,7 +78,13 @@ class ResponseParser(HeadFields):
     def feed(self, data: bytes) -> ResponseHead | None:
         """Consume *data*; return the head once it is complete."""
         cut = self._buffer.feed(data)
-        return None if cut is None else self._parse(*cut)
+        if cut is None:
+            return None
+        head = self._parse(*cut)
+        # llhttp holds our callbacks and the buffer our _tokenize: two cycles
+        # the garbage collector would free, for every response. The head is done.
+        del self._parser, self._buffer
+        return head
 
     def _tokenize(self, data: bytes) -> None:
         try:
@@ -100,10 +107,11 @@ class ResponseParser(HeadFields):
         if status == 101 or status < 100:
             raise BadResponseError(f"status {status} was not asked for")
         try:
-            if version == "1.0" and values(headers, b"transfer-encoding"):
+            names = names_of(headers)
+            if version == "1.0" and values(headers, b"transfer-encoding", names):
                 raise FramingError("Transfer-Encoding in an HTTP/1.0 response")
-            framing = response_framing(headers, status, self._head_request)
-            options = connection_options(headers)
+            framing = response_framing(headers, status, self._head_request, names)
+            options = connection_options(headers, names)
         except FramingError as exc:
             raise BadResponseError(f"response framing: {exc}") from None
         return ResponseHead(status, self._reason, version, headers, framing, options, trailing)

@@ -44,7 +44,9 @@ _AUTHORITY = re.compile(rb"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?:
 class ForwardSession:
     """Serves forwarded requests on *client* until it closes, errs, or sends a CONNECT."""
 
-    def __init__(self, ctx: ForwardContext, client: ClientStream, ends_at: float) -> None:
+    def __init__(
+        self, ctx: ForwardContext, client: ClientStream, ends_at: float, parser: ForwardRequestParser | None = None
+    ) -> None:
         self.ctx = ctx
         self.client = client
         #: The connection's end of life (loop time) under --max-tunnel-lifetime.
@@ -55,6 +57,8 @@ class ForwardSession:
         self.draining = False
         #: True while waiting for the next request (nothing under way).
         self._idle = False
+        #: The parser that read the last head, renewed for the next (ForwardRequestParser.renew).
+        self._parser = parser
 
     def drain(self) -> None:
         """Shutdown has begun (ClientSide.drain): finish the request under way,
@@ -73,6 +77,8 @@ class ForwardSession:
             keep, leftover = self.serve_one(request)
             if not keep or self.draining:
                 return None
+            if self._parser is not None:
+                self._parser = self._parser.renew(request)
             following = self.read_next(leftover)
             if not isinstance(following, ForwardRequest):
                 return following
@@ -157,7 +163,8 @@ class ForwardSession:
                         if connect is None:
                             data = b""
                         else:
-                            parser, data = ForwardRequestParser(config.max_header_bytes), prefix
+                            parser = self._parser or ForwardRequestParser(config.max_header_bytes)
+                            self._parser, data = parser, prefix
                         # One header deadline from the first byte of a head.
                         deadline = min(loop.now() + config.header_timeout, self.ends_at)
                     if parser is not None and data:
@@ -206,13 +213,14 @@ def forward_requests(
     ClientError, answered like a CONNECT's."""
     services = conn.services
     config = services.config
-    request = _read_head(conn, ForwardRequestParser(config.max_header_bytes), received)
+    parser = ForwardRequestParser(config.max_header_bytes)
+    request = _read_head(conn, parser, received)
     ctx = ForwardContext(
         services, conn.address, client_key(conn.address[0]), conn.tls is not None, peer_cert=conn.peer_certificate()
     )
     lifetime = config.max_tunnel_lifetime
     ends_at = conn.loop.now() + lifetime if lifetime else float("inf")
-    session = ForwardSession(ctx, ConnectionStream(conn, refuse), ends_at)
+    session = ForwardSession(ctx, ConnectionStream(conn, refuse), ends_at, parser)
     conn.on_drain = session.drain
     try:
         early = session.serve(request)

@@ -1,0 +1,143 @@
+"""Instructions and system calls per forwarded request: ``python -m bench.forward_instructions``.
+
+Small GETs (100-byte bodies) on one keep-alive client connection, one at a
+time, through gconnect under ``valgrind --tool=callgrind`` (user-space
+instructions, counting switched on after a warm-up as in
+:mod:`bench.instructions`), and under ``strace -c -f`` (system calls by
+name). Two runs per tree, of ``--requests`` and ``--requests`` +
+``--extra``: the difference divided by ``--extra`` is one request's, the
+fixed costs cancelled. ``--baseline DIR`` counts another tree the same way.
+``--syscalls`` adds the strace run; ``--peer squid`` counts Squid's system
+calls too (no callgrind for peers).
+
+Not a test: figures to stdout (and JSON to ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.forward import ORIGIN, SMALL_BODY, _get, start_proxy
+from bench.harness.targets import free_port
+from gconnect.testing.process import ProxyProcess
+
+REPO = Path(__file__).resolve().parents[1]
+TOTALS = re.compile(r"^totals:\s+(\d+)", re.MULTILINE)
+START_UNDER_VALGRIND_S = 180.0
+ARGS = ("--allow-dest", "127.0.0.0/8", "--forward-port", "1-65535", "--access-log", "", "--log-level", "warning")
+_STRACE_ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$", re.MULTILINE)
+
+
+def gets(port: int, origin_port: int, n: int) -> None:
+    """*n* GETs, one at a time, on one keep-alive connection."""
+    request = _get(origin_port, "/small")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        for _ in range(n):
+            sock.sendall(request)
+            buf = b""
+            while True:
+                _, sep, rest = buf.partition(b"\r\n\r\n")
+                if sep and len(rest) >= len(SMALL_BODY):
+                    break
+                data = sock.recv(65536)
+                if not data:
+                    raise RuntimeError("proxy closed the connection")
+                buf += data
+
+
+def instructions(root: Path, origin_port: int, n: int, out: Path) -> int:
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    proxy = ProxyProcess(
+        ["--listen", "127.0.0.1:0", *ARGS],
+        prefix=valgrind,
+        cwd=root,
+        env={"PYTHONPATH": str(root)},
+        start_timeout=START_UNDER_VALGRIND_S,
+    )
+    try:
+        gets(proxy.port, origin_port, 50)
+        subprocess.run(["callgrind_control", "-i", "on", str(proxy.pid)], check=True, capture_output=True)
+        gets(proxy.port, origin_port, n)
+        subprocess.run(["callgrind_control", "-i", "off", str(proxy.pid)], check=True, capture_output=True)
+    finally:
+        proxy.stop(timeout=START_UNDER_VALGRIND_S)
+    match = TOTALS.search(out.read_text(errors="replace"))
+    if match is None:
+        raise RuntimeError(f"no totals in {out}")
+    return int(match.group(1))
+
+
+def syscalls(name: str, root: Path, origin_port: int, n: int, rundir: Path) -> dict[str, int]:
+    """System calls by name while serving *n* GETs (after a warm-up)."""
+    proc, port = start_proxy(name, rundir, origin_port, tree=str(root))
+    try:
+        gets(port, origin_port, 50)
+        out = rundir / f"strace-{name}-{n}.txt"
+        tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), "-p", str(proc.pid)], stderr=subprocess.PIPE)
+        time.sleep(1.0)  # strace attaches asynchronously; requests before it would not count
+        gets(port, origin_port, n)
+        tracer.terminate()
+        tracer.wait(timeout=30)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {call: int(count) for count, call in _STRACE_ROW.findall(out.read_text())}
+
+
+def per_request(small: dict[str, int], large: dict[str, int], extra: int) -> dict[str, float]:
+    calls = {k: round((large.get(k, 0) - small.get(k, 0)) / extra, 2) for k in set(small) | set(large)}
+    return {k: v for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v >= 0.05}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--extra", type=int, default=1000)
+    parser.add_argument("--baseline", help="another gconnect tree (a directory) to count too")
+    parser.add_argument("--syscalls", action="store_true", help="also count system calls with strace -c")
+    parser.add_argument("--no-instructions", action="store_true")
+    parser.add_argument("--peer", action="append", default=[], help="a peer (squid, ats) for --syscalls")
+    parser.add_argument("--json", type=Path)
+    options = parser.parse_args()
+    origin_port = free_port()
+    origin = subprocess.Popen([sys.executable, "-c", ORIGIN, str(origin_port), "0"])
+    work = Path(tempfile.mkdtemp(prefix="gconnect-fwd-instr-"))
+    trees = {"this tree": REPO} | ({"baseline": Path(options.baseline)} if options.baseline else {})
+    result: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "requests": options.requests}
+    result["extra"] = options.extra
+    try:
+        time.sleep(0.5)
+        for label, root in trees.items():
+            figures = result.setdefault(label, {})
+            if not options.no_instructions:
+                small = instructions(root, origin_port, options.requests, work / f"{label}-s.out")
+                large = instructions(root, origin_port, options.requests + options.extra, work / f"{label}-l.out")
+                figures["instructions_per_request"] = round((large - small) / options.extra)
+                print(f"{label}: {figures['instructions_per_request']:,} instructions per request", flush=True)
+            if options.syscalls:
+                small_c = syscalls("gconnect", root, origin_port, options.requests, work)
+                large_c = syscalls("gconnect", root, origin_port, options.requests + options.extra, work)
+                figures["syscalls_per_request"] = per_request(small_c, large_c, options.extra)
+                print(f"{label}: system calls per request {figures['syscalls_per_request']}", flush=True)
+        for peer in options.peer:
+            small_c = syscalls(peer, REPO, origin_port, options.requests, work)
+            large_c = syscalls(peer, REPO, origin_port, options.requests + options.extra, work)
+            result[peer] = {"syscalls_per_request": per_request(small_c, large_c, options.extra)}
+            print(f"{peer}: system calls per request {result[peer]['syscalls_per_request']}", flush=True)
+    finally:
+        origin.terminate()
+        origin.wait(timeout=10)
+    if options.json:
+        options.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
