@@ -45,8 +45,8 @@ TLS_RECV_BYTES = 64 * 1024
 _RECORD_BYTES = 16 * 1024
 #: Octets put into a memory BIO at once: its buffer keeps the largest size it ever
 #: held (and touched) until the connection closes, so a bulk transfer's 512 KiB write
-#: would stay with an idle connection; two records a slice keep the calls few.
-BIO_SLICE_BYTES = 32 * 1024
+#: would stay with an idle connection; a few records a slice keep the calls few.
+BIO_SLICE_BYTES = 64 * 1024
 
 
 def server_context(config: Config, alpn: Sequence[str] = ("http/1.1",)) -> ssl.SSLContext:
@@ -198,15 +198,21 @@ class TLSSession:
 
     def encrypt(self, data: bytes | memoryview) -> bytes:
         """The records carrying *data*, with whatever else the session queued."""
+        self.ssl.write(data)  # memory BIO: always takes all of it
+        return self.outgoing.read()
+
+    def encrypt_parts(self, data: bytes | memoryview) -> list[bytes]:
+        """As :meth:`encrypt`, the records in parts (for one ``sendmsg``), put
+        through the BIO at most BIO_SLICE_BYTES at a time."""
         if len(data) <= BIO_SLICE_BYTES:
-            self.ssl.write(data)  # memory BIO: always takes all of it
-            return self.outgoing.read()
+            self.ssl.write(data)
+            return [self.outgoing.read()]
         view = memoryview(data)
-        records = []
+        parts = []
         for at in range(0, len(view), BIO_SLICE_BYTES):
             self.ssl.write(view[at : at + BIO_SLICE_BYTES])
-            records.append(self.outgoing.read())
-        return b"".join(records)
+            parts.append(self.outgoing.read())
+        return parts
 
     def flush(self, writer: Any, deadline: float) -> bool:
         """Send what the session queued (handshake records, alerts) by *deadline*."""
