@@ -43,6 +43,10 @@ from .waiting import recv, send_all
 TLS_RECV_BYTES = 64 * 1024
 #: Plaintext taken from the session per read call (one record holds at most 16 KiB).
 _RECORD_BYTES = 16 * 1024
+#: Octets put into a memory BIO at once: its buffer keeps the largest size it ever
+#: held (and touched) until the connection closes, so a bulk transfer's 512 KiB write
+#: would stay with an idle connection; a few records a slice keep the calls few.
+BIO_SLICE_BYTES = 64 * 1024
 
 
 def server_context(config: Config, alpn: Sequence[str] = ("http/1.1",)) -> ssl.SSLContext:
@@ -156,11 +160,13 @@ class TLSSession:
         n, eof = self._decrypt_into(plain)
         if not (n or eof):
             got = self.sock.recv_into(scratch)
-            if got:
-                self.incoming.write(scratch[:got])
-            else:
+            if not got:
                 self.incoming.write_eof()
-            n, eof = self._decrypt_into(plain)
+                n, eof = self._decrypt_into(plain)
+            for at in range(0, got, BIO_SLICE_BYTES):  # decrypted slice by slice, to keep the BIO small
+                self.incoming.write(scratch[at : min(got, at + BIO_SLICE_BYTES)])
+                more, eof = self._decrypt_into(plain[n:])
+                n += more
         if eof:
             self.eof = True
         if n or eof:
@@ -194,6 +200,19 @@ class TLSSession:
         """The records carrying *data*, with whatever else the session queued."""
         self.ssl.write(data)  # memory BIO: always takes all of it
         return self.outgoing.read()
+
+    def encrypt_parts(self, data: bytes | memoryview) -> list[bytes]:
+        """As :meth:`encrypt`, the records in parts (for one ``sendmsg``), put
+        through the BIO at most BIO_SLICE_BYTES at a time."""
+        if len(data) <= BIO_SLICE_BYTES:
+            self.ssl.write(data)
+            return [self.outgoing.read()]
+        view = memoryview(data)
+        parts = []
+        for at in range(0, len(view), BIO_SLICE_BYTES):
+            self.ssl.write(view[at : at + BIO_SLICE_BYTES])
+            parts.append(self.outgoing.read())
+        return parts
 
     def flush(self, writer: Any, deadline: float) -> bool:
         """Send what the session queued (handshake records, alerts) by *deadline*."""

@@ -17,6 +17,7 @@ import pytest
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
+from gconnect.testing.procfs import tree_rss_kib
 from gconnect.tunnel.h2.frames import data_frames
 
 from ..authhelper import command as helper_cmd
@@ -528,6 +529,33 @@ def test_a_client_that_vanishes_ends_every_stream_and_leaks_nothing(start_tls_pr
         hold.set()
     other = h2_client(proxy)
     echo_round(other, other.connect(echo.target), b"next client")
+
+
+#: Idle connections for the RSS bound, and what each may keep (its TLS session, h2's
+#: state, the session's objects); a connection's own read buffers and DATA framer
+#: alone came to over 1 MiB.
+IDLE_CONNECTIONS = 40
+IDLE_KIB_PER_CONNECTION = 300
+
+
+def test_an_idle_connection_keeps_no_large_buffer(start_tls_proxy, h2_client, echo):
+    proxy = start_tls_proxy()
+
+    def used_once(client: H2Client) -> None:
+        stream_id = client.connect(echo.target)
+        data = os.urandom(16 * 1024)
+        client.send(stream_id, data, end=True)  # both ways: the read buffers and the framer
+        client.wait(lambda: stream_id in client.ended)
+        assert bytes(client.data[stream_id]) == data
+
+    used_once(h2_client(proxy))  # the process's own buffers, imports and caches
+    wait_until(lambda: len(proxy.access_lines()) == 1)
+    before = tree_rss_kib(proxy.pid)
+    for _ in range(IDLE_CONNECTIONS):
+        used_once(h2_client(proxy))
+    wait_until(lambda: len(proxy.access_lines()) == 1 + IDLE_CONNECTIONS)  # every stream closed
+    grown = tree_rss_kib(proxy.pid) - before
+    assert grown < IDLE_CONNECTIONS * IDLE_KIB_PER_CONNECTION, f"{grown / IDLE_CONNECTIONS:.0f} KiB a connection"
 
 
 def test_a_stream_reset_in_its_dns_step_leaves_the_shared_lookup_to_the_others(

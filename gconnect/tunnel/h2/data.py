@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 import h2.events
 import h2.exceptions
 
+from .buffers import framer
 from .flow import InboundWindows
 from .forward import H2ForwardStream
-from .frames import DataFramer, DataRun, FrameReader, data_frames
+from .frames import DataRun, FrameReader, data_frames
 
 if TYPE_CHECKING:
     import h2.connection
@@ -56,7 +57,7 @@ class DataPath:
         # streams, so streams whose targets stall never hold the others back.
         window = min(MAX_WINDOW_BYTES, config.h2_window_bytes * config.h2_max_streams)
         self.windows = InboundWindows(config.h2_window_bytes, window)
-        self.framer = DataFramer(config.chunk_bytes)
+        self.chunk_bytes = config.chunk_bytes
         #: Streams whose DATA h2 took last time, since when it was given nothing
         #: else: their next run goes straight to them (h2's answer would be the same).
         self._open_for_data: set[int] = set()
@@ -69,14 +70,16 @@ class DataPath:
             self._send(b"".join(data_frames(stream_id, data, self.h2.max_outbound_frame_size)))
 
     def read_slots(self, room: int) -> list[memoryview]:
-        """Where a stream relay reads up to *room* octets of its target (see send_read)."""
-        return self.framer.slots(room, self.h2.max_outbound_frame_size)
+        """Where a stream relay reads up to *room* octets of its target (see send_read).
+        The slots are the process's: :meth:`send_read` must follow with nothing
+        between that can switch greenlets (a read callback in the hub cannot)."""
+        return framer(self.chunk_bytes).slots(room, self.h2.max_outbound_frame_size)
 
     def send_read(self, stream_id: int, length: int) -> None:
         """The *length* octets just read into read_slots() as DATA frames (the caller
         kept to the window), sent at once."""
         if self._sending(stream_id, length):
-            self._send(self.framer.frames(stream_id, length))
+            self._send(framer(self.chunk_bytes).frames(stream_id, length))
 
     def _sending(self, stream_id: int, length: int) -> bool:
         """False if the client reset the stream (its side hears of it next)."""

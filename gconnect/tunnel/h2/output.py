@@ -51,22 +51,28 @@ class RecordOutput:
         if self.lost:
             return
         try:
-            records = self.tls.encrypt(data)
+            parts = self.tls.encrypt_parts(data)
         except ssl.SSLError:
             self._lose()  # the session is over (the client's EOF or a fatal alert)
             return
         if self.out is not None:
-            self.out += records
+            for part in parts:
+                self.out += part
             return
+        size = sum(map(len, parts))
         try:
-            sent = self.sock.send(records)
+            sent = self.sock.sendmsg(parts) if len(parts) > 1 else self.sock.send(parts[0])
         except BlockingIOError:
             sent = 0
         except OSError:
             self._lose()
             return
-        if sent < len(records):
-            self.out = bytearray(memoryview(records)[sent:])
+        if sent < size:
+            self.out = out = bytearray()
+            for part in parts:
+                if sent < len(part):
+                    out += memoryview(part)[sent:]
+                sent = max(0, sent - len(part))
             self._writer_watcher().start(self._on_writable)
 
     def congested(self) -> bool:

@@ -55,6 +55,7 @@ from hyperframe.frame import GoAwayFrame, SettingsFrame
 from ...errors import StreamResetError
 from ..tunnel import Tunnel
 from ..waiting import wait_any
+from .buffers import READS
 from .connection import ServerConnection, StreamMalformed
 from .data import MAX_WINDOW_BYTES, DataPath
 from .forward import H2ForwardStream, is_forwarded
@@ -73,9 +74,6 @@ DEFAULT_WINDOW_BYTES = 65_535
 #: With streams open the connection has no deadline of its own (they have);
 #: the reading greenlet still wakes this often to look around.
 WAKE_SECONDS = 60.0
-#: Ciphertext read from the client at once: many DATA frames, delivered to their
-#: targets as one write per stream.
-READ_BYTES = 256 * 1024
 #: At the connection's end, how long what is still buffered (a GOAWAY) may take.
 FINAL_FLUSH_SECONDS = 1.0
 
@@ -124,10 +122,6 @@ class H2Session:
         self.send_data = self.data.send_data
         self.read_slots = self.data.read_slots
         self.send_read = self.data.send_read
-        # What is read from the client, ciphertext and plaintext; DATA payloads are
-        # handed on (or copied) before the next read.
-        self._ciphertext = memoryview(bytearray(READ_BYTES))
-        self._plaintext = memoryview(bytearray(READ_BYTES))
         self._wake = self.loop.async_()
         self.output = RecordOutput(
             self.sock,
@@ -186,30 +180,46 @@ class H2Session:
         while not self.output.lost:
             if self.draining and not self.streams:
                 return "goaway"
+            # The read buffers are lent for one read and its DATA's handing on, and
+            # given back before any wait (buffers.py): an idle connection holds none.
+            pair = READS.take()
             try:
-                n = self.tls.recv_into(self._ciphertext, self._plaintext)
-            except BlockingIOError:
+                got = self._read_once(*pair)
+            finally:
+                READS.give(pair)
+            if isinstance(got, str):
+                return got
+            if got < 0:
                 timeout = idle if idle and not self.streams else WAKE_SECONDS
                 if wait_any((reader, self._wake), timeout) < 0 and idle and not self.streams:
                     self._goaway(ErrorCodes.NO_ERROR)
                     return "idle"
                 continue
-            except OSError:
-                return "client_reset"
-            if not n:
-                return "client_eof"
-            try:
-                self.data.receive(self._plaintext[:n])
-            except h2.exceptions.ProtocolError as exc:
-                log.info("h2 client %s: protocol error: %s", self.address, exc)
-                self.flush()  # h2's GOAWAY
-                return "protocol_error"
-            except FrameError as exc:
-                log.info("h2 client %s: protocol error: %s", self.address, exc)
-                self._goaway(exc.code)
-                return "protocol_error"
             self.flush()
         return "client_reset"
+
+    def _read_once(self, ciphertext: memoryview, plaintext: memoryview) -> int | str:
+        """One read, its frames handed on: the plaintext's length, -1 if there was
+        nothing to read, or the connection's end reason."""
+        try:
+            n = self.tls.recv_into(ciphertext, plaintext)
+        except BlockingIOError:
+            return -1
+        except OSError:
+            return "client_reset"
+        if not n:
+            return "client_eof"
+        try:
+            self.data.receive(plaintext[:n])
+        except h2.exceptions.ProtocolError as exc:
+            log.info("h2 client %s: protocol error: %s", self.address, exc)
+            self.flush()  # h2's GOAWAY
+            return "protocol_error"
+        except FrameError as exc:
+            log.info("h2 client %s: protocol error: %s", self.address, exc)
+            self._goaway(exc.code)
+            return "protocol_error"
+        return n
 
     def _dispatch(self, event: Any) -> None:
         if isinstance(event, h2.events.RequestReceived):
