@@ -196,6 +196,8 @@ class Exchange:
         pacer = None
         if usage is not None and not self.body.done:
             pacer = usage.pacer(self.user, self.record.identity, self.ctx.who, up=True)
+            if pacer is not None:
+                pacer.take(self.body.received)  # what came with the head was not held back, but counts
         try:
             return self._pump_body_paced(upstream, pacer)
         finally:
