@@ -7,13 +7,14 @@ back, not the connection. Each transfer takes about two seconds.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
 
 import pytest
 
-from ..conftest import read_head
+from ..conftest import read_head, wait_until
 from ..h2client import H2Client
 from ..unit.test_auth import basic
 from .test_bandwidth import RATE, assert_near, bulk_handler, sink_handler
@@ -73,9 +74,11 @@ def test_h2_stream_upload_at_the_users_rate_beside_an_unlimited_one(
     start_tls_proxy, htpasswd, upstream_factory, client_context, alice_limited
 ):
     sink = upstream_factory(sink_handler)
-    # The client may always send one stream window before the first WINDOW_UPDATE:
-    # the least window there is, so the limit, not that head start, decides the time.
-    proxy = start_tls_proxy("--config", alice_limited, "--auth-file", htpasswd, "--h2-window-bytes", "65535")
+    # The client may always send one stream window before the first WINDOW_UPDATE
+    # (the head start the rate is measured without). A small one, not so small that
+    # window / round trip on a loaded machine would cap the upload below the rate.
+    window = 256 * 1024
+    proxy = start_tls_proxy("--config", alice_limited, "--auth-file", htpasswd, "--h2-window-bytes", str(window))
     client = H2Client((proxy.host, proxy.port), client_context)
     try:
         alice = client.connect(sink.target, credentials("alice"))
@@ -86,7 +89,7 @@ def test_h2_stream_upload_at_the_users_rate_beside_an_unlimited_one(
         client.send(carol, b"c" * (4 * RATE), end=True)
         ended = until_ended(client, [alice, carol])
         assert int(client.data[alice]) == 2 * RATE and int(client.data[carol]) == 4 * RATE
-        assert_near(2 * RATE / (ended[alice] - started), RATE)
+        assert_near((2 * RATE - window) / (ended[alice] - started), RATE)
         assert 4 * RATE / (ended[carol] - started) > 3 * RATE
     finally:
         client.close()
@@ -128,3 +131,36 @@ def test_forwarded_request_bodies_are_limited(start_proxy, htpasswd, upstream_fa
 
     assert_near(post("alice")[1], RATE)
     assert post("carol")[1] > 3 * RATE
+
+
+def test_sighup_changes_the_rate_of_an_open_h2_upload(start_tls_proxy, upstream_factory, client_context, tmp_path):
+    sink = upstream_factory(sink_handler)
+    config = tmp_path / "gconnect.toml"
+    config.write_text('rate-per-client = "1M"\n')
+    # The window comes back in halves of it: small enough that a measure holds many,
+    # large enough that window / round trip (a loaded machine's Python client) stays
+    # above the rate.
+    proxy = start_tls_proxy("--config", str(config), "--h2-window-bytes", str(256 * 1024))
+    client = H2Client((proxy.host, proxy.port), client_context)
+    try:
+        stream_id = client.connect(sink.target)
+        assert client.status(stream_id) == 200
+        total = 20 * RATE
+        client.send(stream_id, b"u" * total, end=True)
+
+        def rate_over(seconds: float) -> float:
+            """Bytes the proxy's window let the client send, per second."""
+            before, started = len(client.outgoing[stream_id]), time.monotonic()
+            while time.monotonic() - started < seconds:
+                client.pump(0.05)
+            return (before - len(client.outgoing[stream_id])) / (time.monotonic() - started)
+
+        rate_over(0.5)  # the first window, sent at once
+        assert_near(rate_over(1.5), 1_000_000, 0.25)
+        config.write_text('rate-per-client = "3M"\n')
+        proxy.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: any("policy reloaded" in line for line in proxy.lines))
+        rate_over(0.2)
+        assert_near(rate_over(1.5), 3_000_000, 0.25)
+    finally:
+        client.close()
