@@ -44,6 +44,11 @@ WAKE_SECONDS = 0.01
 MAX_WAIT_SECONDS = 1.0
 
 
+#: What caps one allowance where no mover reads (an HTTP/2 stream, a forwarded
+#: message): a plain mover's read size.
+READ_SIZE = Mover()
+
+
 class Limit(NamedTuple):
     """A configured limit: bytes per second and the burst, for the whole key
     (every process and instance together)."""
@@ -109,15 +114,24 @@ class Throttle:
         for bucket in self.buckets:
             bucket.take(n)
 
+    def wait_seconds(self, now: float) -> float:
+        """How long to wait until every bucket holds :attr:`need` (bounded, so
+        new rates apply within :data:`MAX_WAIT_SECONDS`)."""
+        wait = max((bucket.wait(self.need, now) for bucket in self.buckets), default=0.0)
+        return min(max(wait, 0.001), MAX_WAIT_SECONDS)
+
+    def after(self, seconds: float, callback: Callable[..., Any], *args: Any) -> None:
+        """Call *callback* once in *seconds* on the throttle's timer (:meth:`cancel` stops it)."""
+        timer = self.timer = self.loop.timer(seconds)
+        timer.start(callback, *args)
+
     def pause(self, half: Direction, now: float) -> None:
         """Stop reading *half* until every bucket holds :attr:`need` again."""
-        wait = max(bucket.wait(self.need, now) for bucket in self.buckets)
         reader = half.reader
         # A stopped watcher forgets its callback: keep it to start it again the same way.
         self.callback, self.args = reader.callback, reader.args
         reader.stop()
-        timer = self.timer = self.loop.timer(min(max(wait, 0.001), MAX_WAIT_SECONDS))
-        timer.start(self.resume, half)
+        self.after(self.wait_seconds(now), self.resume, half)
 
     def resume(self, half: Direction) -> None:
         self.cancel()
@@ -169,7 +183,7 @@ class LimitedMover(Mover):
 class Shaped(NamedTuple):
     """What :meth:`Shaper.attach` took of one tunnel, for :meth:`Shaper.detach`."""
 
-    halves: tuple[Half, Half]
+    halves: tuple[Direction, Direction]
     shared: tuple[SharedBuckets, ...]
 
 
@@ -185,18 +199,25 @@ class Shaper:
         #: Each limited tunnel's halves and buckets, by the tunnel (for a reload's new limits).
         self.shaped: dict[Any, Shaped] = {}
 
-    def attach(self, owner: Any, halves: tuple[Half, Half], limits: Iterable[tuple[str, Limit]]) -> None:
-        """Limit both *halves* of *owner*'s relay by *limits* (key, limit)."""
+    def attach(self, owner: Any, halves: tuple[Direction, Direction], limits: Iterable[tuple[str, Limit]]) -> None:
+        """Limit both *halves* of *owner*'s relay by *limits* (key, limit). Halves
+        with movers (a :class:`Half`) get the limited mover; a direction without
+        one (an HTTP/2 stream's) only its throttle, which its relay consults."""
         shared = self.acquire(limits)
         up, down = halves
-        up.throttle = Throttle([b.up for b in shared], up.mover, self.loop)
-        down.throttle = Throttle([b.down for b in shared], down.mover, self.loop)
-        up.mover = down.mover = self.mover
+        if isinstance(up, Half) and isinstance(down, Half):
+            up.throttle = Throttle([b.up for b in shared], up.mover, self.loop)
+            down.throttle = Throttle([b.down for b in shared], down.mover, self.loop)
+            up.mover = down.mover = self.mover
+        else:
+            up.throttle = Throttle([b.up for b in shared], READ_SIZE, self.loop)
+            down.throttle = Throttle([b.down for b in shared], READ_SIZE, self.loop)
         self.shaped[owner] = Shaped(halves, tuple(shared))
 
-    def pacer(self, limits: Iterable[tuple[str, Limit]]) -> Pacer:
-        """The buckets of *limits* for a greenlet that moves bytes itself (a forwarded response)."""
-        return Pacer(self, self.acquire(limits))
+    def pacer(self, limits: Iterable[tuple[str, Limit]], *, up: bool = False) -> Pacer:
+        """The buckets of *limits* for a greenlet that moves bytes itself (a
+        forwarded response; *up*: a forwarded request's body)."""
+        return Pacer(self, self.acquire(limits), up=up)
 
     def acquire(self, limits: Iterable[tuple[str, Limit]]) -> list[SharedBuckets]:
         """The buckets of *limits* (key, limit), counted as used by one more tunnel here."""
@@ -263,13 +284,13 @@ class Shaper:
 
 class Pacer:
     """A limit for a greenlet that moves the bytes itself (a forwarded
-    response): it sleeps where a relay's direction would stop its reader.
-    Limits the download direction only."""
+    response, or with *up* a forwarded request's body): it sleeps where a
+    relay's direction would stop its reader."""
 
-    def __init__(self, shaper: Shaper, shared: list[SharedBuckets]) -> None:
+    def __init__(self, shaper: Shaper, shared: list[SharedBuckets], *, up: bool = False) -> None:
         self.shaper = shaper
         self.shared = shared
-        self.throttle = Throttle([b.down for b in shared], Mover(), shaper.loop)
+        self.throttle = Throttle([b.up if up else b.down for b in shared], READ_SIZE, shaper.loop)
 
     def allowance(self) -> int:
         """Bytes that may be read now, waiting (gevent.sleep) until it is worth a read."""
@@ -278,8 +299,7 @@ class Pacer:
             allow = throttle.allowance(loop.now())
             if allow >= throttle.need:
                 return allow
-            wait = max(bucket.wait(throttle.need, loop.now()) for bucket in throttle.buckets)
-            sleep(min(max(wait, 0.001), MAX_WAIT_SECONDS))
+            sleep(throttle.wait_seconds(loop.now()))
 
     def take(self, n: int) -> None:
         self.throttle.take(n)

@@ -8,10 +8,11 @@ of them has none, and its tunnels pay nothing.
 * **Which tunnels**: :meth:`Usage.attach` is called once a tunnel relays. A
   tunnel with a limit, a quota or accounting to keep is *metered*: its bytes
   are read from its relay every :data:`TICK_SECONDS` and counted; a limited
-  one also gets the :mod:`~gconnect.tunnel.shaping` movers. Any other tunnel
-  is counted once, at its close (through :class:`UsageObserver`). A forwarded
-  request's response is limited by a :class:`~gconnect.tunnel.shaping.Pacer`
-  (:meth:`Usage.pacer`); its request body is not.
+  one also gets the :mod:`~gconnect.tunnel.shaping` movers (an HTTP/2
+  stream, whose relay has none, its throttles). Any other tunnel is counted
+  once, at its close (through :class:`UsageObserver`). A forwarded request's
+  response and its body are each limited by a
+  :class:`~gconnect.tunnel.shaping.Pacer` (:meth:`Usage.pacer`).
 * **Quotas**: the bytes a user moved, both ways, are added to the ``totals``
   tally under ``quota:USER:PERIOD`` (``2026-12-06`` or ``2026-12``, UTC), per
   user once a tick, never per read. :meth:`Usage.check_quota` refuses a new
@@ -37,7 +38,6 @@ from typing import Any
 from ..config import Config
 from ..errors import QuotaExceededError
 from ..state.tally import Tally
-from .movers import Half
 from .shaping import Limit, Pacer, Shaper
 
 log = logging.getLogger(__name__)
@@ -212,14 +212,14 @@ class Usage:
         if not (limits or self.accounting or (user is not None and self.quota_of(user))):
             return
         self.metered[tunnel] = Meter(user)
-        if limits and isinstance(relay.up, Half):
-            # HTTP/2 streams have no movers to limit: they are metered only.
+        if limits:
             self.shaper.attach(tunnel, (relay.up, relay.down), limits)
 
-    def pacer(self, user: str | None, identity: Any, who: str) -> Pacer | None:
-        """The download limit of a forwarded request's response; None if none applies."""
+    def pacer(self, user: str | None, identity: Any, who: str, *, up: bool = False) -> Pacer | None:
+        """The download limit of a forwarded request's response (*up*: the upload
+        limit of its body); None if none applies."""
         limits = self.limits_for(user, identity.group if identity is not None else None, who)
-        return self.shaper.pacer(limits) if limits else None
+        return self.shaper.pacer(limits, up=up) if limits else None
 
     def closed(self, record: Any) -> None:
         """A tunnel is done: count what it moved since the last tick."""

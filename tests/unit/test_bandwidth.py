@@ -20,7 +20,7 @@ from gconnect.ops.accounting import AccountingRecords
 from gconnect.ops.paramtypes import parse_bytes
 from gconnect.state.tally import LocalTally
 from gconnect.tunnel.bucket import TokenBucket
-from gconnect.tunnel.movers import CopyMover, Half
+from gconnect.tunnel.movers import CopyMover, Direction, Half
 from gconnect.tunnel.shaping import Limit, Shaper, Throttle
 from gconnect.tunnel.usage import Usage, limit, period
 
@@ -166,6 +166,21 @@ def test_one_process_gets_the_whole_rate_and_tunnels_share_one_bucket():
     shaper.detach("t1")
     shaper.detach("t2")
     assert gauges.total("bw:user:alice") == 0
+
+
+def test_directions_without_movers_get_throttles_their_relay_consults():
+    # An HTTP/2 stream's relay: Directions, no movers to replace.
+    shaper = Shaper(LocalTally(), Loop(), 0.0)
+    up, down = Direction("client", "upstream", None), Direction("upstream", "client", None)
+    shaper.attach("s1", (up, down), [("bw:user:alice", Limit(2000, 2000))])
+    assert not hasattr(up, "mover") and up.throttle.allowance(100.0) == 0
+    assert down.throttle.need == 20  # 10 ms of the rate
+    shaper.loop.time += 0.5
+    assert up.throttle.allowance(shaper.loop.now()) == down.throttle.allowance(shaper.loop.now()) == 1000
+    shaper.reconfigure(lambda key: Limit(4000, 4000))
+    assert down.throttle.need == 40
+    shaper.detach("s1")
+    assert not shaper.buckets
 
 
 def test_a_throttle_waits_for_a_useful_read():

@@ -32,9 +32,11 @@ CLIENT_RECV_BYTES = 64 * 1024
 class ClientStream(Protocol):
     """The client's connection, as forwarding uses it."""
 
-    def recv_nowait(self) -> bytes:
+    def recv_nowait(self, size: int = 0) -> bytes:
         """What the client sent (plaintext), b"" at EOF; BlockingIOError if
-        nothing has arrived yet."""
+        nothing has arrived yet. *size* (0: no cap), a bandwidth limit's
+        allowance, caps what is read from the socket when the implementation
+        reads one (a TLS record or an HTTP/2 frame already read may exceed it)."""
 
     def client_reader(self) -> Any:
         """The read watcher to wait on when :meth:`recv_nowait` would block."""
@@ -56,9 +58,11 @@ class ConnectionStream:
         #: How the connection's side answers a refusal (HTTP/1.1's error response).
         self._refuse = refuse
 
-    def recv_nowait(self) -> bytes:
+    def recv_nowait(self, size: int = 0) -> bytes:
         conn = self.conn
-        return conn.tls.recv() if conn.tls is not None else conn.sock.recv(CLIENT_RECV_BYTES)  # type: ignore[no-any-return]
+        if conn.tls is not None:
+            return conn.tls.recv(size) if size else conn.tls.recv()  # type: ignore[no-any-return]
+        return conn.sock.recv(min(size, CLIENT_RECV_BYTES) if size else CLIENT_RECV_BYTES)  # type: ignore[no-any-return]
 
     def client_reader(self) -> Any:
         return self.conn.reader()

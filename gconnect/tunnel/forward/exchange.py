@@ -190,11 +190,25 @@ class Exchange:
         return None
 
     def _pump_body(self, upstream: Upstream) -> ResponseHead | None:
-        """The rest of the request body, client to origin, until it ends or a final response comes."""
+        """The rest of the request body, client to origin, until it ends or a final response comes.
+        Under a bandwidth limit each read is what the user's up buckets allow, waited for."""
+        usage = self.ctx.services.usage
+        pacer = None
+        if usage is not None and not self.body.done:
+            pacer = usage.pacer(self.user, self.record.identity, self.ctx.who, up=True)
+            if pacer is not None:
+                pacer.take(self.body.received)  # what came with the head was not held back, but counts
+        try:
+            return self._pump_body_paced(upstream, pacer)
+        finally:
+            if pacer is not None:
+                pacer.close()
+
+    def _pump_body_paced(self, upstream: Upstream, pacer: Pacer | None) -> ResponseHead | None:
         client = self.client
         while not self.body.done:
             try:
-                data = client.recv_nowait()
+                data = client.recv_nowait() if pacer is None else client.recv_nowait(pacer.allowance())
             except BlockingIOError:
                 ready = wait_any([client.client_reader(), upstream.reader], self._seconds_left())
                 if ready < 0:
@@ -208,6 +222,8 @@ class Exchange:
                 data = b""
             if not data:
                 raise ClientClosedError("client closed the connection during the request body")
+            if pacer is not None:
+                pacer.take(len(data))
             out, self.leftover = self._feed_body(data)
             if out:
                 final = self._send_up(upstream, out)

@@ -222,7 +222,9 @@ class H2ForwardStream:
 
     # --- the ClientStream contract (for the exchange) ---------------------------------------
 
-    def recv_nowait(self) -> bytes:
+    def recv_nowait(self, size: int = 0) -> bytes:
+        # One DATA frame's payload whatever *size*: taking it gives its window back,
+        # so a limit that paces these calls paces the client.
         if self.malformed_error is not None:
             raise self.malformed_error
         if self.inbox:

@@ -6,7 +6,12 @@ only as the target takes them; the target is read only while the stream's
 send window and the connection's output buffer have room. Memory per stream is
 bounded: at most ``h2_window_bytes`` waiting for the target; toward the client
 nothing per stream (the connection's output buffer holds at most about two
-``chunk_bytes``). The deadlines, end reasons and half-close are every relay's
+``chunk_bytes``). Under a bandwidth limit (a throttle on a direction, from
+:meth:`~gconnect.tunnel.shaping.Shaper.attach`) the target is read no faster
+than the down buckets allow, its reader stopped on a timer meanwhile; and what
+the target took is given back to the client's window only as the up buckets
+allow, so the client waits, not the connection's reader, and the other streams
+flow. The deadlines, end reasons and half-close are every relay's
 (:class:`~gconnect.tunnel.deadlines.Deadlines`). :class:`StreamConnection` is
 what a stream (its side and its relay) uses of its connection.
 
@@ -32,6 +37,7 @@ from ..waiting import READ, WRITE
 if TYPE_CHECKING:
     from ..dial import Connection
     from ..services import TunnelServices
+    from ..shaping import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +101,8 @@ class StreamRelay(Deadlines):
     bytes_up = 0
     bytes_down = 0
     _unacked = 0
+    #: Under a limit: octets the target took, not yet given back to the client's window.
+    _owed = 0
 
     def __init__(
         self,
@@ -161,9 +169,15 @@ class StreamRelay(Deadlines):
             return
         up.nbytes += sent
         if sent == size:
-            self.session.ack(self.stream_id, flow_length)
+            if up.throttle is None:
+                self.session.ack(self.stream_id, flow_length)
+            else:
+                self._owe(flow_length)
             return
-        self.session.ack(self.stream_id, sent)
+        if up.throttle is None:
+            self.session.ack(self.stream_id, sent)
+        else:
+            self._owe(sent)
         up.pending = pending = bytearray()
         for part in parts:
             if sent < len(part):
@@ -208,12 +222,44 @@ class StreamRelay(Deadlines):
                 up.pending = None
                 up.writer.stop()
             self._unacked -= acked
-            self.session.ack(self.stream_id, acked)
+            if up.throttle is None:
+                self.session.ack(self.stream_id, acked)
+            else:
+                self._owe(acked)
             if up.pending is None and up.eof:
                 self._finish_up()
         except Exception:
             log.exception("h2 relay bug (stream %d, to upstream)", self.stream_id)
             self.end("error")
+
+    def _owe(self, flow_length: int) -> None:
+        """Under a limit: *flow_length* octets the target took, given back to the
+        client's window only as the up buckets allow, so the client sends no
+        faster than the limit while the connection's other streams flow."""
+        self._owed += flow_length
+        if self.up.throttle.timer is None:
+            self._pay_back()
+
+    def _pay_back(self) -> None:
+        throttle = self.up.throttle
+        throttle.cancel()
+        if self.end_reason:
+            return
+        now = self.loop.now()
+        owed = self._owed
+        paid = 0
+        while owed:
+            allow = min(throttle.allowance(now), owed)
+            if allow < min(throttle.need, owed):
+                break
+            throttle.take(allow)
+            owed -= allow
+            paid += allow
+        self._owed = owed
+        if paid:
+            self.session.ack(self.stream_id, paid)
+        if owed:
+            throttle.after(throttle.wait_seconds(now), self._pay_back)
 
     def _finish_up(self) -> None:
         try:
@@ -236,6 +282,11 @@ class StreamRelay(Deadlines):
         session = self.session
         down = self.down
         room = 0 if session.congested() else session.send_window(self.stream_id)
+        throttle = down.throttle
+        if throttle is not None and room > 0:
+            room = self._allowance(throttle, room)
+            if not room:
+                return
         if room <= 0:
             # Back-pressure: the client has no window for us, or its socket is full.
             down.reader.stop()
@@ -259,10 +310,22 @@ class StreamRelay(Deadlines):
             self.side_done("upstream")
             return
         down.nbytes += n
+        if throttle is not None:
+            throttle.take(n)
         self.touch()
         if not self.first_byte_at:
             self.first_byte_at = time.monotonic()
         session.send_read(self.stream_id, n)
+
+    def _allowance(self, throttle: Throttle, room: int) -> int:
+        """*room*, capped by what the down buckets allow; 0 (and the reader
+        stopped until the buckets refill, on the throttle's timer) if too little."""
+        now = self.loop.now()
+        allow = throttle.allowance(now)
+        if allow < throttle.need:
+            throttle.pause(self.down, now)
+            return 0
+        return min(room, allow)
 
     def resume(self) -> None:
         """The client opened its window, or the connection's output drained."""
