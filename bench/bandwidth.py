@@ -112,27 +112,46 @@ def read_for(sock: socket.socket, started: float, seconds: float, first: list[in
 def downloads(proxy: ProxyProcess, origin: int, count: int, rate: int, seconds: float) -> dict:
     """*count* parallel downloads by alice for *seconds*: rate, first second, proxy CPU per GB."""
     socks = [open_download(proxy, origin, "alice", 4 * rate * int(seconds)) for _ in range(count)]
+    before = cpu_seconds(proxy.pid)
+    moved, window, first = read_parallel(socks, seconds)
+    after = cpu_seconds(proxy.pid)
+    return {
+        "rate": moved / window,
+        "first_second": first,
+        "cpu_user_per_gb": (after[0] - before[0]) / moved * 1e9,
+        "cpu_system_per_gb": (after[1] - before[1]) / moved * 1e9,
+    }
+
+
+def read_parallel(socks: list[tuple[socket.socket, float]], seconds: float) -> tuple[int, float, int]:
+    """Each of *socks* (open_download's) read for *seconds* in a thread of its own, then closed:
+    the bytes moved, the window they moved in, and the bytes of each one's first second, summed."""
     # Each download is read for *seconds* from its GET; the GETs went out a moment apart.
     window = seconds + socks[-1][1] - socks[0][1]
-    before = cpu_seconds(proxy.pid)
     first: list[int] = []
-    totals = [0] * count
+    totals = [0] * len(socks)
     threads = [
         threading.Thread(target=lambda i=i: totals.__setitem__(i, read_for(*socks[i], seconds, first)))
-        for i in range(count)
+        for i in range(len(socks))
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    after = cpu_seconds(proxy.pid)
-    moved = sum(totals)
-    return {
-        "rate": moved / window,
-        "first_second": sum(first),
-        "cpu_user_per_gb": (after[0] - before[0]) / moved * 1e9,
-        "cpu_system_per_gb": (after[1] - before[1]) / moved * 1e9,
-    }
+    return sum(totals), window, sum(first)
+
+
+def write_htpasswd(work: Path) -> None:
+    """*work*/htpasswd with USERS (bcrypt at its cheapest cost: the benches measure tunnels, not logins)."""
+    (work / "htpasswd").write_text(
+        "".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}\n" for u, p in USERS.items())
+    )
+
+
+def start_origin() -> tuple[int, subprocess.Popen]:
+    """ORIGIN in a process of its own (on this process's CPUs): its port, and the process."""
+    port = free_port()
+    return port, subprocess.Popen([sys.executable, "-c", ORIGIN, str(port)])
 
 
 def bulk(proxy: ProxyProcess, origin: int, user: str, size: int) -> dict:
@@ -190,13 +209,10 @@ def main() -> None:
     rate, seconds, size = parse_bytes(options.rate), options.seconds, options.bulk_mib << 20
     pin_to([1])()  # the clients, and the origin started below
     work = Path(tempfile.mkdtemp(prefix="gconnect-bandwidth-"))
-    (work / "htpasswd").write_text(
-        "".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}\n" for u, p in USERS.items())
-    )
+    write_htpasswd(work)
     (work / "limited.toml").write_text(f"[users.alice]\nrate-per-user = {rate}\n")
     (work / "fast.toml").write_text(f"[users.alice]\nrate-per-user = {100 * rate}\n")
-    port = free_port()
-    origin = subprocess.Popen([sys.executable, "-c", ORIGIN, str(port)])
+    port, origin = start_origin()
     time.sleep(0.5)
     cleanup: list[Path] = []
     figures: dict = {"rate": rate, "burst": rate, "seconds": seconds, "repeat": options.repeat}

@@ -23,15 +23,11 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import bcrypt
-
-from bench.bandwidth import ORIGIN, USERS, median, open_download, read_for, start
+from bench.bandwidth import median, open_download, read_parallel, start, start_origin, write_htpasswd
 from gconnect.ops.paramtypes import parse_bytes
 from gconnect.testing import procfs
 from gconnect.testing.connections import client_ports_held_by
@@ -44,23 +40,13 @@ def downloads(proxies: list[ProxyProcess], origin: int, count: int, rate: int, s
     """*count* parallel downloads by alice, dealt round the *proxies*, for *seconds*:
     the total rate, the first second, and the tunnels each worker process held."""
     socks = [open_download(proxies[i % len(proxies)], origin, "alice", 4 * rate * int(seconds)) for i in range(count)]
-    window = seconds + socks[-1][1] - socks[0][1]
     held = sorted(
         len(client_ports_held_by(pid, proxy.port))
         for proxy in proxies
         for pid in (procfs.children(proxy.pid) or [proxy.pid])
     )
-    first: list[int] = []
-    totals = [0] * count
-    threads = [
-        threading.Thread(target=lambda i=i: totals.__setitem__(i, read_for(*socks[i], seconds, first)))
-        for i in range(count)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return {"rate": sum(totals) / window, "first_second": sum(first), "held": held}
+    moved, window, first = read_parallel(socks, seconds)
+    return {"rate": moved / window, "first_second": first, "held": held}
 
 
 class Redis:
@@ -122,11 +108,8 @@ def main() -> None:
     rate, seconds = parse_bytes(options.rate), options.seconds
     pin_to([1])()  # the clients, and the origin and redis-server started below
     work = Path(tempfile.mkdtemp(prefix="gconnect-bandwidth-shared-"))
-    (work / "htpasswd").write_text(
-        "".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}\n" for u, p in USERS.items())
-    )
-    port = free_port()
-    origin = subprocess.Popen([sys.executable, "-c", ORIGIN, str(port)])
+    write_htpasswd(work)
+    port, origin = start_origin()
     redis = Redis(work)
     figures: dict = {"rate": rate, "burst": rate, "seconds": seconds, "repeat": options.repeat}
     figures["period"] = options.period

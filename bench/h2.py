@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import socket
 import ssl
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,9 +30,9 @@ from pathlib import Path
 import h2.config
 import h2.connection
 import h2.events
-import trustme
 from h2.settings import SettingCodes
 
+from bench.tlsproxy import tls_files, write_results
 from gconnect.testing.process import ProxyProcess
 from gconnect.testing.procfs import tree_cpu_split
 from gconnect.tunnel.h2.frames import DataRun, FrameReader, data_frames, window_update
@@ -283,19 +281,13 @@ def bulk_round(
 
 def run(rounds: int, mib: int) -> dict:
     os.sched_setaffinity(0, {1})
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    tmp = Path(tempfile.mkdtemp())
-    cert.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp / "key.pem"))
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
+    pem, context = tls_files()
     size = mib * 1024 * 1024
     targets = (Target("idle"), Target("source", size), Target("sink", size))
     samples: dict[str, list[dict]] = {
         kind: [] for kind in ("open_h2", "open_h1", "bulk_h2", "bulk_h1", "up_h2", "up_h1")
     }
-    with start_proxy(str(tmp / "cert.pem"), str(tmp / "key.pem")) as proxy:
+    with start_proxy(*pem) as proxy:
         for _ in range(rounds):
             for kind, sample in one_round(proxy.pid, proxy.port, context, targets, mib).items():
                 samples[kind].append(sample)
@@ -359,10 +351,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     result = run(args.rounds, args.mib)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "h2.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "h2.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, "h2", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -12,42 +12,29 @@ kinds alternating within each round. Writes ``h2-bulk-cpu.json`` and ``.md`` to 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import ssl
 import statistics
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-import trustme
-
 from bench.h2 import RESULTS, Target, bulk_round, start_proxy
 from bench.harness.trees import extract
+from bench.tlsproxy import tls_files, tree_commit, tree_options, write_results
 
 KINDS = ("bulk_h2", "bulk_h1", "up_h2", "up_h1")
 
 
 def run(rounds: int, mib: int, baseline: str | None) -> dict:
     os.sched_setaffinity(0, {1})
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    tmp = Path(tempfile.mkdtemp())
-    cert.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp / "key.pem"))
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
+    pem, context = tls_files()
     size = mib * 1024 * 1024
     targets = (Target("source", size), Target("sink", size))
-    pem = (str(tmp / "cert.pem"), str(tmp / "key.pem"))
     proxies = {"this tree": start_proxy(*pem)}
     tree = extract(baseline) if baseline else None
     try:
         if tree is not None:
-            # cwd and PYTHONPATH: python -m puts the working directory first on sys.path.
-            proxies[f"gconnect-base {baseline}"] = start_proxy(*pem, cwd=tree, env={"PYTHONPATH": str(tree)})
+            proxies[f"gconnect-base {baseline}"] = start_proxy(*pem, **tree_options(tree))
         samples: dict[str, dict[str, list[dict]]] = {name: {kind: [] for kind in KINDS} for name in proxies}
         for _ in range(rounds):
             for name, proxy in proxies.items():
@@ -62,12 +49,6 @@ def run(rounds: int, mib: int, baseline: str | None) -> dict:
     result = summarise(samples, mib, rounds)
     result["tree"] = tree_commit()
     return result
-
-
-def tree_commit() -> str:
-    """This tree's commit (and whether it has changes not committed)."""
-    done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=30)
-    return done.stdout.strip() or "unknown"
 
 
 def summarise(samples: dict[str, dict[str, list[dict]]], mib: int, rounds: int) -> dict:
@@ -119,10 +100,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     result = run(args.rounds, args.mib, args.baseline)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "h2-bulk-cpu.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "h2-bulk-cpu.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, "h2-bulk-cpu", result, markdown(result))
 
 
 if __name__ == "__main__":

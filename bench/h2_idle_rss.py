@@ -17,19 +17,15 @@ connection, in KiB. Each kind has a proxy of its own. Writes ``h2-idle-rss.json`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import ssl
-import tempfile
 import time
 from pathlib import Path
 
-import trustme
-
 from bench.h2 import RESULTS, H2Tunnels, Target, start_proxy
-from bench.h2_bulk import tree_commit
 from bench.harness.trees import extract
+from bench.tlsproxy import tls_files, tree_commit, tree_options, write_results
 from gconnect.testing.procfs import tree_rss_kib
 
 KINDS = ("short", "upload", "download")
@@ -82,22 +78,14 @@ def measure(port: int, pid: int, context: ssl.SSLContext, kind: str, count: int,
 
 def run(count: int, mib: int, baselines: list[str]) -> dict:
     os.sched_setaffinity(0, {1})
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    tmp = Path(tempfile.mkdtemp())
-    cert.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp / "key.pem"))
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    pem = (str(tmp / "cert.pem"), str(tmp / "key.pem"))
+    pem, context = tls_files()
     trees = {"this tree": None} | {f"gconnect-base {commit}": extract(commit) for commit in baselines}
     result: dict = {"connections": count, "mib": mib, "tree": tree_commit(), "proxies": {}}
     try:
         for name, tree in trees.items():
             figures = result["proxies"][name] = {}
             for kind in KINDS:
-                extra = {} if tree is None else {"cwd": tree, "env": {"PYTHONPATH": str(tree)}}
-                with start_proxy(*pem, **extra) as proxy:
+                with start_proxy(*pem, **tree_options(tree)) as proxy:
                     figures[kind] = measure(proxy.port, proxy.pid, context, kind, count, mib * 1024 * 1024)
                 print(name, kind, figures[kind], flush=True)
     finally:
@@ -131,10 +119,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     result = run(args.connections, args.mib, args.baseline)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "h2-idle-rss.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "h2-idle-rss.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, "h2-idle-rss", result, markdown(result))
 
 
 if __name__ == "__main__":

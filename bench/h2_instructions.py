@@ -15,7 +15,6 @@ to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -25,10 +24,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import trustme
-
 from bench.h2 import RESULTS, Target, bulk_round, start_proxy
 from bench.harness.trees import extract
+from bench.tlsproxy import tls_files, tree_commit, tree_options, write_results
 
 from .instructions import START_UNDER_VALGRIND_S
 
@@ -62,8 +60,7 @@ def one_tree(root: Path | None, pem: tuple[str, str], context: ssl.SSLContext, m
     """Instructions per MiB of each kind through the gconnect of *root* (None: this tree)."""
     work_dir = Path(tempfile.mkdtemp(prefix="gconnect-h2-callgrind-"))
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={work_dir}/callgrind.out"]
-    tree: dict = {"cwd": root, "env": {"PYTHONPATH": str(root)}} if root is not None else {}
-    proxy = start_proxy(*pem, prefix=valgrind, start_timeout=START_UNDER_VALGRIND_S, **tree)
+    proxy = start_proxy(*pem, prefix=valgrind, start_timeout=START_UNDER_VALGRIND_S, **tree_options(root))
     try:
         warm = (Target("source", 1 << 20), Target("sink", 1 << 20))
         bulk_round(proxy.pid, proxy.port, context, warm, 1 << 20)  # first-use imports and caches: not counted
@@ -81,16 +78,8 @@ def one_tree(root: Path | None, pem: tuple[str, str], context: ssl.SSLContext, m
 
 
 def run(mib: int, baseline: str | None) -> dict:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    tmp = Path(tempfile.mkdtemp())
-    cert.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp / "key.pem"))
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    pem = (str(tmp / "cert.pem"), str(tmp / "key.pem"))
-    described = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=30)
-    result: dict = {"mib": mib, "trees": {f"this tree {described.stdout.strip()}": one_tree(None, pem, context, mib)}}
+    pem, context = tls_files()
+    result: dict = {"mib": mib, "trees": {f"this tree {tree_commit()}": one_tree(None, pem, context, mib)}}
     if baseline:
         root = extract(baseline)
         try:
@@ -125,10 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     os.sched_setaffinity(0, {1})
     result = run(args.mib, args.baseline)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "h2-bulk-instructions.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "h2-bulk-instructions.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, "h2-bulk-instructions", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -52,6 +52,18 @@ def curl(proxy, user: str | None, url: str, timeout: float = 30) -> subprocess.C
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 10)
 
 
+def curl_heads(proxy, user: str, url: str) -> str:
+    """The heads curl gets for *url* through *proxy* as *user* (password pw): the answer to CONNECT first."""
+    proxy_url = f"http://{user}:pw@{proxy.host}:{proxy.port}"
+    result = subprocess.run(
+        ["curl", "-sS", "-p", "-D", "-", "-o", "/dev/null", "--max-time", "10", "-x", proxy_url, url],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    return result.stdout
+
+
 def speed(result: subprocess.CompletedProcess) -> float:
     assert result.returncode == 0, result.stderr
     status, value = result.stdout.split()
@@ -102,16 +114,9 @@ def test_quota_runs_out_on_the_third_download(start_proxy, htpasswd, origin):
     for n in range(2):
         speed(curl(proxy, "alice", url))
         wait_until(lambda n=n: len([line for line in proxy.access_lines() if "status=200" in line]) == n + 1)
-    proxy_url = f"http://alice:pw@{proxy.host}:{proxy.port}"
-    result = subprocess.run(
-        ["curl", "-sS", "-p", "-D", "-", "-o", "/dev/null", "--max-time", "10", "-x", proxy_url, url],
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
-    head = result.stdout.lower()
-    assert head.startswith("http/1.1 429 "), result.stdout
-    headers = dict(line.split(": ", 1) for line in result.stdout.splitlines()[1:] if ": " in line)
+    heads = curl_heads(proxy, "alice", url)
+    assert heads.lower().startswith("http/1.1 429 "), heads
+    headers = dict(line.split(": ", 1) for line in heads.splitlines()[1:] if ": " in line)
     assert 0 < int(headers["Retry-After"]) <= 86_400
     assert proxy_status_error(headers["Proxy-Status"]) == "http_request_denied"
     assert "quota" in headers["Proxy-Status"] and "alice" in headers["Proxy-Status"]

@@ -22,7 +22,7 @@ from gconnect.testing.process import free_port
 
 from ..conftest import connect_over, open_tunnel, read_head, recv_exactly, wait_until
 from .test_auth import auth_header
-from .test_bandwidth import bulk_handler
+from .test_bandwidth import bulk_handler, curl_heads
 from .test_metrics import metrics_url, scrape
 from .test_supervisor import upgrade
 
@@ -361,14 +361,7 @@ def bulk(upstream_factory):
 
 def first_line(proxy, user: str, url: str) -> str:
     """The status line curl gets for *url* through *proxy* as *user* (password pw)."""
-    proxy_url = f"http://{user}:pw@{proxy.host}:{proxy.port}"
-    result = subprocess.run(
-        ["curl", "-sS", "-p", "-D", "-", "-o", "/dev/null", "--max-time", "10", "-x", proxy_url, url],
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
-    return result.stdout.split("\r\n", 1)[0]
+    return curl_heads(proxy, user, url).split("\r\n", 1)[0]
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

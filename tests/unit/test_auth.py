@@ -24,8 +24,8 @@ from gconnect.auth.htpasswd import (
 from gconnect.config import Config
 from gconnect.errors import AuthRateLimitedError, ProxyAuthFailedError, ProxyAuthMalformedError, ProxyAuthRequiredError
 from gconnect.ops.cli import main
-from gconnect.state.shared import SharedTally
-from gconnect.state.table import FIRST_WORKER_ROW, Region
+
+from .workers import two_workers
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -293,14 +293,9 @@ def test_failure_limiter_counts_a_sliding_minute_and_refunds():
 
 
 def test_failure_limiters_of_two_workers_share_one_count():
-    region = Region.create(4, 64, shared=True)
-    region.hand_out(FIRST_WORKER_ROW + 1)
     clock = FakeClock()
     clock.now = 600.0
-    one, two = (
-        FailureLimiter(4, clock=clock, totals=SharedTally(region, "totals", row))
-        for row in (FIRST_WORKER_ROW, FIRST_WORKER_ROW + 1)
-    )
+    one, two = (FailureLimiter(4, clock=clock, totals=totals) for totals in two_workers("totals"))
     one.take("10.0.0.1")
     two.take("10.0.0.1")
     one.take("10.0.0.1")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gconnect.errors import TooManyClientsError, TooManyClientsPerAddressError
-from gconnect.state.shared import SharedTally
-from gconnect.state.table import FIRST_WORKER_ROW, Region
 from gconnect.tunnel.limits import ClientLimits, client_key
+
+from .workers import two_workers
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -45,12 +45,7 @@ def test_client_limits_count_and_release():
 
 
 def test_the_per_address_limit_holds_across_workers_sharing_the_gauges():
-    region = Region.create(FIRST_WORKER_ROW + 2, 64, shared=True)
-    region.hand_out(FIRST_WORKER_ROW + 1)
-    one, two = (
-        ClientLimits(max_clients=10, max_clients_per_ip=3, gauges=SharedTally(region, "gauges", row))
-        for row in (FIRST_WORKER_ROW, FIRST_WORKER_ROW + 1)
-    )
+    one, two = (ClientLimits(max_clients=10, max_clients_per_ip=3, gauges=gauges) for gauges in two_workers("gauges"))
     one.admit("a")
     two.admit("a")
     one.admit("a")

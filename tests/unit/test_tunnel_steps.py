@@ -150,6 +150,13 @@ def services_for(recorder: Recorder, **settings: Any) -> TunnelServices:
     return TunnelServices.from_config(Config(**settings), observer=recorder)
 
 
+def open_to(target: socket.socket) -> tuple[Recorder, TunnelServices, int]:
+    """A recorder, services that let tunnels through to *target* (its port, on loopback), and the port."""
+    recorder = Recorder()
+    port = target.getsockname()[1]
+    return recorder, services_for(recorder, allow_port=((port, port),), allow_dest=LOOPBACK), port
+
+
 def run(tunnel: Tunnel) -> None:
     greenlet = tunnel.greenlet = gevent.spawn(tunnel.run)
     greenlet.join(timeout=10)
@@ -162,9 +169,7 @@ def request_for(port: int, host: str = "127.0.0.1", early: bytes = b"") -> Conne
 
 
 def test_a_tunnel_goes_through_every_step_and_leaves_through_close(target):
-    recorder = Recorder()
-    port = target.getsockname()[1]
-    services = services_for(recorder, allow_port=((port, port),), allow_dest=LOOPBACK)
+    recorder, services, port = open_to(target)
     side = ScriptedSide(request_for(port, early=b"hello"))
     tunnel = Tunnel(services, side)
     assert len(services.tunnels) == 1
@@ -185,9 +190,7 @@ def test_a_tunnel_goes_through_every_step_and_leaves_through_close(target):
 
 def test_a_closed_tunnel_is_freed_without_the_garbage_collector(target):
     # A tunnel per client: a reference cycle through it would wait for a collection.
-    recorder = Recorder()
-    port = target.getsockname()[1]
-    services = services_for(recorder, allow_port=((port, port),), allow_dest=LOOPBACK)
+    _, services, port = open_to(target)
     side = ScriptedSide(request_for(port))
     tunnel = Tunnel(services, side)
     run(tunnel)
@@ -324,9 +327,7 @@ def test_abort_while_the_refusal_lingers_still_closes_once(target):
 
 
 def test_abort_while_the_early_bytes_are_sent_closes_the_tunnel(target):
-    recorder = Recorder()
-    port = target.getsockname()[1]
-    services = services_for(recorder, allow_port=((port, port),), allow_dest=LOOPBACK)
+    recorder, services, port = open_to(target)
     side = HoldingSide(request_for(port, early=b"early"), hold_in="start_relay")
     tunnel = Tunnel(services, side)
     tunnel.start(gevent.get_hub(), at_once=False)
@@ -338,9 +339,7 @@ def test_abort_while_the_early_bytes_are_sent_closes_the_tunnel(target):
 
 
 def test_cancel_after_the_answer_changes_nothing(target):
-    recorder = Recorder()
-    port = target.getsockname()[1]
-    services = services_for(recorder, allow_port=((port, port),), allow_dest=LOOPBACK)
+    recorder, services, port = open_to(target)
     side = ScriptedSide(request_for(port))
     tunnel = Tunnel(services, side)
     run(tunnel)
