@@ -119,20 +119,22 @@ class TLSSession:
     def decrypt(self) -> tuple[bytes, bool]:
         """Every complete record's plaintext, and whether the client is done
         (close_notify, or EOF without it). Raises ssl.SSLError on a bad record."""
-        chunks = []
-        eof = False
+        chunks: list[bytes] = []
+        eof = self._read_records(chunks)
+        return b"".join(chunks), eof
+
+    def _read_records(self, chunks: list[bytes]) -> bool:
+        """Append every complete record's plaintext to *chunks*; whether the client is done."""
         try:
             while True:
                 chunk = self.ssl.read(_RECORD_BYTES)
                 if not chunk:  # close_notify (the ssl module returns b"")
-                    eof = True
-                    break
+                    return True
                 chunks.append(chunk)
         except ssl.SSLWantReadError:
-            pass
+            return False
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            eof = True
-        return b"".join(chunks), eof
+            return True
 
     def decrypt_from(self, ciphertext: memoryview) -> tuple[bytes, bool]:
         """As :meth:`decrypt`, first putting *ciphertext* into the session (EOF if
@@ -143,15 +145,12 @@ class TLSSession:
         if len(ciphertext) <= BIO_SLICE_BYTES:
             self.incoming.write(ciphertext)
             return self.decrypt()
-        pieces = []
-        eof = False
+        chunks: list[bytes] = []
         for at in range(0, len(ciphertext), BIO_SLICE_BYTES):
             self.incoming.write(ciphertext[at : at + BIO_SLICE_BYTES])
-            plain, eof = self.decrypt()
-            pieces.append(plain)
-            if eof:
-                break
-        return b"".join(pieces), eof
+            if self._read_records(chunks):
+                return b"".join(chunks), True
+        return b"".join(chunks), False
 
     def recv(self, size: int = TLS_RECV_BYTES) -> bytes:
         """Plaintext that has arrived (b"" at EOF), reading the socket only when
