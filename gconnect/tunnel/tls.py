@@ -119,20 +119,38 @@ class TLSSession:
     def decrypt(self) -> tuple[bytes, bool]:
         """Every complete record's plaintext, and whether the client is done
         (close_notify, or EOF without it). Raises ssl.SSLError on a bad record."""
-        chunks = []
-        eof = False
+        chunks: list[bytes] = []
+        eof = self._read_records(chunks)
+        return b"".join(chunks), eof
+
+    def _read_records(self, chunks: list[bytes]) -> bool:
+        """Append every complete record's plaintext to *chunks*; whether the client is done."""
         try:
             while True:
                 chunk = self.ssl.read(_RECORD_BYTES)
                 if not chunk:  # close_notify (the ssl module returns b"")
-                    eof = True
-                    break
+                    return True
                 chunks.append(chunk)
         except ssl.SSLWantReadError:
-            pass
+            return False
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            eof = True
-        return b"".join(chunks), eof
+            return True
+
+    def decrypt_from(self, ciphertext: memoryview) -> tuple[bytes, bool]:
+        """As :meth:`decrypt`, first putting *ciphertext* into the session (EOF if
+        it is empty) at most BIO_SLICE_BYTES at a time."""
+        if not ciphertext:
+            self.incoming.write_eof()
+            return self.decrypt()
+        if len(ciphertext) <= BIO_SLICE_BYTES:
+            self.incoming.write(ciphertext)
+            return self.decrypt()
+        chunks: list[bytes] = []
+        for at in range(0, len(ciphertext), BIO_SLICE_BYTES):
+            self.incoming.write(ciphertext[at : at + BIO_SLICE_BYTES])
+            if self._read_records(chunks):
+                return b"".join(chunks), True
+        return b"".join(chunks), False
 
     def recv(self, size: int = TLS_RECV_BYTES) -> bytes:
         """Plaintext that has arrived (b"" at EOF), reading the socket only when
@@ -230,6 +248,26 @@ class TLSSession:
         return self.outgoing.read()
 
 
+def send_parts(half: Half, parts: list[bytes]) -> None:
+    """One write of *parts* (one ``sendmsg``) to ``half.dst``; what the socket
+    does not take becomes ``half.pending``, joined (the socket is full: rare)."""
+    size = sum(map(len, parts))
+    try:
+        sent = half.dst.sendmsg(parts) if len(parts) > 1 else half.dst.send(parts[0])
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        raise Reset(half.peer) from exc
+    if sent < size:
+        rest = bytearray()
+        for part in parts:
+            if sent < len(part):
+                rest += memoryview(part)[sent:]
+            sent = max(0, sent - len(part))
+        half.pending = memoryview(rest)
+        half.blocked = True
+
+
 class DecryptMover(CopyMover):
     """client (TLS) -> upstream: ciphertext in, plaintext out."""
 
@@ -241,12 +279,8 @@ class DecryptMover(CopyMover):
             return 0
         except OSError as exc:
             raise Reset(half.name) from exc
-        if n:
-            session.incoming.write(self.view[:n])
-        else:
-            session.incoming.write_eof()
         try:
-            plain, eof = session.decrypt()
+            plain, eof = session.decrypt_from(self.view[:n])
         except ssl.SSLError as exc:
             raise Reset(half.name) from exc  # a forged or corrupt record
         if plain:
@@ -273,12 +307,8 @@ class EncryptMover(CopyMover):
         if n == 0:
             half.eof = True
             return 0
-        records = half.tls.encrypt(self.view[:n])
         half.nbytes += n  # plaintext, as for a plain tunnel
-        sent = send_some(half, records)
-        if sent < len(records):
-            half.pending = memoryview(records)[sent:]
-            half.blocked = True
+        send_parts(half, half.tls.encrypt_parts(self.view[:n]))
         return n
 
     def flush(self, half: Half) -> int:

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from gconnect.testing.procfs import tree_rss_kib
+
 from ..conftest import connect_over, echo_in_one_thread, recv_all, recv_exactly, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -229,3 +231,29 @@ def test_handshake_and_head_share_one_deadline(start_tls_proxy, client_context):
     sock.close()
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert 1.1 < elapsed < 1.7, elapsed  # one 1.2 s deadline, not 0.8 + 1.2
+
+
+#: Idle tunnels for the RSS bound, and what each may keep after bulk (its TLS session
+#: and the session's memory BIOs, which keep the largest size they ever held): a
+#: session fed whole 512 KiB reads kept about 1 MiB.
+IDLE_TUNNELS = 24
+IDLE_KIB_PER_TUNNEL = 400
+
+
+def test_an_idle_tunnel_after_bulk_keeps_no_large_buffer(start_tls_proxy, client_context, echo):
+    proxy = start_tls_proxy()
+    data = os.urandom(2 * 1024 * 1024)
+
+    def used_once() -> ssl.SSLSocket:
+        sock = tls_tunnel(proxy, client_context, echo.target)
+        assert echo_in_one_thread(sock, data) == data  # both ways, in full reads
+        return sock
+
+    used_once().close()  # the process's own buffers, imports and caches
+    proxy.wait_access(f"target={echo.target}")
+    before = tree_rss_kib(proxy.pid)
+    tunnels = [used_once() for _ in range(IDLE_TUNNELS)]
+    grown = tree_rss_kib(proxy.pid) - before
+    for sock in tunnels:
+        sock.close()
+    assert grown < IDLE_TUNNELS * IDLE_KIB_PER_TUNNEL, f"{grown / IDLE_TUNNELS:.0f} KiB a tunnel"
