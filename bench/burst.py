@@ -78,6 +78,7 @@ VARIANTS = {
     "gconnect-turn1m": ["--turn-budget-bytes", str(1024 * 1024)],
     "gconnect-turn2m": ["--turn-budget-bytes", str(2048 * 1024)],
     "gconnect-turn4m": ["--turn-budget-bytes", str(4096 * 1024)],
+    "gconnect-turn8m": ["--turn-budget-bytes", str(8192 * 1024)],
     "gconnect-auto": ["--relay", "auto"],
     "gconnect-splice": ["--relay", "splice"],
     "gconnect-copy": ["--relay", "copy"],
