@@ -17,44 +17,27 @@ and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import socket
 import ssl
-import tempfile
-import threading
 from pathlib import Path
 
-import trustme
-
-from bench.h2 import RESULTS, h1_tunnel, start_proxy
-from bench.h2_bulk import tree_commit
+from bench.h2 import CHUNK, RESULTS, Target, h1_tunnel, start_proxy
 from bench.h2_idle_rss import settled_rss
 from bench.harness.trees import extract
+from bench.tlsproxy import tls_files, tree_commit, tree_options, write_results
 
 KINDS = ("echo", "bulk")
 ECHO_BYTES = 16
-CHUNK = 256 * 1024
 
 
-class EchoTarget:
-    """A loopback server in a thread: each connection reads *size* bytes, sends as many
-    back, then holds the connection until EOF."""
+class EchoTarget(Target):
+    """bench/h2.py's loopback server, serving an echo: each connection reads *size*
+    bytes, sends as many back, then holds the connection until EOF."""
 
     def __init__(self, size: int) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=512)
-        self.port = self.sock.getsockname()[1]
-        self.size = size
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__("echo", size)
 
     def _serve(self, conn: socket.socket) -> None:
         block = b"\1" * CHUNK
@@ -102,14 +85,7 @@ def measure(port: int, pid: int, context: ssl.SSLContext, size: int, count: int)
 
 def run(count: int, mib: int, baselines: list[str]) -> dict:
     os.sched_setaffinity(0, {1})
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    tmp = Path(tempfile.mkdtemp())
-    cert.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp / "key.pem"))
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    pem = (str(tmp / "cert.pem"), str(tmp / "key.pem"))
+    pem, context = tls_files()
     sizes = {"echo": ECHO_BYTES, "bulk": mib * 1024 * 1024}
     trees = {"this tree": None} | {f"gconnect-base {commit}": extract(commit) for commit in baselines}
     result: dict = {"tunnels": count, "mib": mib, "tree": tree_commit(), "proxies": {}}
@@ -117,8 +93,7 @@ def run(count: int, mib: int, baselines: list[str]) -> dict:
         for name, tree in trees.items():
             figures = result["proxies"][name] = {}
             for kind in KINDS:
-                extra = {} if tree is None else {"cwd": tree, "env": {"PYTHONPATH": str(tree)}}
-                with start_proxy(*pem, **extra) as proxy:
+                with start_proxy(*pem, **tree_options(tree)) as proxy:
                     figures[kind] = measure(proxy.port, proxy.pid, context, sizes[kind], count)
                 print(name, kind, figures[kind], flush=True)
     finally:
@@ -152,10 +127,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     result = run(args.tunnels, args.mib, args.baseline)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tls-idle-rss.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "tls-idle-rss.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, "tls-idle-rss", result, markdown(result))
 
 
 if __name__ == "__main__":

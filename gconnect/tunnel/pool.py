@@ -135,12 +135,7 @@ class Pool:
         ``CONNECT`` would, which counts toward the parent's health the same way."""
         loop = get_hub().loop
         deadline = loop.now() + connect_timeout
-        order = self.order(host)
-        now = loop.now()
-        tries = [parent for parent in order if parent.usable(now)]
-        last_resort = not tries
-        if last_resort:
-            tries = order
+        tries, last_resort = self._tries(host, loop.now())
         error: GConnectError = OutboundTimeoutError(f"no parent of pool {self.name} answered in time")
         for index, parent in enumerate(tries):
             # The first try's share is exact: its message names the figure configured.
@@ -176,6 +171,13 @@ class Pool:
             self._healthy(parent, "a tunnel got through")
             return connection, parent
         raise error
+
+    def _tries(self, host: str, now: float) -> tuple[list[Parent], bool]:
+        """The parents to try, in order: the usable ones, or, if none is, every one as
+        a last resort (then the second value is True)."""
+        order = self.order(host)
+        tries = [parent for parent in order if parent.usable(now)]
+        return (tries, False) if tries else (order, True)
 
     def _failed(self, parent: Parent, exc: OutboundError) -> str:
         """Count a failed attempt; return its outcome."""

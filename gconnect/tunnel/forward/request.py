@@ -16,6 +16,7 @@ from socket import AF_INET6
 
 import httptools
 
+from ...config import hostport
 from ...errors import (
     HeadTooLargeError,
     MalformedRequestError,
@@ -72,7 +73,7 @@ class ForwardRequest:
     @property
     def target(self) -> str:
         """``host:port`` with brackets around an IPv6 address."""
-        return f"[{self.host}]:{self.port}" if self.family == AF_INET6 else f"{self.host}:{self.port}"
+        return hostport(self.host, self.port)
 
     @property
     def authority(self) -> str:
