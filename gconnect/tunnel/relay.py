@@ -49,7 +49,8 @@ from .waiting import READ, WRITE
 
 log = logging.getLogger(__name__)
 
-_LINGER_ABORT = struct.pack("ii", 1, 0)
+#: SO_LINGER on, 0 s: close() then sends a reset, passing on the other side's reset.
+LINGER_ABORT = struct.pack("ii", 1, 0)
 _epoll = get_original("select", "epoll")
 
 
@@ -219,7 +220,7 @@ class Relay(Deadlines):
     def _end_reset(self, side: str) -> None:
         survivor = self.down.src if side == "client" else self.up.src
         try:
-            survivor.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, _LINGER_ABORT)
+            survivor.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, LINGER_ABORT)
         except OSError:
             pass
         self.end(f"{side}_reset")

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import _socket
 import logging
-import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..deadlines import Deadlines, RelayLimits
 from ..movers import Direction
-from ..relay import HangupWatch
+from ..relay import LINGER_ABORT, HangupWatch
 from ..waiting import READ, WRITE
 
 if TYPE_CHECKING:
@@ -40,8 +39,6 @@ if TYPE_CHECKING:
     from ..shaping import Throttle
 
 log = logging.getLogger(__name__)
-
-_LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
 class StreamConnection(Protocol):
@@ -198,7 +195,7 @@ class StreamRelay(Deadlines):
     def client_reset(self) -> None:
         """RST_STREAM from the client: passed on to the target as a reset."""
         try:
-            self.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, _LINGER_ABORT)
+            self.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, LINGER_ABORT)
         except OSError:
             pass
         self.end("client_reset")

@@ -19,7 +19,6 @@ libev callbacks once started and the session's greenlet feeds it DATA;
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +33,6 @@ if TYPE_CHECKING:
     from ..tunnel import Tunnel
 
 log = logging.getLogger(__name__)
-
-_LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
 class H2StreamSide:
