@@ -314,9 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                 except TargetUnavailable as exc:
                     results["targets"][name] = {"skipped": str(exc)}
             if args.realtime:
-                assert lg.server_pid is not None
-                for pid in [lg.server_pid] + [s.probe.pid for s in subjects]:
-                    os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(1))
+                _set_fifo([s.probe.pid for s in subjects], True)
             run_rounds(subjects, lg, ports, hole, args)
             for subject in subjects:
                 entry = {"idle": subject.idle, "burst": subject.burst}
@@ -341,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_rounds(subjects: list[Subject], lg: LoadGen, ports, hole: Blackhole, args) -> None:
     """Every repetition visits every target in turn, so the machine's noise falls on all of them alike."""
     sink = hole.target if args.sink == "blackhole" else ports.target("sink")
+    if args.realtime:
+        _set_fifo([lg.server_pid], True)
     for rep in range(args.reps):
         for subject in subjects:
             print(f"[burst] rep {rep + 1}/{args.reps} {subject.name}", file=sys.stderr, flush=True)
@@ -349,10 +349,21 @@ def run_rounds(subjects: list[Subject], lg: LoadGen, ports, hole: Blackhole, arg
             for open_loop in modes if rep % 2 == 0 else modes[::-1]:
                 burst_once(lg, subject, sink, args, hole, open_loop)
     if args.bulk:
+        # The server is also the bulk uploads' sink: at SCHED_FIFO it would change how a reader on the
+        # load core shares it with the uploader, and so the figures earlier runs give.
+        _set_fifo([lg.server_pid], False)
         for _ in range(args.reps):
             for conns in args.bulk_conns:
                 for subject in subjects:
                     bulk_once(lg, subject, ports.target("sink"), conns)
+
+
+def _set_fifo(pids: list[int | None], fifo: bool) -> None:
+    """SCHED_FIFO (priority 1) for these processes, or back to the default policy."""
+    policy, param = (os.SCHED_FIFO, os.sched_param(1)) if fifo else (os.SCHED_OTHER, os.sched_param(0))
+    for pid in pids:
+        if pid:  # never 0: that would be this process
+            os.sched_setscheduler(pid, policy, param)
 
 
 def start_target(name: str, env: Environment, lg: LoadGen, ports, workdir: Path, stack: ExitStack) -> Subject:
