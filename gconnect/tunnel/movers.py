@@ -89,9 +89,6 @@ class Direction:
     tls: Any = None
     #: A bandwidth limit's state (shaping.Throttle); None: unlimited.
     throttle: Any = None
-    #: No read yet, or the last one drained the source (relay.INTERACTIVE_READ_BYTES): the
-    #: relay runs its reader first in a turn of the loop.
-    interactive = True
 
     def __init__(self, name: str, peer: str, src: Any) -> None:
         self.name = name

@@ -52,13 +52,6 @@ log = logging.getLogger(__name__)
 #: SO_LINGER on, 0 s: close() then sends a reset, passing on the other side's reset.
 LINGER_ABORT = struct.pack("ii", 1, 0)
 _epoll = get_original("select", "epoll")
-#: A read this short found its socket drained (every read asks for at least this much:
-#: movers.ReadSize's floor), as an interactive exchange's do and bulk's do not. A
-#: direction's reader runs at INTERACTIVE_PRIORITY from the start until a read of this
-#: size or more, and again after a shorter one.
-INTERACTIVE_READ_BYTES = 4096
-#: libev's priorities run from -2 to 2; the default is 0.
-INTERACTIVE_PRIORITY = 1
 
 
 class Relay(Deadlines):
@@ -135,13 +128,10 @@ class Relay(Deadlines):
         reader = down.reader
         if reader is None:
             reader = down.reader = loop.io(down.src.fileno(), READ)
-        # Set while stopped (libev's rule), so a short tunnel never restarts a watcher for it.
-        reader.priority = INTERACTIVE_PRIORITY
         reader.start(self._on_readable, down)
         reader = up.reader
         if reader is None:
             reader = up.reader = loop.io(up.src.fileno(), READ)
-        reader.priority = INTERACTIVE_PRIORITY
         if client_eof:
             up.eof = True
             self._finish(up)
@@ -156,13 +146,10 @@ class Relay(Deadlines):
 
     def _on_readable(self, half: Half) -> None:
         try:
-            n = half.mover.pump(half)
-            if n:
+            if half.mover.pump(half):
                 self._last_activity = self.loop.now()  # touch(), inline: once per wake-up
                 if not self.first_byte_at and half is self.down:
                     self.first_byte_at = time.monotonic()
-                if (n < INTERACTIVE_READ_BYTES) is not half.interactive:
-                    self._set_interactive(half, not half.interactive)
             if half.blocked:
                 self._wait_writable(half)
             elif half.eof:
@@ -206,18 +193,6 @@ class Relay(Deadlines):
             self.half_closed(half.name)
 
     # --- state -----------------------------------------------------------------------
-
-    def _set_interactive(self, half: Half, interactive: bool) -> None:
-        # libev runs a turn's pending watchers highest priority first: an interactive
-        # direction's next wake-up then waits only for the turn under way, not also for
-        # the bulk reads queued with it in the next. libev sets a priority on a stopped
-        # watcher only; the reader is running (this is its callback) and goes on, which
-        # costs no system call (libev sees the same events on the descriptor).
-        half.interactive = interactive
-        reader = half.reader
-        reader.stop()
-        reader.priority = INTERACTIVE_PRIORITY if interactive else 0
-        reader.start(self._on_readable, half)
 
     def _wait_writable(self, half: Half) -> None:
         # Back-pressure: stop reading this direction until dst drains.
