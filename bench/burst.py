@@ -25,6 +25,21 @@ as well as the whole burst ("overall"). ``--bulk`` adds, per target, one
 tunnel's upload into loadgen's sink with the proxy's user and system CPU per
 GB from /proc: what a smaller read costs when a tunnel is alone.
 
+The probe is closed-loop: one echo at a time, the next sent when the last
+came back, so a 35 ms stall costs it one sample where 2 ms turns cost it
+many (coordinated omission, as wrk2 calls it). ``--open-loop RATE`` adds, per
+target and repetition, a second burst measured open-loop (``loadgen hold``'s
+``open``): RATE echoes a second on a fixed schedule, spread over the probe's
+tunnels and sent whether or not earlier ones came back, each timed from its
+scheduled send to its reply, as wrk2 times requests. Both probes run in the
+same repetition, in alternating order.
+
+``--realtime`` runs the probes and loadgen's echo server SCHED_FIFO (root or
+CAP_SYS_NICE), so that on the load core a waking echo does not wait for the
+pushers' time slice: otherwise the load side's own contention sets a floor
+under every target's figure (``direct`` shows it). The open-loop probe
+always raises itself for its sends.
+
 Targets are the harness's, plus the gconnect variants in :data:`VARIANTS`
 (the default gconnect with some options).
 """
@@ -146,6 +161,9 @@ class Subject:
     probe: subprocess.Popen[str]
     idle: list[dict] = field(default_factory=list)
     burst: list[dict] = field(default_factory=list)
+    #: --open-loop: the same idle and burst measurements by the open-loop probe.
+    open_idle: list[dict] = field(default_factory=list)
+    open_burst: list[dict] = field(default_factory=list)
     bulk: list[dict] = field(default_factory=list)
 
 
@@ -162,16 +180,27 @@ def open_probe(lg: LoadGen, proxy: str, echo: str) -> subprocess.Popen[str]:
     return probe
 
 
-def burst_once(lg: LoadGen, subject: Subject, sink: str, args, hole: Blackhole) -> None:
-    """One idle measurement and one burst through *subject*; appended to its lists."""
+def burst_once(lg: LoadGen, subject: Subject, sink: str, args, hole: Blackhole, open_loop: bool = False) -> None:
+    """One idle measurement and one burst through *subject*, by the closed-loop probe or (*open_loop*)
+    the open-loop one; appended to its lists."""
     probe = subject.probe
-    subject.idle.append(_watched(lambda: hold_command(probe, f"rtt {ROUNDS // 3} 2.0", 30)))
+    if open_loop:
+        idle, bursts = subject.open_idle, subject.open_burst
+        idle_command = f"open {args.open_loop:g} 1.0"
+    else:
+        idle, bursts = subject.idle, subject.burst
+        idle_command = f"rtt {ROUNDS // 3} 2.0"
+    idle.append(_watched(lambda: hold_command(probe, idle_command, 30)))
     before = _proxy_counters(subject.pid)
     pushers = lg.start_bulk(subject.address, sink, PUSHERS, BURST_S)
-    if args.from_start:
+    if not args.from_start:
+        time.sleep(0.05)  # the pushers' connects and CONNECTs are under way
+    if open_loop:
+        window = f"{BURST_S} {FIRST_S}" if args.from_start else f"{BURST_S - 0.5}"
+        command = f"open {args.open_loop:g} {window}"
+    elif args.from_start:
         command = f"rtt {FROM_START_ROUNDS} {BURST_S} {FIRST_S}"
     else:
-        time.sleep(0.05)  # the pushers' connects and CONNECTs are under way
         command = f"rtt {ROUNDS} {BURST_S - 0.5}"
     try:
         rep = _watched(lambda: hold_command(probe, command, 30))
@@ -183,7 +212,7 @@ def burst_once(lg: LoadGen, subject: Subject, sink: str, args, hole: Blackhole) 
     if subject.pid:
         rep["proxy_user_s"] = round(after[0] - before[0], 3)
         rep["proxy_sys_s"] = round(after[1] - before[1], 3)
-    subject.burst.append(rep)
+    bursts.append(rep)
     hole.drop()
     time.sleep(1.0)
 
@@ -236,6 +265,16 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help=f"SO_RCVBUF of the never-reading targets (default {TARGET_RCVBUF} with --from-start, else the kernel's)",
     )
+    parser.add_argument(
+        "--open-loop",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="also measure with an open-loop probe: RATE echoes a second on a fixed schedule (e.g. 1000)",
+    )
+    parser.add_argument(
+        "--realtime", action="store_true", help="run the probes and the echo server SCHED_FIFO (needs root)"
+    )
     parser.add_argument("--bulk", action="store_true", help="also bulk uploads, with the proxy's CPU per GB")
     parser.add_argument(
         "--bulk-conns",
@@ -258,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench.burst " + " ".join(sys.argv[1:] if argv is None else argv),
         "sink": args.sink,
         "from_start": args.from_start,
+        "open_loop_rate": args.open_loop,
+        "realtime": args.realtime,
         "target_rcvbuf": hole.rcvbuf,
         "baseline": args.baseline,
         "targets": {},
@@ -272,9 +313,13 @@ def main(argv: list[str] | None = None) -> int:
                     subjects.append(start_target(name, env, lg, ports, workdir, stack))
                 except TargetUnavailable as exc:
                     results["targets"][name] = {"skipped": str(exc)}
+            if args.realtime:
+                _set_fifo([s.probe.pid for s in subjects], True)
             run_rounds(subjects, lg, ports, hole, args)
             for subject in subjects:
                 entry = {"idle": subject.idle, "burst": subject.burst}
+                if args.open_loop:
+                    entry["open_idle"], entry["open_burst"] = subject.open_idle, subject.open_burst
                 if args.bulk:
                     entry["bulk"] = subject.bulk
                 results["targets"][subject.name] = entry
@@ -294,15 +339,31 @@ def main(argv: list[str] | None = None) -> int:
 def run_rounds(subjects: list[Subject], lg: LoadGen, ports, hole: Blackhole, args) -> None:
     """Every repetition visits every target in turn, so the machine's noise falls on all of them alike."""
     sink = hole.target if args.sink == "blackhole" else ports.target("sink")
+    if args.realtime:
+        _set_fifo([lg.server_pid], True)
     for rep in range(args.reps):
         for subject in subjects:
             print(f"[burst] rep {rep + 1}/{args.reps} {subject.name}", file=sys.stderr, flush=True)
-            burst_once(lg, subject, sink, args, hole)
+            modes = (False, True) if args.open_loop else (False,)
+            # Alternate which probe goes first, so that an order effect falls on both alike.
+            for open_loop in modes if rep % 2 == 0 else modes[::-1]:
+                burst_once(lg, subject, sink, args, hole, open_loop)
     if args.bulk:
+        # The server is also the bulk uploads' sink: at SCHED_FIFO it would change how a reader on the
+        # load core shares it with the uploader, and so the figures earlier runs give.
+        _set_fifo([lg.server_pid], False)
         for _ in range(args.reps):
             for conns in args.bulk_conns:
                 for subject in subjects:
                     bulk_once(lg, subject, ports.target("sink"), conns)
+
+
+def _set_fifo(pids: list[int | None], fifo: bool) -> None:
+    """SCHED_FIFO (priority 1) for these processes, or back to the default policy."""
+    policy, param = (os.SCHED_FIFO, os.sched_param(1)) if fifo else (os.SCHED_OTHER, os.sched_param(0))
+    for pid in pids:
+        if pid:  # never 0: that would be this process
+            os.sched_setscheduler(pid, policy, param)
 
 
 def start_target(name: str, env: Environment, lg: LoadGen, ports, workdir: Path, stack: ExitStack) -> Subject:

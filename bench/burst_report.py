@@ -66,10 +66,46 @@ def render(results: dict) -> str:
             cells += [summary(burst, "rtt_p50_us"), summary(burst, "rtt_p99_us"), summary(burst, "rtt_max_us")]
             row = " | ".join(f"{c:,.0f}" for c in cells)
         lines.append(f"| {name} | {row} | {counted} |")
+    if any("open_burst" in e for e in results["targets"].values()):
+        lines += render_probes(results)
     lines += render_burst_work(results)
     if any("bulk" in e for e in results["targets"].values()):
         lines += render_bulk(results)
     return "\n".join(lines) + "\n"
+
+
+def render_probes(results: dict) -> list[str]:
+    """The closed-loop and open-loop probes side by side, in ms (p99.9 is absent from older runs)."""
+    rate = results.get("open_loop_rate", 0)
+    windows = ("first", "rtt") if results.get("from_start") else ("rtt",)
+    heads = [f"{'first' if w == 'first' else 'overall'} {k}" for w in windows for k in ("p50", "p99", "p99.9", "max")]
+    lines = [
+        "",
+        f"Closed loop (one echo at a time) against open loop ({rate:g} echoes a second on a fixed schedule over "
+        f"the {PROBE_TUNNELS} probe tunnels, each timed from its scheduled send), medians in ms; *lost*: echoes "
+        "not back 5 s after the last send (open loop), summed:",
+        "",
+        "| target | probe | idle p99 | " + " | ".join(heads) + " | lost | disturbed reps |",
+        "|---|---|---|" + "---|" * len(heads) + "---|---|",
+    ]
+    for name, entry in results["targets"].items():
+        for probe, idle, burst in (("closed", "idle", "burst"), ("open", "open_idle", "open_burst")):
+            idle_reps, reps = entry.get(idle), entry.get(burst)
+            if not reps:
+                continue
+            cells = [_ms(idle_reps, "rtt_p99_us")]
+            cells += [_ms(reps, f"{w}_{k}_us") for w in windows for k in ("p50", "p99", "p999", "max")]
+            lost = sum(r.get("lost", 0) for r in reps)
+            disturbed = sum(bool(r.get("disturbed")) for r in idle_reps + reps)
+            row = f"| {name} | {probe} | " + " | ".join(cells) + f" | {lost} | {disturbed} of {len(idle_reps + reps)} |"
+            lines.append(row)
+    return lines
+
+
+def _ms(reps: list[dict], key: str) -> str:
+    if not all(key in r for r in reps):
+        return ""
+    return f"{summary(reps, key) / 1000:.2f}"
 
 
 def render_burst_work(results: dict) -> list[str]:

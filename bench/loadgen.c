@@ -10,7 +10,8 @@
  *   loadgen rate                      new tunnels per second (CONNECT,
  *                                     64-byte echo, close) at concurrency C
  *   loadgen hold                      hold N idle tunnels, then answer
- *                                     "rtt R [S [F]]", "alive" and "quit" on stdin
+ *                                     "rtt R [S [F]]" (closed loop), "open RATE S [F]"
+ *                                     (open loop), "alive" and "quit" on stdin
  *   loadgen integrity --bytes B       B bytes both ways through one tunnel,
  *                                     sha256 of what was sent and received
  *
@@ -38,9 +39,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <poll.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -207,6 +210,13 @@ static double lat_pct_us(const struct lat *l, double p)
 static void lat_sort(struct lat *l)
 {
     qsort(l->v, l->n, sizeof *l->v, cmp_u64);
+}
+
+/* ", PREFIX_p50_us: …" and p99, p99.9, max of a sorted set, into the JSON line being printed. */
+static void print_lats(const char *prefix, const struct lat *l)
+{
+    printf(", \"%s_p50_us\": %.1f, \"%s_p99_us\": %.1f, \"%s_p999_us\": %.1f, \"%s_max_us\": %.1f", prefix,
+           lat_pct_us(l, 50), prefix, lat_pct_us(l, 99), prefix, lat_pct_us(l, 99.9), prefix, lat_pct_us(l, 100));
 }
 
 /* ----------------------------------------------------------- sha-256 */
@@ -511,6 +521,9 @@ struct cconn {
     uint64_t sent, recv, acked, target;
     uint8_t ackbuf[8];
     size_t ack_off;
+    /* hold's open loop: bytes due but not yet written, bytes back not yet a
+     * whole echo, echoes answered */
+    uint64_t owed, back, answered;
 };
 
 static int cepfd;
@@ -988,13 +1001,120 @@ static void hold_rtt(int idx, int rounds, double max_s, double first_s)
     }
     lat_sort(&l);
     lat_sort(&first);
-    printf("{\"mode\": \"rtt\", \"rounds\": %zu, \"errors\": %d, \"rtt_p50_us\": %.1f, "
-           "\"rtt_p99_us\": %.1f, \"rtt_max_us\": %.1f",
-           l.n, errors, lat_pct_us(&l, 50), lat_pct_us(&l, 99), lat_pct_us(&l, 100));
-    if (first_s > 0)
-        printf(", \"first_s\": %.3f, \"first_rounds\": %zu, \"first_p50_us\": %.1f, "
-               "\"first_p99_us\": %.1f, \"first_max_us\": %.1f",
-               first_s, first.n, lat_pct_us(&first, 50), lat_pct_us(&first, 99), lat_pct_us(&first, 100));
+    printf("{\"mode\": \"rtt\", \"rounds\": %zu, \"errors\": %d", l.n, errors);
+    print_lats("rtt", &l);
+    if (first_s > 0) {
+        printf(", \"first_s\": %.3f, \"first_rounds\": %zu", first_s, first.n);
+        print_lats("first", &first);
+    }
+    printf("}\n");
+    fflush(stdout);
+    free(l.v);
+    free(first.v);
+}
+
+/* Open-loop round trips, as wrk2 measures to correct coordinated omission:
+ * one 64-byte echo every 1/rate seconds on a fixed schedule, echo k through
+ * held tunnel k mod n, sent when due whether or not earlier ones came back
+ * (the echo server answers in order, so a tunnel's replies are its sends in
+ * FIFO order). Each latency runs from the echo's *scheduled* send time to its
+ * reply: a stall counts against every echo due during it, as it would for a
+ * client with its own pace, where a closed loop (hold_rtt) counts it once.
+ * The probe's own lateness counts too; its worst is reported apart
+ * ("send_late_max_us"). Replies still missing drain_s after the last send
+ * are "lost". */
+static void hold_open_rtt(double rate, double max_s, double first_s)
+{
+    const double drain_s = 5.0;
+    int idx[MAX_EVENTS], nt = 0;
+    for (int i = 0; i < ncc && nt < MAX_EVENTS; i++)
+        if (cc[i].state == C_DONE) {
+            idx[nt++] = i;
+            cc[i].owed = cc[i].back = cc[i].answered = 0;
+            cepoll(EPOLL_CTL_ADD, i, EPOLLIN);
+        }
+    /* A sleeping probe must wake on time, or its own lateness is what it
+     * measures: the default 50 us timer slack, and (worse) a CPU-bound task
+     * on the probe's core that a waking SCHED_OTHER task does not preempt
+     * until its slice ends (sends ms late on a shared core). SCHED_FIFO for
+     * the measurement only (root or CAP_SYS_NICE; "realtime" says if it took). */
+    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    struct sched_param fifo = {.sched_priority = 1}, other = {.sched_priority = 0};
+    int policy = sched_getscheduler(0), raised = 0;
+    int realtime = policy == SCHED_FIFO || policy == SCHED_RR;
+    if (policy == SCHED_OTHER)
+        realtime = raised = sched_setscheduler(0, SCHED_FIFO, &fifo) == 0;
+    uint64_t period = (uint64_t)(1e9 / rate), total = (uint64_t)(rate * max_s);
+    uint64_t t0 = now_ns() + 1000000; /* 1 ms to set up, so the first echo is not late */
+    uint64_t first_end = t0 + (uint64_t)(first_s * 1e9);
+    uint64_t drain_end = t0 + total * period + (uint64_t)(drain_s * 1e9);
+    uint64_t next = 0, done = 0, late_max = 0;
+    struct lat l = {0}, first = {0};
+    int errors = 0;
+    struct epoll_event evs[MAX_EVENTS];
+    while (nt > 0 && done < total && errors == 0) {
+        uint64_t now = now_ns();
+        if (now >= drain_end)
+            break;
+        for (; next < total && t0 + next * period <= now; next++) {
+            struct cconn *c = &cc[idx[next % (uint64_t)nt]];
+            c->owed += ECHO_BYTES;
+            if (now - (t0 + next * period) > late_max)
+                late_max = now - (t0 + next * period);
+        }
+        for (int j = 0; j < nt; j++) {
+            struct cconn *c = &cc[idx[j]];
+            while (c->owed > 0) { /* more than one echo only when a full send buffer held them back */
+                size_t len = c->owed < BULK_CHUNK ? (size_t)c->owed : BULK_CHUNK;
+                ssize_t w = write(c->fd, cbuf, len);
+                if (w < 0 && errno != EAGAIN)
+                    errors++;
+                if (w <= 0)
+                    break;
+                c->owed -= (uint64_t)w;
+            }
+        }
+        uint64_t wake = next < total ? t0 + next * period : drain_end;
+        uint64_t wait = wake > now ? wake - now : 0;
+        struct timespec ts = {.tv_sec = (time_t)(wait / 1000000000u), .tv_nsec = (long)(wait % 1000000000u)};
+        int n = epoll_pwait2(cepfd, evs, MAX_EVENTS, &ts, NULL);
+        uint64_t back = now_ns();
+        for (int k = 0; k < n; k++) {
+            int j = 0;
+            while (j < nt && idx[j] != (int)evs[k].data.u32)
+                j++;
+            struct cconn *c = &cc[idx[j]];
+            ssize_t r = read(c->fd, cbuf, sizeof cbuf);
+            if (r == 0 || (r < 0 && errno != EAGAIN)) {
+                errors++;
+                continue;
+            }
+            if (r < 0)
+                continue;
+            c->back += (uint64_t)r;
+            for (; c->back >= ECHO_BYTES; c->back -= ECHO_BYTES, c->answered++, done++) {
+                uint64_t due = t0 + ((uint64_t)j + c->answered * (uint64_t)nt) * period;
+                lat_push(&l, back - due);
+                if (due < first_end)
+                    lat_push(&first, back - due);
+            }
+        }
+    }
+    if (raised)
+        sched_setscheduler(0, SCHED_OTHER, &other);
+    for (int j = 0; j < nt; j++)
+        cepoll(EPOLL_CTL_DEL, idx[j], 0);
+    lat_sort(&l);
+    lat_sort(&first);
+    printf("{\"mode\": \"open\", \"rate\": %.1f, \"tunnels\": %d, \"sent\": %llu, \"rounds\": %zu, "
+           "\"lost\": %llu, \"errors\": %d, \"realtime\": %s, \"send_late_max_us\": %.1f",
+           rate, nt, (unsigned long long)next, l.n, (unsigned long long)(next - done), errors,
+           realtime ? "true" : "false", (double)late_max / 1000.0);
+    print_lats("rtt", &l);
+    if (first_s > 0) {
+        printf(", \"first_s\": %.3f, \"first_rounds\": %zu", first_s, first.n);
+        print_lats("first", &first);
+    }
     printf("}\n");
     fflush(stdout);
     free(l.v);
@@ -1039,8 +1159,11 @@ static int cmd_hold(const struct opts *o)
     while (fgets(line, sizeof line, stdin)) {
         int rounds;
         double max_s = 10, first_s = 0;
+        double rate;
         if (sscanf(line, "rtt %d %lf %lf", &rounds, &max_s, &first_s) >= 1 && probe >= 0)
             hold_rtt(probe, rounds, max_s, first_s);
+        else if (sscanf(line, "open %lf %lf %lf", &rate, &max_s, &first_s) >= 2 && rate > 0 && probe >= 0)
+            hold_open_rtt(rate, max_s, first_s);
         else if (strncmp(line, "alive", 5) == 0)
             hold_alive();
         else if (strncmp(line, "quit", 4) == 0)
