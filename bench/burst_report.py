@@ -7,17 +7,27 @@ import statistics
 from bench.burst import BULK_S, BURST_S, DISTURBED_PERCENT, FIRST_S, PROBE_TUNNELS, PUSHERS
 
 
-def quiet(reps: list[dict]) -> list[dict]:
-    """The undisturbed repetitions, or all of them when every one was disturbed."""
-    return [r for r in reps if not r.get("disturbed")] or reps
+def quiet(reps: list[dict], quiet_only: bool = True) -> list[dict]:
+    """The undisturbed repetitions, or all of them when every one was disturbed
+    (or when *quiet_only* is false)."""
+    return ([r for r in reps if not r.get("disturbed")] or reps) if quiet_only else reps
 
 
-def summary(reps: list[dict], key: str) -> float:
-    return statistics.median(r[key] for r in quiet(reps))
+def summary(reps: list[dict], key: str, quiet_only: bool = True) -> float:
+    return statistics.median(r[key] for r in quiet(reps, quiet_only))
+
+
+def every_target_has_a_quiet_rep(results: dict) -> bool:
+    """Whether each target has an undisturbed repetition of everything it measured. Only then do
+    the tables keep undisturbed repetitions alone: otherwise one target's single quiet repetition
+    would be set against another's loaded ones, and every target's medians are over all."""
+    lists = [reps for entry in results["targets"].values() if "skipped" not in entry for reps in entry.values()]
+    return all(any(not r.get("disturbed") for r in reps) for reps in lists if isinstance(reps, list) and reps)
 
 
 def render(results: dict) -> str:
     from_start = results.get("from_start")
+    q = every_target_has_a_quiet_rep(results)
     lines = [
         f"# Echo latency through other tunnels during a burst ({results['started']})",
         "",
@@ -29,8 +39,14 @@ def render(results: dict) -> str:
         f"{BURST_S:g} s bursts; proxy on CPU 0, the rest on CPU 1; medians of the repetitions (µs).",
         "",
         "Medians are over the repetitions no other process disturbed (other processes' CPU under "
-        f"{DISTURBED_PERCENT:g}% of a core while the probe measured); the last column counts the disturbed ones, "
-        "which are left out unless every repetition was.",
+        f"{DISTURBED_PERCENT:g}% of a core while the probe measured) when every target has one; the last column "
+        "counts the disturbed ones. "
+        + (
+            "Here every target has one, and the disturbed are left out."
+            if q
+            else "Here some target has none, so "
+            "every median is over all repetitions (comparable between targets, not with a quiet run's)."
+        ),
         "",
     ]
     if from_start:
@@ -56,25 +72,25 @@ def render(results: dict) -> str:
         disturbed = sum(bool(r.get("disturbed")) for r in idle + burst)
         counted = f"{disturbed} of {len(idle + burst)}"
         if from_start:
-            cells = [summary(idle, "rtt_p99_us")]
-            cells += [summary(burst, f"first_{k}_us") for k in ("p50", "p99", "max")]
-            cells += [summary(burst, f"rtt_{k}_us") for k in ("p50", "p99", "max")]
+            cells = [summary(idle, "rtt_p99_us", q)]
+            cells += [summary(burst, f"first_{k}_us", q) for k in ("p50", "p99", "max")]
+            cells += [summary(burst, f"rtt_{k}_us", q) for k in ("p50", "p99", "max")]
             per_rep = ", ".join(f"{r['first_p99_us'] / 1000:.1f}" for r in burst)
             row = " | ".join(f"{c:,.0f}" for c in cells) + f" | {per_rep}"
         else:
-            cells = [summary(idle, "rtt_p50_us"), summary(idle, "rtt_p99_us")]
-            cells += [summary(burst, "rtt_p50_us"), summary(burst, "rtt_p99_us"), summary(burst, "rtt_max_us")]
+            cells = [summary(idle, "rtt_p50_us", q), summary(idle, "rtt_p99_us", q)]
+            cells += [summary(burst, k, q) for k in ("rtt_p50_us", "rtt_p99_us", "rtt_max_us")]
             row = " | ".join(f"{c:,.0f}" for c in cells)
         lines.append(f"| {name} | {row} | {counted} |")
     if any("open_burst" in e for e in results["targets"].values()):
-        lines += render_probes(results)
-    lines += render_burst_work(results)
+        lines += render_probes(results, q)
+    lines += render_burst_work(results, q)
     if any("bulk" in e for e in results["targets"].values()):
-        lines += render_bulk(results)
+        lines += render_bulk(results, q)
     return "\n".join(lines) + "\n"
 
 
-def render_probes(results: dict) -> list[str]:
+def render_probes(results: dict, q: bool) -> list[str]:
     """The closed-loop and open-loop probes side by side, in ms (p99.9 is absent from older runs)."""
     rate = results.get("open_loop_rate", 0)
     windows = ("first", "rtt") if results.get("from_start") else ("rtt",)
@@ -93,8 +109,8 @@ def render_probes(results: dict) -> list[str]:
             idle_reps, reps = entry.get(idle), entry.get(burst)
             if not reps:
                 continue
-            cells = [_ms(idle_reps, "rtt_p99_us")]
-            cells += [_ms(reps, f"{w}_{k}_us") for w in windows for k in ("p50", "p99", "p999", "max")]
+            cells = [_ms(idle_reps, "rtt_p99_us", q)]
+            cells += [_ms(reps, f"{w}_{k}_us", q) for w in windows for k in ("p50", "p99", "p999", "max")]
             lost = sum(r.get("lost", 0) for r in reps)
             disturbed = sum(bool(r.get("disturbed")) for r in idle_reps + reps)
             row = f"| {name} | {probe} | " + " | ".join(cells) + f" | {lost} | {disturbed} of {len(idle_reps + reps)} |"
@@ -102,22 +118,22 @@ def render_probes(results: dict) -> list[str]:
     return lines
 
 
-def _ms(reps: list[dict], key: str) -> str:
+def _ms(reps: list[dict], key: str, q: bool) -> str:
     if not all(key in r for r in reps):
         return ""
-    return f"{summary(reps, key) / 1000:.2f}"
+    return f"{summary(reps, key, q) / 1000:.2f}"
 
 
-def render_burst_work(results: dict) -> list[str]:
+def render_burst_work(results: dict, q: bool) -> list[str]:
     rows = []
     for name, entry in results["targets"].items():
         reps = [r for r in entry.get("burst", ()) if "delivered_mb" in r]
         if not reps:
             continue
-        moved = summary(reps, "delivered_mb")
+        moved = summary(reps, "delivered_mb", q)
         cells = [f"{moved:,.0f}", "", "", ""]
         if "proxy_user_s" in reps[0]:
-            user, system = summary(reps, "proxy_user_s"), summary(reps, "proxy_sys_s")
+            user, system = summary(reps, "proxy_user_s", q), summary(reps, "proxy_sys_s", q)
             per_gb = f"{(user + system) / (moved / 1e3):.2f}" if moved else ""
             cells[1:] = [f"{user:.2f}", f"{system:.2f}", per_gb]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -134,7 +150,7 @@ def render_burst_work(results: dict) -> list[str]:
     ]
 
 
-def render_bulk(results: dict) -> list[str]:
+def render_bulk(results: dict, q: bool) -> list[str]:
     lines = [
         "",
         f"Bulk uploads into a sink reading at full speed, {BULK_S:g} s each, medians (proxy CPU from /proc):",
@@ -147,9 +163,9 @@ def render_bulk(results: dict) -> list[str]:
         for rep in entry.get("bulk", ()):
             by_conns.setdefault(rep.get("conns", 1), []).append(rep)
         for conns, reps in sorted(by_conns.items()):
-            cells = [str(conns), f"{summary(reps, 'mb_per_s'):,.0f}"]
+            cells = [str(conns), f"{summary(reps, 'mb_per_s', q):,.0f}"]
             for key in ("user_s_per_gb", "sys_s_per_gb"):
-                cells.append(f"{summary(reps, key):.3f}" if key in reps[0] else "")
+                cells.append(f"{summary(reps, key, q):.3f}" if key in reps[0] else "")
             disturbed = sum(bool(r.get("disturbed")) for r in reps)
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {disturbed} of {len(reps)} |")
     return lines
