@@ -18,6 +18,8 @@ destination's read watcher for the relay. Three watchers a tunnel, one callback 
 switch: the least Python per tunnel that gevent's libev loop allows. ``--accept-one`` (``floor-cb1``)
 accepts one client per wake-up instead of until the queue is empty, as nginx's ``multi_accept off``:
 no failing accept per wake-up, one more loop iteration per client when clients arrive together.
+``--touch-kib N`` (with ``--callbacks``) writes one byte in every 64 of an N KiB buffer per client,
+a stand-in for a larger proxy's memory traffic: what it does to the kernel's time per tunnel.
 """
 
 import _socket
@@ -195,6 +197,25 @@ def on_acceptable_cb(listener: _socket.socket) -> None:
         Handshake(client)
 
 
+def touching(kib: int):
+    """on_acceptable_cb, and one byte in every cache line of a kib KiB buffer written per client."""
+    buffer = bytearray(kib * 1024)
+    zeros = bytes(len(buffer[::64]))
+
+    def on_acceptable(listener: _socket.socket) -> None:
+        while True:
+            try:
+                fd, _address = listener._accept()
+            except BlockingIOError:
+                return
+            client = _socket.socket(fileno=fd)
+            client.setblocking(False)
+            Handshake(client)
+            buffer[::64] = zeros
+
+    return on_acceptable
+
+
 def on_acceptable_one(listener: _socket.socket) -> None:
     try:
         fd, _address = listener._accept()
@@ -210,6 +231,8 @@ def main(argv: list[str]) -> None:
     accept = on_acceptable
     if "--callbacks" in argv:
         accept = on_acceptable_one if "--accept-one" in argv else on_acceptable_cb
+        if "--touch-kib" in argv:
+            accept = touching(int(argv[argv.index("--touch-kib") + 1]))
     listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
     listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))

@@ -10,6 +10,10 @@ opens tunnels (CONNECT, 200, 64-byte echo, client closes) at ``--conns`` concurr
   kernel side, so the shares are kept and applied to the plain run's system time;
 - plain, for the proxy's user and system CPU per tunnel from /proc.
 
+``--touch 0,512,2048`` measures instead how the kernel's time per tunnel follows the proxy's own
+memory traffic: ``floor-cb`` with ``--touch-kib`` each of those sizes (one byte written per cache
+line of that buffer per client), user and system CPU per tunnel from /proc, ``--reps`` rounds.
+
 Writes ``NAME.json`` and ``NAME.md`` to ``--out``. Needs strace and perf (``linux-perf``); perf's
 kernel symbols need ``kernel.kptr_restrict`` 0 or root.
 """
@@ -21,11 +25,13 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from bench.harness.build import build_loadgen
@@ -39,6 +45,7 @@ STRACE_LINE = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\
 SYSCALL_FRAME = re.compile(r"^_{2,4}(?:x64_|se_|do_)?sys_(\w+)")
 PERF_HZ = 4000
 TOOL_TIMEOUT_S = 120.0
+ENV = Environment(venv=Path("/tmp/gconnect-bench-venv"))
 
 
 def strace_counts(pid: int, run) -> tuple[dict, int]:
@@ -105,6 +112,31 @@ def perf_kernel(pid: int, run, keep: Path | None = None) -> tuple[dict, float]:
     return {name: n / total for name, n in by_call.items()}, total / (total + user)
 
 
+def touch_series(lg: LoadGen, echo: str, sizes: list[int], reps: int, seconds: float, conns: int) -> dict:
+    """User and system ms per tunnel of floor-cb touching each size of buffer per client."""
+    series: dict[int, list] = {kib: [] for kib in sizes}
+    for _ in range(reps):
+        for kib in sizes:
+            plan = launch_plan("floor-cb", Path(tempfile.mkdtemp()), ENV)
+            plan.argv[-1:-1] = ["--touch-kib", str(kib)]
+            with RunningProxy("floor-cb", plan, Path(tempfile.mkdtemp())) as proxy:
+                address = proxy.start(echo)
+                lg.run("rate", address, echo, 1.0, conns=conns, seconds=1.0)  # warm
+                before = procfs.tree_cpu_split(proxy.pid)
+                n = lg.run("rate", address, echo, seconds, conns=conns, seconds=seconds)["tunnels"]
+                after = procfs.tree_cpu_split(proxy.pid)
+                series[kib].append([round(1000 * (a - b) / n, 4) for a, b in zip(after, before, strict=True)])
+                print(kib, series[kib][-1], file=sys.stderr, flush=True)
+    return {
+        str(kib): {
+            "user_ms_per_tunnel": statistics.median(r[0] for r in reps_),
+            "sys_ms_per_tunnel": statistics.median(r[1] for r in reps_),
+            "reps": reps_,
+        }
+        for kib, reps_ in series.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", default="floor,gconnect,ats")
@@ -113,17 +145,21 @@ def main() -> None:
     parser.add_argument("--baseline", help="commit that the gconnect-base target runs")
     parser.add_argument("--name", default="kernel-per-tunnel")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--touch", help="KiB sizes for floor-cb --touch-kib, comma-separated (see above)")
+    parser.add_argument("--reps", type=int, default=3, help="rounds of --touch")
     parser.add_argument("--keep-perf", type=Path, help="keep each target's perf.data in this directory")
     options = parser.parse_args()
     targets = [t for t in options.targets.split(",") if t]
-    env = Environment(
-        venv=Path("/tmp/gconnect-bench-venv"), baseline=extract(options.baseline) if options.baseline else None
-    )
+    env = replace(ENV, baseline=extract(options.baseline) if options.baseline else None)
     lg = LoadGen(build_loadgen(Path("/tmp/gconnect-bench-build")), frozenset({1}))
     work = Path(tempfile.mkdtemp(prefix="kernel-time-"))
     figures: dict[str, dict] = {}
     with lg.server() as ports:
         echo = ports.target("echo")
+        if options.touch:
+            sizes = [int(kib) for kib in options.touch.split(",")]
+            touch = touch_series(lg, echo, sizes, options.reps, options.seconds, options.conns)
+            return write_touch(options, touch)
         for name in targets:
             version = prepare(name, env)
             rundir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
@@ -169,6 +205,30 @@ def main() -> None:
     (options.out / f"{options.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (options.out / f"{options.name}.md").write_text(render(result))
     print(render(result))
+
+
+def write_touch(options: argparse.Namespace, touch: dict) -> None:
+    result = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "python -m bench.kernel_time " + " ".join(sys.argv[1:]),
+        "conns": options.conns,
+        "loadavg": os.getloadavg(),
+        "touch": touch,
+    }
+    lines = [
+        "# Kernel time per tunnel against the proxy's own memory traffic",
+        "",
+        f"{result['when']}, `{result['command']}`; floor-cb at {options.conns} concurrent, medians of"
+        f" {options.reps}, load average {result['loadavg'][0]:.1f}.",
+        "",
+        "| KiB written per client (a byte per cache line) | user ms per tunnel | system ms per tunnel |",
+        "|---:|---:|---:|",
+        *(f"| {kib} | {f['user_ms_per_tunnel']:.3f} | {f['sys_ms_per_tunnel']:.3f} |" for kib, f in touch.items()),
+    ]
+    options.out.mkdir(parents=True, exist_ok=True)
+    (options.out / f"{options.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (options.out / f"{options.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def render(result: dict) -> str:
