@@ -19,12 +19,14 @@ switch: the least Python per tunnel that gevent's libev loop allows. ``--accept-
 accepts one client per wake-up instead of until the queue is empty, as nginx's ``multi_accept off``:
 no failing accept per wake-up, one more loop iteration per client when clients arrive together.
 ``--touch-kib N`` (with ``--callbacks``) writes one byte in every 64 of an N KiB buffer per client,
-a stand-in for a larger proxy's memory traffic: what it does to the kernel's time per tunnel.
+a stand-in for a larger proxy's memory traffic, and ``--spin-us N`` spins N µs per client without
+touching memory, a stand-in for a slower one: what each does to the kernel's time per tunnel.
 """
 
 import _socket
 import errno
 import sys
+import time
 
 import gevent
 from greenlet import greenlet
@@ -197,10 +199,13 @@ def on_acceptable_cb(listener: _socket.socket) -> None:
         Handshake(client)
 
 
-def touching(kib: int):
-    """on_acceptable_cb, and one byte in every cache line of a kib KiB buffer written per client."""
+def touching(kib: int, spin_us: float):
+    """on_acceptable_cb, and per client one byte written in every cache line of a kib KiB buffer
+    and spin_us µs spent spinning."""
     buffer = bytearray(kib * 1024)
     zeros = bytes(len(buffer[::64]))
+    spin_s = spin_us / 1e6
+    clock = time.perf_counter
 
     def on_acceptable(listener: _socket.socket) -> None:
         while True:
@@ -212,6 +217,9 @@ def touching(kib: int):
             client.setblocking(False)
             Handshake(client)
             buffer[::64] = zeros
+            end = clock() + spin_s
+            while clock() < end:
+                pass
 
     return on_acceptable
 
@@ -231,8 +239,10 @@ def main(argv: list[str]) -> None:
     accept = on_acceptable
     if "--callbacks" in argv:
         accept = on_acceptable_one if "--accept-one" in argv else on_acceptable_cb
-        if "--touch-kib" in argv:
-            accept = touching(int(argv[argv.index("--touch-kib") + 1]))
+        if "--touch-kib" in argv or "--spin-us" in argv:
+            kib = int(argv[argv.index("--touch-kib") + 1]) if "--touch-kib" in argv else 0
+            spin_us = float(argv[argv.index("--spin-us") + 1]) if "--spin-us" in argv else 0.0
+            accept = touching(kib, spin_us)
     listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
     listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))

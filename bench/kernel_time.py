@@ -13,6 +13,7 @@ opens tunnels (CONNECT, 200, 64-byte echo, client closes) at ``--conns`` concurr
 ``--touch 0,512,2048`` measures instead how the kernel's time per tunnel follows the proxy's own
 memory traffic: ``floor-cb`` with ``--touch-kib`` each of those sizes (one byte written per cache
 line of that buffer per client), user and system CPU per tunnel from /proc, ``--reps`` rounds.
+``--spin 0,30,100`` does the same with ``--spin-us``: a slower proxy that touches no more memory.
 
 Writes ``NAME.json`` and ``NAME.md`` to ``--out``. Needs strace and perf (``linux-perf``); perf's
 kernel symbols need ``kernel.kptr_restrict`` 0 or root.
@@ -112,13 +113,13 @@ def perf_kernel(pid: int, run, keep: Path | None = None) -> tuple[dict, float]:
     return {name: n / total for name, n in by_call.items()}, total / (total + user)
 
 
-def touch_series(lg: LoadGen, echo: str, sizes: list[int], reps: int, seconds: float, conns: int) -> dict:
-    """User and system ms per tunnel of floor-cb touching each size of buffer per client."""
+def touch_series(lg: LoadGen, echo: str, option: str, sizes: list[int], reps: int, seconds: float, conns: int) -> dict:
+    """User and system ms per tunnel of floor-cb with each value of option (--touch-kib, --spin-us)."""
     series: dict[int, list] = {kib: [] for kib in sizes}
     for _ in range(reps):
         for kib in sizes:
             plan = launch_plan("floor-cb", Path(tempfile.mkdtemp()), ENV)
-            plan.argv[-1:-1] = ["--touch-kib", str(kib)]
+            plan.argv[-1:-1] = [option, str(kib)]
             with RunningProxy("floor-cb", plan, Path(tempfile.mkdtemp())) as proxy:
                 address = proxy.start(echo)
                 lg.run("rate", address, echo, 1.0, conns=conns, seconds=1.0)  # warm
@@ -146,7 +147,8 @@ def main() -> None:
     parser.add_argument("--name", default="kernel-per-tunnel")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--touch", help="KiB sizes for floor-cb --touch-kib, comma-separated (see above)")
-    parser.add_argument("--reps", type=int, default=3, help="rounds of --touch")
+    parser.add_argument("--spin", help="µs for floor-cb --spin-us, comma-separated (see above)")
+    parser.add_argument("--reps", type=int, default=3, help="rounds of --touch or --spin")
     parser.add_argument("--keep-perf", type=Path, help="keep each target's perf.data in this directory")
     options = parser.parse_args()
     targets = [t for t in options.targets.split(",") if t]
@@ -156,10 +158,11 @@ def main() -> None:
     figures: dict[str, dict] = {}
     with lg.server() as ports:
         echo = ports.target("echo")
-        if options.touch:
-            sizes = [int(kib) for kib in options.touch.split(",")]
-            touch = touch_series(lg, echo, sizes, options.reps, options.seconds, options.conns)
-            return write_touch(options, touch)
+        if options.touch or options.spin:
+            option, values = ("--touch-kib", options.touch) if options.touch else ("--spin-us", options.spin)
+            sizes = [int(value) for value in values.split(",")]
+            touch = touch_series(lg, echo, option, sizes, options.reps, options.seconds, options.conns)
+            return write_touch(options, option, touch)
         for name in targets:
             version = prepare(name, env)
             rundir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
@@ -207,21 +210,25 @@ def main() -> None:
     print(render(result))
 
 
-def write_touch(options: argparse.Namespace, touch: dict) -> None:
+def write_touch(options: argparse.Namespace, option: str, touch: dict) -> None:
     result = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "python -m bench.kernel_time " + " ".join(sys.argv[1:]),
         "conns": options.conns,
         "loadavg": os.getloadavg(),
+        "option": option,
         "touch": touch,
     }
     lines = [
-        "# Kernel time per tunnel against the proxy's own memory traffic",
+        "# Kernel time per tunnel against the proxy's own "
+        + ("memory traffic" if option == "--touch-kib" else "time per client (spinning)"),
         "",
         f"{result['when']}, `{result['command']}`; floor-cb at {options.conns} concurrent, medians of"
         f" {options.reps}, load average {result['loadavg'][0]:.1f}.",
         "",
-        "| KiB written per client (a byte per cache line) | user ms per tunnel | system ms per tunnel |",
+        "| "
+        + ("KiB written per client (a byte per cache line)" if option == "--touch-kib" else "µs spun per client")
+        + " | user ms per tunnel | system ms per tunnel |",
         "|---:|---:|---:|",
         *(f"| {kib} | {f['user_ms_per_tunnel']:.3f} | {f['sys_ms_per_tunnel']:.3f} |" for kib, f in touch.items()),
     ]
