@@ -138,6 +138,36 @@ def touch_series(lg: LoadGen, echo: str, option: str, sizes: list[int], reps: in
     }
 
 
+def measure(
+    name: str, env: Environment, rundir: Path, lg: LoadGen, echo: str, options: argparse.Namespace, keep: Path | None
+) -> dict:
+    """One target's figures: /proc CPU of a plain run, then strace's counts, then perf's shares."""
+    version = prepare(name, env)
+    with RunningProxy(name, launch_plan(name, rundir, env), rundir) as proxy:
+        address = proxy.start(echo)
+
+        def run() -> dict:
+            return lg.run("rate", address, echo, options.seconds, conns=options.conns, seconds=options.seconds)
+
+        run()  # warm
+        before = procfs.tree_cpu_split(proxy.pid)
+        plain = run()
+        after = procfs.tree_cpu_split(proxy.pid)
+        n = plain["tunnels"]
+        calls, traced = strace_counts(proxy.pid, run)
+        shares, kernel_share = perf_kernel(proxy.pid, run, keep)
+    sys_ms = 1000 * (after[1] - before[1]) / n
+    return {
+        "version": version,
+        "tunnels_per_s": plain["tunnels_per_s"],
+        "user_ms_per_tunnel": round(1000 * (after[0] - before[0]) / n, 4),
+        "sys_ms_per_tunnel": round(sys_ms, 4),
+        "syscalls_per_tunnel": {k: round(v / traced, 2) for k, v in sorted(calls.items(), key=lambda i: -i[1])},
+        "perf_kernel_share": round(kernel_share, 3),
+        "kernel_ms_per_tunnel": {k: round(v * sys_ms, 4) for k, v in sorted(shares.items(), key=lambda i: -i[1])},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", default="floor,gconnect,ats")
@@ -164,38 +194,10 @@ def main() -> None:
             touch = touch_series(lg, echo, option, sizes, options.reps, options.seconds, options.conns)
             return write_touch(options, option, touch)
         for name in targets:
-            version = prepare(name, env)
             rundir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
-            with RunningProxy(name, launch_plan(name, rundir, env), rundir) as proxy:
-                address = proxy.start(echo)
-
-                def run(address=address) -> dict:
-                    return lg.run("rate", address, echo, options.seconds, conns=options.conns, seconds=options.seconds)
-
-                run()  # warm
-                before = procfs.tree_cpu_split(proxy.pid)
-                plain = run()
-                after = procfs.tree_cpu_split(proxy.pid)
-                n = plain["tunnels"]
-                calls, traced = strace_counts(proxy.pid, run)
-                shares, kernel_share = perf_kernel(
-                    proxy.pid, run, options.keep_perf / f"{name}.data" if options.keep_perf else None
-                )
-                sys_ms = 1000 * (after[1] - before[1]) / n
-                figures[name] = {
-                    "version": version,
-                    "tunnels_per_s": plain["tunnels_per_s"],
-                    "user_ms_per_tunnel": round(1000 * (after[0] - before[0]) / n, 4),
-                    "sys_ms_per_tunnel": round(sys_ms, 4),
-                    "syscalls_per_tunnel": {
-                        k: round(v / traced, 2) for k, v in sorted(calls.items(), key=lambda i: -i[1])
-                    },
-                    "perf_kernel_share": round(kernel_share, 3),
-                    "kernel_ms_per_tunnel": {
-                        k: round(v * sys_ms, 4) for k, v in sorted(shares.items(), key=lambda i: -i[1])
-                    },
-                }
-                print(name, json.dumps(figures[name], indent=1), file=sys.stderr, flush=True)
+            keep = options.keep_perf / f"{name}.data" if options.keep_perf else None
+            figures[name] = measure(name, env, rundir, lg, echo, options, keep)
+            print(name, json.dumps(figures[name], indent=1), file=sys.stderr, flush=True)
     result = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "python -m bench.kernel_time " + " ".join(sys.argv[1:]),
