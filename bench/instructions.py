@@ -101,6 +101,24 @@ def count_floor(target: str, n: int, out: Path, payload: bytes = PAYLOAD, varian
     return int(match.group(1))
 
 
+def markdown(options: argparse.Namespace, result: dict) -> str:
+    """The result file's Markdown: the command, one row per tree, the ratio."""
+    how = f"--floor --floor-variant {options.floor_variant}" if options.floor else f"--baseline {options.baseline}"
+    lines = [
+        "# Instructions per tunnel (callgrind, user space)",
+        "",
+        f"{result['when']}; ({options.tunnels} + {options.extra}) - {options.tunnels} sequential tunnels"
+        f" (`python -m bench.instructions {how}`).",
+        "",
+        "| tree | instructions per tunnel |",
+        "|---|---:|",
+        *(f"| {tree} | {f['per_tunnel']:,} |" for tree, f in result["figures"].items()),
+        "",
+        f"Ratio: {result['ratio']:.3f}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", help="the commit to compare with")
@@ -152,21 +170,9 @@ def main() -> None:
     }
     options.out.mkdir(parents=True, exist_ok=True)
     (options.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    how = f"--floor --floor-variant {options.floor_variant}" if options.floor else f"--baseline {options.baseline}"
-    lines = [
-        "# Instructions per tunnel (callgrind, user space)",
-        "",
-        f"{result['when']}; ({options.tunnels} + {options.extra}) - {options.tunnels} sequential tunnels"
-        f" (`python -m bench.instructions {how}`).",
-        "",
-        "| tree | instructions per tunnel |",
-        "|---|---:|",
-        *(f"| {name} | {f['per_tunnel']:,} |" for name, f in figures.items()),
-        "",
-        f"Ratio: {ratio:.3f}.",
-    ]
-    (options.out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = markdown(options, result)
+    (options.out / f"{name}.md").write_text(text)
+    print(text, end="")
 
 
 if __name__ == "__main__":
