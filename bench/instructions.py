@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.harness.targets import FLOOR_TARGETS
 from bench.harness.trees import extract
 from gconnect.testing.process import ProxyProcess, free_port
 
@@ -64,12 +65,13 @@ def count(root: Path, target: str, n: int, out: Path, extra: tuple[str, ...] = (
     return int(match.group(1))
 
 
-def count_floor(target: str, n: int, out: Path, payload: bytes = PAYLOAD) -> int:
-    """Instructions bench/floor.py executed serving *n* tunnels that each echo *payload*."""
+def count_floor(target: str, n: int, out: Path, payload: bytes = PAYLOAD, variant: str = "floor") -> int:
+    """Instructions bench/floor.py (as the harness's *variant* runs it) executed serving *n*
+    tunnels that each echo *payload*."""
     port = free_port()
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
     proxy = subprocess.Popen(
-        [*argv, sys.executable, "-m", "bench.floor", str(port)],
+        [*argv, sys.executable, "-m", "bench.floor", *FLOOR_TARGETS[variant], str(port)],
         cwd=REPO,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -99,10 +101,31 @@ def count_floor(target: str, n: int, out: Path, payload: bytes = PAYLOAD) -> int
     return int(match.group(1))
 
 
+def markdown(options: argparse.Namespace, result: dict) -> str:
+    """The result file's Markdown: the command, one row per tree, the ratio."""
+    how = f"--floor --floor-variant {options.floor_variant}" if options.floor else f"--baseline {options.baseline}"
+    lines = [
+        "# Instructions per tunnel (callgrind, user space)",
+        "",
+        f"{result['when']}; ({options.tunnels} + {options.extra}) - {options.tunnels} sequential tunnels"
+        f" (`python -m bench.instructions {how}`).",
+        "",
+        "| tree | instructions per tunnel |",
+        "|---|---:|",
+        *(f"| {tree} | {f['per_tunnel']:,} |" for tree, f in result["figures"].items()),
+        "",
+        f"Ratio: {result['ratio']:.3f}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", help="the commit to compare with")
     parser.add_argument("--floor", action="store_true", help="compare with bench/floor.py instead of a commit")
+    parser.add_argument(
+        "--floor-variant", choices=sorted(FLOOR_TARGETS), default="floor", help="which floor (the harness's name)"
+    )
     parser.add_argument("--name", help="stem of the result files (default instructions[-vs-floor])")
     parser.add_argument("--tunnels", type=int, default=200)
     parser.add_argument("--extra", type=int, default=1000)
@@ -121,10 +144,11 @@ def main() -> None:
 
     def other(n: int, out: Path) -> int:
         if before is None:
-            return count_floor(target, n, out)
+            return count_floor(target, n, out, variant=options.floor_variant)
         return count(before, target, n, out)
 
-    other_name = "bench/floor.py" if options.floor else f"at {options.baseline}"
+    floor_name = " ".join(["bench/floor.py", *FLOOR_TARGETS[options.floor_variant]])
+    other_name = floor_name if options.floor else f"at {options.baseline}"
     try:
         for label, counter in (("this tree", this_tree), (other_name, other)):
             small = counter(options.tunnels, work / f"{len(figures)}-small.out")
@@ -138,7 +162,7 @@ def main() -> None:
     ratio = figures[names[0]]["per_tunnel"] / figures[names[1]]["per_tunnel"]
     result = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "baseline": "bench/floor.py" if options.floor else options.baseline,
+        "baseline": floor_name if options.floor else options.baseline,
         "tunnels": options.tunnels,
         "extra": options.extra,
         "figures": figures,
@@ -146,20 +170,9 @@ def main() -> None:
     }
     options.out.mkdir(parents=True, exist_ok=True)
     (options.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [
-        "# Instructions per tunnel (callgrind, user space)",
-        "",
-        f"{result['when']}; ({options.tunnels} + {options.extra}) - {options.tunnels} sequential tunnels"
-        f" (`python -m bench.instructions {'--floor' if options.floor else '--baseline ' + options.baseline}`).",
-        "",
-        "| tree | instructions per tunnel |",
-        "|---|---:|",
-        *(f"| {name} | {f['per_tunnel']:,} |" for name, f in figures.items()),
-        "",
-        f"Ratio: {ratio:.3f}.",
-    ]
-    (options.out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = markdown(options, result)
+    (options.out / f"{name}.md").write_text(text)
+    print(text, end="")
 
 
 if __name__ == "__main__":

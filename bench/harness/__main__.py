@@ -43,7 +43,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions (a few minutes)")
     parser.add_argument(
         "--targets",
-        default=",".join(t for t in ALL_TARGETS if t not in ("gconnect-base", "gconnect-namecheck")),
+        default=",".join(
+            t for t in ALL_TARGETS if t not in ("gconnect-base", "gconnect-namecheck", "floor-cb", "floor-cb1")
+        ),
         help="comma-separated, from: " + ", ".join(ALL_TARGETS),
     )
     parser.add_argument(

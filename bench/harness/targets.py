@@ -39,8 +39,10 @@ GCONNECT_TARGETS = (
 )
 #: ats-2t is Traffic Server with two event threads, unpinned: the peer of gconnect-2w.
 PEER_TARGETS = (*PEERS, "proxy.py", "pproxy")
-#: floor is bench/floor.py, the least a gevent CONNECT proxy does: what gevent itself costs.
-ALL_TARGETS = ("direct", "floor", *GCONNECT_TARGETS, *PEER_TARGETS)
+#: floor is bench/floor.py, the least a gevent CONNECT proxy does: what gevent itself costs;
+#: floor-cb the same in callbacks alone (no greenlet), floor-cb1 that accepting one client per wake-up.
+FLOOR_TARGETS = {"floor": [], "floor-cb": ["--callbacks"], "floor-cb1": ["--callbacks", "--accept-one"]}
+ALL_TARGETS = ("direct", *FLOOR_TARGETS, *GCONNECT_TARGETS, *PEER_TARGETS)
 #: Targets that run unpinned, their threads or workers free to use every core.
 UNPINNED_TARGETS = ("gconnect-2w", "ats-2t")
 
@@ -115,11 +117,11 @@ def prepare(name: str, env: Environment) -> str:
         if done.returncode != 0:
             raise TargetUnavailable(f"gconnect is not importable: {done.stderr.strip()[-200:]}")
         return f"gconnect {done.stdout.strip()}" + (f" ({where.name})" if name == "gconnect-base" else "")
-    if name == "floor":
+    if name in FLOOR_TARGETS:
         done = _run([env.python, "-c", "import gevent; print(gevent.__version__)"], 30, cwd=REPO_DIR)
         if done.returncode != 0:
             raise TargetUnavailable(f"gevent is not importable: {done.stderr.strip()[-200:]}")
-        return f"bench/floor.py, gevent {done.stdout.strip()}"
+        return f"bench/floor.py {' '.join(FLOOR_TARGETS[name])}".rstrip() + f", gevent {done.stdout.strip()}"
     if name in PEERS:
         try:
             return debian.version(name)
@@ -154,8 +156,8 @@ def launch_plan(name: str, rundir: Path, env: Environment) -> LaunchPlan:
             return LaunchPlan([*argv, "--workers", "2"], None, None, notes=["proxy unpinned (2 workers)"])
         return LaunchPlan(argv + extra[name], None, env.proxy_cpus)
     port = free_port()
-    if name == "floor":
-        return LaunchPlan([env.python, "-m", "bench.floor", str(port)], port, env.proxy_cpus)
+    if name in FLOOR_TARGETS:
+        return LaunchPlan([env.python, "-m", "bench.floor", *FLOOR_TARGETS[name], str(port)], port, env.proxy_cpus)
     if name in PEERS:
         argv, run_as = debian.command(name, port, rundir)
         if name in UNPINNED_TARGETS:
