@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOTALS = re.compile(r"^totals:\s+(\d+)", re.MULTILINE)
 START_UNDER_VALGRIND_S = 180.0
 ARGS = ("--allow-dest", "127.0.0.0/8", "--forward-port", "1-65535", "--access-log", "", "--log-level", "warning")
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
 _STRACE_ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$", re.MULTILINE)
 
 
@@ -136,7 +137,8 @@ def python_calls(name: str, root: Path, origin_port: int, n: int, out: Path) -> 
         proc.wait(timeout=60)
     calls: dict[str, int] = {}
     for (path, line, function), (_, total, *_rest) in pstats.Stats(str(out)).stats.items():  # type: ignore[attr-defined]
-        where = f"{Path(path).name}:{line}({function})" if line else function
+        # A built-in's name carries its type's address, which differs from one process to the next.
+        where = f"{Path(path).name}:{line}({function})" if line else _ADDRESS.sub("", function)
         calls[where] = calls.get(where, 0) + total
     return calls
 
