@@ -1,4 +1,4 @@
-"""python -m bench.floor_forward PORT [--callbacks]: the least a gevent forward proxy can do.
+"""python -m bench.floor_forward PORT [--callbacks | --eager]: the least a gevent forward proxy can do.
 
 What :mod:`bench.floor` is for tunnels, for plain-HTTP forwarding: the floor under gconnect's
 forwarder in ``bench.forward`` (``floor``, ``floor-cb``) and ``bench.forward_instructions``.
@@ -15,6 +15,8 @@ Two shapes of the same work:
 * default: a plain greenlet per client (as bench/floor.py), parked on a libev watcher (started
   for the wait, stopped after it) until its socket is ready; the client's greenlet does its
   exchanges itself, and waits before it reads: the peer cannot have answered yet.
+* ``--eager``: the default shape making gconnect's system calls: reads before it waits (EAGAIN
+  when the peer has not answered yet) and peeks at an idle upstream connection before reusing it.
 * ``--callbacks``: no greenlet at all, the watchers' callbacks do everything. Every read watcher
   stays started (no epoll_ctl per request): the client's; an upstream connection's hands what it
   reads to the client it serves, and when idle takes readable for the origin's close.
@@ -37,6 +39,9 @@ from greenlet import getcurrent, greenlet
 from bench.floor import CHUNK_BYTES, HUB, LOOP, READ, WRITE
 
 VIA = b"\r\nVia: 1.1 floor\r\n\r\n"
+#: --eager (greenlet shape only): gconnect's system calls on the floor, to price them: every read
+#: made before waiting, and an idle upstream connection peeked at before it is reused.
+EAGER = "--eager" in sys.argv[2:]
 #: Idle upstream connections by the authority of the URI (b"127.0.0.1:8080").
 IDLE: dict[bytes, list["Upstream"]] = {}
 
@@ -127,7 +132,23 @@ def wait(watcher) -> None:
 
 def upstream_for(authority: bytes) -> Upstream:
     idle = IDLE.get(authority)
+    while EAGER and idle:  # gconnect's check that an idle connection is still open
+        upstream = idle.pop()
+        try:
+            upstream.sock.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return upstream
+        upstream.close()
     return idle.pop() if idle else Upstream(authority)
+
+
+def read_eagerly(sock: _socket.socket, reader) -> bytes:
+    """``--eager``: read first and wait only when nothing is there, as gconnect does."""
+    try:
+        return sock.recv(CHUNK_BYTES)
+    except BlockingIOError:
+        wait(reader)
+        return sock.recv(CHUNK_BYTES)
 
 
 def send_all(sock: _socket.socket, data: bytes, writer) -> object:
@@ -153,8 +174,11 @@ def exchange(client: _socket.socket, head: bytes, client_writer) -> object:
     try:
         upstream.writer = send_all(upstream.sock, data, upstream.writer)
         while not upstream.complete:
-            wait(upstream.reader)  # the answer cannot be there before we ask
-            data = upstream.sock.recv(CHUNK_BYTES)
+            if EAGER:
+                data = read_eagerly(upstream.sock, upstream.reader)
+            else:
+                wait(upstream.reader)  # the answer cannot be there before we ask
+                data = upstream.sock.recv(CHUNK_BYTES)
             if not data:
                 raise ConnectionResetError("upstream closed")
             upstream.parser.feed_data(data)
@@ -174,8 +198,11 @@ def serve(client: _socket.socket) -> None:
         while True:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
-                wait(reader)
-                data = client.recv(CHUNK_BYTES)
+                if EAGER:
+                    data = read_eagerly(client, reader)
+                else:
+                    wait(reader)
+                    data = client.recv(CHUNK_BYTES)
                 if not data:
                     return
                 buf += data

@@ -2,7 +2,8 @@
 GET, through gconnect and its peers (Squid, Apache Traffic Server, tinyproxy),
 against one origin on loopback; ``floor`` and ``floor-cb`` are
 bench/floor_forward.py (a greenlet per client, or callbacks only), the least a
-gevent forward proxy can do.
+gevent forward proxy can do, and ``floor-eager`` the first making gconnect's
+system calls (reads before waiting, a peek at an idle upstream connection).
 
 Reported per proxy: requests/s (wall), the proxy's CPU per request (user and
 system, from /proc, so other load on the machine inflates the wall figure but
@@ -50,7 +51,7 @@ from gconnect.testing.procfs import tree_cpu_split
 #: Names the proxies go by on the command line, and the executable each needs.
 EXECUTABLES = {"gconnect": sys.executable, "squid": "squid", "ats": "traffic_server", "tinyproxy": "tinyproxy"}
 #: bench/floor_forward.py's two shapes, by the name they go by in --proxies.
-FLOORS = {"floor": (), "floor-cb": ("--callbacks",)}
+FLOORS = {"floor": (), "floor-cb": ("--callbacks",), "floor-eager": ("--eager",)}
 EXECUTABLES |= dict.fromkeys(FLOORS, sys.executable)
 #: The row of gconnect from another tree (--baseline), for a before/after in one run.
 BASELINE = "gconnect-baseline"
