@@ -1,12 +1,13 @@
 """python -m bench.floor_forward PORT [--callbacks | --eager]: the least a gevent forward proxy can do.
 
 What :mod:`bench.floor` is for tunnels, for plain-HTTP forwarding: the floor under gconnect's
-forwarder in ``bench.forward`` (``floor``, ``floor-cb``) and ``bench.forward_instructions``.
+forwarder in ``bench.forward`` (``floor``, ``floor-cb``, ``floor-eager``) and
+``bench.forward_instructions``.
 Bodyless requests in absolute form (``GET http://IP:PORT/path HTTP/1.1``) on keep-alive client
 connections; each head found by its CRLFCRLF and checked by httptools' request parser (llhttp, as
 gconnect's), then rewritten only as RFC 9110 §7.6 and RFC 9112 §3.2.1 ask: origin-form request
-line, Proxy-Connection dropped, Via added. The origin is the IP literal of the URI (no DNS); one
-idle connection per origin in flight is reused, each with its own read watcher and httptools
+line, Proxy-Connection dropped, Via added. The origin is the IP literal of the URI (no DNS); its
+connections are kept idle between requests and reused, each with its own read watcher and httptools
 response parser, which frames the response (Content-Length, chunked: llhttp's rules) while the
 bytes go on to the client as they come, head unchanged.
 
@@ -21,11 +22,12 @@ Two shapes of the same work:
   stays started (no epoll_ctl per request): the client's; an upstream connection's hands what it
   reads to the client it serves, and when idle takes readable for the origin's close.
 
-Raw non-blocking ``_socket`` sockets, no StreamServer, no per-client objects but a parser. No
+Raw non-blocking ``_socket`` sockets, no StreamServer, no per-request object but the bytes. No
 checks, no limits, no timeouts, no logging, no answer of its own: a request with a body, a
 malformed head or a closed upstream connection ends the client's connection; a retry of an idle
-connection the origin closed, Connection-named fields and a Host from the URI are left out (the
-bench sends none of them). Not a proxy to run.
+connection the origin closed (``--callbacks`` and ``--eager`` notice the close before reuse),
+Connection-named fields, a Host from the URI and a Via on the response are left out (the bench
+needs none of them). Not a proxy to run.
 """
 
 import _socket
