@@ -1,4 +1,4 @@
-"""python -m bench.floor_forward PORT [--callbacks | --eager]: the least a gevent forward proxy can do.
+"""python -m bench.floor_forward PORT [--callbacks | --eager | --fields]: the least a gevent forward proxy can do.
 
 What :mod:`bench.floor` is for tunnels, for plain-HTTP forwarding: the floor under gconnect's
 forwarder in ``bench.forward`` (``floor``, ``floor-cb``, ``floor-eager``) and
@@ -18,6 +18,8 @@ Two shapes of the same work:
   exchanges itself, and waits before it reads: the peer cannot have answered yet.
 * ``--eager``: the default shape making gconnect's system calls: reads before it waits (EAGAIN
   when the peer has not answered yet) and peeks at an idle upstream connection before reusing it.
+* ``--fields``: the default shape parsing both heads field by field in Python (a callback from
+  llhttp per field) and rendering the request's head from its fields, as a textbook proxy does.
 * ``--callbacks``: no greenlet at all, the watchers' callbacks do everything. Every read watcher
   stays started (no epoll_ctl per request): the client's; an upstream connection's hands what it
   reads to the client it serves, and when idle takes readable for the origin's close.
@@ -44,6 +46,9 @@ VIA = b"\r\nVia: 1.1 floor\r\n\r\n"
 #: --eager (greenlet shape only): gconnect's system calls on the floor, to price them: every read
 #: made before waiting, and an idle upstream connection peeked at before it is reused.
 EAGER = "--eager" in sys.argv[2:]
+#: --fields (greenlet shape only): both heads parsed field by field in Python (an llhttp callback
+#: per field) and the request's head rendered from its fields, as a textbook proxy does.
+FIELDS = "--fields" in sys.argv[2:]
 #: Idle upstream connections by the authority of the URI (b"127.0.0.1:8080").
 IDLE: dict[bytes, list["Upstream"]] = {}
 
@@ -76,6 +81,31 @@ class Request:
 
     def on_message_complete(self) -> None:
         self.complete = True
+
+
+class FieldsRequest(Request):
+    """``--fields``: the request's fields too, as llhttp hands them over."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: list[tuple[bytes, bytes]] = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+
+def render(head: bytes, fields: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+    """``--fields``: :func:`rewrite`'s result made from the parsed fields instead of the bytes."""
+    method, target, version = head[: head.find(b"\r\n")].split(b" ")
+    if not target.startswith(b"http://"):
+        raise ValueError("not an absolute http URI")
+    authority, _, path = target[7:].partition(b"/")
+    lines = [b"%s /%s %s" % (method, path, version)]
+    lines += [name + b": " + value for name, value in fields if name.lower() != b"proxy-connection"]
+    lines.append(b"Via: 1.1 floor\r\n\r\n")
+    return b"\r\n".join(lines), authority
 
 
 class Upstream:
@@ -132,6 +162,23 @@ def wait(watcher) -> None:
         watcher.stop()
 
 
+class FieldsUpstream(Upstream):
+    """``--fields``: the response's fields collected too (and dropped: the head goes on as is)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, authority: bytes) -> None:
+        self.fields: list[tuple[bytes, bytes]] = []
+        super().__init__(authority)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+    def done(self) -> None:
+        self.fields = []
+        super().done()
+
+
 def upstream_for(authority: bytes) -> Upstream:
     idle = IDLE.get(authority)
     while EAGER and idle:  # gconnect's check that an idle connection is still open
@@ -141,7 +188,7 @@ def upstream_for(authority: bytes) -> Upstream:
         except BlockingIOError:
             return upstream
         upstream.close()
-    return idle.pop() if idle else Upstream(authority)
+    return idle.pop() if idle else (FieldsUpstream if FIELDS else Upstream)(authority)
 
 
 def read_eagerly(sock: _socket.socket, reader) -> bytes:
@@ -169,9 +216,13 @@ def send_all(sock: _socket.socket, data: bytes, writer) -> object:
         wait(writer)
 
 
-def exchange(client: _socket.socket, head: bytes, client_writer) -> object:
+def exchange(client: _socket.socket, head: bytes, client_writer, request: Request) -> object:
     """Send one request on and relay its response to *client*; raises OSError when a side fails."""
-    data, authority = rewrite(head)
+    if FIELDS:
+        data, authority = render(head, request.fields)  # type: ignore[attr-defined]
+        request.fields = []  # type: ignore[attr-defined]
+    else:
+        data, authority = rewrite(head)
     upstream = upstream_for(authority)
     try:
         upstream.writer = send_all(upstream.sock, data, upstream.writer)
@@ -194,7 +245,7 @@ def exchange(client: _socket.socket, head: bytes, client_writer) -> object:
 
 def serve(client: _socket.socket) -> None:
     """A client's greenlet: its requests one at a time, until it closes or sends what we do not do."""
-    reader, writer, request = LOOP.io(client.fileno(), READ), None, Request()
+    reader, writer, request = LOOP.io(client.fileno(), READ), None, FieldsRequest() if FIELDS else Request()
     parser, buf = httptools.HttpRequestParser(request), b""
     try:
         while True:
@@ -214,7 +265,7 @@ def serve(client: _socket.socket) -> None:
             if not request.complete:  # a body follows: not for the floor
                 return
             request.complete = False
-            writer = exchange(client, head, writer)
+            writer = exchange(client, head, writer, request)
             if not parser.should_keep_alive():
                 return
     except (OSError, ValueError, httptools.HttpParserError):

@@ -2,8 +2,9 @@
 GET, through gconnect and its peers (Squid, Apache Traffic Server, tinyproxy),
 against one origin on loopback; ``floor`` and ``floor-cb`` are
 bench/floor_forward.py (a greenlet per client, or callbacks only), the least a
-gevent forward proxy can do, and ``floor-eager`` the first making gconnect's
-system calls (reads before waiting, a peek at an idle upstream connection).
+gevent forward proxy can do, ``floor-eager`` the first making gconnect's
+system calls (reads before waiting, a peek at an idle upstream connection),
+``floor-fields`` the first parsing both heads field by field in Python.
 
 Reported per proxy: requests/s (wall), the proxy's CPU per request (user and
 system, from /proc, so other load on the machine inflates the wall figure but
@@ -51,7 +52,7 @@ from gconnect.testing.procfs import tree_cpu_split
 #: Names the proxies go by on the command line, and the executable each needs.
 EXECUTABLES = {"gconnect": sys.executable, "squid": "squid", "ats": "traffic_server", "tinyproxy": "tinyproxy"}
 #: bench/floor_forward.py's two shapes, by the name they go by in --proxies.
-FLOORS = {"floor": (), "floor-cb": ("--callbacks",), "floor-eager": ("--eager",)}
+FLOORS = {"floor": (), "floor-cb": ("--callbacks",), "floor-eager": ("--eager",), "floor-fields": ("--fields",)}
 EXECUTABLES |= dict.fromkeys(FLOORS, sys.executable)
 #: The row of gconnect from another tree (--baseline), for a before/after in one run.
 BASELINE = "gconnect-baseline"
