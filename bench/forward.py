@@ -1,6 +1,10 @@
 """Plain HTTP forwarding: small GETs on keep-alive connections and one bulk
 GET, through gconnect and its peers (Squid, Apache Traffic Server, tinyproxy),
-against one origin on loopback.
+against one origin on loopback; ``floor`` and ``floor-cb`` are
+bench/floor_forward.py (a greenlet per client, or callbacks only), the least a
+gevent forward proxy can do, ``floor-eager`` the first making gconnect's
+system calls (reads before waiting, a peek at an idle upstream connection),
+``floor-fields`` the first parsing both heads field by field in Python.
 
 Reported per proxy: requests/s (wall), the proxy's CPU per request (user and
 system, from /proc, so other load on the machine inflates the wall figure but
@@ -11,9 +15,12 @@ ratio of each peer's in the same round; ``--pin`` puts the proxy on CPU 0 and
 the client and origin on CPU 1.
 
     python -m bench.forward [--requests 4000] [--connections 16] [--bulk-mib 256]
-        [--proxies gconnect,squid,ats,tinyproxy] [--repeat 1] [--pin] [--json PATH]
-        [--gconnect-args "..."] [--baseline DIR]
+        [--proxies gconnect,squid,ats,tinyproxy,floor,floor-cb] [--repeat 1] [--pin] [--json PATH]
+        [--gconnect-args "..."] [--baseline DIR] [--syscalls]
 
+``--syscalls`` runs the small GETs a third time under ``perf stat`` (the
+kernel's syscall tracepoints, bench/syscall_count.py: the proxy at full speed,
+unlike under strace) and reports system calls per request by name.
 ``--baseline DIR`` adds a row for gconnect from another tree (``python -c "from
 bench.harness.trees import extract; print(extract('REF'))"`` makes one), so a
 change is measured against what it changes in the same run.
@@ -37,11 +44,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import syscall_count
+from bench.ats import ats_argv
 from bench.harness.targets import free_port
 from gconnect.testing.procfs import tree_cpu_split
 
 #: Names the proxies go by on the command line, and the executable each needs.
 EXECUTABLES = {"gconnect": sys.executable, "squid": "squid", "ats": "traffic_server", "tinyproxy": "tinyproxy"}
+#: bench/floor_forward.py's two shapes, by the name they go by in --proxies.
+FLOORS = {"floor": (), "floor-cb": ("--callbacks",), "floor-eager": ("--eager",), "floor-fields": ("--fields",)}
+EXECUTABLES |= dict.fromkeys(FLOORS, sys.executable)
 #: The row of gconnect from another tree (--baseline), for a before/after in one run.
 BASELINE = "gconnect-baseline"
 #: Requests sent through each proxy before measuring (connections opened, caches warm).
@@ -89,58 +101,18 @@ def _get(origin_port: int, path: str) -> bytes:
     return f"GET http://127.0.0.1:{origin_port}{path} HTTP/1.1\r\nHost: 127.0.0.1:{origin_port}\r\n\r\n".encode()
 
 
-ATS_RECORDS = """\
-CONFIG proxy.config.admin.user_id STRING trafficserver
-CONFIG proxy.config.exec_thread.autoconfig INT 0
-CONFIG proxy.config.exec_thread.limit INT 1
-CONFIG proxy.config.accept_threads INT 0
-CONFIG proxy.config.task_threads INT 1
-CONFIG proxy.config.http.server_ports STRING {port}
-CONFIG proxy.config.url_remap.remap_required INT 0
-CONFIG proxy.config.reverse_proxy.enabled INT 0
-CONFIG proxy.config.http.cache.http INT 0
-CONFIG proxy.config.cache.ram_cache.size INT 0
-CONFIG proxy.config.http.insert_request_via_str INT 1
-CONFIG proxy.config.http.insert_response_via_str INT 0
-CONFIG proxy.config.http.insert_client_ip INT 0
-CONFIG proxy.config.http.insert_squid_x_forwarded_for INT 0
-CONFIG proxy.config.log.logging_enabled INT 0
-CONFIG proxy.config.http.keep_alive_no_activity_timeout_in INT 120
-CONFIG proxy.config.http.keep_alive_no_activity_timeout_out INT 120
-"""
-
-
-def ats_argv(rundir: Path, port: int) -> list[str]:
-    """A forward-proxy Apache Traffic Server of our own: a runroot under
-    *rundir* (binaries linked from the system's, configuration and state
-    here), one event thread, no cache, no logs."""
-    root = rundir / "ats"
-    subprocess.run(["traffic_layout", "init", "--path", str(root)], check=True, capture_output=True, timeout=120)
-    dirs = {name: root / name for name in ("etc", "var", "run", "cache", "log")}
-    for path in dirs.values():
-        path.mkdir(exist_ok=True)
-    for conf in Path("/etc/trafficserver").iterdir():
-        if conf.is_file():
-            shutil.copy(conf, dirs["etc"] / conf.name)
-    (dirs["etc"] / "records.config").write_text(ATS_RECORDS.format(port=port))
-    (dirs["etc"] / "storage.config").write_text(f"{dirs['cache']} 64M\n")
-    for name in ("remap.config", "plugin.config", "parent.config"):
-        (dirs["etc"] / name).write_text("")
-    places = {"sysconfdir": "etc", "datadir": "cache", "localstatedir": "var", "runtimedir": "run"}
-    places |= {"logdir": "log", "cachedir": "cache"}
-    lines = (root / "runroot.yaml").read_text().splitlines()
-    lines = [f"{k}: {dirs[places[k]]}" if (k := line.split(":")[0]) in places else line for line in lines]
-    (root / "runroot.yaml").write_text("\n".join(lines) + "\n")
-    for name in ("var", "run", "cache", "log"):
-        shutil.chown(dirs[name], "trafficserver")
-    os.chmod(rundir, 0o755)
-    return ["traffic_server", f"--run-root={root}"]
-
-
 def start_proxy(
-    name: str, rundir: Path, origin_port: int, pin: bool = False, extra: tuple[str, ...] = (), tree: str = ""
+    name: str,
+    rundir: Path,
+    origin_port: int,
+    pin: bool = False,
+    extra: tuple[str, ...] = (),
+    tree: str = "",
+    prefix: tuple[str, ...] = (),
+    start_timeout: float = 20.0,
 ) -> tuple[subprocess.Popen, int]:
-    """Start proxy *name* on a free port; gconnect from *tree* (default: the one this file is in)."""
+    """Start proxy *name* on a free port; gconnect (and the floor) from *tree* (default: the one
+    this file is in); *prefix* runs it through another command (valgrind)."""
     port = free_port()
     if name in ("gconnect", BASELINE):
         argv = [sys.executable, "-m", "gconnect", "serve", "--listen", f"127.0.0.1:{port}"]
@@ -175,14 +147,17 @@ def start_proxy(
         argv = ["squid", "-N", "-f", str(conf)]
     elif name == "ats":
         argv = ats_argv(rundir, port)
+    elif name in FLOORS:
+        argv = [sys.executable, "-m", "bench.floor_forward", str(port), *FLOORS[name]]
     else:
         raise ValueError(name)
+    argv = [*prefix, *argv]
     if pin:
         argv = ["taskset", "-c", "0", *argv]
     # gconnect from this tree (the one the bench was started from), whatever is installed.
     env = {**os.environ, "PYTHONPATH": tree or str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=rundir, env=env)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + start_timeout
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
@@ -284,6 +259,12 @@ def measure(name: str, origin_port: int, args: argparse.Namespace, bulk: int) ->
                 "user_us_per_request": (user1 - user0) * 1e6 / args.requests,
                 "sys_us_per_request": (sys1 - sys0) * 1e6 / args.requests,
             }
+            if args.syscalls:
+                idle = syscall_count.idle_rate(proc.pid)
+                load = syscall_count.count(
+                    proc.pid, lambda: small_gets(port, origin_port, args.requests, args.connections), idle
+                )
+                row["syscalls_per_request"] = syscall_count.per_unit(load, args.requests)
             if bulk:
                 bulk_wall = bulk_get(port, origin_port, bulk)
                 user2, sys2 = tree_cpu_split(proc.pid)
@@ -299,13 +280,22 @@ def measure(name: str, origin_port: int, args: argparse.Namespace, bulk: int) ->
     return row
 
 
+def _median(values: list) -> float | dict[str, float]:
+    """The median of numbers, or of dicts of numbers key by key (a key missing from one is 0)."""
+    if not isinstance(values[0], dict):
+        return statistics.median(values)
+    keys = {key: None for value in values for key in value}
+    medians = {key: statistics.median(value.get(key, 0.0) for value in values) for key in keys}
+    return dict(sorted(medians.items(), key=lambda kv: -kv[1]))
+
+
 def summarise(rounds: list[dict[str, dict]]) -> dict[str, dict]:
     """Medians per proxy over the rounds, and gconnect's CPU per request over each peer's, round by round."""
     names = list(rounds[0])
     summary: dict[str, dict] = {}
     for name in names:
         rows = [r[name] for r in rounds if name in r]
-        summary[name] = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+        summary[name] = {key: _median([row[key] for row in rows]) for key in rows[0]}
         if name != "gconnect" and "gconnect" in names:
             ratios = [r["gconnect"]["cpu_us_per_request"] / r[name]["cpu_us_per_request"] for r in rounds]
             summary[name]["gconnect_cpu_ratio"] = statistics.median(ratios)
@@ -317,6 +307,9 @@ def table(summary: dict[str, dict], bulk: bool) -> str:
     rule = "|---|---|---|---|"
     if bulk:
         head, rule = head + " bulk MB/s | CPU s/GB user / sys |", rule + "---|---|"
+    calls = any("syscalls_per_request" in row for row in summary.values())
+    if calls:
+        head, rule = head + " system calls/request (most made) |", rule + "---|"
     lines = [head, rule]
     for name, row in summary.items():
         ratio = f"{row['gconnect_cpu_ratio']:.2f}" if "gconnect_cpu_ratio" in row else ""
@@ -326,8 +319,15 @@ def table(summary: dict[str, dict], bulk: bool) -> str:
         )
         if bulk:
             line += f" {row['bulk_mb_per_s']:,.0f} | {row['bulk_user_s_per_gb']:.2f} / {row['bulk_sys_s_per_gb']:.2f} |"
+        if calls:
+            line += f" {_calls(row.get('syscalls_per_request', {}))} |"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _calls(counts: dict[str, float]) -> str:
+    named = [f"{name} {value:.1f}" for name, value in counts.items() if name not in ("total", "other")]
+    return f"{counts.get('total', 0):.1f} ({', '.join(named[:4])})" if counts else ""
 
 
 def main() -> None:
@@ -341,6 +341,9 @@ def main() -> None:
     parser.add_argument("--json", help="also write every round and the medians here")
     parser.add_argument("--gconnect-args", default="", help="more options for gconnect serve")
     parser.add_argument("--baseline", default="", help=f"a gconnect tree (a directory) to run as {BASELINE} too")
+    parser.add_argument(
+        "--syscalls", action="store_true", help="a third pass of the small GETs, its system calls counted by perf"
+    )
     args = parser.parse_args()
     if args.pin:
         os.sched_setaffinity(0, {1})  # the client, and the origin started below
