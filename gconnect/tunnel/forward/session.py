@@ -59,6 +59,9 @@ class ForwardSession:
         self._idle = False
         #: The parser that read the last head, renewed for the next (ForwardRequestParser.renew).
         self._parser = parser
+        #: The last request's (host, port) and its host:port text: a connection
+        #: mostly asks one host, and the text is made once.
+        self._target: tuple[str, int, str] = ("", 0, "")
 
     def drain(self) -> None:
         """Shutdown has begun (ClientSide.drain): finish the request under way,
@@ -91,17 +94,25 @@ class ForwardSession:
         record = RequestRecord(ctx.address, request.method)
         if ctx.side is not None:
             record.side = ctx.side
-        record.scheme = request.scheme or "-"
-        if request.scheme:
-            record.target = request.target
-        if ctx.config.log_path:
+        scheme = request.scheme
+        if scheme:
+            if scheme != record.scheme:
+                record.scheme = scheme
+            host, port, target = self._target
+            if request.port != port or request.host != host:
+                target = request.target
+                self._target = (request.host, request.port, target)
+            record.target = target
+        else:
+            record.scheme = "-"
+        if ctx.services.config.log_path:
             record.path = request.path.decode("ascii", "backslashreplace")
         keep, leftover = False, b""
         try:
-            if not request.scheme:
+            if not scheme:
                 keep, leftover = self.own_path(request, record), request.trailing
             else:
-                exchange = Exchange(ctx, self.client, request, record, self.ends_at)
+                exchange = Exchange(ctx, self.client, request, record, self.ends_at, self.loop)
                 keep, _ = exchange.run()
                 leftover = exchange.leftover
         except GConnectError as exc:
@@ -147,7 +158,7 @@ class ForwardSession:
     def read_next(self, data: bytes) -> ForwardRequest | bytes | None:
         """The next request head: a forwarded request, the bytes of a CONNECT,
         or None (the client closed or stayed idle, or its head was refused)."""
-        config = self.ctx.config
+        config = self.ctx.services.config
         loop = self.loop
         deadline = min(loop.now() + CLIENT_IDLE_SECONDS, self.ends_at)
         prefix = b""
