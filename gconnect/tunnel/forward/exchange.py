@@ -40,7 +40,7 @@ from .fields import NO_BODY, UNTIL_CLOSE
 from .render import max_forwards, own_response, request_head, response_head
 from .request import ForwardRequest
 from .response import ResponseHead, ResponseParser
-from .upstream import Upstream
+from .upstream import UPSTREAM_RECV_BYTES, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,8 @@ class Exchange:
             connection, _ = steps.dial(ctx.services, request, record, addresses, pool, through)
             upstream = connection if pool is not None else outbound.direct(ctx, self.user, connection)
         else:
-            record.connected_at = time.monotonic()
+            # Nothing was dialled: connected when resolved (the steps' clock read just before).
+            record.connected_at = record.resolved_at
             record.dialled = upstream.dialled
         self.reused = record.reused = upstream.idle_since > 0
         return upstream
@@ -277,7 +278,7 @@ class Exchange:
     def _read_response(self, upstream: Upstream) -> ResponseHead | None:
         """Feed what the origin sent to the head parser; relay 1xx; the final head once complete."""
         try:
-            data = upstream.recv()
+            data = upstream.sock.recv(UPSTREAM_RECV_BYTES)
         except BlockingIOError:
             return None
         except OSError as exc:
@@ -286,7 +287,7 @@ class Exchange:
             raise self._lost(None)
         self.response_bytes += len(data)
         head = self.parser.feed(data)
-        while head is not None and head.interim:
+        while head is not None and head.status < 200:  # interim: another head follows
             if self.request.version == "1.1":
                 interim = response_head(head, self.ctx.config.via_name, "1.1", True)
                 if not self.client.send(interim, self._deadline()):
@@ -319,7 +320,9 @@ class Exchange:
         record.status = final.status
         reusable = False
         try:
-            if not self.client.send(head + out if out else head, self._deadline()):
+            now = self.loop.now()
+            deadline = now + min(self.ctx.services.config.idle_timeout or FOREVER_SECONDS, self.ends_at - now)
+            if not self.client.send(head + out if out else head, deadline):
                 record.end_reason = "client_timeout"
                 return False, True
             record.first_byte_at = time.monotonic()

@@ -182,7 +182,12 @@ class ForwardSession:
                         request = parser.feed(data)
                         if request is not None:
                             return request
-                data = self._recv(deadline, started=bool(prefix))
+                try:
+                    data = self.client.recv_nowait()
+                except BlockingIOError:
+                    data = self._recv(deadline, started=bool(prefix))
+                except OSError:
+                    return None
                 if not data:
                     return None
         except GConnectError as exc:
@@ -193,23 +198,25 @@ class ForwardSession:
             return None
 
     def _recv(self, deadline: float, started: bool) -> bytes:
-        """The client's next bytes; b"" when it closed, or went idle between
+        """The client's next bytes, once it has sent some (nothing had come
+        when this was called); b"" when it closed, or went idle between
         requests, or shutdown began before the next request started."""
         while True:
+            if self.draining and not started:
+                return b""
+            self._idle = not started
+            try:
+                ready = wait(self.client.client_reader(), deadline - self.loop.now())
+            finally:
+                self._idle = False
+            if not ready:
+                if started:
+                    raise HeadTimeoutError("request head not received in time") from None
+                return b""
             try:
                 return self.client.recv_nowait()
             except BlockingIOError:
-                if self.draining and not started:
-                    return b""
-                self._idle = not started
-                try:
-                    ready = wait(self.client.client_reader(), deadline - self.loop.now())
-                finally:
-                    self._idle = False
-                if not ready:
-                    if started:
-                        raise HeadTimeoutError("request head not received in time") from None
-                    return b""
+                pass
             except OSError:
                 return b""
 

@@ -132,7 +132,7 @@ class IdleConnections:
     def __init__(self, idle_timeout: float, per_key: int) -> None:
         self.idle_timeout = idle_timeout
         self.per_key = per_key
-        self._idle: dict[ReuseKey, list[Upstream]] = {}
+        self._idle: dict[tuple[str | None, str, int, str], list[Upstream]] = {}
         self._timer: Any = None
         #: Connections taken for reuse, and those found closed when taken.
         self.reused = 0
@@ -141,9 +141,10 @@ class IdleConnections:
     def __len__(self) -> int:
         return sum(len(conns) for conns in self._idle.values())
 
-    def take(self, key: ReuseKey, sources: tuple[str, ...] = ()) -> Upstream | None:
-        """The most recently idle connection for *key* that is still open and
-        bound to one of *sources* (when --bind-address gives any), or None."""
+    def take(self, key: tuple[str | None, str, int, str], sources: tuple[str, ...] = ()) -> Upstream | None:
+        """The most recently idle connection for *key* (a :class:`ReuseKey`, or
+        the plain tuple of its fields) that is still open and bound to one of
+        *sources* (when --bind-address gives any), or None."""
         conns = self._idle.get(key)
         now = get_hub().loop.now()
         while conns:
