@@ -35,6 +35,18 @@ _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
 LAST_CHUNK = b"0\r\n\r\n"
 
 
+def whole_body(framing: Framing, data: bytes) -> tuple[bytes, bytes] | None:
+    """``(body, rest)`` when *data*, the bytes after a head, hold all of an
+    empty or Content-Length body (what a :class:`BodyReader` would give for
+    them, and then be done); None otherwise: a BodyReader takes it. Most
+    small responses arrive whole with their head, and need no reader."""
+    kind = framing.kind
+    if kind == LENGTH:
+        length = framing.length
+        return (data[:length], data[length:]) if len(data) >= length else None
+    return (b"", data) if kind == NO_BODY else None
+
+
 class BodyError(ValueError):
     """The body does not keep to its framing; the message says where."""
 

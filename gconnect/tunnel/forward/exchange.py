@@ -34,7 +34,7 @@ from .. import steps
 from ..shaping import Pacer
 from ..waiting import wait, wait_any
 from . import outbound
-from .body import NO_BODY_READER, BodyError, BodyReader
+from .body import NO_BODY_READER, BodyError, BodyReader, whole_body
 from .context import ClientStream, ForwardContext, RequestRecord
 from .fields import NO_BODY, UNTIL_CLOSE
 from .render import max_forwards, own_response, request_head, response_head
@@ -312,11 +312,16 @@ class Exchange:
             raise ParentProxyError(f"parent proxy {upstream.member.url} answered 407 (check its credentials)", 407)
         client_keep = request.keep_alive and self.body.done and final.framing.kind != UNTIL_CLOSE
         head = response_head(final, self.ctx.services.config.via_name, request.version, client_keep)
-        body = BodyReader(final.framing, rechunk=request.version == "1.1")
-        try:
-            out, rest = body.feed(final.trailing)
-        except BodyError as exc:
-            raise BadResponseError(f"response body: {exc}") from None
+        whole = whole_body(final.framing, final.trailing)
+        if whole is not None:
+            body = None
+            out, rest = whole
+        else:
+            body = BodyReader(final.framing, rechunk=request.version == "1.1")
+            try:
+                out, rest = body.feed(final.trailing)
+            except BodyError as exc:
+                raise BadResponseError(f"response body: {exc}") from None
         record.status = final.status
         reusable = False
         try:
@@ -327,7 +332,7 @@ class Exchange:
                 return False, True
             record.first_byte_at = time.monotonic()
             record.bytes_down = len(head) + len(out)
-            if not body.done:
+            if body is not None and not body.done:
                 reason = self._pump_response(upstream, body)
                 if reason:
                     record.end_reason = reason
