@@ -8,8 +8,8 @@ import h11
 import pytest
 
 from gconnect.errors import BadResponseError, ClientError, GConnectError
-from gconnect.tunnel.forward.body import BodyError, BodyReader
-from gconnect.tunnel.forward.fields import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE
+from gconnect.tunnel.forward.body import BodyError, BodyReader, whole_body
+from gconnect.tunnel.forward.fields import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, Framing
 from gconnect.tunnel.forward.render import Outgoing, request_head, response_head
 from gconnect.tunnel.forward.request import ForwardRequestParser, is_connect
 from gconnect.tunnel.forward.response import ResponseParser
@@ -415,6 +415,31 @@ def test_rechunked_body_is_ours() -> None:
     reader = BodyReader(ForwardRequestParser(MAX).feed(req(b"Transfer-Encoding: chunked")).framing)
     out, rest = reader.feed(b'3;ext="x"\r\nabc\r\n0\r\nX-T: 1\r\n\r\n')
     assert out == b"3\r\nabc\r\n0\r\n\r\n" and rest == b"" and reader.done
+
+
+@pytest.mark.parametrize(
+    ("framing", "data"),
+    [
+        (Framing(NO_BODY), b""),
+        (Framing(NO_BODY), b"GET / HTTP/1.1\r\n"),
+        (Framing(LENGTH, 0), b"next"),
+        (Framing(LENGTH, 5), b"hello"),
+        (Framing(LENGTH, 5), b"helloHTTP/1.1 200"),
+        (Framing(LENGTH, 5), b"hell"),
+        (Framing(LENGTH, 5), b""),
+        (Framing(CHUNKED), b"5\r\nhello\r\n0\r\n\r\n"),
+        (Framing(UNTIL_CLOSE), b"hello"),
+    ],
+)
+def test_whole_body_is_what_a_reader_gives_when_it_is_done(framing: Framing, data: bytes) -> None:
+    reader = BodyReader(framing)
+    out, rest = reader.feed(data)
+    whole = whole_body(framing, data)
+    if whole is not None:
+        assert whole == (out, rest) and reader.done
+    else:
+        # Only bodies a reader must go on reading (or re-frame) are left to it.
+        assert not reader.done or framing.kind == CHUNKED
 
 
 # --- the differential test: whatever we accept, h11 reads the same way ---------

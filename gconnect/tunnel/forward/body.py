@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from .fields import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, Framing
+from .fields import CHUNKED, EMPTY, LENGTH, NO_BODY, UNTIL_CLOSE, Framing
 
 #: Longest chunk-size line, extensions included (llhttp and h11 take any
 #: length; nginx 4 KiB for a whole chunk header).
@@ -35,6 +35,18 @@ _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
 LAST_CHUNK = b"0\r\n\r\n"
 
 
+def whole_body(framing: Framing, data: bytes) -> tuple[bytes, bytes] | None:
+    """``(body, rest)`` when *data*, the bytes after a head, hold all of an
+    empty or Content-Length body (what a :class:`BodyReader` would give for
+    them, and then be done); None otherwise: a BodyReader takes it. Most
+    small responses arrive whole with their head, and need no reader."""
+    kind = framing.kind
+    if kind == LENGTH:
+        length = framing.length
+        return (data[:length], data[length:]) if len(data) >= length else None
+    return (b"", data) if kind == NO_BODY else None
+
+
 class BodyError(ValueError):
     """The body does not keep to its framing; the message says where."""
 
@@ -44,7 +56,7 @@ class BodyReader:
     (False: unwrapped, for an HTTP/1.0 client, whose body then ends with the
     connection). ``done`` once the body is complete."""
 
-    __slots__ = ("_line", "_remaining", "_state", "_trailer_bytes", "framing", "received", "rechunk")
+    __slots__ = ("_line", "_remaining", "_state", "_trailer_bytes", "done", "framing", "received", "rechunk")
 
     def __init__(self, framing: Framing, rechunk: bool = True) -> None:
         self.framing = framing
@@ -60,10 +72,8 @@ class BodyReader:
             self._state = _SIZE
         else:
             self._state = _DATA
-
-    @property
-    def done(self) -> bool:
-        return self._state == _DONE
+        #: The body is complete (kept as a flag, not a property: it is asked several times a message).
+        self.done = self._state == _DONE
 
     def feed(self, data: bytes) -> tuple[bytes, bytes]:
         """``(to send on, rest)``: *rest* is what follows the body's end (empty until done)."""
@@ -78,7 +88,7 @@ class BodyReader:
             self._remaining -= len(take)
             self.received += len(take)
             if not self._remaining:
-                self._state = _DONE
+                self._state, self.done = _DONE, True
                 return take, data[len(take) :]
             return take, b""
         out: list[bytes] = []
@@ -91,7 +101,7 @@ class BodyReader:
         if self._state == _DONE:
             return
         if self.framing.kind == UNTIL_CLOSE:
-            self._state = _DONE
+            self._state, self.done = _DONE, True
             return
         raise BodyError("the connection closed before the end of the body")
 
@@ -161,7 +171,7 @@ class BodyReader:
 
     def _trailer_line(self, line: bytes, out: list[bytes]) -> None:
         if not line:
-            self._state = _DONE
+            self._state, self.done = _DONE, True
             if self.rechunk:
                 out.append(LAST_CHUNK)
             return
@@ -170,3 +180,9 @@ class BodyReader:
             raise BodyError("trailer section too long")
         if not _FIELD_LINE.fullmatch(line):
             raise BodyError(f"invalid trailer line {line[:40]!r}")
+
+
+#: The reader of a message without a body: done from the start, so nothing
+#: ever changes it (:meth:`~BodyReader.feed` and :meth:`~BodyReader.eof`
+#: return at once), and one serves every bodyless request.
+NO_BODY_READER = BodyReader(EMPTY)

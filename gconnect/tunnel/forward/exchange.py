@@ -21,7 +21,6 @@ from typing import Any
 
 from gevent import get_hub
 
-from ...config import hostport
 from ...errors import (
     BadResponseError,
     BodyTimeoutError,
@@ -35,13 +34,13 @@ from .. import steps
 from ..shaping import Pacer
 from ..waiting import wait, wait_any
 from . import outbound
-from .body import BodyError, BodyReader
+from .body import NO_BODY_READER, BodyError, BodyReader, whole_body
 from .context import ClientStream, ForwardContext, RequestRecord
 from .fields import NO_BODY, UNTIL_CLOSE
 from .render import max_forwards, own_response, request_head, response_head
 from .request import ForwardRequest
 from .response import ResponseHead, ResponseParser
-from .upstream import Upstream
+from .upstream import UPSTREAM_RECV_BYTES, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +60,45 @@ class _Retry(Exception):
 class Exchange:
     """One request: :meth:`run` forwards it and relays the answer."""
 
+    __slots__ = (
+        "body",
+        "client",
+        "ctx",
+        "ends_at",
+        "leftover",
+        "loop",
+        "parser",
+        "policy",
+        "pool",
+        "record",
+        "request",
+        "response_bytes",
+        "reused",
+        "user",
+    )
+
     def __init__(
-        self, ctx: ForwardContext, client: ClientStream, request: ForwardRequest, record: RequestRecord, ends_at: float
+        self,
+        ctx: ForwardContext,
+        client: ClientStream,
+        request: ForwardRequest,
+        record: RequestRecord,
+        ends_at: float,
+        loop: Any = None,
     ) -> None:
         self.ctx = ctx
         self.client = client
         self.request = request
         self.record = record
         self.ends_at = ends_at
-        self.loop = get_hub().loop
+        self.loop = loop if loop is not None else get_hub().loop
         self.user: str | None = None
         self.policy: Any = None
         self.pool: Any = None
         #: Bytes the client sent after this request's body (pipelined requests).
         self.leftover = b""
-        self.body = BodyReader(request.framing)
+        framing = request.framing
+        self.body = BodyReader(framing) if framing.kind != NO_BODY else NO_BODY_READER
         self.parser = ResponseParser(MAX_RESPONSE_HEAD_BYTES, request.method == b"HEAD")
         self.reused = False
         self.response_bytes = 0
@@ -85,17 +108,26 @@ class Exchange:
     def run(self) -> tuple[bool, bool]:
         """Forward the request and relay the response: ``(keep the client's
         connection, the response was sent)``. Raises GConnectError while
-        nothing of a response has been sent."""
-        self.authenticate()
-        self.check()
-        if max_forwards(self.request) == 0:
+        nothing of a response has been sent.
+
+        The steps are :mod:`~gconnect.tunnel.steps`, as for a tunnel:
+        authenticate; check (the user's policy, ``--forward-port``, the name
+        rules before DNS, the byte quota, the external ACL, the route);
+        resolve (a parent resolves its own); then an idle connection for the
+        same key, or one dialled."""
+        ctx, request, record = self.ctx, self.request, self.record
+        services = ctx.services
+        steps.authenticate(services, request, record, ctx.who, ctx.peer_certificate)
+        self.user = record.user
+        self.policy, self.pool = steps.check(services, request, record, steps.FORWARD_PORTS)
+        if request.method == b"OPTIONS" and max_forwards(request) == 0:
             # RFC 9110 §7.6.2: the last hop Max-Forwards allows answers itself.
-            self.record.status, self.record.end_reason = 200, "max_forwards"
+            record.status, record.end_reason = 200, "max_forwards"
             sent = self.client.send(
                 own_response(200, "OK", b"", (("Allow", "GET, HEAD, POST, OPTIONS"),)), self._deadline()
             )
-            return sent and self.request.keep_alive, sent
-        addresses = self.resolve()
+            return sent and request.keep_alive, sent
+        addresses = steps.resolve(services, request, record, self.policy, self.pool)
         fresh = False
         while True:
             upstream = self.connect(addresses, fresh)
@@ -103,26 +135,11 @@ class Exchange:
                 return self.forward(upstream)
             except _Retry:
                 upstream.close()
-                log.debug("reused connection to %s was closed; sending again on a new one", self.record.dialled)
+                log.debug("reused connection to %s was closed; sending again on a new one", record.dialled)
                 fresh = True
             except BaseException:
                 upstream.close()
                 raise
-
-    def authenticate(self) -> None:
-        """Who is asking: :func:`~gconnect.tunnel.steps.authenticate`, as for a tunnel."""
-        ctx = self.ctx
-        steps.authenticate(ctx.services, self.request, self.record, ctx.who, ctx.peer_certificate)
-        self.user = self.record.user
-
-    def check(self) -> None:
-        """The user's policy, ``--forward-port``, the name rules (before DNS),
-        the byte quota, the external ACL and the route: :func:`~gconnect.tunnel.steps.check`."""
-        self.policy, self.pool = steps.check(self.ctx.services, self.request, self.record, steps.FORWARD_PORTS)
-
-    def resolve(self) -> list[str]:
-        """Addresses that may be dialled, each checked; a parent resolves its own."""
-        return steps.resolve(self.ctx.services, self.request, self.record, self.policy, self.pool)
 
     def connect(self, addresses: list[str], fresh: bool) -> Upstream:
         """An idle connection for the same key, or a new one (directly or to a
@@ -135,8 +152,9 @@ class Exchange:
             connection, _ = steps.dial(ctx.services, request, record, addresses, pool, through)
             upstream = connection if pool is not None else outbound.direct(ctx, self.user, connection)
         else:
-            record.connected_at = time.monotonic()
-            record.dialled = hostport(upstream.address, upstream.port)
+            # Nothing was dialled: connected when resolved (the steps' clock read just before).
+            record.connected_at = record.resolved_at
+            record.dialled = upstream.dialled
         self.reused = record.reused = upstream.idle_since > 0
         return upstream
 
@@ -145,11 +163,16 @@ class Exchange:
     def forward(self, upstream: Upstream) -> tuple[bool, bool]:
         idle = self.ctx.services.idle_upstreams
         keep_upstream = idle.idle_timeout > 0 and idle.per_key > 0
-        head = request_head(self.request, outbound.outgoing(self.ctx, upstream), keep_upstream)
-        out, self.leftover = self._feed_body(self.request.trailing)
-        final = self._send_up(upstream, head + out)
-        if final is None:
-            final = self._pump_body(upstream)
+        request = self.request
+        head = request_head(request, outbound.outgoing(self.ctx, upstream), keep_upstream)
+        if self.body.done:
+            final = self._send_up(upstream, head)
+            self.leftover = request.trailing
+        else:
+            out, self.leftover = self._feed_body(request.trailing)
+            final = self._send_up(upstream, head + out)
+            if final is None:
+                final = self._pump_body(upstream)
         if final is None:
             final = self._await_final(upstream)
         return self._relay_response(upstream, final, keep_upstream)
@@ -161,24 +184,32 @@ class Exchange:
             raise MalformedRequestError(f"request body: {exc}") from None
 
     def _seconds_left(self) -> float:
-        idle = self.ctx.config.idle_timeout or FOREVER_SECONDS
+        idle = self.ctx.services.config.idle_timeout or FOREVER_SECONDS
         return min(idle, self.ends_at - self.loop.now())
 
     def _deadline(self) -> float:
-        return self.loop.now() + self._seconds_left()
+        now = self.loop.now()
+        return now + min(self.ctx.services.config.idle_timeout or FOREVER_SECONDS, self.ends_at - now)
 
     def _send_up(self, upstream: Upstream, data: bytes) -> ResponseHead | None:
         """Send *data* to the origin; if a final response arrives meanwhile,
         stop and return its head."""
-        view = memoryview(data)
+        try:
+            sent = upstream.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise self._lost(exc) from None
+        if sent != len(data):
+            final = self._send_rest(upstream, memoryview(data)[sent:])
+            if final is not None:
+                return final
+        self.record.bytes_up = self.body.received
+        return None
+
+    def _send_rest(self, upstream: Upstream, view: memoryview) -> ResponseHead | None:
+        """What one send did not take, as the socket takes it, watching for an early final response."""
         while view:
-            try:
-                view = view[upstream.sock.send(view) :]
-                continue
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise self._lost(exc) from None
             ready = wait_any([upstream.writer, upstream.reader], self._seconds_left())
             if ready < 0:
                 raise ResponseTimeoutError(f"{self.record.dialled} did not read the request in time")
@@ -186,7 +217,12 @@ class Exchange:
                 final = self._read_response(upstream)
                 if final is not None:
                     return final
-        self.record.bytes_up = self.body.received
+            try:
+                view = view[upstream.sock.send(view) :]
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise self._lost(exc) from None
         return None
 
     def _pump_body(self, upstream: Upstream) -> ResponseHead | None:
@@ -242,7 +278,7 @@ class Exchange:
     def _read_response(self, upstream: Upstream) -> ResponseHead | None:
         """Feed what the origin sent to the head parser; relay 1xx; the final head once complete."""
         try:
-            data = upstream.recv()
+            data = upstream.sock.recv(UPSTREAM_RECV_BYTES)
         except BlockingIOError:
             return None
         except OSError as exc:
@@ -251,7 +287,7 @@ class Exchange:
             raise self._lost(None)
         self.response_bytes += len(data)
         head = self.parser.feed(data)
-        while head is not None and head.interim:
+        while head is not None and head.status < 200:  # interim: another head follows
             if self.request.version == "1.1":
                 interim = response_head(head, self.ctx.config.via_name, "1.1", True)
                 if not self.client.send(interim, self._deadline()):
@@ -275,24 +311,32 @@ class Exchange:
             # The parent wants our credentials, not the client's: never ask the client for them.
             raise ParentProxyError(f"parent proxy {upstream.member.url} answered 407 (check its credentials)", 407)
         client_keep = request.keep_alive and self.body.done and final.framing.kind != UNTIL_CLOSE
-        head = response_head(final, self.ctx.config.via_name, request.version, client_keep)
-        body = BodyReader(final.framing, rechunk=request.version == "1.1")
-        try:
-            out, rest = body.feed(final.trailing)
-        except BodyError as exc:
-            raise BadResponseError(f"response body: {exc}") from None
+        head = response_head(final, self.ctx.services.config.via_name, request.version, client_keep)
+        whole = whole_body(final.framing, final.trailing)
+        if whole is not None:
+            body = None
+            out, rest = whole
+        else:
+            body = BodyReader(final.framing, rechunk=request.version == "1.1")
+            try:
+                out, rest = body.feed(final.trailing)
+            except BodyError as exc:
+                raise BadResponseError(f"response body: {exc}") from None
         record.status = final.status
         reusable = False
         try:
-            if not self.client.send(head + out, self._deadline()):
+            now = self.loop.now()
+            deadline = now + min(self.ctx.services.config.idle_timeout or FOREVER_SECONDS, self.ends_at - now)
+            if not self.client.send(head + out if out else head, deadline):
                 record.end_reason = "client_timeout"
                 return False, True
             record.first_byte_at = time.monotonic()
             record.bytes_down = len(head) + len(out)
-            reason = self._pump_response(upstream, body)
-            if reason:
-                record.end_reason = reason
-                return False, True
+            if body is not None and not body.done:
+                reason = self._pump_response(upstream, body)
+                if reason:
+                    record.end_reason = reason
+                    return False, True
             record.end_reason = "complete"
             # Only a connection whose two messages ended cleanly; whether it said
             # anything since is looked at when it is taken (IdleConnections.take).

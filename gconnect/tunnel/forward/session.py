@@ -59,6 +59,9 @@ class ForwardSession:
         self._idle = False
         #: The parser that read the last head, renewed for the next (ForwardRequestParser.renew).
         self._parser = parser
+        #: The last request's (host, port) and its host:port text: a connection
+        #: mostly asks one host, and the text is made once.
+        self._target: tuple[str, int, str] = ("", 0, "")
 
     def drain(self) -> None:
         """Shutdown has begun (ClientSide.drain): finish the request under way,
@@ -91,17 +94,25 @@ class ForwardSession:
         record = RequestRecord(ctx.address, request.method)
         if ctx.side is not None:
             record.side = ctx.side
-        record.scheme = request.scheme or "-"
-        if request.scheme:
-            record.target = request.target
-        if ctx.config.log_path:
+        scheme = request.scheme
+        if scheme:
+            if scheme != record.scheme:
+                record.scheme = scheme
+            host, port, target = self._target
+            if request.port != port or request.host != host:
+                target = request.target
+                self._target = (request.host, request.port, target)
+            record.target = target
+        else:
+            record.scheme = "-"
+        if ctx.services.config.log_path:
             record.path = request.path.decode("ascii", "backslashreplace")
         keep, leftover = False, b""
         try:
-            if not request.scheme:
+            if not scheme:
                 keep, leftover = self.own_path(request, record), request.trailing
             else:
-                exchange = Exchange(ctx, self.client, request, record, self.ends_at)
+                exchange = Exchange(ctx, self.client, request, record, self.ends_at, self.loop)
                 keep, _ = exchange.run()
                 leftover = exchange.leftover
         except GConnectError as exc:
@@ -147,7 +158,7 @@ class ForwardSession:
     def read_next(self, data: bytes) -> ForwardRequest | bytes | None:
         """The next request head: a forwarded request, the bytes of a CONNECT,
         or None (the client closed or stayed idle, or its head was refused)."""
-        config = self.ctx.config
+        config = self.ctx.services.config
         loop = self.loop
         deadline = min(loop.now() + CLIENT_IDLE_SECONDS, self.ends_at)
         prefix = b""
@@ -171,7 +182,12 @@ class ForwardSession:
                         request = parser.feed(data)
                         if request is not None:
                             return request
-                data = self._recv(deadline, started=bool(prefix))
+                try:
+                    data = self.client.recv_nowait()
+                except BlockingIOError:
+                    data = self._recv(deadline, started=bool(prefix))
+                except OSError:
+                    return None
                 if not data:
                     return None
         except GConnectError as exc:
@@ -182,23 +198,25 @@ class ForwardSession:
             return None
 
     def _recv(self, deadline: float, started: bool) -> bytes:
-        """The client's next bytes; b"" when it closed, or went idle between
+        """The client's next bytes, once it has sent some (nothing had come
+        when this was called); b"" when it closed, or went idle between
         requests, or shutdown began before the next request started."""
         while True:
+            if self.draining and not started:
+                return b""
+            self._idle = not started
+            try:
+                ready = wait(self.client.client_reader(), deadline - self.loop.now())
+            finally:
+                self._idle = False
+            if not ready:
+                if started:
+                    raise HeadTimeoutError("request head not received in time") from None
+                return b""
             try:
                 return self.client.recv_nowait()
             except BlockingIOError:
-                if self.draining and not started:
-                    return b""
-                self._idle = not started
-                try:
-                    ready = wait(self.client.client_reader(), deadline - self.loop.now())
-                finally:
-                    self._idle = False
-                if not ready:
-                    if started:
-                        raise HeadTimeoutError("request head not received in time") from None
-                    return b""
+                pass
             except OSError:
                 return b""
 

@@ -16,13 +16,14 @@ direct); and only if it is bound to a source address the request may use.
 
 from __future__ import annotations
 
-import _socket
-import dataclasses
 import logging
-from typing import Any
+import select
+from typing import Any, NamedTuple
 
 from gevent import get_hub
+from gevent.monkey import get_original
 
+from ...config import hostport
 from ..dial import Connection
 from ..waiting import READ, WRITE, send_all
 
@@ -32,12 +33,13 @@ log = logging.getLogger(__name__)
 UPSTREAM_RECV_BYTES = 64 * 1024
 #: How often idle connections are looked at for expiry.
 SWEEP_INTERVAL_SECONDS = 1.0
-_PEEK = _socket.MSG_PEEK | _socket.MSG_DONTWAIT
+#: The blocking poll (gevent's would wait in the hub): asked with timeout 0 only.
+_poll = get_original("select", "poll")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ReuseKey:
-    """What a connection may be reused for."""
+class ReuseKey(NamedTuple):
+    """What a connection may be reused for. A tuple: the idle set hashes and
+    compares one per request, and a tuple does both in C."""
 
     user: str | None
     address: str
@@ -51,7 +53,9 @@ class Upstream:
 
     __slots__ = (
         "_own_connections",
+        "_poller",
         "address",
+        "dialled",
         "idle_since",
         "key",
         "member",
@@ -70,6 +74,8 @@ class Upstream:
         sock = self.sock = connection.sock
         self.address = connection.address
         self.port = connection.port
+        #: host:port as records name it (made once: a kept connection serves many requests).
+        self.dialled = hostport(connection.address, connection.port)
         self.writer = connection.writer or loop.io(sock.fileno(), WRITE)
         self.reader = loop.io(sock.fileno(), READ)
         local = sock.getsockname()[:2]
@@ -83,6 +89,7 @@ class Upstream:
         #: The pool member (parent) this connection counts against, or None.
         self.member = member
         self.idle_since = 0.0
+        self._poller: Any = None
 
     def recv(self, size: int = UPSTREAM_RECV_BYTES) -> bytes:
         """What has arrived, at most *size* bytes (b"" at EOF); BlockingIOError if nothing yet."""
@@ -96,13 +103,14 @@ class Upstream:
         """True if the peer has neither closed nor sent anything while idle
         (an idle HTTP/1.1 connection has nothing to say: bytes there are a
         close or garbage)."""
-        try:
-            self.sock.recv(1, _PEEK)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        return False
+        # poll(0), not a MSG_PEEK recv: same answer (readable means bytes or
+        # EOF; a reset is an error event), without raising BlockingIOError
+        # for the usual answer.
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = _poll()
+            poller.register(self.sock.fileno(), select.POLLIN)
+        return not poller.poll(0)
 
     def close(self) -> None:
         """Release everything; a second call does nothing."""
@@ -124,7 +132,7 @@ class IdleConnections:
     def __init__(self, idle_timeout: float, per_key: int) -> None:
         self.idle_timeout = idle_timeout
         self.per_key = per_key
-        self._idle: dict[ReuseKey, list[Upstream]] = {}
+        self._idle: dict[tuple[str | None, str, int, str], list[Upstream]] = {}
         self._timer: Any = None
         #: Connections taken for reuse, and those found closed when taken.
         self.reused = 0
@@ -133,9 +141,10 @@ class IdleConnections:
     def __len__(self) -> int:
         return sum(len(conns) for conns in self._idle.values())
 
-    def take(self, key: ReuseKey, sources: tuple[str, ...] = ()) -> Upstream | None:
-        """The most recently idle connection for *key* that is still open and
-        bound to one of *sources* (when --bind-address gives any), or None."""
+    def take(self, key: tuple[str | None, str, int, str], sources: tuple[str, ...] = ()) -> Upstream | None:
+        """The most recently idle connection for *key* (a :class:`ReuseKey`, or
+        the plain tuple of its fields) that is still open and bound to one of
+        *sources* (when --bind-address gives any), or None."""
         conns = self._idle.get(key)
         now = get_hub().loop.now()
         while conns:
@@ -160,10 +169,13 @@ class IdleConnections:
         # the sweep timer below updates it, which would age this connection.
         loop.update_now()
         upstream.idle_since = loop.now()
-        conns = self._idle.setdefault(upstream.key, [])
-        conns.append(upstream)
-        if len(conns) > self.per_key:
-            conns.pop(0).close()
+        conns = self._idle.get(upstream.key)
+        if conns is None:
+            self._idle[upstream.key] = [upstream]
+        else:
+            conns.append(upstream)
+            if len(conns) > self.per_key:
+                conns.pop(0).close()
         if self._timer is None:
             self._timer = loop.timer(SWEEP_INTERVAL_SECONDS, SWEEP_INTERVAL_SECONDS)
             self._timer.start(self._sweep)
