@@ -44,6 +44,12 @@ HOP_BY_HOP = frozenset(
         b"proxy-authenticate",
     }
 )
+#: Not sent on from a request either: re-made from what we parsed (Host from
+#: the URI, RFC 9112 §3.2.2; Max-Forwards decremented, RFC 9110 §7.6.2).
+REQUEST_DROPS = HOP_BY_HOP | {b"host", b"max-forwards"}
+
+
+FieldList = list[tuple[bytes, bytes]]
 
 
 class FramingError(ValueError):
@@ -91,24 +97,30 @@ def values(headers: list[tuple[bytes, bytes]], lname: bytes, lnames: Sequence[by
     return [value for (_, value), name in zip(headers, lnames, strict=True) if name == lname]
 
 
-def read_fields(head: bytes, line_end: int) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+def read_fields(head: bytes, line_end: int, drop: frozenset[bytes]) -> tuple[FieldList, list[bytes], FieldList]:
     """The fields of a complete *head* that llhttp accepted (*line_end*: where
-    its first line's CRLF is), as ``(name, value)`` pairs (values without their
-    OWS) and their names lower-cased, in order.
+    its first line's CRLF is): ``(name, value)`` pairs (values without their
+    OWS), their names lower-cased, and the pairs whose name is not in *drop*
+    (what is sent on, but for Connection options), all in order.
 
     The head is split here rather than field by field in llhttp's callbacks:
     llhttp has refused every line that is not ``token ":" OWS value OWS``
     (obs-fold, a bare CR or LF, whitespace before the colon, control bytes),
-    so a split at each CRLF and at the first colon reads what it read, for
-    a Python call per head instead of one per field."""
-    fields: list[tuple[bytes, bytes]] = []
+    so a split at each CRLF and at the first colon reads what it read, in one
+    pass that leaves every later question a search in C."""
+    fields: FieldList = []
     lnames: list[bytes] = []
+    kept: FieldList = []
     if line_end + 4 < len(head):
         for line in head[line_end + 2 : -4].split(b"\r\n"):
             name, _, value = line.partition(b":")
-            fields.append((name, value.strip(b" \t")))
-            lnames.append(name.lower())
-    return fields, lnames
+            field = (name, value.strip(b" \t"))
+            fields.append(field)
+            lname = name.lower()
+            lnames.append(lname)
+            if lname not in drop:
+                kept.append(field)
+    return fields, lnames, kept
 
 
 def list_items(items: list[bytes]) -> list[bytes]:
@@ -189,19 +201,12 @@ def end_to_end(
 ) -> list[tuple[bytes, bytes]]:
     """*headers* without the fields named in *drop* (lower-case: the
     hop-by-hop fields, those the Connection options name, and those the
-    caller re-makes; :func:`dropped`). *lnames*: as for :func:`values`."""
+    caller re-makes). *lnames*: as for :func:`values`."""
     if not lnames:
         return [(name, value) for name, value in headers if name.lower() not in drop]
     if drop.isdisjoint(lnames):
         return headers
     return [field for field, name in zip(headers, lnames, strict=True) if name not in drop]
-
-
-def dropped(options: frozenset[bytes], remade: frozenset[bytes] = frozenset()) -> frozenset[bytes]:
-    """The fields not sent on: :data:`HOP_BY_HOP`, the Connection *options*
-    and the fields *remade* from what we parsed. An option naming a field we
-    generate ourselves (Host, framing, Via) changes nothing: those are re-made."""
-    return HOP_BY_HOP | remade | options
 
 
 #: Where a head ends. llhttp refuses bare LF and a CR inside a line, so the

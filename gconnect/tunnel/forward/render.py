@@ -14,18 +14,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import re
+from collections.abc import Sequence
 
 from ...errors import MalformedRequestError
-from .fields import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, dropped, end_to_end, values
+from .fields import CHUNKED, HOP_BY_HOP, LENGTH, NO_BODY, REQUEST_DROPS, UNTIL_CLOSE, FieldList, end_to_end, values
 from .request import ForwardRequest
 from .response import ResponseHead
 
 _DIGITS = re.compile(rb"[0-9]{1,10}")
-#: Dropped besides the hop-by-hop fields: re-made here.
-_REMADE = frozenset({b"host", b"max-forwards"})
-#: What a request and a response without Connection options drop.
-_REQUEST_DROP = dropped(frozenset(), _REMADE)
-_RESPONSE_DROP = dropped(frozenset())
 #: Via lines, by the version received and the name: a handful of values.
 _via_lines: dict[tuple[str, str], bytes] = {}
 
@@ -69,6 +65,23 @@ def _via(version: str, name: str) -> bytes:
     return line
 
 
+def _sent_on(
+    kept: FieldList | None,
+    headers: FieldList,
+    lnames: Sequence[bytes],
+    drop: frozenset[bytes],
+    options: frozenset[bytes],
+) -> FieldList:
+    """The fields to send on: those the parser *kept*, less what the
+    Connection *options* name; sorted out here when the parser did not."""
+    if kept is None:
+        return end_to_end(headers, drop | options, lnames)
+    if options and not options <= drop:
+        # RFC 9110 §7.6.1: and every field Connection names (rare but for close and keep-alive).
+        return [field for field in kept if field[0].lower() not in options]
+    return kept
+
+
 def request_head(request: ForwardRequest, out: Outgoing, keep_alive: bool) -> bytes:
     """The head to send for *request*: origin-form to an origin, absolute-form to a parent."""
     authority = request.host_field or request.authority.encode("ascii")
@@ -76,8 +89,7 @@ def request_head(request: ForwardRequest, out: Outgoing, keep_alive: bool) -> by
     if out.absolute:
         target = b"http://" + authority + (b"" if target == b"*" else target)
     lines = [b"%s %s HTTP/1.1\r\nHost: %s" % (request.method, target, authority)]
-    options = request.options
-    kept = end_to_end(request.headers, _REQUEST_DROP | options if options else _REQUEST_DROP, request.lnames)
+    kept = _sent_on(request.kept, request.headers, request.lnames, REQUEST_DROPS, request.options)
     if kept:
         lines += map(b": ".join, kept)
     if request.method == b"OPTIONS":
@@ -107,8 +119,7 @@ def response_head(response: ResponseHead, via_name: str, client_version: str, ke
     to an HTTP/1.0 one; a body that ends with the connection ends the client's."""
     status = response.status
     lines = [b"HTTP/1.1 %d %s" % (status, response.reason)]
-    options = response.options
-    kept = end_to_end(response.headers, _RESPONSE_DROP | options if options else _RESPONSE_DROP, response.lnames)
+    kept = _sent_on(response.kept, response.headers, response.lnames, HOP_BY_HOP, response.options)
     if kept:
         lines += map(b": ".join, kept)
     lines.append(_via_lines.get((response.version, via_name)) or _via(response.version, via_name))

@@ -31,6 +31,8 @@ from ..head import parse_authority, parse_host_header
 from .fields import (
     EMPTY,
     NO_BODY,
+    REQUEST_DROPS,
+    FieldList,
     Framing,
     FramingError,
     HeadBuffer,
@@ -92,6 +94,9 @@ class ForwardRequest:
     lnames: Sequence[bytes] = ()
     #: :attr:`authority` as bytes, when made already (b"": not made).
     host_field: bytes = b""
+    #: The fields to send on, but for those the Connection options name
+    #: (None: not sorted out yet; :func:`~.render.request_head` does it).
+    kept: FieldList | None = None
 
     @property
     def target(self) -> str:
@@ -225,7 +230,10 @@ class ForwardRequestParser:
         if buffer is None:
             upto = whole_head(data, self.max_bytes)
             if upto:
-                self._tokenize(data if upto == len(data) else data[:upto])
+                try:
+                    self._parser.feed_data(data if upto == len(data) else data[:upto])
+                except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+                    self._refused(exc)
                 if self._method_refused:
                     self._judge_method(data)
                     raise MalformedRequestError("malformed request line")
@@ -252,15 +260,20 @@ class ForwardRequestParser:
     def _tokenize(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # Upgrade with Connection: upgrade; refused in _judge
-        except httptools.HttpParserInvalidMethodError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._refused(exc)
+
+    def _refused(self, exc: Exception) -> None:
+        """What llhttp's *exc* means: the ClientError raised, or nothing yet."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            return  # Upgrade with Connection: upgrade; refused in _judge
+        if isinstance(exc, httptools.HttpParserInvalidMethodError):
             self._method_refused = True  # judged by feed() once the method has ended
-        except httptools.HttpParserError as exc:
-            message = str(exc) or "malformed request head"
-            if message.startswith("Invalid HTTP version"):
-                raise VersionNotSupportedError(f"{message}: only HTTP/1.1 and HTTP/1.0") from None
-            raise MalformedRequestError(message) from None
+            return
+        message = str(exc) or "malformed request head"
+        if message.startswith("Invalid HTTP version"):
+            raise VersionNotSupportedError(f"{message}: only HTTP/1.1 and HTTP/1.0") from None
+        raise MalformedRequestError(message) from None
 
     def _parse(self, head: bytes, trailing: bytes) -> ForwardRequest:
         if not self._complete:
@@ -271,8 +284,8 @@ class ForwardRequestParser:
         method, authority, path, version = line.groups()
         if method != self._parser.get_method():
             raise MalformedRequestError("malformed request line")  # llhttp read another line
-        headers, lnames = read_fields(head, line.end() - 2)
-        return self._judge(method, _VERSION_OF[version], headers, lnames, trailing, b"", (authority, path or b""))
+        fields = read_fields(head, line.end() - 2, REQUEST_DROPS)
+        return self._judge(method, _VERSION_OF[version], fields, trailing, b"", (authority, path or b""))
 
     def _parse_general(self, head: bytes, trailing: bytes) -> ForwardRequest:
         line_end = head.find(b"\r\n")
@@ -285,21 +298,22 @@ class ForwardRequestParser:
             if version not in _VERSIONS:
                 raise VersionNotSupportedError(f"HTTP/{version} not supported: only HTTP/1.1 and HTTP/1.0")
             raise MalformedRequestError("malformed request line")
-        headers, lnames = read_fields(head, line_end)
-        return self._judge(parts[0], version, headers, lnames, trailing, parts[1], None)
+        fields = read_fields(head, line_end, REQUEST_DROPS)
+        return self._judge(parts[0], version, fields, trailing, parts[1], None)
 
     def _judge(
         self,
         method: bytes,
         version: str,
-        headers: list[tuple[bytes, bytes]],
-        lnames: list[bytes],
+        fields: tuple[FieldList, list[bytes], FieldList],
         trailing: bytes,
         url: bytes,
         target: tuple[bytes, bytes] | None,
     ) -> ForwardRequest:
-        """The request, judged; *target* is the URI's (authority, rest) when
-        the request line was read already, else None and *url* is split here."""
+        """The request, judged: *fields* as :func:`~.fields.read_fields` gives
+        them; *target* is the URI's (authority, rest) when the request line
+        was read already, else None and *url* is split here."""
+        headers, lnames, kept = fields
         if method == b"CONNECT":
             raise MalformedRequestError("CONNECT reached the forwarding parser")
         if method == b"TRACE":
@@ -317,10 +331,12 @@ class ForwardRequestParser:
             raise MalformedRequestError("missing Host header (required in HTTP/1.1)")
         if target is None:
             if url.startswith(b"/") or url == b"*":
-                return ForwardRequest(method, "", "", 0, 0, url, version, headers, framing, options, trailing, lnames)
+                return ForwardRequest(
+                    method, "", "", 0, 0, url, version, headers, framing, options, trailing, lnames, b"", kept
+                )
             target = split_absolute(url)
         authority, path = target
-        host, port, family, field = known_authority(authority)
+        host, port, family, field = _known_authorities.get(authority) or known_authority(authority)
         if hosts:
             # The same bytes as the URI's authority name the same host and port:
             # only a Host spelled otherwise is parsed and compared (and an empty
@@ -334,7 +350,7 @@ class ForwardRequestParser:
         elif not path.startswith(b"/"):
             path = b"/" + path
         return ForwardRequest(
-            method, "http", host, port, family, path, version, headers, framing, options, trailing, lnames, field
+            method, "http", host, port, family, path, version, headers, framing, options, trailing, lnames, field, kept
         )
 
 

@@ -18,7 +18,9 @@ import httptools
 from ...errors import BadResponseError
 from .fields import (
     EMPTY,
+    HOP_BY_HOP,
     UNTIL_CLOSE,
+    FieldList,
     Framing,
     FramingError,
     HeadBuffer,
@@ -50,6 +52,8 @@ class ResponseHead:
     trailing: bytes = b""
     #: The names of *headers* lower-cased, in order.
     lnames: Sequence[bytes] = ()
+    #: The fields to send on, but for those the Connection options name (None: not sorted out yet).
+    kept: FieldList | None = None
 
     @property
     def interim(self) -> bool:
@@ -91,7 +95,7 @@ class ResponseParser:
                 self._tokenize(data if upto == len(data) else data[:upto])
                 head = self._parse(data[:upto], data[upto:])
                 # llhttp holds our callback: a cycle the garbage collector
-                # would free, for every response. The head is done.
+                # would have to free, for every response. The head is done.
                 del self._parser
                 return head
             buffer = self._buffer = HeadBuffer(self._max_bytes, self._tokenize, _too_large, BadResponseError)
@@ -121,7 +125,7 @@ class ResponseParser:
         version, status, reason = _VERSION_OF[line[1]], int(line[2]), line[3] or b""
         if status == 101:
             raise BadResponseError(f"status {status} was not asked for")
-        headers, lnames = read_fields(head, line.end() - 2)
+        headers, lnames, kept = read_fields(head, line.end() - 2, HOP_BY_HOP)
         try:
             if version == "1.0" and b"transfer-encoding" in lnames:
                 raise FramingError("Transfer-Encoding in an HTTP/1.0 response")
@@ -129,7 +133,7 @@ class ResponseParser:
             options = connection_options(headers, lnames) if b"connection" in lnames else _NO_OPTIONS
         except FramingError as exc:
             raise BadResponseError(f"response framing: {exc}") from None
-        return ResponseHead(status, reason, version, headers, framing, options, trailing, lnames)
+        return ResponseHead(status, reason, version, headers, framing, options, trailing, lnames, kept)
 
 
 def _too_large(message: str) -> BadResponseError:
