@@ -48,9 +48,12 @@ HTTP_PORT = 80
 _VERSIONS = ("1.1", "1.0")
 _VERSION_OF = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0", b"1.1": "1.1", b"1.0": "1.0"}
 #: The usual request line, read in one match: an http:// URL whose authority
-#: has no userinfo, then a path or a query, no fragment. Anything else takes
-#: the general path, which gives each fault its message.
-_ABSOLUTE_LINE = re.compile(rb"([A-Z]+) [Hh][Tt][Tt][Pp]://([^/?#@ ]+)([/?][^# ]*)? HTTP/(1\.[01])\r\n")
+#: has no userinfo, then a path or a query, no fragment, no control byte or
+#: space. Anything else takes the general path, which gives each fault its
+#: message (and which llhttp has already held to its own URL grammar).
+_ABSOLUTE_LINE = re.compile(
+    rb"([A-Z]+) [Hh][Tt][Tt][Pp]://([^/?#@\x00-\x20\x7f]+)([/?][^#\x00-\x20\x7f]*)? HTTP/(1\.[01])\r\n"
+)
 #: Without any of these a request frames no body and names no Connection option.
 _FRAMING_FIELDS = frozenset({b"connection", b"transfer-encoding", b"content-length"})
 _NO_OPTIONS: frozenset[bytes] = frozenset()
