@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Set
+from collections.abc import Callable, Sequence
 
 #: RFC 9112 §6.3: how the body of a message ends.
 NO_BODY = 0
@@ -24,7 +24,6 @@ UNTIL_CLOSE = 3
 #: far beyond any real body).
 MAX_CONTENT_LENGTH = 1 << 62
 
-_DIGITS = re.compile(rb"[0-9]+")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 #: RFC 9110 §7.6.1: removed whether or not Connection names them, besides
@@ -45,16 +44,25 @@ HOP_BY_HOP = frozenset(
         b"proxy-authenticate",
     }
 )
+#: Not sent on from a request either: re-made from what we parsed (Host from
+#: the URI, RFC 9112 §3.2.2; Max-Forwards decremented, RFC 9110 §7.6.2).
+REQUEST_DROPS = HOP_BY_HOP | {b"host", b"max-forwards"}
+
+
+FieldList = list[tuple[bytes, bytes]]
 
 
 class FramingError(ValueError):
     """The header section frames its body ambiguously; the message says how."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True, unsafe_hash=True)
 class Framing:
     """How a body is delimited: ``kind`` (NO_BODY, LENGTH, CHUNKED,
-    UNTIL_CLOSE) and, for LENGTH, ``length`` in bytes."""
+    UNTIL_CLOSE) and, for LENGTH, ``length`` in bytes. Never changed once
+    made (:data:`EMPTY` is shared, and the hash is of the fields); not frozen,
+    since a frozen dataclass is made through object.__setattr__, at twice the
+    cost, for every message."""
 
     kind: int
     length: int = 0
@@ -65,6 +73,8 @@ class Framing:
 
 
 EMPTY = Framing(NO_BODY)
+CHUNKED_BODY = Framing(CHUNKED)
+UNTIL_CLOSE_BODY = Framing(UNTIL_CLOSE)
 
 
 def show(raw: bytes) -> str:
@@ -74,19 +84,43 @@ def show(raw: bytes) -> str:
     return repr(text + ("..." if len(raw) > 80 else ""))
 
 
-def values(headers: list[tuple[bytes, bytes]], lname: bytes, names: Set[bytes] | None = None) -> list[bytes]:
-    """Every value of field *lname* (lower-case), in order. *names*, when
-    given, is every name in *headers*, lower-cased (:func:`names_of`): a field
-    not among them is not looked for."""
-    if names is not None and lname not in names:
-        return []
-    return [value for name, value in headers if name.lower() == lname]
+def values(headers: list[tuple[bytes, bytes]], lname: bytes, lnames: Sequence[bytes] | None = None) -> list[bytes]:
+    """Every value of field *lname* (lower-case), in order. *lnames*, when
+    given, is the names of *headers* lower-cased, in the same order
+    (:func:`read_fields`): no name is lowered again, and a field not among
+    them is not looked for."""
+    if lnames is None:
+        return [value for name, value in headers if name.lower() == lname]
+    count = lnames.count(lname)
+    if count < 2:
+        return [headers[lnames.index(lname)][1]] if count else []
+    return [value for (_, value), name in zip(headers, lnames, strict=True) if name == lname]
 
 
-def names_of(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
-    """The lower-cased names in *headers*, for :func:`values`: made once per
-    head, so each field asked after is one set lookup, not a scan."""
-    return {name.lower() for name, _ in headers}
+def read_fields(head: bytes, line_end: int, drop: frozenset[bytes]) -> tuple[FieldList, list[bytes], FieldList]:
+    """The fields of a complete *head* that llhttp accepted (*line_end*: where
+    its first line's CRLF is): ``(name, value)`` pairs (values without their
+    OWS), their names lower-cased, and the pairs whose name is not in *drop*
+    (what is sent on, but for Connection options), all in order.
+
+    The head is split here rather than field by field in llhttp's callbacks:
+    llhttp has refused every line that is not ``token ":" OWS value OWS``
+    (obs-fold, a bare CR or LF, whitespace before the colon, control bytes),
+    so a split at each CRLF and at the first colon reads what it read, in one
+    pass that leaves every later question a search in C."""
+    fields: FieldList = []
+    lnames: list[bytes] = []
+    kept: FieldList = []
+    if line_end + 4 < len(head):
+        for line in head[line_end + 2 : -4].split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            field = (name, value.strip(b" \t"))
+            fields.append(field)
+            lname = name.lower()
+            lnames.append(lname)
+            if lname not in drop:
+                kept.append(field)
+    return fields, lnames, kept
 
 
 def list_items(items: list[bytes]) -> list[bytes]:
@@ -95,87 +129,107 @@ def list_items(items: list[bytes]) -> list[bytes]:
     return [part.strip(b" \t").lower() for value in items for part in value.split(b",") if part.strip(b" \t")]
 
 
-def connection_options(headers: list[tuple[bytes, bytes]], names: Set[bytes] | None = None) -> frozenset[bytes]:
+def connection_options(headers: list[tuple[bytes, bytes]], lnames: Sequence[bytes] | None = None) -> frozenset[bytes]:
     """The lower-cased names the Connection fields list; FramingError for one
     that is not a token (a name with a space or a colon in it cannot be a field
     name, and guessing what was meant is how two parsers come to disagree)."""
-    options = list_items(values(headers, b"connection", names))
+    options = list_items(values(headers, b"connection", lnames))
     for option in options:
         if not _TOKEN.fullmatch(option):
             raise FramingError(f"invalid Connection option {show(option)}")
     return frozenset(options)
 
 
-def _content_length(headers: list[tuple[bytes, bytes]], names: Set[bytes] | None) -> int | None:
-    found = values(headers, b"content-length", names)
-    if not found:
-        return None
-    if len(found) > 1:
+def _body_fields(headers: list[tuple[bytes, bytes]], lnames: Sequence[bytes] | None) -> tuple[bool, int | None]:
+    """Whether Transfer-Encoding is present (it must say ``chunked`` and
+    nothing else), and the Content-Length (None: absent); FramingError for
+    either faulty, and for both together."""
+    if lnames is None:
+        lnames = [name.lower() for name, _ in headers]
+    chunked = b"transfer-encoding" in lnames
+    if chunked:
+        found = values(headers, b"transfer-encoding", lnames)
+        # RFC 9112 §6.1: chunked is applied once and last; anything else leaves the
+        # length to the connection's end, which for a request is no length at all.
+        # Other codings before it are refused too (as Go's net/http and h11 do):
+        # nobody sends them, and each is one more way for two parsers to disagree.
+        if len(found) > 1 or found[0].lower() != b"chunked":
+            raise FramingError(f"Transfer-Encoding {show(b', '.join(found))} is not plain chunked")
+    count = lnames.count(b"content-length")
+    if not count:
+        return chunked, None
+    if count > 1:
         # RFC 9112 §6.3 lets identical values through; identical or not, a
         # second field says a sender's framing is not to be trusted.
         raise FramingError("more than one Content-Length field")
-    value = found[0]
-    if not _DIGITS.fullmatch(value) or len(value) > 19 or int(value) > MAX_CONTENT_LENGTH:
+    value = headers[lnames.index(b"content-length")][1]
+    # (bytes.isdigit: ASCII digits only, and at least one.)
+    length = int(value) if value.isdigit() and len(value) <= 19 else -1
+    if not 0 <= length <= MAX_CONTENT_LENGTH:
         raise FramingError(f"invalid Content-Length {show(value)}")
-    return int(value)
-
-
-def _chunked(headers: list[tuple[bytes, bytes]], error: Callable[[str], Exception], names: Set[bytes] | None) -> bool:
-    """Whether Transfer-Encoding is present; it must say ``chunked`` and nothing else."""
-    found = values(headers, b"transfer-encoding", names)
-    if not found:
-        return False
-    # RFC 9112 §6.1: chunked is applied once and last; anything else leaves the
-    # length to the connection's end, which for a request is no length at all.
-    # Other codings before it are refused too (as Go's net/http and h11 do):
-    # nobody sends them, and each is one more way for two parsers to disagree.
-    if len(found) > 1 or found[0].lower() != b"chunked":
-        raise error(f"Transfer-Encoding {show(b', '.join(found))} is not plain chunked")
-    return True
-
-
-def request_framing(headers: list[tuple[bytes, bytes]], names: Set[bytes] | None = None) -> Framing:
-    """RFC 9112 §6.3 for a request; FramingError where it would be a guess."""
-    chunked = _chunked(headers, FramingError, names)
-    length = _content_length(headers, names)
-    if chunked and length is not None:
-        raise FramingError("Transfer-Encoding together with Content-Length")
     if chunked:
-        return Framing(CHUNKED)
+        raise FramingError("Transfer-Encoding together with Content-Length")
+    return chunked, length
+
+
+def request_framing(headers: list[tuple[bytes, bytes]], lnames: Sequence[bytes] | None = None) -> Framing:
+    """RFC 9112 §6.3 for a request; FramingError where it would be a guess."""
+    chunked, length = _body_fields(headers, lnames)
+    if chunked:
+        return CHUNKED_BODY
     if length:
         return Framing(LENGTH, length)
     return EMPTY
 
 
 def response_framing(
-    headers: list[tuple[bytes, bytes]], status: int, head_request: bool, names: Set[bytes] | None = None
+    headers: list[tuple[bytes, bytes]], status: int, head_request: bool, lnames: Sequence[bytes] | None = None
 ) -> Framing:
     """RFC 9112 §6.3 for a response to a request (HEAD or not)."""
-    chunked = _chunked(headers, FramingError, names)
-    length = _content_length(headers, names)
-    if chunked and length is not None:
-        raise FramingError("Transfer-Encoding together with Content-Length")
-    if head_request or status < 200 or status in (204, 304):
+    chunked, length = _body_fields(headers, lnames)
+    if head_request or status < 200 or status == 204 or status == 304:
         return EMPTY
     if chunked:
-        return Framing(CHUNKED)
+        return CHUNKED_BODY
     if length is not None:
         return Framing(LENGTH, length) if length else EMPTY
-    return Framing(UNTIL_CLOSE)
+    return UNTIL_CLOSE_BODY
 
 
-def end_to_end(headers: list[tuple[bytes, bytes]], options: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
-    """*headers* without the hop-by-hop fields and those the Connection
-    *options* name. An option naming a field we generate ourselves (Host,
-    framing, Via) changes nothing: those are re-made from what we parsed."""
-    drop = HOP_BY_HOP | options if options else HOP_BY_HOP
-    return [(name, value) for name, value in headers if name.lower() not in drop]
+def end_to_end(
+    headers: list[tuple[bytes, bytes]], drop: frozenset[bytes], lnames: Sequence[bytes] = ()
+) -> list[tuple[bytes, bytes]]:
+    """*headers* without the fields named in *drop* (lower-case: the
+    hop-by-hop fields, those the Connection options name, and those the
+    caller re-makes). *lnames*: as for :func:`values`."""
+    if not lnames:
+        return [(name, value) for name, value in headers if name.lower() not in drop]
+    if drop.isdisjoint(lnames):
+        return headers
+    return [field for field, name in zip(headers, lnames, strict=True) if name not in drop]
 
 
 #: Where a head ends. llhttp refuses bare LF and a CR inside a line, so the
 #: first CRLF CRLF is the end of any head it accepts.
 HEAD_END = b"\r\n\r\n"
 _CR_LF = (13, 10)
+
+
+def whole_head(data: bytes, max_bytes: int) -> int:
+    """The length of the head *data* starts with, when *data* holds all of it
+    and a :class:`HeadBuffer` would pass it as it stands (no empty lines
+    before it, no bare LF, within *max_bytes*); 0 otherwise, and then a
+    HeadBuffer is to take it. The usual case, a head in one read, at the cost
+    of three searches in C."""
+    end = data.find(HEAD_END)
+    if (
+        end > 0
+        and end + 4 <= max_bytes
+        and data[0] not in _CR_LF
+        and data.count(b"\n", 0, end) == data.count(b"\r\n", 0, end)
+    ):
+        return end + 4
+    return 0
 
 
 class HeadBuffer:

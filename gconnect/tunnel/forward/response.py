@@ -1,36 +1,40 @@
 """The origin's response head, sans I/O, as strictly as the request's.
 
 llhttp's response parser tokenises the head (refusing bare LF, obs-fold,
-whitespace before a colon, control bytes); the framing is judged by
-:mod:`.fields`. Any fault is a :class:`~gconnect.errors.BadResponseError`:
-the client gets a 502 and the connection is never reused.
+whitespace before a colon, control bytes); the head it accepted is split here
+(:func:`~.fields.read_fields`) and the framing judged by :mod:`.fields`. Any
+fault is a :class:`~gconnect.errors.BadResponseError`: the client gets a 502
+and the connection is never reused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 
 import httptools
 
 from ...errors import BadResponseError
-from ..head import HeadFields
 from .fields import (
     EMPTY,
+    HOP_BY_HOP,
     UNTIL_CLOSE,
+    FieldList,
     Framing,
     FramingError,
     HeadBuffer,
     connection_options,
-    names_of,
+    read_fields,
     response_framing,
     show,
-    values,
+    whole_head,
 )
 
-_VERSIONS = ("1.1", "1.0")
+_VERSION_OF = {b"1.1": "1.1", b"1.0": "1.0"}
+_NO_OPTIONS: frozenset[bytes] = frozenset()
 #: RFC 9112 §4, with the reason's SP optional as most clients allow.
-_STATUS_LINE = re.compile(rb"HTTP/1\.[01] [1-9][0-9][0-9](?: [\t \x21-\x7e\x80-\xff]*)?")
+_STATUS_LINE = re.compile(rb"HTTP/(1\.[01]) ([1-9][0-9][0-9])(?: ([\t \x21-\x7e\x80-\xff]*))?\r\n")
 
 
 @dataclasses.dataclass(slots=True)
@@ -46,6 +50,10 @@ class ResponseHead:
     options: frozenset[bytes] = frozenset()
     #: Bytes after the head: the body's start (or, after a 1xx, the next head).
     trailing: bytes = b""
+    #: The names of *headers* lower-cased, in order.
+    lnames: Sequence[bytes] = ()
+    #: The fields to send on, but for those the Connection options name (None: not sorted out yet).
+    kept: FieldList | None = None
 
     @property
     def interim(self) -> bool:
@@ -58,31 +66,44 @@ class ResponseHead:
         return self.version == "1.1" and b"close" not in self.options and self.framing.kind != UNTIL_CLOSE
 
 
-class ResponseParser(HeadFields):
+class ResponseParser:
     """Incremental parser for one response head to a request (*head_request*:
     the request was HEAD, so no body follows whatever the fields say)."""
 
-    __slots__ = ("_buffer", "_head_request", "_parser", "_reason")
+    __slots__ = ("_buffer", "_complete", "_head_request", "_max_bytes", "_parser")
+    # As for the request parser: only the end of the head is wanted from llhttp.
+    on_message_begin = on_status = on_header = on_body = on_message_complete = None
+    on_chunk_header = on_chunk_complete = None
 
     def __init__(self, max_header_bytes: int, head_request: bool) -> None:
         self._parser = httptools.HttpResponseParser(self)
-        self._buffer = HeadBuffer(max_header_bytes, self._tokenize, _too_large, BadResponseError)
+        self._max_bytes = max_header_bytes
+        #: The head's bytes so far, once it has come in more than one piece.
+        self._buffer: HeadBuffer | None = None
         self._head_request = head_request
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._reason = b""
         self._complete = False
 
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
+    def on_headers_complete(self) -> None:
+        self._complete = True
 
     def feed(self, data: bytes) -> ResponseHead | None:
         """Consume *data*; return the head once it is complete."""
-        cut = self._buffer.feed(data)
+        buffer = self._buffer
+        if buffer is None:
+            upto = whole_head(data, self._max_bytes)
+            if upto:
+                self._tokenize(data if upto == len(data) else data[:upto])
+                head = self._parse(data[:upto], data[upto:])
+                # llhttp holds our callback: a cycle the garbage collector
+                # would have to free, for every response. The head is done.
+                del self._parser
+                return head
+            buffer = self._buffer = HeadBuffer(self._max_bytes, self._tokenize, _too_large, BadResponseError)
+        cut = buffer.feed(data)
         if cut is None:
             return None
         head = self._parse(*cut)
-        # llhttp holds our callbacks and the buffer our _tokenize: two cycles
-        # the garbage collector would free, for every response. The head is done.
+        # As above, and the buffer holds our _tokenize.
         del self._parser, self._buffer
         return head
 
@@ -95,26 +116,24 @@ class ResponseParser(HeadFields):
             raise BadResponseError(f"malformed response head: {exc or 'parse error'}") from None
 
     def _parse(self, head: bytes, trailing: bytes) -> ResponseHead:
-        parser = self._parser
-        version = parser.get_http_version()
-        if not self._complete or version not in _VERSIONS:
-            raise BadResponseError(f"malformed response head (HTTP/{version})")
-        status = parser.get_status_code()
-        headers = self._headers
-        line = head[: head.find(b"\r\n")]
-        if not _STATUS_LINE.fullmatch(line) or line[5:8] != version.encode() or int(line[9:12]) != status:
-            raise BadResponseError(f"malformed status line {show(line)}")
-        if status == 101 or status < 100:
+        if not self._complete:
+            raise BadResponseError(f"malformed response head (HTTP/{self._parser.get_http_version()})")
+        line = _STATUS_LINE.match(head)
+        if line is None or int(line[2]) != self._parser.get_status_code():
+            first = head[: head.find(b"\r\n")]
+            raise BadResponseError(f"malformed status line {show(first)}")
+        version, status, reason = _VERSION_OF[line[1]], int(line[2]), line[3] or b""
+        if status == 101:
             raise BadResponseError(f"status {status} was not asked for")
+        headers, lnames, kept = read_fields(head, line.end() - 2, HOP_BY_HOP)
         try:
-            names = names_of(headers)
-            if version == "1.0" and values(headers, b"transfer-encoding", names):
+            if version == "1.0" and b"transfer-encoding" in lnames:
                 raise FramingError("Transfer-Encoding in an HTTP/1.0 response")
-            framing = response_framing(headers, status, self._head_request, names)
-            options = connection_options(headers, names)
+            framing = response_framing(headers, status, self._head_request, lnames)
+            options = connection_options(headers, lnames) if b"connection" in lnames else _NO_OPTIONS
         except FramingError as exc:
             raise BadResponseError(f"response framing: {exc}") from None
-        return ResponseHead(status, self._reason, version, headers, framing, options, trailing)
+        return ResponseHead(status, reason, version, headers, framing, options, trailing, lnames, kept)
 
 
 def _too_large(message: str) -> BadResponseError:
