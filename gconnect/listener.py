@@ -198,6 +198,11 @@ class Listener(AcceptBackoff, StreamServer):
         self._on_full = on_full
         #: True while accepting is stopped because the limit was reached.
         self.paused = False
+        # The loop iteration of the last wake-up, and whether it came right after the one
+        # before (clients arriving together); libuv's loop has no count: always drain.
+        self._iteration = getattr(self.loop, "iteration", None) is not None
+        self._turn = -2
+        self._crowded = True
 
     def full(self) -> bool:
         """gevent asks before each accept, and stops accepting while this says True."""
@@ -215,6 +220,16 @@ class Listener(AcceptBackoff, StreamServer):
             self.start_accepting()
 
     def do_read(self) -> tuple[_socket.socket, Any] | None:
+        if self._iteration:
+            # A lone client is accepted once per wake-up: a second accept would only
+            # fail (EAGAIN), and raising that costs more than the accept. Clients that
+            # keep the socket readable into the next iteration are drained as before.
+            turn = self.loop.iteration
+            if turn != self._turn:
+                self._crowded = turn == self._turn + 1
+                self._turn = turn
+            elif not self._crowded:
+                return None
         try:
             fd, address = self._accept()
         except BlockingIOError:
