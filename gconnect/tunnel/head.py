@@ -12,9 +12,9 @@ the version, the authority-form target and the Host header.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from socket import AF_INET, AF_INET6
+from typing import NamedTuple
 
 import httptools
 
@@ -45,9 +45,9 @@ _FAST_V4 = re.compile(rb"(" + rb"\.".join([_DEC_OCTET] * 4) + rb"):([0-9]{1,5})"
 _FAST_NAME = re.compile(rb"(" + LABEL.encode() + rb"(?:\." + LABEL.encode() + rb")*):([0-9]{1,5})")
 
 
-@dataclasses.dataclass(slots=True)
-class ConnectRequest:
-    """A CONNECT request head that passed the grammar checks."""
+class ConnectRequest(NamedTuple):
+    """A CONNECT request head that passed the grammar checks. (A named tuple:
+    one is made per client, and a tuple costs a fraction of a class with an ``__init__``.)"""
 
     #: Lower-case name, or an IP address in its canonical text form.
     host: str
@@ -239,7 +239,8 @@ class RequestParser(HeadFields):
             # RFC 9112 §2.2: empty lines before the request line are skipped.
             kept = data if self._line_start else data.lstrip(b"\r\n")
             self._line_start += kept
-            self._line_ended = b"\n" in kept
+            # find(), not ``in``: bytes' ``in`` tries the operand as an integer first (a raised and cleared TypeError).
+            self._line_ended = kept.find(b"\n") >= 0
         trailing = b""
         try:
             self._parser.feed_data(data)

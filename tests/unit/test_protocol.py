@@ -74,8 +74,7 @@ def parse_ok(feeder: Feeder, data: bytes) -> ConnectRequest:
     request, unfed = feeder(data)
     assert isinstance(request, ConnectRequest), request
     # Whatever the parser has not seen yet is tunnel data the caller still relays.
-    request.trailing += unfed
-    return request
+    return request._replace(trailing=request.trailing + unfed)
 
 
 def parse_error(feeder: Feeder, data: bytes) -> errors.GConnectError:
@@ -170,8 +169,7 @@ def test_every_split_point_gives_the_same_request():
             request = parser.feed(data[split:])
             assert request is not None
         else:
-            request = first
-            request.trailing += data[split:]
+            request = first._replace(trailing=first.trailing + data[split:])
         assert request == whole, split
 
 
