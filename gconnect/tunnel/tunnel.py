@@ -132,7 +132,8 @@ class Tunnel(RecordDefaults):
                 return None
             self.admit()
             request = self.read_request()
-            self.authenticate(request)
+            if self.services.auth is not None:
+                self.authenticate(request)
             self.check(request)
             addresses = self.resolve(request)
             self.dial(request, addresses)
