@@ -190,6 +190,8 @@ class Listener(AcceptBackoff, StreamServer):
     ) -> None:
         super().__init__(listener, spawn=None)
         self._serve = serve
+        # gevent's accept loop calls do_handle(client, address): *serve* itself, one call fewer per client.
+        self.do_handle = serve  # type: ignore[method-assign]
         # The standard library socket's accept without its wrapper: the (fd, address) pair.
         self._accept = listener._accept
         self._family = int(listener.family)
@@ -252,6 +254,7 @@ class Listener(AcceptBackoff, StreamServer):
         return client, address
 
     def do_handle(self, *args: Any) -> None:
+        """Replaced per instance by *serve* (see __init__)."""
         self._serve(*args)
 
     def handle(self, client: _socket.socket, address: Any) -> None:
