@@ -99,12 +99,33 @@ def parse_host(text: str) -> tuple[str, int]:
         raise MalformedRequestError(str(exc)) from None
 
 
+#: How many targets :func:`parse_authority` remembers (then it forgets them all and starts again).
+#: Clients ask for the same few host:port over and over; 1,024 short entries are ~200 KiB at most.
+REMEMBERED_AUTHORITIES = 1024
+_authorities: dict[bytes, tuple[str, int, int]] = {}
+
+
 def parse_authority(target: bytes) -> tuple[str, int, int]:
     """Split an authority-form request-target into ``(host, port, family)``.
 
     RFC 9110 §9.3.6: the target of CONNECT is ``uri-host ":" port`` and the
     port is mandatory, since there is no default port for a tunnel.
+    A target that passed before is answered from memory (the checks cost more
+    than the rest of a head's parse); one that failed is checked every time.
     """
+    if type(target) is not bytes:
+        return _parse_authority(target)
+    known = _authorities.get(target)
+    if known is not None:
+        return known
+    parsed = _parse_authority(target)
+    if len(_authorities) >= REMEMBERED_AUTHORITIES:
+        _authorities.clear()
+    _authorities[target] = parsed
+    return parsed
+
+
+def _parse_authority(target: bytes) -> tuple[str, int, int]:
     fast = _FAST_V4.fullmatch(target)
     if fast is not None:
         port = int(fast[2])
