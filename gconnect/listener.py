@@ -190,6 +190,8 @@ class Listener(AcceptBackoff, StreamServer):
     ) -> None:
         super().__init__(listener, spawn=None)
         self._serve = serve
+        # gevent's accept loop calls do_handle(client, address): *serve* itself, one call fewer per client.
+        self.do_handle = serve  # type: ignore[method-assign]
         # The standard library socket's accept without its wrapper: the (fd, address) pair.
         self._accept = listener._accept
         self._family = int(listener.family)
@@ -198,6 +200,11 @@ class Listener(AcceptBackoff, StreamServer):
         self._on_full = on_full
         #: True while accepting is stopped because the limit was reached.
         self.paused = False
+        # The loop iteration of the last wake-up, and whether it came right after the one
+        # before (clients arriving together); libuv's loop has no count: always drain.
+        self._iteration = getattr(self.loop, "iteration", None) is not None
+        self._turn = -2
+        self._crowded = True
 
     def full(self) -> bool:
         """gevent asks before each accept, and stops accepting while this says True."""
@@ -215,6 +222,16 @@ class Listener(AcceptBackoff, StreamServer):
             self.start_accepting()
 
     def do_read(self) -> tuple[_socket.socket, Any] | None:
+        if self._iteration:
+            # A lone client is accepted once per wake-up: a second accept would only
+            # fail (EAGAIN), and raising that costs more than the accept. Clients that
+            # keep the socket readable into the next iteration are drained as before.
+            turn = self.loop.iteration
+            if turn != self._turn:
+                self._crowded = turn == self._turn + 1
+                self._turn = turn
+            elif not self._crowded:
+                return None
         try:
             fd, address = self._accept()
         except BlockingIOError:
@@ -237,6 +254,7 @@ class Listener(AcceptBackoff, StreamServer):
         return client, address
 
     def do_handle(self, *args: Any) -> None:
+        """Replaced per instance by *serve* (see __init__)."""
         self._serve(*args)
 
     def handle(self, client: _socket.socket, address: Any) -> None:

@@ -28,10 +28,16 @@ class RelayLimits:
         self.idle_timeout = idle_timeout
         self.half_close_timeout = half_close_timeout
         self.max_lifetime = max_lifetime
-        #: Seconds from the start of relaying to the first deadline (0: none): the
+        #: Seconds from the start of relaying to the first timer (0: none): the
         #: earlier of the idle and lifetime limits, as :meth:`Deadlines._next_deadline`
-        #: finds it then; computed once, as every relay starts its timer with it.
-        self.first_deadline = min(idle_timeout or max_lifetime, max_lifetime or idle_timeout)
+        #: finds it then, and no later than the half-close limit, which a half-close
+        #: may start at once: a short tunnel's half-close then finds its deadline
+        #: covered and makes no second timer (a timer that fires early is only
+        #: re-armed). Computed once, as every relay starts its timer with it.
+        first = min(idle_timeout or max_lifetime, max_lifetime or idle_timeout)
+        if first and half_close_timeout:
+            first = min(first, half_close_timeout)
+        self.first_deadline = first
 
 
 class Deadlines:
@@ -58,6 +64,8 @@ class Deadlines:
     #: Why the tunnel ended; "" while it runs (see the module docstring).
     end_reason = ""
     _timer: Any = None
+    #: When the timer fires (loop time).
+    _timer_at = 0.0
     _half_closed = False
     _first_eof = ""
     _started = 0.0
@@ -79,6 +87,7 @@ class Deadlines:
         if first and not self.end_reason:
             self._timer = timer = self.loop.timer(first)
             timer.start(self.on_timer)
+            self._timer_at = self._started + first
 
     def touch(self) -> None:
         """Bytes moved: the idle deadline starts again (no timer is re-armed for it)."""
@@ -117,14 +126,21 @@ class Deadlines:
 
     def arm_timer(self) -> None:
         """(Re)arm the one timer at the earliest deadline now; only when it fires
-        or a limit changes: traffic just moves the idle clock (:meth:`touch`)."""
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
+        or a limit changes: traffic just moves the idle clock (:meth:`touch`).
+        A timer that fires no later than that deadline is kept: :meth:`on_timer`
+        looks again when it fires."""
         at, kind = self._next_deadline()
+        timer = self._timer
+        if timer is not None:
+            if kind and self._timer_at <= at:
+                return
+            timer.close()
+            self._timer = None
         if kind:
-            self._timer = self.loop.timer(max(0.0, at - self.loop.now()))
-            self._timer.start(self.on_timer)
+            now = self.loop.now()
+            self._timer = timer = self.loop.timer(max(0.0, at - now))
+            timer.start(self.on_timer)
+            self._timer_at = max(at, now)
 
     def on_timer(self) -> None:
         """The timer's callback (a relay that starts its timer itself passes it):

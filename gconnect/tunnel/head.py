@@ -12,9 +12,9 @@ the version, the authority-form target and the Host header.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from socket import AF_INET, AF_INET6
+from typing import NamedTuple
 
 import httptools
 
@@ -45,9 +45,9 @@ _FAST_V4 = re.compile(rb"(" + rb"\.".join([_DEC_OCTET] * 4) + rb"):([0-9]{1,5})"
 _FAST_NAME = re.compile(rb"(" + LABEL.encode() + rb"(?:\." + LABEL.encode() + rb")*):([0-9]{1,5})")
 
 
-@dataclasses.dataclass(slots=True)
-class ConnectRequest:
-    """A CONNECT request head that passed the grammar checks."""
+class ConnectRequest(NamedTuple):
+    """A CONNECT request head that passed the grammar checks. (A named tuple:
+    one is made per client, and a tuple costs a fraction of a class with an ``__init__``.)"""
 
     #: Lower-case name, or an IP address in its canonical text form.
     host: str
@@ -99,12 +99,33 @@ def parse_host(text: str) -> tuple[str, int]:
         raise MalformedRequestError(str(exc)) from None
 
 
+#: How many targets :func:`parse_authority` remembers (then it forgets them all and starts again).
+#: Clients ask for the same few host:port over and over; 1,024 short entries are ~200 KiB at most.
+REMEMBERED_AUTHORITIES = 1024
+_authorities: dict[bytes, tuple[str, int, int]] = {}
+
+
 def parse_authority(target: bytes) -> tuple[str, int, int]:
     """Split an authority-form request-target into ``(host, port, family)``.
 
     RFC 9110 §9.3.6: the target of CONNECT is ``uri-host ":" port`` and the
     port is mandatory, since there is no default port for a tunnel.
+    A target that passed before is answered from memory (the checks cost more
+    than the rest of a head's parse); one that failed is checked every time.
     """
+    if type(target) is not bytes:
+        return _parse_authority(target)
+    known = _authorities.get(target)
+    if known is not None:
+        return known
+    parsed = _parse_authority(target)
+    if len(_authorities) >= REMEMBERED_AUTHORITIES:
+        _authorities.clear()
+    _authorities[target] = parsed
+    return parsed
+
+
+def _parse_authority(target: bytes) -> tuple[str, int, int]:
     fast = _FAST_V4.fullmatch(target)
     if fast is not None:
         port = int(fast[2])
@@ -239,7 +260,8 @@ class RequestParser(HeadFields):
             # RFC 9112 §2.2: empty lines before the request line are skipped.
             kept = data if self._line_start else data.lstrip(b"\r\n")
             self._line_start += kept
-            self._line_ended = b"\n" in kept
+            # find(), not ``in``: bytes' ``in`` tries the operand as an integer first (a raised and cleared TypeError).
+            self._line_ended = kept.find(b"\n") >= 0
         trailing = b""
         try:
             self._parser.feed_data(data)

@@ -121,6 +121,7 @@ class Relay(Deadlines):
         if first:
             self._timer = timer = loop.timer(first)
             timer.start(self.on_timer)
+            self._timer_at = self._started + first
         up = self.up
         down = self.down
         if first_bytes_up:

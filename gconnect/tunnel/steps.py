@@ -49,12 +49,21 @@ FORWARD_PORTS: Callable[[Policy, int], None] = Policy.check_forward_port
 class Target(Protocol):
     """What the client asked for (a ``ConnectRequest`` or a ``ForwardRequest``)."""
 
-    #: Lower-case name or canonical IP text; its port; AF_INET/AF_INET6 for an IP literal, 0 for a name.
-    host: str
-    port: int
-    family: int
-    #: The request's header fields as received (Proxy-Authorization is read from them).
-    headers: list[tuple[bytes, bytes]]
+    # Read-only: the steps never change the request (a ConnectRequest is a named tuple).
+    @property
+    def host(self) -> str:
+        """Lower-case name or canonical IP text."""
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def family(self) -> int:
+        """AF_INET/AF_INET6 for an IP literal, 0 for a name."""
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The request's header fields as received (Proxy-Authorization is read from them)."""
 
 
 def admit(services: TunnelServices, address: tuple) -> str:

@@ -130,11 +130,16 @@ class Tunnel(RecordDefaults):
             if takeover is not None:
                 self.end_reason = takeover()  # another protocol served the connection to its end
                 return None
-            self.admit()
+            # The steps of steps.py called directly where a method would only pass them on.
+            services = self.services
+            # Count the client against the limits (503 past the proxy's, 429 past its address's).
+            self.who = steps.admit(services, self.address)
             request = self.read_request()
-            self.authenticate(request)
-            self.check(request)
-            addresses = self.resolve(request)
+            if services.auth is not None:
+                self.authenticate(request)
+            # The user's policy, --allow-port, the name rules, the byte quota, the external ACL, the route.
+            self.policy, self.pool = steps.check(services, request, self, steps.CONNECT_PORTS)
+            addresses = steps.resolve(services, request, self, self.policy, self.pool)
             self.dial(request, addresses)
             self.answer()
             policy = self.policy
@@ -158,10 +163,6 @@ class Tunnel(RecordDefaults):
 
     # --- the steps -------------------------------------------------------------------
 
-    def admit(self) -> None:
-        """Count the client against the limits (503 past the proxy's, 429 past its address's)."""
-        self.who = steps.admit(self.services, self.address)
-
     def read_request(self) -> ConnectRequest:
         """The request, as the client side reads it."""
         request = self.side.read_request()
@@ -171,15 +172,6 @@ class Tunnel(RecordDefaults):
     def authenticate(self, request: ConnectRequest) -> None:
         """Who the client is, if the proxy asks: :func:`.steps.authenticate`."""
         steps.authenticate(self.services, request, self, self.who, self.side.peer_certificate)
-
-    def check(self, request: ConnectRequest) -> None:
-        """The user's policy, ``--allow-port``, the name rules, the byte quota,
-        the external ACL and the route: :func:`.steps.check`."""
-        self.policy, self.pool = steps.check(self.services, request, self, steps.CONNECT_PORTS)
-
-    def resolve(self, request: ConnectRequest) -> list[str]:
-        """The addresses that may be dialled: :func:`.steps.resolve`."""
-        return steps.resolve(self.services, request, self, self.policy, self.pool)
 
     def dial(self, request: ConnectRequest, addresses: list[str]) -> None:
         """Connect, directly or through the pool's parents: :func:`.steps.dial`."""

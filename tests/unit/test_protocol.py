@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import gconnect.tunnel.head as head
 from gconnect import errors
 from gconnect.config import Config
 from gconnect.tunnel.head import RESPONSE_200, ConnectRequest, RequestParser, render_error
@@ -74,8 +75,7 @@ def parse_ok(feeder: Feeder, data: bytes) -> ConnectRequest:
     request, unfed = feeder(data)
     assert isinstance(request, ConnectRequest), request
     # Whatever the parser has not seen yet is tunnel data the caller still relays.
-    request.trailing += unfed
-    return request
+    return request._replace(trailing=request.trailing + unfed)
 
 
 def parse_error(feeder: Feeder, data: bytes) -> errors.GConnectError:
@@ -170,8 +170,7 @@ def test_every_split_point_gives_the_same_request():
             request = parser.feed(data[split:])
             assert request is not None
         else:
-            request = first
-            request.trailing += data[split:]
+            request = first._replace(trailing=first.trailing + data[split:])
         assert request == whole, split
 
 
@@ -817,3 +816,18 @@ def test_stricter_than_h11(data):
     assert theirs is not None
     exc, _ = feed_whole(data)
     assert isinstance(exc, errors.ClientError)
+
+
+def test_parse_authority_remembers_passed_targets_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(head, "REMEMBERED_AUTHORITIES", 2)
+    first = head.parse_authority(b"example.com:443")
+    assert first == ("example.com", 443, 0)
+    assert head.parse_authority(b"example.com:443") is first  # from memory
+    for _ in range(2):  # refused every time, never remembered
+        with pytest.raises(errors.MalformedRequestError):
+            head.parse_authority(b"exa mple.com:443")
+    assert head.parse_authority(bytearray(b"example.com:443")) == first  # unhashable: parsed, not remembered
+    head.parse_authority(b"example.com:1")
+    head.parse_authority(b"example.com:2")
+    again = head.parse_authority(b"example.com:443")
+    assert again == first and again is not first  # forgotten when the memory was full: parsed anew
