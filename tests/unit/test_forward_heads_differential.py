@@ -48,8 +48,11 @@ SCHEMES = [b"http://", b"HTTP://", b"hTtP://", b"https://", b"ftp://", b"http:/"
 VALUES = {
     b"host": (AUTHORITIES[:VALID_AUTHORITIES], AUTHORITIES[VALID_AUTHORITIES:]),
     b"content-length": (
-        [b"0", b"3", b"012"],
-        [b"+3", b"-1", b"3,3", b"3, 3", b"0x3", b"", b"1 2", b"99999999999999999999"],
+        [b"0", b"3", b"012", b"0000000000000000003", b"4611686018427387904"],
+        [
+            b"+3", b"-1", b"3,3", b"3, 3", b"0x3", b"", b"1 2", b"99999999999999999999", b"00000000000000000003",
+            b"4611686018427387905", b"1_0", b"\xd9\xa3", b" 3",
+        ],
     ),
     b"transfer-encoding": (
         [b"chunked", b"ChUnKeD", b"CHUNKED"],
