@@ -109,6 +109,8 @@ BAD_REQUESTS = {
     "space_in_url": (b"GET http://example.com/a b HTTP/1.1\r\nHost: example.com\r\n\r\n", 400),
     "http2_version": (b"GET http://example.com/ HTTP/2.0\r\nHost: example.com\r\n\r\n", 505),
     "http09": (b"GET http://example.com/\r\n\r\n", 505),
+    # llhttp reads CONNECT's authority-form target "HTTP/1.0" and then no version.
+    "http09_target_is_version": (b"CONNECT  HTTP/1.0\r\n\r\n", 505),
     "upgrade": (req(b"Connection: Upgrade", b"Upgrade: websocket"), 501),
     "upgrade_without_connection": (req(b"Upgrade: h2c"), 501),
     "trace": (req(start=b"TRACE http://example.com/ HTTP/1.1\r\nHost: example.com\r\n"), 405),

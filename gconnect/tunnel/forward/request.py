@@ -295,9 +295,17 @@ class ForwardRequestParser:
         parts = head[:line_end].split(b" ")
         version = _VERSION_OF.get(parts[-1])
         # RFC 9112 §3: single spaces. llhttp takes runs of them, and a parser
-        # behind us splitting on whitespace might then read another target.
-        if len(parts) != 3 or version is None or parts[0] != self._parser.get_method():
-            version = self._parser.get_http_version()
+        # behind us splitting on whitespace might then read another target. And
+        # the line must be the one llhttp read: "CONNECT  HTTP/1.0" splits in
+        # three, but llhttp read the version as the target and no version.
+        parser = self._parser
+        if (
+            len(parts) != 3
+            or version is None
+            or version != parser.get_http_version()
+            or parts[0] != parser.get_method()
+        ):
+            version = parser.get_http_version()
             if version not in _VERSIONS:
                 raise VersionNotSupportedError(f"HTTP/{version} not supported: only HTTP/1.1 and HTTP/1.0")
             raise MalformedRequestError("malformed request line")
