@@ -36,6 +36,10 @@ REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 #: Statuses that mean a limit refused the client (429 per-client
 #: limits, 503 when the proxy is full).
 LIMIT_STATUSES = (429, 503)
+#: Each request bucket's bounds: bucket i holds lower[i] < seconds <= upper[i]
+#: (``bisect_left``'s, and Prometheus's ``le``).
+_REQUEST_UPPER = (*REQUEST_BUCKETS, float("inf"))
+_REQUEST_LOWER = (float("-inf"), *REQUEST_BUCKETS)
 
 
 class Stats:
@@ -48,6 +52,7 @@ class Stats:
         "handshake_sum",
         "name_checks",
         "outcomes",
+        "request_bucket",
         "request_counts",
         "request_outcomes",
         "request_sum",
@@ -67,10 +72,13 @@ class Stats:
         self.would_deny_counts: dict[str, int] = {}
         #: The TLS name check: (outcome, "pass" or "close") -> tunnels
         self.name_checks: dict[tuple[str, str], int] = {}
-        #: Forwarded requests: (status, reason) -> count, and their durations.
-        self.request_outcomes: dict[tuple[int, str], int] = {}
+        #: Forwarded requests: status -> reason -> count (no key tuple built per
+        #: request), and their durations.
+        self.request_outcomes: dict[int, dict[str, int]] = {}
         self.request_counts = [0] * (len(REQUEST_BUCKETS) + 1)
         self.request_sum = 0.0
+        #: The duration bucket of the last request: the next one is most often in it.
+        self.request_bucket = 0
 
     # The TunnelObserver contract (gconnect/tunnel/observer.py): Stats is the
     # observer of a process without an access log, one call per moment.
@@ -108,15 +116,34 @@ class Stats:
             checks[key2] = checks.get(key2, 0) + 1
 
     def forwarded(self, record: Any) -> None:
-        """A forwarded request is done (answered, refused or cut off)."""
-        outcomes = self.request_outcomes
-        key = (record.status, record.end_reason)
-        outcomes[key] = outcomes.get(key, 0) + 1
+        """A forwarded request is done (answered, refused or cut off).
+
+        Called once per request, so it builds nothing: the outcome is counted
+        in a dict per status keyed by the reason (a string whose hash is
+        kept), and the duration's bucket is the last request's when it fits
+        there (two comparisons), found by bisection only when it does not."""
+        by_reason = self.request_outcomes.get(record.status)
+        if by_reason is None:
+            by_reason = self.request_outcomes[record.status] = {}
+        reason = record.end_reason
+        by_reason[reason] = by_reason.get(reason, 0) + 1
         seconds = time.monotonic() - record.started
-        self.request_counts[_bucket(REQUEST_BUCKETS, seconds)] += 1
+        bucket = self.request_bucket
+        if not _REQUEST_LOWER[bucket] < seconds <= _REQUEST_UPPER[bucket]:
+            bucket = self.request_bucket = _bucket(REQUEST_BUCKETS, seconds)
+        self.request_counts[bucket] += 1
         self.request_sum += seconds
-        self.bytes_up += record.bytes_up
+        if record.bytes_up:
+            self.bytes_up += record.bytes_up
         self.bytes_down += record.bytes_down
+
+    def request_outcome_rows(self) -> list[list[Any]]:
+        """``[status, reason, count]`` of the forwarded requests, sorted."""
+        return sorted(
+            [status, reason, count]
+            for status, by_reason in self.request_outcomes.items()
+            for reason, count in by_reason.items()
+        )
 
 
 def snapshot(proxy: Any, observer: Any) -> dict[str, Any]:
@@ -135,7 +162,7 @@ def snapshot(proxy: Any, observer: Any) -> dict[str, Any]:
         "bytes_down": stats.bytes_down,
         "handshake_counts": list(stats.handshake_counts),
         "handshake_sum": stats.handshake_sum,
-        "request_outcomes": [[status, reason, n] for (status, reason), n in sorted(stats.request_outcomes.items())],
+        "request_outcomes": stats.request_outcome_rows(),
         "request_counts": list(stats.request_counts),
         "request_sum": stats.request_sum,
         "dns_lookups": services.resolver.lookups,
