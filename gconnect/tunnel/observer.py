@@ -87,8 +87,10 @@ class ForwardedRecord(TunnelRecord, Protocol):
     (:class:`~gconnect.tunnel.forward.context.RequestRecord`): a tunnel's
     attributes (``status`` is the response's), and the request's."""
 
-    #: The request method ("GET"), "-" for a head that could not be read.
-    method: str
+    @property
+    def method(self) -> str:
+        """The request method ("GET"), "-" for a head that could not be read."""
+
     #: "http", or "-" for a request to the proxy itself.
     scheme: str
     #: The path and query, only when --log-path asks (they can carry secrets); else None.
