@@ -67,6 +67,8 @@ class AccessLog:
     """Where the records go; :meth:`opened` and :meth:`closed` say what they hold."""
 
     file_class: type[LogFile] = LogFile
+    #: Whether the records show the step times (``dns``, ``connect``, ``first_byte``).
+    timings = False
 
     def __init__(self, path: str) -> None:
         self.file = self.file_class(path)
@@ -139,6 +141,7 @@ class JsonAccessLog(AccessLog):
     """JSON lines: one at the 200, one at the end (only that one for a refusal)."""
 
     file_class = JsonLogFile
+    timings = True
 
     def _common(self, tunnel: Tunnel) -> dict[str, Any]:
         started = tunnel.started
