@@ -125,11 +125,11 @@ class Stats:
         in a dict per status keyed by the reason (a string whose hash is
         kept), and the duration's bucket is the last request's when it fits
         there (two comparisons), found by bisection only when it does not."""
-        by_reason = self.request_outcomes.get(record.status)
-        if by_reason is None:
-            by_reason = self.request_outcomes[record.status] = {}
-        reason = record.end_reason
-        by_reason[reason] = by_reason.get(reason, 0) + 1
+        try:
+            self.request_outcomes[record.status][record.end_reason] += 1
+        except KeyError:  # the first of its status and reason
+            by_reason = self.request_outcomes.setdefault(record.status, {})
+            by_reason[record.end_reason] = by_reason.get(record.end_reason, 0) + 1
         seconds = time.monotonic() - record.started
         bucket = self.request_bucket
         if not _REQUEST_LOWER[bucket] < seconds <= _REQUEST_UPPER[bucket]:
