@@ -72,6 +72,16 @@ class AccessLog:
 
     def __init__(self, path: str) -> None:
         self.file = self.file_class(path)
+        #: The last client address formatted, and its text: a keep-alive
+        #: connection's requests share one address tuple.
+        self._address: object = None
+        self._client = "-"
+
+    def client(self, address: object) -> str:
+        """*address* as a record shows it (:func:`fmt_addr`), formatted once per client connection."""
+        if address is not self._address:
+            self._address, self._client = address, fmt_addr(address)
+        return self._client
 
     @property
     def dropped_lines(self) -> int:
@@ -115,7 +125,7 @@ class TextAccessLog(AccessLog):
         stream = "" if side.stream_id is None else f" proto={side.protocol} stream={side.stream_id}"
         stream += extra
         self.file.write(
-            f"client={fmt_addr(tunnel.address)} user={user} target={tunnel.target} "
+            f"client={self.client(tunnel.address)} user={user} target={tunnel.target} "
             f"addr={tunnel.dialled} via={tunnel.via or '-'} status={tunnel.status} "
             f"up={tunnel.bytes_up} down={tunnel.bytes_down} "
             f"duration={time.monotonic() - tunnel.started:.3f} reason={tunnel.end_reason}{stream}"
@@ -147,7 +157,7 @@ class JsonAccessLog(AccessLog):
         started = tunnel.started
         fields: dict[str, Any] = {
             "id": f"{id(tunnel):x}-{started:.6f}",
-            "client": fmt_addr(tunnel.address),
+            "client": self.client(tunnel.address),
             "user": tunnel.user,
             "target": tunnel.target,
             "addr": tunnel.dialled,
