@@ -36,10 +36,10 @@ REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 #: Statuses that mean a limit refused the client (429 per-client
 #: limits, 503 when the proxy is full).
 LIMIT_STATUSES = (429, 503)
-#: Each request bucket's bounds: bucket i holds lower[i] < seconds <= upper[i]
+#: Each bucket's bounds: bucket i holds lower[i] < seconds <= upper[i]
 #: (``bisect_left``'s, and Prometheus's ``le``).
-_REQUEST_UPPER = (*REQUEST_BUCKETS, float("inf"))
-_REQUEST_LOWER = (float("-inf"), *REQUEST_BUCKETS)
+_REQUEST_LOWER, _REQUEST_UPPER = (float("-inf"), *REQUEST_BUCKETS), (*REQUEST_BUCKETS, float("inf"))
+_HANDSHAKE_LOWER, _HANDSHAKE_UPPER = (float("-inf"), *HANDSHAKE_BUCKETS), (*HANDSHAKE_BUCKETS, float("inf"))
 
 
 class Stats:
@@ -48,6 +48,7 @@ class Stats:
     __slots__ = (
         "bytes_down",
         "bytes_up",
+        "handshake_bucket",
         "handshake_counts",
         "handshake_sum",
         "name_checks",
@@ -68,6 +69,8 @@ class Stats:
         self.bytes_down = 0
         self.handshake_counts = [0] * (len(HANDSHAKE_BUCKETS) + 1)
         self.handshake_sum = 0.0
+        #: The handshake bucket of the last tunnel: the next one is most often in it.
+        self.handshake_bucket = 0
         #: Report mode: name-rule reason -> tunnels let through that it would have refused
         self.would_deny_counts: dict[str, int] = {}
         #: The TLS name check: (outcome, "pass" or "close") -> tunnels
@@ -90,7 +93,10 @@ class Stats:
         """A tunnel got its 200."""
         handshake_seconds = time.monotonic() - tunnel.started
         self.tunnels_open += 1
-        self.handshake_counts[_bucket(HANDSHAKE_BUCKETS, handshake_seconds)] += 1
+        bucket = self.handshake_bucket
+        if not _HANDSHAKE_LOWER[bucket] < handshake_seconds <= _HANDSHAKE_UPPER[bucket]:
+            bucket = self.handshake_bucket = _bucket(HANDSHAKE_BUCKETS, handshake_seconds)
+        self.handshake_counts[bucket] += 1
         self.handshake_sum += handshake_seconds
 
     def would_deny(self, tunnel: Any, reason: str) -> None:
@@ -106,7 +112,10 @@ class Stats:
         outcomes = self.outcomes
         reason = tunnel.end_reason
         key = (status, reason)
-        outcomes[key] = outcomes.get(key, 0) + 1
+        try:
+            outcomes[key] += 1
+        except KeyError:  # the first of its status and reason
+            outcomes[key] = 1
         if tunnel.bytes_up:
             self.bytes_up += tunnel.bytes_up
         if tunnel.bytes_down:
@@ -119,12 +128,9 @@ class Stats:
             checks[key2] = checks.get(key2, 0) + 1
 
     def forwarded(self, record: Any) -> None:
-        """A forwarded request is done (answered, refused or cut off).
-
-        Called once per request, so it builds nothing: the outcome is counted
-        in a dict per status keyed by the reason (a string whose hash is
-        kept), and the duration's bucket is the last request's when it fits
-        there (two comparisons), found by bisection only when it does not."""
+        """A forwarded request is done (answered, refused or cut off). Once per
+        request, so nothing is built: no key tuple, and the bucket is the last
+        request's when it fits there (two comparisons), else bisected."""
         try:
             self.request_outcomes[record.status][record.end_reason] += 1
         except KeyError:  # the first of its status and reason

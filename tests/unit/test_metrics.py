@@ -62,3 +62,17 @@ def test_request_outcomes_are_rows_by_status_and_reason():
         [200, "complete", 2],
         [502, "bad_response", 1],
     ]
+
+
+def test_handshake_histogram_matches_bisection_whatever_the_order():
+    middles = [HANDSHAKE_BUCKETS[0] / 10]
+    middles += [(low + high) / 2 for low, high in itertools.pairwise(HANDSHAKE_BUCKETS)]
+    middles.append(HANDSHAKE_BUCKETS[-1] * 2)
+    order = [*middles, *reversed(middles), middles[2], middles[2], middles[0], middles[-1], middles[0]]
+    stats = Stats()
+    for seconds in order:
+        stats.opened(SimpleNamespace(started=time.monotonic() - seconds))
+    expected = [0] * (len(HANDSHAKE_BUCKETS) + 1)
+    for seconds in order:
+        expected[bisect.bisect_left(HANDSHAKE_BUCKETS, seconds)] += 1
+    assert stats.handshake_counts == expected and stats.tunnels_open == len(order)
