@@ -35,22 +35,34 @@ def _request(seconds: float, status: int = 200, reason: str = "complete") -> Sim
     )
 
 
-def test_request_histogram_matches_bisection_whatever_the_order():
-    # The bucket is looked for in the last request's first: every bucket, in
-    # both directions and repeated, must land where bisection puts it.
-    middles = [REQUEST_BUCKETS[0] / 10]
-    middles += [(low + high) / 2 for low, high in itertools.pairwise(REQUEST_BUCKETS)]
-    middles.append(REQUEST_BUCKETS[-1] * 2)
+def durations_and_buckets(bounds: tuple[float, ...]) -> tuple[list[float], list[int]]:
+    """Durations in every bucket of *bounds*, in both directions and repeated, and
+    the counts per bucket that bisection gives them (``le`` is inclusive)."""
+    middles = [bounds[0] / 10, *((low + high) / 2 for low, high in itertools.pairwise(bounds)), bounds[-1] * 2]
     order = [*middles, *reversed(middles), middles[3], middles[3], middles[0], middles[-1], middles[0]]
+    expected = [0] * (len(bounds) + 1)
+    for seconds in order:
+        expected[bisect.bisect_left(bounds, seconds)] += 1
+    return order, expected
+
+
+def test_request_histogram_matches_bisection_whatever_the_order():
+    # The bucket is looked for in the last request's first.
+    order, expected = durations_and_buckets(REQUEST_BUCKETS)
     stats = Stats()
     for seconds in order:
         stats.forwarded(_request(seconds))
-    expected = [0] * (len(REQUEST_BUCKETS) + 1)
-    for seconds in order:
-        expected[bisect.bisect_left(REQUEST_BUCKETS, seconds)] += 1
     assert stats.request_counts == expected
     assert stats.request_sum == pytest.approx(sum(order), abs=0.1)
     assert stats.bytes_down == 10 * len(order)
+
+
+def test_handshake_histogram_matches_bisection_whatever_the_order():
+    order, expected = durations_and_buckets(HANDSHAKE_BUCKETS)
+    stats = Stats()
+    for seconds in order:
+        stats.opened(SimpleNamespace(started=time.monotonic() - seconds))
+    assert stats.handshake_counts == expected and stats.tunnels_open == len(order)
 
 
 def test_request_outcomes_are_rows_by_status_and_reason():
@@ -62,17 +74,3 @@ def test_request_outcomes_are_rows_by_status_and_reason():
         [200, "complete", 2],
         [502, "bad_response", 1],
     ]
-
-
-def test_handshake_histogram_matches_bisection_whatever_the_order():
-    middles = [HANDSHAKE_BUCKETS[0] / 10]
-    middles += [(low + high) / 2 for low, high in itertools.pairwise(HANDSHAKE_BUCKETS)]
-    middles.append(HANDSHAKE_BUCKETS[-1] * 2)
-    order = [*middles, *reversed(middles), middles[2], middles[2], middles[0], middles[-1], middles[0]]
-    stats = Stats()
-    for seconds in order:
-        stats.opened(SimpleNamespace(started=time.monotonic() - seconds))
-    expected = [0] * (len(HANDSHAKE_BUCKETS) + 1)
-    for seconds in order:
-        expected[bisect.bisect_left(HANDSHAKE_BUCKETS, seconds)] += 1
-    assert stats.handshake_counts == expected and stats.tunnels_open == len(order)
