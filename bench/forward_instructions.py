@@ -7,9 +7,11 @@ instructions, counting switched on after a warm-up as in
 name). Two runs per tree, of ``--requests`` and ``--requests`` +
 ``--extra``: the difference divided by ``--extra`` is one request's, the
 fixed costs cancelled. ``--baseline DIR`` counts another tree the same way.
-``--syscalls`` adds the strace run; ``--peer squid`` counts Squid's system
-calls too (no callgrind for peers but the floors: ``--peer floor`` and
-``--peer floor-cb``, bench/floor_forward.py, are counted like gconnect).
+``--access-log text`` (or ``json``) counts with the access log written to a
+file (the default: none, ``--access-log ''``). ``--syscalls`` adds the
+strace run; ``--peer squid`` counts Squid's system calls too (no
+callgrind for peers but the floors: ``--peer floor`` and ``--peer
+floor-cb``, bench/floor_forward.py, are counted like gconnect).
 With the instructions come where they go (bench/callgrind_split.py: by
 library, by C function, Python frames run); ``--python-calls`` counts the
 calls of each Python function per request under cProfile (bench/profiled.py).
@@ -89,10 +91,13 @@ def totals(out: Path) -> int:
     return int(match.group(1))
 
 
-def instructions(root: Path, origin_port: int, n: int, out: Path) -> int:
+def instructions(root: Path, origin_port: int, n: int, out: Path, access_log: str = "off") -> int:
+    """Instructions gconnect from *root* executed on *n* GETs; *access_log*
+    "text" or "json" writes the access log (to a file beside *out*), "off" none."""
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    logging = () if access_log == "off" else ("--access-log", str(out.with_suffix(".log")), "--log-format", access_log)
     proxy = ProxyProcess(
-        ["--listen", "127.0.0.1:0", *ARGS],
+        ["--listen", "127.0.0.1:0", *ARGS, *logging],
         prefix=valgrind,
         cwd=root,
         env={"PYTHONPATH": str(root)},
@@ -163,7 +168,10 @@ def count(tag: str, name: str, root: Path, origin_port: int, options: argparse.N
     figures: dict = {}
     python = name == "gconnect" or name in FLOORS
     if python and not options.no_instructions:
-        counter = instructions if name == "gconnect" else functools.partial(floor_instructions, name)
+        if name == "gconnect":
+            counter = functools.partial(instructions, access_log=options.access_log)
+        else:
+            counter = functools.partial(floor_instructions, name)
         outs = (work / f"{tag}-s.out", work / f"{tag}-l.out")
         small = counter(root, origin_port, options.requests, outs[0])
         large = counter(root, origin_port, options.requests + options.extra, outs[1])
@@ -192,6 +200,12 @@ def main() -> None:
     parser.add_argument("--python-calls", action="store_true", help="also count Python calls under cProfile")
     parser.add_argument("--peer", action="append", default=[], help="a peer (squid, ats; floor, floor-cb)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--access-log",
+        choices=("off", "text", "json"),
+        default="off",
+        help="gconnect's access log while counting instructions (default off, as --access-log '')",
+    )
     options = parser.parse_args()
     origin_port = free_port()
     origin = subprocess.Popen([sys.executable, "-c", ORIGIN, str(origin_port), "0"])

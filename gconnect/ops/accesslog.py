@@ -67,9 +67,21 @@ class AccessLog:
     """Where the records go; :meth:`opened` and :meth:`closed` say what they hold."""
 
     file_class: type[LogFile] = LogFile
+    #: Whether the records show the step times (``dns``, ``connect``, ``first_byte``).
+    timings = False
 
     def __init__(self, path: str) -> None:
         self.file = self.file_class(path)
+        #: The last client address formatted, and its text: a keep-alive
+        #: connection's requests share one address tuple.
+        self._address: object = None
+        self._client = "-"
+
+    def client(self, address: object) -> str:
+        """*address* as a record shows it (:func:`fmt_addr`), formatted once per client connection."""
+        if address is not self._address:
+            self._address, self._client = address, fmt_addr(address)
+        return self._client
 
     @property
     def dropped_lines(self) -> int:
@@ -107,20 +119,26 @@ class TextAccessLog(AccessLog):
     """One ``key=value`` line per client, at its end."""
 
     def closed(self, tunnel: Tunnel, extra: str = "") -> None:
+        # The optional fields are added to the short tail, and the line (with
+        # its time) is built once: one record per forwarded request.
         user = log_safe(tunnel.user) if tunnel.user else "-"
         # A stream of a connection (0: the connection itself); a connection's only request has none.
         side = tunnel.side
-        stream = "" if side.stream_id is None else f" proto={side.protocol} stream={side.stream_id}"
-        stream += extra
-        self.file.write(
-            f"client={fmt_addr(tunnel.address)} user={user} target={tunnel.target} "
-            f"addr={tunnel.dialled} via={tunnel.via or '-'} status={tunnel.status} "
-            f"up={tunnel.bytes_up} down={tunnel.bytes_down} "
-            f"duration={time.monotonic() - tunnel.started:.3f} reason={tunnel.end_reason}{stream}"
-            + (f" would_deny={tunnel.would_deny}" if tunnel.would_deny else "")
+        if side.stream_id is not None:
+            extra = f" proto={side.protocol} stream={side.stream_id}{extra}"
+        if tunnel.would_deny:
+            extra += f" would_deny={tunnel.would_deny}"
+        if tunnel.identity is not None:
             # Which provider vouched for the user: htpasswd, helper, jwt or cert.
-            + (f" auth={tunnel.identity.provider}" if tunnel.identity is not None else "")
-            + (f" sni={tunnel.sni or '-'} sni_check={tunnel.sni_check}" if tunnel.sni_check else "")
+            extra += f" auth={tunnel.identity.provider}"
+        if tunnel.sni_check:
+            extra += f" sni={tunnel.sni or '-'} sni_check={tunnel.sni_check}"
+        file = self.file
+        file.write_raw(
+            f"{file.timestamp(time.time())} client={self.client(tunnel.address)} user={user} "
+            f"target={tunnel.target} addr={tunnel.dialled} via={tunnel.via or '-'} status={tunnel.status} "
+            f"up={tunnel.bytes_up} down={tunnel.bytes_down} "
+            f"duration={time.monotonic() - tunnel.started:.3f} reason={tunnel.end_reason}{extra}\n"
         )
 
     def account(self, user: str, figures: dict[str, Any]) -> None:
@@ -139,12 +157,13 @@ class JsonAccessLog(AccessLog):
     """JSON lines: one at the 200, one at the end (only that one for a refusal)."""
 
     file_class = JsonLogFile
+    timings = True
 
     def _common(self, tunnel: Tunnel) -> dict[str, Any]:
         started = tunnel.started
         fields: dict[str, Any] = {
             "id": f"{id(tunnel):x}-{started:.6f}",
-            "client": fmt_addr(tunnel.address),
+            "client": self.client(tunnel.address),
             "user": tunnel.user,
             "target": tunnel.target,
             "addr": tunnel.dialled,

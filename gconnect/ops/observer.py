@@ -45,6 +45,11 @@ class StatsAndLog:
         self.stats = stats
         self.access_log = access_log
 
+    @property
+    def timings(self) -> bool:
+        """Whether the log's records show the step times (only JSON's do)."""
+        return self.access_log.timings
+
     def opened(self, tunnel: Tunnel) -> None:
         self.stats.opened(tunnel)
         self.access_log.opened(tunnel)

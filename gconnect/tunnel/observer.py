@@ -7,6 +7,11 @@ counters and access log implement this interface
 :class:`NullObserver`. The tunnel passes itself as a :class:`TunnelRecord`:
 an observer reads those attributes, and must not keep the tunnel or change
 it. Observers run in the hub or the tunnel's greenlet: they must not block.
+
+An observer that reads none of the step times (``resolved_at``,
+``connected_at``, a forwarded request's ``first_byte_at``) says so with
+``timings = False``: the data path then leaves them 0 and does not read the
+clock for them. An observer without the attribute gets them.
 """
 
 from __future__ import annotations
@@ -87,8 +92,10 @@ class ForwardedRecord(TunnelRecord, Protocol):
     (:class:`~gconnect.tunnel.forward.context.RequestRecord`): a tunnel's
     attributes (``status`` is the response's), and the request's."""
 
-    #: The request method ("GET"), "-" for a head that could not be read.
-    method: str
+    @property
+    def method(self) -> str:
+        """The request method ("GET"), "-" for a head that could not be read."""
+
     #: "http", or "-" for a request to the proxy itself.
     scheme: str
     #: The path and query, only when --log-path asks (they can carry secrets); else None.
@@ -122,6 +129,8 @@ class RecordDefaults:
 
 class NullObserver:
     """An observer that hears everything and keeps nothing."""
+
+    timings = False
 
     def opened(self, tunnel: TunnelRecord) -> None:
         pass

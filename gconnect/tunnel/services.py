@@ -190,6 +190,9 @@ class TunnelServices:
     usage: Usage | None = None
     #: Greenlets that run handshakes, kept between them (kept across reloads).
     runners: Runners = dataclasses.field(default_factory=Runners)
+    #: The observer reads the step times (``resolved_at``, ``connected_at``, a
+    #: forwarded request's ``first_byte_at``): its ``timings``, True if it has none.
+    timings: bool = True
 
     @classmethod
     def from_config(
@@ -209,6 +212,7 @@ class TunnelServices:
             source.check()
         mode, mover, pipes = relay_movers(config)
         observer = observer if observer is not None else NullObserver()
+        timings = getattr(observer, "timings", True)
         gauges = gauges if gauges is not None else LocalTally()
         totals = totals if totals is not None else LocalTally()
         usage = None
@@ -243,6 +247,7 @@ class TunnelServices:
             gauges=gauges,
             totals=totals,
             usage=usage,
+            timings=timings,
         )
 
     def with_config(self, config: Config, policy: Policy) -> TunnelServices:

@@ -117,11 +117,13 @@ def resolve(services: TunnelServices, target: Target, record: Any, policy: Polic
     if target.family:
         addresses = [target.host]
     elif pool is not None:
-        record.resolved_at = time.monotonic()
+        if services.timings:
+            record.resolved_at = time.monotonic()
         return []
     else:
         addresses = services.resolver.resolve(target.host)
-    record.resolved_at = time.monotonic()
+    if services.timings:
+        record.resolved_at = time.monotonic()
     return policy.filter_addresses(target.host, target.port, addresses)
 
 
@@ -161,6 +163,7 @@ def dial(
             attempt_delay=config.attempt_delay,
             source=services.source,
         )
-    record.connected_at = time.monotonic()
+    if services.timings:
+        record.connected_at = time.monotonic()
     record.dialled = hostport(outbound.address, outbound.port)
     return outbound, parent

@@ -412,6 +412,9 @@ def test_a_parent_gets_the_absolute_form(start_proxy, upstream_factory) -> None:
     assert vias == ["1.1 gconnect", "1.1 gconnect"]  # the child's, then the parent's
     record = json.loads(parent.wait_access('"path":"/via-parent"'))
     assert record["method"] == "GET" and record["target"] == f"127.0.0.1:{origin.port}"
+    # A JSON log reads the step times, so a forwarded request keeps them.
+    assert record["dns"] >= 0 and record["connect"] >= 0
+    assert record["dns"] + record["connect"] <= record["first_byte"] <= record["duration"]
     assert f"via=http://127.0.0.1:{parent.port}" in child.wait_access("method=GET")
 
 

@@ -410,3 +410,38 @@ def test_the_name_check_reads_nothing_off_its_ports(target):
     run(tunnel)
     assert "read_ahead" not in side.calls and tunnel.sni_check is None
     side.relay.abort("client_eof")  # type: ignore[union-attr]
+
+
+class Untimed(Recorder):
+    """A recorder that reads none of the step times (the metrics alone)."""
+
+    timings = False
+
+
+@pytest.mark.parametrize("recorder_class", [Recorder, Untimed])
+def test_step_times_are_read_only_for_an_observer_that_reads_them(target, recorder_class):
+    recorder = recorder_class()
+    port = target.getsockname()[1]
+    services = services_for(recorder, allow_port=((port, port),), allow_dest=LOOPBACK)
+    assert services.timings is (recorder_class is Recorder)
+    side = ScriptedSide(request_for(port))
+    tunnel = Tunnel(services, side)
+    run(tunnel)
+    assert tunnel.status == 200 and tunnel.dialled == f"127.0.0.1:{port}"
+    if services.timings:
+        assert tunnel.started <= tunnel.resolved_at <= tunnel.connected_at
+    else:
+        assert tunnel.resolved_at == tunnel.connected_at == 0.0
+    side.relay.abort("shutdown")  # type: ignore[union-attr]
+
+
+def test_only_the_json_access_log_asks_for_step_times(tmp_path):
+    from gconnect.ops.accesslog import open_access_log
+    from gconnect.ops.metrics import Stats
+    from gconnect.ops.observer import ProcessObserver
+
+    assert ProcessObserver(Stats(), None).observer().timings is False
+    for log_format, timings in (("text", False), ("json", True)):
+        access_log = open_access_log(str(tmp_path / log_format), log_format)
+        assert ProcessObserver(Stats(), access_log).observer().timings is timings
+        access_log.close()

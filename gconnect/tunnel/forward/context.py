@@ -122,5 +122,12 @@ class RequestRecord(RecordDefaults):
 
     def __init__(self, address: tuple, method: bytes) -> None:
         self.address = address
-        self.method = method.decode("ascii", "replace")
+        #: The method as the request head gave it.
+        self.method_bytes = method
         self.started = time.monotonic()
+
+    @property
+    def method(self) -> str:
+        """The request method ("GET"), "-" for a head that could not be read:
+        decoded when an observer reads it (the access log), not per request."""
+        return self.method_bytes.decode("ascii", "replace")

@@ -330,7 +330,8 @@ class Exchange:
             if not self.client.send(head + out if out else head, deadline):
                 record.end_reason = "client_timeout"
                 return False, True
-            record.first_byte_at = time.monotonic()
+            if self.ctx.services.timings:
+                record.first_byte_at = time.monotonic()
             record.bytes_down = len(head) + len(out)
             if body is not None and not body.done:
                 reason = self._pump_response(upstream, body)
