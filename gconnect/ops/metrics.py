@@ -17,15 +17,12 @@ metric) would cost a file write on every increment instead.
 
 from __future__ import annotations
 
-import logging
 import time
 from bisect import bisect_left as _bucket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from ..tunnel.namecheck import NAME_CHECK_REFUSED
-
-log = logging.getLogger(__name__)
 
 #: Seconds from accept to the 200: a loopback tunnel set-up is ~100 µs, a
 #: cached-DNS one to a near host 1-20 ms, a cold one 50 ms to the DNS timeout.
@@ -376,34 +373,3 @@ class ProxyCollector:
 
     def collect(self) -> Iterator[Any]:
         return families(snapshot(self.proxy, self.observer))
-
-
-class MetricsServer:
-    """``GET /metrics`` on its own listener, served from this process's hub.
-
-    *collector* is a prometheus-client collector (:class:`ProxyCollector`, or
-    the supervisor's ``workermetrics.WorkerCollector``); with *process_metrics*
-    the ``process_*`` family of this process is added."""
-
-    def __init__(self, collector: Any, address: tuple[str, int], *, process_metrics: bool = True) -> None:
-        try:
-            import prometheus_client
-        except ImportError as exc:
-            raise RuntimeError("--metrics-listen needs prometheus-client: pip install 'gconnect[metrics]'") from exc
-        from gevent.pywsgi import WSGIServer
-
-        #: More collectors may be registered (the shared state's).
-        self.registry = registry = prometheus_client.CollectorRegistry()
-        registry.register(collector)
-        if process_metrics:
-            # process_open_fds, process_max_fds, CPU and memory, from /proc.
-            prometheus_client.ProcessCollector(registry=registry)
-        app: Callable[..., Any] = prometheus_client.make_wsgi_app(registry)
-        self.server = WSGIServer(address, app, log=None, error_log=log)
-
-    def start(self) -> tuple[str, int]:
-        self.server.start()
-        return self.server.address[:2]
-
-    def stop(self) -> None:
-        self.server.stop(timeout=1)

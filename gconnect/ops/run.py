@@ -26,7 +26,8 @@ from . import signals
 from .accesslog import open_access_log
 from .accounting import start_accounting
 from .configfile import user_table_warnings
-from .metrics import MetricsServer, ProxyCollector, Stats
+from .metrics import ProxyCollector, Stats
+from .metricsserver import MetricsServer
 from .notify import Notifier, report_upgrade
 from .observer import ProcessObserver
 from .reload import reload

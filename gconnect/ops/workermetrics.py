@@ -48,7 +48,8 @@ from typing import Any
 
 import gevent
 
-from .metrics import HANDSHAKE_BUCKETS, REQUEST_BUCKETS, MetricsServer, families, snapshot
+from .metrics import HANDSHAKE_BUCKETS, REQUEST_BUCKETS, families, snapshot
+from .metricsserver import MetricsServer
 
 log = logging.getLogger(__name__)
 
