@@ -127,14 +127,17 @@ def movers() -> dict:
 @pytest.mark.parametrize("kind", ["copy", "splice"])
 def test_many_ready_directions_share_the_turn_budget(kind, tunnels):
     t = tunnels(TUNNELS, movers()[kind])
-    # The turns in which every direction read; in a long test run a stale event for a
-    # reused descriptor number may let some of them read alone first, in turns of their own
-    # (a loaded full run once had none of four turns with all eight: so look at sixteen;
-    # each direction's queue holds many shares).
-    turns = [moved for moved in moved_per_turn(t.turns(16)) if all(moved)]
-    assert turns, "no turn in which every direction read"
-    # All were ready in that turn, and each read its share of the budget at most.
-    assert all(n <= SHARE for n in turns[0]), turns[0]
+    # The turn in which the most directions read. Every source is ready from the start,
+    # but in a long test run stale events for reused descriptor numbers can let some of
+    # them read in turns of their own first (full runs under load have shown it), so the
+    # test asks for a crowded turn rather than one with all eight.
+    turns = moved_per_turn(t.turns(16))
+    crowded = max(turns, key=lambda moved: sum(1 for n in moved if n))
+    readers = sum(1 for n in crowded if n)
+    assert readers >= TUNNELS // 2, turns
+    # Each of them was ready when the turn's first read fixed the share, so each read at
+    # most the budget split that many ways.
+    assert all(n <= BUDGET // readers for n in crowded), turns
 
 
 def test_a_direction_alone_reads_more_than_a_share(tunnels):
