@@ -202,7 +202,7 @@ class Listener(AcceptBackoff, StreamServer):
         self.paused = False
         # The loop iteration of the last wake-up, and whether it came right after the one
         # before (clients arriving together); libuv's loop has no count: always drain.
-        self._iteration = getattr(self.loop, "iteration", None) is not None
+        self._counts_turns = getattr(self.loop, "iteration", None) is not None
         self._turn = -2
         self._crowded = True
 
@@ -222,7 +222,7 @@ class Listener(AcceptBackoff, StreamServer):
             self.start_accepting()
 
     def do_read(self) -> tuple[_socket.socket, Any] | None:
-        if self._iteration:
+        if self._counts_turns:
             # A lone client is accepted once per wake-up: a second accept would only
             # fail (EAGAIN), and raising that costs more than the accept. Clients that
             # keep the socket readable into the next iteration are drained as before.
@@ -252,10 +252,6 @@ class Listener(AcceptBackoff, StreamServer):
         client = _socket.socket(self._family, _STREAM, 0, fd)
         client.setblocking(False)
         return client, address
-
-    def do_handle(self, *args: Any) -> None:
-        """Replaced per instance by *serve* (see __init__)."""
-        self._serve(*args)
 
     def handle(self, client: _socket.socket, address: Any) -> None:
         """Unused (do_handle serves directly); StreamServer insists on one."""

@@ -82,18 +82,6 @@ class HTTP1Side(ClientConnection):
                 raise ClientClosedError("connection closed before the request head was complete")
 
     def established(self) -> None:
-        if self.tls is None:
-            # send()'s first write, inline: the 200 almost always goes in one.
-            try:
-                sent = self.sock.send(RESPONSE_200)
-            except BlockingIOError:
-                sent = 0
-            if sent == len(RESPONSE_200):
-                return
-            deadline = self.loop.now() + self.services.config.header_timeout
-            if not send_all(self.sock, RESPONSE_200[sent:], self.writer(), deadline):
-                raise ConnectionError("the client does not read: the 200 could not be sent")
-            return
         if not self.send(RESPONSE_200, self.loop.now() + self.services.config.header_timeout):
             raise ConnectionError("the client does not read: the 200 could not be sent")
 

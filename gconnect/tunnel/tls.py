@@ -36,7 +36,7 @@ from typing import Any
 from ..config import Config
 from ..errors import TLSHandshakeError
 from .movers import CopyMover, Half, Reset, flush_pending, send_some
-from .waiting import recv, send_all
+from .waiting import recv, send_all, unsent
 
 #: Ciphertext read from the socket at once during the handshake: a few full TLS
 #: records (16 KiB each) and more than any ClientHello.
@@ -259,12 +259,7 @@ def send_parts(half: Half, parts: list[bytes]) -> None:
     except OSError as exc:
         raise Reset(half.peer) from exc
     if sent < size:
-        rest = bytearray()
-        for part in parts:
-            if sent < len(part):
-                rest += memoryview(part)[sent:]
-            sent = max(0, sent - len(part))
-        half.pending = memoryview(rest)
+        half.pending = memoryview(unsent(parts, sent))
         half.blocked = True
 
 

@@ -87,3 +87,14 @@ def send_all(sock: Any, data: bytes, watcher: Any, deadline: float) -> bool:
             if not wait(watcher, deadline - loop.now()):
                 return False
     return True
+
+
+def unsent(parts: Sequence[bytes | memoryview], sent: int) -> bytearray:
+    """What one write of *parts* (a ``sendmsg``) left when the socket took
+    *sent* bytes of them, joined: the socket was full, which is rare."""
+    rest = bytearray()
+    for part in parts:
+        if sent < len(part):
+            rest += memoryview(part)[sent:]
+        sent = max(0, sent - len(part))
+    return rest

@@ -40,7 +40,7 @@ from .fields import NO_BODY, UNTIL_CLOSE
 from .render import max_forwards, own_response, request_head, response_head
 from .request import ForwardRequest
 from .response import ResponseHead, ResponseParser
-from .upstream import UPSTREAM_RECV_BYTES, Upstream
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +188,7 @@ class Exchange:
         return min(idle, self.ends_at - self.loop.now())
 
     def _deadline(self) -> float:
-        now = self.loop.now()
-        return now + min(self.ctx.services.config.idle_timeout or FOREVER_SECONDS, self.ends_at - now)
+        return self.loop.now() + self._seconds_left()
 
     def _send_up(self, upstream: Upstream, data: bytes) -> ResponseHead | None:
         """Send *data* to the origin; if a final response arrives meanwhile,
@@ -278,7 +277,7 @@ class Exchange:
     def _read_response(self, upstream: Upstream) -> ResponseHead | None:
         """Feed what the origin sent to the head parser; relay 1xx; the final head once complete."""
         try:
-            data = upstream.sock.recv(UPSTREAM_RECV_BYTES)
+            data = upstream.recv()
         except BlockingIOError:
             return None
         except OSError as exc:
@@ -325,9 +324,7 @@ class Exchange:
         record.status = final.status
         reusable = False
         try:
-            now = self.loop.now()
-            deadline = now + min(self.ctx.services.config.idle_timeout or FOREVER_SECONDS, self.ends_at - now)
-            if not self.client.send(head + out if out else head, deadline):
+            if not self.client.send(head + out if out else head, self._deadline()):
                 record.end_reason = "client_timeout"
                 return False, True
             if self.ctx.services.timings:

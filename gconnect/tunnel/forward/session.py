@@ -96,8 +96,7 @@ class ForwardSession:
             record.side = ctx.side
         scheme = request.scheme
         if scheme:
-            if scheme != record.scheme:
-                record.scheme = scheme
+            record.scheme = scheme
             host, port, target = self._target
             if request.port != port or request.host != host:
                 target = request.target

@@ -57,7 +57,8 @@ class DataPath:
         # streams, so streams whose targets stall never hold the others back.
         window = min(MAX_WINDOW_BYTES, config.h2_window_bytes * config.h2_max_streams)
         self.windows = InboundWindows(config.h2_window_bytes, window)
-        self.chunk_bytes = config.chunk_bytes
+        #: The process's framer for this connection's --chunk-bytes (looked up once, not per read).
+        self._framer = framer(config.chunk_bytes)
         #: Streams whose DATA h2 took last time, since when it was given nothing
         #: else: their next run goes straight to them (h2's answer would be the same).
         self._open_for_data: set[int] = set()
@@ -73,13 +74,13 @@ class DataPath:
         """Where a stream relay reads up to *room* octets of its target (see send_read).
         The slots are the process's: :meth:`send_read` must follow with nothing
         between that can switch greenlets (a read callback in the hub cannot)."""
-        return framer(self.chunk_bytes).slots(room, self.h2.max_outbound_frame_size)
+        return self._framer.slots(room, self.h2.max_outbound_frame_size)
 
     def send_read(self, stream_id: int, length: int) -> None:
         """The *length* octets just read into read_slots() as DATA frames (the caller
         kept to the window), sent at once."""
         if self._sending(stream_id, length):
-            self._send(framer(self.chunk_bytes).frames(stream_id, length))
+            self._send(self._framer.frames(stream_id, length))
 
     def _sending(self, stream_id: int, length: int) -> bool:
         """False if the client reset the stream (its side hears of it next)."""

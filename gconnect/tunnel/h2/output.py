@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..tls import TLSSession
-from ..waiting import WRITE, send_all
+from ..waiting import WRITE, send_all, unsent
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,7 @@ class RecordOutput:
             self._lose()
             return
         if sent < size:
-            self.out = out = bytearray()
-            for part in parts:
-                if sent < len(part):
-                    out += memoryview(part)[sent:]
-                sent = max(0, sent - len(part))
+            self.out = unsent(parts, sent)
             self._writer_watcher().start(self._on_writable)
 
     def congested(self) -> bool:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..deadlines import Deadlines, RelayLimits
 from ..movers import Direction
 from ..relay import LINGER_ABORT, HangupWatch
-from ..waiting import READ, WRITE
+from ..waiting import READ, WRITE, unsent
 
 if TYPE_CHECKING:
     from ..dial import Connection
@@ -166,20 +166,10 @@ class StreamRelay(Deadlines):
             return
         up.nbytes += sent
         if sent == size:
-            if up.throttle is None:
-                self.session.ack(self.stream_id, flow_length)
-            else:
-                self._owe(flow_length)
+            self._taken(flow_length)
             return
-        if up.throttle is None:
-            self.session.ack(self.stream_id, sent)
-        else:
-            self._owe(sent)
-        up.pending = pending = bytearray()
-        for part in parts:
-            if sent < len(part):
-                pending += part[sent:]
-            sent = max(0, sent - len(part))
+        self._taken(sent)
+        up.pending = pending = unsent(parts, sent)
         self._unacked = flow_length - (size - len(pending))
         if up.writer is None:
             up.writer = self.loop.io(self.sock.fileno(), WRITE)
@@ -219,15 +209,20 @@ class StreamRelay(Deadlines):
                 up.pending = None
                 up.writer.stop()
             self._unacked -= acked
-            if up.throttle is None:
-                self.session.ack(self.stream_id, acked)
-            else:
-                self._owe(acked)
+            self._taken(acked)
             if up.pending is None and up.eof:
                 self._finish_up()
         except Exception:
             log.exception("h2 relay bug (stream %d, to upstream)", self.stream_id)
             self.end("error")
+
+    def _taken(self, flow_length: int) -> None:
+        """*flow_length* octets of DATA the target took: given back to the client's
+        window now, or under a limit as the up buckets allow (:meth:`_owe`)."""
+        if self.up.throttle is None:
+            self.session.ack(self.stream_id, flow_length)
+        else:
+            self._owe(flow_length)
 
     def _owe(self, flow_length: int) -> None:
         """Under a limit: *flow_length* octets the target took, given back to the
